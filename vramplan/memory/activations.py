@@ -1,0 +1,166 @@
+"""Activations saved for backward, layer by layer, as autograd keeps them on CUDA.
+
+Symbols (Korthikanti et al. 2022 notation): t = b·s tokens of a micro-batch, h hidden,
+I MLP width, a attention heads, q = a·d and k = a_kv·d the query and key/value widths,
+r LoRA rank, A bytes per activation element, R bytes per residual element.
+
+A tensor counts when autograd saves it: a linear saves its input only if its weight
+trains (``mm`` saves ``self`` for the weight's grad); element-wise ops save what their
+input's grad needs (silu its input, mul both operands, sdpa q/k/v/out/logsumexp).
+"""
+
+from __future__ import annotations
+
+from vramplan.memory.policy import act_bytes, dtypes, pointwise_bytes, residual_bytes
+from vramplan.memory.trainable import lora_linears, trainable_layers
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+
+
+def norm_saved_bytes(spec: ModelSpec, setup: Setup, width: int, weight_trains: bool) -> int:
+    """One RMSNorm (transformers ``LlamaRMSNorm``): the fp32 input (``x.to(float32)``,
+    saved by ``pow`` and ``mul``) 4·t·w, ``rsqrt`` 4·t, and the normalized tensor that
+    multiplies the weight, saved only when the weight trains (R·t·w; Gemma's
+    ``x * (1 + w)`` form keeps it in fp32)."""
+    t = setup.tokens
+    total = 4 * t * width + 4 * t
+    if weight_trains:
+        total += (4 if spec.model_type == "gemma2" else residual_bytes(setup)) * t * width
+    return total
+
+
+def attention_core_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
+    """Attention between the projections.
+
+    sdpa / flash-attn-2: q and k after RoPE, v and the output (A·t·(2q + 2k)) plus the fp32
+    logsumexp (4·b·a·s); RoPE itself saves only cos/sin. Eager (transformers
+    ``eager_attention_forward``): ``repeat_kv`` copies k and v to all heads (A·t·q each when
+    a_kv < a), the fp32 softmax (4·b·a·s²) and its 16-bit copy (A·b·a·s²), and the
+    ``contiguous()`` output that o_proj saves when its weight trains (A·t·q).
+    """
+    b, s, t, A = setup.micro_batch, setup.seq_len, setup.tokens, act_bytes(setup)
+    q, k, a = spec.q_dim, spec.kv_dim, spec.num_heads
+    if setup.attention != "eager":
+        return A * t * (2 * q + 2 * k) + 4 * b * a * s
+    kv = q if spec.num_kv_heads < a else k
+    probs = 4 * b * a * s * s + (A * b * a * s * s if A < 4 else 0)
+    out = A * t * q if weight_trains else 0
+    return A * t * (q + 2 * kv) + probs + out
+
+
+def qk_norm_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
+    """Qwen3 q_norm/k_norm: an RMSNorm over head_dim on q and on k."""
+    if not spec.qk_norm:
+        return 0
+    return norm_saved_bytes(spec, setup, spec.q_dim + spec.kv_dim, weight_trains)
+
+
+def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) -> int:
+    """Gated MLP ``down(act(gate(x)) * up(x))``: gate output (saved by the activation),
+    activation output and up output (saved by the product): 3·A·t·I, plus the product
+    saved by ``down_proj`` when it trains. MoE layers: the same per routed token copy
+    (t·k tokens at expert width), the gathered inputs when experts train, and the fp32
+    router softmax (4·t·E)."""
+    t, A = setup.tokens, pointwise_bytes(setup)
+    moe = spec.moe
+    if moe is not None and layer in moe.layers:
+        tk, inter = t * moe.experts_per_token, moe.expert_intermediate_size
+        routed = 3 * A * tk * inter + (A * tk * inter + A * tk * spec.hidden_size if weight_trains else 0)
+        return routed + 4 * t * moe.num_experts
+    inter = spec.intermediate_size
+    return 3 * A * t * inter + (A * t * inter if weight_trains else 0)
+
+
+def linear_input_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
+    """Inputs that trainable projections save: the attention and MLP inputs. Under AMP each
+    projection casts its fp32 input to 16 bits on its own (autocast caches only
+    parameters), so q/k/v keep three copies and gate/up two."""
+    if not weight_trains:
+        return 0
+    t, A, h = setup.tokens, act_bytes(setup), spec.hidden_size
+    amp = dtypes(setup).autocast and residual_bytes(setup) == 4
+    attn_copies = 3 if amp and len(spec.attention) > 2 else 1
+    mlp_copies = 2 if amp and len(spec.mlp) > 2 else 1
+    return (attn_copies + mlp_copies) * A * t * h
+
+
+def lora_saved_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
+    """PEFT ``lora.Linear.forward``: the input is cast to the fp32 adapter dtype, passed
+    through ``lora_dropout`` and into ``lora_A``, which under autocast saves its own 16-bit
+    cast of it (A·t·in; 4·t·in without autocast); with dropout > 0 the fused CUDA dropout
+    kernel also saves a bool mask (1·t·in; a CPU run saves an fp32 noise tensor instead);
+    ``lora_B`` saves ``lora_A``'s output (A·t·r)."""
+    t, r, A = setup.tokens, setup.lora_rank, act_bytes(setup)
+    per_in = A + (1 if setup.lora_dropout > 0 else 0)
+    return sum(lin.count * t * (per_in * lin.in_features + A * r) for lin in lora_linears(spec, setup, layer))
+
+
+def layer_saved_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
+    """Everything one decoder layer saves for backward without checkpointing."""
+    trains = layer in trainable_layers(spec, setup) and not setup.is_lora
+    h = spec.hidden_size
+    return (
+        spec.norms_per_layer * norm_saved_bytes(spec, setup, h, trains)
+        + linear_input_bytes(spec, setup, trains)
+        + qk_norm_bytes(spec, setup, trains)
+        + attention_core_bytes(spec, setup, trains)
+        + mlp_bytes(spec, setup, layer, trains)
+        + lora_saved_bytes(spec, setup, layer)
+    )
+
+
+def saving_layers(spec: ModelSpec, setup: Setup) -> range:
+    """Layers autograd records: from the first layer with anything trainable upward
+    (freeze fine-tuning records nothing below its first trained layer)."""
+    if setup.is_lora:
+        return range(spec.num_layers)
+    return trainable_layers(spec, setup)
+
+
+def head_saved_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Final norm, plus lm_head's input when lm_head trains (full, or an extra module)."""
+    lm_trains = setup.method == "full" or "lm_head" in setup.trainable_extra
+    extra = act_bytes(setup) * setup.tokens * spec.hidden_size if lm_trains else 0
+    return norm_saved_bytes(spec, setup, spec.hidden_size, setup.method == "full") + extra
+
+
+def saved_activation_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """All activations alive at the end of forward.
+
+    With gradient checkpointing (``torch.utils.checkpoint`` per decoder layer) only each
+    layer's input survives: R·t·h per recorded layer. Without it, every recorded layer's
+    :func:`layer_saved_bytes`.
+    """
+    layers = saving_layers(spec, setup)
+    if setup.grad_checkpointing:
+        body = len(layers) * residual_bytes(setup) * setup.tokens * spec.hidden_size
+    else:
+        body = sum(layer_saved_bytes(spec, setup, i) for i in layers)
+    return body + (head_saved_bytes(spec, setup) if len(layers) else 0)
+
+
+def recompute_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Gradient checkpointing: during backward one layer's forward is re-run and its
+    activations exist again (the largest layer)."""
+    if not setup.grad_checkpointing or not len(saving_layers(spec, setup)):
+        return 0
+    return max(layer_saved_bytes(spec, setup, i) for i in saving_layers(spec, setup))
+
+
+def backward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Gradient buffers inside one layer's backward: incoming and outgoing residual grads
+    (2·R·t·h), the MLP intermediates' grads (3·A·t·I, or for eager attention the fp32
+    probability grad and its 16-bit copy if larger), and the fp32 grad of the widest LoRA
+    input (4·t·in)."""
+    if not len(saving_layers(spec, setup)):
+        return 0
+    t, A, R = setup.tokens, act_bytes(setup), residual_bytes(setup)
+    inter = spec.intermediate_size
+    if spec.moe is not None:
+        inter = max(inter, spec.moe.expert_intermediate_size * spec.moe.experts_per_token)
+    inner = 3 * A * t * inter
+    if setup.attention == "eager":
+        b, s, a = setup.micro_batch, setup.seq_len, spec.num_heads
+        inner = max(inner, (4 + A) * b * a * s * s)
+    widest = max((lin.in_features for i in range(spec.num_layers) for lin in lora_linears(spec, setup, i)), default=0)
+    return 2 * R * t * spec.hidden_size + inner + 4 * t * widest

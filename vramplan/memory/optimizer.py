@@ -1,0 +1,89 @@
+"""Gradients, optimizer state and the optimizer step's temporaries."""
+
+from __future__ import annotations
+
+from vramplan.memory.policy import dtypes
+from vramplan.memory.trainable import (
+    extra_trainable_params,
+    full_trainable_params,
+    largest_trainable_tensor,
+    lora_params,
+)
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+from vramplan.units import nbytes
+
+#: bitsandbytes 8-bit optimizers quantize state in blocks of 256 with one fp32 absmax each.
+BNB_OPTIM_BLOCK = 256
+
+
+def _by_dtype(spec: ModelSpec, setup: Setup) -> list[tuple[int, str]]:
+    """(trainable elements, dtype) pairs: full/freeze in the master dtype, LoRA adapters fp32,
+    modules_to_save copies in the base weight dtype (fp32 after k-bit preparation)."""
+    d = dtypes(setup)
+    if not setup.is_lora:
+        return [(full_trainable_params(spec, setup), d.master)]
+    extra = "fp32" if setup.method == "qlora" else d.weights
+    return [(lora_params(spec, setup), d.adapter), (extra_trainable_params(spec, setup), extra)]
+
+
+def gradient_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """One gradient per trainable element, in the trainable tensor's dtype
+    (``param.grad`` matches ``param.dtype``). With AMP the master is fp32, so are grads."""
+    return sum(nbytes(n, dt) for n, dt in _by_dtype(spec, setup))
+
+
+def optimizer_state_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Optimizer state for the trainable elements.
+
+    - adamw, adamw-fused, paged-adamw-32bit: exp_avg and exp_avg_sq, each in the param's
+      dtype (torch ``AdamW``: ``torch.zeros_like(p)``) — 8 B/param for fp32 masters.
+    - adamw-8bit, paged-adamw-8bit: two uint8 states plus one fp32 absmax per 256 values
+      (bitsandbytes ``Optimizer2State``).
+    - lion: one momentum buffer in the param dtype.
+    - adafactor (transformers ``Adafactor``, no first moment by default): factored second
+      moment, one fp32 per row and per column of each matrix (approximated as
+      2·sqrt(numel) per matrix-sized slice: exact for square, under for skinny; bounded
+      below by 1% of the elements).
+    - sgd (momentum 0, the default): nothing.
+    """
+    opt = setup.optimizer
+    total = 0
+    for n, dt in _by_dtype(spec, setup):
+        if n == 0:
+            continue
+        if opt in ("adamw", "adamw-fused", "paged-adamw-32bit"):
+            total += 2 * nbytes(n, dt)
+        elif opt in ("adamw-8bit", "paged-adamw-8bit"):
+            total += 2 * (nbytes(n, "uint8") + nbytes(-(-n // BNB_OPTIM_BLOCK), "fp32"))
+        elif opt == "lion":
+            total += nbytes(n, dt)
+        elif opt == "adafactor":
+            total += nbytes(max(n // 100, int(2 * n**0.5)), "fp32")
+    return total
+
+
+def optimizer_step_temp_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Temporaries alive inside ``optimizer.step()``.
+
+    - adamw (torch foreach ``_multi_tensor_adamw``): ``torch._foreach_sqrt(exp_avg_sqs)``
+      materialises a copy of all second moments of a param group: one state-sized copy.
+    - adamw-fused (``_fused_adamw_``): none.
+    - bitsandbytes 8-bit / paged, lion: per-tensor kernels, no full-size temporaries.
+    - adafactor: per-parameter fp32 temporaries (``grad.float()``, ``grad**2 + eps``, update)
+      of the largest trainable tensor: three fp32 copies.
+    - sgd: in place.
+    """
+    opt = setup.optimizer
+    if opt == "adamw":
+        return sum(nbytes(n, dt) for n, dt in _by_dtype(spec, setup))
+    if opt == "adafactor":
+        return 3 * nbytes(largest_trainable_tensor(spec, setup), "fp32")
+    return 0
+
+
+def paged_optimizer(setup: Setup) -> bool:
+    """Paged optimizers keep state in CUDA unified memory: outside torch's allocator (not in
+    ``max_memory_allocated``), counted in the device tier."""
+    return setup.optimizer.startswith("paged-")
+

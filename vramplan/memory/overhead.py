@@ -1,0 +1,43 @@
+"""What a CUDA process spends beyond live tensors; constants come from tables/overheads.json."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+from vramplan.tables import tables_dir
+from vramplan.memory.weights import quantized_linears
+
+
+@lru_cache(maxsize=1)
+def overhead_constants() -> dict[str, float]:
+    data = json.loads((tables_dir() / "overheads.json").read_text())
+    return {k: v["value"] for k, v in data.items() if not k.startswith("_")}
+
+
+def cuda_context_bytes() -> int:
+    """CUDA context and loaded kernels: outside the allocator, seen only by nvidia-smi."""
+    return int(overhead_constants()["cuda_context_bytes"])
+
+
+def cublas_workspace_bytes() -> int:
+    """cuBLAS + cuBLASLt workspaces, allocated through torch's caching allocator."""
+    return int(overhead_constants()["cublas_workspace_bytes"])
+
+
+def allocator_slack_bytes(allocated: int) -> int:
+    """Reserved minus allocated at the peak: a fraction of the allocated peak, rounded up to
+    the 2 MiB granularity of the caching allocator's segments."""
+    slack = int(allocated * overhead_constants()["allocator_slack_fraction"])
+    return -(-slack // (2 << 20)) * (2 << 20)
+
+
+def dequant_workspace_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """bitsandbytes 4-bit matmuls dequantize one weight to the compute dtype inside the
+    kernel (invisible to a CPU trace): 2 B x the largest quantized linear. LLM.int8 keeps
+    an int8 copy plus fp16 outliers: counted the same way."""
+    if setup.quant not in ("bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "bnb-int8"):
+        return 0
+    return 2 * max((lin.in_features * lin.out_features for lin in quantized_linears(spec)), default=0)

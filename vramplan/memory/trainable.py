@@ -1,0 +1,114 @@
+"""Which parameters train: full, freeze (top layers), LoRA adapters and extra modules."""
+
+from __future__ import annotations
+
+from vramplan.errors import VramplanError
+from vramplan.params import param_counts
+from vramplan.setup import Setup
+from vramplan.spec import Linear, ModelSpec
+
+
+def _matches(name: str, target: str) -> bool:
+    """PEFT's target matching: the module name equals the target or ends with '.target'."""
+    return name == target or name.endswith("." + target)
+
+
+def lora_linears(spec: ModelSpec, setup: Setup, layer: int) -> tuple[Linear, ...]:
+    """The linears of ``layer`` that carry a LoRA adapter.
+
+    ``all-linear`` is PEFT's ``INCLUDE_LINEAR_LAYERS_SHORTHAND``: every ``nn.Linear`` but the
+    output layer; here the language model's (vision towers stay frozen as trainers default).
+    """
+    if not setup.is_lora:
+        return ()
+    linears = spec.layer_linears(layer)
+    targets = setup.lora_target_list()
+    if targets is None:
+        return tuple(lin for lin in linears if lin.nn_linear)
+    return tuple(lin for lin in linears if lin.nn_linear and any(_matches(lin.name, t) for t in targets))
+
+
+def check_lora_targets(spec: ModelSpec, setup: Setup) -> None:
+    """Every named target must match a linear of the model."""
+    targets = setup.lora_target_list()
+    if not setup.is_lora or targets is None:
+        return
+    names = spec.linear_names()
+    unknown = [t for t in targets if not any(_matches(n, t) for n in names)]
+    if unknown:
+        raise VramplanError(
+            "lora_targets",
+            f"{', '.join(unknown)} not in {spec.name}; allowed: all-linear or any of {','.join(names)}",
+        )
+
+
+def lora_params(spec: ModelSpec, setup: Setup) -> int:
+    """Adapter parameters: r·(in + out) per targeted linear (A: r x in, B: out x r), times
+    its copies (``count``), summed over layers (PEFT ``LoraLayer.update_layer``)."""
+    r = setup.lora_rank
+    return sum(
+        lin.count * r * (lin.in_features + lin.out_features)
+        for i in range(spec.num_layers)
+        for lin in lora_linears(spec, setup, i)
+    )
+
+
+def extra_trainable_params(spec: ModelSpec, setup: Setup) -> int:
+    """Modules trained in full beside LoRA (PEFT ``modules_to_save``: a trainable copy of
+    the embedding and/or lm_head; the original stays, frozen)."""
+    if not setup.is_lora:
+        return 0
+    n = spec.vocab_size * spec.hidden_size
+    return sum(n for m in setup.trainable_extra if m in ("embeddings", "lm_head"))
+
+
+def trainable_layers(spec: ModelSpec, setup: Setup) -> range:
+    """Decoder layers with trainable weights (freeze: the top ``freeze_trainable_layers``)."""
+    L = spec.num_layers
+    if setup.method == "freeze":
+        return range(max(0, L - setup.freeze_trainable_layers), L)
+    return range(L)
+
+
+def layer_params(spec: ModelSpec, layer: int) -> int:
+    """Parameters of one decoder layer: its linears, q/k norms and its norms."""
+    norm = spec.hidden_size * (2 if spec.norm == "layernorm" else 1)
+    qk = 2 * spec.head_dim if spec.qk_norm else 0
+    return sum(lin.params for lin in spec.layer_linears(layer)) + qk + spec.norms_per_layer * norm
+
+
+def full_trainable_params(spec: ModelSpec, setup: Setup) -> int:
+    """Parameters updated in place by full / freeze fine-tuning."""
+    if setup.method == "full":
+        return param_counts(spec).total
+    if setup.method == "freeze":
+        return sum(layer_params(spec, i) for i in trainable_layers(spec, setup))
+    return 0
+
+
+def trainable_params(spec: ModelSpec, setup: Setup) -> int:
+    """All parameters the optimizer steps."""
+    if setup.is_lora:
+        return lora_params(spec, setup) + extra_trainable_params(spec, setup)
+    return full_trainable_params(spec, setup)
+
+
+def largest_trainable_tensor(spec: ModelSpec, setup: Setup) -> int:
+    """Elements of the largest trainable tensor (sizes per-parameter optimizer temporaries)."""
+    if setup.is_lora:
+        sizes = [
+            setup.lora_rank * max(lin.in_features, lin.out_features)
+            for i in range(spec.num_layers)
+            for lin in lora_linears(spec, setup, i)
+        ]
+        if extra_trainable_params(spec, setup):
+            sizes.append(spec.vocab_size * spec.hidden_size)
+        return max(sizes, default=0)
+    sizes = [
+        lin.in_features * lin.out_features
+        for i in trainable_layers(spec, setup)
+        for lin in spec.layer_linears(i)
+    ]
+    if setup.method == "full":
+        sizes.append(spec.vocab_size * spec.hidden_size)
+    return max(sizes, default=0)

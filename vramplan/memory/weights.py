@@ -1,0 +1,127 @@
+"""Weight terms: frozen base (16/32-bit or quantized), quantization state, trainable
+weights, and AMP's 16-bit weight copies."""
+
+from __future__ import annotations
+
+from vramplan.memory.policy import dtypes
+from vramplan.memory.trainable import (
+    extra_trainable_params,
+    full_trainable_params,
+    lora_params,
+)
+from vramplan.params import param_counts
+from vramplan.setup import Setup
+from vramplan.spec import Linear, ModelSpec
+from vramplan.units import nbytes
+
+#: bitsandbytes 4-bit block size used by transformers' BitsAndBytesConfig for weights.
+BNB_4BIT_BLOCK = 64
+#: second-level block size of double quantization (bitsandbytes ``quantize_4bit(compress_statistics=True)``).
+BNB_DQ_BLOCK = 256
+#: GPTQ/AWQ group size people publish checkpoints with.
+INT4_GROUP = 128
+
+
+def quantized_linears(spec: ModelSpec) -> list[Linear]:
+    """``nn.Linear`` modules a quantizer replaces: every one in the decoder layers and the
+    vision tower; transformers' ``get_keys_to_not_convert`` keeps lm_head unquantized, and
+    non-``nn.Linear`` weights (fused MoE experts, routers) are left as they are."""
+    lins = [lin for i in range(spec.num_layers) for lin in spec.layer_linears(i) if lin.nn_linear]
+    if spec.vision is not None:
+        lins += [lin.model_copy(update={"count": spec.vision.depth}) for lin in spec.vision.blocks]
+    return lins
+
+
+def quantized_weight_params(spec: ModelSpec) -> int:
+    return sum(lin.weight_params for lin in quantized_linears(spec))
+
+
+def quant_weight_bytes(spec: ModelSpec, quant: str) -> int:
+    """Packed quantized weights: 4 bits (nf4/fp4/gptq/awq) or 8 bits (LLM.int8) per weight."""
+    n = quantized_weight_params(spec)
+    if quant == "none":
+        return 0
+    return nbytes(n, "int8" if quant == "bnb-int8" else "int4")
+
+
+def quant_state_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Quantization metadata per quantized linear (out x in weight):
+
+    - bnb-nf4 / bnb-fp4: one fp32 absmax per 64-weight block (0.5 bit/weight).
+    - bnb-nf4-dq: absmax re-quantized to uint8 per 64-block, plus one fp32 per 256 such
+      blocks, plus a 256-entry fp32 code table per tensor (~0.127 bit/weight).
+    - bnb-int8: one fp32 scale (SCB) per output row.
+    - gptq-int4 (group 128): fp16 scales and 4-bit zeros per group and output, and an
+      int32 ``g_idx`` per input. awq-int4: fp16 scales and 4-bit zeros per group and output.
+    """
+    q = setup.quant
+    total = 0
+    for lin in quantized_linears(spec):
+        n, out, inp = lin.weight_params, lin.count * lin.out_features, lin.in_features
+        if q in ("bnb-nf4", "bnb-fp4"):
+            total += nbytes(-(-n // BNB_4BIT_BLOCK), "fp32")
+        elif q == "bnb-nf4-dq":
+            blocks = -(-n // BNB_4BIT_BLOCK)
+            total += nbytes(blocks, "uint8") + nbytes(-(-blocks // BNB_DQ_BLOCK), "fp32")
+            total += nbytes(256 * lin.count, "fp32")
+        elif q == "bnb-int8":
+            total += nbytes(out, "fp32")
+        elif q in ("gptq-int4", "awq-int4"):
+            groups = -(-inp // INT4_GROUP) * out
+            total += nbytes(groups, "fp16") + nbytes(groups, "int4")
+            if q == "gptq-int4":
+                total += nbytes(inp * lin.count, "int32")
+    return total
+
+
+def unquantized_dtype(setup: Setup) -> str:
+    """dtype of the parameters a quantizer leaves alone. PEFT's
+    ``prepare_model_for_kbit_training`` (which TRL's SFTTrainer calls for k-bit models)
+    upcasts every fp16/bf16 parameter that is not a bnb ``Params4bit`` to fp32 — except on
+    GPTQ models, which it leaves as they are."""
+    if setup.quant == "gptq-int4":
+        return dtypes(setup).weights
+    return "fp32"
+
+
+def frozen_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Frozen parameters in their storage format.
+
+    full: none. freeze: all but the trained top layers, in the weight dtype. lora: the
+    whole base model in the weight dtype. qlora: packed quantized linears, plus every
+    other parameter (embeddings, lm_head, norms, biases, vision convolution) in
+    :func:`unquantized_dtype`.
+    """
+    total = param_counts(spec).total
+    w = dtypes(setup).weights
+    if setup.method == "full":
+        return 0
+    if setup.method == "freeze":
+        return nbytes(total - full_trainable_params(spec, setup), w)
+    if setup.method == "lora":
+        return nbytes(total, w)
+    rest = total - quantized_weight_params(spec)
+    return quant_weight_bytes(spec, setup.quant) + nbytes(rest, unquantized_dtype(setup))
+
+
+def trainable_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Trainable weights: full/freeze in the master dtype; LoRA adapters in fp32 (PEFT
+    ``autocast_adapter_dtype``) plus ``modules_to_save`` copies of embeddings/lm_head,
+    which keep the dtype of the module they copy."""
+    d = dtypes(setup)
+    if not setup.is_lora:
+        return nbytes(full_trainable_params(spec, setup), d.master)
+    extra_dtype = unquantized_dtype(setup) if setup.method == "qlora" else d.weights
+    return nbytes(lora_params(spec, setup), d.adapter) + nbytes(extra_trainable_params(spec, setup), extra_dtype)
+
+
+def autocast_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """AMP only: autocast casts each fp32 matmul weight to 16 bits, caches the copy for
+    trainable leaves and autograd saves it for backward (torch ``cached_cast``; 2 B per
+    linear weight, lm_head included, embeddings excluded since lookups are not autocast)."""
+    d = dtypes(setup)
+    if not d.autocast or d.weights != "fp32" or setup.method == "qlora":
+        return 0
+    n = sum(lin.weight_params for i in range(spec.num_layers) for lin in spec.layer_linears(i))
+    n += spec.vocab_size * spec.hidden_size  # lm_head (tied or not, it is a matmul weight)
+    return nbytes(n, "bf16")

@@ -1,0 +1,96 @@
+"""Exact parameter counts per group, from a ModelSpec alone.
+
+Groups: ``embeddings``, ``attention`` (everything under a layer's attention module,
+q/k norms included), ``mlp`` (dense MLP, or router + experts), ``norms`` (per-layer norms
+and the final norm), ``lm_head`` (0 when tied), ``vision`` (tower), ``projector``
+(Qwen2-VL PatchMerger / Qwen-VL resampler). Checked against transformers' own models
+built on the meta device (tests/test_params_oracle.py).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from vramplan.spec import ModelSpec, VisionSpec
+
+
+class ParamCounts(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    embeddings: int
+    attention: int
+    mlp: int
+    norms: int
+    lm_head: int
+    vision: int = 0
+    projector: int = 0
+
+    @property
+    def language_model(self) -> int:
+        return self.embeddings + self.attention + self.mlp + self.norms + self.lm_head
+
+    @property
+    def total(self) -> int:
+        return self.language_model + self.vision + self.projector
+
+
+#: Qwen-VL visual.py: ``positional_embedding = nn.Parameter(scale * torch.randn(256, width))``.
+QWEN_VL_POS_ROWS = 256
+
+
+def _norm_params(width: int, kind: str) -> int:
+    """RMSNorm has a weight; LayerNorm a weight and a bias."""
+    return width * (2 if kind == "layernorm" else 1)
+
+
+def vision_tower_params(v: VisionSpec) -> int:
+    """Patch embedding + blocks (+ Qwen-VL's positional embedding, ln_pre/ln_post)."""
+    d = v.hidden_size
+    block = sum(lin.params for lin in v.blocks) + 2 * _norm_params(d, v.norm)
+    if v.kind == "qwen-vl":
+        patch = v.in_channels * v.patch_size**2 * d  # conv1, bias=False
+        # positional_embedding is a fixed [256, width] table, interpolated to the patch grid
+        # at run time (visual.py get_abs_pos); ln_pre(width).
+        return patch + QWEN_VL_POS_ROWS * d + _norm_params(d, "layernorm") + v.depth * block
+    patch = v.in_channels * v.temporal_patch_size * v.patch_size**2 * d  # Conv3d, bias=False
+    return patch + v.depth * block
+
+
+def projector_params(v: VisionSpec) -> int:
+    """Qwen2(.5)-VL PatchMerger: norm(d) -> Linear(4d, 4d) -> GELU -> Linear(4d, out).
+    Qwen-VL Resampler: pos_embed and query (n_q x D), kv_proj (d -> D, no bias),
+    MultiheadAttention(D) with in/out projections and biases, ln_q, ln_kv, and the
+    tower's ln_post(D) and proj (D x D) after it."""
+    if v.kind == "qwen-vl":
+        big = v.out_hidden_size
+        mha = 3 * big * big + 3 * big + big * big + big
+        return (
+            2 * v.num_queries * big
+            + v.hidden_size * big
+            + mha
+            + 2 * _norm_params(big, "layernorm")
+            + _norm_params(big, "layernorm")
+            + big * big
+        )
+    merged = v.hidden_size * v.spatial_merge_size**2
+    return (
+        _norm_params(v.hidden_size, v.norm)
+        + merged * merged + merged
+        + merged * v.out_hidden_size + v.out_hidden_size
+    )
+
+
+def param_counts(spec: ModelSpec) -> ParamCounts:
+    h, L = spec.hidden_size, spec.num_layers
+    attention = sum(lin.params for lin in spec.attention) + (2 * spec.head_dim if spec.qk_norm else 0)
+    mlp = sum(sum(lin.params for lin in spec.layer_mlp(i)) for i in range(L))
+    norm = _norm_params(h, spec.norm)
+    embeddings = spec.vocab_size * h
+    return ParamCounts(
+        embeddings=embeddings,
+        attention=attention * L,
+        mlp=mlp,
+        norms=norm * (spec.norms_per_layer * L + 1),
+        lm_head=0 if spec.tie_word_embeddings else spec.vocab_size * h,
+        vision=vision_tower_params(spec.vision) if spec.vision else 0,
+        projector=projector_params(spec.vision) if spec.vision else 0,
+    )

@@ -1,0 +1,124 @@
+"""Setup: every choice that moves memory, shared by estimating and emitting.
+
+Value names are the same everywhere (CLI flags, Python keywords, tables/measured rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vramplan.errors import VramplanError
+
+Method = Literal["full", "freeze", "lora", "qlora"]
+Quant = Literal["none", "bnb-int8", "bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "gptq-int4", "awq-int4"]
+Precision = Literal["bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"]
+Optimizer = Literal[
+    "adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "paged-adamw-32bit", "adafactor", "sgd", "lion"
+]
+Attention = Literal["eager", "sdpa", "flash-attn-2"]
+Parallel = Literal["none"]
+Offload = Literal["none"]
+
+METHODS: tuple[str, ...] = get_args(Method)
+QUANTS: tuple[str, ...] = get_args(Quant)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+ATTENTIONS: tuple[str, ...] = get_args(Attention)
+QUANTIZED: tuple[str, ...] = tuple(q for q in QUANTS if q != "none")
+EXTRA_MODULES = ("embeddings", "lm_head")
+
+MAX_SEQ_LEN = 1 << 20
+MAX_MICRO_BATCH = 1 << 12
+MAX_GRAD_ACCUM = 1 << 16
+MAX_LORA_RANK = 1 << 14
+
+
+class Setup(BaseModel):
+    """One fine-tuning configuration. Defaults are a common LoRA run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Method = "lora"
+    quant: Quant = "none"
+    precision: Precision = "bf16"
+    lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK)
+    lora_alpha: float = Field(16, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_targets: str = "all-linear"
+    trainable_extra: tuple[Literal["embeddings", "lm_head"], ...] = ()
+    freeze_trainable_layers: int = Field(2, ge=1)
+    optimizer: Optimizer = "adamw"
+    seq_len: int = Field(2048, ge=1, le=MAX_SEQ_LEN)
+    micro_batch: int = Field(1, ge=1, le=MAX_MICRO_BATCH)
+    grad_accum: int = Field(1, ge=1, le=MAX_GRAD_ACCUM)
+    grad_checkpointing: bool = True
+    attention: Attention = "sdpa"
+    num_gpus: int = Field(1, ge=1, le=1)
+    parallel: Parallel = "none"
+    offload: Offload = "none"
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Setup:
+        if self.method == "qlora" and self.quant == "none":
+            raise ValueError(
+                "quant|method qlora trains LoRA on a quantized base: choose --quant "
+                + "|".join(QUANTIZED) + ", or use --method lora"
+            )
+        if self.method != "qlora" and self.quant != "none":
+            raise ValueError(
+                f"quant|--quant {self.quant} needs --method qlora (LoRA on a quantized base); "
+                f"method {self.method} trains 16/32-bit weights, so use --quant none"
+            )
+        if self.method in ("lora", "qlora"):
+            names = [t.strip() for t in self.lora_targets.split(",")]
+            if not all(names):
+                raise ValueError("lora_targets|use 'all-linear' or comma-separated module names like q_proj,v_proj")
+        elif self.trainable_extra:
+            raise ValueError("trainable_extra|extra trainable modules apply to lora/qlora only")
+        if self.attention == "flash-attn-2" and self.precision == "fp32":
+            raise ValueError("attention|flash-attn-2 runs in fp16/bf16 only: use precision bf16, fp16 or amp-*")
+        return self
+
+    @property
+    def is_lora(self) -> bool:
+        return self.method in ("lora", "qlora")
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in one micro-batch (b·s)."""
+        return self.seq_len * self.micro_batch
+
+    def lora_target_list(self) -> list[str] | None:
+        """Target names, or None for all-linear."""
+        if self.lora_targets.strip().lower() == "all-linear":
+            return None
+        return [t.strip() for t in self.lora_targets.split(",")]
+
+
+def _field_message(err: dict[str, Any]) -> tuple[str, str]:
+    loc = err.get("loc") or ()
+    msg = str(err.get("msg", "invalid"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if "|" in msg and not loc:
+        field, _, text = msg.partition("|")
+        return field, text
+    field = str(loc[0]) if loc else "setup"
+    if field == "num_gpus" and err.get("type") == "less_than_equal":
+        return field, "multi-GPU layouts are not modelled yet: use 1 (one card)"
+    got = err.get("input")
+    return field, f"{msg} (got {got!r})"
+
+
+def make_setup(**fields: Any) -> Setup:
+    """Setup from keyword fields; invalid values raise VramplanError naming the field."""
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if isinstance(fields.get("trainable_extra"), str):
+        fields["trainable_extra"] = tuple(x.strip() for x in fields["trainable_extra"].split(",") if x.strip())
+    try:
+        return Setup(**fields)
+    except ValidationError as exc:
+        field, text = _field_message(exc.errors()[0])
+        raise VramplanError(field, text) from None
