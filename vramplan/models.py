@@ -27,6 +27,7 @@ class ModelSource(BaseModel):
     name: str
     hub_id: str
     aliases: list[str] = []
+    config_verbatim: bool = True
     config_source: str = ""
     config_cross_check: str = ""
     published_params: int | None = None

@@ -133,10 +133,15 @@ def saved_activation_bytes(spec: ModelSpec, setup: Setup) -> int:
     """
     layers = saving_layers(spec, setup)
     if setup.grad_checkpointing:
-        body = len(layers) * residual_bytes(setup) * setup.tokens * spec.hidden_size
+        body = len(layers) * checkpoint_bytes(spec, setup)
     else:
         body = sum(layer_saved_bytes(spec, setup, i) for i in layers)
     return body + (head_saved_bytes(spec, setup) if len(layers) else 0)
+
+
+def checkpoint_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """What ``torch.utils.checkpoint`` keeps of one decoder layer: its input, R·t·h."""
+    return residual_bytes(setup) * setup.tokens * spec.hidden_size
 
 
 def recompute_bytes(spec: ModelSpec, setup: Setup) -> int:

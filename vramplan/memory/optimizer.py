@@ -7,7 +7,10 @@ from vramplan.memory.trainable import (
     extra_trainable_params,
     full_trainable_params,
     largest_trainable_tensor,
+    layer_params,
+    lora_linears,
     lora_params,
+    trainable_layers,
 )
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
@@ -31,6 +34,33 @@ def gradient_bytes(spec: ModelSpec, setup: Setup) -> int:
     """One gradient per trainable element, in the trainable tensor's dtype
     (``param.grad`` matches ``param.dtype``). With AMP the master is fp32, so are grads."""
     return sum(nbytes(n, dt) for n, dt in _by_dtype(spec, setup))
+
+
+def layer_gradient_bytes(spec: ModelSpec, setup: Setup) -> list[int]:
+    """Gradient bytes of each decoder layer's trainable parameters (full/freeze: the layer in
+    the master dtype; LoRA: its fp32 adapters)."""
+    d = dtypes(setup)
+    out = []
+    for i in range(spec.num_layers):
+        if setup.is_lora:
+            r = setup.lora_rank
+            n = sum(lin.count * r * (lin.in_features + lin.out_features) for lin in lora_linears(spec, setup, i))
+            out.append(nbytes(n, d.adapter))
+        elif i in trainable_layers(spec, setup):
+            out.append(nbytes(layer_params(spec, i), d.master))
+        else:
+            out.append(0)
+    return out
+
+
+def embedding_gradient_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """The input embedding's gradient, written last in backward (full, or an extra module)."""
+    n = spec.vocab_size * spec.hidden_size
+    if setup.method == "full" and not spec.tie_word_embeddings:
+        return nbytes(n, dtypes(setup).master)
+    if setup.is_lora and "embeddings" in setup.trainable_extra:
+        return nbytes(n, "fp32" if setup.method == "qlora" else dtypes(setup).weights)
+    return 0
 
 
 def optimizer_state_bytes(spec: ModelSpec, setup: Setup) -> int:

@@ -61,9 +61,7 @@ def phase_terms(spec: ModelSpec, setup: Setup) -> dict[str, dict[str, int]]:
     autocast = weights.autocast_copy_bytes(spec, setup)
     dequant = overhead.dequant_workspace_bytes(spec, setup)
     saved = act.saved_activation_bytes(spec, setup)
-    backward_acts = saved if setup.grad_checkpointing else max(
-        (act.layer_saved_bytes(spec, setup, i) for i in act.saving_layers(spec, setup)), default=0
-    )
+    sweep = backward_sweep(spec, setup, grads)
     return {
         "backward_start": {
             **static,
@@ -78,9 +76,9 @@ def phase_terms(spec: ModelSpec, setup: Setup) -> dict[str, dict[str, int]]:
         "backward": {
             **static,
             "weights/autocast_copies": autocast,
-            "gradients": grads,
-            "activations/saved": backward_acts,
-            "activations/recompute": act.recompute_bytes(spec, setup),
+            "gradients": sweep["gradients"],
+            "activations/saved": sweep["activations/saved"],
+            "activations/recompute": sweep["activations/recompute"],
             "activations/backward_transient": act.backward_transient_bytes(spec, setup),
             "overhead/dequant_workspace": dequant,
         },
@@ -90,6 +88,38 @@ def phase_terms(spec: ModelSpec, setup: Setup) -> dict[str, dict[str, int]]:
             "optimizer/step_temporaries": optimizer.optimizer_step_temp_bytes(spec, setup),
         },
     }
+
+
+def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, int]:
+    """The worst point of backward, walking layers from the top down.
+
+    While layer l runs its backward, the activations of the recorded layers 0..l are still
+    saved (with checkpointing: their inputs, plus layer l recomputed), and the gradients of
+    lm_head and of layers l..L-1 exist (all of them when accumulating). The maximum over l.
+    """
+    layers = list(act.saving_layers(spec, setup))
+    if not layers:
+        return {"gradients": all_grads, "activations/saved": 0, "activations/recompute": 0}
+    per_layer_grads = optimizer.layer_gradient_bytes(spec, setup)
+    head_grads = all_grads - sum(per_layer_grads) - optimizer.embedding_gradient_bytes(spec, setup)
+    ckpt = act.checkpoint_bytes(spec, setup)
+    best = {"gradients": 0, "activations/saved": 0, "activations/recompute": 0}
+    saved_below = 0
+    saved_upto = [0] * spec.num_layers
+    for i in range(spec.num_layers):
+        if i in layers:
+            saved_below += ckpt if setup.grad_checkpointing else act.layer_saved_bytes(spec, setup, i)
+        saved_upto[i] = saved_below
+    for layer in reversed(layers):
+        grads = all_grads if setup.grad_accum > 1 else head_grads + sum(per_layer_grads[layer:])
+        parts = {
+            "gradients": grads,
+            "activations/saved": saved_upto[layer],
+            "activations/recompute": act.layer_saved_bytes(spec, setup, layer) if setup.grad_checkpointing else 0,
+        }
+        if sum(parts.values()) > sum(best.values()):
+            best = parts
+    return best
 
 
 def estimate(spec: ModelSpec, setup: Setup) -> Estimate:

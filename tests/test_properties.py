@@ -1,0 +1,95 @@
+"""Invariants of the memory model, over many setups (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vramplan.memory import estimate
+from vramplan.memory.activations import checkpoint_bytes
+from vramplan.setup import make_setup
+from vramplan.spec import spec_from_config
+
+SPEC = spec_from_config(
+    {"model_type": "qwen2", "hidden_size": 256, "num_attention_heads": 8, "num_key_value_heads": 2,
+     "num_hidden_layers": 4, "intermediate_size": 704, "vocab_size": 5000}, name="small")
+
+setups = st.fixed_dictionaries({
+    "method": st.sampled_from(["full", "freeze", "lora", "qlora"]),
+    "precision": st.sampled_from(["bf16", "fp16", "fp32", "amp-bf16"]),
+    "lora_rank": st.integers(1, 128),
+    "lora_dropout": st.sampled_from([0.0, 0.05]),
+    "optimizer": st.sampled_from(["adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd", "lion"]),
+    "seq_len": st.integers(1, 4096),
+    "micro_batch": st.integers(1, 8),
+    "grad_accum": st.integers(1, 4),
+    "grad_checkpointing": st.booleans(),
+    "attention": st.sampled_from(["eager", "sdpa"]),
+})
+
+
+def _setup(fields):
+    fields = dict(fields)
+    if fields["method"] == "qlora":
+        fields["quant"] = "bnb-nf4"
+    return make_setup(**fields)
+
+
+@settings(max_examples=150, deadline=None)
+@given(setups)
+def test_terms_sum_to_device_tier(fields) -> None:
+    e = estimate(SPEC, _setup(fields))
+    assert sum(e.terms.values()) == e.device_bytes
+    assert e.allocated_bytes <= e.reserved_bytes <= e.device_bytes
+    assert e.allocated_bytes == max(e.phases.values())
+
+
+@settings(max_examples=100, deadline=None)
+@given(setups, st.sampled_from(["seq_len", "micro_batch", "lora_rank"]))
+def test_memory_never_falls_as_work_grows(fields, key) -> None:
+    s = _setup(fields)
+    bigger = s.model_copy(update={key: getattr(s, key) * 2})
+    assert estimate(SPEC, bigger).allocated_bytes >= estimate(SPEC, s).allocated_bytes
+
+
+@settings(max_examples=100, deadline=None)
+@given(setups)
+def test_checkpointing_never_raises_memory(fields) -> None:
+    """Up to one checkpoint: while layer l is recomputed its saved input is alive too, which
+    can exceed what layer l alone saves when only that layer's grads dominate."""
+    s = _setup(fields)
+    on = s.model_copy(update={"grad_checkpointing": True})
+    off = s.model_copy(update={"grad_checkpointing": False})
+    slack = checkpoint_bytes(SPEC, on)
+    assert estimate(SPEC, on).allocated_bytes <= estimate(SPEC, off).allocated_bytes + slack
+
+
+@settings(max_examples=60, deadline=None)
+@given(setups, st.integers(1, 6))
+def test_memory_never_falls_as_layers_grow(fields, extra) -> None:
+    s = _setup(fields)
+    deeper = spec_from_config(
+        {"model_type": "qwen2", "hidden_size": 256, "num_attention_heads": 8, "num_key_value_heads": 2,
+         "num_hidden_layers": 4 + extra, "intermediate_size": 704, "vocab_size": 5000}, name="deeper")
+    assert estimate(deeper, s).allocated_bytes >= estimate(SPEC, s).allocated_bytes
+
+
+SEVEN_B = spec_from_config(
+    {"model_type": "qwen2", "hidden_size": 3584, "num_attention_heads": 28, "num_key_value_heads": 4,
+     "num_hidden_layers": 28, "intermediate_size": 18944, "vocab_size": 152064}, name="7b-shaped")
+
+
+@settings(max_examples=100, deadline=None)
+@given(setups)
+def test_qlora_le_lora_le_full(fields) -> None:
+    """For a model whose weights dominate (7B-shaped, checkpointing on, up to 4 x 4096 tokens).
+    Not for tiny models or huge activations: PEFT saves one 16-bit input copy per adapted
+    linear and k-bit preparation runs the residual stream in fp32, so there LoRA can exceed
+    full fine-tuning and QLoRA can exceed LoRA, as in real runs."""
+    base = dict(fields, precision="bf16", grad_checkpointing=True,
+                seq_len=min(fields["seq_len"], 4096), micro_batch=min(fields["micro_batch"], 4))
+    full = estimate(SEVEN_B, make_setup(**{**base, "method": "full"})).allocated_bytes
+    lora = estimate(SEVEN_B, make_setup(**{**base, "method": "lora"})).allocated_bytes
+    qlora = estimate(SEVEN_B, make_setup(**{**base, "method": "qlora", "quant": "bnb-nf4"})).allocated_bytes
+    assert lora <= full
+    assert qlora <= lora

@@ -1,0 +1,53 @@
+"""Analytic totals against the totals publishers print (tables/models/*/source.json)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from vramplan.models import catalog_names, catalog_sources, load_model
+from vramplan.params import param_counts
+
+#: Qwen2.5-7B's safetensors total, the nanoGPT-style anchor of the whole count.
+QWEN25_7B_TOTAL = 7_615_616_512
+
+
+def _with_exact() -> list[str]:
+    return [n for n in catalog_names() if catalog_sources()[n].published_params]
+
+
+def _with_decimal_text() -> list[str]:
+    out = []
+    for n in catalog_names():
+        text = catalog_sources()[n].published_params_text or ""
+        if re.search(r"\d+\.\d+\s*B", text):
+            out.append(n)
+    return out
+
+
+def test_qwen25_7b_exact() -> None:
+    assert param_counts(load_model("qwen2.5-7b")).total == QWEN25_7B_TOTAL
+
+
+@pytest.mark.parametrize("name", _with_exact())
+def test_exact_published_totals(name: str) -> None:
+    src = catalog_sources()[name]
+    total = param_counts(load_model(name)).total
+    note = (src.notes or "").lower()
+    if total != src.published_params:
+        # only an explained difference is allowed (e.g. a report counting padded vocab rows)
+        assert "vocab" in note, f"{name}: {total} vs published {src.published_params}"
+        assert abs(total - src.published_params) / src.published_params < 1e-3
+
+
+@pytest.mark.parametrize("name", _with_decimal_text())
+def test_rounded_published_totals(name: str) -> None:
+    """'7.61B' style figures: the analytic total rounds to the printed digits."""
+    text = catalog_sources()[name].published_params_text or ""
+    value = re.search(r"(\d+\.\d+)\s*B", text)
+    assert value
+    printed = value.group(1)
+    digits = len(printed.split(".")[1])
+    total = param_counts(load_model(name)).total / 1e9
+    assert round(total, digits) == pytest.approx(float(printed), abs=10 ** -digits), (name, total, text)

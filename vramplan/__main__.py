@@ -1,0 +1,3 @@
+from vramplan.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""plan(): pick the setup that fits a card, with the breakdown and the alternatives.
+
+Preference when a field is not pinned: the highest-fidelity method that fits
+(full AMP > full pure 16-bit > LoRA > QLoRA), then the largest micro-batch, then
+gradient checkpointing only if needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from vramplan.errors import VramplanError
+from vramplan.gpus import GPU, resolve_gpu
+from vramplan.memory import Estimate, estimate
+from vramplan.models import load_model
+from vramplan.params import ParamCounts, param_counts
+from vramplan.setup import Setup, make_setup
+from vramplan.spec import ModelSpec
+from vramplan.units import GIB
+
+MICRO_BATCHES = (8, 4, 2, 1)
+SEQ_LEN_FLOOR = 256
+
+
+class Peak(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    phase: str
+    allocated_bytes: int
+    reserved_bytes: int
+    device_bytes: int
+
+
+class Alternative(BaseModel):
+    """A setup that was weighed, whether it fits, and why it was or was not chosen."""
+
+    model_config = ConfigDict(frozen=True)
+    setup: Setup
+    fits: bool
+    device_bytes: int
+    chosen: bool
+    reason: str
+
+
+class Plan(BaseModel):
+    """The answer for one model on one card."""
+
+    model_config = ConfigDict(frozen=True)
+    model: str
+    gpu: GPU
+    setup: Setup
+    fits: bool
+    headroom_bytes: int
+    peak: Peak
+    terms: dict[str, int]
+    phases: dict[str, int]
+    params: ParamCounts
+    total_params: int
+    trainable_params: int
+    alternatives: list[Alternative]
+    notes: list[str]
+
+    def __rich__(self) -> Any:
+        from vramplan.render import plan_renderable
+
+        return plan_renderable(self)
+
+    def _repr_html_(self) -> str:
+        from vramplan.render import plan_html
+
+        return plan_html(self)
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _precisions(method: str, gpu: GPU) -> list[str]:
+    half = "bf16" if gpu.bf16_supported else "fp16"
+    return [f"amp-{half}", half] if method == "full" else [half]
+
+
+def _check_against_gpu(setup_fields: dict[str, Any], gpu: GPU) -> None:
+    precision = setup_fields.get("precision")
+    if precision in ("bf16", "amp-bf16") and not gpu.bf16_supported:
+        raise VramplanError("precision", f"{gpu.name} has no bf16: use fp16 or amp-fp16")
+    if setup_fields.get("attention") == "flash-attn-2" and not gpu.flash_attn2_supported:
+        raise VramplanError("attention", f"{gpu.name} does not run FlashAttention-2: use sdpa or eager")
+
+
+def candidates(pinned: dict[str, Any], gpu: GPU) -> list[dict[str, Any]]:
+    """Every setup to weigh, most preferred first."""
+    quant = pinned.get("quant")
+    if "method" in pinned:
+        methods = [pinned["method"]]
+    elif quant not in (None, "none"):
+        methods = ["qlora"]
+    elif any(k.startswith("lora_") or k == "trainable_extra" for k in pinned):
+        methods = ["lora"] + ([] if quant == "none" else ["qlora"])
+    else:
+        methods = ["full", "lora"] + ([] if quant == "none" else ["qlora"])
+    out: list[dict[str, Any]] = []
+    for method in methods:
+        precisions = [pinned["precision"]] if "precision" in pinned else _precisions(method, gpu)
+        for precision in precisions:
+            for mb in [pinned["micro_batch"]] if "micro_batch" in pinned else MICRO_BATCHES:
+                gcs = [pinned["grad_checkpointing"]] if "grad_checkpointing" in pinned else [False, True]
+                for gc in gcs:
+                    fields = {**pinned, "method": method, "precision": precision, "micro_batch": mb,
+                              "grad_checkpointing": gc}
+                    if method == "qlora" and quant is None:
+                        fields["quant"] = "bnb-nf4"
+                    out.append(fields)
+    return out
+
+
+def _evaluate(spec: ModelSpec, gpu: GPU, fields: dict[str, Any]) -> tuple[Setup, Estimate, bool]:
+    setup = make_setup(**fields)
+    est = estimate(spec, setup)
+    return setup, est, est.device_bytes <= gpu.memory_bytes
+
+
+def _label(s: Setup) -> str:
+    method = s.method if s.method != "qlora" else f"qlora {s.quant}"
+    gc = "GC" if s.grad_checkpointing else "no GC"
+    return f"{method} {s.precision} mb{s.micro_batch} {gc}"
+
+
+def _suggestions(spec: ModelSpec, gpu: GPU, setup: Setup) -> list[str]:
+    """Single changes that would make a setup fit (the cheapest first)."""
+    tries: list[tuple[str, dict[str, Any]]] = []
+    if not setup.grad_checkpointing:
+        tries.append(("--grad-checkpointing", {"grad_checkpointing": True}))
+    if setup.micro_batch > 1:
+        tries.append(("--micro-batch 1", {"micro_batch": 1}))
+    if setup.is_lora and setup.lora_dropout > 0:
+        tries.append(("--lora-dropout 0", {"lora_dropout": 0.0}))
+    if setup.optimizer in ("adamw", "adamw-fused", "adafactor", "lion") and not setup.is_lora:
+        tries.append(("--optimizer adamw-8bit", {"optimizer": "adamw-8bit"}))
+    if setup.method in ("full", "freeze"):
+        tries.append(("--method lora", {"method": "lora", "precision": _precisions("lora", gpu)[0]}))
+    if setup.method != "qlora":
+        tries.append(("--method qlora", {"method": "qlora", "quant": "bnb-nf4", "precision": _precisions("lora", gpu)[0]}))
+    seq = setup.seq_len // 2
+    while seq >= SEQ_LEN_FLOOR:
+        tries.append((f"--seq-len {seq}", {"seq_len": seq}))
+        seq //= 2
+    out = []
+    for flag, change in tries:
+        fields = {**setup.model_dump(), **change}
+        try:
+            _, est, fits = _evaluate(spec, gpu, fields)
+        except VramplanError:
+            continue
+        if fits:
+            out.append(f"{flag}: {_gib(est.device_bytes)} on the device, fits")
+    return out
+
+
+def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
+    """Plan fine-tuning ``model`` on one ``gpu``. Any Setup field can be pinned by keyword;
+    the rest are searched. Bad input raises :class:`vramplan.errors.VramplanError`."""
+    pinned = {k: v for k, v in pinned.items() if v is not None}
+    unknown = sorted(set(pinned) - set(Setup.model_fields))
+    if unknown:
+        raise VramplanError(unknown[0], f"not a setup field; allowed: {', '.join(Setup.model_fields)}")
+    spec = load_model(model)
+    card = resolve_gpu(gpu)
+    make_setup(**{k: v for k, v in pinned.items() if k not in ("method", "quant")})
+    _check_against_gpu(pinned, card)
+    notes: list[str] = []
+    if card.resolved_from:
+        notes.append(f"{card.resolved_from!r} resolved to {card.name} ({card.memory_mib} MiB as the driver reports it)")
+    if not card.bf16_supported and "precision" not in pinned:
+        notes.append(f"{card.name} has no bf16: 16-bit work runs in fp16")
+
+    evaluated = [_evaluate(spec, card, f) for f in candidates(pinned, card)]
+    fitting = [e for e in evaluated if e[2]]
+    chosen = fitting[0] if fitting else min(evaluated, key=lambda e: e[1].device_bytes)
+    setup, est, fits = chosen
+
+    alternatives = _alternatives(evaluated, chosen, card)
+    if not fits:
+        notes.append(
+            f"nothing weighed fits {card.name}: the smallest needs {_gib(est.device_bytes)} "
+            f"of {_gib(card.memory_bytes)}"
+        )
+        notes += [f"would fit with {s}" for s in _suggestions(spec, card, setup)]
+    return Plan(
+        model=spec.name,
+        gpu=card,
+        setup=setup,
+        fits=fits,
+        headroom_bytes=card.memory_bytes - est.device_bytes,
+        peak=Peak(phase=est.phase, allocated_bytes=est.allocated_bytes,
+                  reserved_bytes=est.reserved_bytes, device_bytes=est.device_bytes),
+        terms=est.terms,
+        phases=est.phases,
+        params=param_counts(spec),
+        total_params=est.total_params,
+        trainable_params=est.trainable_params,
+        alternatives=alternatives,
+        notes=notes,
+    )
+
+
+def _alternatives(
+    evaluated: list[tuple[Setup, Estimate, bool]], chosen: tuple[Setup, Estimate, bool], gpu: GPU
+) -> list[Alternative]:
+    """The best setup of each method/precision, with why it was or was not chosen."""
+    best: dict[tuple[str, str, str], tuple[Setup, Estimate, bool]] = {}
+    for item in evaluated:
+        s = item[0]
+        key = (s.method, s.precision, s.quant)
+        if key not in best or (item[2] and not best[key][2]):
+            best[key] = item
+        elif not item[2] and not best[key][2] and item[1].device_bytes < best[key][1].device_bytes:
+            best[key] = item
+    out = []
+    chosen_rank = evaluated.index(chosen)
+    for item in best.values():
+        s, est, fits = item
+        if item is chosen or s == chosen[0]:
+            reason = "chosen: the most preferred setup that fits" if fits else "chosen: the smallest, but it does not fit"
+        elif not fits:
+            reason = f"does not fit: needs {_gib(est.device_bytes)} of {_gib(gpu.memory_bytes)}"
+        elif evaluated.index(item) > chosen_rank:
+            reason = f"fits ({_gib(est.device_bytes)}) but ranks below the chosen setup ({_label(chosen[0])})"
+        else:
+            reason = f"fits ({_gib(est.device_bytes)})"
+        out.append(Alternative(setup=s, fits=fits, device_bytes=est.device_bytes,
+                               chosen=s == chosen[0], reason=f"{_label(s)}: {reason}"))
+    return out

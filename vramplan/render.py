@@ -1,0 +1,128 @@
+"""Rendering for people: rich tables in a terminal, HTML in a notebook. The only module
+that imports rich."""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from vramplan.units import GIB
+
+if TYPE_CHECKING:
+    from vramplan.gpus import GPU
+    from vramplan.planner import Plan
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:,.2f}"
+
+
+def _setup_line(plan: Plan) -> str:
+    s = plan.setup
+    parts = [s.method]
+    if s.method == "qlora":
+        parts.append(s.quant)
+    if s.is_lora:
+        parts.append(f"r{s.lora_rank} alpha {s.lora_alpha:g} dropout {s.lora_dropout:g} targets {s.lora_targets}")
+        if s.trainable_extra:
+            parts.append("+" + ",".join(s.trainable_extra))
+    if s.method == "freeze":
+        parts.append(f"top {s.freeze_trainable_layers} layers")
+    parts += [
+        s.precision,
+        s.optimizer,
+        f"seq {s.seq_len}",
+        f"micro-batch {s.micro_batch}",
+        f"grad-accum {s.grad_accum}",
+        "gradient checkpointing" if s.grad_checkpointing else "no gradient checkpointing",
+        s.attention,
+    ]
+    return ", ".join(parts)
+
+
+def plan_renderable(plan: Plan) -> Group:
+    gpu = plan.gpu
+    verdict = (
+        Text(f"FITS with {_gib(plan.headroom_bytes)} GiB headroom", style="bold green")
+        if plan.fits
+        else Text(f"DOES NOT FIT: {_gib(-plan.headroom_bytes)} GiB over", style="bold red")
+    )
+    head = Text.assemble(
+        (f"{plan.model}", "bold"),
+        f" ({plan.total_params / 1e9:.2f}B params, {plan.trainable_params:,} trainable) on ",
+        (f"{gpu.name}", "bold"),
+        f" ({gpu.memory_mib:,} MiB)\n",
+        f"setup: {_setup_line(plan)}\n",
+        verdict,
+    )
+    terms = Table(title=f"peak at {plan.peak.phase}", title_justify="left")
+    terms.add_column("term")
+    terms.add_column("GiB", justify="right")
+    for name, value in sorted(plan.terms.items(), key=lambda kv: -kv[1]):
+        terms.add_row(name, _gib(value))
+    tiers = Table(title="peak tiers", title_justify="left")
+    tiers.add_column("tier")
+    tiers.add_column("GiB", justify="right")
+    tiers.add_column("what shows it")
+    tiers.add_row("allocated", _gib(plan.peak.allocated_bytes), "torch.cuda.max_memory_allocated")
+    tiers.add_row("reserved", _gib(plan.peak.reserved_bytes), "torch.cuda.max_memory_reserved")
+    tiers.add_row("device", _gib(plan.peak.device_bytes), "nvidia-smi (whole process)")
+    tiers.add_row("card", _gib(gpu.memory_bytes), f"{gpu.name}, as the driver reports it")
+    alts = Table(title="alternatives", title_justify="left")
+    alts.add_column("")
+    alts.add_column("device GiB", justify="right")
+    alts.add_column("why")
+    for alt in plan.alternatives:
+        mark = "*" if alt.chosen else ("ok" if alt.fits else "x")
+        alts.add_row(mark, _gib(alt.device_bytes), alt.reason)
+    parts: list = [head, terms, tiers, alts]
+    if plan.notes:
+        parts.append(Text("\n".join(f"note: {n}" for n in plan.notes), style="dim"))
+    return Group(*parts)
+
+
+def plan_html(plan: Plan) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{_gib(v)}</td></tr>"
+        for k, v in sorted(plan.terms.items(), key=lambda kv: -kv[1])
+    )
+    verdict = (
+        f"<b style='color:green'>fits</b>, {_gib(plan.headroom_bytes)} GiB headroom"
+        if plan.fits
+        else f"<b style='color:red'>does not fit</b>, {_gib(-plan.headroom_bytes)} GiB over"
+    )
+    return (
+        f"<div><p><b>{html.escape(plan.model)}</b> on <b>{html.escape(plan.gpu.name)}</b>: {verdict}<br>"
+        f"{html.escape(_setup_line(plan))}</p>"
+        f"<table><tr><th>term (peak at {html.escape(plan.peak.phase)})</th><th>GiB</th></tr>{rows}"
+        f"<tr><td><i>allocated / reserved / device</i></td><td style='text-align:right'>"
+        f"{_gib(plan.peak.allocated_bytes)} / {_gib(plan.peak.reserved_bytes)} / {_gib(plan.peak.device_bytes)}"
+        f"</td></tr></table></div>"
+    )
+
+
+def gpus_table(gpus: list[GPU]) -> Table:
+    table = Table(title="GPU catalog")
+    for col in ("key", "name", "MiB", "bf16 TFLOPs", "GB/s", "arch", "bf16", "FA2"):
+        table.add_column(col)
+    for g in gpus:
+        table.add_row(
+            g.key, g.name, f"{g.memory_mib:,}",
+            f"{g.bf16_tflops_dense:g}" if g.bf16_tflops_dense else "-",
+            f"{g.memory_bandwidth_gb_s:g}" if g.memory_bandwidth_gb_s else "-",
+            g.architecture, "yes" if g.bf16_supported else "no", "yes" if g.flash_attn2_supported else "no",
+        )
+    return table
+
+
+def models_table(rows: list[tuple[str, str, str, int]]) -> Table:
+    table = Table(title="model catalog")
+    for col in ("name", "hub id", "type", "params"):
+        table.add_column(col)
+    for name, hub_id, model_type, total in rows:
+        table.add_row(name, hub_id, model_type, f"{total:,}")
+    return table
