@@ -41,13 +41,24 @@ def test_exact_published_totals(name: str) -> None:
         assert abs(total - src.published_params) / src.published_params < 1e-3
 
 
+#: Cards whose printed figure does not follow from the weights (the transformers oracle
+#: confirms our count exactly); held within 1%, with the reason in source.json notes.
+CARD_DIFFERS = {"qwen2.5-32b"}
+
+
 @pytest.mark.parametrize("name", _with_decimal_text())
 def test_rounded_published_totals(name: str) -> None:
-    """'7.61B' style figures: the analytic total rounds to the printed digits."""
+    """'7.61B' style figures: the analytic total, rounded or truncated to the printed digits."""
     text = catalog_sources()[name].published_params_text or ""
     value = re.search(r"(\d+\.\d+)\s*B", text)
     assert value
     printed = value.group(1)
     digits = len(printed.split(".")[1])
     total = param_counts(load_model(name)).total / 1e9
-    assert round(total, digits) == pytest.approx(float(printed), abs=10 ** -digits), (name, total, text)
+    if name in CARD_DIFFERS:
+        assert "card" in catalog_sources()[name].notes
+        assert abs(total - float(printed)) / float(printed) < 0.01
+        return
+    scale = 10**digits
+    candidates = {round(total, digits), int(total * scale) / scale}
+    assert any(abs(c - float(printed)) < 0.5 / scale for c in candidates), (name, total, text)
