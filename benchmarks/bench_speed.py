@@ -62,10 +62,14 @@ def main() -> int:
     heavy = heavy_imports()
     print("| measure | median | min | max | target |")
     print("|---|---|---|---|---|")
-    print(f"| CLI `vramplan qwen2.5-7b --gpu 4090` wall | {statistics.median(cli):.3f} s | {min(cli):.3f} s "
-          f"| {max(cli):.3f} s | <= 0.3 s |")
-    print(f"| plan() incl. search, warm | {statistics.median(warm) * 1e3:.1f} ms | {min(warm) * 1e3:.1f} ms "
-          f"| {max(warm) * 1e3:.1f} ms | <= 50 ms |")
+    print(
+        f"| CLI `vramplan qwen2.5-7b --gpu 4090` wall | {statistics.median(cli):.3f} s | {min(cli):.3f} s "
+        f"| {max(cli):.3f} s | <= 0.3 s |"
+    )
+    print(
+        f"| plan() incl. search, warm | {statistics.median(warm) * 1e3:.1f} ms | {min(warm) * 1e3:.1f} ms "
+        f"| {max(warm) * 1e3:.1f} ms | <= 50 ms |"
+    )
     print(f"| plan() first call in a process (imports + catalog) | {first_plan * 1e3:.1f} ms | | | |")
     print(f"| heavy modules imported by the plain CLI | {' '.join(heavy) or 'none'} | | | none |")
     ok = statistics.median(cli) <= 0.3 and statistics.median(warm) <= 0.05 and not heavy

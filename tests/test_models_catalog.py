@@ -11,11 +11,39 @@ from vramplan.models import catalog_names, catalog_sources, load_config, load_mo
 from vramplan.params import param_counts
 
 REQUIRED = [
-    "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b", "qwen2.5-72b",
-    "qwen2-7b", "qwen1.5-7b", "qwen1.5-14b", "qwen-1.8b", "qwen-7b", "qwen-14b", "qwen-72b", "qwen3-8b",
-    "qwen3-30b-a3b", "qwen2-vl-2b", "qwen2-vl-7b", "qwen2-vl-72b", "qwen2.5-vl-3b", "qwen2.5-vl-7b",
-    "qwen2.5-vl-72b", "qwen-vl-chat", "llama-2-7b", "llama-2-70b", "llama-3.1-8b", "llama-3.1-70b",
-    "llama-3.2-1b", "llama-3.2-3b", "mistral-7b-v0.3", "yi-34b", "gemma-2-9b", "phi-3-mini",
+    "qwen2.5-0.5b",
+    "qwen2.5-1.5b",
+    "qwen2.5-3b",
+    "qwen2.5-7b",
+    "qwen2.5-14b",
+    "qwen2.5-32b",
+    "qwen2.5-72b",
+    "qwen2-7b",
+    "qwen1.5-7b",
+    "qwen1.5-14b",
+    "qwen-1.8b",
+    "qwen-7b",
+    "qwen-14b",
+    "qwen-72b",
+    "qwen3-8b",
+    "qwen3-30b-a3b",
+    "qwen2-vl-2b",
+    "qwen2-vl-7b",
+    "qwen2-vl-72b",
+    "qwen2.5-vl-3b",
+    "qwen2.5-vl-7b",
+    "qwen2.5-vl-72b",
+    "qwen-vl-chat",
+    "llama-2-7b",
+    "llama-2-70b",
+    "llama-3.1-8b",
+    "llama-3.1-70b",
+    "llama-3.2-1b",
+    "llama-3.2-3b",
+    "mistral-7b-v0.3",
+    "yi-34b",
+    "gemma-2-9b",
+    "phi-3-mini",
 ]
 
 
@@ -63,7 +91,9 @@ def test_local_config_path_and_folder(tmp_path) -> None:
     (folder / "config.json").write_text(json.dumps(cfg))
     by_file = load_model(str(folder / "config.json"))
     by_folder = load_model(str(folder))
-    assert param_counts(by_file).total == param_counts(by_folder).total == param_counts(load_model("qwen2.5-0.5b")).total
+    assert (
+        param_counts(by_file).total == param_counts(by_folder).total == param_counts(load_model("qwen2.5-0.5b")).total
+    )
 
 
 @pytest.mark.parametrize(

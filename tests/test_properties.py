@@ -11,21 +11,34 @@ from vramplan.setup import make_setup
 from vramplan.spec import spec_from_config
 
 SPEC = spec_from_config(
-    {"model_type": "qwen2", "hidden_size": 256, "num_attention_heads": 8, "num_key_value_heads": 2,
-     "num_hidden_layers": 4, "intermediate_size": 704, "vocab_size": 5000}, name="small")
+    {
+        "model_type": "qwen2",
+        "hidden_size": 256,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 4,
+        "intermediate_size": 704,
+        "vocab_size": 5000,
+    },
+    name="small",
+)
 
-setups = st.fixed_dictionaries({
-    "method": st.sampled_from(["full", "freeze", "lora", "qlora"]),
-    "precision": st.sampled_from(["bf16", "fp16", "fp32", "amp-bf16"]),
-    "lora_rank": st.integers(1, 128),
-    "lora_dropout": st.sampled_from([0.0, 0.05]),
-    "optimizer": st.sampled_from(["adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd", "lion"]),
-    "seq_len": st.integers(1, 4096),
-    "micro_batch": st.integers(1, 8),
-    "grad_accum": st.integers(1, 4),
-    "grad_checkpointing": st.booleans(),
-    "attention": st.sampled_from(["eager", "sdpa"]),
-})
+setups = st.fixed_dictionaries(
+    {
+        "method": st.sampled_from(["full", "freeze", "lora", "qlora"]),
+        "precision": st.sampled_from(["bf16", "fp16", "fp32", "amp-bf16"]),
+        "lora_rank": st.integers(1, 128),
+        "lora_dropout": st.sampled_from([0.0, 0.05]),
+        "optimizer": st.sampled_from(
+            ["adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd", "lion"]
+        ),
+        "seq_len": st.integers(1, 4096),
+        "micro_batch": st.integers(1, 8),
+        "grad_accum": st.integers(1, 4),
+        "grad_checkpointing": st.booleans(),
+        "attention": st.sampled_from(["eager", "sdpa"]),
+    }
+)
 
 
 def _setup(fields):
@@ -69,14 +82,32 @@ def test_checkpointing_never_raises_memory(fields) -> None:
 def test_memory_never_falls_as_layers_grow(fields, extra) -> None:
     s = _setup(fields)
     deeper = spec_from_config(
-        {"model_type": "qwen2", "hidden_size": 256, "num_attention_heads": 8, "num_key_value_heads": 2,
-         "num_hidden_layers": 4 + extra, "intermediate_size": 704, "vocab_size": 5000}, name="deeper")
+        {
+            "model_type": "qwen2",
+            "hidden_size": 256,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "num_hidden_layers": 4 + extra,
+            "intermediate_size": 704,
+            "vocab_size": 5000,
+        },
+        name="deeper",
+    )
     assert estimate(deeper, s).allocated_bytes >= estimate(SPEC, s).allocated_bytes
 
 
 SEVEN_B = spec_from_config(
-    {"model_type": "qwen2", "hidden_size": 3584, "num_attention_heads": 28, "num_key_value_heads": 4,
-     "num_hidden_layers": 28, "intermediate_size": 18944, "vocab_size": 152064}, name="7b-shaped")
+    {
+        "model_type": "qwen2",
+        "hidden_size": 3584,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "num_hidden_layers": 28,
+        "intermediate_size": 18944,
+        "vocab_size": 152064,
+    },
+    name="7b-shaped",
+)
 
 
 @settings(max_examples=100, deadline=None)
@@ -86,8 +117,13 @@ def test_qlora_le_lora_le_full(fields) -> None:
     Not for tiny models or huge activations: PEFT saves one 16-bit input copy per adapted
     linear and k-bit preparation runs the residual stream in fp32, so there LoRA can exceed
     full fine-tuning and QLoRA can exceed LoRA, as in real runs."""
-    base = dict(fields, precision="bf16", grad_checkpointing=True,
-                seq_len=min(fields["seq_len"], 4096), micro_batch=min(fields["micro_batch"], 4))
+    base = dict(
+        fields,
+        precision="bf16",
+        grad_checkpointing=True,
+        seq_len=min(fields["seq_len"], 4096),
+        micro_batch=min(fields["micro_batch"], 4),
+    )
     full = estimate(SEVEN_B, make_setup(**{**base, "method": "full"})).allocated_bytes
     lora = estimate(SEVEN_B, make_setup(**{**base, "method": "lora"})).allocated_bytes
     qlora = estimate(SEVEN_B, make_setup(**{**base, "method": "qlora", "quant": "bnb-nf4"})).allocated_bytes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from vramplan.errors import VramplanError
 from vramplan.setup import ATTENTIONS, METHODS, OPTIMIZERS, PRECISIONS, QUANTS
@@ -13,7 +13,7 @@ EXIT_FITS, EXIT_NO_FIT, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
         sys.stderr.write(f"vramplan: error: {message}\n")
         raise SystemExit(EXIT_BAD_INPUT)
 

@@ -127,11 +127,15 @@ def detect_gpu() -> GPU:
     try:
         import pynvml  # type: ignore[import-not-found]
     except ImportError:
-        raise VramplanError("gpu", "auto needs nvidia-ml-py (pip install 'vramplan[gpu]'); name a card instead") from None
+        raise VramplanError(
+            "gpu", "auto needs nvidia-ml-py (pip install 'vramplan[gpu]'); name a card instead"
+        ) from None
     try:
         pynvml.nvmlInit()
     except Exception:
-        raise VramplanError("gpu", "auto found no NVIDIA GPU on this machine (NVML unavailable); name a card instead") from None
+        raise VramplanError(
+            "gpu", "auto found no NVIDIA GPU on this machine (NVML unavailable); name a card instead"
+        ) from None
     try:
         if pynvml.nvmlDeviceGetCount() == 0:
             raise VramplanError("gpu", "auto found no NVIDIA GPU on this machine; name a card instead")
@@ -144,6 +148,13 @@ def detect_gpu() -> GPU:
     try:
         gpu = resolve_gpu(name)
     except VramplanError:
-        return GPU(key="local", name=name, vendor="NVIDIA", memory_bytes=total, memory_mib_kind="nvml",
-                   memory_gb_marketed=round(total / 1e9), source="NVML on this machine")
+        return GPU(
+            key="local",
+            name=name,
+            vendor="NVIDIA",
+            memory_bytes=total,
+            memory_mib_kind="nvml",
+            memory_gb_marketed=round(total / 1e9),
+            source="NVML on this machine",
+        )
     return gpu.model_copy(update={"memory_bytes": total, "memory_mib_kind": "nvml", "resolved_from": "auto"})

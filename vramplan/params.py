@@ -9,6 +9,8 @@ built on the meta device (tests/test_params_oracle.py).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pydantic import BaseModel, ConfigDict
 
 from vramplan.spec import ModelSpec, VisionSpec
@@ -73,16 +75,16 @@ def projector_params(v: VisionSpec) -> int:
         )
     merged = v.hidden_size * v.spatial_merge_size**2
     return (
-        _norm_params(v.hidden_size, v.norm)
-        + merged * merged + merged
-        + merged * v.out_hidden_size + v.out_hidden_size
+        _norm_params(v.hidden_size, v.norm) + merged * merged + merged + merged * v.out_hidden_size + v.out_hidden_size
     )
 
 
+@lru_cache(maxsize=256)
 def param_counts(spec: ModelSpec) -> ParamCounts:
     h, L = spec.hidden_size, spec.num_layers
     attention = sum(lin.params for lin in spec.attention) + (2 * spec.head_dim if spec.qk_norm else 0)
-    mlp = sum(sum(lin.params for lin in spec.layer_mlp(i)) for i in range(L))
+    n_moe = len(spec.moe.layers) if spec.moe is not None else 0
+    mlp = (L - n_moe) * sum(lin.params for lin in spec.mlp) + n_moe * sum(lin.params for lin in spec.moe_mlp)
     norm = _norm_params(h, spec.norm)
     embeddings = spec.vocab_size * h
     return ParamCounts(

@@ -107,8 +107,13 @@ def candidates(pinned: dict[str, Any], gpu: GPU) -> list[dict[str, Any]]:
             for mb in [pinned["micro_batch"]] if "micro_batch" in pinned else MICRO_BATCHES:
                 gcs = [pinned["grad_checkpointing"]] if "grad_checkpointing" in pinned else [False, True]
                 for gc in gcs:
-                    fields = {**pinned, "method": method, "precision": precision, "micro_batch": mb,
-                              "grad_checkpointing": gc}
+                    fields = {
+                        **pinned,
+                        "method": method,
+                        "precision": precision,
+                        "micro_batch": mb,
+                        "grad_checkpointing": gc,
+                    }
                     if method == "qlora" and quant is None:
                         fields["quant"] = "bnb-nf4"
                     out.append(fields)
@@ -127,34 +132,38 @@ def _label(s: Setup) -> str:
     return f"{method} {s.precision} mb{s.micro_batch} {gc}"
 
 
-def _suggestions(spec: ModelSpec, gpu: GPU, setup: Setup) -> list[str]:
-    """Single changes that would make a setup fit (the cheapest first)."""
+def _first_fit(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any]) -> tuple[Setup, Estimate] | None:
+    for fields in candidates(pinned, gpu):
+        try:
+            setup, est, fits = _evaluate(spec, gpu, fields)
+        except VramplanError:
+            return None
+        if fits:
+            return setup, est
+    return None
+
+
+def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any]) -> list[str]:
+    """The cheapest changes that make it fit: release one pinned choice and search again,
+    switch to an 8-bit optimizer, or shorten the sequence."""
     tries: list[tuple[str, dict[str, Any]]] = []
-    if not setup.grad_checkpointing:
-        tries.append(("--grad-checkpointing", {"grad_checkpointing": True}))
-    if setup.micro_batch > 1:
-        tries.append(("--micro-batch 1", {"micro_batch": 1}))
-    if setup.is_lora and setup.lora_dropout > 0:
-        tries.append(("--lora-dropout 0", {"lora_dropout": 0.0}))
-    if setup.optimizer in ("adamw", "adamw-fused", "adafactor", "lion") and not setup.is_lora:
-        tries.append(("--optimizer adamw-8bit", {"optimizer": "adamw-8bit"}))
-    if setup.method in ("full", "freeze"):
-        tries.append(("--method lora", {"method": "lora", "precision": _precisions("lora", gpu)[0]}))
-    if setup.method != "qlora":
-        tries.append(("--method qlora", {"method": "qlora", "quant": "bnb-nf4", "precision": _precisions("lora", gpu)[0]}))
-    seq = setup.seq_len // 2
+    for key in pinned:
+        if key in ("seq_len",):
+            continue
+        tries.append((f"without pinning {key}={pinned[key]}", {k: v for k, v in pinned.items() if k != key}))
+    if "optimizer" not in pinned:
+        tries.append(("--optimizer adamw-8bit", {**pinned, "optimizer": "adamw-8bit"}))
+    seq = pinned.get("seq_len", Setup.model_fields["seq_len"].default) // 2
     while seq >= SEQ_LEN_FLOOR:
-        tries.append((f"--seq-len {seq}", {"seq_len": seq}))
+        tries.append((f"--seq-len {seq}", {**pinned, "seq_len": seq}))
         seq //= 2
     out = []
-    for flag, change in tries:
-        fields = {**setup.model_dump(), **change}
-        try:
-            _, est, fits = _evaluate(spec, gpu, fields)
-        except VramplanError:
-            continue
-        if fits:
-            out.append(f"{flag}: {_gib(est.device_bytes)} on the device, fits")
+    for label, fields in tries:
+        found = _first_fit(spec, gpu, fields)
+        if found:
+            out.append(f"{label}: {_label(found[0])}, {_gib(found[1].device_bytes)} on the device")
+            if label.startswith("--seq-len"):
+                break  # the longest sequence that fits is the cheapest cut
     return out
 
 
@@ -177,7 +186,7 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
 
     evaluated = [_evaluate(spec, card, f) for f in candidates(pinned, card)]
     fitting = [e for e in evaluated if e[2]]
-    chosen = fitting[0] if fitting else min(evaluated, key=lambda e: e[1].device_bytes)
+    chosen = fitting[0] if fitting else min(evaluated, key=lambda e: (e[1].device_bytes, e[0].micro_batch))
     setup, est, fits = chosen
 
     alternatives = _alternatives(evaluated, chosen, card)
@@ -186,15 +195,19 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
             f"nothing weighed fits {card.name}: the smallest needs {_gib(est.device_bytes)} "
             f"of {_gib(card.memory_bytes)}"
         )
-        notes += [f"would fit with {s}" for s in _suggestions(spec, card, setup)]
+        notes += [f"would fit {s}" for s in _suggestions(spec, card, pinned)]
     return Plan(
         model=spec.name,
         gpu=card,
         setup=setup,
         fits=fits,
         headroom_bytes=card.memory_bytes - est.device_bytes,
-        peak=Peak(phase=est.phase, allocated_bytes=est.allocated_bytes,
-                  reserved_bytes=est.reserved_bytes, device_bytes=est.device_bytes),
+        peak=Peak(
+            phase=est.phase,
+            allocated_bytes=est.allocated_bytes,
+            reserved_bytes=est.reserved_bytes,
+            device_bytes=est.device_bytes,
+        ),
         terms=est.terms,
         phases=est.phases,
         params=param_counts(spec),
@@ -215,20 +228,33 @@ def _alternatives(
         key = (s.method, s.precision, s.quant)
         if key not in best or (item[2] and not best[key][2]):
             best[key] = item
-        elif not item[2] and not best[key][2] and item[1].device_bytes < best[key][1].device_bytes:
+        elif (
+            not item[2]
+            and not best[key][2]
+            and (item[1].device_bytes, s.micro_batch) < (best[key][1].device_bytes, best[key][0].micro_batch)
+        ):
             best[key] = item
     out = []
     chosen_rank = evaluated.index(chosen)
     for item in best.values():
         s, est, fits = item
         if item is chosen or s == chosen[0]:
-            reason = "chosen: the most preferred setup that fits" if fits else "chosen: the smallest, but it does not fit"
+            reason = (
+                "chosen: the most preferred setup that fits" if fits else "chosen: the smallest, but it does not fit"
+            )
         elif not fits:
             reason = f"does not fit: needs {_gib(est.device_bytes)} of {_gib(gpu.memory_bytes)}"
         elif evaluated.index(item) > chosen_rank:
             reason = f"fits ({_gib(est.device_bytes)}) but ranks below the chosen setup ({_label(chosen[0])})"
         else:
             reason = f"fits ({_gib(est.device_bytes)})"
-        out.append(Alternative(setup=s, fits=fits, device_bytes=est.device_bytes,
-                               chosen=s == chosen[0], reason=f"{_label(s)}: {reason}"))
+        out.append(
+            Alternative(
+                setup=s,
+                fits=fits,
+                device_bytes=est.device_bytes,
+                chosen=s == chosen[0],
+                reason=f"{_label(s)}: {reason}",
+            )
+        )
     return out

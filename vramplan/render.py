@@ -23,7 +23,7 @@ def _gib(n: int) -> str:
 
 def _setup_line(plan: Plan) -> str:
     s = plan.setup
-    parts = [s.method]
+    parts: list[str] = [s.method]
     if s.method == "qlora":
         parts.append(s.quant)
     if s.is_lora:
@@ -111,10 +111,14 @@ def gpus_table(gpus: list[GPU]) -> Table:
         table.add_column(col)
     for g in gpus:
         table.add_row(
-            g.key, g.name, f"{g.memory_mib:,}",
+            g.key,
+            g.name,
+            f"{g.memory_mib:,}",
             f"{g.bf16_tflops_dense:g}" if g.bf16_tflops_dense else "-",
             f"{g.memory_bandwidth_gb_s:g}" if g.memory_bandwidth_gb_s else "-",
-            g.architecture, "yes" if g.bf16_supported else "no", "yes" if g.flash_attn2_supported else "no",
+            g.architecture,
+            "yes" if g.bf16_supported else "no",
+            "yes" if g.flash_attn2_supported else "no",
         )
     return table
 

@@ -64,7 +64,8 @@ class Setup(BaseModel):
         if self.method == "qlora" and self.quant == "none":
             raise ValueError(
                 "quant|method qlora trains LoRA on a quantized base: choose --quant "
-                + "|".join(QUANTIZED) + ", or use --method lora"
+                + "|".join(QUANTIZED)
+                + ", or use --method lora"
             )
         if self.method != "qlora" and self.quant != "none":
             raise ValueError(
@@ -97,11 +98,11 @@ class Setup(BaseModel):
         return [t.strip() for t in self.lora_targets.split(",")]
 
 
-def _field_message(err: dict[str, Any]) -> tuple[str, str]:
+def _field_message(err: Any) -> tuple[str, str]:
     loc = err.get("loc") or ()
     msg = str(err.get("msg", "invalid"))
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if "|" in msg and not loc:
         field, _, text = msg.partition("|")
         return field, text

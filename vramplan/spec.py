@@ -117,6 +117,20 @@ class ModelSpec(BaseModel):
     def kv_dim(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    def __hash__(self) -> int:  # frozen: hash once (specs key the term caches)
+        cached = self.__dict__.get("_hash_value")
+        if cached is None:
+            cached = hash(tuple((k, v) for k, v in self.__dict__.items() if k != "_hash_value"))
+            self.__dict__["_hash_value"] = cached
+        return cached
+
+    @property
+    def layer_groups(self) -> tuple[tuple[tuple[Linear, ...], int], ...]:
+        """(linears of a decoder layer, number of layers built so): dense and MoE layers."""
+        n_moe = len(self.moe.layers) if self.moe is not None else 0
+        groups = ((self.attention + self.mlp, self.num_layers - n_moe), (self.attention + self.moe_mlp, n_moe))
+        return tuple(g for g in groups if g[1])
+
     def layer_mlp(self, layer: int) -> tuple[Linear, ...]:
         """The MLP linears of decoder layer ``layer`` (experts on MoE layers)."""
         if self.moe is not None and layer in self.moe.layers:
@@ -154,11 +168,21 @@ def _positive(value: Any, key: str, where: str) -> int:
 
 
 def _decoder_linears(
-    h: int, q_dim: int, kv_dim: int, inter: int, *, qkv_bias: bool, o_bias: bool, mlp_bias: bool,
-    fused_qkv: bool = False, fused_gate_up: bool = False,
+    h: int,
+    q_dim: int,
+    kv_dim: int,
+    inter: int,
+    *,
+    qkv_bias: bool,
+    o_bias: bool,
+    mlp_bias: bool,
+    fused_qkv: bool = False,
+    fused_gate_up: bool = False,
 ) -> tuple[tuple[Linear, ...], tuple[Linear, ...]]:
     """Llama-family block: q/k/v/o projections and a gated MLP (transformers' LlamaAttention,
     LlamaMLP; Phi-3 fuses qkv_proj and gate_up_proj)."""
+    attn: tuple[Linear, ...]
+    mlp: tuple[Linear, ...]
     if fused_qkv:
         attn = (
             Linear(name="qkv_proj", in_features=h, out_features=q_dim + 2 * kv_dim, bias=qkv_bias),
@@ -188,9 +212,7 @@ def _decoder_linears(
 def _common(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     h = _positive(_get(cfg, "hidden_size", where=where), "hidden_size", where)
     heads = _positive(_get(cfg, "num_attention_heads", where=where), "num_attention_heads", where)
-    kv = _positive(
-        _get(cfg, "num_key_value_heads", where=where, default=heads), "num_key_value_heads", where
-    )
+    kv = _positive(_get(cfg, "num_key_value_heads", where=where, default=heads), "num_key_value_heads", where)
     head_dim = _positive(_get(cfg, "head_dim", where=where, default=h // heads), "head_dim", where)
     if heads % kv:
         raise VramplanError(where, f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv})")
@@ -220,10 +242,15 @@ def _llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     else:
         qkv_bias = o_bias = bool(cfg.get("attention_bias", False))
     attn, mlp = _decoder_linears(
-        c["hidden_size"], c["num_heads"] * c["head_dim"], c["num_kv_heads"] * c["head_dim"],
-        c["intermediate_size"], qkv_bias=qkv_bias, o_bias=o_bias,
+        c["hidden_size"],
+        c["num_heads"] * c["head_dim"],
+        c["num_kv_heads"] * c["head_dim"],
+        c["intermediate_size"],
+        qkv_bias=qkv_bias,
+        o_bias=o_bias,
         mlp_bias=bool(cfg.get("mlp_bias", False)),
-        fused_qkv=mt == "phi3", fused_gate_up=mt == "phi3",
+        fused_qkv=mt == "phi3",
+        fused_gate_up=mt == "phi3",
     )
     moe = None
     moe_mlp: tuple[Linear, ...] = ()
@@ -232,9 +259,7 @@ def _llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         e_inter = _positive(_get(cfg, "moe_intermediate_size", where=where), "moe_intermediate_size", where)
         step = int(cfg.get("decoder_sparse_step", 1) or 1)
         dense_only = set(cfg.get("mlp_only_layers") or [])
-        layers = tuple(
-            i for i in range(c["num_layers"]) if i not in dense_only and (i + 1) % step == 0
-        )
+        layers = tuple(i for i in range(c["num_layers"]) if i not in dense_only and (i + 1) % step == 0)
         moe = MoESpec(
             num_experts=n_exp,
             experts_per_token=_positive(_get(cfg, "num_experts_per_tok", where=where), "num_experts_per_tok", where),
@@ -413,7 +438,5 @@ def spec_from_config(config: dict[str, Any], name: str = "model", where: str = "
         raise VramplanError(where, "must be a JSON object")
     mt = config.get("model_type")
     if mt not in _READERS:
-        raise VramplanError(
-            where, f"model_type {mt!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+        raise VramplanError(where, f"model_type {mt!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
     return _READERS[mt](name, config, where)

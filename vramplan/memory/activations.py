@@ -11,8 +11,10 @@ input's grad needs (silu its input, mul both operands, sdpa q/k/v/out/logsumexp)
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from vramplan.memory.policy import act_bytes, dtypes, pointwise_bytes, residual_bytes
-from vramplan.memory.trainable import lora_linears, trainable_layers
+from vramplan.memory.trainable import lora_group, lora_linears, trainable_layers
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
@@ -98,6 +100,18 @@ def lora_saved_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
 def layer_saved_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
     """Everything one decoder layer saves for backward without checkpointing."""
     trains = layer in trainable_layers(spec, setup) and not setup.is_lora
+    moe = spec.moe is not None and layer in spec.moe.layers
+    return _layer_saved(spec, setup, trains, moe)
+
+
+@lru_cache(maxsize=4096)
+def _layer_saved(spec: ModelSpec, setup: Setup, trains: bool, moe: bool) -> int:
+    """Layers of one kind (trained or not, MoE or dense) save the same: memoised on the kind."""
+    layer = (
+        spec.moe.layers[0]
+        if moe and spec.moe
+        else next(i for i in range(spec.num_layers) if spec.moe is None or i not in spec.moe.layers)
+    )
     h = spec.hidden_size
     return (
         spec.norms_per_layer * norm_saved_bytes(spec, setup, h, trains)
@@ -167,5 +181,5 @@ def backward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     if setup.attention == "eager":
         b, s, a = setup.micro_batch, setup.seq_len, spec.num_heads
         inner = max(inner, (4 + A) * b * a * s * s)
-    widest = max((lin.in_features for i in range(spec.num_layers) for lin in lora_linears(spec, setup, i)), default=0)
+    widest = max((lin.in_features for group, _ in spec.layer_groups for lin in lora_group(group, setup)), default=0)
     return 2 * R * t * spec.hidden_size + inner + 4 * t * widest

@@ -40,17 +40,20 @@ def layer_gradient_bytes(spec: ModelSpec, setup: Setup) -> list[int]:
     """Gradient bytes of each decoder layer's trainable parameters (full/freeze: the layer in
     the master dtype; LoRA: its fp32 adapters)."""
     d = dtypes(setup)
-    out = []
-    for i in range(spec.num_layers):
+    moe_layers = set(spec.moe.layers) if spec.moe is not None else set()
+    trained = set(trainable_layers(spec, setup))
+    per_kind: dict[bool, int] = {}
+    for is_moe in (False, True):
+        rep = next((i for i in range(spec.num_layers) if (i in moe_layers) == is_moe), None)
+        if rep is None:
+            continue
         if setup.is_lora:
             r = setup.lora_rank
-            n = sum(lin.count * r * (lin.in_features + lin.out_features) for lin in lora_linears(spec, setup, i))
-            out.append(nbytes(n, d.adapter))
-        elif i in trainable_layers(spec, setup):
-            out.append(nbytes(layer_params(spec, i), d.master))
+            n = sum(lin.count * r * (lin.in_features + lin.out_features) for lin in lora_linears(spec, setup, rep))
+            per_kind[is_moe] = nbytes(n, d.adapter)
         else:
-            out.append(0)
-    return out
+            per_kind[is_moe] = nbytes(layer_params(spec, rep), d.master)
+    return [per_kind[i in moe_layers] if setup.is_lora or i in trained else 0 for i in range(spec.num_layers)]
 
 
 def embedding_gradient_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -116,4 +119,3 @@ def paged_optimizer(setup: Setup) -> bool:
     """Paged optimizers keep state in CUDA unified memory: outside torch's allocator (not in
     ``max_memory_allocated``), counted in the device tier."""
     return setup.optimizer.startswith("paged-")
-

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
+from vramplan.memory.weights import quantized_linears
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 from vramplan.tables import tables_dir
-from vramplan.memory.weights import quantized_linears
 
 
 @lru_cache(maxsize=1)

@@ -27,8 +27,11 @@ from vramplan.spec import ModelSpec
 
 PHASES = ("backward_start", "backward", "optimizer_step")
 #: terms outside max_memory_allocated: name -> tier it first appears in.
-OUTSIDE_ALLOCATED = {"overhead/allocator_slack": "reserved", "overhead/cuda_context": "device",
-                     "optimizer/paged_state": "device"}
+OUTSIDE_ALLOCATED = {
+    "overhead/allocator_slack": "reserved",
+    "overhead/cuda_context": "device",
+    "optimizer/paged_state": "device",
+}
 
 
 class Estimate(BaseModel):
@@ -103,19 +106,24 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
     per_layer_grads = optimizer.layer_gradient_bytes(spec, setup)
     head_grads = all_grads - sum(per_layer_grads) - optimizer.embedding_gradient_bytes(spec, setup)
     ckpt = act.checkpoint_bytes(spec, setup)
+    recorded = set(layers)
+    saved = [act.layer_saved_bytes(spec, setup, i) if i in recorded else 0 for i in range(spec.num_layers)]
+    kept = [ckpt if i in recorded else 0 for i in range(spec.num_layers)] if setup.grad_checkpointing else saved
+    running = 0
+    saved_upto = []
+    for value in kept:
+        running += value
+        saved_upto.append(running)
     best = {"gradients": 0, "activations/saved": 0, "activations/recompute": 0}
-    saved_below = 0
-    saved_upto = [0] * spec.num_layers
-    for i in range(spec.num_layers):
-        if i in layers:
-            saved_below += ckpt if setup.grad_checkpointing else act.layer_saved_bytes(spec, setup, i)
-        saved_upto[i] = saved_below
-    for layer in reversed(layers):
-        grads = all_grads if setup.grad_accum > 1 else head_grads + sum(per_layer_grads[layer:])
+    grads_above = head_grads
+    for layer in range(spec.num_layers - 1, -1, -1):
+        grads_above += per_layer_grads[layer]
+        if layer not in recorded:
+            continue
         parts = {
-            "gradients": grads,
+            "gradients": all_grads if setup.grad_accum > 1 else grads_above,
             "activations/saved": saved_upto[layer],
-            "activations/recompute": act.layer_saved_bytes(spec, setup, layer) if setup.grad_checkpointing else 0,
+            "activations/recompute": saved[layer] if setup.grad_checkpointing else 0,
         }
         if sum(parts.values()) > sum(best.values()):
             best = parts

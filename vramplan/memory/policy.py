@@ -18,6 +18,8 @@ optimizer states are fp32 too.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pydantic import BaseModel, ConfigDict
 
 from vramplan.setup import Setup
@@ -35,7 +37,11 @@ class Dtypes(BaseModel):
 
 
 def dtypes(setup: Setup) -> Dtypes:
-    p = setup.precision
+    return _dtypes(setup.precision)
+
+
+@lru_cache(maxsize=16)
+def _dtypes(p: str) -> Dtypes:
     if p == "fp32":
         return Dtypes(weights="fp32", master="fp32", grads="fp32", states="fp32", act="fp32", autocast=False)
     if p in ("bf16", "fp16"):

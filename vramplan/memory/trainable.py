@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from vramplan.errors import VramplanError
 from vramplan.params import param_counts
 from vramplan.setup import Setup
@@ -21,8 +23,17 @@ def lora_linears(spec: ModelSpec, setup: Setup, layer: int) -> tuple[Linear, ...
     """
     if not setup.is_lora:
         return ()
-    linears = spec.layer_linears(layer)
-    targets = setup.lora_target_list()
+    return _lora_linears(spec.layer_linears(layer), setup.lora_targets)
+
+
+def lora_group(linears: tuple[Linear, ...], setup: Setup) -> tuple[Linear, ...]:
+    """The adapted linears among one layer group's ``linears``."""
+    return _lora_linears(linears, setup.lora_targets) if setup.is_lora else ()
+
+
+@lru_cache(maxsize=1024)
+def _lora_linears(linears: tuple[Linear, ...], lora_targets: str) -> tuple[Linear, ...]:
+    targets = None if lora_targets.strip().lower() == "all-linear" else [t.strip() for t in lora_targets.split(",")]
     if targets is None:
         return tuple(lin for lin in linears if lin.nn_linear)
     return tuple(lin for lin in linears if lin.nn_linear and any(_matches(lin.name, t) for t in targets))
@@ -45,11 +56,13 @@ def check_lora_targets(spec: ModelSpec, setup: Setup) -> None:
 def lora_params(spec: ModelSpec, setup: Setup) -> int:
     """Adapter parameters: r·(in + out) per targeted linear (A: r x in, B: out x r), times
     its copies (``count``), summed over layers (PEFT ``LoraLayer.update_layer``)."""
+    if not setup.is_lora:
+        return 0
     r = setup.lora_rank
     return sum(
-        lin.count * r * (lin.in_features + lin.out_features)
-        for i in range(spec.num_layers)
-        for lin in lora_linears(spec, setup, i)
+        n * lin.count * r * (lin.in_features + lin.out_features)
+        for group, n in spec.layer_groups
+        for lin in _lora_linears(group, setup.lora_targets)
     )
 
 
@@ -98,17 +111,13 @@ def largest_trainable_tensor(spec: ModelSpec, setup: Setup) -> int:
     if setup.is_lora:
         sizes = [
             setup.lora_rank * max(lin.in_features, lin.out_features)
-            for i in range(spec.num_layers)
-            for lin in lora_linears(spec, setup, i)
+            for group, _ in spec.layer_groups
+            for lin in _lora_linears(group, setup.lora_targets)
         ]
         if extra_trainable_params(spec, setup):
             sizes.append(spec.vocab_size * spec.hidden_size)
         return max(sizes, default=0)
-    sizes = [
-        lin.in_features * lin.out_features
-        for i in trainable_layers(spec, setup)
-        for lin in spec.layer_linears(i)
-    ]
+    sizes = [lin.in_features * lin.out_features for i in trainable_layers(spec, setup) for lin in spec.layer_linears(i)]
     if setup.method == "full":
         sizes.append(spec.vocab_size * spec.hidden_size)
     return max(sizes, default=0)

@@ -3,6 +3,8 @@ weights, and AMP's 16-bit weight copies."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from vramplan.memory.policy import dtypes
 from vramplan.memory.trainable import (
     extra_trainable_params,
@@ -22,14 +24,20 @@ BNB_DQ_BLOCK = 256
 INT4_GROUP = 128
 
 
-def quantized_linears(spec: ModelSpec) -> list[Linear]:
+@lru_cache(maxsize=256)
+def quantized_linears(spec: ModelSpec) -> tuple[Linear, ...]:
     """``nn.Linear`` modules a quantizer replaces: every one in the decoder layers and the
     vision tower; transformers' ``get_keys_to_not_convert`` keeps lm_head unquantized, and
     non-``nn.Linear`` weights (fused MoE experts, routers) are left as they are."""
-    lins = [lin for i in range(spec.num_layers) for lin in spec.layer_linears(i) if lin.nn_linear]
+    lins = [
+        lin.model_copy(update={"count": lin.count * n})
+        for group, n in spec.layer_groups
+        for lin in group
+        if lin.nn_linear
+    ]
     if spec.vision is not None:
-        lins += [lin.model_copy(update={"count": spec.vision.depth}) for lin in spec.vision.blocks]
-    return lins
+        lins += [lin.model_copy(update={"count": lin.count * spec.vision.depth}) for lin in spec.vision.blocks]
+    return tuple(lins)
 
 
 def quantized_weight_params(spec: ModelSpec) -> int:
@@ -57,20 +65,20 @@ def quant_state_bytes(spec: ModelSpec, setup: Setup) -> int:
     q = setup.quant
     total = 0
     for lin in quantized_linears(spec):
-        n, out, inp = lin.weight_params, lin.count * lin.out_features, lin.in_features
+        # ``count`` copies of one out x in weight, each with its own quantization state
+        n, out, inp, k = lin.in_features * lin.out_features, lin.out_features, lin.in_features, lin.count
         if q in ("bnb-nf4", "bnb-fp4"):
-            total += nbytes(-(-n // BNB_4BIT_BLOCK), "fp32")
+            total += k * nbytes(-(-n // BNB_4BIT_BLOCK), "fp32")
         elif q == "bnb-nf4-dq":
             blocks = -(-n // BNB_4BIT_BLOCK)
-            total += nbytes(blocks, "uint8") + nbytes(-(-blocks // BNB_DQ_BLOCK), "fp32")
-            total += nbytes(256 * lin.count, "fp32")
+            total += k * (nbytes(blocks, "uint8") + nbytes(-(-blocks // BNB_DQ_BLOCK), "fp32") + nbytes(256, "fp32"))
         elif q == "bnb-int8":
-            total += nbytes(out, "fp32")
+            total += k * nbytes(out, "fp32")
         elif q in ("gptq-int4", "awq-int4"):
             groups = -(-inp // INT4_GROUP) * out
-            total += nbytes(groups, "fp16") + nbytes(groups, "int4")
+            total += k * (nbytes(groups, "fp16") + nbytes(groups, "int4"))
             if q == "gptq-int4":
-                total += nbytes(inp * lin.count, "int32")
+                total += k * nbytes(inp, "int32")
     return total
 
 
@@ -122,6 +130,6 @@ def autocast_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
     d = dtypes(setup)
     if not d.autocast or d.weights != "fp32" or setup.method == "qlora":
         return 0
-    n = sum(lin.weight_params for i in range(spec.num_layers) for lin in spec.layer_linears(i))
+    n = sum(k * lin.weight_params for group, k in spec.layer_groups for lin in group)
     n += spec.vocab_size * spec.hidden_size  # lm_head (tied or not, it is a matmul weight)
     return nbytes(n, "bf16")
