@@ -89,3 +89,15 @@ def test_scenario_swift_lora_on_4090d() -> None:
     # per layer r*(in+out): q,o 8*7168; k,v 8*4096; gate,up,down 8*22528; 28 layers
     assert p.trainable_params == 28 * (2 * 57_344 + 2 * 32_768 + 3 * 180_224) == 20_185_088
     assert 17e9 < p.peak.device_bytes < 25e9
+
+
+def test_plan_renders_for_people() -> None:
+    from rich.console import Console
+
+    p = plan("qwen2.5-7b", gpu="4090")
+    page = p._repr_html_()
+    assert "qwen2.5-7b" in page and "weights/frozen" in page and "fits" in page
+    console = Console(record=True, width=120)
+    console.print(p)
+    text = console.export_text()
+    assert "weights/frozen" in text and "torch.cuda.max_memory_reserved" in text

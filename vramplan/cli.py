@@ -95,7 +95,7 @@ def _cmd_models(argv: list[str]) -> int:
         if q and not any(q in k.lower() for k in [name, src.hub_id, *src.aliases]):
             continue
         spec = load_model(name)
-        rows.append((name, src.hub_id, spec.model_type, param_counts(spec).total))
+        rows.append((name, src.hub_id, spec.model_type, param_counts(spec).total, src.published_params_text or ""))
     if not rows:
         raise VramplanError("query", f"no catalog model matches {args.query!r}")
     _console().print(models_table(rows))

@@ -123,10 +123,10 @@ def gpus_table(gpus: list[GPU]) -> Table:
     return table
 
 
-def models_table(rows: list[tuple[str, str, str, int]]) -> Table:
+def models_table(rows: list[tuple[str, str, str, int, str]]) -> Table:
     table = Table(title="model catalog")
-    for col in ("name", "hub id", "type", "params"):
+    for col in ("name", "hub id", "type", "params (counted)", "published"):
         table.add_column(col)
-    for name, hub_id, model_type, total in rows:
-        table.add_row(name, hub_id, model_type, f"{total:,}")
+    for name, hub_id, model_type, total, published in rows:
+        table.add_row(name, hub_id, model_type, f"{total:,}", published)
     return table
