@@ -18,7 +18,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_main_job_prints_named_terms() -> None:
     out = run("qwen2.5-7b", "--gpu", "4090")
     assert out.returncode == 0, out.stderr
-    for term in ("weights/frozen", "loss/logits", "activations/saved", "overhead/cuda_context", "FITS"):
+    for term in ("weights/frozen", "loss/log_softmax", "activations/saved", "overhead/cuda_context", "FITS"):
         assert term in out.stdout
 
 

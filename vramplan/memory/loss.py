@@ -1,11 +1,12 @@
 """The loss chain: logits over the whole vocabulary and the cross-entropy around them.
 
-transformers ``ForCausalLMLoss``: ``logits = lm_head(h)`` (A·t·V, kept by the model
-output), ``logits.float()`` (4·t·V, a forward temporary), ``cross_entropy`` =
-``log_softmax`` (4·t·V, saved for backward) + ``nll_loss``. At the start of backward,
-``nll_loss_backward`` writes a 4·t·V grad and ``log_softmax_backward`` another 4·t·V,
-while the logits and the saved log-softmax are still alive: (A + 12)·t·V at the chain's
-peak, which is the peak of the whole step for most LoRA/QLoRA runs.
+transformers ``ForCausalLMLoss``: ``logits = lm_head(h)`` (A·t·V), ``logits.float()``
+(4·t·V), ``cross_entropy`` = ``log_softmax`` (4·t·V, saved for backward) + ``nll_loss``.
+The trainer keeps only the loss: the model output (and accelerate's fp32 copy of the
+logits under mixed precision) is dropped before ``backward()``, so forward ends at
+(A + 8)·t·V. At the start of backward ``nll_loss_backward`` writes a 4·t·V grad and
+``log_softmax_backward`` another 4·t·V beside the saved log-softmax: 12·t·V, the chain's
+peak, and the peak of the whole step for most LoRA/QLoRA runs.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
 
-def logits_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """lm_head output, in the activation dtype: A·t·V (Gemma-2 soft-capping saves its tanh
-    output too: another A·t·V)."""
-    n = act_bytes(setup) * setup.tokens * spec.vocab_size
-    return 2 * n if spec.final_logit_softcapping else n
+def softcap_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Gemma-2 final logit soft-capping, ``tanh(logits / cap) * cap``: ``tanh`` saves its
+    output for backward, A·t·V alive at the start of backward; 0 for other models."""
+    return act_bytes(setup) * setup.tokens * spec.vocab_size if spec.final_logit_softcapping else 0
 
 
 def log_softmax_bytes(spec: ModelSpec, setup: Setup) -> int:

@@ -71,7 +71,7 @@ def phase_terms(spec: ModelSpec, setup: Setup) -> dict[str, dict[str, int]]:
             "weights/autocast_copies": autocast,
             "gradients": grads if setup.grad_accum > 1 else 0,
             "activations/saved": saved,
-            "loss/logits": loss.logits_bytes(spec, setup),
+            "loss/softcap": loss.softcap_bytes(spec, setup),
             "loss/log_softmax": loss.log_softmax_bytes(spec, setup),
             "loss/backward_temporaries": loss.loss_backward_temp_bytes(spec, setup),
             "overhead/dequant_workspace": dequant,

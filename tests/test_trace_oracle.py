@@ -1,0 +1,87 @@
+"""Oracle: the fake-tensor trace equals a real CPU run, and both equal the CPU allocator's
+peak from torch.profiler (profile_memory) within 0.5%.
+
+Tiny Qwen2-shaped configs run for real on the CPU with the real transformers, PEFT,
+bitsandbytes and optimizers; any drift in those libraries that changes the code path
+under fake tensors shows up here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from vramplan.setup import make_setup  # noqa: E402
+from vramplan.trace.run import cpu_profiler_peak, trace  # noqa: E402
+
+TINY = {
+    "model_type": "qwen2",
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "vocab_size": 1000,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 512,
+}
+
+CASES = {
+    "full-amp-sdpa-gc-foreach": dict(method="full", precision="amp-bf16", grad_checkpointing=True),
+    "full-bf16-sdpa-foreach": dict(method="full", precision="bf16", grad_checkpointing=False),
+    "full-bf16-eager-fused": dict(
+        method="full", precision="bf16", attention="eager", grad_checkpointing=False, optimizer="adamw-fused"
+    ),
+    "lora-sdpa-gc-dropout": dict(method="lora", grad_checkpointing=True, lora_dropout=0.05),
+    "lora-eager-fused-nodropout": dict(
+        method="lora", attention="eager", grad_checkpointing=False, lora_dropout=0.0, optimizer="adamw-fused"
+    ),
+    "lora-fp32-lm_head": dict(method="lora", precision="fp32", trainable_extra=("lm_head",), grad_checkpointing=False),
+    "qlora-nf4-gc": dict(method="qlora", quant="bnb-nf4", grad_checkpointing=True),
+    "qlora-nf4-dq-eager": dict(method="qlora", quant="bnb-nf4-dq", attention="eager", grad_checkpointing=False),
+    "freeze-top-layer-sgd": dict(method="freeze", freeze_trainable_layers=1, grad_checkpointing=False, optimizer="sgd"),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny") / "config.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_trace_equals_real_cpu_run(tiny_config: str, case: str) -> None:
+    if CASES[case].get("method") == "qlora":
+        pytest.importorskip("bitsandbytes")
+    setup = make_setup(seq_len=32, micro_batch=2, **CASES[case])
+    fake = trace(tiny_config, setup, steps=2, keep_timeline=False)
+    real = trace(tiny_config, setup, steps=2, keep_timeline=False, fake=False)
+    allocator = cpu_profiler_peak(tiny_config, setup, steps=2)
+    traced = fake.peak_bytes - fake.baseline_bytes
+    assert traced == real.peak_bytes - real.baseline_bytes  # fake tensors take the real code path
+    assert fake.baseline_bytes == real.baseline_bytes
+    assert abs(traced - allocator) <= 0.005 * allocator, (traced, allocator)
+
+
+def test_second_step_holds_optimizer_state(tiny_config: str) -> None:
+    """The first step has no optimizer state during forward/backward: steady state is step 1."""
+    setup = make_setup(seq_len=32, micro_batch=2, method="full", precision="bf16", grad_checkpointing=False)
+    result = trace(tiny_config, setup, steps=2, keep_timeline=False)
+    assert result.phases["step1/forward"] > result.phases["step0/forward"]
+    assert result.by_kind["optimizer_state"] > 0
+
+
+def test_tied_embeddings_stay_tied() -> None:
+    """to_empty() under fake mode un-ties tied weights; the harness re-ties them."""
+    from vramplan.models import load_model
+    from vramplan.params import param_counts
+
+    setup = make_setup(method="full", precision="bf16", seq_len=16, grad_checkpointing=False)
+    result = trace("qwen2.5-0.5b", setup, steps=1, keep_timeline=False)
+    weights = param_counts(load_model("qwen2.5-0.5b")).total * 2
+    assert result.baseline_bytes - weights < 2**20  # only buffers (rotary inv_freq) beside the weights

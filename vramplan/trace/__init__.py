@@ -1,0 +1,2 @@
+"""Measured truth: real training steps traced with fake tensors (no GPU), run on the CPU,
+or measured on a CUDA card. Imports torch; the plain planner never imports this package."""

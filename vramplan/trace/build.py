@@ -1,0 +1,176 @@
+"""Build the real model a Setup describes: transformers from the catalog config (random
+weights, no download), PEFT LoRA / QLoRA, freezing, gradient checkpointing, attention
+implementation, and the optimizer, as trainers do it.
+
+``fake=True`` builds on the meta device and materialises under ``FakeTensorMode`` on "cpu"
+(no real memory); ``fake=False`` builds real tensors on ``device`` (tiny models, oracles,
+the cuda backend).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vramplan.errors import VramplanError
+from vramplan.setup import Setup
+
+#: model types transformers cannot build without executing the publisher's code.
+REMOTE_CODE = {
+    "qwen": "Qwen (v1) is a remote-code architecture transformers does not ship; trace qwen1.5-7b/14b "
+    "(the same shapes in transformers' Qwen2 classes) instead"
+}
+
+ATTN_IMPL = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attention_2"}
+TORCH_DTYPE = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "amp-bf16": torch.float32,
+    "amp-fp16": torch.float32,
+}
+AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}
+TRACE_OPTIMIZERS = ("adamw", "adamw-fused", "sgd", "adafactor")
+
+
+@dataclass
+class Built:
+    model: Any
+    optimizer: Any
+    autocast_dtype: Any  # None: no autocast
+    notes: list[str]
+
+
+def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[str]:
+    """Refuse what the harness cannot build, with the reason and what to do instead."""
+    mt = config.get("model_type")
+    if mt in REMOTE_CODE:
+        raise VramplanError("model", REMOTE_CODE[mt])
+    if "vision_config" in config or "visual" in config:
+        raise VramplanError("model", "tracing vision-language models is not supported yet: trace the text model")
+    notes = []
+    if setup.method == "qlora" and setup.quant not in ("bnb-nf4", "bnb-nf4-dq", "bnb-fp4"):
+        raise VramplanError("quant", f"the harness builds bitsandbytes 4-bit QLoRA only, not {setup.quant}")
+    if setup.method == "qlora":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise VramplanError("quant", "QLoRA needs bitsandbytes: pip install 'vramplan[trace]'") from None
+    if device != "cuda" and setup.optimizer not in TRACE_OPTIMIZERS:
+        raise VramplanError(
+            "optimizer",
+            f"{setup.optimizer} runs on CUDA only; off a GPU the harness runs {', '.join(TRACE_OPTIMIZERS)}",
+        )
+    if setup.attention == "flash-attn-2" and device != "cuda":
+        notes.append("flash-attn-2 needs CUDA: traced with sdpa, which saves the same tensors (q, k, v, out, lse)")
+    if setup.precision in ("fp16", "amp-fp16") and device != "cuda":
+        notes.append("fp16 autocast on the CPU follows the CPU op lists, which differ slightly from CUDA's")
+    return notes
+
+
+def _hf_config(config: dict[str, Any], setup: Setup, device: str) -> Any:
+    from transformers import AutoConfig
+
+    cfg = dict(config)
+    model_type = cfg.pop("model_type")
+    cfg.pop("auto_map", None)  # never follow remote code
+    attn = ATTN_IMPL[setup.attention]
+    if attn == "flash_attention_2" and device != "cuda":
+        attn = "sdpa"
+    hf = AutoConfig.for_model(model_type, **cfg)
+    hf._attn_implementation = attn
+    hf.use_cache = False
+    return hf
+
+
+def _lora_config(setup: Setup, spec_targets: list[str] | None, embedding_name: str) -> Any:
+    from peft import LoraConfig
+
+    extra = {"embeddings": embedding_name, "lm_head": "lm_head"}
+    return LoraConfig(
+        r=setup.lora_rank,
+        lora_alpha=setup.lora_alpha,
+        lora_dropout=setup.lora_dropout,
+        target_modules="all-linear" if spec_targets is None else spec_targets,
+        modules_to_save=[extra[m] for m in setup.trainable_extra] or None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _freeze(model: Any, setup: Setup, num_layers: int) -> None:
+    """LLaMA-Factory ``freeze``: train the top ``freeze_trainable_layers`` decoder layers."""
+    keep = {f"layers.{i}." for i in range(num_layers - setup.freeze_trainable_layers, num_layers)}
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(k in name for k in keep))
+
+
+def make_optimizer(params: list[Any], setup: Setup) -> Any:
+    lr = 1e-4
+    if setup.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, foreach=True)
+    if setup.optimizer == "adamw-fused":
+        return torch.optim.AdamW(params, lr=lr, fused=True)
+    if setup.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if setup.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False)
+    import bitsandbytes as bnb
+
+    cls = {
+        "adamw-8bit": bnb.optim.AdamW8bit,
+        "paged-adamw-8bit": bnb.optim.PagedAdamW8bit,
+        "paged-adamw-32bit": bnb.optim.PagedAdamW32bit,
+        "lion": bnb.optim.Lion,
+    }[setup.optimizer]
+    return cls(params, lr=lr)
+
+
+def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cpu", fake_mode: Any = None) -> Built:
+    """The model, wrapped as ``setup`` says, and its optimizer (states not yet created)."""
+    from transformers import AutoModelForCausalLM
+
+    notes = check_buildable(config, setup, device)
+    hf = _hf_config(config, setup, device)
+    dtype = TORCH_DTYPE[setup.precision]
+    if setup.method == "qlora":
+        from vramplan.trace.kbit import build_qlora
+
+        model = build_qlora(hf, setup, fake=fake, device=device, fake_mode=fake_mode)
+    else:
+        ctx = torch.device("meta") if fake else torch.device(device)
+        with ctx:
+            model = AutoModelForCausalLM.from_config(hf, dtype=dtype)
+        if setup.method == "freeze":
+            _freeze(model, setup, hf.num_hidden_layers)
+        if setup.method == "lora":
+            from peft import get_peft_model
+
+            targets = setup.lora_target_list()
+            model = get_peft_model(model, _lora_config(setup, targets, _embedding_name(model)))
+        if fake:
+            with fake_mode:
+                model.to_empty(device="cpu")
+            model.tie_weights()  # to_empty un-ties tied embeddings
+    if setup.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+        if setup.method != "full":
+            model.enable_input_require_grads()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    ctx2 = fake_mode if fake else contextlib.nullcontext()
+    with ctx2:
+        optimizer = make_optimizer(params, setup)
+    return Built(model=model, optimizer=optimizer, autocast_dtype=AUTOCAST_DTYPE.get(setup.precision), notes=notes)
+
+
+def _embedding_name(model: Any) -> str:
+    emb = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        if module is emb:
+            return name.split(".")[-1]
+    return "embed_tokens"

@@ -1,0 +1,290 @@
+"""Run training steps of a built model and read the peak: traced (fake tensors, no GPU),
+for real on the CPU (oracle), or for real on a CUDA card."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from vramplan.errors import VramplanError
+from vramplan.models import load_config
+from vramplan.setup import Setup
+from vramplan.trace.build import Built, build
+from vramplan.trace.counter import Counter, CountingMode, Live
+from vramplan.trace.result import KINDS, Allocation, TimelinePoint, TraceResult
+
+Progress = Callable[[str], None]
+MAX_TIMELINE_POINTS = 1500
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "vramplan"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+@contextlib.contextmanager
+def cuda_dropout() -> Any:
+    """Dropout as CUDA runs it: ``F.dropout`` on a CUDA tensor takes the fused
+    ``native_dropout`` kernel, which keeps a bool mask (1 B/element); on the CPU it would
+    multiply by an input-sized noise tensor (4 B/element in fp32). ``native_dropout`` exists
+    on the CPU too, so the traced step keeps what a GPU keeps."""
+    import torch.nn.functional as F
+
+    original = F.dropout
+
+    def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+        if training and 0 < p < 1 and not inplace:
+            return torch.native_dropout(input, p, True)[0]
+        return original(input, p, training, inplace)
+
+    F.dropout = dropout
+    try:
+        yield
+    finally:
+        F.dropout = original
+
+
+@contextlib.contextmanager
+def counted_rng_state(counter: Counter) -> Any:
+    """Gradient checkpointing saves the CPU RNG state (a 5 KB byte tensor per checkpoint)
+    through ``torch.get_rng_state``, which makes its tensor outside the dispatcher: count it."""
+    original = torch.get_rng_state
+
+    def get_rng_state() -> Any:
+        state = original()
+        counter.track(state, counter.phase, "get_rng_state")
+        return state
+
+    torch.get_rng_state = get_rng_state
+    try:
+        yield
+    finally:
+        torch.get_rng_state = original
+
+
+@contextlib.contextmanager
+def unpacked_batches() -> Any:
+    """transformers treats fake tensors as tracing and then assumes packed sequences, which
+    builds an explicit mask and expands K/V; our batches are unpacked and unpadded, so the
+    real (mask-free) path is restored by reporting 'no packed sequences'."""
+    import transformers.masking_utils as mu
+
+    original = mu.find_packed_sequence_indices
+    mu.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        mu.find_packed_sequence_indices = original
+
+
+def _forward_loss(built: Built, ids: Any, device: str) -> Any:
+    """One forward as HF Trainer runs it: under autocast when mixed precision is on, the
+    outputs converted to fp32 (accelerate ``convert_outputs_to_fp32``) and dropped once the
+    loss is taken."""
+    ctx = (
+        torch.autocast(device_type=device, dtype=built.autocast_dtype)
+        if built.autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with ctx:
+        out = built.model(input_ids=ids, labels=ids)
+    if built.autocast_dtype is not None:
+        from accelerate.utils import convert_to_fp32
+
+        out = convert_to_fp32(out)
+    loss = out.loss
+    del out
+    return loss
+
+
+def run_steps(
+    built: Built, setup: Setup, steps: int, device: str, counter: Counter | None, make_ids: Callable[[], Any]
+) -> None:
+    """``steps`` optimizer steps of ``grad_accum`` micro-batches each."""
+
+    def phase(name: str, step: int) -> None:
+        if counter is not None:
+            counter.set_phase(name, step)
+
+    for step in range(steps):
+        for _ in range(setup.grad_accum):
+            ids = make_ids()
+            phase("forward", step)
+            loss = _forward_loss(built, ids, device)
+            phase("backward", step)
+            loss.backward()
+            del loss, ids
+        phase("optimizer", step)
+        built.optimizer.step()
+        built.optimizer.zero_grad(set_to_none=True)
+        phase("between", step)
+
+
+def _kind(item: Live) -> str:
+    """What a storage alive at the peak was: known kinds were marked when they became known
+    (parameters up front, ``.grad`` before each optimizer step, optimizer state after it);
+    the rest was made by forward (saved activations) or is a temporary."""
+    if item.kind is not None:
+        return item.kind
+    return "activations" if item.creator == "forward" else "temporaries"
+
+
+def _timeline(counter: Counter) -> list[TimelinePoint]:
+    points = counter.timeline
+    stride = max(1, len(points) // MAX_TIMELINE_POINTS)
+    out = []
+    for start in range(0, len(points), stride):
+        chunk = points[start : start + stride]
+        step, idx, phase, totals = max(chunk, key=lambda p: sum(p[3].values()))
+        out.append(TimelinePoint(index=idx, step=step, phase=phase, by_creator={k: v for k, v in totals.items() if v}))
+    return out
+
+
+def _ids_maker(spec_vocab: int, setup: Setup, device: str, fake_mode: Any) -> Callable[[], Any]:
+    def make() -> Any:
+        ctx = fake_mode if fake_mode is not None else contextlib.nullcontext()
+        with ctx:
+            return torch.randint(0, spec_vocab, (setup.micro_batch, setup.seq_len), device=device)
+
+    return make
+
+
+def trace(
+    model: str,
+    setup: Setup,
+    steps: int = 2,
+    *,
+    fake: bool = True,
+    progress: Progress | None = None,
+    keep_timeline: bool = True,
+) -> TraceResult:
+    """Trace ``steps`` training steps with fake tensors on "cpu" (``fake=False``: run them
+    for real on the CPU, for tiny models and the oracle)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    say = progress or (lambda _msg: None)
+    name, config = load_config(model)
+    t0 = time.perf_counter()
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+    say("building the model")
+    with unpacked_batches(), cuda_dropout():
+        built = build(config, setup, fake=fake, device="cpu", fake_mode=fake_mode)
+        counter = Counter(keep_timeline=keep_timeline)
+        for p in built.model.parameters():
+            kind = "trainable_weights" if p.requires_grad else "weights"
+            counter.track(p, kind)
+            counter.mark(p, kind)
+        for b in [*built.model.buffers(), *getattr(built.model, "_vramplan_quant_tensors", [])]:
+            counter.track(b, "weights")
+            counter.mark(b, "weights")
+        make_ids = _ids_maker(
+            int(config.get("vocab_size") or config["text_config"]["vocab_size"]), setup, "cpu", fake_mode
+        )
+        baseline = counter.total
+        say(f"running {steps} step(s)")
+        mode_ctx = fake_mode if fake_mode is not None else contextlib.nullcontext()
+        with mode_ctx, CountingMode(counter), counted_rng_state(counter):
+            _run_with_bookkeeping(built, setup, steps, counter, make_ids)
+    seconds = time.perf_counter() - t0
+    result = _result(name, setup, "trace" if fake else "cpu", steps, counter, built, seconds)
+    return result.model_copy(update={"baseline_bytes": baseline})
+
+
+def _run_with_bookkeeping(
+    built: Built, setup: Setup, steps: int, counter: Counter, make_ids: Callable[[], Any]
+) -> None:
+    """Run steps, remembering which storages became gradients and optimizer state."""
+    original_step = built.optimizer.step
+
+    def step_and_note(*args: Any, **kwargs: Any) -> Any:
+        for p in built.model.parameters():
+            if p.grad is not None:
+                counter.mark(p.grad, "gradients")
+        out = original_step(*args, **kwargs)
+        for state in built.optimizer.state.values():
+            for v in state.values():
+                if isinstance(v, torch.Tensor):
+                    counter.mark(v, "optimizer_state")
+        return out
+
+    built.optimizer.step = step_and_note
+    try:
+        run_steps(built, setup, steps, "cpu", counter, make_ids)
+    finally:
+        built.optimizer.step = original_step
+
+
+def _result(
+    name: str, setup: Setup, backend: str, steps: int, counter: Counter, built: Built, seconds: float
+) -> TraceResult:
+    by_kind = {k: 0 for k in KINDS}
+    for item in counter.peak_snapshot.values():
+        by_kind[_kind(item)] += item.nbytes
+    largest = sorted(counter.peak_snapshot.items(), key=lambda kv: -kv[1].nbytes)[:10]
+    return TraceResult(
+        model=name,
+        setup=setup,
+        backend=backend,
+        steps=steps,
+        peak_bytes=counter.peak,
+        peak_phase=counter.peak_at[1],
+        peak_step=counter.peak_at[0],
+        by_kind=by_kind,
+        phases={k: v for k, v in counter.phase_peaks.items() if not k.endswith(("/setup", "/between"))},
+        largest=[
+            Allocation(
+                nbytes=item.nbytes,
+                kind=_kind(item),
+                op=item.op or "(parameter)",
+                shape=list(item.shape),
+                dtype=item.dtype,
+            )
+            for _, item in largest
+        ],
+        timeline=_timeline(counter),
+        seconds=seconds,
+        versions=versions(),
+        notes=built.notes,
+    )
+
+
+def cpu_profiler_peak(model: str, setup: Setup, steps: int = 2) -> int:
+    """Run the steps for real on the CPU under ``torch.profiler`` (profile_memory) and return
+    the allocator's peak above what existed before the first step: the oracle the counter
+    must match."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    name, config = load_config(model)
+    with unpacked_batches(), cuda_dropout():
+        built = build(config, setup, fake=False, device="cpu")
+        make_ids = _ids_maker(int(config["vocab_size"]), setup, "cpu", None)
+        with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+        ) as prof:
+            run_steps(built, setup, steps, "cpu", None, make_ids)
+    live = peak = 0
+    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak
+
+
+def require_cuda() -> None:
+    if not torch.cuda.is_available():
+        raise VramplanError("backend", "no CUDA device here: 'vramplan measure' needs a GPU; use 'vramplan trace'")
