@@ -32,10 +32,36 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+SETUP_FLAGS = (
+    "method",
+    "quant",
+    "precision",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
+    "trainable_extra",
+    "freeze_trainable_layers",
+    "optimizer",
+    "seq_len",
+    "micro_batch",
+    "grad_accum",
+    "grad_checkpointing",
+    "attention",
+    "num_gpus",
+)
+
+
 def plan_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vramplan", description="Plan GPU memory for fine-tuning MODEL on GPU.")
     p.add_argument("model", help="catalog name or hub id (qwen2.5-7b, Qwen/Qwen2.5-7B-Instruct) or a config.json path")
     p.add_argument("--gpu", default="4090", help="card name (4090, a100-80g, h100, ...) or auto")
+    _add_setup_flags(p)
+    p.add_argument("--json", action="store_true", help="print plan(...).model_dump_json()")
+    return p
+
+
+def _add_setup_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS)
     p.add_argument("--quant", choices=QUANTS)
     p.add_argument("--precision", choices=PRECISIONS)
@@ -52,7 +78,22 @@ def plan_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--attention", choices=ATTENTIONS)
     p.add_argument("--gpus", dest="num_gpus", type=_int)
-    p.add_argument("--json", action="store_true", help="print plan(...).model_dump_json()")
+
+
+def run_parser(command: str) -> argparse.ArgumentParser:
+    what = {
+        "trace": "Trace training steps of MODEL with fake tensors (no GPU needed).",
+        "measure": "Run training steps of MODEL on the local CUDA card and read the peak.",
+    }[command]
+    p = _Parser(prog=f"vramplan {command}", description=what)
+    p.add_argument("model")
+    _add_setup_flags(p)
+    p.add_argument("--steps", type=_int, default=2, help="optimizer steps to run (default 2: the second is steady)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--plot", help="draw the live-memory timeline to FILE.png or FILE.html")
+    p.add_argument("--record", action="store_true", help="append the result to tables/measured/traces.jsonl")
+    if command == "trace":
+        p.add_argument("--real-cpu", action="store_true", help="run the steps for real on the CPU (tiny models)")
     return p
 
 
@@ -115,7 +156,69 @@ def _cmd_plan(argv: list[str]) -> int:
     return EXIT_FITS if result.fits else EXIT_NO_FIT
 
 
-COMMANDS = {"gpus": _cmd_gpus, "models": _cmd_models}
+def _setup_from_args(args: argparse.Namespace) -> Any:
+    from vramplan.setup import make_setup
+
+    fields = {k: getattr(args, k) for k in SETUP_FLAGS if getattr(args, k, None) is not None}
+    if fields.get("method") == "qlora" and "quant" not in fields:
+        fields["quant"] = "bnb-nf4"
+    if fields.get("quant") not in (None, "none") and "method" not in fields:
+        fields["method"] = "qlora"
+    return make_setup(**fields)
+
+
+def _run(command: str, argv: list[str]) -> int:
+    args = run_parser(command).parse_args(argv)
+    if args.steps < 1:
+        raise VramplanError("steps", f"must be at least 1, got {args.steps}")
+    if args.plot and not args.plot.lower().endswith((".png", ".html", ".htm")):
+        raise VramplanError("plot", "write .png or .html")
+    setup = _setup_from_args(args)
+    from vramplan.models import load_config
+
+    load_config(args.model)  # unknown model: one line, before anything heavy loads
+    console = _console() if not args.json else None
+    status = console.status(f"{command}: importing torch") if console else None
+    if status:
+        status.start()
+
+    def progress(message: str) -> None:
+        if status:
+            status.update(f"{command}: {message}")
+
+    try:
+        from vramplan.trace import run
+
+        if command == "measure":
+            result = run.measure(args.model, setup, args.steps, progress=progress)
+        else:
+            result = run.trace(args.model, setup, args.steps, fake=not args.real_cpu, progress=progress)
+    finally:
+        if status:
+            status.stop()
+    if args.plot:
+        from vramplan.plot import plot
+
+        plot(result, args.plot)
+    if args.record:
+        from vramplan.records import append_row, make_row
+
+        append_row(make_row(result))
+    if args.json:
+        print(result.model_dump_json(exclude={"timeline"}))
+    else:
+        from vramplan.render import trace_renderable
+
+        console.print(trace_renderable(result))
+    return EXIT_FITS if result.outcome == "ok" else EXIT_NO_FIT
+
+
+COMMANDS = {
+    "gpus": _cmd_gpus,
+    "models": _cmd_models,
+    "trace": lambda argv: _run("trace", argv),
+    "measure": lambda argv: _run("measure", argv),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from vramplan.units import GIB
 if TYPE_CHECKING:
     from vramplan.gpus import GPU
     from vramplan.planner import Plan
+    from vramplan.trace.result import TraceResult
 
 
 def _gib(n: int) -> str:
@@ -130,3 +131,59 @@ def models_table(rows: list[tuple[str, str, str, int, str]]) -> Table:
     for name, hub_id, model_type, total, published in rows:
         table.add_row(name, hub_id, model_type, f"{total:,}", published)
     return table
+
+
+def trace_renderable(result: TraceResult) -> Group:
+    s = result.setup
+    what = {
+        "trace": "traced with fake tensors on the CPU",
+        "cpu": "run for real on the CPU",
+        "cuda": "measured on the GPU",
+    }[result.backend]
+    head = Text.assemble(
+        (result.model, "bold"),
+        f" {what}: {result.steps} step(s) in {result.seconds:.1f} s\n",
+        f"setup: {s.method}{' ' + s.quant if s.method == 'qlora' else ''}, {s.precision}, {s.optimizer}, "
+        f"seq {s.seq_len}, micro-batch {s.micro_batch}, "
+        f"{'gradient checkpointing' if s.grad_checkpointing else 'no gradient checkpointing'}, {s.attention}\n",
+        (f"peak {_gib(result.peak_bytes)} GiB", "bold"),
+        f" at step {result.peak_step} {result.peak_phase}" if result.backend != "cuda" else " (max_memory_allocated)",
+    )
+    parts: list = [head]
+    if result.backend == "cuda":
+        tiers = Table(title="GPU counters", title_justify="left")
+        tiers.add_column("tier")
+        tiers.add_column("GiB", justify="right")
+        tiers.add_row("allocated", _gib(result.peak_bytes))
+        tiers.add_row("reserved", _gib(result.reserved_bytes or 0))
+        tiers.add_row("device (NVML)", _gib(result.device_bytes) if result.device_bytes else "-")
+        parts.append(tiers)
+        if result.outcome != "ok":
+            parts.append(Text(f"outcome: {result.outcome}", style="bold red"))
+    else:
+        phases = Table(title="peak per phase", title_justify="left")
+        phases.add_column("step/phase")
+        phases.add_column("GiB", justify="right")
+        for name, value in result.phases.items():
+            phases.add_row(name, _gib(value))
+        kinds = Table(title="at the peak, by kind", title_justify="left")
+        kinds.add_column("kind")
+        kinds.add_column("GiB", justify="right")
+        for name, value in result.by_kind.items():
+            kinds.add_row(name, _gib(value))
+        largest = Table(title="largest allocations at the peak", title_justify="left")
+        for col in ("GiB", "kind", "made by", "shape", "dtype"):
+            largest.add_column(col)
+        for a in result.largest[:8]:
+            largest.add_row(_gib(a.nbytes), a.kind, a.op, "x".join(map(str, a.shape)), a.dtype)
+        parts += [phases, kinds, largest]
+    if result.not_included:
+        parts.append(
+            Text(
+                "not included (compare with the planner's allocated tier): " + "; ".join(result.not_included),
+                style="dim",
+            )
+        )
+    for note in result.notes:
+        parts.append(Text(f"note: {note}", style="dim"))
+    return Group(*parts)

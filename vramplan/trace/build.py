@@ -157,7 +157,8 @@ def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cp
                 model.to_empty(device="cpu")
             model.tie_weights()  # to_empty un-ties tied embeddings
     if setup.grad_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
         if setup.method != "full":
             model.enable_input_require_grads()
     model.train()

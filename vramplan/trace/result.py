@@ -12,7 +12,6 @@ NOT_INCLUDED = (
     "cuBLAS/cuBLASLt workspaces",
     "caching-allocator rounding and reserved-minus-allocated slack",
     "kernel-internal temporaries (bitsandbytes in-kernel dequantization, flash workspaces)",
-    "CUDA-only code paths (fused dropout keeps a bool mask; a CPU run keeps an fp32 noise tensor)",
 )
 
 #: Kinds of memory at the peak, in the order they are reported.

@@ -176,6 +176,8 @@ def trace(
 
     say = progress or (lambda _msg: None)
     name, config = load_config(model)
+    if not fake:
+        refuse_if_too_big(model, setup)
     t0 = time.perf_counter()
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
     say("building the model")
@@ -288,3 +290,83 @@ def cpu_profiler_peak(model: str, setup: Setup, steps: int = 2) -> int:
 def require_cuda() -> None:
     if not torch.cuda.is_available():
         raise VramplanError("backend", "no CUDA device here: 'vramplan measure' needs a GPU; use 'vramplan trace'")
+
+
+def _nvml_process_bytes() -> int | None:
+    """This process's device memory as NVML (nvidia-smi) reports it, if NVML is there."""
+    try:
+        import os
+
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == os.getpid():
+                return int(proc.usedGpuMemory)
+    except Exception:
+        return None
+    return None
+
+
+def measure(model: str, setup: Setup, steps: int = 2, *, progress: Progress | None = None) -> TraceResult:
+    """Run the steps on the CUDA card and read torch's peak counters and NVML; an
+    out-of-memory is recorded as the outcome, not raised."""
+    require_cuda()
+    say = progress or (lambda _msg: None)
+    name, config = load_config(model)
+    t0 = time.perf_counter()
+    say("building the model on the GPU")
+    built = build(config, setup, fake=False, device="cuda")
+    make_ids = _ids_maker(int(config["vocab_size"]), setup, "cuda", None)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    outcome, device_peak = "ok", None
+    say(f"running {steps} step(s)")
+    try:
+        run_steps(built, setup, steps, "cuda", None, make_ids)
+        torch.cuda.synchronize()
+        device_peak = _nvml_process_bytes()
+    except torch.cuda.OutOfMemoryError:
+        outcome = "oom"
+    allocated = torch.cuda.max_memory_allocated()
+    return TraceResult(
+        model=name,
+        setup=setup,
+        backend="cuda",
+        steps=steps,
+        outcome=outcome,
+        peak_bytes=allocated,
+        peak_phase="unknown",
+        peak_step=steps - 1,
+        by_kind={},
+        phases={},
+        largest=[],
+        reserved_bytes=torch.cuda.max_memory_reserved(),
+        device_bytes=device_peak,
+        seconds=time.perf_counter() - t0,
+        versions=versions(),
+        not_included=[],
+        notes=[*built.notes, f"GPU: {torch.cuda.get_device_name()}"],
+    )
+
+
+def refuse_if_too_big(model: str, setup: Setup) -> None:
+    """A real CPU run of a model that would not fit this machine is refused up front, from
+    the estimate (allocated tier), against the RAM available now."""
+    import os
+
+    from vramplan.memory import estimate
+    from vramplan.models import load_model
+
+    need = estimate(load_model(model), setup).allocated_bytes
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return
+    if need > 0.8 * avail:
+        raise VramplanError(
+            "model",
+            f"a real CPU run needs about {need / 2**30:.1f} GiB, more than this machine can give "
+            f"({avail / 2**30:.1f} GiB free): trace it with fake tensors instead (drop --real-cpu)",
+        )

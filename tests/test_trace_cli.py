@@ -1,0 +1,106 @@
+"""`vramplan trace` / `measure` as a user runs them, records and pictures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vramplan.records import append_row, read_rows, record_key
+
+TINY = {
+    "model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 1000, "max_position_embeddings": 512,
+}
+
+
+def run(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vramplan", *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny") / "config.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+def test_trace_json_reports_peak_phase_split(tiny: str, tmp_path) -> None:
+    png, page = tmp_path / "t.png", tmp_path / "t.html"
+    out = run("trace", tiny, "--method", "lora", "--seq-len", "32", "--json", "--plot", str(png))
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    for key in ("peak_bytes", "peak_phase", "by_kind", "phases", "seconds", "versions", "not_included"):
+        assert key in data
+    assert data["peak_phase"] in ("forward", "backward", "optimizer")
+    assert sum(data["by_kind"].values()) == data["peak_bytes"]
+    assert data["versions"]["torch"] and data["versions"]["transformers"] and data["versions"]["peft"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run("trace", tiny, "--seq-len", "32", "--plot", str(page)).returncode == 0
+    assert "<svg" in page.read_text() and "peak" in page.read_text()
+
+
+def test_trace_table_for_people(tiny: str) -> None:
+    out = run("trace", tiny, "--seq-len", "32", "--steps", "1")
+    assert out.returncode == 0, out.stderr
+    assert "peak per phase" in out.stdout and "by kind" in out.stdout and "not included" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["trace", "qwen-7b"], "remote-code"),
+        (["trace", "qwen2-vl-2b"], "vision-language"),
+        (["trace", "qwen9-7b"], "model"),
+        (["trace", "qwen2.5-0.5b", "--optimizer", "paged-adamw-8bit"], "optimizer"),
+        (["trace", "qwen2.5-0.5b", "--steps", "0"], "steps"),
+        (["trace", "qwen2.5-0.5b", "--plot", "t.pdf"], "plot"),
+        (["trace", "qwen2.5-72b", "--real-cpu", "--method", "full"], "real CPU run needs"),
+    ],
+)
+def test_trace_refusals_exit_2(args: list[str], field: str) -> None:
+    out = run(*args)
+    assert out.returncode == 2, (out.stdout, out.stderr[-2000:])
+    assert field in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")
+def test_measure_without_cuda_exits_2(tiny: str) -> None:
+    out = run("measure", tiny)
+    assert out.returncode == 2
+    assert "no CUDA device" in out.stderr
+
+
+def test_records_append_whole_lines_and_keep_old_ones(tmp_path) -> None:
+    path = tmp_path / "traces.jsonl"
+    append_row({"key": "a", "n": 1}, path)
+    with open(path, "ab") as fh:  # a run killed mid-write elsewhere
+        fh.write(b'{"key": "torn", "n"')
+    append_row({"key": "b", "n": 2}, path)
+    rows = read_rows(path)
+    assert [r["key"] for r in rows] == ["a", "b"]
+    assert path.read_bytes().endswith(b"\n")
+
+
+def test_record_key_is_stable() -> None:
+    setup = {"method": "lora", "seq_len": 2048}
+    versions = {"torch": "2.13.0"}
+    assert record_key("m", setup, "trace", versions) == record_key("m", dict(reversed(setup.items())), "trace", versions)
+    assert record_key("m", setup, "trace", versions) != record_key("m", setup, "cuda", versions)
+
+
+def test_trace_record_flag_appends(tiny: str, tmp_path, monkeypatch) -> None:
+    from vramplan import records
+
+    target = tmp_path / "rows.jsonl"
+    monkeypatch.setattr(records, "records_path", lambda name=records.DEFAULT_FILE: target)
+    from vramplan.cli import main
+
+    assert main(["trace", tiny, "--seq-len", "16", "--steps", "1", "--record", "--json"]) == 0
+    rows = read_rows(target)
+    assert len(rows) == 1
+    assert rows[0]["backend"] == "trace" and rows[0]["key"] and rows[0]["date"] and rows[0]["machine"]
