@@ -11,14 +11,21 @@ import pytest
 from vramplan.records import append_row, read_rows, record_key
 
 TINY = {
-    "model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
-    "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 1000, "max_position_embeddings": 512,
+    "model_type": "qwen2",
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "vocab_size": 1000,
+    "max_position_embeddings": 512,
 }
 
 
 def run(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vramplan", *args], capture_output=True, text=True, timeout=600,
-                          cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "vramplan", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +96,9 @@ def test_records_append_whole_lines_and_keep_old_ones(tmp_path) -> None:
 def test_record_key_is_stable() -> None:
     setup = {"method": "lora", "seq_len": 2048}
     versions = {"torch": "2.13.0"}
-    assert record_key("m", setup, "trace", versions) == record_key("m", dict(reversed(setup.items())), "trace", versions)
+    assert record_key("m", setup, "trace", versions) == record_key(
+        "m", dict(reversed(setup.items())), "trace", versions
+    )
     assert record_key("m", setup, "trace", versions) != record_key("m", setup, "cuda", versions)
 
 

@@ -204,7 +204,7 @@ def _run(command: str, argv: list[str]) -> int:
         from vramplan.records import append_row, make_row
 
         append_row(make_row(result))
-    if args.json:
+    if console is None:
         print(result.model_dump_json(exclude={"timeline"}))
     else:
         from vramplan.render import trace_renderable

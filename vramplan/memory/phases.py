@@ -130,6 +130,15 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
     return best
 
 
+#: terms inside ``allocated`` that only a CUDA run spends (a CPU trace cannot see them).
+CUDA_ONLY = ("overhead/cublas_workspace", "overhead/dequant_workspace")
+
+
+def traceable_bytes(est: Estimate) -> int:
+    """The allocated peak less what only CUDA spends: what a CPU trace should report."""
+    return est.allocated_bytes - sum(est.terms.get(k, 0) for k in CUDA_ONLY)
+
+
 def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
     """Peak memory of one steady-state training step of ``setup`` on ``spec`` (one GPU)."""
     check_lora_targets(spec, setup)

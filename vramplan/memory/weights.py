@@ -124,12 +124,22 @@ def trainable_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
 
 
 def autocast_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """AMP only: autocast casts each fp32 matmul weight to 16 bits, caches the copy for
-    trainable leaves and autograd saves it for backward (torch ``cached_cast``; 2 B per
-    linear weight, lm_head included, embeddings excluded since lookups are not autocast)."""
+    """16-bit copies of fp32 matmul weights that autograd saves under autocast (torch
+    ``cached_cast``; the matmul keeps the cast weight for its input's gradient): 2 B per
+    weight.
+
+    AMP (fp32 weights, full/freeze/LoRA): every linear weight and lm_head (embedding lookups
+    are not autocast). QLoRA after k-bit preparation: lm_head only, which
+    ``prepare_model_for_kbit_training`` made fp32 (quantized linears dequantize inside
+    bitsandbytes). 16-bit weights: nothing to cast.
+    """
     d = dtypes(setup)
-    if not d.autocast or d.weights != "fp32" or setup.method == "qlora":
+    if not d.autocast:
+        return 0
+    head = spec.vocab_size * spec.hidden_size  # lm_head, tied or not, is a matmul weight
+    if setup.method == "qlora":
+        return nbytes(head, "bf16") if unquantized_dtype(setup) == "fp32" else 0
+    if d.weights != "fp32":
         return 0
     n = sum(k * lin.weight_params for group, k in spec.layer_groups for lin in group)
-    n += spec.vocab_size * spec.hidden_size  # lm_head (tied or not, it is a matmul weight)
-    return nbytes(n, "bf16")
+    return nbytes(n + head, "bf16")
