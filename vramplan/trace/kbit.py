@@ -54,9 +54,10 @@ def _quantize_linears(model: Any, setup: Setup, fake: bool) -> list[Any]:
             param.quant_state = state  # type: ignore[attr-defined]
             module.weight = param
         else:
-            module.weight = bnb.nn.Params4bit(
+            weight = bnb.nn.Params4bit(
                 data=w, requires_grad=False, quant_type=quant_type, compress_statistics=dq, blocksize=64
-            ).to(w.device)
+            )
+            module.weight = weight.to(w.device)  # type: ignore[misc]  # quantizes on a real device
             state = module.weight.quant_state
         extra.append(state.absmax)
         if state.nested:
