@@ -44,7 +44,7 @@ class Setup(BaseModel):
     quant: Quant = "none"
     precision: Precision = "bf16"
     lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK)
-    lora_alpha: float = Field(16, gt=0)
+    lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_targets: str = "all-linear"
     trainable_extra: tuple[Literal["embeddings", "lm_head"], ...] = ()

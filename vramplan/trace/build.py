@@ -92,7 +92,7 @@ def _lora_config(setup: Setup, spec_targets: list[str] | None, embedding_name: s
     extra = {"embeddings": embedding_name, "lm_head": "lm_head"}
     return LoraConfig(
         r=setup.lora_rank,
-        lora_alpha=int(setup.lora_alpha) if setup.lora_alpha.is_integer() else setup.lora_alpha,  # type: ignore[arg-type]
+        lora_alpha=int(setup.lora_alpha) if float(setup.lora_alpha).is_integer() else setup.lora_alpha,  # type: ignore[arg-type]
         lora_dropout=setup.lora_dropout,
         target_modules="all-linear" if spec_targets is None else spec_targets,
         modules_to_save=[extra[m] for m in setup.trainable_extra] or None,
