@@ -30,3 +30,10 @@ def log_softmax_bytes(spec: ModelSpec, setup: Setup) -> int:
 def loss_backward_temp_bytes(spec: ModelSpec, setup: Setup) -> int:
     """``nll_loss_backward`` grad plus ``log_softmax_backward`` result: 2·4·t·V."""
     return 8 * setup.tokens * spec.vocab_size
+
+
+def forward_chain_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """The chain at the end of forward: logits (A·t·V), their ``.float()`` copy (4·t·V, none
+    when the logits are already fp32) and the log-softmax (4·t·V)."""
+    t, v, A = setup.tokens, spec.vocab_size, act_bytes(setup)
+    return A * t * v + (4 * t * v if A < 4 else 0) + 4 * t * v

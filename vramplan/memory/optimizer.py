@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from vramplan.memory.policy import dtypes
 from vramplan.memory.trainable import (
     extra_trainable_params,
@@ -11,6 +13,7 @@ from vramplan.memory.trainable import (
     lora_linears,
     lora_params,
     trainable_layers,
+    trainable_shapes,
 )
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
@@ -18,6 +21,8 @@ from vramplan.units import nbytes
 
 #: bitsandbytes 8-bit optimizers quantize state in blocks of 256 with one fp32 absmax each.
 BNB_OPTIM_BLOCK = 256
+#: bitsandbytes ``Optimizer8bit`` keeps smaller tensors' state in 32 bits (``min_8bit_size``).
+BNB_MIN_8BIT_SIZE = 4096
 
 
 def _by_dtype(spec: ModelSpec, setup: Setup) -> list[tuple[int, str]]:
@@ -66,6 +71,16 @@ def embedding_gradient_bytes(spec: ModelSpec, setup: Setup) -> int:
     return 0
 
 
+def tied_embedding_backward_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """A trained, tied embedding gets two gradients: lm_head's (the ``mm`` in its backward)
+    and the lookup's (``embedding_dense_backward``, V x h). torch's ``AccumulateGrad`` adds
+    them out of place, so for a moment the first grad, the second and their sum are all alive:
+    2·V·h beyond the gradient itself, in the gradient's dtype."""
+    if setup.method != "full" or not spec.tie_word_embeddings:
+        return 0
+    return 2 * nbytes(spec.vocab_size * spec.hidden_size, dtypes(setup).master)
+
+
 def optimizer_state_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Optimizer state for the trainable elements.
 
@@ -87,12 +102,39 @@ def optimizer_state_bytes(spec: ModelSpec, setup: Setup) -> int:
             continue
         if opt in ("adamw", "adamw-fused", "paged-adamw-32bit"):
             total += 2 * nbytes(n, dt)
-        elif opt in ("adamw-8bit", "paged-adamw-8bit"):
-            total += 2 * (nbytes(n, "uint8") + nbytes(-(-n // BNB_OPTIM_BLOCK), "fp32"))
         elif opt == "lion":
             total += nbytes(n, dt)
-        elif opt == "adafactor":
-            total += nbytes(max(n // 100, int(2 * n**0.5)), "fp32")
+    if opt in ("adamw-8bit", "paged-adamw-8bit"):
+        total += _bnb_8bit_state_bytes(spec, setup)
+    elif opt == "adafactor":
+        total += _adafactor_state_bytes(spec, setup)
+    return total
+
+
+def _bnb_8bit_state_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """bitsandbytes ``Optimizer2State``: tensors of at least ``min_8bit_size`` (4096)
+    elements keep two uint8 moments plus one fp32 absmax per 256-block each; smaller ones
+    keep two fp32 moments."""
+    total = 0
+    for shape, k in trainable_shapes(spec, setup):
+        n = math.prod(shape)
+        if n >= BNB_MIN_8BIT_SIZE:
+            total += k * 2 * (nbytes(n, "uint8") + nbytes(-(-n // BNB_OPTIM_BLOCK), "fp32"))
+        else:
+            total += k * 2 * nbytes(n, "fp32")
+    return total
+
+
+def _adafactor_state_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """transformers ``Adafactor`` (beta1=None, no first moment): a tensor with 2+ dims keeps
+    fp32 ``exp_avg_sq_row`` (shape[:-1]) and ``exp_avg_sq_col`` (shape[:-2] + shape[-1:]);
+    a vector keeps a full fp32 ``exp_avg_sq``."""
+    total = 0
+    for shape, k in trainable_shapes(spec, setup):
+        if len(shape) >= 2:
+            total += k * nbytes(math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1], "fp32")
+        else:
+            total += k * nbytes(math.prod(shape), "fp32")
     return total
 
 
@@ -103,15 +145,18 @@ def optimizer_step_temp_bytes(spec: ModelSpec, setup: Setup) -> int:
       materialises a copy of all second moments of a param group: one state-sized copy.
     - adamw-fused (``_fused_adamw_``): none.
     - bitsandbytes 8-bit / paged, lion: per-tensor kernels, no full-size temporaries.
-    - adafactor: per-parameter fp32 temporaries (``grad.float()``, ``grad**2 + eps``, update)
-      of the largest trainable tensor: three fp32 copies.
+    - adafactor (transformers ``Adafactor.step``, one parameter at a time): for the largest
+      trainable tensor, fp32 ``grad.float()`` and ``p.float()`` copies (16-bit params only),
+      the ``update`` and, in ``p_data_fp32.add_(-update)``, its negation: four fp32 copies for
+      16-bit params, two for fp32 ones.
     - sgd: in place.
     """
     opt = setup.optimizer
     if opt == "adamw":
         return sum(nbytes(n, dt) for n, dt in _by_dtype(spec, setup))
     if opt == "adafactor":
-        return 3 * nbytes(largest_trainable_tensor(spec, setup), "fp32")
+        copies = 2 if all(dt == "fp32" for n, dt in _by_dtype(spec, setup) if n) else 4
+        return copies * nbytes(largest_trainable_tensor(spec, setup), "fp32")
     return 0
 
 

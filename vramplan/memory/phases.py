@@ -1,6 +1,8 @@
 """The peak over phases of a steady-state training step, and its three tiers.
 
 Phases (the same the trace reports):
+- ``forward_end``: the loss computed inside the autocast region: logits, their fp32 copy
+  and the log-softmax beside all saved activations and autocast's cached weight copies.
 - ``backward_start``: end of forward, loss backward running: weights, optimizer state,
   all saved activations (or checkpoints), the loss chain at its peak; gradients only when
   accumulating (``grad_accum > 1`` keeps them between micro-batches; otherwise the
@@ -25,7 +27,7 @@ from vramplan.params import param_counts
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
-PHASES = ("backward_start", "backward", "optimizer_step")
+PHASES = ("forward_end", "backward_start", "backward", "optimizer_step")
 #: terms outside max_memory_allocated: name -> tier it first appears in.
 OUTSIDE_ALLOCATED = {
     "overhead/allocator_slack": "reserved",
@@ -66,6 +68,15 @@ def phase_terms(spec: ModelSpec, setup: Setup) -> dict[str, dict[str, int]]:
     saved = act.saved_activation_bytes(spec, setup)
     sweep = backward_sweep(spec, setup, grads)
     return {
+        "forward_end": {
+            **static,
+            "weights/autocast_copies": weights.forward_autocast_copy_bytes(spec, setup),
+            "gradients": grads if setup.grad_accum > 1 else 0,
+            "activations/saved": saved,
+            "loss/forward_chain": loss.forward_chain_bytes(spec, setup),
+            "loss/softcap": loss.softcap_bytes(spec, setup),
+            "overhead/dequant_workspace": dequant,
+        },
         "backward_start": {
             **static,
             "weights/autocast_copies": autocast,
@@ -78,11 +89,7 @@ def phase_terms(spec: ModelSpec, setup: Setup) -> dict[str, dict[str, int]]:
         },
         "backward": {
             **static,
-            "weights/autocast_copies": autocast,
-            "gradients": sweep["gradients"],
-            "activations/saved": sweep["activations/saved"],
-            "activations/recompute": sweep["activations/recompute"],
-            "activations/backward_transient": act.backward_transient_bytes(spec, setup),
+            **sweep,
             "overhead/dequant_workspace": dequant,
         },
         "optimizer_step": {
@@ -98,11 +105,23 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
 
     While layer l runs its backward, the activations of the recorded layers 0..l are still
     saved (with checkpointing: their inputs, plus layer l recomputed), and the gradients of
-    lm_head and of layers l..L-1 exist (all of them when accumulating). The maximum over l.
+    lm_head and of layers l..L-1 exist (all of them when accumulating), with one layer's
+    transient gradient buffers. After layer 0 the embedding's backward runs beside every
+    gradient. The maximum over these points.
     """
+    end = {  # after layer 0: every gradient, and the embedding's own backward
+        "weights/autocast_copies": 0,
+        "gradients": all_grads,
+        "activations/saved": 0,
+        "activations/recompute": 0,
+        "activations/backward_transient": optimizer.tied_embedding_backward_bytes(spec, setup),
+    }
     layers = list(act.saving_layers(spec, setup))
     if not layers:
-        return {"gradients": all_grads, "activations/saved": 0, "activations/recompute": 0}
+        return end
+    transient = act.backward_transient_bytes(spec, setup)
+    moe_layers = set(spec.moe.layers) if spec.moe is not None else set()
+    copies = [weights.layer_autocast_copy_bytes(spec, setup, i in moe_layers) for i in range(spec.num_layers)]
     per_layer_grads = optimizer.layer_gradient_bytes(spec, setup)
     head_grads = all_grads - sum(per_layer_grads) - optimizer.embedding_gradient_bytes(spec, setup)
     ckpt = act.checkpoint_bytes(spec, setup)
@@ -114,16 +133,18 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
     for value in kept:
         running += value
         saved_upto.append(running)
-    best = {"gradients": 0, "activations/saved": 0, "activations/recompute": 0}
+    best = end
     grads_above = head_grads
     for layer in range(spec.num_layers - 1, -1, -1):
         grads_above += per_layer_grads[layer]
         if layer not in recorded:
             continue
         parts = {
+            "weights/autocast_copies": copies[layer] if setup.grad_checkpointing else sum(copies[: layer + 1]),
             "gradients": all_grads if setup.grad_accum > 1 else grads_above,
             "activations/saved": saved_upto[layer],
             "activations/recompute": saved[layer] if setup.grad_checkpointing else 0,
+            "activations/backward_transient": transient,
         }
         if sum(parts.values()) > sum(best.values()):
             best = parts

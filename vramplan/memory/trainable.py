@@ -121,3 +121,43 @@ def largest_trainable_tensor(spec: ModelSpec, setup: Setup) -> int:
     if setup.method == "full":
         sizes.append(spec.vocab_size * spec.hidden_size)
     return max(sizes, default=0)
+
+
+def trainable_shapes(spec: ModelSpec, setup: Setup) -> list[tuple[tuple[int, ...], int]]:
+    """(shape, how many such tensors) of every trainable tensor: what per-tensor optimizer
+    state (Adafactor's factored moments, bitsandbytes' 8-bit threshold) depends on."""
+    out: list[tuple[tuple[int, ...], int]] = []
+    h = spec.hidden_size
+    if setup.is_lora:
+        r = setup.lora_rank
+        for group, n in spec.layer_groups:
+            for lin in lora_group(group, setup):
+                out += [((r, lin.in_features), n * lin.count), ((lin.out_features, r), n * lin.count)]
+        out += [((spec.vocab_size, h), 1) for m in setup.trainable_extra if m in ("embeddings", "lm_head")]
+        return out
+    layers = list(trainable_layers(spec, setup))
+    moe_layers = set(spec.moe.layers) if spec.moe is not None else set()
+    norm_shape = (h,)
+    for is_moe in (False, True):
+        n = sum(1 for i in layers if (i in moe_layers) == is_moe)
+        if not n:
+            continue
+        group = spec.attention + (spec.moe_mlp if is_moe else spec.mlp)
+        for lin in group:
+            shape = (lin.out_features, lin.in_features) if lin.count == 1 else (lin.count, lin.out_features,
+                                                                                 lin.in_features)
+            out.append((shape, n))
+            if lin.bias:
+                out.append(((lin.count * lin.out_features,), n))
+        out.append((norm_shape, n * spec.norms_per_layer * (2 if spec.norm == "layernorm" else 1)))
+        if spec.qk_norm:
+            out.append(((spec.head_dim,), 2 * n))
+    if setup.method == "full":
+        out.append(((spec.vocab_size, h), 1 if spec.tie_word_embeddings else 2))
+        out.append((norm_shape, 2 if spec.norm == "layernorm" else 1))
+        if spec.vision is not None:  # counted as one flat block: Adafactor factors it little
+            from vramplan.params import param_counts
+
+            counts = param_counts(spec)
+            out.append(((counts.vision + counts.projector,), 1))
+    return out

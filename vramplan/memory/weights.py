@@ -123,23 +123,60 @@ def trainable_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
     return nbytes(lora_params(spec, setup), d.adapter) + nbytes(extra_trainable_params(spec, setup), extra_dtype)
 
 
-def autocast_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """16-bit copies of fp32 matmul weights that autograd saves under autocast (torch
-    ``cached_cast``; the matmul keeps the cast weight for its input's gradient): 2 B per
-    weight.
-
-    AMP (fp32 weights, full/freeze/LoRA): every linear weight and lm_head (embedding lookups
-    are not autocast). QLoRA after k-bit preparation: lm_head only, which
-    ``prepare_model_for_kbit_training`` made fp32 (quantized linears dequantize inside
-    bitsandbytes). 16-bit weights: nothing to cast.
-    """
+def _autocast_casts(setup: Setup) -> tuple[bool, bool]:
+    """(layer weights cast, lm_head cast) under autocast."""
     d = dtypes(setup)
     if not d.autocast:
-        return 0
-    head = spec.vocab_size * spec.hidden_size  # lm_head, tied or not, is a matmul weight
+        return False, False
     if setup.method == "qlora":
-        return nbytes(head, "bf16") if unquantized_dtype(setup) == "fp32" else 0
-    if d.weights != "fp32":
+        return False, unquantized_dtype(setup) == "fp32"
+    return d.weights == "fp32", d.weights == "fp32"
+
+
+def head_autocast_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """lm_head's 16-bit copy under autocast (2·V·h), saved by its matmul until lm_head's
+    backward: with AMP, and with QLoRA, whose lm_head ``prepare_model_for_kbit_training``
+    made fp32. torch ``cached_cast``; the matmul keeps the cast weight for its input's grad."""
+    return nbytes(spec.vocab_size * spec.hidden_size, "bf16") if _autocast_casts(setup)[1] else 0
+
+
+def layer_autocast_copy_bytes(spec: ModelSpec, setup: Setup, moe: bool = False) -> int:
+    """One decoder layer's 16-bit copies of its fp32 linear weights under AMP (2 B per
+    weight), saved by the matmuls for backward. Under gradient checkpointing the forward runs
+    without saving, autocast's cache dies when the forward's autocast region exits, and only
+    the layer being recomputed holds its copies again. Quantized linears dequantize inside
+    bitsandbytes instead."""
+    if not _autocast_casts(setup)[0]:
         return 0
-    n = sum(k * lin.weight_params for group, k in spec.layer_groups for lin in group)
-    return nbytes(n + head, "bf16")
+    group = spec.attention + (spec.moe_mlp if moe else spec.mlp)
+    return nbytes(sum(lin.weight_params for lin in group), "bf16")
+
+
+def _all_layer_copies(spec: ModelSpec, setup: Setup) -> int:
+    if not _autocast_casts(setup)[0]:
+        return 0
+    return sum(k * nbytes(sum(lin.weight_params for lin in group), "bf16") for group, k in spec.layer_groups)
+
+
+def autocast_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """16-bit weight copies autograd holds when backward starts: lm_head's, plus every
+    layer's when nothing is checkpointed."""
+    total = head_autocast_copy_bytes(spec, setup)
+    if not setup.grad_checkpointing:
+        total += _all_layer_copies(spec, setup)
+    return total
+
+
+def forward_autocast_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """16-bit weight copies alive at the end of forward, inside the autocast region: those
+    autograd saved, and those autocast's cache keeps for trainable fp32 leaves until the region
+    exits (all of a full/freeze AMP model's trained linears even under checkpointing; LoRA's
+    fp32 adapters, 2 B per adapter weight, whatever the base)."""
+    total = autocast_copy_bytes(spec, setup)
+    if setup.grad_checkpointing and setup.method in ("full", "freeze"):
+        total += _all_layer_copies(spec, setup)
+    if setup.is_lora and dtypes(setup).autocast:
+        from vramplan.memory.trainable import lora_params
+
+        total += nbytes(lora_params(spec, setup), "bf16")
+    return total

@@ -33,7 +33,7 @@ TORCH_DTYPE = {
     "amp-fp16": torch.float32,
 }
 AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}
-TRACE_OPTIMIZERS = ("adamw", "adamw-fused", "sgd", "adafactor")
+TRACE_OPTIMIZERS = ("adamw", "adamw-fused", "sgd", "adafactor", "adamw-8bit")
 
 
 @dataclass
@@ -153,9 +153,7 @@ def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cp
             targets = setup.lora_target_list()
             model = get_peft_model(model, _lora_config(setup, targets, _embedding_name(model)))
         if fake:
-            with fake_mode:
-                model.to_empty(device="cpu")
-            model.tie_weights()  # to_empty un-ties tied embeddings
+            materialize_fake(model, fake_mode)
     if setup.grad_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
@@ -163,10 +161,34 @@ def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cp
             model.enable_input_require_grads()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    ctx2 = fake_mode if fake else contextlib.nullcontext()
+    # bitsandbytes optimizers build their quantization maps from real values in __init__
+    ctx2 = fake_mode if fake and setup.optimizer in ("adamw", "adamw-fused", "sgd", "adafactor") else contextlib.nullcontext()
     with ctx2:
         optimizer = make_optimizer(params, setup)
     return Built(model=model, optimizer=optimizer, autocast_dtype=AUTOCAST_DTYPE.get(setup.precision), notes=notes)
+
+
+def _shared_parameters(model: Any) -> list[list[tuple[Any, str]]]:
+    """Groups of (module, attribute) that hold one and the same Parameter (tied weights)."""
+    owners: dict[int, list[tuple[Any, str]]] = {}
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            owners.setdefault(id(param), []).append((module, name))
+    return [group for group in owners.values() if len(group) > 1]
+
+
+def materialize_fake(model: Any, fake_mode: Any) -> None:
+    """``to_empty`` under fake mode, keeping tied weights tied: ``to_empty`` replaces each
+    module's parameters one by one and so un-ties them (Qwen2.5-0.5B would count its
+    embedding twice); every group that shared a Parameter shares the new one again."""
+    shared = _shared_parameters(model)
+    with fake_mode:
+        model.to_empty(device="cpu")
+    for group in shared:
+        first_module, first_name = group[0]
+        param = getattr(first_module, first_name)
+        for module, name in group[1:]:
+            setattr(module, name, param)
 
 
 def _embedding_name(model: Any) -> str:

@@ -71,7 +71,7 @@ def build_qlora(hf: Any, setup: Setup, *, fake: bool, device: str, fake_mode: An
     from transformers import AutoModelForCausalLM
     from transformers.integrations.bitsandbytes import replace_with_bnb_linear
 
-    from vramplan.trace.build import _embedding_name, _lora_config
+    from vramplan.trace.build import _embedding_name, _lora_config, materialize_fake
 
     ctx = torch.device("meta") if fake else torch.device(device)
     with ctx:
@@ -94,9 +94,8 @@ def build_qlora(hf: Any, setup: Setup, *, fake: bool, device: str, fake_mode: An
 
         if "dynamic" not in bf.name2qmap:  # double quant's code table cannot be built from fakes
             bf.name2qmap["dynamic"] = bf.create_dynamic_map()
+        materialize_fake(model, fake_mode)
         with fake_mode:
-            model.to_empty(device="cpu")
-            model.tie_weights()
             quant_tensors = _quantize_linears(model, setup, fake=True)
     model._vramplan_quant_tensors = quant_tensors
     return model
