@@ -34,9 +34,14 @@ def test_weights_by_method(tiny) -> None:
     full = make_setup(method="full", precision="amp-bf16")
     assert weights.frozen_weight_bytes(tiny, full) == 0
     assert weights.trainable_weight_bytes(tiny, full) == 4 * TOTAL
-    # AMP: a bf16 copy of every linear weight, lm_head included
-    linear_weights = 2 * (4096 + 2048 + 2048 + 4096 + 3 * 8192) + 64_000
-    assert weights.autocast_copy_bytes(tiny, full) == 2 * linear_weights
+    # AMP: a bf16 copy of every linear weight, lm_head included, saved when nothing is
+    # checkpointed; with checkpointing only lm_head's survives to backward, but autocast's
+    # cache holds every trainable copy until the forward's autocast region ends
+    layer_weights = 2 * (4096 + 2048 + 2048 + 4096 + 3 * 8192)
+    no_gc = full.model_copy(update={"grad_checkpointing": False})
+    assert weights.autocast_copy_bytes(tiny, no_gc) == 2 * (layer_weights + 64_000)
+    assert weights.autocast_copy_bytes(tiny, full) == 2 * 64_000
+    assert weights.forward_autocast_copy_bytes(tiny, full) == 2 * (layer_weights + 64_000)
     assert weights.autocast_copy_bytes(tiny, make_setup(method="full", precision="bf16")) == 0
 
 
@@ -65,7 +70,12 @@ def test_optimizer_states(tiny) -> None:
     full16 = make_setup(method="full", precision="bf16")
     assert optimizer.optimizer_state_bytes(tiny, full16) == 4 * TOTAL  # bf16 moments
     eight = make_setup(method="full", precision="bf16", optimizer="adamw-8bit")
-    assert optimizer.optimizer_state_bytes(tiny, eight) == 2 * (TOTAL + 4 * -(-TOTAL // 256))
+    # tensors of >= 4096 elements: two uint8 moments + an fp32 absmax per 256; smaller: fp32
+    big = [64_000, 64_000] + 2 * [4096, 4096, 8192, 8192, 8192]  # embeddings, lm_head, q, o, MLP
+    small = 2 * [2048, 2048, 64, 32, 32, 64, 64] + [64]  # k, v, biases, norms; final norm
+    expected = sum(2 * (n + 4 * -(-n // 256)) for n in big) + sum(2 * 4 * n for n in small)
+    assert sum(big) + sum(small) == TOTAL
+    assert optimizer.optimizer_state_bytes(tiny, eight) == expected
     assert optimizer.optimizer_state_bytes(tiny, make_setup(method="full", optimizer="sgd")) == 0
     assert trainable_params(tiny, full16) == TOTAL
 

@@ -144,8 +144,11 @@ def trainable_shapes(spec: ModelSpec, setup: Setup) -> list[tuple[tuple[int, ...
             continue
         group = spec.attention + (spec.moe_mlp if is_moe else spec.mlp)
         for lin in group:
-            shape = (lin.out_features, lin.in_features) if lin.count == 1 else (lin.count, lin.out_features,
-                                                                                 lin.in_features)
+            shape = (
+                (lin.out_features, lin.in_features)
+                if lin.count == 1
+                else (lin.count, lin.out_features, lin.in_features)
+            )
             out.append((shape, n))
             if lin.bias:
                 out.append(((lin.count * lin.out_features,), n))

@@ -162,7 +162,11 @@ def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cp
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     # bitsandbytes optimizers build their quantization maps from real values in __init__
-    ctx2 = fake_mode if fake and setup.optimizer in ("adamw", "adamw-fused", "sgd", "adafactor") else contextlib.nullcontext()
+    ctx2 = (
+        fake_mode
+        if fake and setup.optimizer in ("adamw", "adamw-fused", "sgd", "adafactor")
+        else contextlib.nullcontext()
+    )
     with ctx2:
         optimizer = make_optimizer(params, setup)
     return Built(model=model, optimizer=optimizer, autocast_dtype=AUTOCAST_DTYPE.get(setup.precision), notes=notes)
