@@ -132,3 +132,52 @@ def test_qlora_le_lora_le_full(fields) -> None:
     qlora = estimate(SEVEN_B, make_setup(**{**base, "method": "qlora", "quant": "bnb-nf4"})).allocated_bytes
     assert lora <= full
     assert qlora <= lora
+
+
+specs = st.builds(
+    lambda mt, kv, group, d, layers, inter, vocab, tie: spec_from_config(
+        {
+            "model_type": mt,
+            "hidden_size": kv * group * d,
+            "num_attention_heads": kv * group,
+            "num_key_value_heads": kv,
+            "head_dim": d,
+            "num_hidden_layers": layers,
+            "intermediate_size": inter,
+            "vocab_size": vocab,
+            "tie_word_embeddings": tie,
+        },
+        name="random",
+    ),
+    st.sampled_from(["qwen2", "llama", "mistral", "qwen3", "gemma2"]),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.sampled_from([16, 32, 64]),
+    st.integers(1, 6),
+    st.integers(16, 1024),
+    st.integers(100, 50_000),
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs, setups, st.sampled_from(["seq_len", "micro_batch", "lora_rank"]))
+def test_random_models_grow_monotonically_and_sum(spec, fields, key) -> None:
+    s = _setup(fields)
+    e = estimate(spec, s)
+    assert sum(e.terms.values()) == e.device_bytes
+    assert e.allocated_bytes <= e.reserved_bytes <= e.device_bytes
+    bigger = s.model_copy(update={key: getattr(s, key) * 2})
+    assert estimate(spec, bigger).allocated_bytes >= e.allocated_bytes
+    on, off = s.model_copy(update={"grad_checkpointing": True}), s.model_copy(update={"grad_checkpointing": False})
+    assert estimate(spec, on).allocated_bytes <= estimate(spec, off).allocated_bytes + checkpoint_bytes(spec, on)
+
+
+def test_names_do_not_change_the_answer() -> None:
+    from vramplan import plan
+
+    a = plan("qwen2.5-7b", gpu="4090", method="lora")
+    b = plan("Qwen/Qwen2.5-7B-Instruct", gpu="NVIDIA GeForce RTX 4090", method="lora")
+    c = plan("QWEN2.5-7B-INSTRUCT", gpu="rtx4090", method="lora")
+    assert a.peak == b.peak == c.peak
+    assert a.terms == b.terms == c.terms

@@ -116,7 +116,8 @@ def test_eager_keeps_scores(tiny) -> None:
 def test_checkpointing_keeps_layer_inputs(tiny) -> None:
     s = make_setup(method="lora", seq_len=32, grad_checkpointing=True)
     head = 4 * 32 * 64 + 4 * 32  # final norm
-    assert activations.saved_activation_bytes(tiny, s) == 2 * (2 * 32 * 64) + head
+    shared = 2 * 2 * 32 * 16 + 3 * 8 * 32  # RoPE cos and sin (bf16, head_dim 16), int64 ids and labels
+    assert activations.saved_activation_bytes(tiny, s) == 2 * (2 * 32 * 64) + head + shared
 
 
 def test_freeze_records_only_trained_layers(tiny) -> None:

@@ -213,7 +213,32 @@ def _run(command: str, argv: list[str]) -> int:
     return EXIT_FITS if result.outcome == "ok" else EXIT_NO_FIT
 
 
+def _cmd_validate(argv: list[str]) -> int:
+    p = _Parser(prog="vramplan validate", description="Compare the analytic estimate with recorded traces.")
+    p.add_argument(
+        "--traced", action="store_true", required=True, help="against traced steps in tables/measured/traces.jsonl"
+    )
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    from vramplan.validate import summarize, traced_rows
+
+    rows = traced_rows()
+    if not rows:
+        raise VramplanError(
+            "traced", "no recorded traces: run benchmarks/trace_grid.py or 'vramplan trace ... --record'"
+        )
+    summary = summarize(rows)
+    if args.json:
+        print(summary.model_dump_json())
+    else:
+        from vramplan.render import validation_table
+
+        _console().print(validation_table(summary))
+    return EXIT_FITS
+
+
 COMMANDS = {
+    "validate": _cmd_validate,
     "gpus": _cmd_gpus,
     "models": _cmd_models,
     "trace": lambda argv: _run("trace", argv),

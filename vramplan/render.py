@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from vramplan.gpus import GPU
     from vramplan.planner import Plan
     from vramplan.trace.result import TraceResult
+    from vramplan.validate import Comparison, Summary
 
 
 def _gib(n: int) -> str:
@@ -187,3 +188,74 @@ def trace_renderable(result: TraceResult) -> Group:
     for note in result.notes:
         parts.append(Text(f"note: {note}", style="dim"))
     return Group(*parts)
+
+
+def _setup_short(c: Comparison) -> str:
+    s = c.setup
+    parts = [
+        s.method + (f" {s.quant}" if s.method == "qlora" else ""),
+        s.precision,
+        s.optimizer,
+        f"s{s.seq_len}xb{s.micro_batch}",
+        "GC" if s.grad_checkpointing else "noGC",
+        s.attention,
+    ]
+    if s.is_lora:
+        parts.append(
+            f"r{s.lora_rank} {s.lora_targets} d{s.lora_dropout:g}"
+            + ("+" + ",".join(s.trainable_extra) if s.trainable_extra else "")
+        )
+    if s.method == "freeze":
+        parts.append(f"top{s.freeze_trainable_layers}")
+    if s.grad_accum > 1:
+        parts.append(f"accum{s.grad_accum}")
+    return " ".join(parts)
+
+
+def summary_line(summary: Summary) -> str:
+    return (
+        f"{summary.count} configurations: median |error| {summary.median_abs_pct:.3f}%, "
+        f"90th percentile {summary.p90_abs_pct:.3f}%, max {summary.max_abs_pct:.3f}%; "
+        f"{summary.underestimates} underestimates (worst {summary.worst_underestimate_pct:.3f}%)"
+    )
+
+
+def validation_table(summary: Summary) -> Group:
+    table = Table(title="estimate (allocated, less CUDA-only terms) vs traced peak", title_justify="left")
+    for col in (
+        "model",
+        "setup",
+        "estimate GiB",
+        "trace GiB",
+        "error %",
+        "error GiB",
+        "phase est/trace",
+        "differs most",
+    ):
+        table.add_column(col, justify="right" if "GiB" in col or "%" in col else "left")
+    for c in summary.rows:
+        table.add_row(
+            c.model,
+            _setup_short(c),
+            _gib(c.estimate_bytes),
+            _gib(c.traced_bytes),
+            f"{c.error_pct:+.3f}",
+            f"{c.error_bytes / GIB:+.3f}",
+            f"{c.estimate_phase}/{c.traced_phase}",
+            c.differs_most,
+        )
+    return Group(table, Text(summary_line(summary), style="bold"))
+
+
+def validation_markdown(summary: Summary) -> str:
+    lines = [
+        "| model | setup | estimate GiB | trace GiB | error % | error GiB | phase est/trace | differs most |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in summary.rows:
+        lines.append(
+            f"| {c.model} | {_setup_short(c)} | {_gib(c.estimate_bytes)} | {_gib(c.traced_bytes)} | "
+            f"{c.error_pct:+.3f} | {c.error_bytes / GIB:+.3f} | {c.estimate_phase}/{c.traced_phase} | "
+            f"{c.differs_most} |"
+        )
+    return "\n".join(lines) + "\n\n" + summary_line(summary) + "\n"

@@ -132,10 +132,14 @@ def saving_layers(spec: ModelSpec, setup: Setup) -> range:
 
 
 def head_saved_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """Final norm, plus lm_head's input when lm_head trains (full, or an extra module)."""
+    """Final norm, plus lm_head's input when lm_head trains (full, or an extra module), plus
+    what the whole forward shares: RoPE's cos and sin (A·t·d each, saved by every layer's
+    rotary ``mul``) and the int64 token ids and labels (input, padded, shifted: 3·8·t)."""
     lm_trains = setup.method == "full" or "lm_head" in setup.trainable_extra
-    extra = act_bytes(setup) * setup.tokens * spec.hidden_size if lm_trains else 0
-    return norm_saved_bytes(spec, setup, spec.hidden_size, setup.method == "full") + extra
+    t = setup.tokens
+    extra = act_bytes(setup) * t * spec.hidden_size if lm_trains else 0
+    shared = 2 * act_bytes(setup) * t * spec.head_dim + 3 * 8 * t
+    return norm_saved_bytes(spec, setup, spec.hidden_size, setup.method == "full") + extra + shared
 
 
 def saved_activation_bytes(spec: ModelSpec, setup: Setup) -> int:
