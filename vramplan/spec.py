@@ -106,6 +106,7 @@ class ModelSpec(BaseModel):
     vision: VisionSpec | None = None
     max_position_embeddings: int = 0
     final_logit_softcapping: float | None = None
+    attn_logit_softcapping: float | None = None
     embedding_name: str = "embed_tokens"
     torch_dtype: str = "bfloat16"
 
@@ -284,6 +285,7 @@ def _llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         moe=moe,
         moe_mlp=moe_mlp,
         final_logit_softcapping=cfg.get("final_logit_softcapping"),
+        attn_logit_softcapping=cfg.get("attn_logit_softcapping") if mt == "gemma2" else None,
         **c,
     )
 

@@ -98,7 +98,10 @@ def _grid() -> list[tuple[str, dict[str, Any]]]:
         "qwen1.5-7b",
     ):
         g.append((model, dict(method="lora")))
-        g.append((model, dict(method="lora", grad_checkpointing=False, lora_targets=QV, seq_len=1024, micro_batch=2)))
+        targets = "qkv_proj" if model == "phi-3-mini" else QV  # Phi-3 fuses q, k and v
+        g.append(
+            (model, dict(method="lora", grad_checkpointing=False, lora_targets=targets, seq_len=1024, micro_batch=2))
+        )
     g.append(("gemma-2-9b", dict(method="lora", attention="eager", seq_len=1024)))
     g.append(("gemma-2-9b", dict(method="lora", attention="eager", grad_checkpointing=False, seq_len=512)))
     g.append(("llama-3.1-8b", dict(method="lora", lora_rank=128, optimizer="adafactor", seq_len=4096)))

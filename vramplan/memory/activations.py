@@ -42,12 +42,17 @@ def attention_core_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> 
     """
     b, s, t, A = setup.micro_batch, setup.seq_len, setup.tokens, act_bytes(setup)
     q, k, a = spec.q_dim, spec.kv_dim, spec.num_heads
+    # Phi-3 slices q, k, v out of one fused qkv_proj output: the v that attention saves is a
+    # view, so the whole fused buffer stays alive, its q and k parts included.
+    fused = A * t * (q + k) if any(lin.name == "qkv_proj" for lin in spec.attention) else 0
     if setup.attention != "eager":
-        return A * t * (2 * q + 2 * k) + 4 * b * a * s
+        return A * t * (2 * q + 2 * k) + 4 * b * a * s + fused
     kv = q if spec.num_kv_heads < a else k
     probs = 4 * b * a * s * s + (A * b * a * s * s if A < 4 else 0)
+    # Gemma-2 soft-caps the scores, tanh(scores / cap) * cap: tanh saves its output
+    softcap = A * b * a * s * s if spec.attn_logit_softcapping else 0
     out = A * t * q if weight_trains else 0
-    return A * t * (q + 2 * kv) + probs + out
+    return A * t * (q + 2 * kv) + probs + softcap + out + fused
 
 
 def qk_norm_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
@@ -60,14 +65,20 @@ def qk_norm_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
 def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) -> int:
     """Gated MLP ``down(act(gate(x)) * up(x))``: gate output (saved by the activation),
     activation output and up output (saved by the product): 3·A·t·I, plus the product
-    saved by ``down_proj`` when it trains. MoE layers: the same per routed token copy
-    (t·k tokens at expert width), the gathered inputs when experts train, and the fp32
-    router softmax (4·t·E)."""
+    saved by ``down_proj`` when it trains. MoE layers (transformers ``Qwen3MoeExperts``, one
+    expert at a time): per routed token (t·k) the gate/up output, the activation and the
+    expert output the routing-weight product saves, the gathered inputs when experts train,
+    and the fp32 router softmax (4·t·E)."""
     t, A = setup.tokens, pointwise_bytes(setup)
     moe = spec.moe
     if moe is not None and layer in moe.layers:
         tk, inter = t * moe.experts_per_token, moe.expert_intermediate_size
-        routed = 3 * A * tk * inter + (A * tk * inter + A * tk * spec.hidden_size if weight_trains else 0)
+        # per routed token: the gate/up output (kept whole by the chunk views), the activation,
+        # and the expert output that the routing-weight product saves; trained experts also
+        # keep their gathered input and the down_proj input
+        routed = 3 * A * tk * inter + A * tk * spec.hidden_size
+        if weight_trains:
+            routed += A * tk * inter + A * tk * spec.hidden_size
         return routed + 4 * t * moe.num_experts
     inter = spec.intermediate_size
     return 3 * A * t * inter + (A * t * inter if weight_trains else 0)
