@@ -197,11 +197,13 @@ def compare_row(row: dict[str, Any]) -> Comparison:
 
 
 def traced_rows() -> list[dict[str, Any]]:
-    """The newest recorded trace of each (model, Setup, versions)."""
-    latest: dict[str, dict[str, Any]] = {}
+    """The newest recorded trace of each (model, Setup, library versions); the Setup is
+    normalised first, so rows written by older versions of the schema still pair up."""
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in read_rows():
         if row.get("backend") == "trace" and row.get("outcome") == "ok":
-            latest[row["key"]] = row
+            setup = Setup.model_validate(row["setup"]).model_dump_json()
+            latest[(row["model"], setup, repr(sorted(row.get("versions", {}).items())))] = row
     return list(latest.values())
 
 
