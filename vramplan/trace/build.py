@@ -52,8 +52,8 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
     if "vision_config" in config or "visual" in config:
         raise VramplanError("model", "tracing vision-language models is not supported yet: trace the text model")
     notes = []
-    if setup.method == "qlora" and setup.quant not in ("bnb-nf4", "bnb-nf4-dq", "bnb-fp4"):
-        raise VramplanError("quant", f"the harness builds bitsandbytes 4-bit QLoRA only, not {setup.quant}")
+    if setup.method == "qlora" and setup.quant not in ("bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "bnb-int8"):
+        raise VramplanError("quant", f"the harness builds bitsandbytes QLoRA (4-bit and int8), not {setup.quant}")
     if setup.method == "qlora":
         try:
             import bitsandbytes  # noqa: F401

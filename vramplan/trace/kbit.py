@@ -28,6 +28,8 @@ COMPUTE_DTYPE = {
 def _bnb_config(setup: Setup) -> Any:
     from transformers import BitsAndBytesConfig
 
+    if setup.quant == "bnb-int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="fp4" if setup.quant == "bnb-fp4" else "nf4",
@@ -36,10 +38,31 @@ def _bnb_config(setup: Setup) -> Any:
     )
 
 
+def _quantize_int8(model: Any) -> list[Any]:
+    """LLM.int8: each Linear8bitLt weight becomes row-wise int8 (``CB``) with one fp32 scale
+    per output row (``SCB``), through bitsandbytes' ``int8_vectorwise_quant`` (fake kernel
+    included) — what ``Int8Params`` does when it reaches the GPU."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bf
+
+    extra: list[Any] = []
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear8bitLt):
+            cb, scb, _ = bf.int8_vectorwise_quant(module.weight.data.to(torch.float16))
+            param = torch.nn.Parameter(cb, requires_grad=False)
+            param.CB, param.SCB = cb, scb  # type: ignore[attr-defined]
+            module.weight = param
+            extra.append(scb)
+    return extra
+
+
 def _quantize_linears(model: Any, setup: Setup, fake: bool) -> list[Any]:
     """Quantize every bnb Linear4bit weight; returns the quant-state tensors it made."""
     import bitsandbytes as bnb
     import bitsandbytes.functional as bf
+
+    if setup.quant == "bnb-int8":
+        return _quantize_int8(model)
 
     quant_type = "fp4" if setup.quant == "bnb-fp4" else "nf4"
     dq = setup.quant == "bnb-nf4-dq"
@@ -78,7 +101,8 @@ def build_qlora(hf: Any, setup: Setup, *, fake: bool, device: str, fake_mode: An
         model = AutoModelForCausalLM.from_config(hf, dtype=torch.bfloat16)
     real = {} if fake else {n: m.weight.data for n, m in model.named_modules() if type(m) is torch.nn.Linear}
     model = replace_with_bnb_linear(model, modules_to_not_convert=["lm_head"], quantization_config=_bnb_config(setup))
-    model.is_loaded_in_4bit = True
+    model.is_loaded_in_4bit = setup.quant != "bnb-int8"
+    model.is_loaded_in_8bit = setup.quant == "bnb-int8"
     model.is_quantized = True
     quant_tensors: list[Any] = []
     if not fake:  # real weights in, quantized for real, before k-bit preparation
