@@ -43,6 +43,7 @@ CASES = {
     "lora-fp32-lm_head": dict(method="lora", precision="fp32", trainable_extra=("lm_head",), grad_checkpointing=False),
     "qlora-nf4-gc": dict(method="qlora", quant="bnb-nf4", grad_checkpointing=True),
     "qlora-nf4-dq-eager": dict(method="qlora", quant="bnb-nf4-dq", attention="eager", grad_checkpointing=False),
+    "qlora-int8-gc": dict(method="qlora", quant="bnb-int8", grad_checkpointing=True),
     "freeze-top-layer-sgd": dict(method="freeze", freeze_trainable_layers=1, grad_checkpointing=False, optimizer="sgd"),
 }
 

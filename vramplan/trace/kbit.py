@@ -99,7 +99,7 @@ def build_qlora(hf: Any, setup: Setup, *, fake: bool, device: str, fake_mode: An
     ctx = torch.device("meta") if fake else torch.device(device)
     with ctx:
         model = AutoModelForCausalLM.from_config(hf, dtype=torch.bfloat16)
-    real = {} if fake else {n: m.weight.data for n, m in model.named_modules() if type(m) is torch.nn.Linear}
+    real = {} if fake else {n: m for n, m in model.named_modules() if type(m) is torch.nn.Linear}
     model = replace_with_bnb_linear(model, modules_to_not_convert=["lm_head"], quantization_config=_bnb_config(setup))
     model.is_loaded_in_4bit = setup.quant != "bnb-int8"
     model.is_loaded_in_8bit = setup.quant == "bnb-int8"
@@ -107,8 +107,10 @@ def build_qlora(hf: Any, setup: Setup, *, fake: bool, device: str, fake_mode: An
     quant_tensors: list[Any] = []
     if not fake:  # real weights in, quantized for real, before k-bit preparation
         for name, module in model.named_modules():
-            if name in real:
-                module.weight = torch.nn.Parameter(real[name], requires_grad=False)
+            if name in real:  # the bnb module was made on meta: give it the real weight and bias
+                module.weight = torch.nn.Parameter(real[name].weight.data, requires_grad=False)
+                if real[name].bias is not None:
+                    module.bias = torch.nn.Parameter(real[name].bias.data, requires_grad=False)
         with torch.no_grad():
             quant_tensors = _quantize_linears(model, setup, fake=False)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
