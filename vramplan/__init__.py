@@ -1,15 +1,34 @@
-"""vramplan: will fine-tuning this model fit this GPU, how, and where does the memory go."""
+"""vramplan: will fine-tuning this model fit this GPU, how, and where does the memory go.
 
-from vramplan.errors import VramplanError
-from vramplan.gpus import GPU, resolve_gpu
-from vramplan.memory import Estimate, estimate
-from vramplan.models import load_model
-from vramplan.params import ParamCounts, param_counts
-from vramplan.planner import Alternative, Peak, Plan, plan
-from vramplan.setup import Setup, make_setup
-from vramplan.spec import ModelSpec, spec_from_config
+Names are loaded on first use (PEP 562), so ``import vramplan`` costs nothing until a
+function is called; ``from vramplan import plan`` works as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_WHERE = {
+    "GPU": "vramplan.gpus",
+    "Alternative": "vramplan.planner",
+    "Estimate": "vramplan.memory",
+    "ModelSpec": "vramplan.spec",
+    "ParamCounts": "vramplan.params",
+    "Peak": "vramplan.planner",
+    "Plan": "vramplan.planner",
+    "Setup": "vramplan.setup",
+    "VramplanError": "vramplan.errors",
+    "estimate": "vramplan.memory",
+    "load_model": "vramplan.models",
+    "make_setup": "vramplan.setup",
+    "param_counts": "vramplan.params",
+    "plan": "vramplan.planner",
+    "resolve_gpu": "vramplan.gpus",
+    "spec_from_config": "vramplan.spec",
+}
 
 __all__ = [
     "GPU",
@@ -29,3 +48,25 @@ __all__ = [
     "resolve_gpu",
     "spec_from_config",
 ]
+
+if TYPE_CHECKING:
+    from vramplan.errors import VramplanError
+    from vramplan.gpus import GPU, resolve_gpu
+    from vramplan.memory import Estimate, estimate
+    from vramplan.models import load_model
+    from vramplan.params import ParamCounts, param_counts
+    from vramplan.planner import Alternative, Peak, Plan, plan
+    from vramplan.setup import Setup, make_setup
+    from vramplan.spec import ModelSpec, spec_from_config
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vramplan' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -184,7 +184,7 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
     if not card.bf16_supported and "precision" not in pinned:
         notes.append(f"{card.name} has no bf16: 16-bit work runs in fp16")
 
-    evaluated = [_evaluate(spec, card, f) for f in candidates(pinned, card)]
+    evaluated = _search(spec, card, candidates(pinned, card))
     fitting = [e for e in evaluated if e[2]]
     chosen = fitting[0] if fitting else min(evaluated, key=lambda e: (e[1].device_bytes, e[0].micro_batch))
     setup, est, fits = chosen
@@ -221,6 +221,32 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
         alternatives=alternatives,
         notes=notes,
     )
+
+
+def _search(spec: ModelSpec, gpu: GPU, fields_list: list[dict[str, Any]]) -> list[tuple[Setup, Estimate, bool]]:
+    """Weigh candidates group by group (one method and precision), most preferred first.
+
+    Memory never falls as the micro-batch grows and checkpointing only lowers it, so a
+    group's last candidate (micro-batch 1, checkpointing) is its smallest: when even that does
+    not fit, nothing else in the group is weighed; otherwise the group is weighed in order up
+    to its first fit, its best."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for fields in fields_list:
+        groups.setdefault((fields["method"], fields["precision"], fields.get("quant")), []).append(fields)
+    out: list[tuple[Setup, Estimate, bool]] = []
+    for group in groups.values():
+        smallest = _evaluate(spec, gpu, group[-1])
+        if not smallest[2]:
+            out.append(smallest)
+            continue
+        for fields in group[:-1]:
+            item = _evaluate(spec, gpu, fields)
+            out.append(item)
+            if item[2]:
+                break
+        else:
+            out.append(smallest)
+    return out
 
 
 def _alternatives(
