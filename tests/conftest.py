@@ -13,7 +13,18 @@ TINY_CONFIG = {
     "intermediate_size": 128,
     "vocab_size": 1000,
     "tie_word_embeddings": False,
+    "max_position_embeddings": 512,
 }
+
+
+@pytest.fixture(scope="session")
+def tiny_config_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny config as a config.json on disk, for the harness and the CLI."""
+    import json
+
+    path = tmp_path_factory.mktemp("tiny") / "config.json"
+    path.write_text(json.dumps(TINY_CONFIG))
+    return str(path)
 
 
 @pytest.fixture

@@ -10,17 +10,6 @@ import pytest
 
 from vramplan.records import append_row, read_rows, record_key
 
-TINY = {
-    "model_type": "qwen2",
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "num_hidden_layers": 2,
-    "intermediate_size": 128,
-    "vocab_size": 1000,
-    "max_position_embeddings": 512,
-}
-
 
 def run(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -28,11 +17,9 @@ def run(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny") / "config.json"
-    path.write_text(json.dumps(TINY))
-    return str(path)
+@pytest.fixture
+def tiny(tiny_config_file: str) -> str:
+    return tiny_config_file
 
 
 def test_trace_json_reports_peak_phase_split(tiny: str, tmp_path) -> None:

@@ -8,8 +8,6 @@ under fake tensors shows up here.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 pytest.importorskip("torch")
@@ -17,18 +15,6 @@ pytest.importorskip("peft")
 
 from vramplan.setup import make_setup  # noqa: E402
 from vramplan.trace.run import cpu_profiler_peak, trace  # noqa: E402
-
-TINY = {
-    "model_type": "qwen2",
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "num_hidden_layers": 2,
-    "intermediate_size": 128,
-    "vocab_size": 1000,
-    "tie_word_embeddings": False,
-    "max_position_embeddings": 512,
-}
 
 CASES = {
     "full-amp-sdpa-gc-foreach": dict(method="full", precision="amp-bf16", grad_checkpointing=True),
@@ -48,31 +34,24 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny") / "config.json"
-    path.write_text(json.dumps(TINY))
-    return str(path)
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_trace_equals_real_cpu_run(tiny_config: str, case: str) -> None:
+def test_trace_equals_real_cpu_run(tiny_config_file: str, case: str) -> None:
     if CASES[case].get("method") == "qlora":
         pytest.importorskip("bitsandbytes")
     setup = make_setup(seq_len=32, micro_batch=2, **CASES[case])
-    fake = trace(tiny_config, setup, steps=2, keep_timeline=False)
-    real = trace(tiny_config, setup, steps=2, keep_timeline=False, fake=False)
-    allocator = cpu_profiler_peak(tiny_config, setup, steps=2)
+    fake = trace(tiny_config_file, setup, steps=2, keep_timeline=False)
+    real = trace(tiny_config_file, setup, steps=2, keep_timeline=False, fake=False)
+    allocator = cpu_profiler_peak(tiny_config_file, setup, steps=2)
     traced = fake.peak_bytes - fake.baseline_bytes
     assert traced == real.peak_bytes - real.baseline_bytes  # fake tensors take the real code path
     assert fake.baseline_bytes == real.baseline_bytes
     assert abs(traced - allocator) <= 0.005 * allocator, (traced, allocator)
 
 
-def test_second_step_holds_optimizer_state(tiny_config: str) -> None:
+def test_second_step_holds_optimizer_state(tiny_config_file: str) -> None:
     """The first step has no optimizer state during forward/backward: steady state is step 1."""
     setup = make_setup(seq_len=32, micro_batch=2, method="full", precision="bf16", grad_checkpointing=False)
-    result = trace(tiny_config, setup, steps=2, keep_timeline=False)
+    result = trace(tiny_config_file, setup, steps=2, keep_timeline=False)
     assert result.phases["step1/forward"] > result.phases["step0/forward"]
     assert result.by_kind["optimizer_state"] > 0
 
