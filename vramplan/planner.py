@@ -190,11 +190,6 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
     setup, est, fits = chosen
 
     alternatives = _alternatives(evaluated, chosen, card)
-    if setup.quant == "bnb-int8":
-        notes.append(
-            "bnb-int8 (LLM.int8) is not yet held to traced steps: a traced Qwen2.5-0.5B step kept up to "
-            "10% more than this estimate; leave that much headroom"
-        )
     if not fits:
         notes.append(
             f"nothing weighed fits {card.name}: the smallest needs {_gib(est.device_bytes)} "

@@ -49,6 +49,11 @@ def _grid() -> list[tuple[str, dict[str, Any]]]:
         ("qwen2.5-7b", dict(method="qlora", quant="bnb-nf4", optimizer="adamw-8bit", trainable_extra=("lm_head",)))
     )
     g.append(("qwen2.5-14b", dict(method="qlora", quant="bnb-nf4-dq", seq_len=2048)))
+    # LoRA on an LLM.int8 base
+    g.append(("qwen2.5-7b", dict(method="qlora", quant="bnb-int8", seq_len=1024)))
+    g.append(("qwen2.5-7b", dict(method="qlora", quant="bnb-int8", grad_checkpointing=False, seq_len=512)))
+    g.append(("llama-3.1-8b", dict(method="qlora", quant="bnb-int8", lora_targets=QV, seq_len=2048)))
+    g.append(("qwen2.5-0.5b", dict(method="qlora", quant="bnb-int8", grad_checkpointing=False, micro_batch=4)))
     g.append(("llama-3.1-8b", dict(method="qlora", quant="bnb-nf4", attention="eager", seq_len=1024)))
     g.append(("mistral-7b-v0.3", dict(method="qlora", quant="bnb-nf4-dq", lora_targets=QV, seq_len=4096)))
     g.append(("gemma-2-9b", dict(method="qlora", quant="bnb-nf4", attention="eager", seq_len=1024)))

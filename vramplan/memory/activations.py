@@ -108,6 +108,19 @@ def lora_saved_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
     return sum(lin.count * t * (per_in * lin.in_features + A * r) for lin in lora_linears(spec, setup, layer))
 
 
+def int8_kept_input_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """LLM.int8 (bitsandbytes ``MatMul8bitLt``) stores each input as a plain attribute,
+    ``ctx.tensors = (CAt, subA, A)``, not through ``save_for_backward``, so checkpointing's
+    saved-tensor hooks never drop it: every layer keeps the inputs of its int8 linears —
+    attention and MLP inputs (R·t·h each, shared by q/k/v and by gate/up), o_proj's input
+    (A·t·q) and down_proj's (P·t·I, the fp32 product) — with or without checkpointing."""
+    if setup.quant != "bnb-int8":
+        return 0
+    t, h = setup.tokens, spec.hidden_size
+    R, A, P = residual_bytes(setup), act_bytes(setup), pointwise_bytes(setup)
+    return 2 * R * t * h + A * t * spec.q_dim + P * t * spec.intermediate_size
+
+
 def layer_saved_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
     """Everything one decoder layer saves for backward without checkpointing."""
     trains = layer in trainable_layers(spec, setup) and not setup.is_lora
@@ -131,6 +144,7 @@ def _layer_saved(spec: ModelSpec, setup: Setup, trains: bool, moe: bool) -> int:
         + attention_core_bytes(spec, setup, trains)
         + mlp_bytes(spec, setup, layer, trains)
         + lora_saved_bytes(spec, setup, layer)
+        + int8_kept_input_bytes(spec, setup)
     )
 
 
@@ -169,8 +183,9 @@ def saved_activation_bytes(spec: ModelSpec, setup: Setup) -> int:
 
 
 def checkpoint_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """What ``torch.utils.checkpoint`` keeps of one decoder layer: its input, R·t·h."""
-    return residual_bytes(setup) * setup.tokens * spec.hidden_size
+    """What ``torch.utils.checkpoint`` keeps of one decoder layer: its input, R·t·h (and what
+    escapes the checkpoint: LLM.int8's kept inputs)."""
+    return residual_bytes(setup) * setup.tokens * spec.hidden_size + int8_kept_input_bytes(spec, setup)
 
 
 def recompute_bytes(spec: ModelSpec, setup: Setup) -> int:

@@ -57,6 +57,38 @@ def cuda_dropout() -> Any:
 
 
 @contextlib.contextmanager
+def cuda_int8_path() -> Any:
+    """LLM.int8 as CUDA runs it: in training, ``bitsandbytes.matmul`` sends CPU tensors to
+    ``MatMul8bitFp`` (dequantize, then an autocast matmul) but CUDA tensors to
+    ``MatMul8bitLt`` (int8 matmul, output in the input's dtype); the trace takes the CUDA one."""
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.autograd._functions import MatMul8bitLt, MatmulLtState
+    except ImportError:
+        yield
+        return
+    original = bnb.matmul
+
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    def matmul(A: Any, B: Any, out: Any = None, state: Any = None, threshold: float = 0.0, bias: Any = None) -> Any:
+        state = state or MatmulLtState()
+        if threshold > 0.0:
+            state.threshold = threshold
+        if isinstance(A, FakeTensor):
+            # which columns are outliers depends on the values, which fake tensors do not have:
+            # traced without the (t x outliers) fp16 side matrix
+            state.threshold = 0.0
+        return MatMul8bitLt.apply(A, B, out, bias, state)
+
+    bnb.matmul = matmul
+    try:
+        yield
+    finally:
+        bnb.matmul = original
+
+
+@contextlib.contextmanager
 def counted_rng_state(counter: Counter) -> Any:
     """Gradient checkpointing saves the CPU RNG state (a 5 KB byte tensor per checkpoint)
     through ``torch.get_rng_state``, which makes its tensor outside the dispatcher: count it."""
@@ -181,7 +213,7 @@ def trace(
     t0 = time.perf_counter()
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
     say("building the model")
-    with unpacked_batches(), cuda_dropout():
+    with unpacked_batches(), cuda_dropout(), cuda_int8_path():
         built = build(config, setup, fake=fake, device="cpu", fake_mode=fake_mode)
         counter = Counter(keep_timeline=keep_timeline)
         for p in built.model.parameters():
@@ -270,7 +302,7 @@ def cpu_profiler_peak(model: str, setup: Setup, steps: int = 2) -> int:
     from torch.profiler._memory_profiler import Action, MemoryProfile
 
     name, config = load_config(model)
-    with unpacked_batches(), cuda_dropout():
+    with unpacked_batches(), cuda_dropout(), cuda_int8_path():
         built = build(config, setup, fake=False, device="cpu")
         make_ids = _ids_maker(int(config["vocab_size"]), setup, "cpu", None)
         with profile(
