@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any, NoReturn
@@ -12,7 +13,7 @@ from typing import Any, NoReturn
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from vramplan.errors import VramplanError
-from vramplan.setup import ATTENTIONS, METHODS, OPTIMIZERS, PRECISIONS, QUANTS
+from vramplan.setup import ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PARALLELS, PRECISIONS, QUANTS
 
 EXIT_FITS, EXIT_NO_FIT, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -54,6 +55,8 @@ SETUP_FLAGS = (
     "grad_checkpointing",
     "attention",
     "num_gpus",
+    "parallel",
+    "offload",
 )
 
 
@@ -82,7 +85,9 @@ def _add_setup_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-accum", type=_int)
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--attention", choices=ATTENTIONS)
-    p.add_argument("--gpus", dest="num_gpus", type=_int)
+    p.add_argument("--gpus", dest="num_gpus", type=_int, help="GPUs in the run (needs --parallel when > 1)")
+    p.add_argument("--parallel", choices=PARALLELS, help="multi-GPU layout (estimates are per GPU)")
+    p.add_argument("--offload", choices=OFFLOADS, help="CPU offload under ZeRO/FSDP")
 
 
 def run_parser(command: str) -> argparse.ArgumentParser:
@@ -219,12 +224,20 @@ def _run(command: str, argv: list[str]) -> int:
 
 
 def _cmd_validate(argv: list[str]) -> int:
-    p = _Parser(prog="vramplan validate", description="Compare the analytic estimate with recorded traces.")
-    p.add_argument(
-        "--traced", action="store_true", required=True, help="against traced steps in tables/measured/traces.jsonl"
+    p = _Parser(
+        prog="vramplan validate",
+        description="Compare the analytic estimate with recorded traces (--traced) or measured GPU runs (--csv FILE).",
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--traced", action="store_true", help="against traced steps in tables/measured/traces.jsonl")
+    what.add_argument(
+        "--csv", metavar="FILE", help="against measured runs in the published-measurements schema "
+        "(tables/measured/published.csv, or your own)"
     )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.csv:
+        return _validate_csv(args.csv, args.json)
     from vramplan.validate import summarize, traced_rows
 
     rows = traced_rows()
@@ -239,6 +252,39 @@ def _cmd_validate(argv: list[str]) -> int:
         from vramplan.render import validation_table
 
         _console().print(validation_table(summary))
+    return EXIT_FITS
+
+
+def _validate_csv(path: str, as_json: bool) -> int:
+    from pathlib import Path
+
+    from vramplan.published import compare_csv, summarize
+
+    rows = compare_csv(Path(path))
+    summary = summarize(rows)
+    if as_json:
+        out = {
+            "rows": [
+                {
+                    "id": r.id,
+                    "estimate_bytes": r.estimate_bytes,
+                    "measured_bytes": r.measured_bytes,
+                    "error_pct": r.error_pct,
+                    "tier": r.tier,
+                    "measurement": r.measurement,
+                    "outcome": r.outcome,
+                    "fits": r.fits,
+                    "excluded": r.excluded,
+                }
+                for r in rows
+            ],
+            "summary": summary.model_dump(),
+        }
+        print(json.dumps(out))
+    else:
+        from vramplan.render import published_table
+
+        _console().print(published_table(rows, summary))
     return EXIT_FITS
 
 

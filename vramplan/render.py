@@ -15,6 +15,9 @@ from vramplan.units import GIB
 if TYPE_CHECKING:
     from vramplan.gpus import GPU
     from vramplan.planner import Plan
+    from vramplan.published import Comparison as PublishedComparison
+    from vramplan.published import Stats as PublishedStats
+    from vramplan.published import Summary as PublishedSummary
     from vramplan.trace.result import TraceResult
     from vramplan.validate import Comparison, Summary
 
@@ -259,3 +262,49 @@ def validation_markdown(summary: Summary) -> str:
             f"{c.differs_most} |"
         )
     return "\n".join(lines) + "\n\n" + summary_line(summary) + "\n"
+
+
+def _opt(v: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def stats_line(name: str, s: PublishedStats) -> str:
+    return (
+        f"{name}: {s.rows} rows, median |error| {_opt(s.median_abs_pct)}%, 90th pct {_opt(s.p90_abs_pct)}%, "
+        f"{s.within_10pct} within ±10%, {s.underestimates} under (worst {_opt(s.worst_under_pct)}%)"
+    )
+
+
+def published_summary_lines(summary: PublishedSummary) -> list[str]:
+    lines = [
+        stats_line("all compared", summary.overall),
+        f"{summary.rows} rows: {summary.compared} compared, {summary.excluded} excluded (reason in the table); "
+        f"{summary.unknown_vs_reserved} of unknown measurement kind compared against reserved",
+        f"oom rows: {summary.oom_rows}; predicted to fit: {', '.join(summary.oom_predicted_fit) or 'none'}",
+    ]
+    lines += [stats_line(f"source {k}", v) for k, v in summary.by_source.items()]
+    lines += [stats_line(f"method {k}", v) for k, v in summary.by_method.items()]
+    return lines
+
+
+def published_table(rows: list[PublishedComparison], summary: PublishedSummary) -> Group:
+    table = Table(title="estimate vs measured GPU peak (per GPU)", title_justify="left")
+    for col in ("id", "model", "method", "measured", "tier", "estimate GiB", "measured GiB", "error %", "note"):
+        table.add_column(col, justify="right" if "GiB" in col or "%" in col else "left")
+    for r in rows:
+        if r.outcome == "oom":
+            note = "oom: " + ("predicted to FIT" if r.fits else "predicted not to fit")
+        else:
+            note = r.excluded and f"excluded: {r.excluded}"
+        table.add_row(
+            r.id,
+            r.model or "-",
+            r.method,
+            r.measurement,
+            r.tier,
+            "-" if r.estimate_bytes is None else _gib(r.estimate_bytes),
+            "-" if r.measured_bytes is None else _gib(r.measured_bytes),
+            _opt(r.error_pct, "{:+.1f}"),
+            note,
+        )
+    return Group(table, *(Text(line, style="bold") for line in published_summary_lines(summary)))

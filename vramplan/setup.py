@@ -18,14 +18,18 @@ Optimizer = Literal[
     "adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "paged-adamw-32bit", "adafactor", "sgd", "lion"
 ]
 Attention = Literal["eager", "sdpa", "flash-attn-2"]
-Parallel = Literal["none"]
-Offload = Literal["none"]
+Parallel = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp", "device_map"]
+Offload = Literal["none", "optimizer", "optimizer+params"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 QUANTS: tuple[str, ...] = get_args(Quant)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 ATTENTIONS: tuple[str, ...] = get_args(Attention)
+PARALLELS: tuple[str, ...] = get_args(Parallel)
+OFFLOADS: tuple[str, ...] = get_args(Offload)
+#: layouts run by DeepSpeed (fp32 master weights and optimizer state, partitioned by stage).
+DEEPSPEED = ("zero1", "zero2", "zero3")
 QUANTIZED: tuple[str, ...] = tuple(q for q in QUANTS if q != "none")
 EXTRA_MODULES = ("embeddings", "lm_head")
 
@@ -33,6 +37,7 @@ MAX_SEQ_LEN = 1 << 20
 MAX_MICRO_BATCH = 1 << 12
 MAX_GRAD_ACCUM = 1 << 16
 MAX_LORA_RANK = 1 << 14
+MAX_GPUS = 1 << 12
 
 
 class Setup(BaseModel):
@@ -55,7 +60,7 @@ class Setup(BaseModel):
     grad_accum: int = Field(1, ge=1, le=MAX_GRAD_ACCUM)
     grad_checkpointing: bool = True
     attention: Attention = "sdpa"
-    num_gpus: int = Field(1, ge=1, le=1)
+    num_gpus: int = Field(1, ge=1, le=MAX_GPUS)
     parallel: Parallel = "none"
     offload: Offload = "none"
 
@@ -78,6 +83,14 @@ class Setup(BaseModel):
                 raise ValueError("lora_targets|use 'all-linear' or comma-separated module names like q_proj,v_proj")
         elif self.trainable_extra:
             raise ValueError("trainable_extra|extra trainable modules apply to lora/qlora only")
+        if self.num_gpus > 1 and self.parallel == "none":
+            raise ValueError(
+                "parallel|more than one GPU needs a layout: --parallel " + "|".join(p for p in PARALLELS if p != "none")
+            )
+        if self.offload == "optimizer" and self.parallel not in ("zero1", "zero2", "zero3", "fsdp"):
+            raise ValueError("offload|optimizer offload runs under DeepSpeed ZeRO or FSDP: --parallel zero1|zero2|zero3|fsdp")
+        if self.offload == "optimizer+params" and self.parallel not in ("zero3", "fsdp"):
+            raise ValueError("offload|parameter offload needs sharded parameters: --parallel zero3|fsdp")
         if self.attention == "flash-attn-2" and self.precision == "fp32":
             raise ValueError("attention|flash-attn-2 runs in fp16/bf16 only: use precision bf16, fp16 or amp-*")
         return self
@@ -107,8 +120,6 @@ def _field_message(err: Any) -> tuple[str, str]:
         field, _, text = msg.partition("|")
         return field, text
     field = str(loc[0]) if loc else "setup"
-    if field == "num_gpus" and err.get("type") == "less_than_equal":
-        return field, "multi-GPU layouts are not modelled yet: use 1 (one card)"
     got = err.get("input")
     return field, f"{msg} (got {got!r})"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-from vramplan.memory.weights import quantized_linears
+from vramplan.memory.weights import BLOCK_QUANTS, quantized_linears
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 from vramplan.tables import tables_dir
@@ -14,7 +14,7 @@ from vramplan.tables import tables_dir
 @lru_cache(maxsize=1)
 def overhead_constants() -> dict[str, float]:
     data = json.loads((tables_dir() / "overheads.json").read_text())
-    return {k: v["value"] for k, v in data.items() if not k.startswith("_")}
+    return {k: float(v["value"]) for k, v in data.items() if not k.startswith("_")}
 
 
 def cuda_context_bytes() -> int:
@@ -34,10 +34,15 @@ def allocator_slack_bytes(allocated: int) -> int:
     return -(-slack // (2 << 20)) * (2 << 20)
 
 
-def dequant_workspace_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """bitsandbytes 4-bit matmuls dequantize one weight to the compute dtype inside the
-    kernel (invisible to a CPU trace): 2 B x the largest quantized linear. LLM.int8 keeps
-    an int8 copy plus fp16 outliers: counted the same way."""
-    if setup.quant not in ("bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "bnb-int8"):
+def dequant_workspace_bytes(spec: ModelSpec, setup: Setup, generation: bool = False) -> int:
+    """Quantized matmuls dequantize one weight to 16 bits inside the kernel (invisible to a
+    CPU trace): 2 B x the largest quantized linear. bitsandbytes 4-bit does so for every
+    multi-token matmul (``dequantize_4bit`` materialises the weight); LLM.int8 keeps an int8
+    copy plus fp16 outliers; GPTQ and AWQ training kernels dequantize for long inputs. While
+    generating, GPTQ/AWQ kernels multiply packed weights directly: the term is scaled by the
+    fitted ``generation_dequant_factor`` (tables/overheads.json)."""
+    if setup.quant == "none":
         return 0
-    return 2 * max((lin.in_features * lin.out_features for lin in quantized_linears(spec)), default=0)
+    largest = max((lin.in_features * lin.out_features for lin in quantized_linears(spec, setup.quant)), default=0)
+    factor = overhead_constants()["generation_dequant_factor"] if generation and setup.quant in BLOCK_QUANTS else 1.0
+    return round(factor * 2 * largest)

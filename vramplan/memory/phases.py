@@ -21,7 +21,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from vramplan.memory import activations as act
-from vramplan.memory import loss, optimizer, overhead, weights
+from vramplan.memory import loss, optimizer, overhead, parallel, weights
 from vramplan.memory.trainable import check_lora_targets, trainable_params
 from vramplan.params import param_counts
 from vramplan.setup import Setup
@@ -161,9 +161,9 @@ def traceable_bytes(est: Estimate) -> int:
 
 
 def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
-    """Peak memory of one steady-state training step of ``setup`` on ``spec`` (one GPU)."""
+    """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU."""
     check_lora_targets(spec, setup)
-    per_phase = phase_terms(spec, setup)
+    per_phase = parallel.per_gpu(spec, setup, phase_terms(spec, setup))
     totals = {name: sum(terms.values()) for name, terms in per_phase.items()}
     peak = max(PHASES, key=lambda p: totals[p])
     allocated = totals[peak]

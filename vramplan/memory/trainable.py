@@ -45,7 +45,7 @@ def check_lora_targets(spec: ModelSpec, setup: Setup) -> None:
     if not setup.is_lora or targets is None:
         return
     names = spec.linear_names()
-    unknown = [t for t in targets if not any(_matches(n, t) for n in names)]
+    unknown = [t for t in targets if t != "lm_head" and not any(_matches(n, t) for n in names)]
     if unknown:
         raise VramplanError(
             "lora_targets",
@@ -59,11 +59,20 @@ def lora_params(spec: ModelSpec, setup: Setup) -> int:
     if not setup.is_lora:
         return 0
     r = setup.lora_rank
-    return sum(
+    return head_lora_params(spec, setup) + sum(
         n * lin.count * r * (lin.in_features + lin.out_features)
         for group, n in spec.layer_groups
         for lin in _lora_linears(group, setup.lora_targets)
     )
+
+
+def head_lora_params(spec: ModelSpec, setup: Setup) -> int:
+    """An adapter on the output layer when ``lm_head`` is named as a target (torchtune's
+    ``apply_lora_to_output``): r·(h + V). ``all-linear`` leaves the output layer alone."""
+    targets = setup.lora_target_list() if setup.is_lora else None
+    if not targets or "lm_head" not in targets:
+        return 0
+    return setup.lora_rank * (spec.hidden_size + spec.vocab_size)
 
 
 def extra_trainable_params(spec: ModelSpec, setup: Setup) -> int:
@@ -134,6 +143,8 @@ def trainable_shapes(spec: ModelSpec, setup: Setup) -> list[tuple[tuple[int, ...
             for lin in lora_group(group, setup):
                 out += [((r, lin.in_features), n * lin.count), ((lin.out_features, r), n * lin.count)]
         out += [((spec.vocab_size, h), 1) for m in setup.trainable_extra if m in ("embeddings", "lm_head")]
+        if head_lora_params(spec, setup):
+            out += [((r, h), 1), ((spec.vocab_size, r), 1)]
         return out
     layers = list(trainable_layers(spec, setup))
     moe_layers = set(spec.moe.layers) if spec.moe is not None else set()

@@ -1,0 +1,140 @@
+"""Fit the terms only a GPU spends on published runs whose measurement kind is known.
+
+Fitted, in this order (each fit sees the constants fitted before it):
+
+1. ``generation_dequant_factor`` and ``kv_cache_factor``: on ``allocated`` generation rows
+   (GPTQ/AWQ ones for the first), ``measured = rest + k_d · dequant + k_kv · kv``
+   by least squares, where ``rest`` is the allocated estimate without those two terms.
+2. ``allocator_slack_fraction``: on ``reserved`` rows, ``measured = allocated · (1 + f)``;
+   ``f`` is the median of the per-row fractions (robust to one framework's outliers).
+
+Rows of ``unknown`` kind are never fitted on. The CUDA context and the cuBLAS workspace
+are not fitted: no published row measures the device tier, and the workspace (MiB) is
+below what any row resolves; they keep their documented values. Each fitted constant
+records the row ids it came from, the sources behind them (``single_source`` when only
+one), and the residual of every row after the fit. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from vramplan.memory.overhead import overhead_constants
+from vramplan.published import compare, exclusion, read_rows, row_estimate
+from vramplan.tables import tables_dir
+
+FITTED = ("generation_dequant_factor", "kv_cache_factor", "allocator_slack_fraction")
+
+
+def _usable(path: Path, kind: str) -> list[dict[str, str]]:
+    rows = read_rows(path)
+    return [
+        r
+        for r in rows
+        if r.get("measurement") == kind
+        and (r.get("outcome") or "ok") == "ok"
+        and not exclusion(r)
+    ]
+
+
+def _measured(row: dict[str, str], base: Path) -> int:
+    c = compare(row, base)
+    assert c.measured_bytes is not None
+    return c.measured_bytes
+
+
+def _source(row: dict[str, str]) -> str:
+    return row.get("source", "").split(" ")[0]
+
+
+def _lstsq2(xs: list[tuple[float, float]], ys: list[float]) -> tuple[float, float]:
+    """Least squares of y = a·x1 + b·x2 (no intercept); a lone column is fitted alone."""
+    s11 = sum(a * a for a, _ in xs)
+    s22 = sum(b * b for _, b in xs)
+    s12 = sum(a * b for a, b in xs)
+    t1 = sum(a * y for (a, _), y in zip(xs, ys))
+    t2 = sum(b * y for (_, b), y in zip(xs, ys))
+    det = s11 * s22 - s12 * s12
+    if s11 and s22 and abs(det) > 1e-9 * s11 * s22:
+        return (t1 * s22 - t2 * s12) / det, (t2 * s11 - t1 * s12) / det
+    return (t1 / s11 if s11 else 1.0), (t2 / s22 if s22 else 1.0)
+
+
+def fit(path: Path) -> dict[str, dict[str, Any]]:
+    """The fitted constants with their rows, sources and per-row residuals (% of measured)."""
+    base = path.parent
+    consts = overhead_constants()
+    out: dict[str, dict[str, Any]] = {}
+
+    # 1. in-kernel dequantization and the KV cache, on allocated rows
+    alloc = _usable(path, "allocated")
+    xs, ys, ids, srcs, rests = [], [], [], [], []
+    for r in alloc:
+        est = row_estimate(r, base)
+        block = r.get("quant") in ("gptq-int4", "awq-int4") and r.get("method") == "inference"
+        d = est.terms.get("overhead/dequant_workspace", 0) / consts["generation_dequant_factor"] if block else 0
+        kv = est.terms.get("inference/kv_cache", 0) / consts["kv_cache_factor"]
+        if not d and not kv:
+            continue
+        rest = est.allocated_bytes - (est.terms.get("overhead/dequant_workspace", 0) if block else 0)
+        rest -= est.terms.get("inference/kv_cache", 0)
+        xs.append((d, kv))
+        ys.append(_measured(r, base) - rest)
+        ids.append(r["id"])
+        srcs.append(_source(r))
+        rests.append(rest)
+    kd, kk = _lstsq2(xs, ys)
+    kd = max(0.0, kd)
+    # the cache cannot be smaller than its tensors: a fit below 1 would mean other terms
+    # (the prefill transient, taken over all tokens) are over-counted, so it is floored at 1
+    kk = max(1.0, kk)
+    resid = {
+        i: round(100.0 * (rest + kd * d + kk * kv - (y + rest)) / (y + rest), 3)
+        for i, rest, (d, kv), y in zip(ids, rests, xs, ys)
+    }
+    for name, value, used in (
+        ("generation_dequant_factor", kd, [i for i, (d, _) in zip(ids, xs) if d]),
+        ("kv_cache_factor", kk, [i for i, (_, kv) in zip(ids, xs) if kv]),
+    ):
+        sources = sorted({s for i, s in zip(ids, srcs) if i in used})
+        out[name] = {
+            "value": round(value, 4),
+            "fitted_on": used,
+            "sources": sources,
+            "single_source": len(sources) <= 1,
+            "residuals_pct": {i: resid[i] for i in used},
+        }
+
+    # 2. the caching allocator's slack, on reserved rows
+    res = _usable(path, "reserved")
+    fracs: dict[str, float] = {}
+    srcs2 = set()
+    for r in res:
+        est = row_estimate(r, base)
+        allocated = est.allocated_bytes  # reserved rows are training runs: no generation terms
+        fracs[r["id"]] = _measured(r, base) / allocated - 1.0
+        srcs2.add(_source(r))
+    f = statistics.median(fracs.values()) if fracs else consts["allocator_slack_fraction"]
+    out["allocator_slack_fraction"] = {
+        "value": round(f, 4),
+        "fitted_on": list(fracs),
+        "sources": sorted(srcs2),
+        "single_source": len(srcs2) <= 1,
+        "residuals_pct": {i: round(100.0 * ((1 + f) / (1 + x) - 1), 3) for i, x in fracs.items()},
+    }
+    return out
+
+
+def write(fitted: dict[str, dict[str, Any]], path: Path | None = None) -> Path:
+    """Store fitted values beside their documented sources in tables/overheads.json."""
+    path = path or tables_dir() / "overheads.json"
+    data = json.loads(path.read_text())
+    for name, f in fitted.items():
+        entry = data[name]
+        entry.update(f)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    overhead_constants.cache_clear()
+    return path

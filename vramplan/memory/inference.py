@@ -1,0 +1,89 @@
+"""Generation (inference) memory: weights, the KV cache and the largest forward transient.
+
+Used to check published inference measurements; the same terms a serving plan needs.
+``seq_len`` is prompt plus generated tokens. Without knowing how the tokens split, the
+prefill is taken over all of them: an upper bound on the prompt's forward transient and
+exact for the cache at the end of generation.
+"""
+
+from __future__ import annotations
+
+from vramplan.memory import overhead
+from vramplan.memory.phases import Estimate
+from vramplan.memory.weights import quant_state_bytes, quant_weight_bytes, quantized_weight_params
+from vramplan.params import param_counts
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+from vramplan.units import nbytes
+
+#: 16-bit dtype a precision runs generation in.
+HALF = {"bf16": "bf16", "amp-bf16": "bf16", "fp16": "fp16", "amp-fp16": "fp16", "fp32": "fp32"}
+
+
+def inference_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Every parameter in the run dtype; with a quantized checkpoint, the packed linears and
+    their quantization state, the rest (embeddings, lm_head, norms) in 16 bits."""
+    total = param_counts(spec).total
+    dt = HALF[setup.precision]
+    if setup.quant == "none":
+        return nbytes(total, dt)
+    rest = total - quantized_weight_params(spec, setup.quant)
+    return quant_weight_bytes(spec, setup.quant) + quant_state_bytes(spec, setup) + nbytes(rest, dt)
+
+
+def kv_cache_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Keys and values of every layer for every token: 2 · L · kv_heads · head_dim · b · s in
+    the run dtype (transformers ``DynamicCache``; multi-query and grouped-query attention
+    keep only their kv heads), times the fitted ``kv_cache_factor`` (tables/overheads.json)."""
+    per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim
+    return round(overhead.overhead_constants()["kv_cache_factor"] * nbytes(per_token * setup.tokens, HALF[setup.precision]))
+
+
+def cache_growth_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """``torch.cat`` of one layer's cache with the new token's keys: the old and the grown
+    copy of one layer's K (then V) are alive together for a moment."""
+    return nbytes(spec.num_kv_heads * spec.head_dim * setup.tokens, HALF[setup.precision])
+
+
+def prefill_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """The largest forward temporary of the prompt under ``no_grad``: in a gated MLP,
+    act(gate), up and their product (3 · b·s · I), beside the layer's input, its normed copy and
+    the attention output (3 · b·s · h); eager attention adds the b · heads · s² score matrix
+    and its softmax. Only the last position's logits are computed (fp32, b · V)."""
+    dt = HALF[setup.precision]
+    t = setup.tokens
+    inter = 3 if spec.gated_mlp else 2
+    mlp = nbytes(inter * t * spec.intermediate_size, dt) + nbytes(3 * t * spec.hidden_size, dt)
+    attn = 0
+    if setup.attention == "eager":
+        attn = 2 * nbytes(setup.micro_batch * spec.num_heads * setup.seq_len**2, dt)
+    logits = nbytes(setup.micro_batch * spec.vocab_size, "fp32")
+    return max(mlp, attn) + logits
+
+
+def inference_estimate(spec: ModelSpec, setup: Setup) -> Estimate:
+    """Peak of generating ``setup.seq_len`` tokens, per GPU. ``device_map`` splits weights
+    and cache evenly over ``num_gpus`` cards; the transient lands on one of them."""
+    n = setup.num_gpus if setup.parallel == "device_map" else 1
+    terms = {
+        "weights/frozen": -(-inference_weight_bytes(spec, setup) // n),
+        "inference/kv_cache": -(-kv_cache_bytes(spec, setup) // n),
+        "inference/transient": max(prefill_transient_bytes(spec, setup), cache_growth_bytes(spec, setup)),
+        "overhead/cublas_workspace": overhead.cublas_workspace_bytes(),
+        "overhead/dequant_workspace": overhead.dequant_workspace_bytes(spec, setup, generation=True),
+    }
+    terms = {k: v for k, v in terms.items() if v}
+    allocated = sum(terms.values())
+    slack = overhead.allocator_slack_bytes(allocated)
+    terms["overhead/allocator_slack"] = slack
+    terms["overhead/cuda_context"] = overhead.cuda_context_bytes()
+    return Estimate(
+        phase="generate",
+        terms=terms,
+        phases={"generate": allocated},
+        allocated_bytes=allocated,
+        reserved_bytes=allocated + slack,
+        device_bytes=sum(terms.values()),
+        total_params=param_counts(spec).total,
+        trainable_params=0,
+    )

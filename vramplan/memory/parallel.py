@@ -1,0 +1,115 @@
+"""Per-GPU memory under a multi-GPU layout: which terms are sharded, which are added.
+
+Applied to each phase's terms of one process (``phases.phase_terms``). With ``N`` GPUs:
+
+| layout      | weights | gradients | optimizer state | added |
+|-------------|---------|-----------|-----------------|-------|
+| ddp         | full    | full      | full            | DDP's gradient buckets (a full gradient copy) |
+| zero1       | full    | full      | /N (fp32)       | fp32 master /N, reduce buckets |
+| zero2       | full    | /N        | /N (fp32)       | fp32 master /N, reduce buckets |
+| zero3       | /N      | /N        | /N (fp32)       | fp32 master /N, reduce buckets, gathered layers |
+| fsdp        | /N      | /N        | /N              | the root unit and two layers gathered |
+| device_map  | /N      | /N        | /N              | the loss on the last GPU, in full |
+
+DeepSpeed (``DeepSpeedZeroOptimizer``, ``DeepSpeedZeroOptimizer_Stage3``) runs the model in
+16 bits and keeps fp32 master weights and fp32 Adam moments for its partition (ZeRO paper,
+Rajbhandari et al. 2020, section 5: 2 + 2 + 12 bytes per parameter before partitioning);
+its fused Adam needs no step temporaries. Activations are per process: data-parallel ranks
+each run their own micro-batch. Offload moves the optimizer state and master weights
+(``optimizer``) and also the sharded weights (``optimizer+params``) to host memory.
+"""
+
+from __future__ import annotations
+
+from vramplan.memory import optimizer
+from vramplan.memory.overhead import overhead_constants
+from vramplan.memory.policy import dtypes
+from vramplan.memory.trainable import trainable_params
+from vramplan.setup import DEEPSPEED, Setup
+from vramplan.spec import ModelSpec
+from vramplan.units import nbytes
+
+WEIGHT_TERMS = ("weights/frozen", "weights/trainable", "weights/quant_state")
+#: layers FSDP/ZeRO-3 hold gathered at once: the running one and the prefetched next.
+GATHERED_LAYERS = 2
+
+
+def _ceil_div(a: int, n: int) -> int:
+    return -(-a // n)
+
+
+def deepspeed_state_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """DeepSpeed keeps optimizer state in fp32 whatever the model dtype (the same bytes as an
+    AMP run's fp32 state), plus an fp32 master copy of 16-bit trainable weights."""
+    fp32 = setup.model_copy(update={"precision": "amp-bf16"})
+    state = optimizer.optimizer_state_bytes(spec, fp32)
+    master = nbytes(trainable_params(spec, setup), "fp32") if dtypes(setup).master != "fp32" else 0
+    return state + master
+
+
+def reduce_bucket_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """ZeRO's gradient reduce buffers, 16-bit, two of them with ``overlap_comm``. Stages 1-2
+    (``DeepSpeedZeroOptimizer.backward`` with ``contiguous_gradients``) allocate them at the
+    configured ``reduce_bucket_size`` whatever the trainable count (tables/overheads.json:
+    the published configs' 2e8); stage 3 sizes its bucket by transformers' ``"auto"``,
+    hidden², and never beyond the trainable gradients."""
+    if setup.parallel == "zero3":
+        per = min(spec.hidden_size**2, trainable_params(spec, setup))
+    else:
+        per = int(overhead_constants()["deepspeed_reduce_bucket_elements"])
+    return 2 * nbytes(per, "bf16")
+
+
+def gathered_bytes(spec: ModelSpec, setup: Setup, weights_total: int) -> int:
+    """Weights gathered to full size on every rank under ZeRO-3 / FSDP: the running and the
+    prefetched decoder layer (the layers' share of the weights, per layer), plus the output
+    layer, gathered whole while the loss and its backward run (FSDP: the root unit with the
+    embedding and lm_head stays gathered through the step)."""
+    embed = spec.vocab_size * spec.hidden_size
+    root = embed * (1 if spec.tie_word_embeddings else 2)
+    dt = "fp32" if dtypes(setup).weights == "fp32" and setup.parallel == "fsdp" else "bf16"
+    root_bytes = nbytes(root, dt)
+    per_layer = max(0, weights_total - root_bytes) // max(1, spec.num_layers)
+    layers = GATHERED_LAYERS * per_layer
+    return layers + (root_bytes if setup.parallel == "fsdp" else nbytes(embed, dt))
+
+
+def per_gpu(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The terms of each phase as one GPU of the layout holds them."""
+    if setup.parallel == "none":
+        return phases
+    n = setup.num_gpus
+    layout = setup.parallel
+    off_opt = setup.offload in ("optimizer", "optimizer+params")
+    off_params = setup.offload == "optimizer+params"
+    opt_key = f"optimizer/{setup.optimizer}"
+    out: dict[str, dict[str, int]] = {}
+    for phase, terms in phases.items():
+        t = dict(terms)
+        if layout == "device_map":
+            out[phase] = {k: (v if k.startswith(("loss/", "overhead/")) else _ceil_div(v, n)) for k, v in t.items()}
+            continue
+        weights_total = sum(t.get(k, 0) for k in WEIGHT_TERMS)
+        if layout in DEEPSPEED:
+            if opt_key in t:
+                t[opt_key] = 0 if off_opt else _ceil_div(deepspeed_state_bytes(spec, setup), n)
+            if "optimizer/step_temporaries" in t:
+                # the fp32 gradient partition the fused step reads
+                grads = nbytes(trainable_params(spec, setup), "fp32")
+                t["optimizer/step_temporaries"] = 0 if off_opt else _ceil_div(grads, n)
+            t["parallel/reduce_buckets"] = reduce_bucket_bytes(spec, setup)
+        elif layout == "fsdp" and opt_key in t:
+            t[opt_key] = 0 if off_opt else _ceil_div(t[opt_key], n)
+            if "optimizer/step_temporaries" in t:
+                t["optimizer/step_temporaries"] = 0 if off_opt else _ceil_div(t["optimizer/step_temporaries"], n)
+        if layout == "ddp":
+            t["parallel/ddp_buckets"] = optimizer.gradient_bytes(spec, setup)
+        if layout in ("zero2", "zero3", "fsdp") and "gradients" in t:
+            t["gradients"] = 0 if (off_params and layout == "fsdp") else _ceil_div(t["gradients"], n)
+        if layout in ("zero3", "fsdp"):
+            for k in WEIGHT_TERMS:
+                if k in t:
+                    t[k] = 0 if off_params else _ceil_div(t[k], n)
+            t["parallel/gathered_weights"] = gathered_bytes(spec, setup, weights_total)
+        out[phase] = t
+    return out
