@@ -22,8 +22,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from vramplan.memory.overhead import overhead_constants
-from vramplan.published import compare, exclusion, read_rows, row_estimate
+from vramplan.memory.inference import kv_cache_tensor_bytes
+from vramplan.memory.overhead import dequant_workspace_bytes, overhead_constants
+from vramplan.models import load_model
+from vramplan.published import _model, compare, exclusion, read_rows, row_estimate, row_setup
 from vramplan.tables import tables_dir
 
 FITTED = ("generation_dequant_factor", "kv_cache_factor", "allocator_slack_fraction")
@@ -74,9 +76,10 @@ def fit(path: Path) -> dict[str, dict[str, Any]]:
     xs, ys, ids, srcs, rests = [], [], [], [], []
     for r in alloc:
         est = row_estimate(r, base)
+        spec, setup = load_model(_model(r, base)), row_setup(r)
         block = r.get("quant") in ("gptq-int4", "awq-int4") and r.get("method") == "inference"
-        d = est.terms.get("overhead/dequant_workspace", 0) / consts["generation_dequant_factor"] if block else 0
-        kv = est.terms.get("inference/kv_cache", 0) / consts["kv_cache_factor"]
+        d = dequant_workspace_bytes(spec, setup) if block else 0
+        kv = kv_cache_tensor_bytes(spec, setup) if r.get("method") == "inference" else 0
         if not d and not kv:
             continue
         rest = est.allocated_bytes - (est.terms.get("overhead/dequant_workspace", 0) if block else 0)

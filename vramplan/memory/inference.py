@@ -31,12 +31,18 @@ def inference_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
     return quant_weight_bytes(spec, setup.quant) + quant_state_bytes(spec, setup) + nbytes(rest, dt)
 
 
-def kv_cache_bytes(spec: ModelSpec, setup: Setup) -> int:
+def kv_cache_tensor_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Keys and values of every layer for every token: 2 · L · kv_heads · head_dim · b · s in
     the run dtype (transformers ``DynamicCache``; multi-query and grouped-query attention
-    keep only their kv heads), times the fitted ``kv_cache_factor`` (tables/overheads.json)."""
+    keep only their kv heads)."""
     per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim
-    return round(overhead.overhead_constants()["kv_cache_factor"] * nbytes(per_token * setup.tokens, HALF[setup.precision]))
+    return nbytes(per_token * setup.tokens, HALF[setup.precision])
+
+
+def kv_cache_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """The cache's tensors times the fitted ``kv_cache_factor`` (tables/overheads.json; at
+    least 1)."""
+    return round(overhead.overhead_constants()["kv_cache_factor"] * kv_cache_tensor_bytes(spec, setup))
 
 
 def cache_growth_bytes(spec: ModelSpec, setup: Setup) -> int:
