@@ -256,8 +256,11 @@ def torchtune(r: dict[str, str]) -> dict[str, Any]:
         reason = {
             239: "excluded: unpacked batches padded to each batch's longest sample; the lengths are not stated.",
             240: "",
-        }.get(i, "excluded: includes torch.compile and later techniques (chunked cross-entropy, optimizer in"
-              " backward, activation offloading) that the schema cannot express.")
+        }.get(
+            i,
+            "excluded: includes torch.compile and later techniques (chunked cross-entropy, optimizer in"
+            " backward, activation offloading) that the schema cannot express.",
+        )
         d["notes"] = _note(
             reason,
             "full_finetune_single_device defaults: torch AdamW fused, bf16 weights and optimizer state.",

@@ -33,13 +33,7 @@ FITTED = ("generation_dequant_factor", "kv_cache_factor", "allocator_slack_fract
 
 def _usable(path: Path, kind: str) -> list[dict[str, str]]:
     rows = read_rows(path)
-    return [
-        r
-        for r in rows
-        if r.get("measurement") == kind
-        and (r.get("outcome") or "ok") == "ok"
-        and not exclusion(r)
-    ]
+    return [r for r in rows if r.get("measurement") == kind and (r.get("outcome") or "ok") == "ok" and not exclusion(r)]
 
 
 def _measured(row: dict[str, str], base: Path) -> int:
@@ -57,8 +51,8 @@ def _lstsq2(xs: list[tuple[float, float]], ys: list[float]) -> tuple[float, floa
     s11 = sum(a * a for a, _ in xs)
     s22 = sum(b * b for _, b in xs)
     s12 = sum(a * b for a, b in xs)
-    t1 = sum(a * y for (a, _), y in zip(xs, ys))
-    t2 = sum(b * y for (_, b), y in zip(xs, ys))
+    t1 = sum(a * y for (a, _), y in zip(xs, ys, strict=True))
+    t2 = sum(b * y for (_, b), y in zip(xs, ys, strict=True))
     det = s11 * s22 - s12 * s12
     if s11 and s22 and abs(det) > 1e-9 * s11 * s22:
         return (t1 * s22 - t2 * s12) / det, (t2 * s11 - t1 * s12) / det
@@ -96,13 +90,13 @@ def fit(path: Path) -> dict[str, dict[str, Any]]:
     kk = max(1.0, kk)
     resid = {
         i: round(100.0 * (rest + kd * d + kk * kv - (y + rest)) / (y + rest), 3)
-        for i, rest, (d, kv), y in zip(ids, rests, xs, ys)
+        for i, rest, (d, kv), y in zip(ids, rests, xs, ys, strict=True)
     }
     for name, value, used in (
-        ("generation_dequant_factor", kd, [i for i, (d, _) in zip(ids, xs) if d]),
-        ("kv_cache_factor", kk, [i for i, (_, kv) in zip(ids, xs) if kv]),
+        ("generation_dequant_factor", kd, [i for i, (d, _) in zip(ids, xs, strict=True) if d]),
+        ("kv_cache_factor", kk, [i for i, (_, kv) in zip(ids, xs, strict=True) if kv]),
     ):
-        sources = sorted({s for i, s in zip(ids, srcs) if i in used})
+        sources = sorted({s for i, s in zip(ids, srcs, strict=True) if i in used})
         out[name] = {
             "value": round(value, 4),
             "fitted_on": used,

@@ -231,8 +231,9 @@ def _cmd_validate(argv: list[str]) -> int:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--traced", action="store_true", help="against traced steps in tables/measured/traces.jsonl")
     what.add_argument(
-        "--csv", metavar="FILE", help="against measured runs in the published-measurements schema "
-        "(tables/measured/published.csv, or your own)"
+        "--csv",
+        metavar="FILE",
+        help="against measured runs in the published-measurements schema (tables/measured/published.csv, or your own)",
     )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

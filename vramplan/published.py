@@ -104,7 +104,9 @@ def read_rows(path: Path) -> list[dict[str, str]]:
             reader = csv.DictReader(fh)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise VramplanError("csv", f"{path} lacks column(s) {', '.join(missing)}; the schema is {','.join(COLUMNS)}")
+                raise VramplanError(
+                    "csv", f"{path} lacks column(s) {', '.join(missing)}; the schema is {','.join(COLUMNS)}"
+                )
             return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
     except OSError as exc:
         raise VramplanError("csv", f"cannot read {path}: {exc.strerror}") from None
@@ -118,7 +120,10 @@ def _extra(text: str) -> tuple[str, ...]:
         elif name in HEAD_NAMES:
             out.append("lm_head")
         else:
-            raise VramplanError("trainable_extra", f"{name!r}: use embedding/lm_head module names ({', '.join(sorted(EMBEDDING_NAMES | HEAD_NAMES))})")
+            raise VramplanError(
+                "trainable_extra",
+                f"{name!r}: use embedding/lm_head module names ({', '.join(sorted(EMBEDDING_NAMES | HEAD_NAMES))})",
+            )
     return tuple(out)
 
 
@@ -150,7 +155,9 @@ def row_setup(row: dict[str, str]) -> Setup:
         grad_accum=row.get("grad_accum") or "1",
     )
     if method in ("lora", "qlora"):
-        fields.update(lora_targets=row.get("lora_targets") or "all-linear", trainable_extra=_extra(row.get("trainable_extra", "")))
+        fields.update(
+            lora_targets=row.get("lora_targets") or "all-linear", trainable_extra=_extra(row.get("trainable_extra", ""))
+        )
         if row.get("lora_rank"):
             fields["lora_rank"] = row["lora_rank"]
         if row.get("lora_alpha"):
@@ -203,7 +210,9 @@ def compare(row: dict[str, str], base: Path) -> Comparison:
         try:
             measured = int(float(row["measured_value"]) * UNITS[unit])
         except ValueError:
-            raise VramplanError("measured_value", f"row {row['id']}: {row['measured_value']!r} is not a number") from None
+            raise VramplanError(
+                "measured_value", f"row {row['id']}: {row['measured_value']!r} is not a number"
+            ) from None
     common = dict(
         id=row["id"],
         source=row.get("source", "").split(" ")[0],
@@ -255,7 +264,9 @@ def _pct(values: list[float], q: float) -> float:
 def stats(rows: list[Comparison]) -> Stats:
     errs = [r.error_pct for r in rows if r.counted and r.error_pct is not None]
     if not errs:
-        return Stats(rows=0, median_abs_pct=None, p90_abs_pct=None, within_10pct=0, underestimates=0, worst_under_pct=None)
+        return Stats(
+            rows=0, median_abs_pct=None, p90_abs_pct=None, within_10pct=0, underestimates=0, worst_under_pct=None
+        )
     abs_ = [abs(e) for e in errs]
     unders = [e for e in errs if e < 0]
     return Stats(

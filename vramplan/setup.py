@@ -88,7 +88,9 @@ class Setup(BaseModel):
                 "parallel|more than one GPU needs a layout: --parallel " + "|".join(p for p in PARALLELS if p != "none")
             )
         if self.offload == "optimizer" and self.parallel not in ("zero1", "zero2", "zero3", "fsdp"):
-            raise ValueError("offload|optimizer offload runs under DeepSpeed ZeRO or FSDP: --parallel zero1|zero2|zero3|fsdp")
+            raise ValueError(
+                "offload|optimizer offload runs under DeepSpeed ZeRO or FSDP: --parallel zero1|zero2|zero3|fsdp"
+            )
         if self.offload == "optimizer+params" and self.parallel not in ("zero3", "fsdp"):
             raise ValueError("offload|parameter offload needs sharded parameters: --parallel zero3|fsdp")
         if self.attention == "flash-attn-2" and self.precision == "fp32":

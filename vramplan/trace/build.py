@@ -51,6 +51,10 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
         raise VramplanError("model", REMOTE_CODE[mt])
     if "vision_config" in config or "visual" in config:
         raise VramplanError("model", "tracing vision-language models is not supported yet: trace the text model")
+    if setup.parallel != "none":
+        raise VramplanError(
+            "parallel", "the harness runs one process on one device: trace with --parallel none (one GPU's share)"
+        )
     notes = []
     if setup.method == "qlora" and setup.quant not in ("bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "bnb-int8"):
         raise VramplanError("quant", f"the harness builds bitsandbytes QLoRA (4-bit and int8), not {setup.quant}")
