@@ -84,3 +84,18 @@ def test_trace_refuses_a_layout() -> None:
     )
     assert out.returncode == 2 and out.stderr.startswith("vramplan: error: parallel:")
     assert "Traceback" not in out.stderr
+
+
+def test_plan_says_the_layout() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "vramplan", "qwen2.5-7b", "--gpu", "a10", "--gpus", "4", "--parallel", "zero2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode in (0, 1), out.stderr
+    assert "4 GPUs, zero2 (memory per GPU)" in out.stdout

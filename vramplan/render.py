@@ -46,6 +46,9 @@ def _setup_line(plan: Plan) -> str:
         "gradient checkpointing" if s.grad_checkpointing else "no gradient checkpointing",
         s.attention,
     ]
+    if s.parallel != "none":
+        layout = f"{s.num_gpus} GPUs, {s.parallel}" + (f", offload {s.offload}" if s.offload != "none" else "")
+        parts.append(layout + " (memory per GPU)")
     return ", ".join(parts)
 
 
