@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 # of every installed distribution) saves a noticeable part of start-up.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from vramplan.errors import VramplanError
+from vramplan.errors import DoesNotFit, VramplanError
 from vramplan.setup import ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PARALLELS, PRECISIONS, QUANTS
 
 EXIT_FITS, EXIT_NO_FIT, EXIT_BAD_INPUT = 0, 1, 2
@@ -66,6 +66,11 @@ def plan_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default="4090", help="card name (4090, a100-80g, h100, ...) or auto")
     _add_setup_flags(p)
     p.add_argument("--json", action="store_true", help="print plan(...).model_dump_json()")
+    p.add_argument("--emit", metavar="TARGET", help="write the plan as a config for trl, swift, llamafactory or axolotl")
+    p.add_argument("--out", metavar="DIR", help="directory for the emitted files (default: print them)")
+    p.add_argument("--data", metavar="FILE", default="data.jsonl", help="dataset the emitted config trains on")
+    p.add_argument("--force", action="store_true", help="emit even when the plan does not fit")
+    p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     return p
 
 
@@ -157,13 +162,70 @@ def _cmd_plan(argv: list[str]) -> int:
     from vramplan.planner import plan
 
     args = plan_parser().parse_args(argv)
-    fields = {k: v for k, v in vars(args).items() if k not in ("model", "gpu", "json")}
+    emit_flags = ("emit", "out", "data", "force", "overwrite")
+    if args.emit is None and (args.out or args.force or args.overwrite):
+        raise VramplanError("emit", "--out/--force/--overwrite go with --emit trl|swift|llamafactory|axolotl")
+    if args.emit is not None:
+        from vramplan.emit import TARGETS
+
+        if args.emit not in TARGETS:
+            raise VramplanError("emit", f"unknown target {args.emit!r}; targets: {', '.join(TARGETS)}")
+    fields = {k: v for k, v in vars(args).items() if k not in ("model", "gpu", "json", *emit_flags)}
     result = plan(args.model, gpu=args.gpu, **fields)
+    if args.emit is not None:
+        return _emit(result, args)
     if args.json:
         print(result.model_dump_json())
     else:
         _console().print(result)
     return EXIT_FITS if result.fits else EXIT_NO_FIT
+
+
+def _emit(result: Any, args: argparse.Namespace) -> int:
+    from vramplan.emit import emit
+
+    out = emit(result, args.emit, data=args.data, force=args.force)
+    if args.out:
+        written = write_files(args.out, out.files, overwrite=args.overwrite)
+        sys.stderr.write(f"wrote {', '.join(written)}\nrun: cd {args.out} && {out.command}\n")
+    elif args.json:
+        print(out.model_dump_json())
+    else:
+        for name, text in out.files.items():
+            print(f"==> {name} <==\n{text}")
+        print(f"run: {out.command}")
+    return EXIT_FITS if out.fits else EXIT_NO_FIT
+
+
+def write_files(out_dir: str, files: dict[str, str], *, overwrite: bool) -> list[str]:
+    """Write ``files`` into ``out_dir`` all or nothing: every file goes to a temporary name
+    first, then all are renamed; existing files are replaced only with ``overwrite``."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise VramplanError("out", f"{out} exists and is not a directory")
+    clash = sorted(name for name in files if (out / name).exists())
+    if clash and not overwrite:
+        raise VramplanError("out", f"{out} already has {', '.join(clash)}; pass --overwrite to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp: list[tuple[Path, Path]] = []
+    try:
+        for name, text in files.items():
+            final = out / name
+            final.parent.mkdir(parents=True, exist_ok=True)
+            part = final.with_name(f".{final.name}.vramplan-tmp")
+            part.write_text(text)
+            if name.endswith((".sh", ".py")):
+                part.chmod(0o755)
+            tmp.append((part, final))
+    except OSError as exc:
+        for part, _ in tmp:
+            part.unlink(missing_ok=True)
+        raise VramplanError("out", f"cannot write into {out}: {exc.strerror}") from None
+    for part, final in tmp:
+        os.replace(part, final)
+    return [str(final) for _, final in tmp]
 
 
 def _setup_from_args(args: argparse.Namespace) -> Any:
@@ -304,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in COMMANDS:
             return COMMANDS[argv[0]](argv[1:])
         return _cmd_plan(argv)
+    except DoesNotFit as err:
+        sys.stderr.write(f"vramplan: {err}\n")
+        return EXIT_NO_FIT
     except VramplanError as err:
         sys.stderr.write(f"vramplan: error: {err}\n")
         return EXIT_BAD_INPUT

@@ -12,6 +12,10 @@ class VramplanError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+class DoesNotFit(VramplanError):
+    """A request that needs a fitting plan (emitting a config) got one that does not fit."""
+
+
 def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:
     """The catalog entries nearest to ``name`` (difflib ratio, then prefix matches)."""
     import difflib

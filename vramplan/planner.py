@@ -60,6 +60,14 @@ class Plan(BaseModel):
     trainable_params: int
     alternatives: list[Alternative]
     notes: list[str]
+    source: str = ""  # the model as the user named it (catalog name, hub id or path)
+
+    def emit(self, target: str, *, data: str = "data.jsonl", force: bool = False) -> Any:
+        """This plan as files for ``target`` (trl, swift, llamafactory, axolotl): see
+        :func:`vramplan.emit.emit`."""
+        from vramplan.emit import emit
+
+        return emit(self, target, data=data, force=force)
 
     def __rich__(self) -> Any:
         from vramplan.render import plan_renderable
@@ -215,6 +223,7 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
         trainable_params=est.trainable_params,
         alternatives=alternatives,
         notes=notes,
+        source=model,
     )
 
 

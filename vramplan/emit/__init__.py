@@ -1,0 +1,18 @@
+"""Emit a plan as a configuration for the trainer the user already has.
+
+``emit(plan, target)`` returns the files to write (name -> text) and the command that
+starts the run. Every file opens with the same comment block: model, GPU, the estimated
+peak per tier, the headroom, and why each memory-relevant setting was chosen, with the
+numbers. A choice the target cannot express is replaced by the nearest one it can, said
+in the header, and the numbers are re-estimated for what is actually emitted.
+
+Targets: ``trl`` (a self-contained Python script: TRL ``SFTTrainer`` + PEFT + bitsandbytes),
+``swift`` (the ms-swift ``swift sft`` command line), ``llamafactory`` (YAML for
+``llamafactory-cli train``), ``axolotl`` (YAML for ``axolotl train``). Torch-free.
+"""
+
+from __future__ import annotations
+
+from vramplan.emit.common import TARGETS, Emitted, emit
+
+__all__ = ["TARGETS", "Emitted", "emit"]

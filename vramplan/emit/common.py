@@ -1,0 +1,226 @@
+"""What every target shares: the re-estimate, the reasons with numbers, the header."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from vramplan.errors import DoesNotFit, VramplanError
+from vramplan.gpus import GPU
+from vramplan.memory import Estimate, estimate
+from vramplan.models import catalog_sources, load_model
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+from vramplan.units import GIB
+
+if TYPE_CHECKING:
+    from vramplan.planner import Plan
+
+TARGETS = ("trl", "swift", "llamafactory", "axolotl")
+
+
+class Emitted(BaseModel):
+    """The files of one target (name -> text), the command that starts the run, the Setup
+    they encode and what had to change for the target."""
+
+    model_config = ConfigDict(frozen=True)
+    target: str
+    files: dict[str, str]
+    command: str
+    setup: Setup
+    adjustments: list[str]
+    fits: bool
+    device_bytes: int
+    allocated_bytes: int
+
+
+class Context(BaseModel):
+    """Everything a target's renderer needs."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model_name: str
+    model_path: str
+    gpu: GPU
+    setup: Setup
+    est: Estimate
+    fits: bool
+    headroom_bytes: int
+    reasons: dict[str, str]
+    adjustments: list[str]
+    data: str
+    total_params: int
+    trainable_params: int
+    embedding_name: str = "embed_tokens"
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def model_path(name: str, source: str) -> str:
+    """Where the trainer loads the model from: the hub id of a catalog model, else what the
+    user passed (a local folder or config path)."""
+    if source and ("/" in source or source.endswith(".json")):
+        path = source[: -len("/config.json")] if source.endswith("/config.json") else source
+        return path if path != "config.json" else "."
+    src = catalog_sources().get(name)
+    if src is not None:
+        return src.hub_id
+    return source or name
+
+
+def _dev(spec: ModelSpec, setup: Setup, **change: Any) -> int | None:
+    try:
+        s = setup.model_copy(update=change)
+        Setup.model_validate(s.model_dump())
+        return estimate(spec, s).device_bytes
+    except (VramplanError, ValueError):
+        return None
+
+
+def reasons(spec: ModelSpec, setup: Setup, est: Estimate, gpu: GPU) -> dict[str, str]:
+    """Why each memory-relevant setting is what it is, with the device-tier numbers that
+    decide it (the estimate with the setting changed, on the same card)."""
+    out: dict[str, str] = {}
+    here = est.device_bytes
+    cap = gpu.memory_bytes
+
+    def verdict(n: int | None) -> str:
+        if n is None:
+            return "not possible here"
+        return f"{gib(n)}, {'fits' if n <= cap else 'does not fit'}"
+
+    at = f"at seq {setup.seq_len} x micro-batch {setup.micro_batch}"
+    if setup.grad_checkpointing:
+        off = _dev(spec, setup, grad_checkpointing=False)
+        if off is not None:
+            out["grad_checkpointing"] = f"saves {gib(off - here)} {at} (off: {verdict(off)})"
+    else:
+        on = _dev(spec, setup, grad_checkpointing=True)
+        if on is not None:
+            out["grad_checkpointing"] = f"off: fits without it; on would save {gib(here - on)} and cost ~30% speed"
+    more = _dev(spec, setup, micro_batch=setup.micro_batch + 1)
+    if more is not None:
+        out["micro_batch"] = f"one more sample per step adds {gib(more - here)} ({verdict(more)})"
+    if setup.grad_accum > 1:
+        out["grad_accum"] = (
+            f"effective batch {setup.micro_batch * setup.grad_accum} without its activations; "
+            "gradients are kept between micro-batches"
+        )
+    out["seq_len"] = "every sample counted at this length (batches padded to it): shorter data needs less"
+    if setup.method in ("lora", "qlora"):
+        full = _dev(spec, setup, method="full", quant="none", trainable_extra=())
+        out["method"] = f"{setup.method}: {est.trainable_params:,} trainable; full fine-tuning would need {verdict(full)}"
+        if setup.method == "qlora":
+            base = _dev(spec, setup, method="lora", quant="none")
+            out["quant"] = f"{setup.quant} base weights; a 16-bit base would need {verdict(base)}"
+        out["lora_rank"] = f"r={setup.lora_rank}: adapters plus their grads and optimizer state are small"
+    else:
+        lora = _dev(spec, setup, method="lora", quant="none")
+        out["method"] = f"{setup.method}: {est.trainable_params:,} trainable; LoRA would need {verdict(lora)}"
+    if setup.optimizer in ("adamw", "adamw-fused", "paged-adamw-32bit"):
+        eight = _dev(spec, setup, optimizer="adamw-8bit")
+        if eight is not None and here - eight > 0:
+            out["optimizer"] = f"{setup.optimizer}: 8-bit AdamW would save {gib(here - eight)}"
+        else:
+            out["optimizer"] = f"{setup.optimizer}: its state is small here"
+    else:
+        adamw = _dev(spec, setup, optimizer="adamw")
+        if adamw is not None:
+            out["optimizer"] = f"{setup.optimizer}: saves {gib(adamw - here)} against AdamW"
+    if setup.precision in ("bf16", "fp16"):
+        amp = _dev(spec, setup, precision="amp-" + setup.precision)
+        out["precision"] = f"{setup.precision} weights under autocast; fp32 master weights (AMP) would need {verdict(amp)}"
+    else:
+        out["precision"] = f"{setup.precision}"
+    if setup.attention != "eager":
+        eager = _dev(spec, setup, attention="eager")
+        if eager is not None and eager - here >= GIB // 100:
+            out["attention"] = f"{setup.attention}: eager attention would add {gib(eager - here)}"
+        elif eager is not None:
+            out["attention"] = f"{setup.attention}: eager attention would peak about the same here"
+    return out
+
+
+def header_lines(ctx: Context, target: str) -> list[str]:
+    """The comment block every emitted file starts with (no comment marker)."""
+    est = ctx.est
+    s = ctx.setup
+    lines = [
+        f"vramplan plan for {target}: {ctx.model_name} ({ctx.total_params:,} params) on {ctx.gpu.name}"
+        f" ({ctx.gpu.memory_mib:,} MiB as the driver reports it)",
+        f"estimated peak per GPU ({est.phase}): allocated {gib(est.allocated_bytes)}"
+        f" (torch.cuda.max_memory_allocated), reserved {gib(est.reserved_bytes)}"
+        f" (max_memory_reserved), device {gib(est.device_bytes)} (nvidia-smi)",
+    ]
+    if ctx.fits:
+        lines.append(f"headroom: {gib(ctx.headroom_bytes)} of {gib(ctx.gpu.memory_bytes)}")
+    else:
+        lines.append(
+            f"WILL NOT FIT: needs {gib(est.device_bytes)}, the card has {gib(ctx.gpu.memory_bytes)}"
+            f" ({gib(-ctx.headroom_bytes)} over); emitted on request (--force)"
+        )
+    lines.append(
+        f"setup: {s.method}{' ' + s.quant if s.method == 'qlora' else ''}, {s.precision}, {s.optimizer},"
+        f" seq {s.seq_len}, micro-batch {s.micro_batch}, grad-accum {s.grad_accum},"
+        f" {'gradient checkpointing' if s.grad_checkpointing else 'no checkpointing'}, {s.attention}"
+        + (f", LoRA r{s.lora_rank} alpha {s.lora_alpha:g} on {s.lora_targets}" if s.is_lora else "")
+    )
+    for note in ctx.adjustments:
+        lines.append(f"CHANGED FOR {target}: {note}")
+    return lines
+
+
+def why_lines(ctx: Context, options: dict[str, str]) -> list[str]:
+    """``option: value  # reason`` for each memory-relevant setting the target spells."""
+    out = ["why each memory-relevant setting:"]
+    for field, option in options.items():
+        reason = ctx.reasons.get(field)
+        if reason:
+            out.append(f"  {option}  # {reason}")
+    return out
+
+
+def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = False) -> Emitted:
+    """Render ``plan`` for ``target``."""
+    if target not in TARGETS:
+        raise VramplanError("emit", f"unknown target {target!r}; targets: {', '.join(TARGETS)}")
+    mod = importlib.import_module(f"vramplan.emit.{target}")
+    spec = load_model(plan.source or plan.model)
+    setup, adjustments = mod.adapt(plan.setup, spec)
+    est = estimate(spec, setup) if setup != plan.setup else estimate(spec, plan.setup)
+    fits = est.device_bytes <= plan.gpu.memory_bytes
+    if not fits and not force:
+        raise DoesNotFit(
+            "emit",
+            f"the plan does not fit {plan.gpu.name}: needs {gib(est.device_bytes)} of {gib(plan.gpu.memory_bytes)}"
+            f" ({gib(est.device_bytes - plan.gpu.memory_bytes)} over); pass --force to emit it anyway",
+        )
+    ctx = Context(
+        model_name=plan.model,
+        model_path=model_path(plan.model, plan.source),
+        gpu=plan.gpu,
+        setup=setup,
+        est=est,
+        fits=fits,
+        headroom_bytes=plan.gpu.memory_bytes - est.device_bytes,
+        reasons=reasons(spec, setup, est, plan.gpu),
+        adjustments=adjustments,
+        data=data,
+        total_params=est.total_params,
+        trainable_params=est.trainable_params,
+        embedding_name=spec.embedding_name,
+    )
+    files, command = mod.render(ctx)
+    return Emitted(
+        target=target,
+        files=files,
+        command=command,
+        setup=setup,
+        adjustments=adjustments,
+        fits=fits,
+        device_bytes=est.device_bytes,
+        allocated_bytes=est.allocated_bytes,
+    )

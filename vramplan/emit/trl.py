@@ -1,0 +1,267 @@
+"""TRL target: one self-contained Python script (SFTTrainer + PEFT + bitsandbytes) and
+the command line that starts it.
+
+Setup -> TRL/transformers: precision -> the load dtype and ``bf16``/``fp16`` (AMP loads
+fp32 weights and trains under autocast); quant -> ``BitsAndBytesConfig``; LoRA ->
+``LoraConfig`` (``modules_to_save`` for extra trained embeddings/lm_head); freeze -> the top
+layers left trainable by the script; optimizer -> ``optim``; attention ->
+``attn_implementation``. GPTQ/AWQ bases need a pre-quantized checkpoint, which the script
+does not make: it quantizes with bitsandbytes nf4 instead (said in the header). DDP
+launches through ``accelerate launch``; ZeRO/FSDP/device_map launch configs are not
+emitted yet.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from vramplan.emit.common import Context, header_lines, why_lines
+from vramplan.errors import VramplanError
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+
+OPTIM = {
+    "adamw": "adamw_torch",
+    "adamw-fused": "adamw_torch_fused",
+    "adamw-8bit": "adamw_bnb_8bit",
+    "paged-adamw-8bit": "paged_adamw_8bit",
+    "paged-adamw-32bit": "paged_adamw_32bit",
+    "adafactor": "adafactor",
+    "sgd": "sgd",
+    "lion": "lion_32bit",
+}
+ATTN = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attention_2"}
+LOAD_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "amp-bf16": "float32", "amp-fp16": "float32"}
+
+
+def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
+    """What TRL can run of ``setup``, and what changed."""
+    notes = []
+    if setup.parallel not in ("none", "ddp"):
+        raise VramplanError(
+            "emit", f"trl: launch configs for {setup.parallel} are not emitted yet; plan with --parallel none or ddp"
+        )
+    if setup.quant in ("gptq-int4", "awq-int4"):
+        notes.append(
+            f"{setup.quant} needs a pre-quantized checkpoint, which this script does not make:"
+            " it quantizes with bitsandbytes nf4 instead (re-estimated)"
+        )
+        setup = setup.model_copy(update={"quant": "bnb-nf4"})
+    return setup, notes
+
+
+def trl_settings(ctx: Context) -> dict[str, Any]:
+    """The values the script is built from (what ``--dry-run`` prints)."""
+    s = ctx.setup
+    half = "bfloat16" if s.precision.endswith("bf16") else "float16"
+    quant: dict[str, Any] | None = None
+    if s.method == "qlora":
+        if s.quant == "bnb-int8":
+            quant = {"load_in_8bit": True}
+        else:
+            quant = {
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "fp4" if s.quant == "bnb-fp4" else "nf4",
+                "bnb_4bit_use_double_quant": s.quant == "bnb-nf4-dq",
+                "bnb_4bit_compute_dtype": half,
+            }
+    lora: dict[str, Any] | None = None
+    if s.is_lora:
+        targets = s.lora_target_list()
+        extra = [ctx.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
+        lora = {
+            "r": s.lora_rank,
+            "lora_alpha": s.lora_alpha,
+            "lora_dropout": s.lora_dropout,
+            "target_modules": "all-linear" if targets is None else targets,
+            "modules_to_save": extra or None,
+            "task_type": "CAUSAL_LM",
+        }
+    training = {
+        "per_device_train_batch_size": s.micro_batch,
+        "gradient_accumulation_steps": s.grad_accum,
+        "max_length": s.seq_len,
+        "gradient_checkpointing": s.grad_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if s.grad_checkpointing else None,
+        "optim": OPTIM[s.optimizer],
+        "bf16": s.precision in ("bf16", "amp-bf16"),
+        "fp16": s.precision in ("fp16", "amp-fp16"),
+        "learning_rate": 1e-4 if s.is_lora else 1e-5,
+        "num_train_epochs": 3,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": "none",
+        "packing": False,
+    }
+    return {
+        "model": ctx.model_path,
+        "method": s.method,
+        "dtype": LOAD_DTYPE[s.precision],
+        "attn_implementation": ATTN[s.attention],
+        "quantization": quant,
+        "lora": lora,
+        "freeze_top_layers": s.freeze_trainable_layers if s.method == "freeze" else None,
+        "training": training,
+    }
+
+
+def _py(value: Any) -> str:
+    return repr(value)
+
+
+SCRIPT = '''
+"""Fine-tune with TRL's SFTTrainer, as planned by vramplan (see the comment block above).
+
+    python train.py --model MODEL --data DATA [--output DIR] [--epochs N] [--max-steps N] [--dry-run]
+
+MODEL is a hub id or a local model folder. DATA is a local JSON or JSONL file with one
+example per record: {"instruction": ..., "input": ..., "output": ...} (input optional) or
+{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}.
+--dry-run prints the settings as JSON and exits without loading anything.
+"""
+
+import argparse
+import json
+import math
+
+MODEL = __MODEL__
+METHOD = __METHOD__
+DTYPE = __DTYPE__  # weights as loaded
+ATTN_IMPLEMENTATION = __ATTN__
+QUANTIZATION = __QUANT__  # BitsAndBytesConfig(**QUANTIZATION), or None
+LORA = __LORA__  # peft.LoraConfig(**LORA), or None
+FREEZE_TOP_LAYERS = __FREEZE__  # freeze: only the top N decoder layers train
+TRAINING = {
+__TRAINING__
+}
+
+
+def to_record(example, tokenizer):
+    """One training record: chat messages when the tokenizer has a chat template, else text."""
+    if example.get("messages"):
+        messages = example["messages"]
+    else:
+        prompt = example.get("instruction") or ""
+        if example.get("input"):
+            prompt = prompt + "\\n\\n" + example["input"]
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": example.get("output") or ""}]
+    if getattr(tokenizer, "chat_template", None):
+        return {"messages": messages}
+    text = "".join(f"### {m['role'].capitalize()}:\\n{m['content']}\\n\\n" for m in messages)
+    return {"text": text + (tokenizer.eos_token or "")}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=MODEL, help="hub id or local model folder (default: %(default)s)")
+    parser.add_argument("--data", default=__DATA__, help="local JSON/JSONL dataset (default: %(default)s)")
+    parser.add_argument("--output", default="output", help="where the trained adapter/model is saved")
+    parser.add_argument("--epochs", type=float, default=TRAINING["num_train_epochs"])
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps")
+    parser.add_argument("--dry-run", action="store_true", help="print the settings as JSON and exit")
+    args = parser.parse_args()
+    settings = {
+        "model": args.model,
+        "method": METHOD,
+        "dtype": DTYPE,
+        "attn_implementation": ATTN_IMPLEMENTATION,
+        "quantization": QUANTIZATION,
+        "lora": LORA,
+        "freeze_top_layers": FREEZE_TOP_LAYERS,
+        "training": {**TRAINING, "num_train_epochs": args.epochs, "max_steps": args.max_steps},
+    }
+    if args.dry_run:
+        print(json.dumps(settings, indent=1))
+        return
+
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    load = {"dtype": getattr(torch, DTYPE), "attn_implementation": ATTN_IMPLEMENTATION}
+    if QUANTIZATION:
+        q = dict(QUANTIZATION)
+        if "bnb_4bit_compute_dtype" in q:
+            q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
+        load["quantization_config"] = BitsAndBytesConfig(**q)
+    model = AutoModelForCausalLM.from_pretrained(args.model, **load)
+    if FREEZE_TOP_LAYERS:
+        model.requires_grad_(False)
+        for layer in model.get_decoder().layers[-FREEZE_TOP_LAYERS:]:
+            layer.requires_grad_(True)
+    peft_config = None
+    if LORA:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(**LORA)
+
+    raw = load_dataset("json", data_files=args.data, split="train")
+    dataset = raw.map(lambda ex: to_record(ex, tokenizer), remove_columns=raw.column_names)
+    training = dict(settings["training"])
+    if not torch.cuda.is_available():
+        print("no CUDA device: training on the CPU (slow; for checking the set-up)")
+        training["use_cpu"] = True
+    config = SFTConfig(output_dir=args.output, **training)
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
+    result = trainer.train()
+    trainer.save_model(args.output)
+    loss = result.training_loss
+    print(json.dumps({"train_loss": loss, "steps": trainer.state.global_step, "finite": math.isfinite(loss)}))
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def render(ctx: Context) -> tuple[dict[str, str], str]:
+    s = ctx.setup
+    settings = trl_settings(ctx)
+    t = settings["training"]
+    options = {
+        "method": f"METHOD = {s.method!r}" + (f"; LORA r={s.lora_rank}" if s.is_lora else ""),
+        "quant": f"QUANTIZATION = {settings['quantization']}",
+        "precision": f"DTYPE = {settings['dtype']!r}, bf16={t['bf16']}, fp16={t['fp16']}",
+        "grad_checkpointing": f"gradient_checkpointing={t['gradient_checkpointing']}",
+        "micro_batch": f"per_device_train_batch_size={t['per_device_train_batch_size']}",
+        "grad_accum": f"gradient_accumulation_steps={t['gradient_accumulation_steps']}",
+        "seq_len": f"max_length={t['max_length']}",
+        "optimizer": f"optim={t['optim']!r}",
+        "attention": f"ATTN_IMPLEMENTATION = {settings['attn_implementation']!r}",
+    }
+    head = "\n".join("# " + line for line in header_lines(ctx, "trl") + why_lines(ctx, options))
+    inline = {
+        "per_device_train_batch_size": "micro_batch",
+        "gradient_accumulation_steps": "grad_accum",
+        "max_length": "seq_len",
+        "gradient_checkpointing": "grad_checkpointing",
+        "optim": "optimizer",
+        "bf16": "precision",
+    }
+    body_lines = []
+    for k, v in t.items():
+        why = ctx.reasons.get(inline.get(k, ""), "")
+        body_lines.append(f"    {k!r}: {_py(v)}," + (f"  # {why}" if why else ""))
+    script = (
+        SCRIPT.replace("__MODEL__", json.dumps(ctx.model_path))
+        .replace("__METHOD__", repr(s.method))
+        .replace("__DTYPE__", repr(settings["dtype"]))
+        .replace("__ATTN__", repr(settings["attn_implementation"]))
+        .replace("__QUANT__", _py(settings["quantization"]))
+        .replace("__LORA__", _py(settings["lora"]))
+        .replace("__FREEZE__", _py(settings["freeze_top_layers"]))
+        .replace("__TRAINING__", "\n".join(body_lines))
+        .replace("__DATA__", json.dumps(ctx.data))
+    )
+    train_py = "#!/usr/bin/env python3\n" + head + "\n" + script
+    launcher = "python" if s.num_gpus == 1 else f"accelerate launch --num_processes {s.num_gpus}"
+    command = f"{launcher} train.py --model {ctx.model_path} --data {ctx.data}"
+    run_sh = "#!/usr/bin/env bash\n" + head + "\nset -euo pipefail\n" + command + ' "$@"\n'
+    return {"train.py": train_py, "run.sh": run_sh}, command
