@@ -37,7 +37,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY_CONFIG)).save_pretrained(model_dir)
     samples = [
-        {"instruction": f"Add {i} and {i + 1}.", "input": "" if i % 2 else f"numbers {i}", "output": f"It is {2 * i + 1}."}
+        {
+            "instruction": f"Add {i} and {i + 1}.",
+            "input": "" if i % 2 else f"numbers {i}",
+            "output": f"It is {2 * i + 1}.",
+        }
         for i in range(SAMPLES - 2)
     ]
     samples += [

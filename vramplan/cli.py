@@ -66,7 +66,9 @@ def plan_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default="4090", help="card name (4090, a100-80g, h100, ...) or auto")
     _add_setup_flags(p)
     p.add_argument("--json", action="store_true", help="print plan(...).model_dump_json()")
-    p.add_argument("--emit", metavar="TARGET", help="write the plan as a config for trl, swift, llamafactory or axolotl")
+    p.add_argument(
+        "--emit", metavar="TARGET", help="write the plan as a config for trl, swift, llamafactory or axolotl"
+    )
     p.add_argument("--out", metavar="DIR", help="directory for the emitted files (default: print them)")
     p.add_argument("--data", metavar="FILE", default="data.jsonl", help="dataset the emitted config trains on")
     p.add_argument("--force", action="store_true", help="emit even when the plan does not fit")

@@ -53,6 +53,9 @@ class Context(BaseModel):
     total_params: int
     trainable_params: int
     embedding_name: str = "embed_tokens"
+    model_type: str = ""
+    vocab_size: int = 0
+    num_layers: int = 0
 
 
 def gib(n: int) -> str:
@@ -109,10 +112,12 @@ def reasons(spec: ModelSpec, setup: Setup, est: Estimate, gpu: GPU) -> dict[str,
             f"effective batch {setup.micro_batch * setup.grad_accum} without its activations; "
             "gradients are kept between micro-batches"
         )
-    out["seq_len"] = "every sample counted at this length (batches padded to it): shorter data needs less"
+    out["seq_len"] = "the estimate counts every sample at this length: shorter samples need less"
     if setup.method in ("lora", "qlora"):
         full = _dev(spec, setup, method="full", quant="none", trainable_extra=())
-        out["method"] = f"{setup.method}: {est.trainable_params:,} trainable; full fine-tuning would need {verdict(full)}"
+        out["method"] = (
+            f"{setup.method}: {est.trainable_params:,} trainable; full fine-tuning would need {verdict(full)}"
+        )
         if setup.method == "qlora":
             base = _dev(spec, setup, method="lora", quant="none")
             out["quant"] = f"{setup.quant} base weights; a 16-bit base would need {verdict(base)}"
@@ -132,7 +137,9 @@ def reasons(spec: ModelSpec, setup: Setup, est: Estimate, gpu: GPU) -> dict[str,
             out["optimizer"] = f"{setup.optimizer}: saves {gib(adamw - here)} against AdamW"
     if setup.precision in ("bf16", "fp16"):
         amp = _dev(spec, setup, precision="amp-" + setup.precision)
-        out["precision"] = f"{setup.precision} weights under autocast; fp32 master weights (AMP) would need {verdict(amp)}"
+        out["precision"] = (
+            f"{setup.precision} weights under autocast; fp32 master weights (AMP) would need {verdict(amp)}"
+        )
     else:
         out["precision"] = f"{setup.precision}"
     if setup.attention != "eager":
@@ -212,6 +219,9 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         total_params=est.total_params,
         trainable_params=est.trainable_params,
         embedding_name=spec.embedding_name,
+        model_type=spec.model_type,
+        vocab_size=spec.vocab_size,
+        num_layers=spec.num_layers,
     )
     files, command = mod.render(ctx)
     return Emitted(
@@ -224,3 +234,78 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         device_bytes=est.device_bytes,
         allocated_bytes=est.allocated_bytes,
     )
+
+
+def yaml_scalar(value: Any) -> str:
+    """A YAML scalar or flow list; strings quoted unless plainly safe."""
+    import json as _json
+    import re as _re
+
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return repr(value)
+    if isinstance(value, float):
+        text = repr(value)  # YAML 1.1 (PyYAML, OmegaConf) reads 1e-05 as a string: write 1.0e-05
+        return text.replace("e", ".0e", 1) if "e" in text and "." not in text else text
+    if isinstance(value, list):
+        return "[" + ", ".join(yaml_scalar(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {yaml_scalar(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if _re.fullmatch(r"[A-Za-z_./][A-Za-z0-9_./-]*", text) and text.lower() not in (
+        "true",
+        "false",
+        "null",
+        "yes",
+        "no",
+    ):
+        return text
+    return _json.dumps(text)
+
+
+def yaml_text(items: list[tuple[str, Any, str]]) -> str:
+    """``key: value  # comment`` lines; a list of dicts is written as a block."""
+    lines = []
+    for key, value, comment in items:
+        tail = f"  # {comment}" if comment else ""
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            lines.append(f"{key}:{tail}")
+            for d in value:
+                first = True
+                for k, v in d.items():
+                    lines.append(f"  {'- ' if first else '  '}{k}: {yaml_scalar(v)}")
+                    first = False
+        else:
+            lines.append(f"{key}: {yaml_scalar(value)}{tail}")
+    return "\n".join(lines) + "\n"
+
+
+HF_OPTIM = {
+    "adamw": "adamw_torch",
+    "adamw-fused": "adamw_torch_fused",
+    "adamw-8bit": "adamw_bnb_8bit",
+    "paged-adamw-8bit": "paged_adamw_8bit",
+    "paged-adamw-32bit": "paged_adamw_32bit",
+    "adafactor": "adafactor",
+    "sgd": "sgd",
+    "lion": "lion_32bit",
+}
+
+
+def single_process_only(target: str, setup: Setup) -> None:
+    if setup.parallel not in ("none", "ddp"):
+        raise VramplanError(
+            "emit",
+            f"{target}: launch configs for {setup.parallel} are not emitted yet; plan with --parallel none or ddp",
+        )
+
+
+def integral_alpha(setup: Setup, notes: list[str]) -> Setup:
+    """Targets whose lora_alpha is an int: round a fractional alpha and say so."""
+    if setup.is_lora and setup.lora_alpha != int(setup.lora_alpha):
+        notes.append(f"lora_alpha {setup.lora_alpha:g} is an integer option here: {round(setup.lora_alpha)}")
+        return setup.model_copy(update={"lora_alpha": float(round(setup.lora_alpha))})
+    return setup

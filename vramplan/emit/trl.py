@@ -21,7 +21,7 @@ from vramplan.errors import VramplanError
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
-OPTIM = {
+OPTIM = {  # transformers OptimizerNames
     "adamw": "adamw_torch",
     "adamw-fused": "adamw_torch_fused",
     "adamw-8bit": "adamw_bnb_8bit",

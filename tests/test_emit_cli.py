@@ -1,0 +1,67 @@
+"""`vramplan MODEL --emit TARGET`: bad input, not fitting, existing files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vramplan", *args], capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(out: subprocess.CompletedProcess[str]) -> None:
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_unknown_target_lists_the_targets(tmp_path: Path) -> None:
+    out = run("qwen2.5-7b", "--gpu", "4090", "--emit", "megatron", "--out", str(tmp_path / "x"))
+    assert out.returncode == 2
+    _one_line_error(out)
+    assert "trl, swift, llamafactory, axolotl" in out.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_out_without_emit_is_bad_input(tmp_path: Path) -> None:
+    out = run("qwen2.5-7b", "--out", str(tmp_path))
+    assert out.returncode == 2 and "emit:" in out.stderr
+
+
+def test_no_fit_emits_only_with_force(tmp_path: Path) -> None:
+    args = ("qwen2.5-72b", "--gpu", "4090", "--method", "full", "--emit", "trl", "--out", str(tmp_path / "r"))
+    out = run(*args)
+    assert out.returncode == 1
+    _one_line_error(out)
+    assert "does not fit" in out.stderr and "--force" in out.stderr
+    assert not (tmp_path / "r").exists()
+    forced = run(*args, "--force")
+    assert forced.returncode == 1, forced.stderr
+    text = (tmp_path / "r" / "train.py").read_text()
+    assert "# WILL NOT FIT: needs" in text and "over); emitted on request (--force)" in text
+
+
+def test_existing_files_need_overwrite(tmp_path: Path) -> None:
+    target = tmp_path / "r"
+    target.mkdir()
+    (target / "train.py").write_text("mine\n")
+    args = ("qwen2.5-0.5b", "--gpu", "4090", "--method", "lora", "--emit", "trl", "--out", str(target))
+    out = run(*args)
+    assert out.returncode == 2
+    _one_line_error(out)
+    assert "--overwrite" in out.stderr and "train.py" in out.stderr
+    assert (target / "train.py").read_text() == "mine\n"
+    assert not (target / "run.sh").exists()  # nothing written half-way
+    again = run(*args, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert (target / "train.py").read_text().startswith("#!/usr/bin/env python3\n# vramplan plan for trl")
+    assert not list(target.glob(".*vramplan-tmp"))
+
+
+@pytest.mark.parametrize("target", ["trl"])
+def test_emit_prints_without_out(target: str) -> None:
+    out = run("qwen2.5-0.5b", "--gpu", "4090", "--method", "lora", "--emit", target)
+    assert out.returncode == 0, out.stderr
+    assert "==> " in out.stdout and "run: " in out.stdout

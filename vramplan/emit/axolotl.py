@@ -1,0 +1,122 @@
+"""axolotl target: ``config.yml`` for ``axolotl train``.
+
+Setup -> axolotl (tables/emit/axolotl.json, from its pydantic config schema): ``adapter``
+lora/qlora (qlora = 4-bit bitsandbytes; LoRA on LLM.int8 is ``adapter: lora`` +
+``load_in_8bit``); axolotl's QLoRA defaults to nf4 with double quantization, so plain
+nf4 and fp4 are set through ``bnb_config_kwargs``; ``lora_target_linear`` for all-linear,
+``lora_modules_to_save`` for extra trained embeddings/lm_head; freeze keeps the top layers
+trainable through ``unfrozen_parameters`` regexes; ``bf16``/``fp16`` load 16-bit weights;
+``attn_implementation``; ``gradient_checkpointing``; ``optimizer`` (transformers names);
+``pad_to_sequence_len`` so every batch has the planned length. Not expressible: fp32
+master weights under 16-bit autocast (AMP), emitted as the 16-bit run and re-estimated;
+GPTQ/AWQ bases (``gptq: true`` needs a GPTQ checkpoint) are emitted as bitsandbytes nf4.
+"""
+
+from __future__ import annotations
+
+from vramplan.emit.common import (
+    HF_OPTIM,
+    Context,
+    header_lines,
+    integral_alpha,
+    single_process_only,
+    why_lines,
+    yaml_scalar,
+    yaml_text,
+)
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+
+ATTN = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attention_2"}
+
+
+def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
+    single_process_only("axolotl", setup)
+    notes: list[str] = []
+    if setup.precision.startswith("amp-"):
+        half = setup.precision.removeprefix("amp-")
+        notes.append(f"no fp32 master weights under autocast: {half} weights throughout (re-estimated)")
+        setup = setup.model_copy(update={"precision": half})
+    if setup.quant in ("gptq-int4", "awq-int4"):
+        notes.append(
+            f"{setup.quant}: emitted as bitsandbytes nf4 (axolotl's gptq needs a GPTQ checkpoint; re-estimated)"
+        )
+        setup = setup.model_copy(update={"quant": "bnb-nf4"})
+    return integral_alpha(setup, notes), notes
+
+
+def options(ctx: Context) -> list[tuple[str, object, str]]:
+    s = ctx.setup
+    r = ctx.reasons
+    items: list[tuple[str, object, str]] = [("base_model", ctx.model_path, "")]
+    if s.is_lora:
+        if s.quant == "bnb-int8":
+            items += [("adapter", "lora", r.get("method", "")), ("load_in_8bit", True, r.get("quant", ""))]
+        elif s.method == "qlora":
+            items += [("adapter", "qlora", r.get("method", "")), ("load_in_4bit", True, r.get("quant", ""))]
+            if s.quant != "bnb-nf4-dq":
+                kwargs = {
+                    "bnb_4bit_quant_type": "fp4" if s.quant == "bnb-fp4" else "nf4",
+                    "bnb_4bit_use_double_quant": False,
+                }
+                items.append(("bnb_config_kwargs", kwargs, "axolotl's QLoRA default is nf4 with double quantization"))
+        else:
+            items.append(("adapter", "lora", r.get("method", "")))
+        targets = s.lora_target_list()
+        items += [
+            ("lora_r", s.lora_rank, r.get("lora_rank", "")),
+            ("lora_alpha", int(s.lora_alpha), ""),
+            ("lora_dropout", s.lora_dropout, ""),
+        ]
+        if targets is None:
+            items.append(("lora_target_linear", True, "all linear layers"))
+        else:
+            items.append(("lora_target_modules", targets, ""))
+        if s.trainable_extra:
+            extra = [ctx.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
+            items.append(("lora_modules_to_save", extra, "trained in full beside the adapters"))
+    elif s.method == "freeze":
+        top = range(max(0, ctx.num_layers - s.freeze_trainable_layers), ctx.num_layers)
+        pattern = r"^model\.layers\.(" + "|".join(str(i) for i in top) + r")\..*"
+        items.append(
+            ("unfrozen_parameters", [pattern], f"freeze: only the top {s.freeze_trainable_layers} layers train")
+        )
+    items += [
+        ("bf16", s.precision == "bf16", r.get("precision", "")),
+        ("fp16", s.precision == "fp16", ""),
+        ("attn_implementation", ATTN[s.attention], r.get("attention", "")),
+        ("gradient_checkpointing", s.grad_checkpointing, r.get("grad_checkpointing", "")),
+        ("sequence_len", s.seq_len, r.get("seq_len", "")),
+        ("pad_to_sequence_len", True, "every batch at the planned length"),
+        ("sample_packing", False, ""),
+        ("micro_batch_size", s.micro_batch, r.get("micro_batch", "")),
+        ("gradient_accumulation_steps", s.grad_accum, r.get("grad_accum", "")),
+        ("optimizer", HF_OPTIM[s.optimizer], r.get("optimizer", "")),
+        ("learning_rate", 1.0e-4 if s.is_lora else 1.0e-5, ""),
+        ("num_epochs", 3.0, ""),
+        ("datasets", [{"path": ctx.data, "type": "alpaca", "ds_type": "json"}], "instruction/input/output records"),
+        ("val_set_size", 0.0, ""),
+        ("output_dir", "./output", ""),
+        ("logging_steps", 10, ""),
+    ]
+    return items
+
+
+def render(ctx: Context) -> tuple[dict[str, str], str]:
+    items = options(ctx)
+    spell = {k: f"{k}: {yaml_scalar(v)}" for k, v, _ in items}
+    by_field = {
+        "method": spell.get("adapter", "(full fine-tuning: no adapter)"),
+        "quant": spell.get("load_in_4bit", spell.get("load_in_8bit", "")),
+        "precision": spell["bf16"] if ctx.setup.precision == "bf16" else spell["fp16"],
+        "grad_checkpointing": spell["gradient_checkpointing"],
+        "micro_batch": spell["micro_batch_size"],
+        "grad_accum": spell["gradient_accumulation_steps"],
+        "seq_len": spell["sequence_len"],
+        "optimizer": spell["optimizer"],
+        "attention": spell["attn_implementation"],
+    }
+    head = "\n".join("# " + line for line in header_lines(ctx, "axolotl") + why_lines(ctx, by_field))
+    command = "axolotl train config.yml"
+    run_sh = "#!/usr/bin/env bash\n" + head + "\nset -euo pipefail\n" + command + "\n"
+    return {"config.yml": head + "\n" + yaml_text(items), "run.sh": run_sh}, command
