@@ -196,3 +196,135 @@ def test_schema_check_catches_mistakes() -> None:
     assert check("llamafactory", {"finetuning_type": "qlora"})  # not a choice
     assert check("llamafactory", {"lora_rank": "8"})  # wrong type
     assert check("axolotl", {"lora_rnk": 8})  # unknown key
+
+
+# -- ms-swift --------------------------------------------------------------------------
+# Validated against: SCHEMA (tables/emit/swift_sft.json, from ms-swift 3.12.6's argument
+# dataclasses). ms-swift cannot be installed beside this stack: 4.6.0 pins
+# transformers<5.20, peft<0.21, trl<1.0; 3.12.6 pins transformers<4.58.
+
+
+def parse_swift(run_sh: str) -> dict:
+    """The options of the `swift sft` line in run.sh, typed as ms-swift's parser types them."""
+    import shlex
+
+    body = "\n".join(line for line in run_sh.splitlines() if not line.startswith(("#", "set ")))
+    words = shlex.split(body.replace("\\\n", " "))
+    assert words[:2] == ["swift", "sft"], words[:2]
+    table = option_table("swift_sft")["options"]
+    opts: dict = {}
+    key = None
+    for w in words[2:]:
+        if w.startswith("--"):
+            key = w[2:]
+            opts[key] = []
+        else:
+            assert key is not None
+            opts[key].append(w)
+    typed: dict = {}
+    for k, vals in opts.items():
+        kind = table.get(k, {}).get("type", "str")
+        if kind == "list":
+            typed[k] = vals
+            continue
+        assert len(vals) == 1, (k, vals)
+        v = vals[0]
+        if kind == "bool":
+            assert v in ("true", "false"), (k, v)
+            typed[k] = v == "true"
+        elif kind == "int":
+            typed[k] = int(v)
+        elif kind == "float":
+            typed[k] = float(v)
+        else:
+            typed[k] = v
+    return typed
+
+
+def swift_setup(o: dict, num_layers: int) -> Setup:
+    dtype = o["torch_dtype"]
+    if dtype == "float32":
+        precision = "amp-bf16" if o["bf16"] else "amp-fp16" if o["fp16"] else "fp32"
+    else:
+        precision = {"bfloat16": "bf16", "float16": "fp16"}[dtype]
+    fields: dict = dict(
+        precision=precision,
+        seq_len=o["max_length"],
+        micro_batch=o["per_device_train_batch_size"],
+        grad_accum=o["gradient_accumulation_steps"],
+        grad_checkpointing=o["gradient_checkpointing"],
+        attention={"eager": "eager", "sdpa": "sdpa", "flash_attn": "flash-attn-2"}[o["attn_impl"]],
+        optimizer=HF_OPTIM_BACK[o["optim"]],
+    )
+    if o["train_type"] == "lora":
+        if o.get("quant_method") == "bnb":
+            if o["quant_bits"] == 8:
+                quant = "bnb-int8"
+            elif o["bnb_4bit_quant_type"] == "fp4":
+                quant = "bnb-fp4"
+            else:
+                quant = "bnb-nf4-dq" if o["bnb_4bit_use_double_quant"] else "bnb-nf4"
+            fields.update(method="qlora", quant=quant)
+        else:
+            fields["method"] = "lora"
+        fields.update(
+            lora_rank=o["lora_rank"],
+            lora_alpha=o["lora_alpha"],
+            lora_dropout=o["lora_dropout"],
+            lora_targets=",".join(o["target_modules"]),
+            trainable_extra=tuple("lm_head" if t == "lm_head" else "embeddings" for t in o.get("modules_to_save", [])),
+        )
+    elif o.get("trainable_parameters_regex"):
+        layers = re.findall(r"\d+", o["trainable_parameters_regex"])
+        assert o["freeze_parameters_ratio"] == 1.0
+        assert [int(x) for x in layers] == list(range(num_layers - len(layers), num_layers))
+        fields.update(method="freeze", freeze_trainable_layers=len(layers))
+    else:
+        fields["method"] = "full"
+    return make_setup(**fields)
+
+
+@pytest.mark.parametrize("name", list(SETUPS))
+def test_swift_command_validates_against_schema(name: str) -> None:
+    """Validated against: SCHEMA (see above)."""
+    p = _plan(SETUPS[name])
+    out = p.emit("swift")
+    run_sh = out.files["run.sh"]
+    assert run_sh.startswith("#!/usr/bin/env bash\n# vramplan plan for swift:")
+    o = parse_swift(run_sh)
+    assert check("swift_sft", o) == []
+    assert o["use_hf"] in (True, "true") and o["dataset"] == ["data.jsonl"]
+    if o.get("quant_method") == "bnb":
+        assert o["quant_bits"] in (4, 8)
+    assert swift_setup(o, 24) == out.setup
+    if not out.adjustments:
+        assert out.setup.model_copy(update={"lora_dropout": p.setup.lora_dropout}) == p.setup
+
+
+def test_scenario_3_swift_command_matches_the_write_up() -> None:
+    """shared/SCENARIOS.md case 3: the options the write-up passes come out the same."""
+    p = plan(
+        "Qwen/Qwen2.5-7B-Instruct",
+        gpu="4090d",
+        method="lora",
+        precision="bf16",
+        lora_rank=8,
+        lora_alpha=32,
+        lora_targets="all-linear",
+        micro_batch=1,
+        grad_accum=16,
+        seq_len=2048,
+    )
+    o = parse_swift(p.emit("swift").files["run.sh"])
+    assert o["model"] == "Qwen/Qwen2.5-7B-Instruct"
+    expect = {
+        "train_type": "lora",
+        "torch_dtype": "bfloat16",
+        "lora_rank": 8,
+        "lora_alpha": 32,
+        "target_modules": ["all-linear"],
+        "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": 16,
+        "max_length": 2048,
+    }
+    assert {k: o[k] for k in expect} == expect

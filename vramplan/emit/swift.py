@@ -1,0 +1,117 @@
+"""ms-swift target: the ``swift sft`` command line, in ``run.sh``.
+
+Setup -> ms-swift 3.x (tables/emit/swift_sft.json, from its argument dataclasses):
+``--train_type`` lora/full (QLoRA: lora + ``--quant_method bnb --quant_bits 4|8``; a
+GPTQ/AWQ checkpoint is detected from the model and needs no quant options); freeze: full
+with ``--freeze_parameters_ratio 1`` and the top layers re-activated by
+``--trainable_parameters_regex``; ``--torch_dtype`` with ``--bf16``/``--fp16`` spelled out
+(ms-swift turns fp16 on for float32 weights unless told otherwise; AMP = float32 weights +
+a 16-bit flag); ``--attn_impl``; ``--gradient_checkpointing``; ``--optim`` (transformers
+names); ``--max_length``. Every option is given explicitly: ms-swift's defaults differ from
+transformers' (gradient accumulation, checkpointing, lora_alpha). ms-swift 4.x renamed
+``--train_type`` to ``--tuner_type`` (said in the header).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from vramplan.emit.common import (
+    HF_OPTIM,
+    Context,
+    header_lines,
+    integral_alpha,
+    single_process_only,
+    why_lines,
+)
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+
+ATTN = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attn"}
+TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "amp-bf16": "float32", "amp-fp16": "float32"}
+
+
+def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
+    single_process_only("swift", setup)
+    notes: list[str] = []
+    if setup.quant in ("gptq-int4", "awq-int4"):
+        notes.append(f"{setup.quant}: point --model at a {setup.quant.split('-')[0].upper()} checkpoint (detected on load)")
+    return integral_alpha(setup, notes), notes
+
+
+def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
+    """(option, values) in command-line order."""
+    s = ctx.setup
+    args: list[tuple[str, list[str]]] = [("model", [ctx.model_path])]
+    if "/" in ctx.model_path and not ctx.model_path.startswith((".", "/")):
+        args.append(("use_hf", ["true"]))
+    args += [
+        ("dataset", [ctx.data]),
+        ("train_type", ["lora" if s.is_lora else "full"]),
+        ("torch_dtype", [TORCH_DTYPE[s.precision]]),
+        ("bf16", ["true" if s.precision in ("bf16", "amp-bf16") else "false"]),
+        ("fp16", ["true" if s.precision in ("fp16", "amp-fp16") else "false"]),
+    ]
+    if s.method == "qlora" and s.quant.startswith("bnb-"):
+        half = "float16" if s.precision.endswith("fp16") else "bfloat16"
+        args += [("quant_method", ["bnb"]), ("quant_bits", ["8" if s.quant == "bnb-int8" else "4"])]
+        if s.quant != "bnb-int8":
+            args += [
+                ("bnb_4bit_quant_type", ["fp4" if s.quant == "bnb-fp4" else "nf4"]),
+                ("bnb_4bit_use_double_quant", ["true" if s.quant == "bnb-nf4-dq" else "false"]),
+                ("bnb_4bit_compute_dtype", [half]),
+            ]
+    if s.is_lora:
+        targets = s.lora_target_list()
+        args += [
+            ("lora_rank", [str(s.lora_rank)]),
+            ("lora_alpha", [str(int(s.lora_alpha))]),
+            ("lora_dropout", [f"{s.lora_dropout:g}"]),
+            ("target_modules", ["all-linear"] if targets is None else targets),
+        ]
+        if s.trainable_extra:
+            args.append(
+                ("modules_to_save", [ctx.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra])
+            )
+    if s.method == "freeze":
+        top = range(max(0, ctx.num_layers - s.freeze_trainable_layers), ctx.num_layers)
+        args += [
+            ("freeze_parameters_ratio", ["1"]),
+            ("trainable_parameters_regex", [r"^model\.layers\.(" + "|".join(str(i) for i in top) + r")\."]),
+        ]
+    args += [
+        ("attn_impl", [ATTN[s.attention]]),
+        ("gradient_checkpointing", ["true" if s.grad_checkpointing else "false"]),
+        ("max_length", [str(s.seq_len)]),
+        ("per_device_train_batch_size", [str(s.micro_batch)]),
+        ("gradient_accumulation_steps", [str(s.grad_accum)]),
+        ("optim", [HF_OPTIM[s.optimizer]]),
+        ("learning_rate", ["1e-4" if s.is_lora else "1e-5"]),
+        ("num_train_epochs", ["3"]),
+        ("output_dir", ["output"]),
+        ("logging_steps", ["10"]),
+    ]
+    return args
+
+
+def render(ctx: Context) -> tuple[dict[str, str], str]:
+    args = arguments(ctx)
+    spell = {k: f"--{k} {' '.join(v)}" for k, v in args}
+    by_field = {
+        "method": spell["train_type"],
+        "quant": spell.get("quant_bits", ""),
+        "precision": spell["torch_dtype"] + " " + (spell["bf16"] if "bf16" in ctx.setup.precision else spell["fp16"]),
+        "grad_checkpointing": spell["gradient_checkpointing"],
+        "micro_batch": spell["per_device_train_batch_size"],
+        "grad_accum": spell["gradient_accumulation_steps"],
+        "seq_len": spell["max_length"],
+        "optimizer": spell["optim"],
+        "attention": spell["attn_impl"],
+    }
+    lines = header_lines(ctx, "swift") + why_lines(ctx, by_field)
+    lines.append("ms-swift 3.x options; on ms-swift 4.x write --tuner_type for --train_type")
+    head = "\n".join("# " + line for line in lines)
+    parts = ["swift sft"] + [f"--{k} " + " ".join(shlex.quote(v) for v in vals) for k, vals in args]
+    command = " \\\n    ".join(parts)
+    run_sh = "#!/usr/bin/env bash\n" + head + "\nset -euo pipefail\n" + command + "\n"
+    return {"run.sh": run_sh}, command.replace(" \\\n    ", " ")
