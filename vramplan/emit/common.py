@@ -156,7 +156,9 @@ def header_lines(ctx: Context, target: str) -> list[str]:
     est = ctx.est
     s = ctx.setup
     lines = [
-        f"vramplan plan for {target}: {ctx.model_name} ({ctx.total_params:,} params) on {ctx.gpu.name}"
+        f"vramplan plan for {target}: {ctx.model_name}"
+        + (f" ({ctx.model_path})" if ctx.model_path != ctx.model_name else "")
+        + f", {ctx.total_params:,} params, on {ctx.gpu.name}"
         f" ({ctx.gpu.memory_mib:,} MiB as the driver reports it)",
         f"estimated peak per GPU ({est.phase}): allocated {gib(est.allocated_bytes)}"
         f" (torch.cuda.max_memory_allocated), reserved {gib(est.reserved_bytes)}"

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+# vramplan plan for trl: qwen2.5-7b (Qwen/Qwen2.5-7B-Instruct), 7,615,616,512 params, on RTX 4090 D (24,564 MiB as the driver reports it)
+# estimated peak per GPU (backward_start): allocated 18.39 GiB (torch.cuda.max_memory_allocated), reserved 20.13 GiB (max_memory_reserved), device 20.63 GiB (nvidia-smi)
+# headroom: 3.36 GiB of 23.99 GiB
+# setup: lora, bf16, adamw, seq 2048, micro-batch 1, grad-accum 16, gradient checkpointing, sdpa, LoRA r8 alpha 32 on all-linear
+# why each memory-relevant setting:
+#   METHOD = 'lora'; LORA r=8  # lora: 20,185,088 trainable; full fine-tuning would need 78.15 GiB, does not fit
+#   DTYPE = 'bfloat16', bf16=True, fp16=False  # bf16 weights under autocast; fp32 master weights (AMP) would need 37.68 GiB, does not fit
+#   gradient_checkpointing=True  # saves 15.97 GiB at seq 2048 x micro-batch 1 (off: 36.59 GiB, does not fit)
+#   per_device_train_batch_size=1  # one more sample per step adds 4.26 GiB (24.89 GiB, does not fit)
+#   gradient_accumulation_steps=16  # effective batch 16 without its activations; gradients are kept between micro-batches
+#   max_length=2048  # the estimate counts every sample at this length: shorter samples need less
+#   optim='adamw_torch'  # adamw: 8-bit AdamW would save 0.12 GiB
+#   ATTN_IMPLEMENTATION = 'sdpa'  # sdpa: eager attention would peak about the same here
+
+"""Fine-tune with TRL's SFTTrainer, as planned by vramplan (see the comment block above).
+
+    python train.py --model MODEL --data DATA [--output DIR] [--epochs N] [--max-steps N] [--dry-run]
+
+MODEL is a hub id or a local model folder. DATA is a local JSON or JSONL file with one
+example per record: {"instruction": ..., "input": ..., "output": ...} (input optional) or
+{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}.
+--dry-run prints the settings as JSON and exits without loading anything.
+"""
+
+import argparse
+import json
+import math
+
+MODEL = "Qwen/Qwen2.5-7B-Instruct"
+METHOD = 'lora'
+DTYPE = 'bfloat16'  # weights as loaded
+ATTN_IMPLEMENTATION = 'sdpa'
+QUANTIZATION = None  # BitsAndBytesConfig(**QUANTIZATION), or None
+LORA = {'r': 8, 'lora_alpha': 32.0, 'lora_dropout': 0.05, 'target_modules': 'all-linear', 'modules_to_save': None, 'task_type': 'CAUSAL_LM'}  # peft.LoraConfig(**LORA), or None
+FREEZE_TOP_LAYERS = None  # freeze: only the top N decoder layers train
+TRAINING = {
+    'per_device_train_batch_size': 1,  # one more sample per step adds 4.26 GiB (24.89 GiB, does not fit)
+    'gradient_accumulation_steps': 16,  # effective batch 16 without its activations; gradients are kept between micro-batches
+    'max_length': 2048,  # the estimate counts every sample at this length: shorter samples need less
+    'gradient_checkpointing': True,  # saves 15.97 GiB at seq 2048 x micro-batch 1 (off: 36.59 GiB, does not fit)
+    'gradient_checkpointing_kwargs': {'use_reentrant': False},
+    'optim': 'adamw_torch',  # adamw: 8-bit AdamW would save 0.12 GiB
+    'bf16': True,  # bf16 weights under autocast; fp32 master weights (AMP) would need 37.68 GiB, does not fit
+    'fp16': False,
+    'learning_rate': 0.0001,
+    'num_train_epochs': 3,
+    'logging_steps': 10,
+    'save_strategy': 'no',
+    'report_to': 'none',
+    'packing': False,
+}
+
+
+def to_record(example, tokenizer):
+    """One training record: chat messages when the tokenizer has a chat template, else text."""
+    if example.get("messages"):
+        messages = example["messages"]
+    else:
+        prompt = example.get("instruction") or ""
+        if example.get("input"):
+            prompt = prompt + "\n\n" + example["input"]
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": example.get("output") or ""}]
+    if getattr(tokenizer, "chat_template", None):
+        return {"messages": messages}
+    text = "".join(f"### {m['role'].capitalize()}:\n{m['content']}\n\n" for m in messages)
+    return {"text": text + (tokenizer.eos_token or "")}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=MODEL, help="hub id or local model folder (default: %(default)s)")
+    parser.add_argument("--data", default="self_cognition.jsonl", help="local JSON/JSONL dataset (default: %(default)s)")
+    parser.add_argument("--output", default="output", help="where the trained adapter/model is saved")
+    parser.add_argument("--epochs", type=float, default=TRAINING["num_train_epochs"])
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps")
+    parser.add_argument("--dry-run", action="store_true", help="print the settings as JSON and exit")
+    args = parser.parse_args()
+    settings = {
+        "model": args.model,
+        "method": METHOD,
+        "dtype": DTYPE,
+        "attn_implementation": ATTN_IMPLEMENTATION,
+        "quantization": QUANTIZATION,
+        "lora": LORA,
+        "freeze_top_layers": FREEZE_TOP_LAYERS,
+        "training": {**TRAINING, "num_train_epochs": args.epochs, "max_steps": args.max_steps},
+    }
+    if args.dry_run:
+        print(json.dumps(settings, indent=1))
+        return
+
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    load = {"dtype": getattr(torch, DTYPE), "attn_implementation": ATTN_IMPLEMENTATION}
+    if QUANTIZATION:
+        q = dict(QUANTIZATION)
+        if "bnb_4bit_compute_dtype" in q:
+            q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
+        load["quantization_config"] = BitsAndBytesConfig(**q)
+    model = AutoModelForCausalLM.from_pretrained(args.model, **load)
+    if FREEZE_TOP_LAYERS:
+        model.requires_grad_(False)
+        for layer in model.get_decoder().layers[-FREEZE_TOP_LAYERS:]:
+            layer.requires_grad_(True)
+    peft_config = None
+    if LORA:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(**LORA)
+
+    raw = load_dataset("json", data_files=args.data, split="train")
+    dataset = raw.map(lambda ex: to_record(ex, tokenizer), remove_columns=raw.column_names)
+    training = dict(settings["training"])
+    if not torch.cuda.is_available():
+        print("no CUDA device: training on the CPU (slow; for checking the set-up)")
+        training["use_cpu"] = True
+    config = SFTConfig(output_dir=args.output, **training)
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
+    result = trainer.train()
+    trainer.save_model(args.output)
+    loss = result.training_loss
+    print(json.dumps({"train_loss": loss, "steps": trainer.state.global_step, "finite": math.isfinite(loss)}))
+
+
+if __name__ == "__main__":
+    main()
