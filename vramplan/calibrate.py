@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def _source(row: dict[str, str]) -> str:
     return row.get("source", "").split(" ")[0]
 
 
-def _lstsq2(xs: list[tuple[float, float]], ys: list[float]) -> tuple[float, float]:
+def _lstsq2(xs: Sequence[tuple[float, float]], ys: Sequence[float]) -> tuple[float, float]:
     """Least squares of y = a·x1 + b·x2 (no intercept); a lone column is fitted alone."""
     s11 = sum(a * a for a, _ in xs)
     s22 = sum(b * b for _, b in xs)

@@ -213,7 +213,7 @@ def compare(row: dict[str, str], base: Path) -> Comparison:
             raise VramplanError(
                 "measured_value", f"row {row['id']}: {row['measured_value']!r} is not a number"
             ) from None
-    common = dict(
+    common: dict[str, Any] = dict(
         id=row["id"],
         source=row.get("source", "").split(" ")[0],
         model=row.get("model", ""),
