@@ -76,12 +76,13 @@ def _bnb_cpu_4bit() -> bool:
     [
         {"method": "lora"},
         {"method": "full"},
+        {"method": "freeze", "freeze_trainable_layers": 1},
         pytest.param(
             {"method": "qlora", "quant": "bnb-nf4"},
             marks=pytest.mark.skipif(not _bnb_cpu_4bit(), reason="bitsandbytes has no CPU 4-bit here"),
         ),
     ],
-    ids=["lora", "full", "qlora"],
+    ids=["lora", "full", "freeze", "qlora"],
 )
 def test_emitted_trl_script_trains(tiny: tuple[Path, Path], tmp_path: Path, method: dict) -> None:
     model_dir, data = tiny
