@@ -99,3 +99,18 @@ def test_plan_says_the_layout() -> None:
     )
     assert out.returncode in (0, 1), out.stderr
     assert "4 GPUs, zero2 (memory per GPU)" in out.stdout
+
+
+def test_inference_plans_kv_cache_dtypes_and_batch() -> None:
+    from vramplan import plan
+    from vramplan.errors import VramplanError
+
+    p = plan("qwen2.5-7b", gpu="4090", method="inference", seq_len=32768, micro_batch=1)
+    assert p.fits and p.trainable_params == 0
+    kv16 = p.terms["inference/kv_cache"]
+    q = plan("qwen2.5-7b", gpu="4090", method="inference", seq_len=32768, micro_batch=1, kv_cache="int8")
+    assert q.terms["inference/kv_cache"] == pytest.approx(kv16 / 2, rel=1e-6)
+    free = plan("qwen2.5-7b", gpu="h100", method="inference", seq_len=4096)
+    assert free.setup.micro_batch == 8  # the largest batch that fits is chosen
+    with pytest.raises(VramplanError, match="nothing to emit"):
+        p.emit("trl")

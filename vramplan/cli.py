@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from vramplan.errors import DoesNotFit, VramplanError
-from vramplan.setup import ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PARALLELS, PRECISIONS, QUANTS
+from vramplan.setup import ATTENTIONS, KV_CACHES, METHODS, OFFLOADS, OPTIMIZERS, PARALLELS, PRECISIONS, QUANTS
 
 EXIT_FITS, EXIT_NO_FIT, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -57,6 +57,7 @@ SETUP_FLAGS = (
     "num_gpus",
     "parallel",
     "offload",
+    "kv_cache",
 )
 
 
@@ -95,6 +96,7 @@ def _add_setup_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", dest="num_gpus", type=_int, help="GPUs in the run (needs --parallel when > 1)")
     p.add_argument("--parallel", choices=PARALLELS, help="multi-GPU layout (estimates are per GPU)")
     p.add_argument("--offload", choices=OFFLOADS, help="CPU offload under ZeRO/FSDP")
+    p.add_argument("--kv-cache", choices=KV_CACHES, help="inference: KV cache dtype (auto = the run dtype)")
 
 
 def run_parser(command: str) -> argparse.ArgumentParser:

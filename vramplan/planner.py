@@ -114,6 +114,8 @@ def candidates(pinned: dict[str, Any], gpu: GPU) -> list[dict[str, Any]]:
         for precision in precisions:
             for mb in [pinned["micro_batch"]] if "micro_batch" in pinned else MICRO_BATCHES:
                 gcs = [pinned["grad_checkpointing"]] if "grad_checkpointing" in pinned else [False, True]
+                if method == "inference":
+                    gcs = [False]
                 for gc in gcs:
                     fields = {
                         **pinned,
@@ -135,6 +137,8 @@ def _evaluate(spec: ModelSpec, gpu: GPU, fields: dict[str, Any]) -> tuple[Setup,
 
 
 def _label(s: Setup) -> str:
+    if s.method == "inference":
+        return f"inference{' ' + s.quant if s.quant != 'none' else ''} {s.precision} batch {s.micro_batch}"
     method = s.method if s.method != "qlora" else f"qlora {s.quant}"
     gc = "GC" if s.grad_checkpointing else "no GC"
     return f"{method} {s.precision} mb{s.micro_batch} {gc}"
@@ -184,7 +188,7 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
         raise VramplanError(unknown[0], f"not a setup field; allowed: {', '.join(Setup.model_fields)}")
     spec = load_model(model)
     card = resolve_gpu(gpu)
-    make_setup(**{k: v for k, v in pinned.items() if k not in ("method", "quant")})
+    make_setup(**{k: v for k, v in pinned.items() if k not in ("method", "quant", "kv_cache")})
     _check_against_gpu(pinned, card)
     notes: list[str] = []
     if card.resolved_from:

@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict
 from vramplan.errors import VramplanError
 from vramplan.gpus import resolve_gpu
 from vramplan.memory import estimate
-from vramplan.memory.inference import inference_estimate
 from vramplan.memory.phases import Estimate
 from vramplan.models import load_model
 from vramplan.setup import Setup, make_setup
@@ -142,7 +141,7 @@ def row_setup(row: dict[str, str]) -> Setup:
         "offload": row.get("offload") or "none",
     }
     if method == "inference":
-        fields.update(method="qlora" if quant != "none" else "full", quant=quant, grad_checkpointing=False)
+        fields.update(method="inference", quant=quant, grad_checkpointing=False)
         return make_setup(**fields)
     gc = row["grad_checkpointing"].lower()
     if gc not in ("true", "false"):
@@ -175,7 +174,7 @@ def _model(row: dict[str, str], base: Path) -> str:
 def row_estimate(row: dict[str, str], base: Path) -> Estimate:
     spec = load_model(_model(row, base))
     setup = row_setup(row)
-    return inference_estimate(spec, setup) if row["method"] == "inference" else estimate(spec, setup)
+    return estimate(spec, setup)
 
 
 def exclusion(row: dict[str, str]) -> str:

@@ -28,6 +28,11 @@ def _gib(n: int) -> str:
 
 def _setup_line(plan: Plan) -> str:
     s = plan.setup
+    if s.method == "inference":
+        quant = f" {s.quant}" if s.quant != "none" else ""
+        kv = f", KV cache {s.kv_cache}" if s.kv_cache != "auto" else ""
+        split = f", {s.num_gpus} GPUs device_map (memory per GPU)" if s.parallel == "device_map" else ""
+        return f"inference{quant}, {s.precision}, {s.seq_len} tokens (prompt + generated) x batch {s.micro_batch}{kv}, {s.attention}{split}"
     parts: list[str] = [s.method]
     if s.method == "qlora":
         parts.append(s.quant)

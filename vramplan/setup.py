@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from vramplan.errors import VramplanError
 
-Method = Literal["full", "freeze", "lora", "qlora"]
+Method = Literal["full", "freeze", "lora", "qlora", "inference"]
 Quant = Literal["none", "bnb-int8", "bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "gptq-int4", "awq-int4"]
 Precision = Literal["bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"]
 Optimizer = Literal[
@@ -20,6 +20,7 @@ Optimizer = Literal[
 Attention = Literal["eager", "sdpa", "flash-attn-2"]
 Parallel = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp", "device_map"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
+KVCache = Literal["auto", "fp8", "int8", "int4"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 QUANTS: tuple[str, ...] = get_args(Quant)
@@ -28,6 +29,8 @@ OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 ATTENTIONS: tuple[str, ...] = get_args(Attention)
 PARALLELS: tuple[str, ...] = get_args(Parallel)
 OFFLOADS: tuple[str, ...] = get_args(Offload)
+KV_CACHES: tuple[str, ...] = get_args(KVCache)
+TRAINING_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "inference")
 #: layouts run by DeepSpeed (fp32 master weights and optimizer state, partitioned by stage).
 DEEPSPEED = ("zero1", "zero2", "zero3")
 QUANTIZED: tuple[str, ...] = tuple(q for q in QUANTS if q != "none")
@@ -63,6 +66,7 @@ class Setup(BaseModel):
     num_gpus: int = Field(1, ge=1, le=MAX_GPUS)
     parallel: Parallel = "none"
     offload: Offload = "none"
+    kv_cache: KVCache = "auto"  # inference: the cache dtype (auto = the run's 16-bit dtype)
 
     @model_validator(mode="after")
     def _combinations(self) -> Setup:
@@ -72,11 +76,15 @@ class Setup(BaseModel):
                 + "|".join(QUANTIZED)
                 + ", or use --method lora"
             )
-        if self.method != "qlora" and self.quant != "none":
+        if self.method not in ("qlora", "inference") and self.quant != "none":
             raise ValueError(
-                f"quant|--quant {self.quant} needs --method qlora (LoRA on a quantized base); "
+                f"quant|--quant {self.quant} needs --method qlora (LoRA on a quantized base) or inference; "
                 f"method {self.method} trains 16/32-bit weights, so use --quant none"
             )
+        if self.kv_cache != "auto" and self.method != "inference":
+            raise ValueError("kv_cache|the KV cache dtype applies to --method inference only")
+        if self.method == "inference" and self.parallel not in ("none", "device_map"):
+            raise ValueError("parallel|inference splits a model with --parallel device_map (or runs on one GPU)")
         if self.method in ("lora", "qlora"):
             names = [t.strip() for t in self.lora_targets.split(",")]
             if not all(names):

@@ -196,6 +196,8 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
     """Render ``plan`` for ``target``."""
     if target not in TARGETS:
         raise VramplanError("emit", f"unknown target {target!r}; targets: {', '.join(TARGETS)}")
+    if plan.setup.method == "inference":
+        raise VramplanError("emit", "the targets are fine-tuning trainers: an inference plan has nothing to emit")
     mod = importlib.import_module(f"vramplan.emit.{target}")
     spec = load_model(plan.source or plan.model)
     setup, adjustments = mod.adapt(plan.setup, spec)

@@ -35,7 +35,9 @@ def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
     single_process_only("swift", setup)
     notes: list[str] = []
     if setup.quant in ("gptq-int4", "awq-int4"):
-        notes.append(f"{setup.quant}: point --model at a {setup.quant.split('-')[0].upper()} checkpoint (detected on load)")
+        notes.append(
+            f"{setup.quant}: point --model at a {setup.quant.split('-')[0].upper()} checkpoint (detected on load)"
+        )
     return integral_alpha(setup, notes), notes
 
 

@@ -18,6 +18,13 @@ from vramplan.units import nbytes
 
 #: 16-bit dtype a precision runs generation in.
 HALF = {"bf16": "bf16", "amp-bf16": "bf16", "fp16": "fp16", "amp-fp16": "fp16", "fp32": "fp32"}
+#: storage dtype of a quantized KV cache (transformers ``QuantizedCache`` int8/int4, fp8 caches of
+#: serving engines); per-group scales are below a percent and not counted.
+KV_DTYPE = {"fp8": "int8", "int8": "int8", "int4": "int4"}
+
+
+def kv_dtype(setup: Setup) -> str:
+    return KV_DTYPE.get(setup.kv_cache, HALF[setup.precision])
 
 
 def inference_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -33,10 +40,11 @@ def inference_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
 
 def kv_cache_tensor_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Keys and values of every layer for every token: 2 · L · kv_heads · head_dim · b · s in
-    the run dtype (transformers ``DynamicCache``; multi-query and grouped-query attention
-    keep only their kv heads)."""
+    the cache dtype (the run's 16-bit dtype, or ``kv_cache``: fp8/int8 1 B, int4 ½ B;
+    transformers ``DynamicCache``; multi-query and grouped-query attention keep only their
+    kv heads)."""
     per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim
-    return nbytes(per_token * setup.tokens, HALF[setup.precision])
+    return nbytes(per_token * setup.tokens, kv_dtype(setup))
 
 
 def kv_cache_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -48,7 +56,7 @@ def kv_cache_bytes(spec: ModelSpec, setup: Setup) -> int:
 def cache_growth_bytes(spec: ModelSpec, setup: Setup) -> int:
     """``torch.cat`` of one layer's cache with the new token's keys: the old and the grown
     copy of one layer's K (then V) are alive together for a moment."""
-    return nbytes(spec.num_kv_heads * spec.head_dim * setup.tokens, HALF[setup.precision])
+    return nbytes(spec.num_kv_heads * spec.head_dim * setup.tokens, kv_dtype(setup))
 
 
 def prefill_transient_bytes(spec: ModelSpec, setup: Setup) -> int:

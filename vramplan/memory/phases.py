@@ -161,7 +161,12 @@ def traceable_bytes(est: Estimate) -> int:
 
 
 def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
-    """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU."""
+    """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU
+    (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``)."""
+    if setup.method == "inference":
+        from vramplan.memory.inference import inference_estimate
+
+        return inference_estimate(spec, setup)
     check_lora_targets(spec, setup)
     per_phase = parallel.per_gpu(spec, setup, phase_terms(spec, setup))
     totals = {name: sum(terms.values()) for name, terms in per_phase.items()}

@@ -51,6 +51,8 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
         raise VramplanError("model", REMOTE_CODE[mt])
     if "vision_config" in config or "visual" in config:
         raise VramplanError("model", "tracing vision-language models is not supported yet: trace the text model")
+    if setup.method == "inference":
+        raise VramplanError("method", "the harness traces training steps: plan inference with the estimate alone")
     if setup.parallel != "none":
         raise VramplanError(
             "parallel", "the harness runs one process on one device: trace with --parallel none (one GPU's share)"
