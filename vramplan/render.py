@@ -32,7 +32,8 @@ def _setup_line(plan: Plan) -> str:
         quant = f" {s.quant}" if s.quant != "none" else ""
         kv = f", KV cache {s.kv_cache}" if s.kv_cache != "auto" else ""
         split = f", {s.num_gpus} GPUs device_map (memory per GPU)" if s.parallel == "device_map" else ""
-        return f"inference{quant}, {s.precision}, {s.seq_len} tokens (prompt + generated) x batch {s.micro_batch}{kv}, {s.attention}{split}"
+        shape = f"{s.seq_len} tokens (prompt + generated) x batch {s.micro_batch}"
+        return f"inference{quant}, {s.precision}, {shape}{kv}, {s.attention}{split}"
     parts: list[str] = [s.method]
     if s.method == "qlora":
         parts.append(s.quant)
