@@ -62,3 +62,16 @@ def test_rounded_published_totals(name: str) -> None:
     scale = 10**digits
     candidates = {round(total, digits), int(total * scale) / scale}
     assert any(abs(c - float(printed)) < 0.5 / scale for c in candidates), (name, total, text)
+
+
+def test_moe_active_parameters() -> None:
+    """Qwen3-30B-A3B model card (Qwen/Qwen3-30B-A3B, 'Model Overview'): 30.5B parameters in
+    total, 3.3B activated; 128 experts, 8 activated."""
+    from vramplan.models import load_model
+    from vramplan.params import param_counts
+
+    c = param_counts(load_model("qwen3-30b-a3b"))
+    assert round(c.total / 1e9, 1) == 30.5
+    assert abs(c.active - 3.3e9) / 3.3e9 < 0.02
+    dense = param_counts(load_model("qwen2.5-7b"))
+    assert dense.active == dense.total

@@ -25,6 +25,13 @@ class ParamCounts(BaseModel):
     lm_head: int
     vision: int = 0
     projector: int = 0
+    idle_experts: int = 0  # MoE: expert weights a token does not route through
+
+    @property
+    def active(self) -> int:
+        """Parameters one token computes with: all of a dense model; for MoE, the total less
+        the experts it is not routed to (top-k of E per MoE layer, shared experts included)."""
+        return self.total - self.idle_experts
 
     @property
     def language_model(self) -> int:
@@ -87,6 +94,11 @@ def param_counts(spec: ModelSpec) -> ParamCounts:
     mlp = (L - n_moe) * sum(lin.params for lin in spec.mlp) + n_moe * sum(lin.params for lin in spec.moe_mlp)
     norm = _norm_params(h, spec.norm)
     embeddings = spec.vocab_size * h
+    idle = 0
+    if spec.moe is not None:
+        e, k = spec.moe.num_experts, spec.moe.experts_per_token
+        per_layer = sum(lin.params for lin in spec.moe_mlp if lin.count == e)  # the E routed experts
+        idle = n_moe * per_layer * (e - k) // e
     return ParamCounts(
         embeddings=embeddings,
         attention=attention * L,
@@ -95,4 +107,5 @@ def param_counts(spec: ModelSpec) -> ParamCounts:
         lm_head=0 if spec.tie_word_embeddings else spec.vocab_size * h,
         vision=vision_tower_params(spec.vision) if spec.vision else 0,
         projector=projector_params(spec.vision) if spec.vision else 0,
+        idle_experts=idle,
     )

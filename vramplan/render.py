@@ -67,7 +67,9 @@ def plan_renderable(plan: Plan) -> Group:
     )
     head = Text.assemble(
         (f"{plan.model}", "bold"),
-        f" ({plan.total_params / 1e9:.2f}B params, {plan.trainable_params:,} trainable) on ",
+        f" ({plan.total_params / 1e9:.2f}B params"
+        + (f", {plan.params.active / 1e9:.2f}B active per token" if plan.params.idle_experts else "")
+        + f", {plan.trainable_params:,} trainable) on ",
         (f"{gpu.name}", "bold"),
         f" ({gpu.memory_mib:,} MiB)\n",
         f"setup: {_setup_line(plan)}\n",
