@@ -58,6 +58,8 @@ SETUP_FLAGS = (
     "parallel",
     "offload",
     "kv_cache",
+    "image_size",
+    "images_per_sample",
 )
 
 
@@ -97,6 +99,8 @@ def _add_setup_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", choices=PARALLELS, help="multi-GPU layout (estimates are per GPU)")
     p.add_argument("--offload", choices=OFFLOADS, help="CPU offload under ZeRO/FSDP")
     p.add_argument("--kv-cache", choices=KV_CACHES, help="inference: KV cache dtype (auto = the run dtype)")
+    p.add_argument("--image-size", help="VLMs: WIDTHxHEIGHT of each image (implies one image per sample)")
+    p.add_argument("--images-per-sample", type=_int, help="VLMs: images in each training sample")
 
 
 def run_parser(command: str) -> argparse.ArgumentParser:

@@ -202,6 +202,8 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
     setup, est, fits = chosen
 
     alternatives = _alternatives(evaluated, chosen, card)
+    if setup.images_per_sample:
+        notes.append(_image_note(spec, setup, est))
     if not fits:
         notes.append(
             f"nothing weighed fits {card.name}: the smallest needs {_gib(est.device_bytes)} "
@@ -228,6 +230,20 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
         alternatives=alternatives,
         notes=notes,
         source=model,
+    )
+
+
+def _image_note(spec: ModelSpec, setup: Setup, est: Estimate) -> str:
+    from vramplan.memory import vision
+
+    patches, tokens = vision.image_grid(spec, setup)
+    n = setup.images_per_sample
+    size = setup.image_size or "448x448"
+    tower = "trained (full fine-tuning)" if vision.tower_trained(setup) else "frozen"
+    return (
+        f"images: {n} x {size} per sample = {n * patches:,} ViT patches and {n * tokens:,} language-model tokens"
+        f" (sequence {setup.seq_len} + {n * tokens:,}); vision tower {tower}; its forward phase peaks at"
+        f" {_gib(est.phases.get('vision_forward', 0))} allocated"
     )
 
 

@@ -41,6 +41,7 @@ MAX_MICRO_BATCH = 1 << 12
 MAX_GRAD_ACCUM = 1 << 16
 MAX_LORA_RANK = 1 << 14
 MAX_GPUS = 1 << 12
+MAX_IMAGES = 256
 
 
 class Setup(BaseModel):
@@ -67,6 +68,8 @@ class Setup(BaseModel):
     parallel: Parallel = "none"
     offload: Offload = "none"
     kv_cache: KVCache = "auto"  # inference: the cache dtype (auto = the run's 16-bit dtype)
+    image_size: str = ""  # VLMs: WIDTHxHEIGHT of each image (Qwen-VL: fixed 448x448)
+    images_per_sample: int = Field(0, ge=0, le=MAX_IMAGES)
 
     @model_validator(mode="after")
     def _combinations(self) -> Setup:
@@ -81,6 +84,12 @@ class Setup(BaseModel):
                 f"quant|--quant {self.quant} needs --method qlora (LoRA on a quantized base) or inference; "
                 f"method {self.method} trains 16/32-bit weights, so use --quant none"
             )
+        if self.image_size:
+            parts = self.image_size.lower().split("x")
+            if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+                raise ValueError(f"image_size|{self.image_size!r}: write WIDTHxHEIGHT in pixels, like 1024x768")
+        if self.images_per_sample and self.method == "inference":
+            raise ValueError("images_per_sample|images are planned for fine-tuning; inference counts text tokens")
         if self.kv_cache != "auto" and self.method != "inference":
             raise ValueError("kv_cache|the KV cache dtype applies to --method inference only")
         if self.method == "inference" and self.parallel not in ("none", "device_map"):
@@ -137,6 +146,8 @@ def _field_message(err: Any) -> tuple[str, str]:
 def make_setup(**fields: Any) -> Setup:
     """Setup from keyword fields; invalid values raise VramplanError naming the field."""
     fields = {k: v for k, v in fields.items() if v is not None}
+    if fields.get("image_size") and "images_per_sample" not in fields:
+        fields["images_per_sample"] = 1
     if isinstance(fields.get("trainable_extra"), str):
         fields["trainable_extra"] = tuple(x.strip() for x in fields["trainable_extra"].split(",") if x.strip())
     try:

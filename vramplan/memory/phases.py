@@ -21,7 +21,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from vramplan.memory import activations as act
-from vramplan.memory import loss, optimizer, overhead, parallel, weights
+from vramplan.memory import loss, optimizer, overhead, parallel, vision, weights
 from vramplan.memory.trainable import check_lora_targets, trainable_params
 from vramplan.params import param_counts
 from vramplan.setup import Setup
@@ -160,6 +160,24 @@ def traceable_bytes(est: Estimate) -> int:
     return est.allocated_bytes - sum(est.terms.get(k, 0) for k in CUDA_ONLY)
 
 
+def with_vision(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Add the vision tower's terms: a ``vision_forward`` phase (the weights and state with
+    one ViT block's forward temporaries, before the language model saves anything) and, when
+    the tower trains, its saved activations through forward and backward (its backward is
+    the last of the step)."""
+    out = {k: dict(v) for k, v in phases.items()}
+    static = {k: v for k, v in phases["optimizer_step"].items() if k.startswith(("weights/", "overhead/", "parallel/"))}
+    static.update({k: v for k, v in phases["backward_start"].items() if k.startswith("optimizer/")})
+    static["gradients"] = phases["forward_end"].get("gradients", 0)
+    static["vision/forward_transient"] = vision.forward_transient_bytes(spec, setup)
+    saved = vision.saved_bytes(spec, setup)
+    static["vision/saved"] = saved
+    out["vision_forward"] = static
+    for name in ("forward_end", "backward_start", "backward"):
+        out[name]["vision/saved"] = saved
+    return out
+
+
 def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
     """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU
     (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``)."""
@@ -168,9 +186,15 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
 
         return inference_estimate(spec, setup)
     check_lora_targets(spec, setup)
-    per_phase = parallel.per_gpu(spec, setup, phase_terms(spec, setup))
+    llm = setup
+    if setup.images_per_sample:
+        # the images' tokens join the language model's sequence
+        llm = setup.model_copy(update={"seq_len": setup.seq_len + vision.image_tokens(spec, setup)})
+    per_phase = parallel.per_gpu(spec, llm, phase_terms(spec, llm))
+    if setup.images_per_sample:
+        per_phase = with_vision(spec, setup, per_phase)
     totals = {name: sum(terms.values()) for name, terms in per_phase.items()}
-    peak = max(PHASES, key=lambda p: totals[p])
+    peak = max(per_phase, key=lambda p: totals[p])
     allocated = totals[peak]
     slack = overhead.allocator_slack_bytes(allocated)
     terms = {k: v for k, v in per_phase[peak].items() if v}
