@@ -51,3 +51,24 @@ def test_plan_names_the_image_terms() -> None:
     p = plan("qwen2-vl-7b", gpu="a100-80g", method="lora", image_size="1024x1024")
     note = next(n for n in p.notes if n.startswith("images:"))
     assert "4,900 ViT patches" in note and "1,225 language-model tokens" in note and "frozen" in note
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(method="lora", seq_len=512, image_size="1024x1024"),
+        dict(method="lora", seq_len=1024, image_size="800x600", images_per_sample=2, micro_batch=2),
+    ],
+    ids=["lora-1024px", "lora-2x2-images"],
+)
+def test_qwen2_vl_trace_with_images_agrees(fields: dict) -> None:
+    """The real transformers Qwen2-VL class, run under fake tensors with pixel inputs of the
+    given size: the estimate holds the exactness bound (3%)."""
+    pytest.importorskip("torch")
+    from vramplan.memory.phases import traceable_bytes
+    from vramplan.trace.run import trace
+
+    setup = make_setup(**fields)
+    traced = trace("qwen2-vl-2b", setup, steps=2, keep_timeline=False)
+    est = traceable_bytes(estimate(load_model("qwen2-vl-2b"), setup))
+    assert abs(est - traced.peak_bytes) / traced.peak_bytes <= 0.03

@@ -199,7 +199,9 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
     if plan.setup.method == "inference":
         raise VramplanError("emit", "the targets are fine-tuning trainers: an inference plan has nothing to emit")
     if plan.setup.images_per_sample:
-        raise VramplanError("emit", "configs for image training are not emitted yet: plan it, then set the trainer by hand")
+        raise VramplanError(
+            "emit", "configs for image training are not emitted yet: plan it, then set the trainer by hand"
+        )
     mod = importlib.import_module(f"vramplan.emit.{target}")
     spec = load_model(plan.source or plan.model)
     setup, adjustments = mod.adapt(plan.setup, spec)

@@ -171,10 +171,13 @@ def with_vision(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     static["gradients"] = phases["forward_end"].get("gradients", 0)
     static["vision/forward_transient"] = vision.forward_transient_bytes(spec, setup)
     saved = vision.saved_bytes(spec, setup)
+    pixels = vision.pixel_bytes(spec, setup)
     static["vision/saved"] = saved
+    static["vision/pixel_values"] = pixels
     out["vision_forward"] = static
     for name in ("forward_end", "backward_start", "backward"):
         out[name]["vision/saved"] = saved
+        out[name]["vision/pixel_values"] = pixels
     return out
 
 

@@ -106,12 +106,24 @@ def forward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     return base + max(mlp, attn)
 
 
+def pixel_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """The processor's fp32 ``pixel_values`` (patches x channels·temporal·patch²), an input
+    alive through the step."""
+    if not setup.images_per_sample:
+        return 0
+    v = spec.vision
+    assert v is not None
+    return nbytes(_patches(spec, setup) * 3 * v.temporal_patch_size * v.patch_size**2, "fp32")
+
+
 def saved_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """Activations a trained tower keeps for its backward. Per block: the inputs of its
-    norms, qkv, attention output and projections (about 8·n·d) and the MLP's intermediates
-    ((2 or 3)·n·I); eager attention also keeps its probabilities. Under gradient
-    checkpointing, each block's input only (n·d), plus one block recomputed."""
-    if not setup.images_per_sample or not tower_trained(setup):
+    """Activations the tower keeps for the backward. Under gradient checkpointing (which
+    transformers turns on for the tower's blocks too) every block's input is held by its
+    checkpoint even when the tower is frozen (n·d per block); a trained tower adds one block
+    recomputed. Without checkpointing a frozen tower keeps nothing, a trained one per block
+    the inputs of its norms, qkv, attention output and projections (about 8·n·d) and the
+    MLP's intermediates ((2 or 3)·n·I), plus eager attention's probabilities."""
+    if not setup.images_per_sample:
         return 0
     v = spec.vision
     assert v is not None
@@ -122,5 +134,6 @@ def saved_bytes(spec: ModelSpec, setup: Setup) -> int:
         per_image = image_grid(spec, setup)[0]
         per_block += setup.micro_batch * setup.images_per_sample * v.num_heads * per_image**2 * a
     if setup.grad_checkpointing:
-        return v.depth * nbytes(n * v.hidden_size, "bf16" if a == 2 else "fp32") + per_block
-    return v.depth * per_block
+        inputs = v.depth * n * v.hidden_size * a
+        return inputs + (per_block if tower_trained(setup) else 0)
+    return v.depth * per_block if tower_trained(setup) else 0

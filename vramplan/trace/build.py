@@ -49,8 +49,16 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
     mt = config.get("model_type")
     if mt in REMOTE_CODE:
         raise VramplanError("model", REMOTE_CODE[mt])
-    if "vision_config" in config or "visual" in config:
-        raise VramplanError("model", "tracing vision-language models is not supported yet: trace the text model")
+    if "visual" in config or ("vision_config" in config and mt not in ("qwen2_vl", "qwen2_5_vl")):
+        raise VramplanError(
+            "model", f"tracing {mt} with its vision tower is not supported: Qwen2-VL and Qwen2.5-VL are"
+        )
+    if "vision_config" in config and not setup.images_per_sample:
+        raise VramplanError("image_size", "a VLM is traced with images: give --image-size WxH")
+    if "vision_config" not in config and setup.images_per_sample:
+        raise VramplanError("images_per_sample", "images need a VLM (qwen2-vl-*, qwen2.5-vl-*)")
+    if "vision_config" in config and setup.method == "qlora":
+        raise VramplanError("method", "the harness traces VLMs in 16/32 bits (lora, full, freeze)")
     if setup.method == "inference":
         raise VramplanError("method", "the harness traces training steps: plan inference with the estimate alone")
     if setup.parallel != "none":
@@ -138,9 +146,11 @@ def make_optimizer(params: list[Any], setup: Setup) -> Any:
 
 def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cpu", fake_mode: Any = None) -> Built:
     """The model, wrapped as ``setup`` says, and its optimizer (states not yet created)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     notes = check_buildable(config, setup, device)
+    vlm = "vision_config" in config
+    auto = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
     hf = _hf_config(config, setup, device)
     dtype = TORCH_DTYPE[setup.precision]
     if setup.method == "qlora":
@@ -150,14 +160,20 @@ def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cp
     else:
         ctx = torch.device("meta") if fake else torch.device(device)
         with ctx:
-            model = AutoModelForCausalLM.from_config(hf, dtype=dtype)
+            model = auto.from_config(hf, dtype=dtype)
         if setup.method == "freeze":
-            _freeze(model, setup, hf.num_hidden_layers)
+            layers = hf.num_hidden_layers if not vlm else hf.text_config.num_hidden_layers
+            _freeze(model, setup, layers)
         if setup.method == "lora":
             from peft import get_peft_model
 
             targets = setup.lora_target_list()
-            model = get_peft_model(model, _lora_config(setup, targets, _embedding_name(model)))
+            cfg = _lora_config(setup, targets, _embedding_name(model))
+            if vlm:
+                # adapters on the language model only (the vision tower stays frozen)
+                names = targets or sorted({lin.name.split(".")[-1] for lin in _text_linears(config)})
+                cfg.target_modules = r".*language_model.*\.(" + "|".join(names) + r")$"
+            model = get_peft_model(model, cfg)
         if fake:
             materialize_fake(model, fake_mode)
     if setup.grad_checkpointing:
@@ -176,6 +192,13 @@ def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cp
     with ctx2:
         optimizer = make_optimizer(params, setup)
     return Built(model=model, optimizer=optimizer, autocast_dtype=AUTOCAST_DTYPE.get(setup.precision), notes=notes)
+
+
+def _text_linears(config: dict[str, Any]) -> list[Any]:
+    from vramplan.spec import spec_from_config
+
+    spec = spec_from_config(config, name="vlm", where="config")
+    return [lin for group, _ in spec.layer_groups for lin in group if lin.nn_linear]
 
 
 def _shared_parameters(model: Any) -> list[list[tuple[Any, str]]]:

@@ -131,7 +131,7 @@ def _forward_loss(built: Built, ids: Any, device: str) -> Any:
         else contextlib.nullcontext()
     )
     with ctx:
-        out = built.model(input_ids=ids, labels=ids)
+        out = built.model(**ids) if isinstance(ids, dict) else built.model(input_ids=ids, labels=ids)
     if built.autocast_dtype is not None:
         from accelerate.utils import convert_to_fp32
 
@@ -226,10 +226,19 @@ def trace(
         make_ids = _ids_maker(
             int(config.get("vocab_size") or config["text_config"]["vocab_size"]), setup, "cpu", fake_mode
         )
+        layout: Any = contextlib.nullcontext()
+        if "vision_config" in config:
+            from vramplan.models import load_model
+            from vramplan.trace.vlm import ImageBatch
+
+            base = built.model.get_base_model() if hasattr(built.model, "get_base_model") else built.model
+            batch = ImageBatch(load_model(model), setup, base.config, base)
+            layout = batch.fixed_layout(base)
+            make_ids = lambda: batch.inputs(fake_mode)  # noqa: E731
         baseline = counter.total
         say(f"running {steps} step(s)")
         mode_ctx = fake_mode if fake_mode is not None else contextlib.nullcontext()
-        with mode_ctx, CountingMode(counter), counted_rng_state(counter):
+        with layout, mode_ctx, CountingMode(counter), counted_rng_state(counter):
             _run_with_bookkeeping(built, setup, steps, counter, make_ids)
     seconds = time.perf_counter() - t0
     result = _result(name, setup, "trace" if fake else "cpu", steps, counter, built, seconds)

@@ -1,0 +1,132 @@
+"""Tracing Qwen2-VL / Qwen2.5-VL steps with images under fake tensors.
+
+A fake tensor has a shape but no values, and these models read values in four places:
+the vision rotary positions and attention boundaries from ``image_grid_thw``, the split of
+each image's patches (``lengths.tolist()``), the split of the merged features per image,
+and the language model's 3D rope positions from where the image tokens sit in
+``input_ids``. All four depend only on the image grid and the token layout, which the
+trace fixes up front: they are computed from real tensors before the step and handed to
+the model, whose code is otherwise run as it is. A check that the placeholder count
+matches the features (a value comparison) is skipped; the layout is built to match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import textwrap
+from typing import Any
+
+import torch
+
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+
+VLM_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+def is_vlm(config: dict[str, Any]) -> bool:
+    return "vision_config" in config
+
+
+def _module(model_type: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+
+
+def _rewrite(func: Any, ns: dict[str, Any], replace: dict[str, str]) -> Any:
+    """``func`` re-defined from its own source with value reads swapped for constants."""
+    src = textwrap.dedent(inspect.getsource(func))
+    src = "\n".join(line for line in src.splitlines() if not line.lstrip().startswith("@auto_docstring"))
+    for old, new in replace.items():
+        if old not in src:
+            raise RuntimeError(f"{func.__qualname__}: expected {old!r} in transformers' code")
+        src = src.replace(old, new)
+    scope = dict(ns)
+    exec(compile(src, f"<vramplan rewrite of {func.__qualname__}>", "exec"), scope)
+    return scope[func.__name__]
+
+
+class ImageBatch:
+    """Real-valued layout of one micro-batch: ids, grid, positions; fake pixels later."""
+
+    def __init__(self, spec: ModelSpec, setup: Setup, hf: Any, model: Any) -> None:
+        from vramplan.memory import vision
+
+        patches, tokens = vision.image_grid(spec, setup)
+        v = spec.vision
+        assert v is not None
+        h, w = vision.parse_image_size(setup.image_size or "448x448")
+        rh, rw = vision.smart_resize(h, w, v.patch_size * v.spatial_merge_size)
+        n_img = setup.images_per_sample
+        seq = setup.seq_len + n_img * tokens
+        ids = torch.full((setup.micro_batch, seq), 100, dtype=torch.long)
+        for b in range(setup.micro_batch):
+            pos = 1
+            for _ in range(n_img):
+                ids[b, pos - 1] = hf.vision_start_token_id
+                ids[b, pos : pos + tokens] = hf.image_token_id
+                pos += tokens + 2
+        self.ids = ids
+        self.grid = torch.tensor([[1, rh // v.patch_size, rw // v.patch_size]] * (setup.micro_batch * n_img))
+        self.patches = setup.micro_batch * n_img * patches
+        self.pixel_width = 3 * v.temporal_patch_size * v.patch_size**2
+        mm = (ids == hf.image_token_id).int()
+        self.position_ids, _ = model.model.get_rope_index(ids, mm, self.grid, None, torch.ones_like(ids))
+        self.model_type = hf.model_type
+
+    @contextlib.contextmanager
+    def fixed_layout(self, model: Any) -> Any:
+        """Patch the value reads of the model's code for this layout; restore afterwards."""
+        from transformers import vision_utils as vu
+
+        mq = _module(self.model_type)
+        visual = model.model.visual
+        pos = vu.get_vision_position_ids(self.grid, visual.spatial_merge_size)
+        cu, mx = vu.get_vision_attention_seqlens(self.grid, visual.config)
+        lengths = (cu[1:] - cu[:-1]).tolist()
+        splits = (self.grid.prod(-1) // visual.spatial_merge_size**2).tolist()
+        ns = vars(mq)
+        attn_cls = next(c for name, c in ns.items() if name.endswith("VisionAttention") and isinstance(c, type))
+        model_cls = type(model.model)
+        saved = {
+            "get_vision_position_ids": ns["get_vision_position_ids"],
+            "get_vision_attention_seqlens": ns["get_vision_attention_seqlens"],
+            "torch_compilable_check": ns.get("torch_compilable_check"),
+        }
+        attn_forward = attn_cls.forward
+        image_features = model_cls.get_image_features
+        new_attn = _rewrite(attn_forward, {**ns, "_LENGTHS": lengths}, {"lengths.tolist()": "_LENGTHS"})
+        new_feat = _rewrite(
+            image_features,
+            {**ns, "_SPLITS": splits},
+            {"(image_grid_thw.prod(-1) // self.visual.spatial_merge_size**2).tolist()": "_SPLITS"},
+        )
+        try:
+            mq.get_vision_position_ids = lambda *a, **k: pos
+            mq.get_vision_attention_seqlens = lambda *a, **k: (cu, mx)
+            mq.torch_compilable_check = lambda *a, **k: None
+            attn_cls.forward = new_attn
+            model_cls.get_image_features = new_feat
+            yield
+        finally:
+            for k, fn in saved.items():
+                if fn is not None:
+                    setattr(mq, k, fn)
+            attn_cls.forward = attn_forward
+            model_cls.get_image_features = image_features
+
+    def inputs(self, fake_mode: Any) -> dict[str, Any]:
+        """One micro-batch as the processor hands it over: fp32 pixels (fake), the ids."""
+        ctx = fake_mode if fake_mode is not None else contextlib.nullcontext()
+        with ctx:
+            pixels = torch.randn(self.patches, self.pixel_width)
+            ids = self.ids.clone() if fake_mode is None else fake_mode.from_tensor(self.ids)
+        return {
+            "input_ids": ids,
+            "labels": ids,
+            "pixel_values": pixels,
+            "image_grid_thw": self.grid,
+            "position_ids": self.position_ids,
+        }
