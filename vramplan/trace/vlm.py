@@ -88,7 +88,7 @@ class ImageBatch:
         lengths = (cu[1:] - cu[:-1]).tolist()
         splits = (self.grid.prod(-1) // visual.spatial_merge_size**2).tolist()
         ns = vars(mq)
-        attn_cls = next(c for name, c in ns.items() if name.endswith("VisionAttention") and isinstance(c, type))
+        attn_cls: Any = next(c for name, c in ns.items() if name.endswith("VisionAttention") and isinstance(c, type))
         model_cls = type(model.model)
         saved = {
             "get_vision_position_ids": ns["get_vision_position_ids"],
