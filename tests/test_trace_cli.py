@@ -47,7 +47,9 @@ def test_trace_table_for_people(tiny: str) -> None:
     ("args", "field"),
     [
         (["trace", "qwen-7b"], "remote-code"),
-        (["trace", "qwen2-vl-2b"], "vision-language"),
+        (["trace", "qwen2-vl-2b"], "give --image-size"),
+        (["trace", "qwen-vl-chat", "--images-per-sample", "1"], "Qwen (v1) is a remote-code"),
+        (["trace", "qwen2.5-0.5b", "--image-size", "448x448"], "images need a VLM"),
         (["trace", "qwen9-7b"], "model"),
         (["trace", "qwen2.5-0.5b", "--optimizer", "paged-adamw-8bit"], "optimizer"),
         (["trace", "qwen2.5-0.5b", "--steps", "0"], "steps"),

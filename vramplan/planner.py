@@ -191,6 +191,12 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
     make_setup(**{k: v for k, v in pinned.items() if k not in ("method", "quant", "kv_cache")})
     _check_against_gpu(pinned, card)
     notes: list[str] = []
+    if spec.moe is not None and "lora_targets" not in pinned and pinned.get("method") in (None, "lora", "qlora"):
+        pinned["lora_targets"] = ",".join(lin.name for lin in spec.attention if lin.nn_linear)
+        notes.append(
+            f"MoE: LoRA on the attention ({pinned['lora_targets']}); PEFT's all-linear would also wrap the"
+            " router and the fused experts, which the estimate does not model yet"
+        )
     if card.resolved_from:
         notes.append(f"{card.resolved_from!r} resolved to {card.name} ({card.memory_mib} MiB as the driver reports it)")
     if not card.bf16_supported and "precision" not in pinned:

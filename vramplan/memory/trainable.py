@@ -42,6 +42,14 @@ def _lora_linears(linears: tuple[Linear, ...], lora_targets: str) -> tuple[Linea
 def check_lora_targets(spec: ModelSpec, setup: Setup) -> None:
     """Every named target must match a linear of the model."""
     targets = setup.lora_target_list()
+    if setup.is_lora and targets is None and spec.moe is not None:
+        attn = ",".join(lin.name for lin in spec.attention if lin.nn_linear)
+        raise VramplanError(
+            "lora_targets",
+            f"on {spec.name} PEFT's all-linear also wraps the router and the fused experts (its ParamWrapper,"
+            f" which also needs lora_dropout 0); the estimate does not model those adapters yet: name the"
+            f" targets, e.g. {attn}",
+        )
     if not setup.is_lora or targets is None:
         return
     names = spec.linear_names()
