@@ -73,5 +73,9 @@ def test_moe_active_parameters() -> None:
     c = param_counts(load_model("qwen3-30b-a3b"))
     assert round(c.total / 1e9, 1) == 30.5
     assert abs(c.active - 3.3e9) / 3.3e9 < 0.02
+    # Mixtral 8x7B release post (as restated in tables/models/mixtral-8x7b/source.json):
+    # 46.7B total, 12.9B used per token
+    mix = param_counts(load_model("mixtral-8x7b"))
+    assert (round(mix.total / 1e9, 1), round(mix.active / 1e9, 1)) == (46.7, 12.9)
     dense = param_counts(load_model("qwen2.5-7b"))
     assert dense.active == dense.total

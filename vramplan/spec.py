@@ -233,7 +233,7 @@ def _common(cfg: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
-    """llama, mistral, qwen2, qwen3, qwen3_moe, gemma2, phi3 (and their -VL text halves)."""
+    """llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma2, phi3 (and their -VL text halves)."""
     mt = cfg["model_type"]
     c = _common(cfg, where)
     if mt in ("qwen2", "qwen2_vl", "qwen2_5_vl"):
@@ -255,12 +255,17 @@ def _llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     )
     moe = None
     moe_mlp: tuple[Linear, ...] = ()
-    if mt == "qwen3_moe":
-        n_exp = _positive(_get(cfg, "num_experts", where=where), "num_experts", where)
-        e_inter = _positive(_get(cfg, "moe_intermediate_size", where=where), "moe_intermediate_size", where)
-        step = int(cfg.get("decoder_sparse_step", 1) or 1)
-        dense_only = set(cfg.get("mlp_only_layers") or [])
-        layers = tuple(i for i in range(c["num_layers"]) if i not in dense_only and (i + 1) % step == 0)
+    if mt in ("qwen3_moe", "mixtral"):
+        if mt == "mixtral":  # every layer sparse; experts as wide as intermediate_size
+            n_exp = _positive(_get(cfg, "num_local_experts", where=where), "num_local_experts", where)
+            e_inter = c["intermediate_size"]
+            layers = tuple(range(c["num_layers"]))
+        else:
+            n_exp = _positive(_get(cfg, "num_experts", where=where), "num_experts", where)
+            e_inter = _positive(_get(cfg, "moe_intermediate_size", where=where), "moe_intermediate_size", where)
+            step = int(cfg.get("decoder_sparse_step", 1) or 1)
+            dense_only = set(cfg.get("mlp_only_layers") or [])
+            layers = tuple(i for i in range(c["num_layers"]) if i not in dense_only and (i + 1) % step == 0)
         moe = MoESpec(
             num_experts=n_exp,
             experts_per_token=_positive(_get(cfg, "num_experts_per_tok", where=where), "num_experts_per_tok", where),
@@ -268,7 +273,8 @@ def _llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
             layers=layers,
         )
         h = c["hidden_size"]
-        # transformers 5 Qwen3MoeExperts: fused nn.Parameter tensors, and a router weight.
+        # transformers 5 Qwen3MoeExperts / MixtralExperts: fused nn.Parameter tensors, and a
+        # router weight (Qwen3MoeTopKRouter / MixtralTopKRouter).
         moe_mlp = (
             Linear(name="gate", in_features=h, out_features=n_exp, nn_linear=False),
             Linear(name="experts.gate_up_proj", in_features=h, out_features=2 * e_inter, count=n_exp, nn_linear=False),
@@ -421,6 +427,7 @@ def _qwen_vl2(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
 _READERS = {
     "llama": _llama_like,
     "mistral": _llama_like,
+    "mixtral": _llama_like,
     "qwen2": _llama_like,
     "qwen3": _llama_like,
     "qwen3_moe": _llama_like,
