@@ -65,3 +65,12 @@ def test_emit_prints_without_out(target: str) -> None:
     out = run("qwen2.5-0.5b", "--gpu", "4090", "--method", "lora", "--emit", target)
     assert out.returncode == 0, out.stderr
     assert "==> " in out.stdout and "run: " in out.stdout
+
+
+def test_unwritable_out_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = run("qwen2.5-0.5b", "--gpu", "4090", "--method", "lora", "--emit", "trl", "--out", str(blocker / "sub"))
+    assert out.returncode == 2
+    _one_line_error(out)
+    assert "out:" in out.stderr

@@ -216,7 +216,10 @@ def write_files(out_dir: str, files: dict[str, str], *, overwrite: bool) -> list
     clash = sorted(name for name in files if (out / name).exists())
     if clash and not overwrite:
         raise VramplanError("out", f"{out} already has {', '.join(clash)}; pass --overwrite to replace them")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VramplanError("out", f"cannot create {out}: {exc.strerror}") from None
     tmp: list[tuple[Path, Path]] = []
     try:
         for name, text in files.items():
