@@ -74,3 +74,57 @@ def test_unwritable_out_is_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2
     _one_line_error(out)
     assert "out:" in out.stderr
+
+
+def test_a_directory_in_the_way_is_refused_before_writing(tmp_path: Path) -> None:
+    target = tmp_path / "r"
+    (target / "run.sh").mkdir(parents=True)
+    out = run("qwen2.5-0.5b", "--gpu", "4090", "--method", "lora", "--emit", "trl", "--out", str(target), "--overwrite")
+    assert out.returncode == 2
+    _one_line_error(out)
+    assert not (target / "train.py").exists() and not list(target.glob(".*vramplan-tmp"))
+
+
+def test_existing_data_path_is_made_absolute(tmp_path: Path) -> None:
+    data = tmp_path / "my data.jsonl"
+    data.write_text("{}\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vramplan",
+            "qwen2.5-0.5b",
+            "--gpu",
+            "4090",
+            "--method",
+            "lora",
+            "--emit",
+            "trl",
+            "--data",
+            "my data.jsonl",
+            "--out",
+            "run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    run_sh = (tmp_path / "run" / "run.sh").read_text()
+    assert f"--data '{data}'" in run_sh
+
+
+@pytest.mark.parametrize("model", ["qwen2-vl-2b", "qwen-7b"])
+def test_models_the_trainers_cannot_load_are_refused(model: str) -> None:
+    out = run(model, "--gpu", "h100", "--method", "lora", "--emit", "trl")
+    assert out.returncode == 2
+    _one_line_error(out)
+
+
+def test_swift_multi_gpu_sets_nproc() -> None:
+    out = run(
+        "qwen2.5-0.5b", "--gpu", "4090", "--method", "lora", "--gpus", "2", "--parallel", "ddp", "--emit", "swift"
+    )
+    assert out.returncode == 0, out.stderr
+    assert "NPROC_PER_NODE=2 swift sft" in out.stdout

@@ -178,7 +178,7 @@ def _dry_run(files: dict[str, str], tmp_path: Path) -> dict:
         dict(method="qlora", quant="bnb-nf4-dq", optimizer="paged-adamw-8bit", seq_len=1024, grad_accum=4),
         dict(method="full", precision="amp-bf16", optimizer="adamw-fused", grad_checkpointing=False, seq_len=256),
         dict(method="freeze", freeze_trainable_layers=3, attention="eager", seq_len=512),
-        dict(method="lora", trainable_extra=("embeddings", "lm_head"), precision="fp16", seq_len=256),
+        dict(method="lora", trainable_extra=("embeddings", "lm_head"), precision="bf16", seq_len=256),
     ],
     ids=["lora", "qlora", "full-amp", "freeze", "lora-extra"],
 )
@@ -208,3 +208,21 @@ def test_gptq_is_replaced_and_said(tmp_path: Path) -> None:
     out = p.emit("trl")
     assert out.setup.quant == "bnb-nf4" and out.adjustments
     assert "CHANGED FOR trl: gptq-int4 needs a pre-quantized checkpoint" in out.files["train.py"]
+
+
+def test_fp16_trained_weights_become_amp_and_said() -> None:
+    """The fp16 GradScaler cannot unscale fp16 gradients: trained fp16 weights are emitted as
+    fp32 masters under fp16 autocast, re-estimated and said."""
+    for pinned in (
+        dict(method="full", precision="fp16"),
+        dict(method="lora", precision="fp16", trainable_extra=("lm_head",)),
+    ):
+        p = plan("qwen2.5-0.5b", gpu="a100-80g", seq_len=256, **pinned)
+        out = p.emit("trl")
+        assert out.setup.precision == "amp-fp16" and "CHANGED FOR trl: fp16 weights" in out.files["train.py"]
+
+
+def test_qlora_script_places_each_rank_and_prepares_kbit() -> None:
+    text = plan("qwen2.5-7b", gpu="4090", method="qlora", quant="bnb-nf4").emit("trl").files["train.py"]
+    assert 'load["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}' in text
+    assert "prepare_model_for_kbit_training(" in text

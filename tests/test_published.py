@@ -199,3 +199,13 @@ def test_missing_column_exit_2(tmp_path: Path) -> None:
     path.write_text("id,model\n1,qwen2.5-7b\n")
     out = run("validate", "--csv", str(path))
     assert out.returncode == 2 and "lacks column" in out.stderr
+
+
+def test_excel_bom_and_non_utf8(tmp_path: Path, tiny_config_file: str) -> None:
+    path = _user_csv(tmp_path, tiny_config_file)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert run("validate", "--csv", str(path)).returncode == 0
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes(path.read_bytes()[3:].replace(b"my lab notebook", b"caf\xe9"))
+    out = run("validate", "--csv", str(bad))
+    assert out.returncode == 2 and "UTF-8" in out.stderr

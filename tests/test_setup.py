@@ -19,6 +19,7 @@ from vramplan.setup import make_setup
         ({"method": "full", "quant": "bnb-int8"}, "quant", "--quant none"),
         ({"method": "banana"}, "method", "'full', 'freeze', 'lora', 'qlora' or 'inference'"),
         ({"kv_cache": "int8"}, "kv_cache", "inference only"),
+        ({"lora_alpha": float("inf")}, "lora_alpha", "finite"),
         ({"method": "inference", "parallel": "zero3", "num_gpus": 2}, "parallel", "device_map"),
         ({"optimizer": "adam"}, "optimizer", "adamw"),
         ({"precision": "fp8"}, "precision", "bf16"),

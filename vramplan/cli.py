@@ -190,9 +190,12 @@ def _cmd_plan(argv: list[str]) -> int:
 
 
 def _emit(result: Any, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from vramplan.emit import emit
 
-    out = emit(result, args.emit, data=args.data, force=args.force)
+    data = str(Path(args.data).resolve()) if args.out and Path(args.data).exists() else args.data
+    out = emit(result, args.emit, data=data, force=args.force)
     if args.out:
         written = write_files(args.out, out.files, overwrite=args.overwrite)
         sys.stderr.write(f"wrote {', '.join(written)}\nrun: cd {args.out} && {out.command}\n")
@@ -214,6 +217,9 @@ def write_files(out_dir: str, files: dict[str, str], *, overwrite: bool) -> list
     if out.exists() and not out.is_dir():
         raise VramplanError("out", f"{out} exists and is not a directory")
     clash = sorted(name for name in files if (out / name).exists())
+    not_files = [name for name in clash if not (out / name).is_file()]
+    if not_files:
+        raise VramplanError("out", f"{out} has {', '.join(not_files)} as something other than a file; remove it first")
     if clash and not overwrite:
         raise VramplanError("out", f"{out} already has {', '.join(clash)}; pass --overwrite to replace them")
     try:
@@ -234,8 +240,13 @@ def write_files(out_dir: str, files: dict[str, str], *, overwrite: bool) -> list
         for part, _ in tmp:
             part.unlink(missing_ok=True)
         raise VramplanError("out", f"cannot write into {out}: {exc.strerror}") from None
-    for part, final in tmp:
-        os.replace(part, final)
+    try:
+        for part, final in tmp:
+            os.replace(part, final)
+    except OSError as exc:
+        for part, _ in tmp:
+            part.unlink(missing_ok=True)
+        raise VramplanError("out", f"cannot write into {out}: {exc.strerror}") from None
     return [str(final) for _, final in tmp]
 
 

@@ -39,7 +39,7 @@ COLUMNS = (
     "measured_unit measurement outcome notes"
 ).split()
 #: fields every row needs before it can be estimated.
-REQUIRED = ("model", "method", "precision", "seq_len", "micro_batch", "num_gpus", "grad_checkpointing", "attention")
+REQUIRED = ("model", "method", "precision", "seq_len", "micro_batch", "num_gpus", "attention")
 UNITS = {"GiB": GIB, "GB": GB}
 TIERS = {"allocated": "allocated", "reserved": "reserved", "device": "device", "unknown": "reserved"}
 EMBEDDING_NAMES = {"embeddings", "embed_tokens", "wte", "word_embeddings", "tok_embeddings"}
@@ -99,7 +99,7 @@ class Summary(BaseModel):
 def read_rows(path: Path) -> list[dict[str, str]]:
     """The CSV's rows; a missing column is an error naming it."""
     try:
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -109,6 +109,8 @@ def read_rows(path: Path) -> list[dict[str, str]]:
             return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
     except OSError as exc:
         raise VramplanError("csv", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise VramplanError("csv", f"{path} is not UTF-8 text") from None
 
 
 def _extra(text: str) -> tuple[str, ...]:

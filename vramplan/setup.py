@@ -53,8 +53,8 @@ class Setup(BaseModel):
     quant: Quant = "none"
     precision: Precision = "bf16"
     lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK)
-    lora_alpha: float = Field(16.0, gt=0)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_alpha: float = Field(16.0, gt=0, allow_inf_nan=False)
+    lora_dropout: float = Field(0.05, ge=0, lt=1, allow_inf_nan=False)
     lora_targets: str = "all-linear"
     trainable_extra: tuple[Literal["embeddings", "lm_head"], ...] = ()
     freeze_trainable_layers: int = Field(2, ge=1)
@@ -108,6 +108,8 @@ class Setup(BaseModel):
             raise ValueError(
                 "offload|optimizer offload runs under DeepSpeed ZeRO or FSDP: --parallel zero1|zero2|zero3|fsdp"
             )
+        if self.offload == "optimizer" and self.parallel == "fsdp":
+            raise ValueError("offload|FSDP's CPU offload moves the parameters too: --offload optimizer+params")
         if self.offload == "optimizer+params" and self.parallel not in ("zero3", "fsdp"):
             raise ValueError("offload|parameter offload needs sharded parameters: --parallel zero3|fsdp")
         if self.attention == "flash-attn-2" and self.precision == "fp32":

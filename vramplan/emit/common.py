@@ -66,8 +66,14 @@ def model_path(name: str, source: str) -> str:
     """Where the trainer loads the model from: the hub id of a catalog model, else what the
     user passed (a local folder or config path)."""
     if source and ("/" in source or source.endswith(".json")):
-        path = source[: -len("/config.json")] if source.endswith("/config.json") else source
-        return path if path != "config.json" else "."
+        from pathlib import Path
+
+        path = Path(source)
+        if path.suffix == ".json":
+            path = path.parent
+        if path.exists():  # a local folder: absolute, so the run works from its own directory
+            path = path.resolve()
+        return str(path) if str(path) else "."
     src = catalog_sources().get(name)
     if src is not None:
         return src.hub_id
@@ -103,7 +109,7 @@ def reasons(spec: ModelSpec, setup: Setup, est: Estimate, gpu: GPU) -> dict[str,
     else:
         on = _dev(spec, setup, grad_checkpointing=True)
         if on is not None:
-            out["grad_checkpointing"] = f"off: fits without it; on would save {gib(here - on)} and cost ~30% speed"
+            out["grad_checkpointing"] = f"off: on would save {gib(here - on)} and cost ~30% speed"
     more = _dev(spec, setup, micro_batch=setup.micro_batch + 1)
     if more is not None:
         out["micro_batch"] = f"one more sample per step adds {gib(more - here)} ({verdict(more)})"
@@ -204,6 +210,12 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         )
     mod = importlib.import_module(f"vramplan.emit.{target}")
     spec = load_model(plan.source or plan.model)
+    if spec.vision is not None or spec.model_type == "qwen":
+        why = "a vision-language model" if spec.vision is not None else "a remote-code architecture (Qwen v1)"
+        raise VramplanError(
+            "emit",
+            f"{spec.name} is {why}: the emitted trainers load text models; plan it, then set the trainer by hand",
+        )
     setup, adjustments = mod.adapt(plan.setup, spec)
     est = estimate(spec, setup) if setup != plan.setup else estimate(spec, plan.setup)
     fits = est.device_bytes <= plan.gpu.memory_bytes
@@ -314,6 +326,7 @@ def single_process_only(target: str, setup: Setup) -> None:
 def integral_alpha(setup: Setup, notes: list[str]) -> Setup:
     """Targets whose lora_alpha is an int: round a fractional alpha and say so."""
     if setup.is_lora and setup.lora_alpha != int(setup.lora_alpha):
-        notes.append(f"lora_alpha {setup.lora_alpha:g} is an integer option here: {round(setup.lora_alpha)}")
-        return setup.model_copy(update={"lora_alpha": float(round(setup.lora_alpha))})
+        alpha = max(1, round(setup.lora_alpha))
+        notes.append(f"lora_alpha {setup.lora_alpha:g} is an integer option here: {alpha}")
+        return setup.model_copy(update={"lora_alpha": float(alpha)})
     return setup

@@ -37,6 +37,7 @@ TEMPLATES = {
     "qwen3": "qwen3",
     "qwen3_moe": "qwen3",
     "mistral": "mistral",
+    "mixtral": "mistral",
     "gemma2": "gemma2",
     "phi3": "phi",
     "qwen2_vl": "qwen2_vl",
@@ -46,6 +47,8 @@ TEMPLATES = {
 
 def template_for(model_type: str, vocab_size: int) -> str:
     if model_type == "llama":
+        if vocab_size == 64000:  # Yi (llama architecture, its own 64k vocabulary)
+            return "yi"
         return "llama3" if vocab_size >= 128000 else "llama2"
     return TEMPLATES.get(model_type, "default")
 

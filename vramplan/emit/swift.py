@@ -113,7 +113,8 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     lines = header_lines(ctx, "swift") + why_lines(ctx, by_field)
     lines.append("ms-swift 3.x options; on ms-swift 4.x write --tuner_type for --train_type")
     head = "\n".join("# " + line for line in lines)
-    parts = ["swift sft"] + [f"--{k} " + " ".join(shlex.quote(v) for v in vals) for k, vals in args]
+    env = f"NPROC_PER_NODE={ctx.setup.num_gpus} " if ctx.setup.num_gpus > 1 else ""
+    parts = [env + "swift sft"] + [f"--{k} " + " ".join(shlex.quote(v) for v in vals) for k, vals in args]
     command = " \\\n    ".join(parts)
     run_sh = "#!/usr/bin/env bash\n" + head + "\nset -euo pipefail\n" + command + "\n"
     return {"run.sh": run_sh}, command.replace(" \\\n    ", " ")

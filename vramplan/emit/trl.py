@@ -14,6 +14,7 @@ emitted yet.
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 from vramplan.emit.common import Context, header_lines, why_lines
@@ -48,6 +49,14 @@ def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
             " it quantizes with bitsandbytes nf4 instead (re-estimated)"
         )
         setup = setup.model_copy(update={"quant": "bnb-nf4"})
+    if setup.precision == "fp16" and (
+        setup.method in ("full", "freeze") or (setup.method == "lora" and setup.trainable_extra)
+    ):
+        notes.append(
+            "fp16 weights that train cannot be unscaled by the fp16 GradScaler: fp32 master weights under fp16"
+            " autocast (amp-fp16, re-estimated)"
+        )
+        setup = setup.model_copy(update={"precision": "amp-fp16"})
     return setup, notes
 
 
@@ -189,7 +198,20 @@ def main():
         if "bnb_4bit_compute_dtype" in q:
             q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
         load["quantization_config"] = BitsAndBytesConfig(**q)
+    if QUANTIZATION:
+        import os
+
+        # each process loads its own quantized copy on its own GPU (accelerate launch sets LOCAL_RANK)
+        load["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(args.model, **load)
+    if QUANTIZATION:
+        from peft import prepare_model_for_kbit_training
+
+        # fp32 norms, embeddings and lm_head, as the plan counts them (TRL does not call this itself)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=TRAINING["gradient_checkpointing"],
+            gradient_checkpointing_kwargs=TRAINING["gradient_checkpointing_kwargs"],
+        )
     if FREEZE_TOP_LAYERS:
         model.requires_grad_(False)
         for layer in model.get_decoder().layers[-FREEZE_TOP_LAYERS:]:
@@ -262,6 +284,6 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     )
     train_py = "#!/usr/bin/env python3\n" + head + "\n" + script
     launcher = "python" if s.num_gpus == 1 else f"accelerate launch --num_processes {s.num_gpus}"
-    command = f"{launcher} train.py --model {ctx.model_path} --data {ctx.data}"
+    command = f"{launcher} train.py --model {shlex.quote(ctx.model_path)} --data {shlex.quote(ctx.data)}"
     run_sh = "#!/usr/bin/env bash\n" + head + "\nset -euo pipefail\n" + command + ' "$@"\n'
     return {"train.py": train_py, "run.sh": run_sh}, command

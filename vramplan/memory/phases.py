@@ -190,9 +190,12 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
         return inference_estimate(spec, setup)
     check_lora_targets(spec, setup)
     llm = setup
+    if setup.parallel in ("zero1", "zero2", "zero3") and setup.precision.startswith("amp-"):
+        # DeepSpeed's bf16/fp16 mode casts the model to 16 bits; the fp32 master is its own
+        llm = setup.model_copy(update={"precision": setup.precision.removeprefix("amp-")})
     if setup.images_per_sample:
         # the images' tokens join the language model's sequence
-        llm = setup.model_copy(update={"seq_len": setup.seq_len + vision.image_tokens(spec, setup)})
+        llm = llm.model_copy(update={"seq_len": setup.seq_len + vision.image_tokens(spec, setup)})
     per_phase = parallel.per_gpu(spec, llm, phase_terms(spec, llm))
     if setup.images_per_sample:
         per_phase = with_vision(spec, setup, per_phase)

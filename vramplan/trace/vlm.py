@@ -60,6 +60,10 @@ class ImageBatch:
         h, w = vision.parse_image_size(setup.image_size or "448x448")
         rh, rw = vision.smart_resize(h, w, v.patch_size * v.spatial_merge_size)
         n_img = setup.images_per_sample
+        if setup.seq_len < 2 * n_img:
+            from vramplan.errors import VramplanError
+
+            raise VramplanError("seq_len", f"the text around {n_img} image(s) needs at least {2 * n_img} tokens")
         seq = setup.seq_len + n_img * tokens
         ids = torch.full((setup.micro_batch, seq), 100, dtype=torch.long)
         for b in range(setup.micro_batch):

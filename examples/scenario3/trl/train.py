@@ -104,7 +104,20 @@ def main():
         if "bnb_4bit_compute_dtype" in q:
             q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
         load["quantization_config"] = BitsAndBytesConfig(**q)
+    if QUANTIZATION:
+        import os
+
+        # each process loads its own quantized copy on its own GPU (accelerate launch sets LOCAL_RANK)
+        load["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(args.model, **load)
+    if QUANTIZATION:
+        from peft import prepare_model_for_kbit_training
+
+        # fp32 norms, embeddings and lm_head, as the plan counts them (TRL does not call this itself)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=TRAINING["gradient_checkpointing"],
+            gradient_checkpointing_kwargs=TRAINING["gradient_checkpointing_kwargs"],
+        )
     if FREEZE_TOP_LAYERS:
         model.requires_grad_(False)
         for layer in model.get_decoder().layers[-FREEZE_TOP_LAYERS:]:
