@@ -76,6 +76,9 @@ def plan_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="FILE", default="data.jsonl", help="dataset the emitted config trains on")
     p.add_argument("--force", action="store_true", help="emit even when the plan does not fit")
     p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
+    p.add_argument("--samples", type=_int, help="training samples (with --avg-tokens): prints the wall time")
+    p.add_argument("--avg-tokens", type=_int, help="average tokens per sample")
+    p.add_argument("--epochs", type=_float, default=1.0, help="passes over the samples (default 1)")
     return p
 
 
@@ -170,7 +173,13 @@ def _cmd_plan(argv: list[str]) -> int:
     from vramplan.planner import plan
 
     args = plan_parser().parse_args(argv)
-    emit_flags = ("emit", "out", "data", "force", "overwrite")
+    emit_flags = ("emit", "out", "data", "force", "overwrite", "samples", "avg_tokens", "epochs")
+    if (args.samples is None) != (args.avg_tokens is None):
+        raise VramplanError("samples", "--samples and --avg-tokens go together (the wall time needs both)")
+    for flag in ("samples", "avg_tokens", "epochs"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            raise VramplanError(flag, f"must be positive, got {value}")
     if args.emit is None and (args.out or args.force or args.overwrite):
         raise VramplanError("emit", "--out/--force/--overwrite go with --emit trl|swift|llamafactory|axolotl")
     if args.emit is not None:
@@ -182,10 +191,35 @@ def _cmd_plan(argv: list[str]) -> int:
     result = plan(args.model, gpu=args.gpu, **fields)
     if args.emit is not None:
         return _emit(result, args)
+    timing = None
+    if args.samples is not None:
+        from vramplan.models import load_model
+        from vramplan.timing import wall_time
+
+        spec = load_model(result.source or result.model)
+        timing = wall_time(
+            spec, result.setup, result.gpu, samples=args.samples, avg_tokens=args.avg_tokens, epochs=args.epochs
+        )
     if args.json:
-        print(result.model_dump_json())
+        data = json.loads(result.model_dump_json())
+        if timing is not None:
+            data["time"] = timing.model_dump()
+        print(json.dumps(data))
     else:
         _console().print(result)
+        if timing is not None:
+            m, sec = divmod(round(timing.seconds), 60)
+            h, m = divmod(m, 60)
+            from vramplan.tables import tables_dir
+
+            err = json.loads((tables_dir() / "timing.json").read_text()).get("error", {})
+            print(
+                f"time: {timing.tokens:,} tokens ({args.samples:,} samples x {args.avg_tokens} tokens x "
+                f"{args.epochs:g} epochs) at ~{timing.tokens_per_second:,.0f} tokens/s: {timing.steps:,}"
+                f" optimizer steps of {timing.seconds_per_step:.2f} s = {h}:{m:02d}:{sec:02d}"
+                f" (time model fitted on published A100 speeds: median error {err.get('median_abs_pct', '?')}%,"
+                f" 90th percentile {err.get('p90_abs_pct', '?')}%)"
+            )
     return EXIT_FITS if result.fits else EXIT_NO_FIT
 
 

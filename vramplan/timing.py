@@ -1,0 +1,224 @@
+"""How long a step takes: matmul FLOPs over the card's dense throughput, plus the
+memory-bound work (dequantization, the optimizer step) over its bandwidth.
+
+Per token, with ``N`` the weights of the linear layers one token goes through (attention,
+MLP or its routed experts, lm_head) and ``A = 2·s·q_dim`` the attention score and value
+products per layer (half under causal flash/sdpa kernels, which skip the masked half):
+
+- forward: ``2·N + 2·A·L``;
+- backward: the activations' gradients, ``2·N + 4·A·L`` (for freeze, only down to the
+  lowest trained layer), plus the weights' gradients ``2·N_trained`` (full, freeze; LoRA
+  adapters are negligible);
+- gradient checkpointing recomputes the layers' forward once more.
+
+QLoRA adds a 16-bit read and write of every quantized weight per pass (dequantization);
+the optimizer step reads and writes weights, gradients and state once. Throughput is the
+catalog's dense bf16/fp16 TFLOPs times an efficiency fitted on published speeds
+(tables/measured/speeds.csv; ``benchmarks/timing_errors.py``); bandwidth is the catalog's.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from vramplan.gpus import GPU
+from vramplan.memory import estimate, optimizer
+from vramplan.memory.trainable import full_trainable_params, trainable_layers
+from vramplan.memory.weights import quantized_weight_params
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+
+
+class StepTime(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    flops_per_step: float
+    seconds_per_step: float
+    tokens_per_second: float
+    compute_seconds: float
+    memory_seconds: float
+
+
+def _layer_matmul_params(spec: ModelSpec, layer: int) -> int:
+    moe_layers = set(spec.moe.layers) if spec.moe is not None else set()
+    total = 0
+    for lin in spec.layer_linears(layer):
+        n = lin.in_features * lin.out_features
+        if layer in moe_layers and spec.moe is not None and lin.count == spec.moe.num_experts:
+            total += n * spec.moe.experts_per_token  # a token goes through k of the E experts
+        else:
+            total += n * lin.count
+    return total
+
+
+def flops_per_token(spec: ModelSpec, setup: Setup) -> float:
+    """Training FLOPs for one token of a ``seq_len`` sequence (see the module docstring)."""
+    per_layer = [_layer_matmul_params(spec, i) for i in range(spec.num_layers)]
+    head = spec.vocab_size * spec.hidden_size
+    attn = 2 * setup.seq_len * spec.num_heads * spec.head_dim
+    if setup.attention != "eager":
+        attn //= 2
+    fwd_layers = [2 * n + 2 * attn for n in per_layer]
+    forward = sum(fwd_layers) + 2 * head
+    trained = list(trainable_layers(spec, setup))
+    lowest = min(trained) if setup.method == "freeze" and trained else 0
+    bwd_act = sum(2 * per_layer[i] + 4 * attn for i in range(lowest, spec.num_layers)) + 2 * head
+    bwd_w = 0
+    if setup.method == "full":
+        bwd_w = 2 * sum(per_layer) + 2 * head
+    elif setup.method == "freeze":
+        bwd_w = 2 * sum(per_layer[i] for i in trained)
+    recompute = sum(fwd_layers[lowest:]) if setup.grad_checkpointing else 0
+    return float(forward + bwd_act + bwd_w + recompute)
+
+
+def constants() -> dict[str, float]:
+    """Fitted efficiency and per-micro-batch overhead (tables/timing.json)."""
+    import json
+
+    from vramplan.tables import tables_dir
+
+    data = json.loads((tables_dir() / "timing.json").read_text())
+    return {k: float(v["value"]) for k, v in data.items() if not k.startswith("_") and "value" in v}
+
+
+def dequant_weight_passes(spec: ModelSpec, setup: Setup) -> float:
+    """Quantized weights dequantized in one step: every quantized weight, once per pass
+    (forward, backward, and the recompute under checkpointing), per micro-batch."""
+    if setup.method != "qlora":
+        return 0.0
+    passes = 3 if setup.grad_checkpointing else 2
+    return float(passes * quantized_weight_params(spec, setup.quant) * setup.grad_accum)
+
+
+def step_time(
+    spec: ModelSpec,
+    setup: Setup,
+    gpu: GPU,
+    efficiency: float | None = None,
+    per_micro_batch: float | None = None,
+    per_dequant: float | None = None,
+) -> StepTime:
+    """One optimizer step: ``grad_accum`` micro-batches of ``micro_batch x seq_len`` tokens."""
+    c = constants() if efficiency is None or per_micro_batch is None or per_dequant is None else {}
+    efficiency = c["matmul_efficiency"] if efficiency is None else efficiency
+    per_micro_batch = c["seconds_per_micro_batch"] if per_micro_batch is None else per_micro_batch
+    per_dequant = c["seconds_per_dequantized_weight"] if per_dequant is None else per_dequant
+    tokens = setup.micro_batch * setup.seq_len * setup.grad_accum
+    flops = flops_per_token(spec, setup) * tokens
+    half = setup.precision.removeprefix("amp-")
+    peak = gpu.bf16_tflops_dense if half == "bf16" else gpu.fp16_tflops_dense
+    if setup.precision == "fp32" or not peak:
+        peak = (gpu.bf16_tflops_dense or gpu.fp16_tflops_dense or 10.0) / 2  # TF32 at half the 16-bit rate
+    compute = flops / (peak * 1e12 * efficiency)
+    bandwidth = (gpu.memory_bandwidth_gb_s or 500.0) * 1e9
+    moved = 0.0
+    dequant = dequant_weight_passes(spec, setup) * per_dequant
+    est = estimate(spec, setup)
+    state = est.terms.get(f"optimizer/{setup.optimizer}", 0) + est.terms.get("optimizer/paged_state", 0)
+    grads = optimizer.gradient_bytes(spec, setup)
+    weights = (full_trainable_params(spec, setup) * 2) if not setup.is_lora else 0
+    moved += 2 * (state + grads + weights)
+    memory = moved / bandwidth
+    memory += dequant
+    seconds = compute + memory + per_micro_batch * setup.grad_accum
+    return StepTime(
+        flops_per_step=flops,
+        seconds_per_step=seconds,
+        tokens_per_second=tokens / seconds,
+        compute_seconds=compute,
+        memory_seconds=memory,
+    )
+
+
+class SpeedRow(BaseModel):
+    """A published speed with the configuration it belongs to (from published.csv)."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    source: str
+    seconds: float
+    matmul_seconds_at_peak: float  # FLOPs / dense peak (efficiency 1)
+    micro_batches: int
+    memory_seconds: float
+    dequant_weight_passes: float
+
+
+def speed_rows() -> list[SpeedRow]:
+    """tables/measured/speeds.csv joined with the configurations in published.csv."""
+    import csv
+
+    from vramplan.gpus import resolve_gpu
+    from vramplan.models import load_model
+    from vramplan.published import published_csv, read_rows, row_setup
+    from vramplan.tables import tables_dir
+
+    configs = {r["id"]: r for r in read_rows(published_csv())}
+    out = []
+    with (tables_dir() / "measured" / "speeds.csv").open(newline="") as fh:
+        for r in csv.DictReader(fh):
+            row = configs[r["id"]]
+            spec, setup = load_model(row["model"]), row_setup(row)
+            t1 = step_time(spec, setup, resolve_gpu(row["gpu"]), efficiency=1.0, per_micro_batch=0.0, per_dequant=0.0)
+            out.append(
+                SpeedRow(
+                    id=r["id"],
+                    source=r["source"],
+                    seconds=float(r["seconds_per_iteration"]),
+                    matmul_seconds_at_peak=t1.compute_seconds,
+                    micro_batches=setup.grad_accum,
+                    memory_seconds=t1.memory_seconds,
+                    dequant_weight_passes=dequant_weight_passes(spec, setup),
+                )
+            )
+    return out
+
+
+def fit(rows: list[SpeedRow]) -> tuple[dict[str, float], dict[str, float]]:
+    """Fitted constants and each row's residual (% of measured): least squares, in relative
+    terms (each row divided by its measured time), of ``seconds - memory =
+    matmul_at_peak / efficiency + micro_batches x overhead + dequantized weights x cost``."""
+    import numpy as np
+
+    a = np.array([[r.matmul_seconds_at_peak, r.micro_batches, r.dequant_weight_passes] for r in rows], dtype=float)
+    y = np.array([r.seconds - r.memory_seconds for r in rows], dtype=float)
+    w = 1.0 / np.array([r.seconds for r in rows])
+    cols = [j for j in range(3) if a[:, j].any()]
+    coef = np.zeros(3)
+    coef[cols] = np.linalg.lstsq(a[:, cols] * w[:, None], y * w, rcond=None)[0]
+    coef = np.maximum(coef, [1e-9, 0.0, 0.0])
+    pred = a @ coef + np.array([r.memory_seconds for r in rows])
+    resid = {r.id: float(100.0 * (p - r.seconds) / r.seconds) for r, p in zip(rows, pred, strict=True)}
+    consts = {
+        "matmul_efficiency": float(1.0 / coef[0]),
+        "seconds_per_micro_batch": float(coef[1]),
+        "seconds_per_dequantized_weight": float(coef[2]),
+    }
+    return consts, resid
+
+
+class WallTime(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    tokens: int
+    tokens_per_second: float
+    seconds_per_step: float
+    steps: int
+    seconds: float
+
+
+def wall_time(
+    spec: ModelSpec, setup: Setup, gpu: GPU, *, samples: int, avg_tokens: int, epochs: float = 1.0
+) -> WallTime:
+    """Time for ``epochs`` passes over ``samples`` samples of ``avg_tokens`` tokens, each
+    micro-batch running at that average length (batches padded to their longest sample
+    take longer: the figure is a floor for unsorted data)."""
+    run = setup.model_copy(update={"seq_len": max(1, min(avg_tokens, setup.seq_len))})
+    t = step_time(spec, run, gpu)
+    per_step = setup.micro_batch * setup.grad_accum * setup.num_gpus
+    steps = max(1, -(-int(samples * epochs) // per_step))
+    return WallTime(
+        tokens=int(samples * avg_tokens * epochs),
+        tokens_per_second=t.tokens_per_second * setup.num_gpus,
+        seconds_per_step=t.seconds_per_step,
+        steps=steps,
+        seconds=steps * t.seconds_per_step,
+    )
