@@ -15,6 +15,7 @@ GPTQ/AWQ bases (``gptq: true`` needs a GPTQ checkpoint) are emitted as bitsandby
 from __future__ import annotations
 
 from vramplan.emit.common import (
+    HF_ATTN,
     HF_OPTIM,
     Context,
     header_lines,
@@ -26,8 +27,6 @@ from vramplan.emit.common import (
 )
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
-
-ATTN = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attention_2"}
 
 
 def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
@@ -84,7 +83,7 @@ def options(ctx: Context) -> list[tuple[str, object, str]]:
     items += [
         ("bf16", s.precision == "bf16", r.get("precision", "")),
         ("fp16", s.precision == "fp16", ""),
-        ("attn_implementation", ATTN[s.attention], r.get("attention", "")),
+        ("attn_implementation", HF_ATTN[s.attention], r.get("attention", "")),
         ("gradient_checkpointing", s.grad_checkpointing, r.get("grad_checkpointing", "")),
         ("sequence_len", s.seq_len, r.get("seq_len", "")),
         ("pad_to_sequence_len", True, "every batch at the planned length"),

@@ -303,6 +303,9 @@ def yaml_text(items: list[tuple[str, Any, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: transformers ``attn_implementation`` names (TRL, axolotl).
+HF_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attention_2"}
+#: transformers ``OptimizerNames`` for each Setup optimizer (TRL, ms-swift, LLaMA-Factory, axolotl).
 HF_OPTIM = {
     "adamw": "adamw_torch",
     "adamw-fused": "adamw_torch_fused",

@@ -17,22 +17,11 @@ import json
 import shlex
 from typing import Any
 
-from vramplan.emit.common import Context, header_lines, why_lines
+from vramplan.emit.common import HF_ATTN, HF_OPTIM, Context, header_lines, why_lines
 from vramplan.errors import VramplanError
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
-OPTIM = {  # transformers OptimizerNames
-    "adamw": "adamw_torch",
-    "adamw-fused": "adamw_torch_fused",
-    "adamw-8bit": "adamw_bnb_8bit",
-    "paged-adamw-8bit": "paged_adamw_8bit",
-    "paged-adamw-32bit": "paged_adamw_32bit",
-    "adafactor": "adafactor",
-    "sgd": "sgd",
-    "lion": "lion_32bit",
-}
-ATTN = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attention_2"}
 LOAD_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "amp-bf16": "float32", "amp-fp16": "float32"}
 
 
@@ -93,7 +82,7 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
         "max_length": s.seq_len,
         "gradient_checkpointing": s.grad_checkpointing,
         "gradient_checkpointing_kwargs": {"use_reentrant": False} if s.grad_checkpointing else None,
-        "optim": OPTIM[s.optimizer],
+        "optim": HF_OPTIM[s.optimizer],
         "bf16": s.precision in ("bf16", "amp-bf16"),
         "fp16": s.precision in ("fp16", "amp-fp16"),
         "learning_rate": 1e-4 if s.is_lora else 1e-5,
@@ -107,7 +96,7 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
         "model": ctx.model_path,
         "method": s.method,
         "dtype": LOAD_DTYPE[s.precision],
-        "attn_implementation": ATTN[s.attention],
+        "attn_implementation": HF_ATTN[s.attention],
         "quantization": quant,
         "lora": lora,
         "freeze_top_layers": s.freeze_trainable_layers if s.method == "freeze" else None,
