@@ -84,16 +84,17 @@ def test_curation_reproduces_the_table(tmp_path: Path) -> None:
 
 
 def test_gate_holds(compared) -> None:
-    """The issue's CI gate over complete rows: median |error| <= 8% and no oom row called a
-    fit hold. Its p90 <= 18% and 'no underestimate beyond 15%' do not hold yet; the bounds
-    below pin today's figures so they can only get better."""
+    """The issue's CI gate over complete rows: median |error| <= 8%, p90 <= 18% and no oom
+    row called a fit hold. 'No underestimate beyond 15%' does not hold yet (Qwen-1.8B and
+    the 2024 torchtune README table); the bounds below pin today's figures so they can only
+    get better."""
     s = summarize(compared)
     assert s.compared >= 120
     assert s.overall.median_abs_pct is not None and s.overall.median_abs_pct <= 8.0
     assert s.oom_rows >= 1 and s.oom_predicted_fit == []
-    assert s.overall.p90_abs_pct is not None and s.overall.p90_abs_pct <= 19.0
+    assert s.overall.p90_abs_pct is not None and s.overall.p90_abs_pct <= 18.0
     unders = [r.id for r in compared if r.counted and r.error_pct is not None and r.error_pct < -15]
-    assert len(unders) <= 16, unders
+    assert len(unders) <= 8, unders
     assert s.overall.worst_under_pct is not None and s.overall.worst_under_pct >= -31.0
 
 
