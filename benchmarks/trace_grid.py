@@ -40,11 +40,13 @@ def main() -> int:
     from vramplan.trace.run import versions
     from vramplan.validate import GRID
 
-    have = {row["key"] for row in read_rows()}
+    def key(model: str, setup: dict, backend: str, vers: dict) -> str:
+        # a row recorded before a Setup field existed holds that field's default
+        return record_key(model, make_setup(**setup).model_dump(mode="json"), backend, vers)
+
+    have = {key(row["model"], row["setup"], row["backend"], row["versions"]) for row in read_rows()}
     vers = versions()
-    missing = [
-        (m, f) for m, f in GRID if record_key(m, make_setup(**f).model_dump(mode="json"), "trace", vers) not in have
-    ]
+    missing = [(m, f) for m, f in GRID if key(m, f, "trace", vers) not in have]
     if args.limit:
         missing = missing[: args.limit]
     print(f"{len(GRID)} configurations, {len(missing)} to trace", flush=True)

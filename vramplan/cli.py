@@ -13,7 +13,17 @@ from typing import Any, NoReturn
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from vramplan.errors import DoesNotFit, VramplanError
-from vramplan.setup import ATTENTIONS, KV_CACHES, METHODS, OFFLOADS, OPTIMIZERS, PARALLELS, PRECISIONS, QUANTS
+from vramplan.setup import (
+    ATTENTIONS,
+    FSDP_SHARDINGS,
+    KV_CACHES,
+    METHODS,
+    OFFLOADS,
+    OPTIMIZERS,
+    PARALLELS,
+    PRECISIONS,
+    QUANTS,
+)
 
 EXIT_FITS, EXIT_NO_FIT, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -55,8 +65,10 @@ SETUP_FLAGS = (
     "grad_checkpointing",
     "attention",
     "num_gpus",
+    "num_nodes",
     "parallel",
     "offload",
+    "fsdp_sharding",
     "kv_cache",
     "image_size",
     "images_per_sample",
@@ -98,9 +110,13 @@ def _add_setup_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-accum", type=_int)
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--attention", choices=ATTENTIONS)
-    p.add_argument("--gpus", dest="num_gpus", type=_int, help="GPUs in the run (needs --parallel when > 1)")
+    p.add_argument("--gpus", dest="num_gpus", type=_int, help="GPUs in the run (per node with --nodes)")
+    p.add_argument("--nodes", dest="num_nodes", type=_int, help="machines in the run, --gpus each (default 1)")
     p.add_argument("--parallel", choices=PARALLELS, help="multi-GPU layout (estimates are per GPU)")
     p.add_argument("--offload", choices=OFFLOADS, help="CPU offload under ZeRO/FSDP")
+    p.add_argument(
+        "--fsdp-sharding", choices=FSDP_SHARDINGS, help="FSDP: full_shard (default), shard_grad_op, hybrid_shard"
+    )
     p.add_argument("--kv-cache", choices=KV_CACHES, help="inference: KV cache dtype (auto = the run dtype)")
     p.add_argument("--image-size", help="VLMs: WIDTHxHEIGHT of each image (implies one image per sample)")
     p.add_argument("--images-per-sample", type=_int, help="VLMs: images in each training sample")

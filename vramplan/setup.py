@@ -21,6 +21,7 @@ Attention = Literal["eager", "sdpa", "flash-attn-2"]
 Parallel = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp", "device_map"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 KVCache = Literal["auto", "fp8", "int8", "int4"]
+FsdpSharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 QUANTS: tuple[str, ...] = get_args(Quant)
@@ -30,6 +31,7 @@ ATTENTIONS: tuple[str, ...] = get_args(Attention)
 PARALLELS: tuple[str, ...] = get_args(Parallel)
 OFFLOADS: tuple[str, ...] = get_args(Offload)
 KV_CACHES: tuple[str, ...] = get_args(KVCache)
+FSDP_SHARDINGS: tuple[str, ...] = get_args(FsdpSharding)
 TRAINING_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "inference")
 #: layouts run by DeepSpeed (fp32 master weights and optimizer state, partitioned by stage).
 DEEPSPEED = ("zero1", "zero2", "zero3")
@@ -41,6 +43,7 @@ MAX_MICRO_BATCH = 1 << 12
 MAX_GRAD_ACCUM = 1 << 16
 MAX_LORA_RANK = 1 << 14
 MAX_GPUS = 1 << 12
+MAX_GPUS_PER_NODE = 64
 MAX_IMAGES = 256
 
 
@@ -64,9 +67,11 @@ class Setup(BaseModel):
     grad_accum: int = Field(1, ge=1, le=MAX_GRAD_ACCUM)
     grad_checkpointing: bool = True
     attention: Attention = "sdpa"
-    num_gpus: int = Field(1, ge=1, le=MAX_GPUS)
+    num_gpus: int = Field(1, ge=1, le=MAX_GPUS)  # GPUs per node (all of them with one node)
+    num_nodes: int = Field(1, ge=1, le=MAX_GPUS)
     parallel: Parallel = "none"
     offload: Offload = "none"
+    fsdp_sharding: FsdpSharding = "full_shard"  # FSDP only; hybrid_shard shards within a node
     kv_cache: KVCache = "auto"  # inference: the cache dtype (auto = the run's 16-bit dtype)
     image_size: str = ""  # VLMs: WIDTHxHEIGHT of each image (Qwen-VL: fixed 448x448)
     images_per_sample: int = Field(0, ge=0, le=MAX_IMAGES)
@@ -104,6 +109,24 @@ class Setup(BaseModel):
             raise ValueError(
                 "parallel|more than one GPU needs a layout: --parallel " + "|".join(p for p in PARALLELS if p != "none")
             )
+        if self.num_nodes > 1:
+            if self.num_gpus > MAX_GPUS_PER_NODE:
+                raise ValueError(
+                    f"num_gpus|with --nodes, --gpus counts the GPUs of one node: at most {MAX_GPUS_PER_NODE}"
+                )
+            if self.num_gpus * self.num_nodes > MAX_GPUS:
+                raise ValueError(f"num_nodes|--gpus x --nodes is at most {MAX_GPUS} GPUs")
+            if self.parallel == "device_map":
+                raise ValueError(
+                    "parallel|device_map splits the layers inside one process on one machine; across nodes use"
+                    " --parallel ddp|zero1|zero2|zero3|fsdp"
+                )
+            if self.parallel == "none":
+                raise ValueError("parallel|more than one node needs a layout: --parallel ddp|zero1|zero2|zero3|fsdp")
+        if self.fsdp_sharding != "full_shard" and self.parallel != "fsdp":
+            raise ValueError(f"fsdp_sharding|--fsdp-sharding {self.fsdp_sharding} applies to --parallel fsdp only")
+        if self.fsdp_sharding != "full_shard" and self.offload != "none":
+            raise ValueError("fsdp_sharding|FSDP CPU offload runs with full_shard only")
         if self.offload == "optimizer" and self.parallel not in ("zero1", "zero2", "zero3", "fsdp"):
             raise ValueError(
                 "offload|optimizer offload runs under DeepSpeed ZeRO or FSDP: --parallel zero1|zero2|zero3|fsdp"
@@ -119,6 +142,19 @@ class Setup(BaseModel):
     @property
     def is_lora(self) -> bool:
         return self.method in ("lora", "qlora")
+
+    @property
+    def world_size(self) -> int:
+        """Processes (GPUs) in the run: GPUs per node x nodes."""
+        return self.num_gpus * self.num_nodes
+
+    @property
+    def shard_count(self) -> int:
+        """Ranks that sharded state is split over: the world, or one node's GPUs under FSDP's
+        hybrid sharding (sharded within a node, replicated across nodes)."""
+        if self.parallel == "fsdp" and self.fsdp_sharding == "hybrid_shard":
+            return self.num_gpus
+        return self.world_size
 
     @property
     def tokens(self) -> int:

@@ -9,13 +9,16 @@ Applied to each phase's terms of one process (``phases.phase_terms``). With ``N`
 | zero2       | full    | /N        | /N (fp32)       | fp32 master /N, reduce buckets |
 | zero3       | /N      | /N        | /N (fp32)       | fp32 master /N, reduce buckets, gathered layers |
 | fsdp        | /N      | /N        | /N              | the root unit and two layers gathered |
+| fsdp shard_grad_op | full | /N   | /N              | (weights stay gathered from forward to backward) |
 | device_map  | /N      | /N        | /N              | the loss on the last GPU, in full |
 
 DeepSpeed (``DeepSpeedZeroOptimizer``, ``DeepSpeedZeroOptimizer_Stage3``) runs the model in
 16 bits and keeps fp32 master weights and fp32 Adam moments for its partition (ZeRO paper,
 Rajbhandari et al. 2020, section 5: 2 + 2 + 12 bytes per parameter before partitioning);
 its fused Adam needs no step temporaries. Activations are per process: data-parallel ranks
-each run their own micro-batch. Offload moves the optimizer state and master weights
+each run their own micro-batch. ``N`` is the ranks the state is sharded over
+(``Setup.shard_count``): every GPU of every node, or one node's GPUs under FSDP's
+``hybrid_shard`` (sharded within a node, replicated across nodes). Offload moves the optimizer state and master weights
 (``optimizer``) and also the sharded weights (``optimizer+params``) to host memory.
 """
 
@@ -78,8 +81,9 @@ def per_gpu(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]) ->
     """The terms of each phase as one GPU of the layout holds them."""
     if setup.parallel == "none":
         return phases
-    n = setup.num_gpus
+    n = setup.num_gpus if setup.parallel == "device_map" else setup.shard_count
     layout = setup.parallel
+    keep_weights = layout == "fsdp" and setup.fsdp_sharding == "shard_grad_op"
     off_opt = setup.offload in ("optimizer", "optimizer+params")
     off_params = setup.offload == "optimizer+params"
     opt_key = f"optimizer/{setup.optimizer}"
@@ -106,7 +110,7 @@ def per_gpu(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]) ->
             t["parallel/ddp_buckets"] = optimizer.gradient_bytes(spec, setup)
         if layout in ("zero2", "zero3", "fsdp") and "gradients" in t:
             t["gradients"] = 0 if (off_params and layout == "fsdp") else _ceil_div(t["gradients"], n)
-        if layout in ("zero3", "fsdp"):
+        if layout in ("zero3", "fsdp") and not keep_weights:
             for k in WEIGHT_TERMS:
                 if k in t:
                     t[k] = 0 if off_params else _ceil_div(t[k], n)
