@@ -1,0 +1,234 @@
+"""``device_map``: the layers split over the GPUs of one process, card by card.
+
+transformers ``from_pretrained(device_map="auto")`` asks accelerate for a *balanced* map:
+``get_balanced_memory`` gives every card but the last a budget of
+
+    total / N + 1.25 · max(largest no-split block, mean size of the final modules)
+
+(the last card keeps its whole memory), and ``infer_auto_device_map`` walks the modules
+in order (vision tower, embedding, decoder layers, final norm, lm_head), putting each on
+the current card while it fits and moving on to the next card when it does not. The first
+card also keeps room for the largest remaining block (accelerate's ``main_devices``). A
+tied lm_head goes with the embedding. accelerate 1.x, ``utils/modeling.py``; checked
+against accelerate itself on meta-device models (tests/test_device_map.py).
+
+Each card then holds the weights of its modules, the trainable state of their parameters
+and the saved activations of its layers; the loss chain lives where lm_head is, the vision
+tower's activations where the tower is, and every card has its CUDA context. One card
+computes at a time (the layers run in turn), so a card's peak is its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.memory import activations as act
+from vramplan.memory.policy import dtypes
+from vramplan.memory.trainable import (
+    extra_trainable_params,
+    head_lora_params,
+    layer_params,
+    lora_params,
+    trainable_layers,
+    trainable_params,
+)
+from vramplan.memory.weights import quant_weight_bytes, quantized_weight_params, unquantized_dtype
+from vramplan.params import param_counts
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+from vramplan.units import nbytes
+
+#: accelerate ``get_balanced_memory``: the buffer is 1.25 x the larger of the biggest
+#: no-split block and the mean final-module size.
+BUFFER_FACTOR = 1.25
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A module accelerate places whole: ``kind`` is vision, embed, layer, norm or lm_head."""
+
+    kind: str
+    index: int
+    bytes: int
+
+
+def _weight_dtype(setup: Setup) -> str:
+    if setup.method == "inference":
+        from vramplan.memory.inference import HALF
+
+        return HALF[setup.precision]
+    if setup.method == "qlora":
+        return unquantized_dtype(setup)
+    return dtypes(setup).weights
+
+
+def units(spec: ModelSpec, setup: Setup) -> list[Unit]:
+    """The modules in the order accelerate meets them, with their size as loaded (quantized
+    linears packed: their share of the packed bytes spread evenly over the layers)."""
+    dt = _weight_dtype(setup)
+    counts = param_counts(spec)
+    out: list[Unit] = []
+    if counts.vision and spec.vision is not None:
+        # the tower goes whole when it fits, else block by block: the same cards either way
+        v = spec.vision
+        block = sum(lin.params for lin in v.blocks) + 2 * v.hidden_size * (2 if v.norm == "layernorm" else 1)
+        out.append(Unit("vision", -1, nbytes(counts.vision - v.depth * block, dt)))
+        out += [Unit("vision", i, nbytes(block, dt)) for i in range(v.depth)]
+        out.append(Unit("vision", v.depth, nbytes(counts.projector, dt)))
+    out.append(Unit("embed", 0, nbytes(counts.embeddings, dt)))
+    q_bytes = q_params = 0
+    if setup.quant != "none":
+        q_bytes = quant_weight_bytes(spec, setup.quant) // spec.num_layers
+        q_params = quantized_weight_params(spec, setup.quant) // spec.num_layers
+    for i in range(spec.num_layers):
+        out.append(Unit("layer", i, q_bytes + nbytes(layer_params(spec, i) - q_params, dt)))
+    out.append(Unit("norm", 0, nbytes(spec.hidden_size, dt)))
+    if counts.lm_head:
+        out.append(Unit("lm_head", 0, nbytes(counts.lm_head, dt)))
+    return out
+
+
+def _final_modules(spec: ModelSpec) -> int:
+    """Modules without sub-modules (linears, norms, embedding, lm_head, tower blocks'
+    pieces): their count sets accelerate's mean-leaf size."""
+    per_layer = len(spec.layer_linears(0)) + spec.norms_per_layer + (2 if spec.qk_norm else 0)
+    n = 1 + spec.num_layers * per_layer + 1 + (0 if spec.tie_word_embeddings else 1)
+    if spec.vision is not None:
+        n += spec.vision.depth * (len(spec.vision.blocks) + 2) + 4
+    return n
+
+
+def balanced_budget(spec: ModelSpec, parts: list[Unit], n: int) -> int:
+    """Bytes ``get_balanced_memory`` allows each card but the last."""
+    total = sum(u.bytes for u in parts)
+    block = max([u.bytes for u in parts if u.kind in ("layer", "vision")], default=0)
+    mean_leaf = total // max(1, _final_modules(spec))
+    return total // n + int(BUFFER_FACTOR * max(block, mean_leaf))
+
+
+def assign(spec: ModelSpec, setup: Setup, n: int | None = None) -> list[list[Unit]]:
+    """Modules per card, as accelerate's balanced ``infer_auto_device_map`` places them.
+    Whatever the first ``n - 1`` cards cannot take lands on the last one (where accelerate
+    would start offloading to the CPU once the card is full)."""
+    n = n or setup.num_gpus
+    parts = units(spec, setup)
+    budget = balanced_budget(spec, parts, n)
+    cards: list[list[Unit]] = [[] for _ in range(n)]
+    card, used = 0, 0
+    for pos, u in enumerate(parts):
+        while card < n - 1:
+            cap = budget
+            if card == 0:  # room for the largest block after this one (accelerate main_devices)
+                cap -= max((v.bytes for v in parts[pos + 1 :]), default=0)
+            if used + u.bytes <= cap:
+                break
+            card, used = card + 1, 0
+        cards[card].append(u)
+        used += u.bytes
+    return cards
+
+
+def label(units_on_card: list[Unit]) -> str:
+    """``vision, embed, layers 0-17`` for one card."""
+    names = ["vision" if u.kind == "vision" else u.kind for u in units_on_card if u.kind in ("vision", "embed")]
+    names = list(dict.fromkeys(names))
+    layers = [u.index for u in units_on_card if u.kind == "layer"]
+    if layers:
+        names.append(f"layers {layers[0]}-{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}")
+    if any(u.kind == "lm_head" for u in units_on_card):
+        names.append("lm_head")
+    return ", ".join(names) or "nothing"
+
+
+@dataclass(frozen=True)
+class CardShare:
+    """What one card holds, as fractions of the single-process terms."""
+
+    weights: float
+    layers: float
+    trainable: float
+    has_head: bool
+    has_vision: bool
+    saved_bytes: int
+    recomputes: bool
+
+
+def shares(spec: ModelSpec, setup: Setup, cards: list[list[Unit]]) -> list[CardShare]:
+    """Each card's share of weights, layers, trainable parameters, and its saved
+    activations (its layers' checkpoints or full activations, plus the head's when the
+    loss runs there)."""
+    total_w = sum(u.bytes for c in cards for u in c) or 1
+    L = spec.num_layers
+    trained = set(trainable_layers(spec, setup))
+    saving = set(act.saving_layers(spec, setup)) if setup.method != "inference" else set()
+    per_layer_lora = (lora_params(spec, setup) - head_lora_params(spec, setup)) / L if setup.is_lora else 0.0
+    extra = setup.trainable_extra if setup.is_lora else ()
+    tied = spec.tie_word_embeddings
+    counts = param_counts(spec)
+    total_t = trainable_params(spec, setup) or 1
+    head_params_on_embed = tied  # a tied lm_head is placed with the embedding
+    out = []
+    for c in cards:
+        kinds = {u.kind for u in c}
+        layers = [u.index for u in c if u.kind == "layer"]
+        has_head = "lm_head" in kinds or (head_params_on_embed and "embed" in kinds)
+        if setup.is_lora:
+            t = per_layer_lora * len(layers)
+            if "embed" in kinds and "embeddings" in extra:
+                t += extra_trainable_params(spec, setup.model_copy(update={"trainable_extra": ("embeddings",)}))
+            if has_head:
+                t += head_lora_params(spec, setup)
+                if "lm_head" in extra:
+                    t += spec.vocab_size * spec.hidden_size
+        elif setup.method == "full":
+            t = sum(layer_params(spec, i) for i in layers)
+            t += counts.embeddings if "embed" in kinds else 0
+            t += counts.lm_head if "lm_head" in kinds else 0
+            t += counts.vision + counts.projector if "vision" in kinds else 0
+        elif setup.method == "freeze":
+            t = sum(layer_params(spec, i) for i in layers if i in trained)
+        else:
+            t = 0
+        mine = [i for i in layers if i in saving]
+        if setup.grad_checkpointing:
+            saved = len(mine) * act.checkpoint_bytes(spec, setup)
+        else:
+            saved = sum(act.layer_saved_bytes(spec, setup, i) for i in mine)
+        if has_head and saving:
+            saved += act.head_saved_bytes(spec, setup)
+        out.append(
+            CardShare(
+                weights=sum(u.bytes for u in c) / total_w,
+                layers=len(layers) / L,
+                trainable=t / total_t if setup.method != "inference" else 0.0,
+                has_head=has_head,
+                has_vision="vision" in kinds,
+                saved_bytes=saved,
+                recomputes=bool(mine),
+            )
+        )
+    return out
+
+
+def card_terms(terms: dict[str, int], share: CardShare) -> dict[str, int]:
+    """One phase's single-process terms as one card holds them."""
+    out: dict[str, int] = {}
+    for k, v in terms.items():
+        if k.startswith("weights/autocast_copies") or k == "inference/kv_cache":
+            x = v * share.layers
+        elif k.startswith("weights/"):
+            x = v * share.weights
+        elif k == "gradients" or k.startswith(("optimizer/", "parallel/")):
+            x = v * share.trainable
+        elif k == "activations/saved":
+            x = share.saved_bytes if v else 0
+        elif k.startswith("activations/"):
+            x = v if share.recomputes else 0
+        elif k.startswith("loss/"):
+            x = v if share.has_head else 0
+        elif k.startswith("vision/"):
+            x = v if share.has_vision else 0
+        else:  # overhead/*, inference/transient: every card (each runs its layers)
+            x = v
+        out[k] = int(-(-x // 1))
+    return out
