@@ -41,6 +41,15 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def _gpus(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
+
+
 def _float(text: str) -> float:
     try:
         return float(text)
@@ -80,6 +89,7 @@ def plan_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="catalog name or hub id (qwen2.5-7b, Qwen/Qwen2.5-7B-Instruct) or a config.json path")
     p.add_argument("--gpu", default="4090", help="card name (4090, a100-80g, h100, ...) or auto")
     _add_setup_flags(p)
+    p.add_argument("--host-ram", type=_float, help="GiB of RAM per node, checked against what CPU offload puts there")
     p.add_argument("--json", action="store_true", help="print plan(...).model_dump_json()")
     p.add_argument(
         "--emit", metavar="TARGET", help="write the plan as a config for trl, swift, llamafactory or axolotl"
@@ -110,7 +120,12 @@ def _add_setup_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-accum", type=_int)
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--attention", choices=ATTENTIONS)
-    p.add_argument("--gpus", dest="num_gpus", type=_int, help="GPUs in the run (per node with --nodes)")
+    p.add_argument(
+        "--gpus",
+        dest="num_gpus",
+        type=_gpus,
+        help="GPUs in the run (per node with --nodes), or auto: the fewest that fit",
+    )
     p.add_argument("--nodes", dest="num_nodes", type=_int, help="machines in the run, --gpus each (default 1)")
     p.add_argument("--parallel", choices=PARALLELS, help="multi-GPU layout (estimates are per GPU)")
     p.add_argument("--offload", choices=OFFLOADS, help="CPU offload under ZeRO/FSDP")
@@ -203,8 +218,8 @@ def _cmd_plan(argv: list[str]) -> int:
 
         if args.emit not in TARGETS:
             raise VramplanError("emit", f"unknown target {args.emit!r}; targets: {', '.join(TARGETS)}")
-    fields = {k: v for k, v in vars(args).items() if k not in ("model", "gpu", "json", *emit_flags)}
-    result = plan(args.model, gpu=args.gpu, **fields)
+    fields = {k: v for k, v in vars(args).items() if k not in ("model", "gpu", "json", "host_ram", *emit_flags)}
+    result = plan(args.model, gpu=args.gpu, host_ram_gib=args.host_ram, **fields)
     if args.emit is not None:
         return _emit(result, args)
     timing = None

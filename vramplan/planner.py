@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict
 from vramplan.errors import VramplanError
 from vramplan.gpus import GPU, resolve_gpu
 from vramplan.memory import Estimate, estimate
+from vramplan.memory.host import host_terms
+from vramplan.memory.phases import CardEstimate
 from vramplan.models import load_model
 from vramplan.params import ParamCounts, param_counts
 from vramplan.setup import Setup, make_setup
@@ -61,6 +63,14 @@ class Plan(BaseModel):
     alternatives: list[Alternative]
     notes: list[str]
     source: str = ""  # the model as the user named it (catalog name, hub id or path)
+    cards: list[CardEstimate] = []  # device_map: every card's own peak
+    host_terms: dict[str, int] = {}  # CPU offload: host RAM per node, by what it holds
+    host_ram_bytes: int | None = None  # the host RAM the user has, when given
+
+    @property
+    def host_bytes(self) -> int:
+        """Host RAM one node needs for what is offloaded to it."""
+        return sum(self.host_terms.values())
 
     def emit(self, target: str, *, data: str = "data.jsonl", force: bool = False) -> Any:
         """This plan as files for ``target`` (trl, swift, llamafactory, axolotl): see
@@ -97,8 +107,39 @@ def _check_against_gpu(setup_fields: dict[str, Any], gpu: GPU) -> None:
         raise VramplanError("attention", f"{gpu.name} does not run FlashAttention-2: use sdpa or eager")
 
 
+#: multi-GPU layouts weighed when --parallel is not pinned, fastest first (timing.py's
+#: communication model ranks the ones that fit).
+LAYOUTS = (
+    ("ddp", "none"),
+    ("zero2", "none"),
+    ("zero3", "none"),
+    ("fsdp", "none"),
+    ("zero3", "optimizer"),
+    ("device_map", "none"),
+    ("zero3", "optimizer+params"),
+)
+
+
+def layouts(pinned: dict[str, Any]) -> list[dict[str, Any]]:
+    """The layouts to weigh: the pinned one, or every one that can run this many GPUs."""
+    world = pinned.get("num_gpus", 1) * pinned.get("num_nodes", 1)
+    if "parallel" in pinned or world == 1:
+        return [{}]
+    out = []
+    for par, off in LAYOUTS:
+        if pinned.get("method") == "inference" and par != "device_map":
+            continue
+        if pinned.get("num_nodes", 1) > 1 and par == "device_map":
+            continue
+        if "offload" in pinned and pinned["offload"] != off:
+            continue
+        out.append({"parallel": par, "offload": off})
+    return out
+
+
 def candidates(pinned: dict[str, Any], gpu: GPU) -> list[dict[str, Any]]:
-    """Every setup to weigh, most preferred first."""
+    """Every setup to weigh, most preferred first: method, precision, layout, then the
+    largest micro-batch, then checkpointing only if needed."""
     quant = pinned.get("quant")
     if "method" in pinned:
         methods = [pinned["method"]]
@@ -112,28 +153,36 @@ def candidates(pinned: dict[str, Any], gpu: GPU) -> list[dict[str, Any]]:
     for method in methods:
         precisions = [pinned["precision"]] if "precision" in pinned else _precisions(method, gpu)
         for precision in precisions:
-            for mb in [pinned["micro_batch"]] if "micro_batch" in pinned else MICRO_BATCHES:
-                gcs = [pinned["grad_checkpointing"]] if "grad_checkpointing" in pinned else [False, True]
-                if method == "inference":
-                    gcs = [False]
-                for gc in gcs:
-                    fields = {
-                        **pinned,
-                        "method": method,
-                        "precision": precision,
-                        "micro_batch": mb,
-                        "grad_checkpointing": gc,
-                    }
-                    if method == "qlora" and quant is None:
-                        fields["quant"] = "bnb-nf4"
-                    out.append(fields)
+            for layout in layouts({**pinned, "method": method}):
+                for mb in [pinned["micro_batch"]] if "micro_batch" in pinned else MICRO_BATCHES:
+                    gcs = [pinned["grad_checkpointing"]] if "grad_checkpointing" in pinned else [False, True]
+                    if method == "inference":
+                        gcs = [False]
+                    for gc in gcs:
+                        fields = {
+                            **pinned,
+                            **layout,
+                            "method": method,
+                            "precision": precision,
+                            "micro_batch": mb,
+                            "grad_checkpointing": gc,
+                        }
+                        if method == "qlora" and quant is None:
+                            fields["quant"] = "bnb-nf4"
+                        out.append(fields)
     return out
 
 
-def _evaluate(spec: ModelSpec, gpu: GPU, fields: dict[str, Any]) -> tuple[Setup, Estimate, bool]:
+def _evaluate(
+    spec: ModelSpec, gpu: GPU, fields: dict[str, Any], host: int | None = None
+) -> tuple[Setup, Estimate, bool]:
+    """The setup, its estimate, and whether it fits the card (and the host RAM, when given)."""
     setup = make_setup(**fields)
     est = estimate(spec, setup)
-    return setup, est, est.device_bytes <= gpu.memory_bytes
+    fits = est.device_bytes <= gpu.memory_bytes
+    if fits and host is not None and setup.offload != "none":
+        fits = sum(host_terms(spec, setup).values()) <= host
+    return setup, est, fits
 
 
 def _label(s: Setup) -> str:
@@ -141,13 +190,18 @@ def _label(s: Setup) -> str:
         return f"inference{' ' + s.quant if s.quant != 'none' else ''} {s.precision} batch {s.micro_batch}"
     method = s.method if s.method != "qlora" else f"qlora {s.quant}"
     gc = "GC" if s.grad_checkpointing else "no GC"
-    return f"{method} {s.precision} mb{s.micro_batch} {gc}"
+    layout = ""
+    if s.parallel != "none":
+        layout = f" {s.parallel}" + (f"+offload {s.offload}" if s.offload != "none" else "")
+    return f"{method} {s.precision}{layout} mb{s.micro_batch} {gc}"
 
 
-def _first_fit(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any]) -> tuple[Setup, Estimate] | None:
+def _first_fit(
+    spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | None = None
+) -> tuple[Setup, Estimate] | None:
     for fields in candidates(pinned, gpu):
         try:
-            setup, est, fits = _evaluate(spec, gpu, fields)
+            setup, est, fits = _evaluate(spec, gpu, fields, host)
         except VramplanError:
             return None
         if fits:
@@ -155,7 +209,7 @@ def _first_fit(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any]) -> tuple[Setup
     return None
 
 
-def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any]) -> list[str]:
+def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | None = None) -> list[str]:
     """The cheapest changes that make it fit: release one pinned choice and search again,
     switch to an 8-bit optimizer, or shorten the sequence."""
     tries: list[tuple[str, dict[str, Any]]] = []
@@ -171,7 +225,7 @@ def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any]) -> list[str]
         seq //= 2
     out = []
     for label, fields in tries:
-        found = _first_fit(spec, gpu, fields)
+        found = _first_fit(spec, gpu, fields, host)
         if found:
             out.append(f"{label}: {_label(found[0])}, {_gib(found[1].device_bytes)} on the device")
             if label.startswith("--seq-len"):
@@ -179,16 +233,33 @@ def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any]) -> list[str]
     return out
 
 
-def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
-    """Plan fine-tuning ``model`` on one ``gpu``. Any Setup field can be pinned by keyword;
-    the rest are searched. Bad input raises :class:`vramplan.errors.VramplanError`."""
+#: GPU counts ``num_gpus="auto"`` tries: one node of up to 8, then nodes of 8.
+AUTO_GPUS = [(n, 1) for n in range(1, 9)] + [(8, m) for m in (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)]
+
+
+def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **pinned: Any) -> Plan:
+    """Plan fine-tuning ``model`` on ``gpu``. Any Setup field can be pinned by keyword; the
+    rest are searched. With more than one GPU and no ``parallel``, the layouts are weighed
+    too and the fastest that fits is chosen; ``num_gpus="auto"`` finds the fewest cards that
+    fit. ``host_ram_gib``: the RAM of each node, checked against what CPU offload puts there.
+    Bad input raises :class:`vramplan.errors.VramplanError`."""
     pinned = {k: v for k, v in pinned.items() if v is not None}
+    if pinned.get("num_gpus") == "auto":
+        return _auto_gpus(model, gpu, host_ram_gib, pinned)
     unknown = sorted(set(pinned) - set(Setup.model_fields))
     if unknown:
         raise VramplanError(unknown[0], f"not a setup field; allowed: {', '.join(Setup.model_fields)}")
+    host: int | None = None
+    if host_ram_gib is not None:
+        if not isinstance(host_ram_gib, (int, float)) or not 0 < host_ram_gib < 1 << 20:
+            raise VramplanError("host_ram", f"{host_ram_gib!r}: give the host RAM in GiB, a number above 0")
+        host = int(host_ram_gib * GIB)
     spec = load_model(model)
     card = resolve_gpu(gpu)
-    make_setup(**{k: v for k, v in pinned.items() if k not in ("method", "quant", "kv_cache")})
+    check = {k: v for k, v in pinned.items() if k not in ("method", "quant", "kv_cache")}
+    if "parallel" not in check and check.get("num_gpus", 1) * check.get("num_nodes", 1) > 1:
+        check["parallel"] = "zero3" if check.get("offload", "none") != "none" else "ddp"
+    make_setup(**check)
     _check_against_gpu(pinned, card)
     notes: list[str] = []
     if spec.moe is not None and "lora_targets" not in pinned and pinned.get("method") in (None, "lora", "qlora"):
@@ -202,11 +273,29 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
     if not card.bf16_supported and "precision" not in pinned:
         notes.append(f"{card.name} has no bf16: 16-bit work runs in fp16")
 
-    evaluated = _search(spec, card, candidates(pinned, card))
+    evaluated = _search(spec, card, candidates(pinned, card), host)
     fitting = [e for e in evaluated if e[2]]
     chosen = fitting[0] if fitting else min(evaluated, key=lambda e: (e[1].device_bytes, e[0].micro_batch))
+    if fitting and "parallel" not in pinned and chosen[0].world_size > 1:
+        chosen = _fastest_layout(spec, card, fitting, chosen)
+        notes.append(_layout_note(spec, card, fitting, chosen))
     setup, est, fits = chosen
-
+    if setup.parallel == "zero3" and setup.world_size == 1 and setup.offload == "none":
+        notes.append(
+            "ZeRO-3 on one GPU shards nothing: it only adds DeepSpeed's fp32 master and buffers; use --offload"
+            " optimizer or optimizer+params to move state to the host, or plan without --parallel"
+        )
+    host_need = host_terms(spec, setup)
+    if host_need:
+        need = sum(host_need.values())
+        have = f" of the {_gib(host)} given" if host is not None else " (pass --host-ram to check it)"
+        notes.append(
+            f"host RAM: {_gib(need)} per node for the offloaded state{have}, pinned (page-locked), beside the"
+            " process's own RAM"
+        )
+        if host is not None and need > host:
+            fits = False
+            notes.append(f"does not fit the host: {_gib(need)} of page-locked RAM needed, {_gib(host)} given")
     alternatives = _alternatives(evaluated, chosen, card)
     if setup.images_per_sample:
         notes.append(_image_note(spec, setup, est))
@@ -215,7 +304,7 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
             f"nothing weighed fits {card.name}: the smallest needs {_gib(est.device_bytes)} "
             f"of {_gib(card.memory_bytes)}"
         )
-        notes += [f"would fit {s}" for s in _suggestions(spec, card, pinned)]
+        notes += [f"would fit {s}" for s in _suggestions(spec, card, pinned, host)]
     return Plan(
         model=spec.name,
         gpu=card,
@@ -236,7 +325,63 @@ def plan(model: str, gpu: str = "4090", **pinned: Any) -> Plan:
         alternatives=alternatives,
         notes=notes,
         source=model,
+        cards=est.cards,
+        host_terms=host_need,
+        host_ram_bytes=host,
     )
+
+
+def _throughput(spec: ModelSpec, gpu: GPU, setup: Setup) -> float:
+    """Tokens per second of the whole run (timing.py), to rank layouts that fit."""
+    from vramplan.timing import data_parallel_replicas, step_time
+
+    return step_time(spec, setup, gpu).tokens_per_second * data_parallel_replicas(setup)
+
+
+def _fastest_layout(
+    spec: ModelSpec, gpu: GPU, fitting: list[tuple[Setup, Estimate, bool]], first: tuple[Setup, Estimate, bool]
+) -> tuple[Setup, Estimate, bool]:
+    """Among the fitting setups of the preferred method and precision (each layout's best
+    micro-batch), the one with the highest estimated throughput."""
+    s0 = first[0]
+    same = [e for e in fitting if (e[0].method, e[0].precision, e[0].quant) == (s0.method, s0.precision, s0.quant)]
+    return max(same, key=lambda e: _throughput(spec, gpu, e[0]))
+
+
+def _layout_note(
+    spec: ModelSpec, gpu: GPU, fitting: list[tuple[Setup, Estimate, bool]], chosen: tuple[Setup, Estimate, bool]
+) -> str:
+    s0 = chosen[0]
+    same = [e for e in fitting if (e[0].method, e[0].precision, e[0].quant) == (s0.method, s0.precision, s0.quant)]
+    ranked = sorted(same, key=lambda e: -_throughput(spec, gpu, e[0]))
+    parts = [f"{_label(e[0])} {_throughput(spec, gpu, e[0]):,.0f} tok/s" for e in ranked]
+    return "layouts that fit, fastest first (estimated): " + "; ".join(parts)
+
+
+def _auto_gpus(model: str, gpu: str, host_ram_gib: float | None, pinned: dict[str, Any]) -> Plan:
+    """The fewest GPUs (one node of up to 8, then nodes of 8) with a layout that fits."""
+    last = None
+    for n, nodes in AUTO_GPUS:
+        if "num_nodes" in pinned and nodes != pinned["num_nodes"] and n != 8:
+            continue
+        fields = {**pinned, "num_gpus": n, "num_nodes": nodes}
+        if n * nodes == 1:
+            fields.pop("parallel", None)
+            fields.pop("offload", None)
+        try:
+            last = plan(model, gpu, host_ram_gib=host_ram_gib, **fields)
+        except VramplanError as exc:
+            if exc.field in ("parallel", "offload", "num_nodes", "fsdp_sharding"):
+                continue  # a pinned layout that cannot run on this many GPUs
+            raise
+        if last.fits:
+            count = (
+                "1 GPU" if n * nodes == 1 else f"{n * nodes} GPUs" + (f" ({nodes} nodes of {n})" if nodes > 1 else "")
+            )
+            return last.model_copy(update={"notes": [f"--gpus auto: {count} is the fewest that fits", *last.notes]})
+    if last is None:
+        raise VramplanError("num_gpus", "auto: no GPU count could run the pinned layout")
+    return last.model_copy(update={"notes": ["--gpus auto: nothing up to 512 GPUs fits", *last.notes]})
 
 
 def _image_note(spec: ModelSpec, setup: Setup, est: Estimate) -> str:
@@ -253,7 +398,9 @@ def _image_note(spec: ModelSpec, setup: Setup, est: Estimate) -> str:
     )
 
 
-def _search(spec: ModelSpec, gpu: GPU, fields_list: list[dict[str, Any]]) -> list[tuple[Setup, Estimate, bool]]:
+def _search(
+    spec: ModelSpec, gpu: GPU, fields_list: list[dict[str, Any]], host: int | None = None
+) -> list[tuple[Setup, Estimate, bool]]:
     """Weigh candidates group by group (one method and precision), most preferred first.
 
     Memory never falls as the micro-batch grows and checkpointing only lowers it, so a
@@ -262,15 +409,22 @@ def _search(spec: ModelSpec, gpu: GPU, fields_list: list[dict[str, Any]]) -> lis
     to its first fit, its best."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for fields in fields_list:
-        groups.setdefault((fields["method"], fields["precision"], fields.get("quant")), []).append(fields)
+        key = (
+            fields["method"],
+            fields["precision"],
+            fields.get("quant"),
+            fields.get("parallel"),
+            fields.get("offload"),
+        )
+        groups.setdefault(key, []).append(fields)
     out: list[tuple[Setup, Estimate, bool]] = []
     for group in groups.values():
-        smallest = _evaluate(spec, gpu, group[-1])
+        smallest = _evaluate(spec, gpu, group[-1], host)
         if not smallest[2]:
             out.append(smallest)
             continue
         for fields in group[:-1]:
-            item = _evaluate(spec, gpu, fields)
+            item = _evaluate(spec, gpu, fields, host)
             out.append(item)
             if item[2]:
                 break
@@ -283,10 +437,10 @@ def _alternatives(
     evaluated: list[tuple[Setup, Estimate, bool]], chosen: tuple[Setup, Estimate, bool], gpu: GPU
 ) -> list[Alternative]:
     """The best setup of each method/precision, with why it was or was not chosen."""
-    best: dict[tuple[str, str, str], tuple[Setup, Estimate, bool]] = {}
+    best: dict[tuple[str, ...], tuple[Setup, Estimate, bool]] = {}
     for item in evaluated:
         s = item[0]
-        key = (s.method, s.precision, s.quant)
+        key = (s.method, s.precision, s.quant, s.parallel, s.offload)
         if key not in best or (item[2] and not best[key][2]):
             best[key] = item
         elif (

@@ -11,7 +11,9 @@ The schema (``tables/measured/published.csv`` and a user's own runs):
 out of the statistics, with its reason shown, when its notes start with ``excluded:`` or
 when a field the estimate needs is blank. ``measurement`` picks the tier compared:
 allocated, reserved, device; ``unknown`` is compared against reserved (and says so).
-An ``oom`` row is checked the other way: the estimate must not call it a fit.
+An ``oom`` row is checked the other way: the estimate must not call it a fit. A
+``device_map`` row whose value is a published total divided by the GPU count (``DERIVED``
+in its notes) is compared with the mean of the cards' estimates, not the fullest card's.
 Torch-free.
 """
 
@@ -232,12 +234,18 @@ def compare(row: dict[str, str], base: Path) -> Comparison:
         est = row_estimate(row, base)
     except VramplanError as exc:
         raise VramplanError(exc.field, f"row {row['id']}: {exc.message}") from None
-    value = {"allocated": est.allocated_bytes, "reserved": est.reserved_bytes, "device": est.device_bytes}[tier]
+    value = _tier(est, tier)
+    if est.cards and "DERIVED" in row.get("notes", ""):
+        value = sum(_tier(card, tier) for card in est.cards) // len(est.cards)
     fits = None
     if outcome == "oom" and row.get("gpu"):
         fits = est.device_bytes <= resolve_gpu(row["gpu"]).memory_bytes
     err = None if measured is None or outcome != "ok" else 100.0 * (value - measured) / measured
     return Comparison(**common, estimate_bytes=value, error_pct=err, fits=fits, excluded=why)
+
+
+def _tier(est: Any, tier: str) -> int:
+    return {"allocated": est.allocated_bytes, "reserved": est.reserved_bytes, "device": est.device_bytes}[tier]
 
 
 def compare_csv(path: Path) -> list[Comparison]:

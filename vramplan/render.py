@@ -31,7 +31,7 @@ def _setup_line(plan: Plan) -> str:
     if s.method == "inference":
         quant = f" {s.quant}" if s.quant != "none" else ""
         kv = f", KV cache {s.kv_cache}" if s.kv_cache != "auto" else ""
-        split = f", {s.num_gpus} GPUs device_map (memory per GPU)" if s.parallel == "device_map" else ""
+        split = f", {s.num_gpus} GPUs device_map (memory per card)" if s.parallel == "device_map" else ""
         shape = f"{s.seq_len} tokens (prompt + generated) x batch {s.micro_batch}"
         return f"inference{quant}, {s.precision}, {shape}{kv}, {s.attention}{split}"
     parts: list[str] = [s.method]
@@ -53,9 +53,46 @@ def _setup_line(plan: Plan) -> str:
         s.attention,
     ]
     if s.parallel != "none":
-        layout = f"{s.num_gpus} GPUs, {s.parallel}" + (f", offload {s.offload}" if s.offload != "none" else "")
-        parts.append(layout + " (memory per GPU)")
+        gpus = f"{s.num_nodes} nodes x {s.num_gpus} GPUs" if s.num_nodes > 1 else f"{s.num_gpus} GPUs"
+        layout = f"{gpus}, {s.parallel}"
+        if s.parallel == "fsdp" and s.fsdp_sharding != "full_shard":
+            layout += f" {s.fsdp_sharding}"
+        layout += f", offload {s.offload}" if s.offload != "none" else ""
+        parts.append(layout + (" (the fullest card below)" if plan.cards else " (memory per GPU)"))
     return ", ".join(parts)
+
+
+def cards_table(plan: Plan) -> Table:
+    """device_map: what each card holds and its own peak."""
+    table = Table(title="per card (device_map: layers placed as accelerate's balanced map does)", title_justify="left")
+    for col in ("card", "holds", "peak at", "allocated GiB", "reserved GiB", "device GiB", "verdict"):
+        table.add_column(col, justify="right" if "GiB" in col else "left")
+    for c in plan.cards:
+        room = plan.gpu.memory_bytes - c.device_bytes
+        verdict = f"fits, {_gib(room)} free" if room >= 0 else f"over by {_gib(-room)}"
+        table.add_row(
+            str(c.index),
+            c.holds,
+            c.phase,
+            _gib(c.allocated_bytes),
+            _gib(c.reserved_bytes),
+            _gib(c.device_bytes),
+            Text(verdict, style="green" if room >= 0 else "red"),
+        )
+    return table
+
+
+def host_table(plan: Plan) -> Table:
+    """CPU offload: host RAM per node."""
+    table = Table(title="host RAM per node (CPU offload, pinned)", title_justify="left")
+    table.add_column("term")
+    table.add_column("GiB", justify="right")
+    for name, value in sorted(plan.host_terms.items(), key=lambda kv: -kv[1]):
+        table.add_row(name, _gib(value))
+    table.add_row("total", _gib(plan.host_bytes))
+    if plan.host_ram_bytes is not None:
+        table.add_row("given (--host-ram)", _gib(plan.host_ram_bytes))
+    return table
 
 
 def plan_renderable(plan: Plan) -> Group:
@@ -75,7 +112,8 @@ def plan_renderable(plan: Plan) -> Group:
         f"setup: {_setup_line(plan)}\n",
         verdict,
     )
-    terms = Table(title=f"peak at {plan.peak.phase}", title_justify="left")
+    where = f" (card {max(plan.cards, key=lambda c: c.device_bytes).index})" if plan.cards else ""
+    terms = Table(title=f"peak at {plan.peak.phase}{where}", title_justify="left")
     terms.add_column("term")
     terms.add_column("GiB", justify="right")
     for name, value in sorted(plan.terms.items(), key=lambda kv: -kv[1]):
@@ -95,7 +133,13 @@ def plan_renderable(plan: Plan) -> Group:
     for alt in plan.alternatives:
         mark = "*" if alt.chosen else ("ok" if alt.fits else "x")
         alts.add_row(mark, _gib(alt.device_bytes), alt.reason)
-    parts: list = [head, terms, tiers, alts]
+    parts: list = [head]
+    if plan.cards:
+        parts.append(cards_table(plan))
+    parts += [terms, tiers]
+    if plan.host_terms:
+        parts.append(host_table(plan))
+    parts.append(alts)
     if plan.notes:
         parts.append(Text("\n".join(f"note: {n}" for n in plan.notes), style="dim"))
     return Group(*parts)

@@ -15,6 +15,17 @@ QLoRA adds a 16-bit read and write of every quantized weight per pass (dequantiz
 the optimizer step reads and writes weights, gradients and state once. Throughput is the
 catalog's dense bf16/fp16 TFLOPs times an efficiency fitted on published speeds
 (tables/measured/speeds.csv; ``benchmarks/timing_errors.py``); bandwidth is the catalog's.
+
+Across GPUs (:func:`communication_seconds`), ring collectives move ``(n-1)/n`` of a buffer
+through each GPU's link, one way at half the catalog's bidirectional figure: DDP all-reduces
+the gradients once per step (twice the bytes), ZeRO-1/2 reduce-scatter them every
+micro-batch and all-gather the updated 16-bit weights once per step, ZeRO-3 and FSDP also
+all-gather the 16-bit weights for forward and again for backward every micro-batch. CPU
+offload adds the gradients down and the weights up over the host link, the CPU Adam step
+(memory-bound on the host), and for parameter offload every rank's weight partition up for
+forward and backward. ``device_map`` runs the cards one after the other: one micro-batch at
+a time for the whole machine. These are not fitted (no published multi-GPU speed states
+its interconnect); they rank layouts, they do not promise seconds.
 """
 
 from __future__ import annotations
@@ -36,6 +47,55 @@ class StepTime(BaseModel):
     tokens_per_second: float
     compute_seconds: float
     memory_seconds: float
+    communication_seconds: float = 0.0
+
+
+#: host link for CPU offload, one way: PCIe 4.0 x16, 64 GB/s bidirectional as NVIDIA's
+#: datasheets print it (the same figure tables/gpus.csv uses for PCIe 4.0 cards).
+HOST_LINK_BYTES_PER_S = 32e9
+#: between nodes, one way: a 200 Gb/s InfiniBand HDR port per GPU, as DGX/HGX A100 nodes
+#: are cabled (an assumption for any multi-node plan; a slower network only ranks lower).
+NODE_LINK_BYTES_PER_S = 25e9
+#: CPU Adam touches about 32 B per parameter (fp32 weight, gradient and two moments read,
+#: three written, plus the 16-bit copy); at an assumed 50 GB/s of host memory bandwidth.
+CPU_ADAM_PARAMS_PER_S = 50e9 / 32
+
+
+def communication_seconds(spec: ModelSpec, setup: Setup, gpu: GPU) -> float:
+    """Seconds one optimizer step spends moving data between GPUs and to the host."""
+    from vramplan.memory.host import host_terms
+    from vramplan.memory.trainable import trainable_params
+    from vramplan.params import param_counts
+
+    n = setup.world_size
+    layout = setup.parallel
+    if layout in ("none", "device_map") or n == 1:
+        return 0.0
+    link = (gpu.interconnect_gb_s or 64.0) * 1e9 / 2
+    if setup.num_nodes > 1:
+        link = min(link, NODE_LINK_BYTES_PER_S)
+    ring = (n - 1) / n
+    trainable = trainable_params(spec, setup)
+    grads = 2 * trainable  # 16-bit gradients on the wire
+    weights16 = 2 * param_counts(spec).total
+    mbs = setup.grad_accum
+    moved = 0.0
+    if layout == "ddp":
+        moved = 2 * grads * ring
+    elif layout in ("zero1", "zero2"):
+        moved = mbs * grads * ring + 2 * trainable * ring
+    else:  # zero3, fsdp: gather the weights for forward and backward, scatter the gradients
+        gathers = 1 if (layout == "fsdp" and setup.fsdp_sharding == "shard_grad_op") else 2
+        moved = mbs * (gathers * weights16 + grads) * ring
+    seconds = moved / link
+    host = sum(host_terms(spec, setup).values())
+    if host:
+        share = trainable / setup.shard_count
+        seconds += 2 * 2 * share / HOST_LINK_BYTES_PER_S  # gradients down, weights up
+        seconds += trainable / setup.num_nodes / CPU_ADAM_PARAMS_PER_S
+        if setup.offload == "optimizer+params":
+            seconds += mbs * 2 * (weights16 / setup.shard_count) / HOST_LINK_BYTES_PER_S
+    return seconds
 
 
 def _layer_matmul_params(spec: ModelSpec, layer: int) -> int:
@@ -120,13 +180,15 @@ def step_time(
     moved += 2 * (state + grads + weights)
     memory = moved / bandwidth
     memory += dequant
-    seconds = compute + memory + per_micro_batch * setup.grad_accum
+    comm = communication_seconds(spec, setup, gpu)
+    seconds = compute + memory + per_micro_batch * setup.grad_accum + comm
     return StepTime(
         flops_per_step=flops,
         seconds_per_step=seconds,
         tokens_per_second=tokens / seconds,
         compute_seconds=compute,
         memory_seconds=memory,
+        communication_seconds=comm,
     )
 
 
@@ -205,6 +267,12 @@ class WallTime(BaseModel):
     seconds: float
 
 
+def data_parallel_replicas(setup: Setup) -> int:
+    """Micro-batches the run computes at once: one per GPU, except ``device_map`` (one
+    process walks the cards in turn)."""
+    return 1 if setup.parallel in ("none", "device_map") else setup.world_size
+
+
 def wall_time(
     spec: ModelSpec, setup: Setup, gpu: GPU, *, samples: int, avg_tokens: int, epochs: float = 1.0
 ) -> WallTime:
@@ -213,11 +281,12 @@ def wall_time(
     take longer: the figure is a floor for unsorted data)."""
     run = setup.model_copy(update={"seq_len": max(1, min(avg_tokens, setup.seq_len))})
     t = step_time(spec, run, gpu)
-    per_step = setup.micro_batch * setup.grad_accum * setup.num_gpus
+    replicas = data_parallel_replicas(setup)
+    per_step = setup.micro_batch * setup.grad_accum * replicas
     steps = max(1, -(-int(samples * epochs) // per_step))
     return WallTime(
         tokens=int(samples * avg_tokens * epochs),
-        tokens_per_second=t.tokens_per_second * setup.num_gpus,
+        tokens_per_second=t.tokens_per_second * replicas,
         seconds_per_step=t.seconds_per_step,
         steps=steps,
         seconds=steps * t.seconds_per_step,

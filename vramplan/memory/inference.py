@@ -76,17 +76,21 @@ def prefill_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
 
 
 def inference_estimate(spec: ModelSpec, setup: Setup) -> Estimate:
-    """Peak of generating ``setup.seq_len`` tokens, per GPU. ``device_map`` splits weights
-    and cache evenly over ``num_gpus`` cards; the transient lands on one of them."""
-    n = setup.num_gpus if setup.parallel == "device_map" else 1
+    """Peak of generating ``setup.seq_len`` tokens, per GPU. ``device_map`` places the
+    weights card by card as accelerate does, each card caching its own layers' keys and
+    values; every card may run the largest forward transient."""
     terms = {
-        "weights/frozen": -(-inference_weight_bytes(spec, setup) // n),
-        "inference/kv_cache": -(-kv_cache_bytes(spec, setup) // n),
+        "weights/frozen": inference_weight_bytes(spec, setup),
+        "inference/kv_cache": kv_cache_bytes(spec, setup),
         "inference/transient": max(prefill_transient_bytes(spec, setup), cache_growth_bytes(spec, setup)),
         "overhead/cublas_workspace": overhead.cublas_workspace_bytes(),
         "overhead/dequant_workspace": overhead.dequant_workspace_bytes(spec, setup, generation=True),
     }
     terms = {k: v for k, v in terms.items() if v}
+    if setup.parallel == "device_map":
+        from vramplan.memory.phases import split_estimate
+
+        return split_estimate(spec, setup, {"generate": terms})
     allocated = sum(terms.values())
     slack = overhead.allocator_slack_bytes(allocated)
     terms["overhead/allocator_slack"] = slack

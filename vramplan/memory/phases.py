@@ -36,8 +36,23 @@ OUTSIDE_ALLOCATED = {
 }
 
 
+class CardEstimate(BaseModel):
+    """One GPU of a ``device_map`` split: what it holds and its own peak."""
+
+    model_config = ConfigDict(frozen=True)
+    index: int
+    holds: str  # "embed, layers 0-17"
+    layers: int
+    phase: str
+    terms: dict[str, int]
+    allocated_bytes: int
+    reserved_bytes: int
+    device_bytes: int
+
+
 class Estimate(BaseModel):
-    """Memory of one setup: terms at the peak phase (bytes; they sum to ``device_bytes``)."""
+    """Memory of one setup: terms at the peak phase (bytes; they sum to ``device_bytes``).
+    Under ``device_map`` these are the fullest card's, and ``cards`` has every card."""
 
     model_config = ConfigDict(frozen=True)
     phase: str
@@ -48,6 +63,7 @@ class Estimate(BaseModel):
     device_bytes: int
     total_params: int
     trainable_params: int
+    cards: list[CardEstimate] = []
 
 
 def phase_terms(spec: ModelSpec, setup: Setup) -> dict[str, dict[str, int]]:
@@ -196,9 +212,12 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
     if setup.images_per_sample:
         # the images' tokens join the language model's sequence
         llm = llm.model_copy(update={"seq_len": setup.seq_len + vision.image_tokens(spec, setup)})
-    per_phase = parallel.per_gpu(spec, llm, phase_terms(spec, llm))
+    split = setup.parallel == "device_map"
+    per_phase = phase_terms(spec, llm) if split else parallel.per_gpu(spec, llm, phase_terms(spec, llm))
     if setup.images_per_sample:
         per_phase = with_vision(spec, setup, per_phase)
+    if split:
+        return split_estimate(spec, setup, per_phase)
     totals = {name: sum(terms.values()) for name, terms in per_phase.items()}
     peak = max(per_phase, key=lambda p: totals[p])
     allocated = totals[peak]
@@ -218,4 +237,54 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
         device_bytes=device,
         total_params=param_counts(spec).total,
         trainable_params=trainable_params(spec, setup),
+    )
+
+
+def card_estimate(index: int, holds: str, layers: int, per_phase: dict[str, dict[str, int]]) -> CardEstimate:
+    """One card's peak over its phases, with its allocator slack and CUDA context."""
+    totals = {name: sum(terms.values()) for name, terms in per_phase.items()}
+    peak = max(per_phase, key=lambda p: totals[p])
+    allocated = totals[peak]
+    terms = {k: v for k, v in per_phase[peak].items() if v}
+    slack = overhead.allocator_slack_bytes(allocated)
+    terms["overhead/allocator_slack"] = slack
+    terms["overhead/cuda_context"] = overhead.cuda_context_bytes()
+    return CardEstimate(
+        index=index,
+        holds=holds,
+        layers=layers,
+        phase=peak,
+        terms=terms,
+        allocated_bytes=allocated,
+        reserved_bytes=allocated + slack,
+        device_bytes=sum(terms.values()),
+    )
+
+
+def split_estimate(spec: ModelSpec, setup: Setup, per_phase: dict[str, dict[str, int]]) -> Estimate:
+    """``device_map``: the single-process terms divided card by card (device_map.py); the
+    estimate is the fullest card's, with every card listed."""
+    from vramplan.memory import device_map
+
+    placed = device_map.assign(spec, setup)
+    cards = []
+    for i, (units, share) in enumerate(zip(placed, device_map.shares(spec, setup, placed), strict=True)):
+        mine = {name: device_map.card_terms(terms, share) for name, terms in per_phase.items()}
+        layers = sum(1 for u in units if u.kind == "layer")
+        cards.append(card_estimate(i, device_map.label(units), layers, mine))
+    top = max(cards, key=lambda c: c.device_bytes)
+    phases_of_top = {
+        name: sum(device_map.card_terms(terms, device_map.shares(spec, setup, placed)[top.index]).values())
+        for name, terms in per_phase.items()
+    }
+    return Estimate(
+        phase=top.phase,
+        terms=top.terms,
+        phases=phases_of_top,
+        allocated_bytes=top.allocated_bytes,
+        reserved_bytes=top.reserved_bytes,
+        device_bytes=top.device_bytes,
+        total_params=param_counts(spec).total,
+        trainable_params=trainable_params(spec, setup),
+        cards=cards,
     )
