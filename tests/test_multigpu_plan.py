@@ -74,7 +74,7 @@ def test_layout_search_prefers_the_fastest_that_fits() -> None:
     # sharded layouts do, and offload is slower than no offload
     p = plan("qwen2.5-7b", "a100-80g", method="full", num_gpus=4, precision="amp-bf16")
     assert p.fits and p.setup.parallel in ("zero2", "zero3", "fsdp") and p.setup.offload == "none"
-    assert any(n.startswith("layouts that fit") for n in p.notes)
+    assert any(n.startswith("fitting setups, fastest first") for n in p.notes)
     # LoRA of 7B fits each card whole: data parallel, no sharding needed
     q = plan("qwen2.5-7b", "a100-80g", method="lora", num_gpus=4)
     assert q.setup.parallel in ("ddp", "zero2")

@@ -43,6 +43,8 @@ class Alternative(BaseModel):
     device_bytes: int
     chosen: bool
     reason: str
+    tokens_per_second: float | None = None  # the whole run's, from timing.py (training setups)
+    seconds_per_step: float | None = None
 
 
 class Plan(BaseModel):
@@ -276,9 +278,12 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     evaluated = _search(spec, card, candidates(pinned, card), host)
     fitting = [e for e in evaluated if e[2]]
     chosen = fitting[0] if fitting else min(evaluated, key=lambda e: (e[1].device_bytes, e[0].micro_batch))
-    if fitting and "parallel" not in pinned and chosen[0].world_size > 1:
-        chosen = _fastest_layout(spec, card, fitting, chosen)
-        notes.append(_layout_note(spec, card, fitting, chosen))
+    if fitting and chosen[0].method != "inference":
+        ranked = _rank_class(spec, card, pinned, chosen[0], host)
+        chosen = ranked[0]
+        evaluated = [e for e in evaluated if e[0] not in {r[0] for r in ranked}] + ranked
+        if len(ranked) > 1:
+            notes.append(_ranking_note(spec, card, ranked))
     setup, est, fits = chosen
     if setup.parallel == "zero3" and setup.world_size == 1 and setup.offload == "none":
         notes.append(
@@ -296,7 +301,7 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
         if host is not None and need > host:
             fits = False
             notes.append(f"does not fit the host: {_gib(need)} of page-locked RAM needed, {_gib(host)} given")
-    alternatives = _alternatives(evaluated, chosen, card)
+    alternatives = _alternatives(evaluated, chosen, card, spec)
     if setup.images_per_sample:
         notes.append(_image_note(spec, setup, est))
     if not fits:
@@ -338,24 +343,29 @@ def _throughput(spec: ModelSpec, gpu: GPU, setup: Setup) -> float:
     return step_time(spec, setup, gpu).tokens_per_second * data_parallel_replicas(setup)
 
 
-def _fastest_layout(
-    spec: ModelSpec, gpu: GPU, fitting: list[tuple[Setup, Estimate, bool]], first: tuple[Setup, Estimate, bool]
-) -> tuple[Setup, Estimate, bool]:
-    """Among the fitting setups of the preferred method and precision (each layout's best
-    micro-batch), the one with the highest estimated throughput."""
-    s0 = first[0]
-    same = [e for e in fitting if (e[0].method, e[0].precision, e[0].quant) == (s0.method, s0.precision, s0.quant)]
-    return max(same, key=lambda e: _throughput(spec, gpu, e[0]))
+#: fitting setups the plan lists beside the chosen one, fastest first.
+RANKED_SHOWN = 5
 
 
-def _layout_note(
-    spec: ModelSpec, gpu: GPU, fitting: list[tuple[Setup, Estimate, bool]], chosen: tuple[Setup, Estimate, bool]
-) -> str:
-    s0 = chosen[0]
-    same = [e for e in fitting if (e[0].method, e[0].precision, e[0].quant) == (s0.method, s0.precision, s0.quant)]
-    ranked = sorted(same, key=lambda e: -_throughput(spec, gpu, e[0]))
-    parts = [f"{_label(e[0])} {_throughput(spec, gpu, e[0]):,.0f} tok/s" for e in ranked]
-    return "layouts that fit, fastest first (estimated): " + "; ".join(parts)
+def _rank_class(
+    spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], first: Setup, host: int | None
+) -> list[tuple[Setup, Estimate, bool]]:
+    """Every fitting setup of the preferred method, precision and quantization (each
+    micro-batch, checkpointing and layout the search weighs), fastest first by the time
+    model: the fastest that fits is the one chosen."""
+    same = [
+        f
+        for f in candidates(pinned, gpu)
+        if (f["method"], f["precision"], f.get("quant", "none")) == (first.method, first.precision, first.quant)
+    ]
+    fitting = [e for e in (_evaluate(spec, gpu, f, host) for f in same) if e[2]]
+    return sorted(fitting, key=lambda e: (-_throughput(spec, gpu, e[0]), -e[0].micro_batch))
+
+
+def _ranking_note(spec: ModelSpec, gpu: GPU, ranked: list[tuple[Setup, Estimate, bool]]) -> str:
+    parts = [f"{_label(e[0])} {_throughput(spec, gpu, e[0]):,.0f} tok/s" for e in ranked[:RANKED_SHOWN]]
+    more = f" (+{len(ranked) - RANKED_SHOWN} more)" if len(ranked) > RANKED_SHOWN else ""
+    return "fitting setups, fastest first (estimated): " + "; ".join(parts) + more
 
 
 def _auto_gpus(model: str, gpu: str, host_ram_gib: float | None, pinned: dict[str, Any]) -> Plan:
@@ -434,7 +444,7 @@ def _search(
 
 
 def _alternatives(
-    evaluated: list[tuple[Setup, Estimate, bool]], chosen: tuple[Setup, Estimate, bool], gpu: GPU
+    evaluated: list[tuple[Setup, Estimate, bool]], chosen: tuple[Setup, Estimate, bool], gpu: GPU, spec: ModelSpec
 ) -> list[Alternative]:
     """The best setup of each method/precision, with why it was or was not chosen."""
     best: dict[tuple[str, ...], tuple[Setup, Estimate, bool]] = {}
@@ -450,19 +460,31 @@ def _alternatives(
         ):
             best[key] = item
     out = []
-    chosen_rank = evaluated.index(chosen)
+    c = chosen[0]
+    order = {m: i for i, m in enumerate(("full", "freeze", "lora", "qlora", "inference"))}
     for item in best.values():
         s, est, fits = item
-        if item is chosen or s == chosen[0]:
+        same_class = (s.method, s.precision, s.quant) == (c.method, c.precision, c.quant)
+        if item is chosen or s == c:
             reason = (
-                "chosen: the most preferred setup that fits" if fits else "chosen: the smallest, but it does not fit"
+                "chosen: the fastest setup of the most preferred method that fits"
+                if fits
+                else "chosen: the smallest, but it does not fit"
             )
         elif not fits:
             reason = f"does not fit: needs {_gib(est.device_bytes)} of {_gib(gpu.memory_bytes)}"
-        elif evaluated.index(item) > chosen_rank:
-            reason = f"fits ({_gib(est.device_bytes)}) but ranks below the chosen setup ({_label(chosen[0])})"
+        elif same_class:
+            reason = f"fits ({_gib(est.device_bytes)}), slower than the chosen setup"
+        elif (order[s.method], s.precision) > (order[c.method], c.precision) or s.method == c.method:
+            reason = f"fits ({_gib(est.device_bytes)}) but ranks below the chosen setup ({_label(c)})"
         else:
             reason = f"fits ({_gib(est.device_bytes)})"
+        speed = step = None
+        if s.method != "inference":
+            from vramplan.timing import data_parallel_replicas, step_time
+
+            t = step_time(spec, s, gpu)
+            speed, step = t.tokens_per_second * data_parallel_replicas(s), t.seconds_per_step
         out.append(
             Alternative(
                 setup=s,
@@ -470,6 +492,8 @@ def _alternatives(
                 device_bytes=est.device_bytes,
                 chosen=s == chosen[0],
                 reason=f"{_label(s)}: {reason}",
+                tokens_per_second=speed,
+                seconds_per_step=step,
             )
         )
     return out

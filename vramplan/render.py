@@ -129,10 +129,17 @@ def plan_renderable(plan: Plan) -> Group:
     alts = Table(title="alternatives", title_justify="left")
     alts.add_column("")
     alts.add_column("device GiB", justify="right")
+    timed = any(a.tokens_per_second for a in plan.alternatives)
+    if timed:
+        alts.add_column("tok/s", justify="right")
+        alts.add_column("s/step", justify="right")
     alts.add_column("why")
     for alt in plan.alternatives:
         mark = "*" if alt.chosen else ("ok" if alt.fits else "x")
-        alts.add_row(mark, _gib(alt.device_bytes), alt.reason)
+        speed = (
+            [f"{alt.tokens_per_second:,.0f}", f"{alt.seconds_per_step:.2f}"] if alt.tokens_per_second else ["-", "-"]
+        )
+        alts.add_row(mark, _gib(alt.device_bytes), *(speed if timed else []), alt.reason)
     parts: list = [head]
     if plan.cards:
         parts.append(cards_table(plan))
