@@ -101,6 +101,12 @@ def plan_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_int, help="training samples (with --avg-tokens): prints the wall time")
     p.add_argument("--avg-tokens", type=_int, help="average tokens per sample")
     p.add_argument("--epochs", type=_float, default=1.0, help="passes over the samples (default 1)")
+    p.add_argument(
+        "--dataset-tokens", type=_int, help="tokens in the dataset: prints the wall time (packed to --seq-len)"
+    )
+    p.add_argument("--price-per-hour", type=_float, help="price of one GPU for an hour: prints the cost of the run")
+    p.add_argument("--report", metavar="FILE.html", help="write the plan as one self-contained HTML page")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the peak by term and the alternatives to a PNG")
     return p
 
 
@@ -149,6 +155,8 @@ def run_parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", help="draw the live-memory timeline to FILE.png or FILE.html")
     p.add_argument("--record", action="store_true", help="append the result to tables/measured/traces.jsonl")
+    p.add_argument("--report", metavar="FILE.html", help="write the plan for --gpu with this timeline as a page")
+    p.add_argument("--gpu", default="4090", help="card the --report plans for (default 4090)")
     if command == "trace":
         p.add_argument("--real-cpu", action="store_true", help="run the steps for real on the CPU (tiny models)")
     return p
@@ -204,10 +212,27 @@ def _cmd_plan(argv: list[str]) -> int:
     from vramplan.planner import plan
 
     args = plan_parser().parse_args(argv)
-    emit_flags = ("emit", "out", "data", "force", "overwrite", "samples", "avg_tokens", "epochs")
+    emit_flags = (
+        "emit",
+        "out",
+        "data",
+        "force",
+        "overwrite",
+        "samples",
+        "avg_tokens",
+        "epochs",
+        "dataset_tokens",
+        "price_per_hour",
+        "report",
+        "plot",
+    )
     if (args.samples is None) != (args.avg_tokens is None):
         raise VramplanError("samples", "--samples and --avg-tokens go together (the wall time needs both)")
-    for flag in ("samples", "avg_tokens", "epochs"):
+    if args.dataset_tokens is not None and args.samples is not None:
+        raise VramplanError("dataset_tokens", "give --dataset-tokens or --samples with --avg-tokens, not both")
+    if args.price_per_hour is not None and args.samples is None and args.dataset_tokens is None:
+        raise VramplanError("price_per_hour", "the cost needs the run's length: add --dataset-tokens or --samples")
+    for flag in ("samples", "avg_tokens", "epochs", "dataset_tokens", "price_per_hour"):
         value = getattr(args, flag)
         if value is not None and not value > 0:
             raise VramplanError(flag, f"must be positive, got {value}")
@@ -222,36 +247,63 @@ def _cmd_plan(argv: list[str]) -> int:
     result = plan(args.model, gpu=args.gpu, host_ram_gib=args.host_ram, **fields)
     if args.emit is not None:
         return _emit(result, args)
-    timing = None
-    if args.samples is not None:
-        from vramplan.models import load_model
-        from vramplan.timing import wall_time
+    timing, line, cost = _run_time(result, args)
+    if args.report:
+        from vramplan.report import write_report
 
-        spec = load_model(result.source or result.model)
-        timing = wall_time(
-            spec, result.setup, result.gpu, samples=args.samples, avg_tokens=args.avg_tokens, epochs=args.epochs
-        )
+        write_report(result, args.report, time_line=line)
+    if args.plot:
+        from vramplan.report import plot_plan_png
+
+        plot_plan_png(result, args.plot)
     if args.json:
         data = json.loads(result.model_dump_json())
         if timing is not None:
-            data["time"] = timing.model_dump()
+            data["time"] = {**timing.model_dump(), "cost": cost}
         print(json.dumps(data))
     else:
         _console().print(result)
-        if timing is not None:
-            m, sec = divmod(round(timing.seconds), 60)
-            h, m = divmod(m, 60)
-            from vramplan.tables import tables_dir
-
-            err = json.loads((tables_dir() / "timing.json").read_text()).get("error", {})
-            print(
-                f"time: {timing.tokens:,} tokens ({args.samples:,} samples x {args.avg_tokens} tokens x "
-                f"{args.epochs:g} epochs) at ~{timing.tokens_per_second:,.0f} tokens/s: {timing.steps:,}"
-                f" optimizer steps of {timing.seconds_per_step:.2f} s = {h}:{m:02d}:{sec:02d}"
-                f" (time model fitted on published A100 speeds: median error {err.get('median_abs_pct', '?')}%,"
-                f" 90th percentile {err.get('p90_abs_pct', '?')}%)"
-            )
+        if line:
+            print(line)
+        for path in (args.report, args.plot):
+            if path:
+                print(f"wrote {path}")
     return EXIT_FITS if result.fits else EXIT_NO_FIT
+
+
+def _run_time(result: Any, args: argparse.Namespace) -> tuple[Any, str | None, float | None]:
+    """The wall time (and cost) of the run the flags describe, and the line that says it."""
+    if args.samples is None and args.dataset_tokens is None:
+        return None, None, None
+    from vramplan.models import load_model
+    from vramplan.tables import tables_dir
+    from vramplan.timing import wall_time
+
+    spec = load_model(result.source or result.model)
+    if args.dataset_tokens is not None:
+        seq = result.setup.seq_len
+        samples, avg = -(-args.dataset_tokens // seq), seq
+        what = f"{args.dataset_tokens:,} dataset tokens packed into {samples:,} sequences of {seq}"
+    else:
+        samples, avg = args.samples, args.avg_tokens
+        what = f"{samples:,} samples x {avg} tokens"
+    timing = wall_time(spec, result.setup, result.gpu, samples=samples, avg_tokens=avg, epochs=args.epochs)
+    m, sec = divmod(round(timing.seconds), 60)
+    h, m = divmod(m, 60)
+    err = json.loads((tables_dir() / "timing.json").read_text()).get("error", {})
+    cost = None
+    priced = ""
+    if args.price_per_hour is not None:
+        gpus = result.setup.world_size
+        cost = timing.seconds / 3600 * args.price_per_hour * gpus
+        priced = f"; cost {cost:,.2f} at {args.price_per_hour:g} per GPU-hour x {gpus} GPU{'s' if gpus > 1 else ''}"
+    line = (
+        f"time: {timing.tokens:,} tokens ({what} x {args.epochs:g} epochs) at ~{timing.tokens_per_second:,.0f}"
+        f" tokens/s: {timing.steps:,} optimizer steps of {timing.seconds_per_step:.2f} s = {h}:{m:02d}:{sec:02d}"
+        f"{priced} (time model fitted on published A100 speeds: median error {err.get('median_abs_pct', '?')}%,"
+        f" 90th percentile {err.get('p90_abs_pct', '?')}%)"
+    )
+    return timing, line, cost
 
 
 def _emit(result: Any, args: argparse.Namespace) -> int:
@@ -332,6 +384,8 @@ def _run(command: str, argv: list[str]) -> int:
         raise VramplanError("steps", f"must be at least 1, got {args.steps}")
     if args.plot and not args.plot.lower().endswith((".png", ".html", ".htm")):
         raise VramplanError("plot", "write .png or .html")
+    if args.report and not args.report.lower().endswith((".html", ".htm")):
+        raise VramplanError("report", "write .html")
     setup = _setup_from_args(args)
     from vramplan.models import load_config
 
@@ -359,6 +413,13 @@ def _run(command: str, argv: list[str]) -> int:
         from vramplan.plot import plot
 
         plot(result, args.plot)
+    if args.report:
+        from vramplan.planner import plan
+        from vramplan.plot import timeline_svg
+        from vramplan.report import write_report
+
+        traced = plan(args.model, args.gpu, **setup.model_dump())  # the traced setup, every field pinned
+        write_report(traced, args.report, timeline_svg=timeline_svg(result))
     if args.record:
         from vramplan.records import append_row, make_row
 

@@ -81,7 +81,8 @@ def plot_png(result: TraceResult, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_html(result: TraceResult, path: Path) -> None:
+def timeline_svg(result: TraceResult) -> str:
+    """The stacked live-memory timeline as an inline SVG element, with its legend."""
     xs, ys = _series(result)
     w, h, pad = 1000, 420, 40
     top = max(result.peak_bytes / GIB, 1e-9) * 1.05
@@ -106,9 +107,8 @@ def plot_html(result: TraceResult, path: Path) -> None:
         base = upper
     legend = "".join(f'<span style="color:{COLOURS[c]}">&#9632;</span> {html.escape(LABELS[c])} &nbsp; ' for c in ys)
     peak_y = py(result.peak_bytes / GIB)
-    page = f"""<!doctype html><meta charset="utf-8"><title>vramplan trace</title>
-<h3 style="font-family:sans-serif">{html.escape(_title(result))}</h3>
-<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">
+    head = f'<svg class="chart" width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg"'
+    return f"""{head} font-family="sans-serif" font-size="11">
 {"".join(polys)}
 <line x1="{pad}" x2="{w - pad}" y1="{peak_y:.1f}" y2="{peak_y:.1f}" stroke="black" stroke-dasharray="4 3"/>
 <text x="{pad + 4}" y="{peak_y - 4:.1f}">peak {result.peak_bytes / GIB:.2f} GiB</text>
@@ -116,7 +116,13 @@ def plot_html(result: TraceResult, path: Path) -> None:
 <line x1="{pad}" x2="{w - pad}" y1="{h - pad}" y2="{h - pad}" stroke="black"/>
 <text x="{w / 2}" y="{h - 8}" text-anchor="middle">op (dispatch order)</text>
 <text x="12" y="{h / 2}" transform="rotate(-90 12 {h / 2})" text-anchor="middle">live memory (GiB)</text>
-</svg><p style="font-family:sans-serif;font-size:12px">{legend}</p>
+</svg><p style="font-family:sans-serif;font-size:12px">{legend}</p>"""
+
+
+def plot_html(result: TraceResult, path: Path) -> None:
+    page = f"""<!doctype html><meta charset="utf-8"><title>vramplan trace</title>
+<h3 style="font-family:sans-serif">{html.escape(_title(result))}</h3>
+{timeline_svg(result)}
 """
     path.write_text(page)
 
