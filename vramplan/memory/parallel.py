@@ -117,3 +117,118 @@ def per_gpu(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]) ->
             t["parallel/gathered_weights"] = gathered_bytes(spec, setup, weights_total)
         out[phase] = t
     return out
+
+
+def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Per-GPU terms of FSDP2 (``fully_shard`` on each decoder layer, then the root), as a
+    fake-process-group trace of rank 0 shows them (vramplan/trace/fsdp.py; within 0.2% on
+    Qwen2.5-0.5B full and LoRA, 2 and 4 ranks, tests/test_fsdp_trace.py).
+
+    Weights and optimizer state are 1/N. With R the root unit (embedding, and lm_head when
+    untied), L one layer's weights and Lg[l] layer l's gradients:
+
+    - end of forward and start of backward: R and one layer gathered (the last layer's
+      buffer until the root's post-forward; then the next layer, prefetched);
+    - during forward, while a layer's parameters are unpacked, its all-gather buffer and
+      the previous layer's are alive too: R + 3L for a moment;
+    - in layer l's backward: R, layer l and the prefetched layer l-1 gathered, layer l+1's
+      reduce-scatter buffer (Lg[l+1]), layer l's whole gradient, the sharded gradients of
+      the layers above, and the root's gradients whole (they are reduced last);
+    - at the end of backward: the root's gradient whole beside layer 0's reduce-scatter
+      buffer; with accumulation, every earlier micro-batch's sharded gradients too;
+    - the optimizer step: everything sharded, nothing gathered.
+
+    ``shard_grad_op`` keeps every layer gathered from forward to the end of backward;
+    ``optimizer+params`` offload keeps the shards, their gradients and the state on the CPU.
+    """
+    from vramplan.memory import activations as act
+    from vramplan.memory import weights
+
+    n = setup.shard_count
+    off = setup.offload == "optimizer+params"
+    keep = setup.fsdp_sharding == "shard_grad_op"
+    opt_key = f"optimizer/{setup.optimizer}"
+    step = phases["optimizer_step"]
+    weights_total = sum(step.get(k, 0) for k in WEIGHT_TERMS)
+    embed = spec.vocab_size * spec.hidden_size
+    dt = "fp32" if dtypes(setup).weights == "fp32" else "bf16"
+    root = nbytes(embed * (1 if spec.tie_word_embeddings else 2), dt)
+    layer = max(0, weights_total - root) // max(1, spec.num_layers)
+    all_grads = optimizer.gradient_bytes(spec, setup)
+    layer_grads = optimizer.layer_gradient_bytes(spec, setup)
+    root_grads = all_grads - sum(layer_grads)
+    head_grads = root_grads - optimizer.embedding_gradient_bytes(spec, setup)
+    acc = setup.grad_accum > 1
+
+    def sharded(v: int) -> int:
+        return 0 if off else _ceil_div(v, n)
+
+    def shard_static(terms: dict[str, int]) -> dict[str, int]:
+        t = dict(terms)
+        for k in (*WEIGHT_TERMS, opt_key, "optimizer/step_temporaries"):
+            if k in t:
+                t[k] = sharded(t[k])
+        return t
+
+    gathered_all = root + layer * spec.num_layers  # shard_grad_op: all unsharded until backward ends
+    out: dict[str, dict[str, int]] = {}
+    for name in ("forward_end", "backward_start"):
+        t = shard_static(phases[name])
+        t["gradients"] = sharded(t.get("gradients", 0))
+        t["parallel/gathered_weights"] = gathered_all if keep else root + layer
+        out[name] = t
+    # forward, while the last layer's parameters are unpacked (before the loss chain)
+    t = shard_static({k: v for k, v in phases["forward_end"].items() if not k.startswith("loss/")})
+    t["gradients"] = sharded(t.get("gradients", 0))
+    last = spec.num_layers - 1
+    recorded = set(act.saving_layers(spec, setup))
+    kept_last = 0
+    if last in recorded:
+        kept_last = (
+            act.checkpoint_bytes(spec, setup) if setup.grad_checkpointing else act.layer_saved_bytes(spec, setup, last)
+        )
+    head = act.head_saved_bytes(spec, setup) if recorded else 0
+    t["activations/saved"] = max(0, t.get("activations/saved", 0) - head - kept_last)
+    t["parallel/gathered_weights"] = gathered_all if keep else root + 3 * layer
+    out["forward_layer"] = t
+    # backward, layer by layer from the top
+    static = shard_static(
+        {k: v for k, v in phases["backward"].items() if k.startswith(("weights/", "optimizer/", "overhead/"))}
+    )
+    end_grads = (sharded(all_grads) if acc else sharded(all_grads - root_grads)) + root_grads
+    best: dict[str, int] = {
+        "gradients": end_grads,
+        "activations/backward_transient": optimizer.tied_embedding_backward_bytes(spec, setup),
+        "parallel/gathered_weights": gathered_all if keep else root + layer_grads[0],
+    }
+    transient = act.backward_transient_bytes(spec, setup)
+    ckpt = act.checkpoint_bytes(spec, setup)
+    saved = [act.layer_saved_bytes(spec, setup, i) if i in recorded else 0 for i in range(spec.num_layers)]
+    kept = [ckpt if i in recorded else 0 for i in range(spec.num_layers)] if setup.grad_checkpointing else saved
+    moe_layers = set(spec.moe.layers) if spec.moe is not None else set()
+    copies = [weights.layer_autocast_copy_bytes(spec, setup, i in moe_layers) for i in range(spec.num_layers)]
+    upto: list[int] = []
+    running = 0
+    for v in kept:
+        running += v
+        upto.append(running)
+    above = 0
+    for i in range(spec.num_layers - 1, -1, -1):
+        if i in recorded:
+            nxt = layer_grads[i + 1] if i + 1 < spec.num_layers else 0
+            parts = {
+                "weights/autocast_copies": copies[i] if setup.grad_checkpointing else sum(copies[: i + 1]),
+                "gradients": (sharded(all_grads) if acc else sharded(above)) + layer_grads[i] + head_grads,
+                "activations/saved": upto[i],
+                "activations/recompute": saved[i] if setup.grad_checkpointing else 0,
+                "activations/backward_transient": transient,
+                "parallel/gathered_weights": gathered_all if keep else root + layer + (layer if i > 0 else 0) + nxt,
+            }
+            if sum(parts.values()) > sum(best.values()):
+                best = parts
+        above += layer_grads[i]
+    out["backward"] = {**static, **best}
+    t = shard_static(step)
+    t["gradients"] = sharded(t.get("gradients", 0))
+    out["optimizer_step"] = t
+    return out

@@ -213,7 +213,12 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
         # the images' tokens join the language model's sequence
         llm = llm.model_copy(update={"seq_len": setup.seq_len + vision.image_tokens(spec, setup)})
     split = setup.parallel == "device_map"
-    per_phase = phase_terms(spec, llm) if split else parallel.per_gpu(spec, llm, phase_terms(spec, llm))
+    if setup.parallel == "fsdp":
+        per_phase = parallel.fsdp_phases(spec, llm, phase_terms(spec, llm))
+    elif split:
+        per_phase = phase_terms(spec, llm)
+    else:
+        per_phase = parallel.per_gpu(spec, llm, phase_terms(spec, llm))
     if setup.images_per_sample:
         per_phase = with_vision(spec, setup, per_phase)
     if split:

@@ -1,0 +1,46 @@
+"""FSDP2 rank-0 traces (fake process group, vramplan/trace/fsdp.py) against the estimate,
+phase by phase: python3 benchmarks/fsdp_trace.py [MODEL]."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+CASES = {
+    "full bf16, 2 ranks": dict(method="full", precision="bf16", num_gpus=2),
+    "full bf16, 4 ranks": dict(method="full", precision="bf16", num_gpus=4),
+    "full bf16, 2 ranks, grad-accum 2": dict(method="full", precision="bf16", num_gpus=2, grad_accum=2),
+    "lora all-linear, 2 ranks": dict(method="lora", num_gpus=2),
+    "lora all-linear, 4 ranks": dict(method="lora", num_gpus=4),
+}
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    from vramplan.memory import estimate
+    from vramplan.memory.overhead import cublas_workspace_bytes
+    from vramplan.models import load_model
+    from vramplan.setup import make_setup
+    from vramplan.trace.fsdp import trace_fsdp
+
+    model = sys.argv[1] if len(sys.argv) > 1 else "qwen2.5-0.5b"
+    mib = 2**20
+    print(f"| {model}, seq 256, checkpointing | phase | traced MiB | estimate MiB | error |")
+    print("|---|---|---:|---:|---:|")
+    for name, kw in CASES.items():
+        setup = make_setup(seq_len=256, micro_batch=1, grad_checkpointing=True, parallel="fsdp", **kw)
+        result = trace_fsdp(model, setup)
+        est = estimate(load_model(model), setup).phases
+        cuda = cublas_workspace_bytes()
+        mine = {
+            "forward": max(est["forward_end"], est["forward_layer"]) - cuda,
+            "backward": max(est["backward_start"], est["backward"]) - cuda,
+            "optimizer": est["optimizer_step"] - cuda,
+        }
+        for phase, value in mine.items():
+            got = result.phases[f"step1/{phase}"]
+            print(f"| {name} | {phase} | {got / mib:.1f} | {value / mib:.1f} | {100 * (value - got) / got:+.2f}% |")
+
+
+if __name__ == "__main__":
+    main()
