@@ -282,9 +282,14 @@ def torchtune(r: dict[str, str]) -> dict[str, Any]:
             d["lora_targets"] = "q_proj,v_proj"
         m = re.search(r"alpha (\d+)", targets) or re.search(r"a(\d+)\)", targets)
         d["lora_alpha"] = m.group(1) if m else "16"
+    reason = ""
     if r["parallelism"] == "FSDP":
         d["parallel"] = "fsdp"
-    reason = ""
+        reason = (
+            "excluded: torchtune's distributed recipes of this time wrapped the model with FSDP1"
+            " (FullyShardedDataParallel, flat parameters, torchtune/utils/distributed.py); the schema's fsdp and"
+            " the estimate are FSDP2 (fully_shard), checked against FSDP2 traces (tests/test_fsdp_trace.py)."
+        )
     if "optimizer_in_bwd" in r["optimizer"]:
         d["optimizer"] = "paged-adamw-32bit"
         reason = "excluded: optimizer step fused into backward (optimizer_in_bwd), outside the schema."
