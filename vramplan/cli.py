@@ -23,6 +23,7 @@ from vramplan.setup import (
     PARALLELS,
     PRECISIONS,
     QUANTS,
+    RLS,
 )
 
 EXIT_FITS, EXIT_NO_FIT, EXIT_BAD_INPUT = 0, 1, 2
@@ -81,6 +82,10 @@ SETUP_FLAGS = (
     "kv_cache",
     "image_size",
     "images_per_sample",
+    "rl",
+    "num_generations",
+    "completion_len",
+    "beta",
 )
 
 
@@ -141,6 +146,12 @@ def _add_setup_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache", choices=KV_CACHES, help="inference: KV cache dtype (auto = the run dtype)")
     p.add_argument("--image-size", help="VLMs: WIDTHxHEIGHT of each image (implies one image per sample)")
     p.add_argument("--images-per-sample", type=_int, help="VLMs: images in each training sample")
+    p.add_argument(
+        "--rl", choices=RLS, help="reinforcement fine-tuning (TRL GRPOTrainer); --seq-len is prompt + completion"
+    )
+    p.add_argument("--num-generations", type=_int, help="GRPO: completions per prompt (TRL default 8)")
+    p.add_argument("--completion-len", type=_int, help="GRPO: max completion tokens (TRL default 512)")
+    p.add_argument("--beta", type=_float, help="GRPO: KL weight; above 0 a reference model runs (TRL default 0)")
 
 
 def run_parser(command: str) -> argparse.ArgumentParser:
@@ -230,6 +241,10 @@ def _cmd_plan(argv: list[str]) -> int:
         raise VramplanError("samples", "--samples and --avg-tokens go together (the wall time needs both)")
     if args.dataset_tokens is not None and args.samples is not None:
         raise VramplanError("dataset_tokens", "give --dataset-tokens or --samples with --avg-tokens, not both")
+    if args.rl not in (None, "none") and (args.samples is not None or args.dataset_tokens is not None):
+        raise VramplanError(
+            "samples", "the time model does not cover GRPO's generation yet: drop --samples/--dataset-tokens"
+        )
     if args.price_per_hour is not None and args.samples is None and args.dataset_tokens is None:
         raise VramplanError("price_per_hour", "the cost needs the run's length: add --dataset-tokens or --samples")
     for flag in ("samples", "avg_tokens", "epochs", "dataset_tokens", "price_per_hour"):

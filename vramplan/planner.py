@@ -139,6 +139,24 @@ def layouts(pinned: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _batches(pinned: dict[str, Any]) -> list[dict[str, int]]:
+    """Micro-batches to weigh (largest first). Under GRPO each step must generate whole
+    groups of ``num_generations`` (TRL checks micro-batch x accumulation): with the
+    accumulation free, it is raised to keep one group per step as the micro-batch shrinks."""
+    if pinned.get("rl", "none") == "none":
+        return [{"micro_batch": mb} for mb in ([pinned["micro_batch"]] if "micro_batch" in pinned else MICRO_BATCHES)]
+    g = pinned.get("num_generations", Setup.model_fields["num_generations"].default)
+    mbs = [pinned["micro_batch"]] if "micro_batch" in pinned else sorted({*MICRO_BATCHES, g}, reverse=True)
+    out = []
+    for mb in mbs:
+        if "grad_accum" in pinned:
+            if (mb * pinned["grad_accum"]) % g == 0:
+                out.append({"micro_batch": mb})
+        elif g % mb == 0 or mb % g == 0:
+            out.append({"micro_batch": mb, "grad_accum": max(1, g // mb)})
+    return out or [{"micro_batch": mbs[0]}]
+
+
 def candidates(pinned: dict[str, Any], gpu: GPU) -> list[dict[str, Any]]:
     """Every setup to weigh, most preferred first: method, precision, layout, then the
     largest micro-batch, then checkpointing only if needed."""
@@ -156,7 +174,7 @@ def candidates(pinned: dict[str, Any], gpu: GPU) -> list[dict[str, Any]]:
         precisions = [pinned["precision"]] if "precision" in pinned else _precisions(method, gpu)
         for precision in precisions:
             for layout in layouts({**pinned, "method": method}):
-                for mb in [pinned["micro_batch"]] if "micro_batch" in pinned else MICRO_BATCHES:
+                for batch in _batches(pinned):
                     gcs = [pinned["grad_checkpointing"]] if "grad_checkpointing" in pinned else [False, True]
                     if method == "inference":
                         gcs = [False]
@@ -164,9 +182,9 @@ def candidates(pinned: dict[str, Any], gpu: GPU) -> list[dict[str, Any]]:
                         fields = {
                             **pinned,
                             **layout,
+                            **batch,
                             "method": method,
                             "precision": precision,
-                            "micro_batch": mb,
                             "grad_checkpointing": gc,
                         }
                         if method == "qlora" and quant is None:
@@ -259,6 +277,8 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     spec = load_model(model)
     card = resolve_gpu(gpu)
     check = {k: v for k, v in pinned.items() if k not in ("method", "quant", "kv_cache")}
+    if "micro_batch" not in check and check.get("rl", "none") != "none":
+        check.update(_batches(pinned)[0])
     if "parallel" not in check and check.get("num_gpus", 1) * check.get("num_nodes", 1) > 1:
         check["parallel"] = "zero3" if check.get("offload", "none") != "none" else "ddp"
     make_setup(**check)
@@ -278,7 +298,7 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     evaluated = _search(spec, card, candidates(pinned, card), host)
     fitting = [e for e in evaluated if e[2]]
     chosen = fitting[0] if fitting else min(evaluated, key=lambda e: (e[1].device_bytes, e[0].micro_batch))
-    if fitting and chosen[0].method != "inference":
+    if fitting and chosen[0].method != "inference" and chosen[0].rl == "none":
         ranked = _rank_class(spec, card, pinned, chosen[0], host)
         chosen = ranked[0]
         evaluated = [e for e in evaluated if e[0] not in {r[0] for r in ranked}] + ranked
@@ -304,6 +324,8 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     alternatives = _alternatives(evaluated, chosen, card, spec)
     if setup.images_per_sample:
         notes.append(_image_note(spec, setup, est))
+    if setup.rl != "none":
+        notes.append(_rl_note(setup, est))
     if not fits:
         notes.append(
             f"nothing weighed fits {card.name}: the smallest needs {_gib(est.device_bytes)} "
@@ -394,6 +416,21 @@ def _auto_gpus(model: str, gpu: str, host_ram_gib: float | None, pinned: dict[st
     return last.model_copy(update={"notes": ["--gpus auto: nothing up to 512 GPUs fits", *last.notes]})
 
 
+def _rl_note(setup: Setup, est: Estimate) -> str:
+    from vramplan.memory.rl import generation_batch
+
+    train = max(v for k, v in est.phases.items() if k not in ("generate", "reference"))
+    parts = [f"generate {_gib(est.phases['generate'])} ({generation_batch(setup)} sequences' KV cache)"]
+    if "reference" in est.phases:
+        parts.append(f"reference log-probs {_gib(est.phases['reference'])}")
+    parts.append(f"training {_gib(train)}")
+    return (
+        f"{setup.rl.upper()} phases (allocated): " + ", ".join(parts) + f"; peak in {est.phase}."
+        " HF generate (vLLM not modelled); TRL's fused LM head scores the completion tokens without full logits;"
+        " the time model does not cover generation"
+    )
+
+
 def _image_note(spec: ModelSpec, setup: Setup, est: Estimate) -> str:
     from vramplan.memory import vision
 
@@ -466,11 +503,8 @@ def _alternatives(
         s, est, fits = item
         same_class = (s.method, s.precision, s.quant) == (c.method, c.precision, c.quant)
         if item is chosen or s == c:
-            reason = (
-                "chosen: the fastest setup of the most preferred method that fits"
-                if fits
-                else "chosen: the smallest, but it does not fit"
-            )
+            best = "the fastest setup of the most preferred method" if c.rl == "none" else "the most preferred setup"
+            reason = f"chosen: {best} that fits" if fits else "chosen: the smallest, but it does not fit"
         elif not fits:
             reason = f"does not fit: needs {_gib(est.device_bytes)} of {_gib(gpu.memory_bytes)}"
         elif same_class:
@@ -480,7 +514,7 @@ def _alternatives(
         else:
             reason = f"fits ({_gib(est.device_bytes)})"
         speed = step = None
-        if s.method != "inference":
+        if s.method != "inference" and s.rl == "none":
             from vramplan.timing import data_parallel_replicas, step_time
 
             t = step_time(spec, s, gpu)

@@ -52,6 +52,11 @@ def _setup_line(plan: Plan) -> str:
         "gradient checkpointing" if s.grad_checkpointing else "no gradient checkpointing",
         s.attention,
     ]
+    if s.rl != "none":
+        parts.append(
+            f"{s.rl.upper()}: {s.num_generations} generations per prompt, prompt {s.seq_len - s.completion_len}"
+            f" + completion {s.completion_len} tokens, beta {s.beta:g}"
+        )
     if s.parallel != "none":
         gpus = f"{s.num_nodes} nodes x {s.num_gpus} GPUs" if s.num_nodes > 1 else f"{s.num_gpus} GPUs"
         layout = f"{gpus}, {s.parallel}"

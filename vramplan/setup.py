@@ -22,6 +22,7 @@ Parallel = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp", "device_map
 Offload = Literal["none", "optimizer", "optimizer+params"]
 KVCache = Literal["auto", "fp8", "int8", "int4"]
 FsdpSharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
+RL = Literal["none", "grpo"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 QUANTS: tuple[str, ...] = get_args(Quant)
@@ -32,6 +33,7 @@ PARALLELS: tuple[str, ...] = get_args(Parallel)
 OFFLOADS: tuple[str, ...] = get_args(Offload)
 KV_CACHES: tuple[str, ...] = get_args(KVCache)
 FSDP_SHARDINGS: tuple[str, ...] = get_args(FsdpSharding)
+RLS: tuple[str, ...] = get_args(RL)
 TRAINING_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "inference")
 #: layouts run by DeepSpeed (fp32 master weights and optimizer state, partitioned by stage).
 DEEPSPEED = ("zero1", "zero2", "zero3")
@@ -75,6 +77,11 @@ class Setup(BaseModel):
     kv_cache: KVCache = "auto"  # inference: the cache dtype (auto = the run's 16-bit dtype)
     image_size: str = ""  # VLMs: WIDTHxHEIGHT of each image (Qwen-VL: fixed 448x448)
     images_per_sample: int = Field(0, ge=0, le=MAX_IMAGES)
+    # reinforcement fine-tuning (TRL GRPOTrainer): seq_len is prompt + completion
+    rl: RL = "none"
+    num_generations: int = Field(8, ge=2, le=1024)
+    completion_len: int = Field(512, ge=1, le=MAX_SEQ_LEN)
+    beta: float = Field(0.0, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _combinations(self) -> Setup:
@@ -123,6 +130,21 @@ class Setup(BaseModel):
                 )
             if self.parallel == "none":
                 raise ValueError("parallel|more than one node needs a layout: --parallel ddp|zero1|zero2|zero3|fsdp")
+        if self.rl != "none":
+            if self.method == "inference":
+                raise ValueError("rl|--rl grpo trains a policy: --method full|freeze|lora|qlora")
+            if self.parallel != "none":
+                raise ValueError("rl|GRPO is planned on one GPU (--parallel none); several GPUs are not modelled yet")
+            if self.completion_len >= self.seq_len:
+                raise ValueError(
+                    f"completion_len|--completion-len {self.completion_len} must be below --seq-len {self.seq_len}"
+                    " (prompt + completion)"
+                )
+            if (self.micro_batch * self.grad_accum) % self.num_generations:
+                raise ValueError(
+                    f"num_generations|TRL generates micro-batch x grad-accum = {self.micro_batch * self.grad_accum}"
+                    f" completions per step, which must be a multiple of --num-generations {self.num_generations}"
+                )
         if self.fsdp_sharding != "full_shard" and self.parallel != "fsdp":
             raise ValueError(f"fsdp_sharding|--fsdp-sharding {self.fsdp_sharding} applies to --parallel fsdp only")
         if self.fsdp_sharding != "full_shard" and self.offload != "none":

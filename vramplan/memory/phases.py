@@ -213,6 +213,8 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
         # the images' tokens join the language model's sequence
         llm = llm.model_copy(update={"seq_len": setup.seq_len + vision.image_tokens(spec, setup)})
     split = setup.parallel == "device_map"
+    if setup.rl == "grpo":
+        return grpo_estimate(spec, setup, llm)
     if setup.parallel == "fsdp":
         per_phase = parallel.fsdp_phases(spec, llm, phase_terms(spec, llm))
     elif split:
@@ -292,4 +294,44 @@ def split_estimate(spec: ModelSpec, setup: Setup, per_phase: dict[str, dict[str,
         total_params=param_counts(spec).total,
         trainable_params=trainable_params(spec, setup),
         cards=cards,
+    )
+
+
+def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup) -> Estimate:
+    """GRPO (vramplan/memory/rl.py): the training phases with TRL's fused LM head, plus the
+    generation and (with ``beta > 0``) reference phases; the peak is the largest, named."""
+    from vramplan.memory import rl
+
+    per_phase = rl.with_fused_head(spec, llm, phase_terms(spec, llm))
+    if setup.images_per_sample:
+        per_phase = with_vision(spec, setup, per_phase)
+    static = {
+        k: v
+        for k, v in per_phase["optimizer_step"].items()
+        if k.startswith(("weights/", "overhead/")) and k != "weights/autocast_copies"
+    }
+    static.update({k: v for k, v in per_phase["backward_start"].items() if k.startswith("optimizer/")})
+    images = vision.image_tokens(spec, setup) if setup.images_per_sample else 0
+    per_phase["generate"] = rl.generation_terms(spec, setup, static, images)
+    ref = rl.reference_terms(spec, setup, static, images)
+    if ref:
+        per_phase["reference"] = ref
+    totals = {name: sum(terms.values()) for name, terms in per_phase.items()}
+    peak = max(per_phase, key=lambda p: totals[p])
+    allocated = totals[peak]
+    slack = overhead.allocator_slack_bytes(allocated)
+    terms = {k: v for k, v in per_phase[peak].items() if v}
+    terms["overhead/allocator_slack"] = slack
+    terms["overhead/cuda_context"] = overhead.cuda_context_bytes()
+    if optimizer.paged_optimizer(setup):
+        terms["optimizer/paged_state"] = optimizer.optimizer_state_bytes(spec, setup)
+    return Estimate(
+        phase=peak,
+        terms=terms,
+        phases=totals,
+        allocated_bytes=allocated,
+        reserved_bytes=allocated + slack,
+        device_bytes=sum(terms.values()),
+        total_params=param_counts(spec).total,
+        trainable_params=trainable_params(spec, setup),
     )

@@ -1,0 +1,148 @@
+"""GRPO (reinforcement fine-tuning) as TRL's ``GRPOTrainer`` 1.x runs it, on one GPU.
+
+One optimizer step: ``micro_batch x grad_accum`` completions (``num_generations`` per prompt)
+are generated at once with ``model.generate`` (TRL: ``generation_batch_size =
+per_device_train_batch_size x steps_per_generation``, ``steps_per_generation`` defaulting
+to the accumulation steps), then trained on ``micro_batch`` at a time. Phases:
+
+- ``generate``: the policy (and its optimizer state from the previous step) beside the KV
+  cache of every sequence of the generation batch at full length (prompt + completion),
+  the prompt's prefill temporary for the whole batch and, for VLMs, the vision tower's
+  forward over every image of the batch;
+- ``reference`` (``beta > 0`` only): a no-grad forward of one micro-batch through the
+  reference model (the base under the LoRA adapter with the adapter disabled, or a frozen
+  16-bit copy of the model when the policy is trained in full: then it is resident through
+  the whole step);
+- the training phases of :mod:`vramplan.memory.phases` for one micro-batch of ``prompt +
+  completion`` tokens, with TRL's fused LM head in place of the logits chain: TRL
+  (``add_fused_lm_head``, ``trl/kernels/chunked_logprob.py``) never materialises the
+  ``tokens x vocab`` logits. Its forward keeps the completion positions' hidden states
+  (N·h, N = micro-batch x completion length) and per-token fp32 statistics; each pass works
+  on a ``min(N, 4096) x 32768`` tile; its backward adds an fp32 gradient of those hidden
+  states (4·N·h) and, when lm_head trains, an fp32 gradient of its weight (4·V·h).
+
+Not modelled: vLLM generation (it reserves its own ``gpu_memory_utilization`` share of the
+card), several GPUs, ``num_iterations > 1``.
+"""
+
+from __future__ import annotations
+
+from vramplan.memory import inference, vision
+from vramplan.memory.policy import act_bytes
+from vramplan.params import param_counts
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+from vramplan.units import nbytes
+
+#: trl/kernels/chunked_logprob.py: tokens and vocabulary entries per projection tile.
+TOKEN_CHUNK = 4096
+VOCAB_CHUNK = 32768
+#: per-token fp32 statistics the fused forward keeps (running max, sums, target logit, ...).
+STAT_VECTORS = 7
+
+
+def generation_batch(setup: Setup) -> int:
+    """Completions generated at once: per-device batch x steps per generation."""
+    return setup.micro_batch * setup.grad_accum
+
+
+def completion_tokens(setup: Setup) -> int:
+    """Positions the fused head scores in one micro-batch."""
+    return setup.micro_batch * setup.completion_len
+
+
+def fused_head_forward_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Hidden states of the scored positions (saved for backward), their statistics, and
+    one projection tile."""
+    n = completion_tokens(setup)
+    a = act_bytes(setup)
+    tile = min(n, TOKEN_CHUNK) * min(spec.vocab_size, VOCAB_CHUNK) * a
+    return n * spec.hidden_size * a + STAT_VECTORS * 4 * n + tile
+
+
+def fused_head_backward_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """The backward's fp32 gradient of the hidden states and its tile; an fp32 gradient of
+    lm_head's weight when lm_head trains (full fine-tuning, or a trained extra)."""
+    n = completion_tokens(setup)
+    a = act_bytes(setup)
+    tile = min(n, TOKEN_CHUNK) * min(spec.vocab_size, VOCAB_CHUNK) * a
+    head_trains = setup.method == "full" or "lm_head" in setup.trainable_extra
+    weight_grad = 4 * spec.vocab_size * spec.hidden_size if head_trains else 0
+    return 4 * n * spec.hidden_size + tile + weight_grad
+
+
+def reference_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """A frozen 16-bit copy of the model when the policy trains in full and ``beta > 0``;
+    LoRA/QLoRA policies use their own base with the adapter disabled."""
+    if setup.beta <= 0 or setup.is_lora:
+        return 0
+    half = "fp16" if setup.precision.endswith("fp16") else "bf16"
+    return nbytes(param_counts(spec).total, half)
+
+
+def _generation_setup(spec: ModelSpec, setup: Setup) -> Setup:
+    half = "fp16" if setup.precision.endswith("fp16") else "bf16"
+    prompt = setup.seq_len - setup.completion_len
+    return setup.model_copy(
+        update={
+            "method": "inference",
+            "quant": setup.quant,
+            "precision": half,
+            "micro_batch": generation_batch(setup),
+            "seq_len": prompt + setup.completion_len,
+            "images_per_sample": 0,
+            "image_size": "",
+            "kv_cache": "auto",
+        }
+    )
+
+
+def generation_terms(spec: ModelSpec, setup: Setup, static: dict[str, int], prompt_images: int) -> dict[str, int]:
+    """The ``generate`` phase: the step's resident state, the KV cache of the generation
+    batch at full length, and the larger of the prompt's prefill temporary and (VLMs) the
+    vision tower's forward over the batch's images."""
+    gen = _generation_setup(spec, setup)
+    prefill = gen.model_copy(update={"seq_len": setup.seq_len - setup.completion_len + prompt_images})
+    tower = 0
+    if setup.images_per_sample:
+        tower = vision.forward_transient_bytes(spec, setup.model_copy(update={"micro_batch": generation_batch(setup)}))
+        tower += vision.pixel_bytes(spec, setup.model_copy(update={"micro_batch": generation_batch(setup)}))
+    cache_setup = gen.model_copy(update={"seq_len": setup.seq_len + prompt_images})
+    return {
+        **static,
+        "rl/kv_cache": inference.kv_cache_bytes(spec, cache_setup),
+        "rl/generation_transient": max(inference.prefill_transient_bytes(spec, prefill), tower),
+    }
+
+
+def reference_terms(spec: ModelSpec, setup: Setup, static: dict[str, int], prompt_images: int) -> dict[str, int]:
+    """The reference log-prob pass over one micro-batch (no grad): the prefill-like
+    temporary of its full sequences and the fused head's forward."""
+    if setup.beta <= 0:
+        return {}
+    one = _generation_setup(spec, setup).model_copy(
+        update={"micro_batch": setup.micro_batch, "seq_len": setup.seq_len + prompt_images}
+    )
+    return {
+        **static,
+        "rl/reference_forward": inference.prefill_transient_bytes(spec, one),
+        "loss/fused_head": fused_head_forward_bytes(spec, setup),
+    }
+
+
+def with_fused_head(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The training phases with TRL's fused LM head in place of the logits chain, and the
+    reference copy (if any) resident."""
+    ref = reference_weight_bytes(spec, setup)
+    out: dict[str, dict[str, int]] = {}
+    for name, terms in phases.items():
+        t = {k: v for k, v in terms.items() if not k.startswith("loss/")}
+        if name == "forward_end":
+            t["loss/fused_head"] = fused_head_forward_bytes(spec, setup)
+        elif name == "backward_start":
+            t["loss/fused_head"] = fused_head_forward_bytes(spec, setup)
+            t["loss/fused_head_backward"] = fused_head_backward_bytes(spec, setup)
+        if ref:
+            t["weights/reference"] = ref
+        out[name] = t
+    return out
