@@ -9,7 +9,6 @@ import warnings
 CASES = {
     "full bf16, 2 ranks": dict(method="full", precision="bf16", num_gpus=2),
     "full bf16, 4 ranks": dict(method="full", precision="bf16", num_gpus=4),
-    "full bf16, 2 ranks, grad-accum 2": dict(method="full", precision="bf16", num_gpus=2, grad_accum=2),
     "lora all-linear, 2 ranks": dict(method="lora", num_gpus=2),
     "lora all-linear, 4 ranks": dict(method="lora", num_gpus=4),
 }

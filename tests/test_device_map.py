@@ -1,8 +1,9 @@
 """Oracle: the per-card module placement of ``device_map`` equals accelerate's own.
 
-Each model is built on the meta device (no weights) and placed by accelerate's
-``get_balanced_memory`` + ``infer_auto_device_map`` (what transformers' ``device_map="auto"``
-runs) with cards large enough that the balanced budget decides; the analytic placement in
+Each model is built on the meta device (no weights) and placed by transformers' own
+``get_balanced_memory`` + ``infer_auto_device_map`` (``transformers/integrations/accelerate.py``:
+what ``from_pretrained(device_map="auto")`` runs in transformers 5) with cards large enough
+that the balanced budget decides; the analytic placement in
 vramplan/memory/device_map.py must put every decoder layer, the embedding, lm_head and the
 vision tower on the same card.
 """
@@ -37,8 +38,8 @@ CASES = [
 
 def _accelerate_map(name: str, n: int) -> dict[str, int]:
     from accelerate import init_empty_weights
-    from accelerate.utils import get_balanced_memory, infer_auto_device_map
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.integrations.accelerate import get_balanced_memory, infer_auto_device_map
 
     cfg = json.loads((models_dir() / name / "config.json").read_text())
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
@@ -48,8 +49,9 @@ def _accelerate_map(name: str, n: int) -> dict[str, int]:
     model.tie_weights()
     cards = {i: 10**15 for i in range(n)}
     split = model._no_split_modules
-    budget = get_balanced_memory(model, max_memory=cards, no_split_module_classes=split, dtype=torch.bfloat16)
-    return infer_auto_device_map(model, max_memory=budget, no_split_module_classes=split, dtype=torch.bfloat16)
+    model.to(torch.bfloat16)  # the load dtype (meta tensors: no memory)
+    budget = get_balanced_memory(model, max_memory=cards, no_split_module_classes=split)
+    return infer_auto_device_map(model, max_memory=budget, no_split_module_classes=split)
 
 
 def _where(device_map: dict[str, int]) -> dict[str, set[int]]:

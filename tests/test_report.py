@@ -68,10 +68,20 @@ def test_device_map_report_has_a_bar_per_card() -> None:
 
 
 def test_report_bad_paths_exit_2(tmp_path: Path) -> None:
-    for target in (tmp_path / "r.txt", tmp_path / "missing" / "r.html"):
+    (tmp_path / "d.html").mkdir()
+    for target in (tmp_path / "r.txt", tmp_path / "missing" / "r.html", tmp_path / "d.html"):
         r = _cli("qwen2.5-0.5b", "--report", str(target))
         assert r.returncode == 2 and "Traceback" not in r.stderr and "report" in r.stderr
-        assert not target.exists()
+        assert not target.is_file()
+
+
+def test_a_failed_plot_leaves_no_page(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    page = tmp_path / "r.html"
+    r = _cli("qwen2.5-0.5b", "--report", str(page), "--plot", str(tmp_path / "missing" / "p.png"))
+    assert r.returncode == 2 and "plot" in r.stderr and not page.exists()
+    r = _cli("qwen2.5-0.5b", "--emit", "trl", "--report", str(page))
+    assert r.returncode == 2 and not page.exists()
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any, NoReturn
@@ -247,10 +248,20 @@ def _cmd_plan(argv: list[str]) -> int:
         )
     if args.price_per_hour is not None and args.samples is None and args.dataset_tokens is None:
         raise VramplanError("price_per_hour", "the cost needs the run's length: add --dataset-tokens or --samples")
-    for flag in ("samples", "avg_tokens", "epochs", "dataset_tokens", "price_per_hour"):
+    for flag in ("samples", "avg_tokens", "epochs", "dataset_tokens", "price_per_hour", "host_ram"):
         value = getattr(args, flag)
-        if value is not None and not value > 0:
-            raise VramplanError(flag, f"must be positive, got {value}")
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise VramplanError(flag, f"must be a positive finite number, got {value}")
+    if args.emit is not None and (args.report or args.plot):
+        raise VramplanError(
+            "report", "--report/--plot draw the plan; run them without --emit (the page holds the trl config)"
+        )
+    from vramplan.report import check_output
+
+    if args.report:
+        check_output(args.report, "report", (".html", ".htm"))
+    if args.plot:
+        check_output(args.plot, "plot", (".png",), needs_matplotlib=True)
     if args.emit is None and (args.out or args.force or args.overwrite):
         raise VramplanError("emit", "--out/--force/--overwrite go with --emit trl|swift|llamafactory|axolotl")
     if args.emit is not None:
@@ -263,14 +274,7 @@ def _cmd_plan(argv: list[str]) -> int:
     if args.emit is not None:
         return _emit(result, args)
     timing, line, cost = _run_time(result, args)
-    if args.report:
-        from vramplan.report import write_report
-
-        write_report(result, args.report, time_line=line)
-    if args.plot:
-        from vramplan.report import plot_plan_png
-
-        plot_plan_png(result, args.plot)
+    _write_pictures(result, args.report, args.plot, line)
     if args.json:
         data = json.loads(result.model_dump_json())
         if timing is not None:
@@ -284,6 +288,30 @@ def _cmd_plan(argv: list[str]) -> int:
             if path:
                 print(f"wrote {path}")
     return EXIT_FITS if result.fits else EXIT_NO_FIT
+
+
+def _write_pictures(result: Any, report: str | None, plot: str | None, line: str | None) -> None:
+    """The PNG is drawn to a temporary name first and renamed only once the page is written,
+    so a failure leaves neither file."""
+    import os
+    from pathlib import Path
+
+    from vramplan.report import plot_plan_png, write_report
+
+    tmp = None
+    try:
+        if plot:
+            target = Path(plot)
+            tmp = target.with_name(f".vramplan-{os.getpid()}-{target.name}")
+            plot_plan_png(result, tmp)
+        if report:
+            write_report(result, report, time_line=line)
+        if plot and tmp is not None:
+            os.replace(tmp, plot)
+            tmp = None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _run_time(result: Any, args: argparse.Namespace) -> tuple[Any, str | None, float | None]:
@@ -399,8 +427,12 @@ def _run(command: str, argv: list[str]) -> int:
         raise VramplanError("steps", f"must be at least 1, got {args.steps}")
     if args.plot and not args.plot.lower().endswith((".png", ".html", ".htm")):
         raise VramplanError("plot", "write .png or .html")
-    if args.report and not args.report.lower().endswith((".html", ".htm")):
-        raise VramplanError("report", "write .html")
+    if args.report:
+        from vramplan.gpus import resolve_gpu
+        from vramplan.report import check_output
+
+        check_output(args.report, "report", (".html", ".htm"))
+        resolve_gpu(args.gpu)  # a bad --gpu fails now, not after the trace
     setup = _setup_from_args(args)
     from vramplan.models import load_config
 

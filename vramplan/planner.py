@@ -136,6 +136,12 @@ def layouts(pinned: dict[str, Any]) -> list[dict[str, Any]]:
         if "offload" in pinned and pinned["offload"] != off:
             continue
         out.append({"parallel": par, "offload": off})
+    if not out:
+        if pinned.get("method") == "inference":
+            why = "generation splits its layers in one process (device_map): one node, no --offload"
+        else:
+            why = "drop --offload or pin --parallel"
+        raise VramplanError("parallel", f"no multi-GPU layout runs this setup: {why}")
     return out
 
 
@@ -393,9 +399,10 @@ def _ranking_note(spec: ModelSpec, gpu: GPU, ranked: list[tuple[Setup, Estimate,
 def _auto_gpus(model: str, gpu: str, host_ram_gib: float | None, pinned: dict[str, Any]) -> Plan:
     """The fewest GPUs (one node of up to 8, then nodes of 8) with a layout that fits."""
     last = None
-    for n, nodes in AUTO_GPUS:
-        if "num_nodes" in pinned and nodes != pinned["num_nodes"] and n != 8:
-            continue
+    counts = AUTO_GPUS
+    if "num_nodes" in pinned:  # the node count is fixed: only the GPUs per node vary
+        counts = [(n, pinned["num_nodes"]) for n in range(1, 9)]
+    for n, nodes in counts:
         fields = {**pinned, "num_gpus": n, "num_nodes": nodes}
         if n * nodes == 1:
             fields.pop("parallel", None)
@@ -503,8 +510,8 @@ def _alternatives(
         s, est, fits = item
         same_class = (s.method, s.precision, s.quant) == (c.method, c.precision, c.quant)
         if item is chosen or s == c:
-            best = "the fastest setup of the most preferred method" if c.rl == "none" else "the most preferred setup"
-            reason = f"chosen: {best} that fits" if fits else "chosen: the smallest, but it does not fit"
+            which = "the fastest setup of the most preferred method" if c.rl == "none" else "the most preferred setup"
+            reason = f"chosen: {which} that fits" if fits else "chosen: the smallest, but it does not fit"
         elif not fits:
             reason = f"does not fit: needs {_gib(est.device_bytes)} of {_gib(gpu.memory_bytes)}"
         elif same_class:

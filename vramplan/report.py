@@ -266,13 +266,35 @@ def emitted_files(plan: Plan) -> tuple[dict[str, str] | None, str]:
     return dict(out.files), note
 
 
+def check_output(path: str | Path, field: str, suffixes: tuple[str, ...], *, needs_matplotlib: bool = False) -> Path:
+    """Refuse, before anything is written, a path that cannot take the output: wrong
+    extension, an existing directory, a folder that is missing or not writable, or no
+    matplotlib for a PNG."""
+    import os
+
+    target = Path(path)
+    if target.suffix.lower() not in suffixes:
+        raise VramplanError(field, f"write {' or '.join(suffixes)}, not {target.suffix or 'no extension'}")
+    if target.is_dir():
+        raise VramplanError(field, f"{target} is a directory")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise VramplanError(field, f"{folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise VramplanError(field, f"cannot write into {folder}")
+    if needs_matplotlib:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise VramplanError(field, "a PNG needs matplotlib (pip install 'vramplan[plot]')") from None
+    return target
+
+
 def write_report(
     plan: Plan, path: str | Path, *, time_line: str | None = None, timeline_svg: str | None = None
 ) -> Path:
     """Write the page to ``path`` (.html), all or nothing."""
-    target = Path(path)
-    if target.suffix.lower() not in (".html", ".htm"):
-        raise VramplanError("report", f"write .html, not {target.suffix or 'no extension'}")
+    target = check_output(path, "report", (".html", ".htm"))
     files, note = emitted_files(plan)
     page = report_html(plan, time_line=time_line, emitted=files, emit_note=note, timeline_svg=timeline_svg)
     _write_atomic(target, page)
@@ -286,7 +308,10 @@ def _write_atomic(target: Path, text: str) -> None:
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise VramplanError("report", f"{directory} is not a directory")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".vramplan-", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".vramplan-", suffix=".tmp")
+    except OSError as exc:
+        raise VramplanError("report", f"cannot write into {directory}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
@@ -294,6 +319,9 @@ def _write_atomic(target: Path, text: str) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise VramplanError("report", f"cannot write {target}: {exc.strerror}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -301,9 +329,7 @@ def _write_atomic(target: Path, text: str) -> None:
 
 def plot_plan_png(plan: Plan, path: str | Path) -> Path:
     """The same two charts as a PNG (matplotlib, the ``plot`` extra)."""
-    target = Path(path)
-    if target.suffix.lower() != ".png":
-        raise VramplanError("plot", f"--plot writes .png, not {target.suffix or 'no extension'}")
+    target = check_output(path, "plot", (".png",))
     try:
         import matplotlib
 
@@ -340,6 +366,10 @@ def plot_plan_png(plan: Plan, path: str | Path) -> Path:
     ax2.set_xlabel("device memory per GPU (GiB)")
     ax2.set_ylabel(f"tokens/s at seq {plan.setup.seq_len} (estimated)")
     fig.tight_layout()
-    fig.savefig(target)
-    plt.close(fig)
+    try:
+        fig.savefig(target)
+    except OSError as exc:
+        raise VramplanError("plot", f"cannot write {target}: {exc.strerror}") from None
+    finally:
+        plt.close(fig)
     return target

@@ -1,16 +1,19 @@
 """``device_map``: the layers split over the GPUs of one process, card by card.
 
-transformers ``from_pretrained(device_map="auto")`` asks accelerate for a *balanced* map:
+transformers 5 ``from_pretrained(device_map="auto")`` computes a *balanced* map with its own
+copies of accelerate's functions (``transformers/integrations/accelerate.py``):
 ``get_balanced_memory`` gives every card but the last a budget of
 
-    total / N + 1.25 · max(largest no-split block, mean size of the final modules)
+    total / N + 1.25 · max(largest no-split block, largest module holding parameters)
 
-(the last card keeps its whole memory), and ``infer_auto_device_map`` walks the modules
+(the largest module is usually the embedding; bitsandbytes quantizers then keep 90% of
+it), the last card keeping its whole memory; ``infer_auto_device_map`` walks the modules
 in order (vision tower, embedding, decoder layers, final norm, lm_head), putting each on
 the current card while it fits and moving on to the next card when it does not. The first
-card also keeps room for the largest remaining block (accelerate's ``main_devices``). A
-tied lm_head goes with the embedding. accelerate 1.x, ``utils/modeling.py``; checked
-against accelerate itself on meta-device models (tests/test_device_map.py).
+card also keeps room for the largest block still to come (``main_devices``). A tied
+lm_head goes with the embedding. Sizes are the load-time ones (quantized linears packed,
+everything else in the 16-bit load dtype). Checked against transformers' own functions
+on meta-device models (tests/test_device_map.py).
 
 Each card then holds the weights of its modules, the trainable state of their parameters
 and the saved activations of its layers; the loss chain lives where lm_head is, the vision
@@ -32,14 +35,14 @@ from vramplan.memory.trainable import (
     trainable_layers,
     trainable_params,
 )
-from vramplan.memory.weights import quant_weight_bytes, quantized_weight_params, unquantized_dtype
+from vramplan.memory.weights import quant_weight_bytes, quantized_weight_params
 from vramplan.params import param_counts
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 from vramplan.units import nbytes
 
-#: accelerate ``get_balanced_memory``: the buffer is 1.25 x the larger of the biggest
-#: no-split block and the mean final-module size.
+#: ``get_balanced_memory``: the buffer is 1.25 x the larger of the biggest no-split block
+#: and the biggest module holding parameters.
 BUFFER_FACTOR = 1.25
 
 
@@ -53,12 +56,9 @@ class Unit:
 
 
 def _weight_dtype(setup: Setup) -> str:
-    if setup.method == "inference":
-        from vramplan.memory.inference import HALF
-
-        return HALF[setup.precision]
-    if setup.method == "qlora":
-        return unquantized_dtype(setup)
+    """The dtype the checkpoint is loaded in (before PEFT's k-bit upcasts)."""
+    if setup.method in ("inference", "qlora"):
+        return "fp16" if setup.precision.endswith("fp16") else ("fp32" if setup.precision == "fp32" else "bf16")
     return dtypes(setup).weights
 
 
@@ -88,22 +88,19 @@ def units(spec: ModelSpec, setup: Setup) -> list[Unit]:
     return out
 
 
-def _final_modules(spec: ModelSpec) -> int:
-    """Modules without sub-modules (linears, norms, embedding, lm_head, tower blocks'
-    pieces): their count sets accelerate's mean-leaf size."""
-    per_layer = len(spec.layer_linears(0)) + spec.norms_per_layer + (2 if spec.qk_norm else 0)
-    n = 1 + spec.num_layers * per_layer + 1 + (0 if spec.tie_word_embeddings else 1)
-    if spec.vision is not None:
-        n += spec.vision.depth * (len(spec.vision.blocks) + 2) + 4
-    return n
+#: transformers' bitsandbytes quantizers ``adjust_max_memory``: 90% of each card's budget.
+BNB_MEMORY_FRACTION = 0.9
 
 
-def balanced_budget(spec: ModelSpec, parts: list[Unit], n: int) -> int:
-    """Bytes ``get_balanced_memory`` allows each card but the last."""
+def balanced_budget(spec: ModelSpec, parts: list[Unit], n: int, setup: Setup | None = None) -> int:
+    """Bytes transformers' ``get_balanced_memory`` allows each card but the last."""
     total = sum(u.bytes for u in parts)
     block = max([u.bytes for u in parts if u.kind in ("layer", "vision")], default=0)
-    mean_leaf = total // max(1, _final_modules(spec))
-    return total // n + int(BUFFER_FACTOR * max(block, mean_leaf))
+    leaf = max([u.bytes for u in parts if u.kind in ("embed", "lm_head")], default=0)
+    budget = total // n + int(BUFFER_FACTOR * max(block, leaf))
+    if setup is not None and setup.quant.startswith("bnb"):
+        budget = int(budget * BNB_MEMORY_FRACTION)
+    return budget
 
 
 def assign(spec: ModelSpec, setup: Setup, n: int | None = None) -> list[list[Unit]]:
@@ -112,7 +109,7 @@ def assign(spec: ModelSpec, setup: Setup, n: int | None = None) -> list[list[Uni
     would start offloading to the CPU once the card is full)."""
     n = n or setup.num_gpus
     parts = units(spec, setup)
-    budget = balanced_budget(spec, parts, n)
+    budget = balanced_budget(spec, parts, n, setup)
     cards: list[list[Unit]] = [[] for _ in range(n)]
     card, used = 0, 0
     for pos, u in enumerate(parts):
@@ -216,6 +213,8 @@ def card_terms(terms: dict[str, int], share: CardShare) -> dict[str, int]:
     for k, v in terms.items():
         if k.startswith("weights/autocast_copies") or k == "inference/kv_cache":
             x = v * share.layers
+        elif k == "weights/trainable":
+            x = v * share.trainable
         elif k.startswith("weights/"):
             x = v * share.weights
         elif k == "gradients" or k.startswith(("optimizer/", "parallel/")):

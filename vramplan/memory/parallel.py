@@ -135,8 +135,14 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
       reduce-scatter buffer (Lg[l+1]), layer l's whole gradient, the sharded gradients of
       the layers above, and the root's gradients whole (they are reduced last);
     - at the end of backward: the root's gradient whole beside layer 0's reduce-scatter
-      buffer; with accumulation, every earlier micro-batch's sharded gradients too;
+      buffer;
     - the optimizer step: everything sharded, nothing gathered.
+
+    With accumulation, the trainer runs every micro-batch but the last under
+    ``accelerator.no_sync`` (transformers ``Trainer``; FSDP2 ``set_requires_gradient_sync
+    (False)``), so each rank accumulates whole, unsharded gradients; the last micro-batch's
+    reduce-scatter adds the sharded copy. Under AMP (fp32 shards) accelerate gathers the
+    weights in 16 bits (``MixedPrecisionPolicy``), so nothing is cast again under autocast.
 
     ``shard_grad_op`` keeps every layer gathered from forward to the end of backward;
     ``optimizer+params`` offload keeps the shards, their gradients and the state on the CPU.
@@ -151,7 +157,10 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     step = phases["optimizer_step"]
     weights_total = sum(step.get(k, 0) for k in WEIGHT_TERMS)
     embed = spec.vocab_size * spec.hidden_size
-    dt = "fp32" if dtypes(setup).weights == "fp32" else "bf16"
+    amp = setup.precision.startswith("amp-")
+    dt = "fp32" if setup.precision == "fp32" else "bf16"  # AMP: gathered in 16 bits
+    if amp:
+        weights_total //= 2
     root = nbytes(embed * (1 if spec.tie_word_embeddings else 2), dt)
     layer = max(0, weights_total - root) // max(1, spec.num_layers)
     all_grads = optimizer.gradient_bytes(spec, setup)
@@ -168,18 +177,24 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
         for k in (*WEIGHT_TERMS, opt_key, "optimizer/step_temporaries"):
             if k in t:
                 t[k] = sharded(t[k])
+        if amp and "weights/autocast_copies" in t:
+            t["weights/autocast_copies"] = 0
         return t
+
+    def held(grads: int) -> int:
+        """Gradients alive in forward: the accumulated, unsharded ones under no_sync."""
+        return all_grads if (acc and grads) else sharded(grads)
 
     gathered_all = root + layer * spec.num_layers  # shard_grad_op: all unsharded until backward ends
     out: dict[str, dict[str, int]] = {}
     for name in ("forward_end", "backward_start"):
         t = shard_static(phases[name])
-        t["gradients"] = sharded(t.get("gradients", 0))
+        t["gradients"] = held(t.get("gradients", 0))
         t["parallel/gathered_weights"] = gathered_all if keep else root + layer
         out[name] = t
     # forward, while the last layer's parameters are unpacked (before the loss chain)
     t = shard_static({k: v for k, v in phases["forward_end"].items() if not k.startswith("loss/")})
-    t["gradients"] = sharded(t.get("gradients", 0))
+    t["gradients"] = held(t.get("gradients", 0))
     last = spec.num_layers - 1
     recorded = set(act.saving_layers(spec, setup))
     kept_last = 0
@@ -195,7 +210,7 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     static = shard_static(
         {k: v for k, v in phases["backward"].items() if k.startswith(("weights/", "optimizer/", "overhead/"))}
     )
-    end_grads = (sharded(all_grads) if acc else sharded(all_grads - root_grads)) + root_grads
+    end_grads = (all_grads + sharded(all_grads)) if acc else sharded(all_grads - root_grads) + root_grads
     best: dict[str, int] = {
         "gradients": end_grads,
         "activations/backward_transient": optimizer.tied_embedding_backward_bytes(spec, setup),
@@ -217,8 +232,10 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
         if i in recorded:
             nxt = layer_grads[i + 1] if i + 1 < spec.num_layers else 0
             parts = {
-                "weights/autocast_copies": copies[i] if setup.grad_checkpointing else sum(copies[: i + 1]),
-                "gradients": (sharded(all_grads) if acc else sharded(above)) + layer_grads[i] + head_grads,
+                "weights/autocast_copies": 0
+                if amp
+                else (copies[i] if setup.grad_checkpointing else sum(copies[: i + 1])),
+                "gradients": all_grads + sharded(above) if acc else sharded(above) + layer_grads[i] + head_grads,
                 "activations/saved": upto[i],
                 "activations/recompute": saved[i] if setup.grad_checkpointing else 0,
                 "activations/backward_transient": transient,

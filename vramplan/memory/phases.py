@@ -224,7 +224,7 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
     if setup.images_per_sample:
         per_phase = with_vision(spec, setup, per_phase)
     if split:
-        return split_estimate(spec, setup, per_phase)
+        return split_estimate(spec, setup, per_phase, llm)
     totals = {name: sum(terms.values()) for name, terms in per_phase.items()}
     peak = max(per_phase, key=lambda p: totals[p])
     allocated = totals[peak]
@@ -268,21 +268,34 @@ def card_estimate(index: int, holds: str, layers: int, per_phase: dict[str, dict
     )
 
 
-def split_estimate(spec: ModelSpec, setup: Setup, per_phase: dict[str, dict[str, int]]) -> Estimate:
+def split_estimate(
+    spec: ModelSpec, setup: Setup, per_phase: dict[str, dict[str, int]], llm: Setup | None = None
+) -> Estimate:
     """``device_map``: the single-process terms divided card by card (device_map.py); the
-    estimate is the fullest card's, with every card listed."""
+    estimate is the fullest card's, with every card listed. ``llm`` is the language model's
+    setup (its sequence holds the image tokens), which sizes each card's activations."""
     from vramplan.memory import device_map
 
     placed = device_map.assign(spec, setup)
+    shares = device_map.shares(spec, llm or setup, placed)
+    paged = optimizer.optimizer_state_bytes(spec, setup) if optimizer.paged_optimizer(setup) else 0
     cards = []
-    for i, (units, share) in enumerate(zip(placed, device_map.shares(spec, setup, placed), strict=True)):
+    for i, (units, share) in enumerate(zip(placed, shares, strict=True)):
         mine = {name: device_map.card_terms(terms, share) for name, terms in per_phase.items()}
         layers = sum(1 for u in units if u.kind == "layer")
-        cards.append(card_estimate(i, device_map.label(units), layers, mine))
+        card = card_estimate(i, device_map.label(units), layers, mine)
+        if paged:  # paged optimizer state: the card's share, outside the allocator
+            extra = -(-int(paged * share.trainable) // 1)
+            card = card.model_copy(
+                update={
+                    "terms": {**card.terms, "optimizer/paged_state": extra},
+                    "device_bytes": card.device_bytes + extra,
+                }
+            )
+        cards.append(card)
     top = max(cards, key=lambda c: c.device_bytes)
     phases_of_top = {
-        name: sum(device_map.card_terms(terms, device_map.shares(spec, setup, placed)[top.index]).values())
-        for name, terms in per_phase.items()
+        name: sum(device_map.card_terms(terms, shares[top.index]).values()) for name, terms in per_phase.items()
     }
     return Estimate(
         phase=top.phase,
