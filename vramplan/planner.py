@@ -1,8 +1,8 @@
 """plan(): pick the setup that fits a card, with the breakdown and the alternatives.
 
 Preference when a field is not pinned: the highest-fidelity method that fits
-(full AMP > full pure 16-bit > LoRA > QLoRA), then the largest micro-batch, then
-gradient checkpointing only if needed.
+(full AMP > full pure 16-bit > LoRA > QLoRA); within it, the fastest fitting micro-batch,
+checkpointing and (with several GPUs) layout by the time model (timing.py).
 """
 
 from __future__ import annotations
