@@ -133,6 +133,8 @@ def layouts(pinned: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         if pinned.get("num_nodes", 1) > 1 and par == "device_map":
             continue
+        if pinned.get("method") == "qlora" and par in ("zero3", "fsdp"):
+            continue  # sharding 4-bit weights (bnb_4bit_quant_storage) is neither searched nor emitted
         if "offload" in pinned and pinned["offload"] != off:
             continue
         out.append({"parallel": par, "offload": off})

@@ -9,6 +9,11 @@ in the header, and the numbers are re-estimated for what is actually emitted.
 Targets: ``trl`` (a self-contained Python script: TRL ``SFTTrainer`` + PEFT + bitsandbytes),
 ``swift`` (the ms-swift ``swift sft`` command line), ``llamafactory`` (YAML for
 ``llamafactory-cli train``), ``axolotl`` (YAML for ``axolotl train``). Torch-free.
+
+On several GPUs the trl target also writes the launch: ``accelerate_config.yaml`` for DDP,
+DeepSpeed ZeRO-1/2/3 (with ``ds_config.json``) and FSDP2, or a single process with
+``device_map="auto"`` and a ``max_memory`` per card (:mod:`vramplan.emit.launch`); the other
+targets emit one GPU or DDP.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from vramplan.errors import DoesNotFit, VramplanError
 from vramplan.gpus import GPU
 from vramplan.memory import Estimate, estimate
+from vramplan.memory.host import host_terms
 from vramplan.models import catalog_sources, load_model
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
@@ -56,6 +57,8 @@ class Context(BaseModel):
     model_type: str = ""
     vocab_size: int = 0
     num_layers: int = 0
+    hidden_size: int = 0
+    host_bytes: int = 0  # CPU offload: host RAM per node the plan puts there
 
 
 def gib(n: int) -> str:
@@ -188,6 +191,29 @@ def header_lines(ctx: Context, target: str) -> list[str]:
     return lines
 
 
+def layout_lines(ctx: Context) -> list[str]:
+    """What the multi-GPU layout is and that the figures above are per GPU (none on one GPU)."""
+    s = ctx.setup
+    if s.parallel == "none":
+        return []
+    where = f"{s.num_gpus} GPUs" if s.num_nodes == 1 else f"{s.num_nodes} nodes x {s.num_gpus} GPUs"
+    if s.parallel == "device_map":
+        lines = [f"layout: device_map, the layers split across {where} in one process; each card's own peak:"]
+        for card in ctx.est.cards:
+            lines.append(
+                f"  GPU {card.index} ({card.holds}): allocated {gib(card.allocated_bytes)},"
+                f" device {gib(card.device_bytes)} ({card.phase})"
+            )
+        return lines
+    name = {"zero1": "DeepSpeed ZeRO-1", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3"}.get(
+        s.parallel, "FSDP " + s.fsdp_sharding if s.parallel == "fsdp" else s.parallel.upper()
+    )
+    line = f"layout: {name} on {where} ({s.world_size} processes); every figure above is per GPU"
+    if s.offload != "none":
+        line += f"; CPU offload of the {s.offload.replace('+', ' and ')}: {gib(ctx.host_bytes)} of host RAM per node"
+    return [line]
+
+
 def why_lines(ctx: Context, options: dict[str, str]) -> list[str]:
     """``option: value  # reason`` for each memory-relevant setting the target spells."""
     out = ["why each memory-relevant setting:"]
@@ -242,6 +268,8 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         model_type=spec.model_type,
         vocab_size=spec.vocab_size,
         num_layers=spec.num_layers,
+        hidden_size=spec.hidden_size,
+        host_bytes=sum(host_terms(spec, setup).values()),
     )
     files, command = mod.render(ctx)
     return Emitted(
@@ -302,6 +330,19 @@ def yaml_text(items: list[tuple[str, Any, str]]) -> str:
             lines.append(f"{key}: {yaml_scalar(value)}{tail}")
     return "\n".join(lines) + "\n"
 
+
+#: the decoder layer class of each text model type in transformers (``_no_split_modules`` of its
+#: ``AutoModelForCausalLM`` class): FSDP wraps one unit per layer.
+DECODER_LAYER = {
+    "llama": "LlamaDecoderLayer",
+    "mistral": "MistralDecoderLayer",
+    "mixtral": "MixtralDecoderLayer",
+    "qwen2": "Qwen2DecoderLayer",
+    "qwen3": "Qwen3DecoderLayer",
+    "qwen3_moe": "Qwen3MoeDecoderLayer",
+    "gemma2": "Gemma2DecoderLayer",
+    "phi3": "Phi3DecoderLayer",
+}
 
 #: transformers ``attn_implementation`` names (TRL, axolotl).
 HF_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attention_2"}

@@ -6,9 +6,15 @@ fp32 weights and trains under autocast); quant -> ``BitsAndBytesConfig``; LoRA -
 ``LoraConfig`` (``modules_to_save`` for extra trained embeddings/lm_head); freeze -> the top
 layers left trainable by the script; optimizer -> ``optim``; attention ->
 ``attn_implementation``. GPTQ/AWQ bases need a pre-quantized checkpoint, which the script
-does not make: it quantizes with bitsandbytes nf4 instead (said in the header). DDP
-launches through ``accelerate launch``; ZeRO/FSDP/device_map launch configs are not
-emitted yet.
+does not make: it quantizes with bitsandbytes nf4 instead (said in the header).
+
+Several GPUs (``Setup.parallel``): DDP, DeepSpeed ZeRO-1/2/3 and FSDP start through
+``accelerate launch --config_file accelerate_config.yaml`` (MULTI_GPU, DEEPSPEED or FSDP2, one
+process per GPU on every node); ZeRO adds ``ds_config.json`` (stage, CPU offload, the bucket
+sizes the memory model counts, bf16/fp16, batch sizes), which the script hands to its
+SFTConfig before loading the model so that ZeRO-3 loads each GPU's partition only.
+``device_map`` is one ``python train.py`` process that splits the layers across its GPUs
+(``device_map="auto"`` with a ``max_memory`` per card). See :mod:`vramplan.emit.launch`.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ import json
 import shlex
 from typing import Any
 
-from vramplan.emit.common import HF_ATTN, HF_OPTIM, Context, header_lines, why_lines
+from vramplan.emit import launch
+from vramplan.emit.common import HF_ATTN, HF_OPTIM, Context, header_lines, layout_lines, why_lines
 from vramplan.errors import VramplanError
-from vramplan.setup import Setup
+from vramplan.setup import DEEPSPEED, Setup
 from vramplan.spec import ModelSpec
 
 LOAD_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "amp-bf16": "float32", "amp-fp16": "float32"}
@@ -27,10 +34,13 @@ LOAD_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "amp-bf1
 
 def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
     """What TRL can run of ``setup``, and what changed."""
-    notes = []
-    if setup.parallel not in ("none", "ddp"):
+    notes: list[str] = []
+    if setup.method == "qlora" and setup.parallel in ("zero3", "fsdp"):
         raise VramplanError(
-            "emit", f"trl: launch configs for {setup.parallel} are not emitted yet; plan with --parallel none or ddp"
+            "emit",
+            f"trl: QLoRA under {setup.parallel} is not emitted: sharding 4-bit weights needs bnb_4bit_quant_storage and"
+            " no prepare_model_for_kbit_training (its fp32 upcasts break the uniform dtype the sharder needs), which"
+            " the estimate does not model; plan with --parallel ddp, zero1, zero2 or device_map",
         )
     if setup.quant in ("gptq-int4", "awq-int4"):
         notes.append(
@@ -38,14 +48,18 @@ def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
             " it quantizes with bitsandbytes nf4 instead (re-estimated)"
         )
         setup = setup.model_copy(update={"quant": "bnb-nf4"})
-    if setup.precision == "fp16" and (
-        setup.method in ("full", "freeze") or (setup.method == "lora" and setup.trainable_extra)
+    if (
+        setup.precision == "fp16"
+        and setup.parallel not in DEEPSPEED  # DeepSpeed's own loss scaler steps fp32 masters of fp16 weights
+        and (setup.method in ("full", "freeze") or (setup.method == "lora" and setup.trainable_extra))
     ):
         notes.append(
             "fp16 weights that train cannot be unscaled by the fp16 GradScaler: fp32 master weights under fp16"
             " autocast (amp-fp16, re-estimated)"
         )
         setup = setup.model_copy(update={"precision": "amp-fp16"})
+    setup = launch.adapt_precision(setup, notes)
+    setup = launch.adapt_optimizer(setup, notes)
     return setup, notes
 
 
@@ -76,15 +90,18 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
             "modules_to_save": extra or None,
             "task_type": "CAUSAL_LM",
         }
+    # under FSDP the checkpointing is FSDP's own (accelerate_config.yaml): transformers refuses both
+    checkpointing = s.grad_checkpointing and s.parallel != "fsdp"
     training = {
         "per_device_train_batch_size": s.micro_batch,
         "gradient_accumulation_steps": s.grad_accum,
         "max_length": s.seq_len,
-        "gradient_checkpointing": s.grad_checkpointing,
-        "gradient_checkpointing_kwargs": {"use_reentrant": False} if s.grad_checkpointing else None,
+        "gradient_checkpointing": checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
         "optim": HF_OPTIM[s.optimizer],
-        "bf16": s.precision in ("bf16", "amp-bf16"),
-        "fp16": s.precision in ("fp16", "amp-fp16"),
+        # FSDP full/freeze of 16-bit weights: pure 16-bit (FSDP2 mixed precision would upcast the trained weights)
+        "bf16": s.precision in ("bf16", "amp-bf16") and not launch.pure_16bit(s),
+        "fp16": s.precision in ("fp16", "amp-fp16") and not launch.pure_16bit(s),
         "learning_rate": 1e-4 if s.is_lora else 1e-5,
         "num_train_epochs": 3,
         "logging_steps": 10,
@@ -92,7 +109,7 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
         "report_to": "none",
         "packing": False,
     }
-    return {
+    out = {
         "model": ctx.model_path,
         "method": s.method,
         "dtype": LOAD_DTYPE[s.precision],
@@ -102,6 +119,9 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
         "freeze_top_layers": s.freeze_trainable_layers if s.method == "freeze" else None,
         "training": training,
     }
+    if s.parallel != "none":
+        out["parallel"] = launch.parallel_constant(ctx)
+    return out
 
 
 def _py(value: Any) -> str:
@@ -133,6 +153,7 @@ FREEZE_TOP_LAYERS = __FREEZE__  # freeze: only the top N decoder layers train
 TRAINING = {
 __TRAINING__
 }
+__PARALLEL__
 
 
 def to_record(example, tokenizer):
@@ -149,6 +170,7 @@ def to_record(example, tokenizer):
     text = "".join(f"### {m['role'].capitalize()}:\\n{m['content']}\\n\\n" for m in messages)
     return {"text": text + (tokenizer.eos_token or "")}
 
+__PARALLEL_FUNCTION__
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,6 +190,7 @@ def main():
         "lora": LORA,
         "freeze_top_layers": FREEZE_TOP_LAYERS,
         "training": {**TRAINING, "num_train_epochs": args.epochs, "max_steps": args.max_steps},
+__PARALLEL_SETTING__
     }
     if args.dry_run:
         print(json.dumps(settings, indent=1))
@@ -178,6 +201,7 @@ def main():
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
+__CONFIG_EARLY__
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -187,11 +211,7 @@ def main():
         if "bnb_4bit_compute_dtype" in q:
             q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
         load["quantization_config"] = BitsAndBytesConfig(**q)
-    if QUANTIZATION:
-        import os
-
-        # each process loads its own quantized copy on its own GPU (accelerate launch sets LOCAL_RANK)
-        load["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else {"": "cpu"}
+__PLACEMENT__
     model = AutoModelForCausalLM.from_pretrained(args.model, **load)
     if QUANTIZATION:
         from peft import prepare_model_for_kbit_training
@@ -213,11 +233,7 @@ def main():
 
     raw = load_dataset("json", data_files=args.data, split="train")
     dataset = raw.map(lambda ex: to_record(ex, tokenizer), remove_columns=raw.column_names)
-    training = dict(settings["training"])
-    if not torch.cuda.is_available():
-        print("no CUDA device: training on the CPU (slow; for checking the set-up)")
-        training["use_cpu"] = True
-    config = SFTConfig(output_dir=args.output, **training)
+__CONFIG_LATE__
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )
@@ -234,20 +250,29 @@ if __name__ == "__main__":
 
 def render(ctx: Context) -> tuple[dict[str, str], str]:
     s = ctx.setup
+    if launch.pure_16bit(s) and "precision" in ctx.reasons:
+        why = ctx.reasons["precision"].replace("under autocast", "trained as they are (no mixed precision under FSDP)")
+        ctx = ctx.model_copy(update={"reasons": {**ctx.reasons, "precision": why}})
     settings = trl_settings(ctx)
     t = settings["training"]
+    checkpointing = (
+        f"fsdp_activation_checkpointing: {str(s.grad_checkpointing).lower()} (accelerate_config.yaml)"
+        if s.parallel == "fsdp"
+        else f"gradient_checkpointing={t['gradient_checkpointing']}"
+    )
     options = {
         "method": f"METHOD = {s.method!r}" + (f"; LORA r={s.lora_rank}" if s.is_lora else ""),
         "quant": f"QUANTIZATION = {settings['quantization']}",
         "precision": f"DTYPE = {settings['dtype']!r}, bf16={t['bf16']}, fp16={t['fp16']}",
-        "grad_checkpointing": f"gradient_checkpointing={t['gradient_checkpointing']}",
+        "grad_checkpointing": checkpointing,
         "micro_batch": f"per_device_train_batch_size={t['per_device_train_batch_size']}",
         "grad_accum": f"gradient_accumulation_steps={t['gradient_accumulation_steps']}",
         "seq_len": f"max_length={t['max_length']}",
         "optimizer": f"optim={t['optim']!r}",
         "attention": f"ATTN_IMPLEMENTATION = {settings['attn_implementation']!r}",
     }
-    head = "\n".join("# " + line for line in header_lines(ctx, "trl") + why_lines(ctx, options))
+    comment = header_lines(ctx, "trl") + layout_lines(ctx) + why_lines(ctx, options)
+    head = "\n".join("# " + line for line in comment)
     inline = {
         "per_device_train_batch_size": "micro_batch",
         "gradient_accumulation_steps": "grad_accum",
@@ -271,8 +296,21 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         .replace("__TRAINING__", "\n".join(body_lines))
         .replace("__DATA__", json.dumps(ctx.data))
     )
+    for marker, block in launch.script_blocks(ctx, settings).items():
+        script = _fill(script, marker, block)
     train_py = "#!/usr/bin/env python3\n" + head + "\n" + script
-    launcher = "python" if s.num_gpus == 1 else f"accelerate launch --num_processes {s.num_gpus}"
-    command = f"{launcher} train.py --model {shlex.quote(ctx.model_path)} --data {shlex.quote(ctx.data)}"
-    run_sh = "#!/usr/bin/env bash\n" + head + "\nset -euo pipefail\n" + command + ' "$@"\n'
-    return {"train.py": train_py, "run.sh": run_sh}, command
+    args = f"train.py --model {shlex.quote(ctx.model_path)} --data {shlex.quote(ctx.data)}"
+    prelude, launcher = launch.launcher(ctx)
+    command = f"{launcher} {args}"
+    run_sh = "#!/usr/bin/env bash\n" + head + "\nset -euo pipefail\n" + prelude + command + ' "$@"\n'
+    files = {"train.py": train_py, "run.sh": run_sh}
+    files.update(launch.config_files(ctx, comment))
+    return files, command
+
+
+def _fill(script: str, marker: str, block: str) -> str:
+    """Put ``block`` on the marker's line; an empty block removes the line."""
+    line = marker + "\n"
+    if line not in script:
+        raise AssertionError(f"template has no {marker}")
+    return script.replace(line, block + ("\n" if block and not block.endswith("\n") else ""))
