@@ -186,6 +186,13 @@ def header_lines(ctx: Context, target: str) -> list[str]:
         f" {'gradient checkpointing' if s.grad_checkpointing else 'no checkpointing'}, {s.attention}"
         + (f", LoRA r{s.lora_rank} alpha {s.lora_alpha:g} on {s.lora_targets}" if s.is_lora else "")
     )
+    if s.rl != "none":
+        phases = ", ".join(f"{k} {gib(v)}" for k, v in est.phases.items() if k in ("generate", "reference"))
+        lines.append(
+            f"{s.rl.upper()}: {s.num_generations} completions per prompt, prompt {s.seq_len - s.completion_len} +"
+            f" completion {s.completion_len} tokens, beta {s.beta:g}; allocated by phase: {phases},"
+            f" training {gib(max(v for k, v in est.phases.items() if k not in ('generate', 'reference')))}"
+        )
     for note in ctx.adjustments:
         lines.append(f"CHANGED FOR {target}: {note}")
     return lines
@@ -234,6 +241,8 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         raise VramplanError(
             "emit", "configs for image training are not emitted yet: plan it, then set the trainer by hand"
         )
+    if plan.setup.rl != "none" and target != "trl":
+        raise VramplanError("emit", f"{target}: GRPO plans are emitted for trl only (--emit trl: GRPOTrainer)")
     mod = importlib.import_module(f"vramplan.emit.{target}")
     spec = load_model(plan.source or plan.model)
     if spec.vision is not None or spec.model_type == "qwen":

@@ -271,6 +271,9 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "optimizer": f"optim={t['optim']!r}",
         "attention": f"ATTN_IMPLEMENTATION = {settings['attn_implementation']!r}",
     }
+    if s.rl == "grpo":
+        prompt = s.seq_len - s.completion_len
+        options["seq_len"] = f"max_completion_length={s.completion_len}, MAX_PROMPT_TOKENS={prompt}"
     comment = header_lines(ctx, "trl") + layout_lines(ctx) + why_lines(ctx, options)
     head = "\n".join("# " + line for line in comment)
     inline = {
@@ -281,12 +284,19 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "optim": "optimizer",
         "bf16": "precision",
     }
+    template = SCRIPT
+    if s.rl == "grpo":
+        from vramplan.emit import grpo
+
+        template = grpo.SCRIPT.replace("__PROMPT__", str(s.seq_len - s.completion_len))
+        t = grpo.grpo_training(ctx, t)
+        inline["max_completion_length"] = "seq_len"
     body_lines = []
     for k, v in t.items():
         why = ctx.reasons.get(inline.get(k, ""), "")
         body_lines.append(f"    {k!r}: {_py(v)}," + (f"  # {why}" if why else ""))
     script = (
-        SCRIPT.replace("__MODEL__", json.dumps(ctx.model_path))
+        template.replace("__MODEL__", json.dumps(ctx.model_path))
         .replace("__METHOD__", repr(s.method))
         .replace("__DTYPE__", repr(settings["dtype"]))
         .replace("__ATTN__", repr(settings["attn_implementation"]))
@@ -296,8 +306,9 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         .replace("__TRAINING__", "\n".join(body_lines))
         .replace("__DATA__", json.dumps(ctx.data))
     )
-    for marker, block in launch.script_blocks(ctx, settings).items():
-        script = _fill(script, marker, block)
+    if s.rl == "none":
+        for marker, block in launch.script_blocks(ctx, settings).items():
+            script = _fill(script, marker, block)
     train_py = "#!/usr/bin/env python3\n" + head + "\n" + script
     args = f"train.py --model {shlex.quote(ctx.model_path)} --data {shlex.quote(ctx.data)}"
     prelude, launcher = launch.launcher(ctx)
