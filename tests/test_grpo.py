@@ -36,11 +36,28 @@ def test_phases_are_named_and_the_reference_runs_only_with_beta() -> None:
     assert "weights/reference" not in with_kl.terms
 
 
-def test_full_policy_with_kl_keeps_a_frozen_copy() -> None:
+def test_full_policy_with_kl_keeps_a_frozen_copy_in_its_load_dtype() -> None:
+    """TRL loads the reference in the policy's dtype: fp32 under AMP, 16-bit otherwise."""
     spec = load_model(SPEC)
-    est = estimate(spec, _grpo(method="full", beta=0.04, precision="amp-bf16"))
-    phases_terms = est.terms
-    assert phases_terms["weights/reference"] == 2 * param_counts(spec).total
+    n = param_counts(spec).total
+    amp = estimate(spec, _grpo(method="full", beta=0.04, precision="amp-bf16"))
+    assert amp.terms["weights/reference"] == 4 * n
+    half = estimate(spec, _grpo(method="full", beta=0.04, precision="bf16"))
+    assert half.terms["weights/reference"] == 2 * n
+
+
+def test_generation_dtype_follows_the_policy() -> None:
+    """Generation runs outside autocast for PEFT models: fp32 keys/values after the k-bit
+    upcast (QLoRA), and AMP's fp32 keys; AMP also keeps autocast's 16-bit weight copies."""
+    from vramplan.memory.rl import generation_terms
+
+    spec = load_model(SPEC)
+    lora = generation_terms(spec, _grpo(), {}, 0)
+    qlora = generation_terms(spec, _grpo(method="qlora", quant="bnb-nf4"), {}, 0)
+    amp = generation_terms(spec, _grpo(method="full", precision="amp-bf16"), {}, 0)
+    assert qlora["rl/kv_cache"] == 2 * lora["rl/kv_cache"]
+    assert amp["rl/kv_cache"] == 1.5 * lora["rl/kv_cache"]
+    assert amp["rl/autocast_copies"] == 2 * param_counts(spec).total and lora["rl/autocast_copies"] == 0
 
 
 def test_generation_holds_the_whole_batch_kv_cache() -> None:
@@ -83,6 +100,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["--rl", "grpo", "--beta", "-1"], "beta"),
         (["--rl", "ppo"], "--rl"),
         (["--rl", "grpo", "--samples", "10", "--avg-tokens", "10"], "samples"),
+        (["--num-generations", "4"], "num_generations"),
+        (["--beta", "0.1"], "beta"),
     ],
 )
 def test_bad_grpo_input_exits_2(args: list[str], field: str) -> None:
@@ -126,3 +145,16 @@ def test_case2_visual_rft_on_a_4090(model: str, quant: str, fits: bool) -> None:
     assert p.fits is fits
     assert p.peak.device_bytes <= 24 * GIB
     assert any(n.startswith("GRPO phases") for n in p.notes)
+
+
+def test_pinned_micro_batch_raises_the_accumulation() -> None:
+    p = plan(SPEC, "4090", method="lora", rl="grpo", micro_batch=2, seq_len=1024, completion_len=512)
+    assert (p.setup.micro_batch, p.setup.grad_accum) == (2, 4)
+
+
+def test_grpo_report_and_trace(tmp_path) -> None:
+    page = tmp_path / "g.html"
+    r = _cli(SPEC, "--rl", "grpo", "--report", str(page))
+    assert r.returncode in (0, 1) and page.exists() and "GRPO" in page.read_text()
+    t = _cli("trace", SPEC, "--rl", "grpo")
+    assert t.returncode == 2 and "rl" in t.stderr and "Traceback" not in t.stderr

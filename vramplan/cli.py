@@ -433,6 +433,10 @@ def _run(command: str, argv: list[str]) -> int:
 
         check_output(args.report, "report", (".html", ".htm"))
         resolve_gpu(args.gpu)  # a bad --gpu fails now, not after the trace
+    if getattr(args, "rl", None) not in (None, "none"):
+        raise VramplanError(
+            "rl", f"{command} runs supervised steps; GRPO is planned analytically (vramplan MODEL --rl grpo)"
+        )
     setup = _setup_from_args(args)
     from vramplan.models import load_config
 

@@ -277,6 +277,10 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     unknown = sorted(set(pinned) - set(Setup.model_fields))
     if unknown:
         raise VramplanError(unknown[0], f"not a setup field; allowed: {', '.join(Setup.model_fields)}")
+    if pinned.get("rl", "none") == "none":
+        loose = sorted({"num_generations", "completion_len", "beta"} & set(pinned))
+        if loose:
+            raise VramplanError(loose[0], f"--{loose[0].replace('_', '-')} applies to --rl grpo only")
     host: int | None = None
     if host_ram_gib is not None:
         if not isinstance(host_ram_gib, (int, float)) or not 0 < host_ram_gib < 1 << 20:
@@ -285,7 +289,7 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     spec = load_model(model)
     card = resolve_gpu(gpu)
     check = {k: v for k, v in pinned.items() if k not in ("method", "quant", "kv_cache")}
-    if "micro_batch" not in check and check.get("rl", "none") != "none":
+    if check.get("rl", "none") != "none" and ("micro_batch" not in check or "grad_accum" not in check):
         check.update(_batches(pinned)[0])
     if "parallel" not in check and check.get("num_gpus", 1) * check.get("num_nodes", 1) > 1:
         check["parallel"] = "zero3" if check.get("offload", "none") != "none" else "ddp"

@@ -101,8 +101,8 @@ def variants(plan: Plan) -> list[Any]:
     from vramplan.timing import data_parallel_replicas, step_time
 
     s = plan.setup
-    if s.method == "inference":
-        return []
+    if s.method == "inference" or s.rl != "none":
+        return []  # no time model for generation; GRPO batches must hold whole groups
     spec = load_model(plan.source or plan.model)
     out = []
     for mb in (1, 2, 4, 8):

@@ -36,6 +36,11 @@ import argparse
 import importlib
 import json
 import math
+import os
+
+# one process on one GPU, as planned: with several GPUs visible, transformers' Trainer would
+# split the batch over them (n_gpu > 1), which GRPOTrainer refuses
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
 
 MODEL = __MODEL__
 METHOD = __METHOD__
@@ -66,9 +71,11 @@ def load_reward(spec):
 
 
 def to_prompt(example):
-    if example.get("prompt") is not None:
+    if example.get("prompt"):
         return {"prompt": example["prompt"]}
-    prompt = example.get("instruction") or ""
+    if not example.get("instruction"):
+        raise SystemExit(f"a record has no 'prompt' and no 'instruction': {json.dumps(example)[:200]}")
+    prompt = example["instruction"]
     if example.get("input"):
         prompt = prompt + "\\n\\n" + example["input"]
     return {"prompt": prompt}
@@ -137,11 +144,22 @@ def main():
     dataset = raw.map(to_prompt)
 
     def cut(example):
-        # the plan counts MAX_PROMPT_TOKENS of prompt: keep the end of longer prompts
-        if isinstance(example["prompt"], str):
-            ids = tokenizer(example["prompt"], add_special_tokens=False)["input_ids"]
-            if len(ids) > MAX_PROMPT_TOKENS:
-                example["prompt"] = tokenizer.decode(ids[-MAX_PROMPT_TOKENS:])
+        # the plan counts MAX_PROMPT_TOKENS of prompt, as TRL tokenizes it (special tokens and
+        # chat template included): keep the end of a longer text prompt, refuse a longer chat
+        prompt = example["prompt"]
+        if isinstance(prompt, str):
+            specials = len(tokenizer("")["input_ids"])
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            room = MAX_PROMPT_TOKENS - specials
+            if len(ids) > room:
+                example["prompt"] = tokenizer.decode(ids[-room:], skip_special_tokens=True)
+        else:
+            n = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
+            if n > MAX_PROMPT_TOKENS:
+                raise SystemExit(
+                    f"a chat prompt has {n} tokens; the plan counts {MAX_PROMPT_TOKENS}:"
+                    " shorten it or plan a longer --seq-len"
+                )
         return example
 
     dataset = dataset.map(cut)

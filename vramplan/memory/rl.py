@@ -28,7 +28,7 @@ card), several GPUs, ``num_iterations > 1``.
 from __future__ import annotations
 
 from vramplan.memory import inference, vision
-from vramplan.memory.policy import act_bytes
+from vramplan.memory.policy import act_bytes, dtypes, residual_bytes, upcast_kbit
 from vramplan.params import param_counts
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
@@ -51,33 +51,68 @@ def completion_tokens(setup: Setup) -> int:
     return setup.micro_batch * setup.completion_len
 
 
+def _head_fp32(setup: Setup) -> bool:
+    """lm_head's weight is fp32 (AMP masters, or after PEFT's k-bit upcast): each vocabulary
+    chunk is cast to the 16-bit compute dtype on the fly."""
+    return dtypes(setup).weights == "fp32" or upcast_kbit(setup)
+
+
 def fused_head_forward_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """Hidden states of the scored positions (saved for backward), their statistics, and
-    one projection tile."""
+    """Hidden states of the scored positions (saved for backward, in the residual stream's
+    dtype), their fp32 statistics, one projection tile, and the chunk's 16-bit weight copy
+    when lm_head is fp32."""
     n = completion_tokens(setup)
     a = act_bytes(setup)
-    tile = min(n, TOKEN_CHUNK) * min(spec.vocab_size, VOCAB_CHUNK) * a
-    return n * spec.hidden_size * a + STAT_VECTORS * 4 * n + tile
+    vocab = min(spec.vocab_size, VOCAB_CHUNK)
+    tile = min(n, TOKEN_CHUNK) * vocab * a
+    chunk = vocab * spec.hidden_size * a if _head_fp32(setup) else 0
+    return n * spec.hidden_size * residual_bytes(setup) + STAT_VECTORS * 4 * n + tile + chunk
 
 
 def fused_head_backward_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """The backward's fp32 gradient of the hidden states and its tile; an fp32 gradient of
-    lm_head's weight when lm_head trains (full fine-tuning, or a trained extra)."""
+    """The backward's fp32 gradient of the hidden states and its cast back, its tile (the
+    forward's is freed by then, so it is not counted twice: see :func:`with_fused_head`),
+    and, when lm_head trains, an fp32 gradient of its weight plus its cast to the weight's
+    dtype."""
     n = completion_tokens(setup)
     a = act_bytes(setup)
     tile = min(n, TOKEN_CHUNK) * min(spec.vocab_size, VOCAB_CHUNK) * a
     head_trains = setup.method == "full" or "lm_head" in setup.trainable_extra
-    weight_grad = 4 * spec.vocab_size * spec.hidden_size if head_trains else 0
-    return 4 * n * spec.hidden_size + tile + weight_grad
+    vh = spec.vocab_size * spec.hidden_size
+    weight_grad = (4 + (0 if _head_fp32(setup) else 2)) * vh if head_trains else 0
+    return (4 + residual_bytes(setup)) * n * spec.hidden_size + tile + weight_grad
 
 
 def reference_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """A frozen 16-bit copy of the model when the policy trains in full and ``beta > 0``;
-    LoRA/QLoRA policies use their own base with the adapter disabled."""
+    """A frozen copy of the model when the policy trains in full (or freeze) and ``beta > 0``,
+    in the policy's load dtype (TRL: ``model_init_kwargs.setdefault("dtype", model.dtype)``;
+    fp32 under AMP); LoRA/QLoRA policies use their own base with the adapter disabled."""
     if setup.beta <= 0 or setup.is_lora:
         return 0
-    half = "fp16" if setup.precision.endswith("fp16") else "bf16"
-    return nbytes(param_counts(spec).total, half)
+    return nbytes(param_counts(spec).total, dtypes(setup).weights)
+
+
+def amp_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Under AMP a full policy's forwards outside training (generation, the reference pass)
+    still run in autocast, which casts every fp32 weight to 16 bits and keeps the copies
+    (its weight cache) while the forward runs."""
+    if dtypes(setup).weights != "fp32" or setup.precision == "fp32" or setup.is_lora:
+        return 0
+    return nbytes(param_counts(spec).total, "bf16")
+
+
+def generation_scale(setup: Setup) -> tuple[float, float]:
+    """(KV cache, prefill) bytes relative to the 16-bit figures. Generation runs without
+    autocast for PEFT models: after PEFT's k-bit upcast (QLoRA on bitsandbytes) the hidden
+    states, keys and values are fp32; LoRA's fp32 adapters promote their intermediates,
+    about doubling the prefill temporary; under AMP keys come out fp32 and values 16-bit."""
+    if upcast_kbit(setup):
+        return 2.0, 2.0
+    if dtypes(setup).weights == "fp32" and setup.precision != "fp32":
+        return 1.5, 2.0
+    if setup.is_lora:
+        return 1.0, 2.0
+    return 1.0, 1.0
 
 
 def _generation_setup(spec: ModelSpec, setup: Setup) -> Setup:
@@ -108,10 +143,13 @@ def generation_terms(spec: ModelSpec, setup: Setup, static: dict[str, int], prom
         tower = vision.forward_transient_bytes(spec, setup.model_copy(update={"micro_batch": generation_batch(setup)}))
         tower += vision.pixel_bytes(spec, setup.model_copy(update={"micro_batch": generation_batch(setup)}))
     cache_setup = gen.model_copy(update={"seq_len": setup.seq_len + prompt_images})
+    kv_scale, prefill_scale = generation_scale(setup)
+    prefill_bytes = int(prefill_scale * inference.prefill_transient_bytes(spec, prefill))
     return {
         **static,
-        "rl/kv_cache": inference.kv_cache_bytes(spec, cache_setup),
-        "rl/generation_transient": max(inference.prefill_transient_bytes(spec, prefill), tower),
+        "rl/kv_cache": int(kv_scale * inference.kv_cache_bytes(spec, cache_setup)),
+        "rl/generation_transient": max(prefill_bytes, tower),
+        "rl/autocast_copies": amp_copy_bytes(spec, setup),
     }
 
 
@@ -123,9 +161,12 @@ def reference_terms(spec: ModelSpec, setup: Setup, static: dict[str, int], promp
     one = _generation_setup(spec, setup).model_copy(
         update={"micro_batch": setup.micro_batch, "seq_len": setup.seq_len + prompt_images}
     )
+    _, prefill_scale = generation_scale(setup)
     return {
         **static,
-        "rl/reference_forward": inference.prefill_transient_bytes(spec, one),
+        "weights/reference": reference_weight_bytes(spec, setup),
+        "rl/reference_forward": int(prefill_scale * inference.prefill_transient_bytes(spec, one)),
+        "rl/autocast_copies": amp_copy_bytes(spec, setup),
         "loss/fused_head": fused_head_forward_bytes(spec, setup),
     }
 
@@ -140,7 +181,10 @@ def with_fused_head(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, i
         if name == "forward_end":
             t["loss/fused_head"] = fused_head_forward_bytes(spec, setup)
         elif name == "backward_start":
-            t["loss/fused_head"] = fused_head_forward_bytes(spec, setup)
+            # the forward's tile is freed before the backward allocates its own
+            n = completion_tokens(setup)
+            tile = min(n, TOKEN_CHUNK) * min(spec.vocab_size, VOCAB_CHUNK) * act_bytes(setup)
+            t["loss/fused_head"] = fused_head_forward_bytes(spec, setup) - tile
             t["loss/fused_head_backward"] = fused_head_backward_bytes(spec, setup)
         if ref:
             t["weights/reference"] = ref
