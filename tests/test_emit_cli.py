@@ -115,9 +115,16 @@ def test_existing_data_path_is_made_absolute(tmp_path: Path) -> None:
     assert f"--data '{data}'" in run_sh
 
 
-@pytest.mark.parametrize("model", ["qwen2-vl-2b", "qwen-7b"])
-def test_models_the_trainers_cannot_load_are_refused(model: str) -> None:
-    out = run(model, "--gpu", "h100", "--method", "lora", "--emit", "trl")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["qwen-7b", "--emit", "trl"],  # remote code
+        ["qwen2-vl-2b", "--emit", "swift"],  # VLMs: the trl target only (text-only training)
+        ["qwen2-vl-2b", "--emit", "trl", "--image-size", "448x448"],  # image training is not emitted
+    ],
+)
+def test_models_the_trainers_cannot_load_are_refused(args: list[str]) -> None:
+    out = run(*args, "--gpu", "h100", "--method", "lora")
     assert out.returncode == 2
     _one_line_error(out)
 

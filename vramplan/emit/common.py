@@ -59,6 +59,8 @@ class Context(BaseModel):
     num_layers: int = 0
     hidden_size: int = 0
     host_bytes: int = 0  # CPU offload: host RAM per node the plan puts there
+    vision: bool = False  # a vision-language model, trained on text only by the trl target
+    lm_linears: list[str] = []  # the language model's linear layers (a VLM's LoRA stays on them)
 
 
 def gib(n: int) -> str:
@@ -245,11 +247,18 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         raise VramplanError("emit", f"{target}: GRPO plans are emitted for trl only (--emit trl: GRPOTrainer)")
     mod = importlib.import_module(f"vramplan.emit.{target}")
     spec = load_model(plan.source or plan.model)
-    if spec.vision is not None or spec.model_type == "qwen":
-        why = "a vision-language model" if spec.vision is not None else "a remote-code architecture (Qwen v1)"
+    if spec.model_type == "qwen":
         raise VramplanError(
             "emit",
-            f"{spec.name} is {why}: the emitted trainers load text models; plan it, then set the trainer by hand",
+            f"{spec.name} is a remote-code architecture (Qwen v1): the emitted trainers load transformers' own"
+            " models; plan it, then set the trainer by hand",
+        )
+    if spec.vision is not None and (target != "trl" or plan.setup.parallel == "fsdp"):
+        why = "FSDP wrapping of a vision tower is not planned" if target == "trl" else "its trainer loads text models"
+        raise VramplanError(
+            "emit",
+            f"{spec.name} is a vision-language model and {why}: --emit trl writes its text-only training"
+            " (language model LoRA/full, no images) on one GPU, DDP, ZeRO or device_map",
         )
     setup, adjustments = mod.adapt(plan.setup, spec)
     est = estimate(spec, setup) if setup != plan.setup else estimate(spec, plan.setup)
@@ -279,6 +288,8 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         num_layers=spec.num_layers,
         hidden_size=spec.hidden_size,
         host_bytes=sum(host_terms(spec, setup).values()),
+        vision=spec.vision is not None,
+        lm_linears=sorted({lin.name for lin in spec.layer_linears(0) if lin.nn_linear}),
     )
     files, command = mod.render(ctx)
     return Emitted(

@@ -43,6 +43,7 @@ import os
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
 
 MODEL = __MODEL__
+AUTO_CLASS = __AUTO__  # the transformers class that loads the model (a VLM trains on text only here)
 METHOD = __METHOD__
 DTYPE = __DTYPE__  # weights as loaded
 ATTN_IMPLEMENTATION = __ATTN__
@@ -93,6 +94,7 @@ def main():
     args = parser.parse_args()
     settings = {
         "model": args.model,
+        "auto_class": AUTO_CLASS,
         "method": METHOD,
         "rl": "grpo",
         "dtype": DTYPE,
@@ -109,7 +111,8 @@ def main():
 
     import torch
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    import transformers
+    from transformers import AutoTokenizer, BitsAndBytesConfig
     from trl import GRPOConfig, GRPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left", truncation_side="left")
@@ -122,7 +125,7 @@ def main():
             q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
         load["quantization_config"] = BitsAndBytesConfig(**q)
         load["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(args.model, **load)
+    model = getattr(transformers, AUTO_CLASS).from_pretrained(args.model, **load)
     if QUANTIZATION:
         from peft import prepare_model_for_kbit_training
 

@@ -82,11 +82,19 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
     if s.is_lora:
         targets = s.lora_target_list()
         extra = [ctx.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
+        modules: Any = "all-linear" if targets is None else targets
+        if ctx.vision:
+            # PEFT's all-linear would also wrap the vision tower's linears: the plan trains the
+            # language model's only (a regular expression PEFT matches against module names)
+            names = [t for t in (targets or ctx.lm_linears) if t != "lm_head"]
+            modules = r".*language_model.*\.(" + "|".join(names) + r")$"
+            if targets and "lm_head" in targets:
+                modules = modules[:-1] + r"|lm_head)$"
         lora = {
             "r": s.lora_rank,
             "lora_alpha": s.lora_alpha,
             "lora_dropout": s.lora_dropout,
-            "target_modules": "all-linear" if targets is None else targets,
+            "target_modules": modules,
             "modules_to_save": extra or None,
             "task_type": "CAUSAL_LM",
         }
@@ -111,6 +119,7 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
     }
     out = {
         "model": ctx.model_path,
+        "auto_class": "AutoModelForImageTextToText" if ctx.vision else "AutoModelForCausalLM",
         "method": s.method,
         "dtype": LOAD_DTYPE[s.precision],
         "attn_implementation": HF_ATTN[s.attention],
@@ -144,6 +153,7 @@ import json
 import math
 
 MODEL = __MODEL__
+AUTO_CLASS = __AUTO__  # the transformers class that loads the model (a VLM trains on text only here)
 METHOD = __METHOD__
 DTYPE = __DTYPE__  # weights as loaded
 ATTN_IMPLEMENTATION = __ATTN__
@@ -183,6 +193,7 @@ def main():
     args = parser.parse_args()
     settings = {
         "model": args.model,
+        "auto_class": AUTO_CLASS,
         "method": METHOD,
         "dtype": DTYPE,
         "attn_implementation": ATTN_IMPLEMENTATION,
@@ -198,7 +209,8 @@ __PARALLEL_SETTING__
 
     import torch
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    import transformers
+    from transformers import AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
 __CONFIG_EARLY__
@@ -212,7 +224,7 @@ __CONFIG_EARLY__
             q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
         load["quantization_config"] = BitsAndBytesConfig(**q)
 __PLACEMENT__
-    model = AutoModelForCausalLM.from_pretrained(args.model, **load)
+    model = getattr(transformers, AUTO_CLASS).from_pretrained(args.model, **load)
     if QUANTIZATION:
         from peft import prepare_model_for_kbit_training
 
@@ -297,6 +309,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         body_lines.append(f"    {k!r}: {_py(v)}," + (f"  # {why}" if why else ""))
     script = (
         template.replace("__MODEL__", json.dumps(ctx.model_path))
+        .replace("__AUTO__", repr(settings["auto_class"]))
         .replace("__METHOD__", repr(s.method))
         .replace("__DTYPE__", repr(settings["dtype"]))
         .replace("__ATTN__", repr(settings["attn_implementation"]))

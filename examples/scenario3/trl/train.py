@@ -28,6 +28,7 @@ import json
 import math
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
+AUTO_CLASS = 'AutoModelForCausalLM'  # the transformers class that loads the model (a VLM trains on text only here)
 METHOD = 'lora'
 DTYPE = 'bfloat16'  # weights as loaded
 ATTN_IMPLEMENTATION = 'sdpa'
@@ -78,6 +79,7 @@ def main():
     args = parser.parse_args()
     settings = {
         "model": args.model,
+        "auto_class": AUTO_CLASS,
         "method": METHOD,
         "dtype": DTYPE,
         "attn_implementation": ATTN_IMPLEMENTATION,
@@ -92,7 +94,8 @@ def main():
 
     import torch
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    import transformers
+    from transformers import AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -109,7 +112,7 @@ def main():
 
         # each process loads its own quantized copy on its own GPU (accelerate launch sets LOCAL_RANK)
         load["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(args.model, **load)
+    model = getattr(transformers, AUTO_CLASS).from_pretrained(args.model, **load)
     if QUANTIZATION:
         from peft import prepare_model_for_kbit_training
 
