@@ -140,9 +140,10 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
 
     With accumulation, the trainer runs every micro-batch but the last under
     ``accelerator.no_sync`` (transformers ``Trainer``; FSDP2 ``set_requires_gradient_sync
-    (False)``), so each rank accumulates whole, unsharded gradients; the last micro-batch's
-    reduce-scatter adds the sharded copy. Under AMP (fp32 shards) accelerate gathers the
-    weights in 16 bits (``MixedPrecisionPolicy``), so nothing is cast again under autocast.
+    (False)``), so each rank accumulates whole, unsharded gradients; in the last
+    micro-batch's backward each layer's are reduce-scattered (and freed) in turn, through a
+    copy of the accumulated gradient. Under AMP (fp32 shards) accelerate gathers the weights
+    in 16 bits (``MixedPrecisionPolicy``), so nothing is cast again under autocast.
 
     ``shard_grad_op`` keeps every layer gathered from forward to the end of backward;
     ``optimizer+params`` offload keeps the shards, their gradients and the state on the CPU.
@@ -190,7 +191,10 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     for name in ("forward_end", "backward_start"):
         t = shard_static(phases[name])
         t["gradients"] = held(t.get("gradients", 0))
-        t["parallel/gathered_weights"] = gathered_all if keep else root + layer
+        # accumulating, the last micro-batch's backward starts with one more layer gathered
+        # (seen in the fake-process-group trace under no_sync)
+        extra = layer if (acc and name == "backward_start") else 0
+        t["parallel/gathered_weights"] = gathered_all if keep else root + layer + extra
         out[name] = t
     # forward, while the last layer's parameters are unpacked (before the loss chain)
     t = shard_static({k: v for k, v in phases["forward_end"].items() if not k.startswith("loss/")})
@@ -210,7 +214,7 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     static = shard_static(
         {k: v for k, v in phases["backward"].items() if k.startswith(("weights/", "optimizer/", "overhead/"))}
     )
-    end_grads = (all_grads + sharded(all_grads)) if acc else sharded(all_grads - root_grads) + root_grads
+    end_grads = sharded(all_grads - root_grads) + root_grads
     best: dict[str, int] = {
         "gradients": end_grads,
         "activations/backward_transient": optimizer.tied_embedding_backward_bytes(spec, setup),
@@ -235,7 +239,11 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
                 "weights/autocast_copies": 0
                 if amp
                 else (copies[i] if setup.grad_checkpointing else sum(copies[: i + 1])),
-                "gradients": all_grads + sharded(above) if acc else sharded(above) + layer_grads[i] + head_grads,
+                # with accumulation the layers not yet reduce-scattered (this one and below, and
+                # the root) still hold their whole accumulated gradients
+                "gradients": (all_grads - above + layer_grads[i] if acc else head_grads)
+                + sharded(above)
+                + layer_grads[i],
                 "activations/saved": upto[i],
                 "activations/recompute": saved[i] if setup.grad_checkpointing else 0,
                 "activations/backward_transient": transient,

@@ -234,9 +234,14 @@ def _run_sharded(built: Built, setup: Setup, steps: int, counter: Counter, make_
                     counter.mark(_local(v), "optimizer_state")
         return out
 
+    def sync_on_last(last: bool) -> None:
+        # transformers' Trainer accumulates under accelerate's no_sync: FSDP2 keeps whole
+        # gradients until the step's last micro-batch reduce-scatters them
+        built.model.set_requires_gradient_sync(last)
+
     built.optimizer.step = step_and_note
     try:
-        run_steps(built, setup, steps, "cpu", counter, make_ids)
+        run_steps(built, setup, steps, "cpu", counter, make_ids, sync_on_last)
     finally:
         built.optimizer.step = original_step
 

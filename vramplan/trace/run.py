@@ -142,16 +142,25 @@ def _forward_loss(built: Built, ids: Any, device: str) -> Any:
 
 
 def run_steps(
-    built: Built, setup: Setup, steps: int, device: str, counter: Counter | None, make_ids: Callable[[], Any]
+    built: Built,
+    setup: Setup,
+    steps: int,
+    device: str,
+    counter: Counter | None,
+    make_ids: Callable[[], Any],
+    before_micro_batch: Callable[[bool], None] | None = None,
 ) -> None:
-    """``steps`` optimizer steps of ``grad_accum`` micro-batches each."""
+    """``steps`` optimizer steps of ``grad_accum`` micro-batches each; ``before_micro_batch``
+    is told whether the coming micro-batch is the step's last (the trainer's ``no_sync``)."""
 
     def phase(name: str, step: int) -> None:
         if counter is not None:
             counter.set_phase(name, step)
 
     for step in range(steps):
-        for _ in range(setup.grad_accum):
+        for micro in range(setup.grad_accum):
+            if before_micro_batch is not None:
+                before_micro_batch(micro == setup.grad_accum - 1)
             ids = make_ids()
             phase("forward", step)
             loss = _forward_loss(built, ids, device)
