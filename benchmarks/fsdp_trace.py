@@ -17,7 +17,7 @@ CASES = {
 def main() -> None:
     warnings.filterwarnings("ignore")
     from vramplan.memory import estimate
-    from vramplan.memory.overhead import cublas_workspace_bytes
+    from vramplan.memory.phases import traceable_by_phase
     from vramplan.models import load_model
     from vramplan.setup import make_setup
     from vramplan.trace.fsdp import trace_fsdp
@@ -29,13 +29,7 @@ def main() -> None:
     for name, kw in CASES.items():
         setup = make_setup(seq_len=256, micro_batch=1, grad_checkpointing=True, parallel="fsdp", **kw)
         result = trace_fsdp(model, setup)
-        est = estimate(load_model(model), setup).phases
-        cuda = cublas_workspace_bytes()
-        mine = {
-            "forward": max(est["forward_end"], est["forward_layer"]) - cuda,
-            "backward": max(est["backward_start"], est["backward"]) - cuda,
-            "optimizer": est["optimizer_step"] - cuda,
-        }
+        mine = traceable_by_phase(estimate(load_model(model), setup))
         for phase, value in mine.items():
             got = result.phases[f"step1/{phase}"]
             print(f"| {name} | {phase} | {got / mib:.1f} | {value / mib:.1f} | {100 * (value - got) / got:+.2f}% |")

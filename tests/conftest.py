@@ -17,6 +17,21 @@ TINY_CONFIG = {
 }
 
 
+def save_word_tokenizer(texts: list[str], folder: object, eos: str = "</s>", extra: tuple[str, ...] = ()) -> int:
+    """A word-level fast tokenizer trained on ``texts`` (no download), saved into ``folder``;
+    returns its size. ``extra`` are further special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[UNK]", "[PAD]", "</s>", *extra]
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=specials))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token=eos)
+    fast.save_pretrained(folder)
+    return len(fast)
+
+
 @pytest.fixture(scope="session")
 def tiny_config_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The tiny config as a config.json on disk, for the harness and the CLI."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, save_word_tokenizer
 from vramplan import plan
 from vramplan.cli import write_files
 
@@ -25,8 +25,7 @@ GRPO = dict(rl="grpo", seq_len=48, completion_len=16, num_generations=4, micro_b
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny Qwen2 model with random weights, a word-level tokenizer and 8 prompts, local."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("grpo")
     model_dir = root / "model"
@@ -36,12 +35,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     prompts += [{"instruction": "Add 7 and 8 .", "input": "numbers"}, {"prompt": "Say yes ."}]
     data = root / "prompts.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in prompts))
-    words = [f"Add {i} and {i + 1} . It is {2 * i + 1} numbers Say yes" for i in range(20)]
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(words, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "</s>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
-    fast.save_pretrained(model_dir)
+    save_word_tokenizer([f"Add {i} and {i + 1} . It is {2 * i + 1} numbers Say yes" for i in range(20)], model_dir)
     return model_dir, data
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, save_word_tokenizer
 from vramplan import plan
 from vramplan.cli import write_files
 from vramplan.emit.common import DECODER_LAYER
@@ -277,8 +277,7 @@ def test_every_file_says_the_figures_are_per_gpu(tmp_path: Path) -> None:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny Qwen2 model with random weights and its word-level tokenizer, and 16 samples."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("multigpu")
     model_dir = root / "model"
@@ -287,12 +286,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     samples = [{"instruction": f"Add {i} and {i + 1}.", "output": f"It is {2 * i + 1}."} for i in range(16)]
     data = root / "data.jsonl"
     data.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    words = [json.dumps(s) for s in samples] + ["### User Assistant :"]
-    tok.train_from_iterator(words, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "</s>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
-    fast.save_pretrained(model_dir)
+    save_word_tokenizer([json.dumps(s) for s in samples] + ["### User Assistant :"], model_dir)
     return model_dir, data
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, save_word_tokenizer
 from vramplan import plan
 from vramplan.cli import write_files
 from vramplan.memory import estimate
@@ -29,8 +29,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny Qwen2 model with random weights, a word-level tokenizer trained on the
     dataset, and a 20-sample instruction dataset, all written locally."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("emit")
     model_dir = root / "model"
@@ -50,13 +49,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     ]
     data = root / "data.jsonl"
     data.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    words = [json.dumps(s) for s in samples] + ["### User Assistant :"]
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(words, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "</s>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
-    assert len(fast) < TINY_CONFIG["vocab_size"]
-    fast.save_pretrained(model_dir)
+    size = save_word_tokenizer([json.dumps(s) for s in samples] + ["### User Assistant :"], model_dir)
+    assert size < TINY_CONFIG["vocab_size"]
     return model_dir, data
 
 

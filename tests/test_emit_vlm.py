@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import save_word_tokenizer
 from vramplan import plan
 from vramplan.cli import write_files
 
@@ -45,22 +46,16 @@ TINY_VL = {
 @pytest.fixture(scope="module")
 def tiny_vl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import AutoConfig, PreTrainedTokenizerFast, Qwen2VLForConditionalGeneration
+    from transformers import AutoConfig, Qwen2VLForConditionalGeneration
 
     root = tmp_path_factory.mktemp("vl")
     model_dir = root / "model"
     samples = [{"instruction": f"Describe picture {i} .", "output": f"A box number {i} ."} for i in range(12)]
     data = root / "data.jsonl"
     data.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    words = [json.dumps(s) for s in samples] + ["### User Assistant :"]
-    tok.train_from_iterator(words, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "</s>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
-    fast.save_pretrained(model_dir)
-    config = {**TINY_VL, "vocab_size": len(fast) + 8, "image_token_id": len(fast) + 1, "video_token_id": len(fast) + 2}
-    config.update(vision_start_token_id=len(fast) + 3, vision_end_token_id=len(fast) + 4)
+    n = save_word_tokenizer([json.dumps(s) for s in samples] + ["### User Assistant :"], model_dir)
+    config = {**TINY_VL, "vocab_size": n + 8, "image_token_id": n + 1, "video_token_id": n + 2}
+    config.update(vision_start_token_id=n + 3, vision_end_token_id=n + 4)
     torch.manual_seed(0)
     Qwen2VLForConditionalGeneration(AutoConfig.for_model(**config)).save_pretrained(model_dir)
     return model_dir, data

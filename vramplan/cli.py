@@ -256,12 +256,13 @@ def _cmd_plan(argv: list[str]) -> int:
         raise VramplanError(
             "report", "--report/--plot draw the plan; run them without --emit (the page holds the trl config)"
         )
-    from vramplan.report import check_output
+    if args.report or args.plot:
+        from vramplan.report import check_output
 
-    if args.report:
-        check_output(args.report, "report", (".html", ".htm"))
-    if args.plot:
-        check_output(args.plot, "plot", (".png",), needs_matplotlib=True)
+        if args.report:
+            check_output(args.report, "report", (".html", ".htm"))
+        if args.plot:
+            check_output(args.plot, "plot", (".png",), needs_matplotlib=True)
     if args.emit is None and (args.out or args.force or args.overwrite):
         raise VramplanError("emit", "--out/--force/--overwrite go with --emit trl|swift|llamafactory|axolotl")
     if args.emit is not None:
@@ -293,6 +294,8 @@ def _cmd_plan(argv: list[str]) -> int:
 def _write_pictures(result: Any, report: str | None, plot: str | None, line: str | None) -> None:
     """The PNG is drawn to a temporary name first and renamed only once the page is written,
     so a failure leaves neither file."""
+    if not report and not plot:
+        return
     import os
     from pathlib import Path
 

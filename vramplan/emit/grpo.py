@@ -118,30 +118,7 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left", truncation_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    load = {"dtype": getattr(torch, DTYPE), "attn_implementation": ATTN_IMPLEMENTATION}
-    if QUANTIZATION:
-        q = dict(QUANTIZATION)
-        if "bnb_4bit_compute_dtype" in q:
-            q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
-        load["quantization_config"] = BitsAndBytesConfig(**q)
-        load["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
-    model = getattr(transformers, AUTO_CLASS).from_pretrained(args.model, **load)
-    if QUANTIZATION:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=TRAINING["gradient_checkpointing"],
-            gradient_checkpointing_kwargs=TRAINING["gradient_checkpointing_kwargs"],
-        )
-    if FREEZE_TOP_LAYERS:
-        model.requires_grad_(False)
-        for layer in model.get_decoder().layers[-FREEZE_TOP_LAYERS:]:
-            layer.requires_grad_(True)
-    peft_config = None
-    if LORA:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(**LORA)
+__LOAD_MODEL__
 
     raw = load_dataset("json", data_files=args.data, split="train")
     dataset = raw.map(to_prompt)

@@ -137,6 +137,34 @@ def _py(value: Any) -> str:
     return repr(value)
 
 
+#: model loading shared by the SFT and GRPO scripts (``__PLACEMENT__``: where the weights go).
+LOAD_MODEL = """    load = {"dtype": getattr(torch, DTYPE), "attn_implementation": ATTN_IMPLEMENTATION}
+    if QUANTIZATION:
+        q = dict(QUANTIZATION)
+        if "bnb_4bit_compute_dtype" in q:
+            q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
+        load["quantization_config"] = BitsAndBytesConfig(**q)
+__PLACEMENT__
+    model = getattr(transformers, AUTO_CLASS).from_pretrained(args.model, **load)
+    if QUANTIZATION:
+        from peft import prepare_model_for_kbit_training
+
+        # fp32 norms, embeddings and lm_head, as the plan counts them (TRL does not call this itself)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=TRAINING["gradient_checkpointing"],
+            gradient_checkpointing_kwargs=TRAINING["gradient_checkpointing_kwargs"],
+        )
+    if FREEZE_TOP_LAYERS:
+        model.requires_grad_(False)
+        for layer in model.get_decoder().layers[-FREEZE_TOP_LAYERS:]:
+            layer.requires_grad_(True)
+    peft_config = None
+    if LORA:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(**LORA)
+"""
+
 SCRIPT = '''
 """Fine-tune with TRL's SFTTrainer, as planned by vramplan (see the comment block above).
 
@@ -217,31 +245,7 @@ __CONFIG_EARLY__
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    load = {"dtype": getattr(torch, DTYPE), "attn_implementation": ATTN_IMPLEMENTATION}
-    if QUANTIZATION:
-        q = dict(QUANTIZATION)
-        if "bnb_4bit_compute_dtype" in q:
-            q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
-        load["quantization_config"] = BitsAndBytesConfig(**q)
-__PLACEMENT__
-    model = getattr(transformers, AUTO_CLASS).from_pretrained(args.model, **load)
-    if QUANTIZATION:
-        from peft import prepare_model_for_kbit_training
-
-        # fp32 norms, embeddings and lm_head, as the plan counts them (TRL does not call this itself)
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=TRAINING["gradient_checkpointing"],
-            gradient_checkpointing_kwargs=TRAINING["gradient_checkpointing_kwargs"],
-        )
-    if FREEZE_TOP_LAYERS:
-        model.requires_grad_(False)
-        for layer in model.get_decoder().layers[-FREEZE_TOP_LAYERS:]:
-            layer.requires_grad_(True)
-    peft_config = None
-    if LORA:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(**LORA)
+__LOAD_MODEL__
 
     raw = load_dataset("json", data_files=args.data, split="train")
     dataset = raw.map(lambda ex: to_record(ex, tokenizer), remove_columns=raw.column_names)
@@ -308,7 +312,8 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         why = ctx.reasons.get(inline.get(k, ""), "")
         body_lines.append(f"    {k!r}: {_py(v)}," + (f"  # {why}" if why else ""))
     script = (
-        template.replace("__MODEL__", json.dumps(ctx.model_path))
+        template.replace("__LOAD_MODEL__\n", LOAD_MODEL)
+        .replace("__MODEL__", json.dumps(ctx.model_path))
         .replace("__AUTO__", repr(settings["auto_class"]))
         .replace("__METHOD__", repr(s.method))
         .replace("__DTYPE__", repr(settings["dtype"]))
@@ -322,6 +327,8 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     if s.rl == "none":
         for marker, block in launch.script_blocks(ctx, settings).items():
             script = _fill(script, marker, block)
+    else:  # GRPO runs one process on one GPU
+        script = _fill(script, "__PLACEMENT__", launch.PLACEMENT)
     train_py = "#!/usr/bin/env python3\n" + head + "\n" + script
     args = f"train.py --model {shlex.quote(ctx.model_path)} --data {shlex.quote(ctx.data)}"
     prelude, launcher = launch.launcher(ctx)

@@ -171,6 +171,22 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
 CUDA_ONLY = ("overhead/cublas_workspace", "overhead/dequant_workspace")
 
 
+#: the estimate's phases each traced phase (``vramplan/trace``: forward, backward, optimizer) spans.
+TRACED_PHASES = {
+    "forward": ("forward_end", "forward_layer"),
+    "backward": ("backward_start", "backward"),
+    "optimizer": ("optimizer_step",),
+}
+
+
+def traceable_by_phase(est: Estimate) -> dict[str, int]:
+    """The estimate's peak in each traced phase, less the cuBLAS workspace only CUDA spends."""
+    cuda = overhead.cublas_workspace_bytes()
+    return {
+        traced: max(est.phases[p] for p in mine if p in est.phases) - cuda for traced, mine in TRACED_PHASES.items()
+    }
+
+
 def traceable_bytes(est: Estimate) -> int:
     """The allocated peak less what only CUDA spends: what a CPU trace should report."""
     return est.allocated_bytes - sum(est.terms.get(k, 0) for k in CUDA_ONLY)
@@ -225,6 +241,12 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
         per_phase = with_vision(spec, setup, per_phase)
     if split:
         return split_estimate(spec, setup, per_phase, llm)
+    return peak_estimate(spec, setup, per_phase)
+
+
+def _peak(per_phase: dict[str, dict[str, int]]) -> tuple[str, dict[str, int], int, int, dict[str, int]]:
+    """The phase with the most allocated, its terms plus the allocator's slack and the CUDA
+    context, the allocated bytes, the slack and every phase's total."""
     totals = {name: sum(terms.values()) for name, terms in per_phase.items()}
     peak = max(per_phase, key=lambda p: totals[p])
     allocated = totals[peak]
@@ -232,16 +254,21 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
     terms = {k: v for k, v in per_phase[peak].items() if v}
     terms["overhead/allocator_slack"] = slack
     terms["overhead/cuda_context"] = overhead.cuda_context_bytes()
+    return peak, terms, allocated, slack, totals
+
+
+def peak_estimate(spec: ModelSpec, setup: Setup, per_phase: dict[str, dict[str, int]]) -> Estimate:
+    """The Estimate of one process from its terms by phase (paged optimizer state beside)."""
+    peak, terms, allocated, slack, totals = _peak(per_phase)
     if optimizer.paged_optimizer(setup):
         terms["optimizer/paged_state"] = optimizer.optimizer_state_bytes(spec, setup)
-    device = sum(terms.values())
     return Estimate(
         phase=peak,
         terms=terms,
         phases=totals,
         allocated_bytes=allocated,
         reserved_bytes=allocated + slack,
-        device_bytes=device,
+        device_bytes=sum(terms.values()),
         total_params=param_counts(spec).total,
         trainable_params=trainable_params(spec, setup),
     )
@@ -249,13 +276,7 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
 
 def card_estimate(index: int, holds: str, layers: int, per_phase: dict[str, dict[str, int]]) -> CardEstimate:
     """One card's peak over its phases, with its allocator slack and CUDA context."""
-    totals = {name: sum(terms.values()) for name, terms in per_phase.items()}
-    peak = max(per_phase, key=lambda p: totals[p])
-    allocated = totals[peak]
-    terms = {k: v for k, v in per_phase[peak].items() if v}
-    slack = overhead.allocator_slack_bytes(allocated)
-    terms["overhead/allocator_slack"] = slack
-    terms["overhead/cuda_context"] = overhead.cuda_context_bytes()
+    peak, terms, allocated, slack, _ = _peak(per_phase)
     return CardEstimate(
         index=index,
         holds=holds,
@@ -329,22 +350,4 @@ def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup) -> Estimate:
     ref = rl.reference_terms(spec, setup, static, images)
     if ref:
         per_phase["reference"] = ref
-    totals = {name: sum(terms.values()) for name, terms in per_phase.items()}
-    peak = max(per_phase, key=lambda p: totals[p])
-    allocated = totals[peak]
-    slack = overhead.allocator_slack_bytes(allocated)
-    terms = {k: v for k, v in per_phase[peak].items() if v}
-    terms["overhead/allocator_slack"] = slack
-    terms["overhead/cuda_context"] = overhead.cuda_context_bytes()
-    if optimizer.paged_optimizer(setup):
-        terms["optimizer/paged_state"] = optimizer.optimizer_state_bytes(spec, setup)
-    return Estimate(
-        phase=peak,
-        terms=terms,
-        phases=totals,
-        allocated_bytes=allocated,
-        reserved_bytes=allocated + slack,
-        device_bytes=sum(terms.values()),
-        total_params=param_counts(spec).total,
-        trainable_params=trainable_params(spec, setup),
-    )
+    return peak_estimate(spec, setup, per_phase)
