@@ -85,17 +85,32 @@ def test_curation_reproduces_the_table(tmp_path: Path) -> None:
 
 def test_gate_holds(compared) -> None:
     """The issue's CI gate over complete rows: median |error| <= 8%, p90 <= 18% and no oom
-    row called a fit hold. 'No underestimate beyond 15%' does not hold yet (Qwen-1.8B and
-    the 2024 torchtune README table); the bounds below pin today's figures so they can only
-    get better."""
+    row called a fit hold. 'No underestimate beyond 15%' does not hold yet: one Qwen-1.8B
+    LoRA row of unknown kind (seq 4096) is -15.6%; the bounds below pin today's figures so
+    they can only get better."""
     s = summarize(compared)
     assert s.compared >= 120
     assert s.overall.median_abs_pct is not None and s.overall.median_abs_pct <= 8.0
     assert s.oom_rows >= 1 and s.oom_predicted_fit == []
-    assert s.overall.p90_abs_pct is not None and s.overall.p90_abs_pct <= 18.0
+    assert s.overall.p90_abs_pct is not None and s.overall.p90_abs_pct <= 15.0
     unders = [r.id for r in compared if r.counted and r.error_pct is not None and r.error_pct < -15]
-    assert len(unders) <= 7, unders
-    assert s.overall.worst_under_pct is not None and s.overall.worst_under_pct >= -31.0
+    assert unders == ["5"], unders
+    assert s.overall.worst_under_pct is not None and s.overall.worst_under_pct >= -16.0
+
+
+def test_slack_fit_is_a_robust_line(compared) -> None:
+    """The allocator's slack is base + fraction x allocated, the Theil-Sen line through the
+    reserved rows: a base is needed (a fraction alone left small models under), and the
+    line is the median one (half the rows' slack above it, half below, up to ties)."""
+    from vramplan.calibrate import theil_sen
+
+    consts = overhead_constants()
+    assert consts["allocator_slack_base_bytes"] > 0 and 0 < consts["allocator_slack_fraction"] < 0.2
+    slope, icpt = theil_sen([(0.0, 1.0), (1.0, 3.0), (2.0, 5.0), (3.0, 7.0), (4.0, 100.0)])
+    assert slope == pytest.approx(2.0) and icpt == pytest.approx(1.0)  # one outlier does not pull it
+    rows = [r for r in compared if r.counted and r.measurement == "reserved"]
+    over = sum(r.error_pct > 0 for r in rows)  # type: ignore[operator]
+    assert abs(over - (len(rows) - over)) <= 2
 
 
 def test_known_kind_rows_are_close(compared) -> None:

@@ -5,8 +5,10 @@ Fitted, in this order (each fit sees the constants fitted before it):
 1. ``generation_dequant_factor`` and ``kv_cache_factor``: on ``allocated`` generation rows
    (GPTQ/AWQ ones for the first), ``measured = rest + k_d · dequant + k_kv · kv``
    by least squares, where ``rest`` is the allocated estimate without those two terms.
-2. ``allocator_slack_fraction``: on ``reserved`` rows, ``measured = allocated · (1 + f)``;
-   ``f`` is the median of the per-row fractions (robust to one framework's outliers).
+2. ``allocator_slack_base_bytes`` and ``allocator_slack_fraction``: on ``reserved`` rows,
+   ``measured - allocated = base + f · allocated``, by the Theil-Sen line (``f`` the median of
+   the pairwise slopes, ``base`` the median intercept), which one framework's outliers do not
+   pull.
 
 Rows of ``unknown`` kind are never fitted on. The CUDA context and the cuBLAS workspace
 are not fitted: no published row measures the device tier, and the workspace (MiB) is
@@ -29,7 +31,7 @@ from vramplan.models import load_model
 from vramplan.published import _model, compare, exclusion, read_rows, row_estimate, row_setup
 from vramplan.tables import tables_dir
 
-FITTED = ("generation_dequant_factor", "kv_cache_factor", "allocator_slack_fraction")
+FITTED = ("generation_dequant_factor", "kv_cache_factor", "allocator_slack_base_bytes", "allocator_slack_fraction")
 
 
 def _usable(path: Path, kind: str) -> list[dict[str, str]]:
@@ -58,6 +60,14 @@ def _lstsq2(xs: Sequence[tuple[float, float]], ys: Sequence[float]) -> tuple[flo
     if s11 and s22 and abs(det) > 1e-9 * s11 * s22:
         return (t1 * s22 - t2 * s12) / det, (t2 * s11 - t1 * s12) / det
     return (t1 / s11 if s11 else 1.0), (t2 / s22 if s22 else 1.0)
+
+
+def theil_sen(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Slope and intercept of the Theil-Sen line through (x, y) points: the median of the
+    slopes between every pair with distinct x, then the median of ``y - slope · x``."""
+    slopes = [(y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(points) for x2, y2 in points[i + 1 :] if x2 != x1]
+    slope = statistics.median(slopes) if slopes else 0.0
+    return slope, statistics.median(y - slope * x for x, y in points)
 
 
 def fit(path: Path) -> dict[str, dict[str, Any]]:
@@ -108,21 +118,29 @@ def fit(path: Path) -> dict[str, dict[str, Any]]:
 
     # 2. the caching allocator's slack, on reserved rows
     res = _usable(path, "reserved")
-    fracs: dict[str, float] = {}
+    points: dict[str, tuple[float, float]] = {}
     srcs2 = set()
     for r in res:
         est = row_estimate(r, base)
         allocated = est.allocated_bytes  # reserved rows are training runs: no generation terms
-        fracs[r["id"]] = _measured(r, base) / allocated - 1.0
+        points[r["id"]] = (float(allocated), float(_measured(r, base) - allocated))
         srcs2.add(_source(r))
-    f = statistics.median(fracs.values()) if fracs else consts["allocator_slack_fraction"]
-    out["allocator_slack_fraction"] = {
-        "value": round(f, 4),
-        "fitted_on": list(fracs),
-        "sources": sorted(srcs2),
-        "single_source": len(srcs2) <= 1,
-        "residuals_pct": {i: round(100.0 * ((1 + f) / (1 + x) - 1), 3) for i, x in fracs.items()},
-    }
+    if len(points) >= 2:
+        f, b = theil_sen(list(points.values()))
+    else:
+        f, b = consts["allocator_slack_fraction"], consts["allocator_slack_base_bytes"]
+    resid = {i: round(100.0 * ((a + b + f * a) / (a + y) - 1), 3) for i, (a, y) in points.items()}
+    for name, value in (
+        ("allocator_slack_base_bytes", round(b / (2 << 20)) * (2 << 20)),
+        ("allocator_slack_fraction", f),
+    ):
+        out[name] = {
+            "value": round(value, 4),
+            "fitted_on": list(points),
+            "sources": sorted(srcs2),
+            "single_source": len(srcs2) <= 1,
+            "residuals_pct": resid,
+        }
     return out
 
 
