@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vramplan.errors import DoesNotFit, VramplanError
 from vramplan.gpus import GPU
-from vramplan.memory import Estimate, estimate
+from vramplan.memory import Estimate, estimate, vision
 from vramplan.memory.host import host_terms
 from vramplan.models import catalog_sources, load_model
 from vramplan.setup import Setup
@@ -59,7 +59,8 @@ class Context(BaseModel):
     num_layers: int = 0
     hidden_size: int = 0
     host_bytes: int = 0  # CPU offload: host RAM per node the plan puts there
-    vision: bool = False  # a vision-language model, trained on text only by the trl target
+    vision: bool = False  # a vision-language model (text-only training unless ``images`` is set)
+    images: dict[str, int] | None = None  # GRPO image prompts: per_prompt, max_pixels, tokens_per_image
     lm_linears: list[str] = []  # the language model's linear layers (a VLM's LoRA stays on them)
 
 
@@ -159,6 +160,10 @@ def reasons(spec: ModelSpec, setup: Setup, est: Estimate, gpu: GPU) -> dict[str,
             out["attention"] = f"{setup.attention}: eager attention would add {gib(eager - here)}"
         elif eager is not None:
             out["attention"] = f"{setup.attention}: eager attention would peak about the same here"
+    if setup.images_per_sample:
+        smaller = _dev(spec, setup, images_per_sample=0, image_size="")
+        if smaller is not None:
+            out["image_size"] = f"the images add {gib(here - smaller)} over text-only prompts"
     return out
 
 
@@ -233,15 +238,31 @@ def why_lines(ctx: Context, options: dict[str, str]) -> list[str]:
     return out
 
 
+def image_settings(spec: ModelSpec, setup: Setup) -> dict[str, int] | None:
+    """What an emitted script needs to feed the images the plan counts: images per prompt,
+    the processor's ``max_pixels`` (the resized image the plan counts, so a WxH image gives
+    exactly the planned tokens and a larger one is shrunk to them) and tokens per image."""
+    if not setup.images_per_sample or spec.vision is None:
+        return None
+    patches, tokens = vision.image_grid(spec, setup)
+    return {
+        "per_prompt": setup.images_per_sample,
+        "max_pixels": patches * spec.vision.patch_size**2,
+        "tokens_per_image": tokens,
+    }
+
+
 def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = False) -> Emitted:
     """Render ``plan`` for ``target``."""
     if target not in TARGETS:
         raise VramplanError("emit", f"unknown target {target!r}; targets: {', '.join(TARGETS)}")
     if plan.setup.method == "inference":
         raise VramplanError("emit", "the targets are fine-tuning trainers: an inference plan has nothing to emit")
-    if plan.setup.images_per_sample:
+    if plan.setup.images_per_sample and (target != "trl" or plan.setup.rl != "grpo"):
         raise VramplanError(
-            "emit", "configs for image training are not emitted yet: plan it, then set the trainer by hand"
+            "emit",
+            "images are emitted for GRPO through trl (--rl grpo --emit trl); other image training is not emitted"
+            " yet: plan it, then set the trainer by hand",
         )
     if plan.setup.rl != "none" and target != "trl":
         raise VramplanError("emit", f"{target}: GRPO plans are emitted for trl only (--emit trl: GRPOTrainer)")
@@ -289,6 +310,7 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         hidden_size=spec.hidden_size,
         host_bytes=sum(host_terms(spec, setup).values()),
         vision=spec.vision is not None,
+        images=image_settings(spec, setup),
         lm_linears=sorted({lin.name for lin in spec.layer_linears(0) if lin.nn_linear}),
     )
     files, command = mod.render(ctx)

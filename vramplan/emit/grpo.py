@@ -9,6 +9,11 @@ is the prompt length the plan counts (prompts are truncated to it by the script,
 1.x no longer does). Precision, quantization, LoRA and the optimizer map as in the SFT
 script. The reward is the user's (``--reward module:function``); without one the script
 uses a placeholder that only checks the set-up runs.
+
+Images (a VLM plan with ``--image-size WxH --images-per-sample N``, Visual-RFT): each record
+names its image files (``image`` or ``images``, paths relative to the data file); the model's
+processor loads them with ``max_pixels = W x H``, so no image yields more tokens than the plan
+counts; the prompt is a user message with the images ahead of its text, as TRL builds it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ block above).
 
 MODEL is a hub id or a local model folder. DATA is a local JSON or JSONL file with one
 prompt per record: {"prompt": ...} (text, or chat messages) or {"instruction": ..., "input":
-...}; other fields are passed to the reward function. --reward names your reward:
+...}; with IMAGES below, also {"image": "a.png"} or {"images": [...]} (paths relative to
+DATA's folder; the model's processor loads them, which for Qwen2-VL needs torchvision);
+other fields are passed to the reward function. --reward names your reward:
 module:function, called as function(prompts=..., completions=..., **fields) -> list of floats.
 Without it a PLACEHOLDER reward (completion length near half the maximum) runs, which only
 shows the set-up works. --dry-run prints the settings as JSON and exits without loading.
@@ -51,6 +58,7 @@ QUANTIZATION = __QUANT__  # BitsAndBytesConfig(**QUANTIZATION), or None
 LORA = __LORA__  # peft.LoraConfig(**LORA), or None
 FREEZE_TOP_LAYERS = __FREEZE__  # freeze: only the top N decoder layers train
 MAX_PROMPT_TOKENS = __PROMPT__  # the prompt length the plan counts: longer prompts are cut from the left
+IMAGES = __IMAGES__  # images per prompt and the pixels the plan counts per image (larger ones are shrunk), or None
 TRAINING = {
 __TRAINING__
 }
@@ -71,11 +79,27 @@ def load_reward(spec):
     return getattr(importlib.import_module(module), name or "reward")
 
 
+def data_folder(path):
+    return os.path.dirname(os.path.abspath(path))
+
+
+def image_paths(example, folder):
+    """The record's image files, relative to the data file's folder."""
+    paths = example.get("images") or ([example["image"]] if example.get("image") else [])
+    if len(paths) != IMAGES["per_prompt"]:
+        raise SystemExit(
+            f"a record has {len(paths)} images; the plan counts {IMAGES['per_prompt']} per prompt:"
+            f" {str(example.get('prompt'))[:200]}"
+        )
+    return [p if os.path.isabs(p) else os.path.join(folder, p) for p in paths]
+
+
 def to_prompt(example):
     if example.get("prompt"):
         return {"prompt": example["prompt"]}
     if not example.get("instruction"):
-        raise SystemExit(f"a record has no 'prompt' and no 'instruction': {json.dumps(example)[:200]}")
+        record = json.dumps(dict(example), default=str)[:200]
+        raise SystemExit(f"a record has no 'prompt' and no 'instruction': {record}")
     prompt = example["instruction"]
     if example.get("input"):
         prompt = prompt + "\\n\\n" + example["input"]
@@ -103,6 +127,7 @@ def main():
         "lora": LORA,
         "freeze_top_layers": FREEZE_TOP_LAYERS,
         "max_prompt_tokens": MAX_PROMPT_TOKENS,
+        "images": IMAGES,
         "training": {**TRAINING, "num_train_epochs": args.epochs, "max_steps": args.max_steps},
     }
     if args.dry_run:
@@ -115,13 +140,36 @@ def main():
     from transformers import AutoTokenizer, BitsAndBytesConfig
     from trl import GRPOConfig, GRPOTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left", truncation_side="left")
+    if IMAGES:
+        from datasets import Image
+        from transformers import AutoProcessor
+        from trl.data_utils import prepare_multimodal_messages
+
+        # max_pixels: the processor shrinks any larger image to the pixels (and tokens) the plan counts
+        processing_class = AutoProcessor.from_pretrained(
+            args.model, max_pixels=IMAGES["max_pixels"], padding_side="left"
+        )
+        tokenizer = processing_class.tokenizer
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left", truncation_side="left")
+        processing_class = tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 __LOAD_MODEL__
 
     raw = load_dataset("json", data_files=args.data, split="train")
     dataset = raw.map(to_prompt)
+    if IMAGES:
+        # the images ahead of the prompt's text in one user message (TRL's layout); decoded by datasets
+        folder = data_folder(args.data)
+        dataset = dataset.map(
+            lambda e: {
+                "prompt": [{"role": "user", "content": e["prompt"]}] if isinstance(e["prompt"], str) else e["prompt"],
+                "images": image_paths(e, folder),
+            },
+            remove_columns=[c for c in ("image",) if c in dataset.column_names],
+        )
+        dataset = dataset.cast_column("images", [Image()])
 
     def cut(example):
         # the plan counts MAX_PROMPT_TOKENS of prompt, as TRL tokenizes it (special tokens and
@@ -133,6 +181,15 @@ __LOAD_MODEL__
             room = MAX_PROMPT_TOKENS - specials
             if len(ids) > room:
                 example["prompt"] = tokenizer.decode(ids[-room:], skip_special_tokens=True)
+        elif IMAGES:
+            messages = prepare_multimodal_messages(prompt, images=example["images"])
+            text = processing_class.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            n = len(processing_class(text=[text], images=example["images"])["input_ids"][0])
+            if n > MAX_PROMPT_TOKENS:
+                raise SystemExit(
+                    f"a prompt has {n} tokens with its images; the plan counts {MAX_PROMPT_TOKENS}:"
+                    " shorten it or plan a longer --seq-len"
+                )
         else:
             n = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
             if n > MAX_PROMPT_TOKENS:
@@ -153,7 +210,7 @@ __LOAD_MODEL__
         reward_funcs=load_reward(args.reward),
         args=config,
         train_dataset=dataset,
-        processing_class=tokenizer,
+        processing_class=processing_class,
         peft_config=peft_config,
     )
     result = trainer.train()

@@ -287,9 +287,16 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "optimizer": f"optim={t['optim']!r}",
         "attention": f"ATTN_IMPLEMENTATION = {settings['attn_implementation']!r}",
     }
+    prompt = (
+        s.seq_len - s.completion_len + (ctx.images["per_prompt"] * ctx.images["tokens_per_image"] if ctx.images else 0)
+    )
     if s.rl == "grpo":
-        prompt = s.seq_len - s.completion_len
         options["seq_len"] = f"max_completion_length={s.completion_len}, MAX_PROMPT_TOKENS={prompt}"
+    if ctx.images:
+        options["image_size"] = (
+            f"IMAGES = {ctx.images}: {s.images_per_sample} x {s.image_size} image(s) per prompt,"
+            f" {ctx.images['tokens_per_image']} tokens each, inside MAX_PROMPT_TOKENS"
+        )
     comment = header_lines(ctx, "trl") + layout_lines(ctx) + why_lines(ctx, options)
     head = "\n".join("# " + line for line in comment)
     inline = {
@@ -304,7 +311,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     if s.rl == "grpo":
         from vramplan.emit import grpo
 
-        template = grpo.SCRIPT.replace("__PROMPT__", str(s.seq_len - s.completion_len))
+        template = grpo.SCRIPT.replace("__PROMPT__", str(prompt)).replace("__IMAGES__", _py(ctx.images))
         t = grpo.grpo_training(ctx, t)
         inline["max_completion_length"] = "seq_len"
     body_lines = []
