@@ -1,6 +1,7 @@
-"""Visual-RFT through the trl target: a GRPO plan with image prompts emits a GRPOTrainer
-script that feeds the images through the model's processor at the planned size, and it
-runs two steps on the CPU with a tiny random-weight Qwen2-VL.
+"""Images through the trl target: a GRPO plan with image prompts (Visual-RFT) emits a
+GRPOTrainer script, an SFT plan with images an SFTTrainer one; both feed the images through
+the model's processor at the planned size and run two steps on the CPU with a tiny
+random-weight Qwen2-VL.
 
 Qwen2-VL's processor in transformers 5 needs torchvision (its video processor), which does
 not install beside the CPU torch the project pins; the emitted script therefore runs in a
@@ -212,10 +213,46 @@ def test_a_record_with_the_wrong_image_count_is_refused(tiny_vl_images: Path, tm
     assert "has 2 images; the plan counts 1 per prompt" in res.stderr
 
 
-def test_image_plans_other_than_grpo_trl_are_refused(tiny_vl_images: Path) -> None:
+def test_sft_with_images_runs_two_steps(tiny_vl_images: Path, tmp_path: Path) -> None:
+    """The SFT script with images: max_length is the text plus the image tokens the plan
+    counts; SFTTrainer trains on the processor's pixels for two steps."""
+    root = tiny_vl_images
+    data = tmp_path / "sft.jsonl"
+    rows = [json.loads(line) for line in (root / "data.jsonl").read_text().splitlines()]
+    data.write_text(
+        "".join(
+            json.dumps({"instruction": r["prompt"], "output": r["answer"], "image": str(root / r["image"])}) + "\n"
+            for r in rows
+        )
+    )
+    p = plan(
+        str(root / "model" / "config.json"), gpu="4090", method="lora", seq_len=32, micro_batch=2, image_size=IMAGE
+    )
+    out = p.emit("trl", data=str(data))
+    write_files(str(tmp_path / "run"), out.files, overwrite=False)
+    script = tmp_path / "run" / "train.py"
+    settings = json.loads(
+        subprocess.run([sys.executable, str(script), "--dry-run"], capture_output=True, text=True, check=True).stdout
+    )
+    assert settings["images"] == {"per_prompt": 1, "max_pixels": 9408, "tokens_per_image": 12}
+    assert settings["training"]["max_length"] == 32 + 12
+    res = subprocess.run(
+        [_vision_python(), str(script), "--max-steps", "2", "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 2 and result["finite"]
+
+
+def test_image_plans_for_other_targets_are_refused(tiny_vl_images: Path) -> None:
     root = tiny_vl_images
     sft = plan(str(root / "model" / "config.json"), gpu="4090", method="lora", seq_len=48, image_size=IMAGE)
-    with pytest.raises(VramplanError, match="images are emitted for GRPO through trl"):
-        sft.emit("trl")
-    with pytest.raises(VramplanError, match="images are emitted for GRPO through trl"):
+    for target in ("swift", "llamafactory", "axolotl"):
+        with pytest.raises(VramplanError, match="training with images is emitted for trl only"):
+            sft.emit(target)
+    with pytest.raises(VramplanError, match="training with images is emitted for trl only"):
         _plan(root).emit("swift")

@@ -258,11 +258,11 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         raise VramplanError("emit", f"unknown target {target!r}; targets: {', '.join(TARGETS)}")
     if plan.setup.method == "inference":
         raise VramplanError("emit", "the targets are fine-tuning trainers: an inference plan has nothing to emit")
-    if plan.setup.images_per_sample and (target != "trl" or plan.setup.rl != "grpo"):
+    if plan.setup.images_per_sample and target != "trl":
         raise VramplanError(
             "emit",
-            "images are emitted for GRPO through trl (--rl grpo --emit trl); other image training is not emitted"
-            " yet: plan it, then set the trainer by hand",
+            f"{target}: training with images is emitted for trl only (--emit trl: SFTTrainer or GRPOTrainer with"
+            " the model's processor); plan it, then set the trainer by hand",
         )
     if plan.setup.rl != "none" and target != "trl":
         raise VramplanError("emit", f"{target}: GRPO plans are emitted for trl only (--emit trl: GRPOTrainer)")

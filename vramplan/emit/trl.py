@@ -103,7 +103,8 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
     training = {
         "per_device_train_batch_size": s.micro_batch,
         "gradient_accumulation_steps": s.grad_accum,
-        "max_length": s.seq_len,
+        # a VLM's images add their tokens to the language model's sequence (the plan's seq_len is the text)
+        "max_length": s.seq_len + (ctx.images["per_prompt"] * ctx.images["tokens_per_image"] if ctx.images else 0),
         "gradient_checkpointing": checkpointing,
         "gradient_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
         "optim": HF_OPTIM[s.optimizer],
@@ -173,12 +174,16 @@ SCRIPT = '''
 MODEL is a hub id or a local model folder. DATA is a local JSON or JSONL file with one
 example per record: {"instruction": ..., "input": ..., "output": ...} (input optional) or
 {"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}.
+With IMAGES below, each record also names its image files: {"image": "a.png"} or
+{"images": [...]}, paths relative to DATA's folder; the model's processor loads them (for
+Qwen2-VL it needs torchvision) and puts them ahead of the first user message's text.
 --dry-run prints the settings as JSON and exits without loading anything.
 """
 
 import argparse
 import json
 import math
+import os
 
 MODEL = __MODEL__
 AUTO_CLASS = __AUTO__  # the transformers class that loads the model (a VLM trains on text only here)
@@ -188,14 +193,30 @@ ATTN_IMPLEMENTATION = __ATTN__
 QUANTIZATION = __QUANT__  # BitsAndBytesConfig(**QUANTIZATION), or None
 LORA = __LORA__  # peft.LoraConfig(**LORA), or None
 FREEZE_TOP_LAYERS = __FREEZE__  # freeze: only the top N decoder layers train
+IMAGES = __IMAGES__  # images per sample and the pixels the plan counts per image (larger ones are shrunk), or None
 TRAINING = {
 __TRAINING__
 }
 __PARALLEL__
 
 
-def to_record(example, tokenizer):
-    """One training record: chat messages when the tokenizer has a chat template, else text."""
+def data_folder(path):
+    return os.path.dirname(os.path.abspath(path))
+
+
+def image_paths(example, folder):
+    """The record's image files, relative to the data file's folder."""
+    paths = example.get("images") or ([example["image"]] if example.get("image") else [])
+    if len(paths) != IMAGES["per_prompt"]:
+        raise SystemExit(
+            f"a record has {len(paths)} images; the plan counts {IMAGES['per_prompt']} per sample"
+        )
+    return [p if os.path.isabs(p) else os.path.join(folder, p) for p in paths]
+
+
+def to_record(example, tokenizer, folder=""):
+    """One training record: chat messages when the tokenizer has a chat template (and always
+    with images), else text."""
     if example.get("messages"):
         messages = example["messages"]
     else:
@@ -203,6 +224,8 @@ def to_record(example, tokenizer):
         if example.get("input"):
             prompt = prompt + "\\n\\n" + example["input"]
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": example.get("output") or ""}]
+    if IMAGES:
+        return {"messages": messages, "images": image_paths(example, folder)}
     if getattr(tokenizer, "chat_template", None):
         return {"messages": messages}
     text = "".join(f"### {m['role'].capitalize()}:\\n{m['content']}\\n\\n" for m in messages)
@@ -228,6 +251,7 @@ def main():
         "quantization": QUANTIZATION,
         "lora": LORA,
         "freeze_top_layers": FREEZE_TOP_LAYERS,
+        "images": IMAGES,
         "training": {**TRAINING, "num_train_epochs": args.epochs, "max_steps": args.max_steps},
 __PARALLEL_SETTING__
     }
@@ -242,16 +266,28 @@ __PARALLEL_SETTING__
     from trl import SFTConfig, SFTTrainer
 
 __CONFIG_EARLY__
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if IMAGES:
+        from datasets import Image
+        from transformers import AutoProcessor
+
+        # max_pixels: the processor shrinks any larger image to the pixels (and tokens) the plan counts
+        processing_class = AutoProcessor.from_pretrained(args.model, max_pixels=IMAGES["max_pixels"])
+        tokenizer = processing_class.tokenizer
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        processing_class = tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 __LOAD_MODEL__
 
     raw = load_dataset("json", data_files=args.data, split="train")
-    dataset = raw.map(lambda ex: to_record(ex, tokenizer), remove_columns=raw.column_names)
+    folder = data_folder(args.data)
+    dataset = raw.map(lambda ex: to_record(ex, tokenizer, folder), remove_columns=raw.column_names)
+    if IMAGES:
+        dataset = dataset.cast_column("images", [Image()])
 __CONFIG_LATE__
     trainer = SFTTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+        model=model, args=config, train_dataset=dataset, processing_class=processing_class, peft_config=peft_config
     )
     result = trainer.train()
     trainer.save_model(args.output)
@@ -295,7 +331,8 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     if ctx.images:
         options["image_size"] = (
             f"IMAGES = {ctx.images}: {s.images_per_sample} x {s.image_size} image(s) per prompt,"
-            f" {ctx.images['tokens_per_image']} tokens each, inside MAX_PROMPT_TOKENS"
+            f" {ctx.images['tokens_per_image']} tokens each, inside"
+            + (" MAX_PROMPT_TOKENS" if s.rl == "grpo" else " max_length")
         )
     comment = header_lines(ctx, "trl") + layout_lines(ctx) + why_lines(ctx, options)
     head = "\n".join("# " + line for line in comment)
@@ -307,7 +344,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "optim": "optimizer",
         "bf16": "precision",
     }
-    template = SCRIPT
+    template = SCRIPT.replace("__IMAGES__", _py(ctx.images))
     if s.rl == "grpo":
         from vramplan.emit import grpo
 

@@ -20,12 +20,16 @@
 MODEL is a hub id or a local model folder. DATA is a local JSON or JSONL file with one
 example per record: {"instruction": ..., "input": ..., "output": ...} (input optional) or
 {"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}.
+With IMAGES below, each record also names its image files: {"image": "a.png"} or
+{"images": [...]}, paths relative to DATA's folder; the model's processor loads them (for
+Qwen2-VL it needs torchvision) and puts them ahead of the first user message's text.
 --dry-run prints the settings as JSON and exits without loading anything.
 """
 
 import argparse
 import json
 import math
+import os
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 AUTO_CLASS = 'AutoModelForCausalLM'  # the transformers class that loads the model (a VLM trains on text only here)
@@ -35,6 +39,7 @@ ATTN_IMPLEMENTATION = 'sdpa'
 QUANTIZATION = None  # BitsAndBytesConfig(**QUANTIZATION), or None
 LORA = {'r': 8, 'lora_alpha': 32.0, 'lora_dropout': 0.05, 'target_modules': 'all-linear', 'modules_to_save': None, 'task_type': 'CAUSAL_LM'}  # peft.LoraConfig(**LORA), or None
 FREEZE_TOP_LAYERS = None  # freeze: only the top N decoder layers train
+IMAGES = None  # images per sample and the pixels the plan counts per image (larger ones are shrunk), or None
 TRAINING = {
     'per_device_train_batch_size': 1,  # one more sample per step adds 4.15 GiB (24.62 GiB, does not fit)
     'gradient_accumulation_steps': 16,  # effective batch 16 without its activations; gradients are kept between micro-batches
@@ -53,8 +58,23 @@ TRAINING = {
 }
 
 
-def to_record(example, tokenizer):
-    """One training record: chat messages when the tokenizer has a chat template, else text."""
+def data_folder(path):
+    return os.path.dirname(os.path.abspath(path))
+
+
+def image_paths(example, folder):
+    """The record's image files, relative to the data file's folder."""
+    paths = example.get("images") or ([example["image"]] if example.get("image") else [])
+    if len(paths) != IMAGES["per_prompt"]:
+        raise SystemExit(
+            f"a record has {len(paths)} images; the plan counts {IMAGES['per_prompt']} per sample"
+        )
+    return [p if os.path.isabs(p) else os.path.join(folder, p) for p in paths]
+
+
+def to_record(example, tokenizer, folder=""):
+    """One training record: chat messages when the tokenizer has a chat template (and always
+    with images), else text."""
     if example.get("messages"):
         messages = example["messages"]
     else:
@@ -62,6 +82,8 @@ def to_record(example, tokenizer):
         if example.get("input"):
             prompt = prompt + "\n\n" + example["input"]
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": example.get("output") or ""}]
+    if IMAGES:
+        return {"messages": messages, "images": image_paths(example, folder)}
     if getattr(tokenizer, "chat_template", None):
         return {"messages": messages}
     text = "".join(f"### {m['role'].capitalize()}:\n{m['content']}\n\n" for m in messages)
@@ -86,6 +108,7 @@ def main():
         "quantization": QUANTIZATION,
         "lora": LORA,
         "freeze_top_layers": FREEZE_TOP_LAYERS,
+        "images": IMAGES,
         "training": {**TRAINING, "num_train_epochs": args.epochs, "max_steps": args.max_steps},
     }
     if args.dry_run:
@@ -98,7 +121,16 @@ def main():
     from transformers import AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if IMAGES:
+        from datasets import Image
+        from transformers import AutoProcessor
+
+        # max_pixels: the processor shrinks any larger image to the pixels (and tokens) the plan counts
+        processing_class = AutoProcessor.from_pretrained(args.model, max_pixels=IMAGES["max_pixels"])
+        tokenizer = processing_class.tokenizer
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        processing_class = tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     load = {"dtype": getattr(torch, DTYPE), "attn_implementation": ATTN_IMPLEMENTATION}
@@ -132,14 +164,17 @@ def main():
         peft_config = LoraConfig(**LORA)
 
     raw = load_dataset("json", data_files=args.data, split="train")
-    dataset = raw.map(lambda ex: to_record(ex, tokenizer), remove_columns=raw.column_names)
+    folder = data_folder(args.data)
+    dataset = raw.map(lambda ex: to_record(ex, tokenizer, folder), remove_columns=raw.column_names)
+    if IMAGES:
+        dataset = dataset.cast_column("images", [Image()])
     training = dict(settings["training"])
     if not torch.cuda.is_available():
         print("no CUDA device: training on the CPU (slow; for checking the set-up)")
         training["use_cpu"] = True
     config = SFTConfig(output_dir=args.output, **training)
     trainer = SFTTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+        model=model, args=config, train_dataset=dataset, processing_class=processing_class, peft_config=peft_config
     )
     result = trainer.train()
     trainer.save_model(args.output)
