@@ -295,7 +295,7 @@ def torchtune(r: dict[str, str]) -> dict[str, Any]:
         reason = "excluded: optimizer step fused into backward (optimizer_in_bwd), outside the schema."
     if method == "qlora":
         reason = (
-            "excluded: the reserved peak is set while loading, not training. torchtune then pinned torchao 0.1,"
+            "excluded: the reserved pool is inflated while loading, before training. torchtune then pinned torchao 0.1,"
             " whose NF4 quantization worked on the whole tensor at once (a bf16 intermediate 16x the weight:"
             " about 3 GB for an 11008x4096 MLP weight, pytorch/ao #196 and #315), and its recipe logged reserved"
             " memory without emptying the cache after init: the QLoRA tutorial of the same month"

@@ -211,6 +211,18 @@ def test_a_record_with_the_wrong_image_count_is_refused(tiny_vl_images: Path, tm
     )
     assert res.returncode != 0
     assert "has 2 images; the plan counts 1 per prompt" in res.stderr
+    # images inside the messages (TRL's own layout) are refused with one clear line, not a traceback
+    chat = [{"role": "user", "content": [{"type": "image", "image": "box0.png"}, {"type": "text", "text": "Colour ?"}]}]
+    data.write_text(json.dumps({"prompt": chat, "image": str(root / "box0.png")}) + "\n")
+    res = subprocess.run(
+        [_vision_python(), str(tmp_path / "run" / "train.py"), "--data", str(data), "--max-steps", "1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        timeout=600,
+    )
+    assert res.returncode != 0
+    assert "keep its messages to text" in res.stderr
 
 
 def test_sft_with_images_runs_two_steps(tiny_vl_images: Path, tmp_path: Path) -> None:

@@ -135,7 +135,7 @@ def test_case4_device_map_launch_is_written(tmp_path: Path) -> None:
     assert json.loads(dry.stdout)["parallel"]["layout"] == "device_map"
 
 
-def test_other_targets_and_images_are_refused(tiny_vl) -> None:
+def test_other_targets_are_refused_with_and_without_images(tiny_vl) -> None:
     model_dir, _ = tiny_vl
     p = plan(str(model_dir / "config.json"), gpu="4090", method="lora", seq_len=32)
     from vramplan.errors import VramplanError
@@ -143,5 +143,7 @@ def test_other_targets_and_images_are_refused(tiny_vl) -> None:
     for target in ("swift", "llamafactory", "axolotl"):
         with pytest.raises(VramplanError):
             p.emit(target)
-    with pytest.raises(VramplanError):
-        plan(str(model_dir / "config.json"), gpu="4090", method="lora", seq_len=32, image_size="448x448").emit("trl")
+    images = plan(str(model_dir / "config.json"), gpu="4090", method="lora", seq_len=32, image_size="448x448")
+    with pytest.raises(VramplanError, match="training with images is emitted for trl only"):
+        images.emit("swift")
+    assert "IMAGES = {'per_prompt': 1" in images.emit("trl").files["train.py"]  # run in test_emit_grpo_images.py

@@ -129,11 +129,10 @@ def fit(path: Path) -> dict[str, dict[str, Any]]:
         f, b = theil_sen(list(points.values()))
     else:
         f, b = consts["allocator_slack_fraction"], consts["allocator_slack_base_bytes"]
+    # stored as used: a non-negative base on the 2 MiB grid, a non-negative fraction to 4 decimals
+    b, f = max(0, round(b / (2 << 20)) * (2 << 20)), max(0.0, round(f, 4))
     resid = {i: round(100.0 * ((a + b + f * a) / (a + y) - 1), 3) for i, (a, y) in points.items()}
-    for name, value in (
-        ("allocator_slack_base_bytes", round(b / (2 << 20)) * (2 << 20)),
-        ("allocator_slack_fraction", f),
-    ):
+    for name, value in (("allocator_slack_base_bytes", b), ("allocator_slack_fraction", f)):
         out[name] = {
             "value": round(value, 4),
             "fitted_on": list(points),

@@ -50,7 +50,7 @@ import os
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
 
 MODEL = __MODEL__
-AUTO_CLASS = __AUTO__  # the transformers class that loads the model (a VLM trains on text only here)
+AUTO_CLASS = __AUTO__  # the transformers class that loads the model
 METHOD = __METHOD__
 DTYPE = __DTYPE__  # weights as loaded
 ATTN_IMPLEMENTATION = __ATTN__
@@ -84,14 +84,21 @@ def data_folder(path):
 
 
 def image_paths(example, folder):
-    """The record's image files, relative to the data file's folder."""
+    """The record's image files (or URLs), relative to the data file's folder. Messages carry
+    text only: the images come from the record's own fields, as the plan counts them."""
+    messages = example.get("prompt") or example.get("messages") or []
+    if not isinstance(messages, str) and any(
+        isinstance(c, dict) and c.get("type") == "image" for m in messages for c in (m.get("content") or [])
+        if not isinstance(m.get("content"), str)
+    ):
+        raise SystemExit("give a record's images in its 'image' or 'images' field and keep its messages to text")
     paths = example.get("images") or ([example["image"]] if example.get("image") else [])
     if len(paths) != IMAGES["per_prompt"]:
         raise SystemExit(
             f"a record has {len(paths)} images; the plan counts {IMAGES['per_prompt']} per prompt:"
             f" {str(example.get('prompt'))[:200]}"
         )
-    return [p if os.path.isabs(p) else os.path.join(folder, p) for p in paths]
+    return [p if os.path.isabs(p) or "://" in p else os.path.join(folder, p) for p in paths]
 
 
 def to_prompt(example):
@@ -174,6 +181,7 @@ __LOAD_MODEL__
     def cut(example):
         # the plan counts MAX_PROMPT_TOKENS of prompt, as TRL tokenizes it (special tokens and
         # chat template included): keep the end of a longer text prompt, refuse a longer chat
+        # or image prompt (cutting it could split the template or the image's tokens)
         prompt = example["prompt"]
         if isinstance(prompt, str):
             specials = len(tokenizer("")["input_ids"])

@@ -186,7 +186,7 @@ import math
 import os
 
 MODEL = __MODEL__
-AUTO_CLASS = __AUTO__  # the transformers class that loads the model (a VLM trains on text only here)
+AUTO_CLASS = __AUTO__  # the transformers class that loads the model
 METHOD = __METHOD__
 DTYPE = __DTYPE__  # weights as loaded
 ATTN_IMPLEMENTATION = __ATTN__
@@ -205,13 +205,20 @@ def data_folder(path):
 
 
 def image_paths(example, folder):
-    """The record's image files, relative to the data file's folder."""
+    """The record's image files (or URLs), relative to the data file's folder. Messages carry
+    text only: the images come from the record's own fields, as the plan counts them."""
+    messages = example.get("prompt") or example.get("messages") or []
+    if not isinstance(messages, str) and any(
+        isinstance(c, dict) and c.get("type") == "image" for m in messages for c in (m.get("content") or [])
+        if not isinstance(m.get("content"), str)
+    ):
+        raise SystemExit("give a record's images in its 'image' or 'images' field and keep its messages to text")
     paths = example.get("images") or ([example["image"]] if example.get("image") else [])
     if len(paths) != IMAGES["per_prompt"]:
         raise SystemExit(
             f"a record has {len(paths)} images; the plan counts {IMAGES['per_prompt']} per sample"
         )
-    return [p if os.path.isabs(p) else os.path.join(folder, p) for p in paths]
+    return [p if os.path.isabs(p) or "://" in p else os.path.join(folder, p) for p in paths]
 
 
 def to_record(example, tokenizer, folder=""):

@@ -36,9 +36,10 @@ def allocator_slack_bytes(allocated: int) -> int:
     request does not fit. The fraction grows with the allocated peak. Both are fitted
     (``vramplan.calibrate``) on published ``max_memory_reserved`` rows; a fraction alone
     under-counted small models and over-counted large ones (Qwen's 1.8B/7B/14B grid needs
-    about the same 1.6 GB of slack at every size)."""
+    about the same 1.6 GB of slack at every size). The base was fitted on training rows and is
+    kept for generation too, where it may over-count a little."""
     consts = overhead_constants()
-    slack = int(consts["allocator_slack_base_bytes"] + allocated * consts["allocator_slack_fraction"])
+    slack = max(0, int(consts["allocator_slack_base_bytes"] + allocated * consts["allocator_slack_fraction"]))
     return -(-slack // (2 << 20)) * (2 << 20)
 
 
