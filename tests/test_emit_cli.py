@@ -120,7 +120,7 @@ def test_existing_data_path_is_made_absolute(tmp_path: Path) -> None:
     [
         ["qwen-7b", "--emit", "trl"],  # remote code
         ["qwen2-vl-2b", "--emit", "swift"],  # VLMs: the trl target only (text-only training)
-        ["qwen2-vl-2b", "--emit", "trl", "--image-size", "448x448"],  # image training is not emitted
+        ["qwen2-vl-2b", "--emit", "axolotl", "--image-size", "448x448"],  # images: the trl target only
     ],
 )
 def test_models_the_trainers_cannot_load_are_refused(args: list[str]) -> None:
