@@ -138,3 +138,29 @@ def test_other_targets_refuse_grpo(tiny: tuple[Path, Path]) -> None:
             timeout=120,
         )
         assert r.returncode == 2 and "trl only" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("sleep", [False, True], ids=["held", "sleep"])
+def test_vllm_colocate_settings_reach_grpo_config(tiny: tuple[Path, Path], tmp_path: Path, sleep: bool) -> None:
+    """--vllm colocate writes TRL's vLLM options with the planned share; TRL's own GRPOConfig
+    takes them (vLLM itself needs a GPU and is not run here)."""
+    from trl import GRPOConfig
+
+    model_dir, data = tiny
+    p = plan(
+        str(model_dir / "config.json"),
+        **{**GRPO, "method": "lora"},
+        vllm="colocate",
+        vllm_gpu_memory_utilization=0.45,
+        vllm_sleep=sleep,
+    )
+    script = tmp_path / "run" / "train.py"
+    write_files(str(tmp_path / "run"), p.emit("trl", data=str(data)).files, overwrite=False)
+    t = _run(script, "--dry-run")["training"]
+    assert (t["use_vllm"], t["vllm_mode"]) == (True, "colocate")
+    assert t["vllm_gpu_memory_utilization"] == 0.45 and t["vllm_enable_sleep_mode"] is sleep
+    assert "vLLM colocated takes 10.79 GiB of the card" in script.read_text()  # 0.45 x the 4090's 23.99 GiB
+    config = GRPOConfig(
+        output_dir=str(tmp_path / "o"), use_cpu=True, **{k: v for k, v in t.items() if k != "max_steps"}
+    )
+    assert config.use_vllm and config.vllm_gpu_memory_utilization == 0.45

@@ -158,3 +158,64 @@ def test_grpo_report_and_trace(tmp_path) -> None:
     assert r.returncode in (0, 1) and page.exists() and "GRPO" in page.read_text()
     t = _cli("trace", SPEC, "--rl", "grpo")
     assert t.returncode == 2 and "rl" in t.stderr and "Traceback" not in t.stderr
+
+
+# --- vLLM colocated ------------------------------------------------------------------
+
+
+def _vllm(**kw):
+    return _grpo(vllm="colocate", vllm_card_bytes=24 * GIB, **kw)
+
+
+def test_vllm_share_is_held_through_the_step_unless_it_sleeps() -> None:
+    """The engine's share (fraction x card) sits beside every phase; with sleep mode only
+    beside generation. HF generate's cache is not spent, and TRL's importance-sampling pass
+    recomputes the completions' log-probs (phase old_logprobs)."""
+    spec = load_model(SPEC)
+    hf = estimate(spec, _grpo())
+    held = estimate(spec, _vllm())
+    share = int(0.3 * 24 * GIB)
+    assert "old_logprobs" in held.phases and "old_logprobs" not in hf.phases
+    assert "rl/kv_cache" not in {k for k in held.terms}
+    for name in ("forward_end", "backward", "optimizer_step"):
+        assert held.phases[name] == hf.phases[name] + share
+    sleep = estimate(spec, _vllm(vllm_sleep=True))
+    assert sleep.phases["backward"] == hf.phases["backward"]
+    assert sleep.phases["generate"] == held.phases["generate"]
+    # generation is the policy's resident state plus the share, nothing of HF generate
+    assert held.phases["generate"] - share < hf.phases["generate"]
+
+
+def test_vllm_that_cannot_hold_its_weights_does_not_fit() -> None:
+    """Qwen2.5-7B's 16-bit weights (14.2 GiB) do not fit 40% of a 4090: vLLM could not start."""
+    p = plan(
+        "qwen2.5-7b",
+        "4090",
+        method="lora",
+        rl="grpo",
+        seq_len=1024,
+        completion_len=512,
+        vllm="colocate",
+        vllm_gpu_memory_utilization=0.4,
+    )
+    assert not p.fits
+    assert any("vLLM cannot start" in n for n in p.notes)
+    small = plan("qwen2.5-1.5b", "4090", method="lora", rl="grpo", seq_len=1024, completion_len=512, vllm="colocate")
+    assert small.fits and any("room for" in n and "sequences at once" in n for n in small.notes)
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--vllm", "colocate"], "vllm"),  # no --rl grpo
+        (["--rl", "grpo", "--method", "qlora", "--quant", "bnb-int8", "--vllm", "colocate"], "vllm"),
+        (["--rl", "grpo", "--vllm-sleep"], "vllm"),  # sleep without vLLM
+        (["--rl", "grpo", "--vllm", "colocate", "--vllm-memory", "1.5"], "vllm_gpu_memory_utilization"),
+    ],
+)
+def test_bad_vllm_input_exits_2(args: list[str], field: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "vramplan", SPEC, "--gpu", "4090", *args], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"vramplan: error: {field}") and len(r.stderr.strip().splitlines()) == 1, r.stderr

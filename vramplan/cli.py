@@ -25,6 +25,7 @@ from vramplan.setup import (
     PRECISIONS,
     QUANTS,
     RLS,
+    VLLMS,
 )
 
 EXIT_FITS, EXIT_NO_FIT, EXIT_BAD_INPUT = 0, 1, 2
@@ -87,6 +88,9 @@ SETUP_FLAGS = (
     "num_generations",
     "completion_len",
     "beta",
+    "vllm",
+    "vllm_gpu_memory_utilization",
+    "vllm_sleep",
 )
 
 
@@ -153,6 +157,19 @@ def _add_setup_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-generations", type=_int, help="GRPO: completions per prompt (TRL default 8)")
     p.add_argument("--completion-len", type=_int, help="GRPO: max completion tokens (TRL default 512)")
     p.add_argument("--beta", type=_float, help="GRPO: KL weight; above 0 a reference model runs (TRL default 0)")
+    p.add_argument("--vllm", choices=VLLMS, help="GRPO: generate with vLLM inside the training process (colocate)")
+    p.add_argument(
+        "--vllm-memory",
+        dest="vllm_gpu_memory_utilization",
+        type=_float,
+        help="GRPO + vLLM: the card's fraction vLLM takes (TRL vllm_gpu_memory_utilization, default 0.3)",
+    )
+    p.add_argument(
+        "--vllm-sleep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="GRPO + vLLM: free vLLM's share outside generation (TRL vllm_enable_sleep_mode)",
+    )
 
 
 def run_parser(command: str) -> argparse.ArgumentParser:

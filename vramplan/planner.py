@@ -210,6 +210,10 @@ def _evaluate(
     fits = est.device_bytes <= gpu.memory_bytes
     if fits and host is not None and setup.offload != "none":
         fits = sum(host_terms(spec, setup).values()) <= host
+    if fits and setup.vllm != "none":
+        from vramplan.memory import rl, vision
+
+        fits = rl.vllm_concurrent_sequences(spec, setup, vision.image_tokens(spec, setup)) >= 1
     return setup, est, fits
 
 
@@ -278,7 +282,7 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     if unknown:
         raise VramplanError(unknown[0], f"not a setup field; allowed: {', '.join(Setup.model_fields)}")
     if pinned.get("rl", "none") == "none":
-        loose = sorted({"num_generations", "completion_len", "beta"} & set(pinned))
+        loose = sorted({"num_generations", "completion_len", "beta", "vllm"} & set(pinned))
         if loose:
             raise VramplanError(loose[0], f"--{loose[0].replace('_', '-')} applies to --rl grpo only")
     host: int | None = None
@@ -288,6 +292,8 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
         host = int(host_ram_gib * GIB)
     spec = load_model(model)
     card = resolve_gpu(gpu)
+    if pinned.get("vllm", "none") != "none":
+        pinned["vllm_card_bytes"] = card.memory_bytes  # vLLM's share is a fraction of this card
     check = {k: v for k, v in pinned.items() if k not in ("method", "quant", "kv_cache")}
     if check.get("rl", "none") != "none" and ("micro_batch" not in check or "grad_accum" not in check):
         check.update(_batches(pinned)[0])
@@ -338,6 +344,8 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
         notes.append(_image_note(spec, setup, est))
     if setup.rl != "none":
         notes.append(_rl_note(setup, est))
+    if setup.vllm != "none":
+        notes.append(_vllm_note(spec, setup))
     if not fits:
         notes.append(
             f"nothing weighed fits {card.name}: the smallest needs {_gib(est.device_bytes)} "
@@ -432,16 +440,42 @@ def _auto_gpus(model: str, gpu: str, host_ram_gib: float | None, pinned: dict[st
 def _rl_note(setup: Setup, est: Estimate) -> str:
     from vramplan.memory.rl import generation_batch
 
-    train = max(v for k, v in est.phases.items() if k not in ("generate", "reference"))
-    parts = [f"generate {_gib(est.phases['generate'])} ({generation_batch(setup)} sequences' KV cache)"]
+    train = max(v for k, v in est.phases.items() if k not in ("generate", "reference", "old_logprobs"))
+    if setup.vllm == "none":
+        parts = [f"generate {_gib(est.phases['generate'])} ({generation_batch(setup)} sequences' KV cache)"]
+    else:
+        parts = [f"generate {_gib(est.phases['generate'])} (vLLM's share beside the policy)"]
+        parts.append(f"old log-probs {_gib(est.phases['old_logprobs'])}")
     if "reference" in est.phases:
         parts.append(f"reference log-probs {_gib(est.phases['reference'])}")
     parts.append(f"training {_gib(train)}")
+    how = "HF generate" if setup.vllm == "none" else "vLLM colocated"
     return (
         f"{setup.rl.upper()} phases (allocated): " + ", ".join(parts) + f"; peak in {est.phase}."
-        " HF generate (vLLM not modelled); TRL's fused LM head scores the completion tokens without full logits;"
+        f" {how}; TRL's fused LM head scores the completion tokens without full logits;"
         " the time model does not cover generation"
     )
+
+
+def _vllm_note(spec: ModelSpec, setup: Setup) -> str:
+    from vramplan.memory import rl, vision
+
+    images = vision.image_tokens(spec, setup)
+    need = rl.vllm_needs(spec, setup, images)
+    share = rl.vllm_share_bytes(setup)
+    n = rl.vllm_concurrent_sequences(spec, setup, images)
+    held = "freed after each generation (sleep mode)" if setup.vllm_sleep else "held through the whole step"
+    util = setup.vllm_gpu_memory_utilization
+    head = f"vLLM colocated: {_gib(share)} of the card (gpu_memory_utilization {util:g}), {held}"
+    inside = (
+        f"; inside it: weights {_gib(need['weights'])}, profiled activations {_gib(need['activations'])},"
+        f" {_gib(need['kv_one_sequence'])} of KV cache per {setup.seq_len + images}-token sequence"
+    )
+    if n < 1:
+        return head + inside + ": vLLM cannot start (no room for one sequence): raise --vllm-memory"
+    batch = rl.generation_batch(setup)
+    waves = "" if n >= batch else f", so it generates the {batch} completions in {-(-batch // n)} waves"
+    return head + inside + f"; room for {n} sequences at once{waves}"
 
 
 def _image_note(spec: ModelSpec, setup: Setup, est: Estimate) -> str:

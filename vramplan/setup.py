@@ -23,6 +23,7 @@ Offload = Literal["none", "optimizer", "optimizer+params"]
 KVCache = Literal["auto", "fp8", "int8", "int4"]
 FsdpSharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
 RL = Literal["none", "grpo"]
+VLLM = Literal["none", "colocate"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 QUANTS: tuple[str, ...] = get_args(Quant)
@@ -34,6 +35,7 @@ OFFLOADS: tuple[str, ...] = get_args(Offload)
 KV_CACHES: tuple[str, ...] = get_args(KVCache)
 FSDP_SHARDINGS: tuple[str, ...] = get_args(FsdpSharding)
 RLS: tuple[str, ...] = get_args(RL)
+VLLMS: tuple[str, ...] = get_args(VLLM)
 TRAINING_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "inference")
 #: layouts run by DeepSpeed (fp32 master weights and optimizer state, partitioned by stage).
 DEEPSPEED = ("zero1", "zero2", "zero3")
@@ -82,6 +84,11 @@ class Setup(BaseModel):
     num_generations: int = Field(8, ge=2, le=1024)
     completion_len: int = Field(512, ge=1, le=MAX_SEQ_LEN)
     beta: float = Field(0.0, ge=0, allow_inf_nan=False)
+    # GRPO generation with vLLM inside the training process (TRL use_vllm, vllm_mode="colocate")
+    vllm: VLLM = "none"
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, allow_inf_nan=False)
+    vllm_sleep: bool = False  # TRL vllm_enable_sleep_mode: vLLM frees its share outside generation
+    vllm_card_bytes: int = Field(0, ge=0)  # the card vLLM takes its share of (the planner sets it)
 
     @model_validator(mode="after")
     def _combinations(self) -> Setup:
@@ -145,6 +152,19 @@ class Setup(BaseModel):
                     f"num_generations|TRL generates micro-batch x grad-accum = {self.micro_batch * self.grad_accum}"
                     f" completions per step, which must be a multiple of --num-generations {self.num_generations}"
                 )
+        if self.vllm != "none":
+            if self.rl != "grpo":
+                raise ValueError("vllm|vLLM generates completions for --rl grpo only")
+            if self.quant == "bnb-int8":
+                raise ValueError(
+                    "vllm|vLLM has no in-flight 8-bit bitsandbytes (TRL refuses it): --quant bnb-nf4, or drop --vllm"
+                )
+            if self.quant in ("gptq-int4", "awq-int4"):
+                raise ValueError("vllm|TRL hands vLLM bitsandbytes 4-bit or 16-bit weights: --quant bnb-nf4|none")
+            if not self.vllm_card_bytes:
+                raise ValueError("vllm|vLLM's share is a fraction of the card: plan it on a GPU (--gpu)")
+        elif self.vllm_sleep or self.vllm_gpu_memory_utilization != 0.3:
+            raise ValueError("vllm|--vllm-memory and --vllm-sleep apply with --vllm colocate")
         if self.fsdp_sharding != "full_shard" and self.parallel != "fsdp":
             raise ValueError(f"fsdp_sharding|--fsdp-sharding {self.fsdp_sharding} applies to --parallel fsdp only")
         if self.fsdp_sharding != "full_shard" and self.offload != "none":

@@ -160,6 +160,16 @@ def reasons(spec: ModelSpec, setup: Setup, est: Estimate, gpu: GPU) -> dict[str,
             out["attention"] = f"{setup.attention}: eager attention would add {gib(eager - here)}"
         elif eager is not None:
             out["attention"] = f"{setup.attention}: eager attention would peak about the same here"
+    if setup.vllm != "none":
+        from vramplan.memory import rl
+
+        share = rl.vllm_share_bytes(setup)
+        held = "freed outside generation (sleep mode)" if setup.vllm_sleep else "held through the step"
+        out["vllm"] = (
+            f"vLLM colocated takes {gib(share)} of the card, {held};"
+            f" room for {rl.vllm_concurrent_sequences(spec, setup, vision.image_tokens(spec, setup))}"
+            " full-length sequences at once"
+        )
     if setup.images_per_sample:
         smaller = _dev(spec, setup, images_per_sample=0, image_size="")
         if smaller is not None:

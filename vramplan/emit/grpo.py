@@ -245,4 +245,14 @@ def grpo_training(ctx: Context, sft: dict[str, Any]) -> dict[str, Any]:
             "num_train_epochs": 1,
         }
     )
+    if s.vllm == "colocate":
+        # vLLM inside this process takes its share of the card at start-up (needs vllm installed)
+        training.update(
+            {
+                "use_vllm": True,
+                "vllm_mode": "colocate",
+                "vllm_gpu_memory_utilization": s.vllm_gpu_memory_utilization,
+                "vllm_enable_sleep_mode": s.vllm_sleep,
+            }
+        )
     return training

@@ -335,6 +335,11 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     )
     if s.rl == "grpo":
         options["seq_len"] = f"max_completion_length={s.completion_len}, MAX_PROMPT_TOKENS={prompt}"
+    if s.vllm != "none":
+        options["vllm"] = (
+            f"use_vllm=True, vllm_mode='colocate', vllm_gpu_memory_utilization={s.vllm_gpu_memory_utilization:g},"
+            f" vllm_enable_sleep_mode={s.vllm_sleep}"
+        )
     if ctx.images:
         options["image_size"] = (
             f"IMAGES = {ctx.images}: {s.images_per_sample} x {s.image_size} image(s) per prompt,"
@@ -358,6 +363,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         template = grpo.SCRIPT.replace("__PROMPT__", str(prompt)).replace("__IMAGES__", _py(ctx.images))
         t = grpo.grpo_training(ctx, t)
         inline["max_completion_length"] = "seq_len"
+        inline["vllm_gpu_memory_utilization"] = "vllm"
     body_lines = []
     for k, v in t.items():
         why = ctx.reasons.get(inline.get(k, ""), "")

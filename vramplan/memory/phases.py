@@ -346,8 +346,15 @@ def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup) -> Estimate:
     }
     static.update({k: v for k, v in per_phase["backward_start"].items() if k.startswith("optimizer/")})
     images = vision.image_tokens(spec, setup) if setup.images_per_sample else 0
-    per_phase["generate"] = rl.generation_terms(spec, setup, static, images)
     ref = rl.reference_terms(spec, setup, static, images)
     if ref:
         per_phase["reference"] = ref
+    if setup.vllm == "none":
+        per_phase["generate"] = rl.generation_terms(spec, setup, static, images)
+    else:
+        share = rl.vllm_share_bytes(setup)
+        per_phase["old_logprobs"] = rl.old_logprob_terms(spec, setup, static, images)
+        if not setup.vllm_sleep:  # the engine keeps its share through the step
+            per_phase = {name: {**terms, "rl/vllm_share": share} for name, terms in per_phase.items()}
+        per_phase["generate"] = {**static, "rl/vllm_share": share}
     return peak_estimate(spec, setup, per_phase)

@@ -21,8 +21,18 @@ to the accumulation steps), then trained on ``micro_batch`` at a time. Phases:
   on a ``min(N, 4096) x 32768`` tile; its backward adds an fp32 gradient of those hidden
   states (4·N·h) and, when lm_head trains, an fp32 gradient of its weight (4·V·h).
 
-Not modelled: vLLM generation (it reserves its own ``gpu_memory_utilization`` share of the
-card), several GPUs, ``num_iterations > 1``.
+With ``vllm="colocate"`` (TRL ``use_vllm=True, vllm_mode="colocate"``), vLLM generates inside
+the training process: at start-up it takes ``vllm_gpu_memory_utilization`` of the card for its
+own copy of the weights (16-bit, or bitsandbytes 4-bit under a 4-bit QLoRA), its profiled
+activations and its KV cache, and keeps that share through the whole step unless
+``vllm_sleep`` (TRL ``vllm_enable_sleep_mode``: level-2 sleep frees weights and cache after
+each generation and wakes them for the next). HF generate's cache and prefill are then not
+spent; instead TRL recomputes the completions' log-probs with the policy for its importance
+sampling correction (on by default): a no-grad forward of one micro-batch at a time, phase
+``old_logprobs``.
+
+Not modelled: vLLM's CUDA-graph pool, which sleep does not free; several GPUs;
+``num_iterations > 1``.
 """
 
 from __future__ import annotations
@@ -190,3 +200,53 @@ def with_fused_head(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, i
             t["weights/reference"] = ref
         out[name] = t
     return out
+
+
+#: TRL builds the colocated engine with max_num_batched_tokens=4096 (trl/generation/vllm_generation.py).
+VLLM_BATCHED_TOKENS = 4096
+
+
+def vllm_share_bytes(setup: Setup) -> int:
+    """What the colocated engine takes of the card: ``vllm_gpu_memory_utilization`` x the
+    card's memory (vLLM checks at start-up that this much is free)."""
+    if setup.vllm == "none":
+        return 0
+    return int(setup.vllm_gpu_memory_utilization * setup.vllm_card_bytes)
+
+
+def _vllm_setup(spec: ModelSpec, setup: Setup, tokens: int) -> Setup:
+    """vLLM's view: an inference run in the 16-bit dtype, 4-bit bitsandbytes when the policy's
+    base is 4-bit (TRL passes quantization='bitsandbytes'), ``tokens`` per sequence."""
+    quant = "bnb-nf4" if setup.quant in ("bnb-nf4", "bnb-nf4-dq", "bnb-fp4") else "none"
+    return _generation_setup(spec, setup).model_copy(
+        update={"quant": quant, "micro_batch": 1, "seq_len": tokens, "method": "inference"}
+    )
+
+
+def vllm_needs(spec: ModelSpec, setup: Setup, prompt_images: int = 0) -> dict[str, int]:
+    """Inside its share, what vLLM must hold to start and to serve one sequence at full
+    length: its weights, the activations of its profiling run (a batch of
+    ``VLLM_BATCHED_TOKENS`` tokens) and one sequence's KV cache (prompt, images and
+    completion). Whatever is left of the share is KV cache for more sequences at once."""
+    full = setup.seq_len + prompt_images
+    one = _vllm_setup(spec, setup, full)
+    return {
+        "weights": inference.inference_weight_bytes(spec, one),
+        "activations": inference.prefill_transient_bytes(spec, _vllm_setup(spec, setup, VLLM_BATCHED_TOKENS)),
+        "kv_one_sequence": inference.kv_cache_tensor_bytes(spec, one),
+    }
+
+
+def vllm_concurrent_sequences(spec: ModelSpec, setup: Setup, prompt_images: int = 0) -> int:
+    """Full-length sequences the share's KV room holds at once (0: vLLM cannot start)."""
+    need = vllm_needs(spec, setup, prompt_images)
+    room = vllm_share_bytes(setup) - need["weights"] - need["activations"]
+    return max(0, room // max(need["kv_one_sequence"], 1))
+
+
+def old_logprob_terms(spec: ModelSpec, setup: Setup, static: dict[str, int], prompt_images: int) -> dict[str, int]:
+    """With vLLM, TRL recomputes the completions' log-probs with the policy (importance
+    sampling correction): the reference pass's transients without a reference model."""
+    ref = reference_terms(spec, setup.model_copy(update={"beta": 1.0}), static, prompt_images)
+    ref.pop("weights/reference", None)
+    return ref
