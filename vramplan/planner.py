@@ -305,9 +305,14 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     if spec.moe is not None and "lora_targets" not in pinned and pinned.get("method") in (None, "lora", "qlora"):
         pinned["lora_targets"] = ",".join(lin.name for lin in spec.attention if lin.nn_linear)
         notes.append(
-            f"MoE: LoRA on the attention ({pinned['lora_targets']}); PEFT's all-linear would also wrap the"
-            " router and the fused experts, which the estimate does not model yet"
+            f"MoE: LoRA on the attention ({pinned['lora_targets']}); --lora-targets all-linear also adapts the"
+            " router and every expert (PEFT's ParamWrapper: far more trainable parameters and a folded copy of"
+            " each layer's expert weights)"
         )
+    moe_all_linear = str(pinned.get("lora_targets", "")).strip().lower() == "all-linear"
+    if spec.moe is not None and moe_all_linear and "lora_dropout" not in pinned:
+        pinned["lora_dropout"] = 0.0
+        notes.append("MoE all-linear: lora_dropout 0, as PEFT's ParamWrapper on the experts requires")
     if card.resolved_from:
         notes.append(f"{card.resolved_from!r} resolved to {card.name} ({card.memory_mib} MiB as the driver reports it)")
     if not card.bf16_supported and "precision" not in pinned:

@@ -261,7 +261,9 @@ def _llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
             e_inter = c["intermediate_size"]
             layers = tuple(range(c["num_layers"]))
         else:
-            n_exp = _positive(_get(cfg, "num_experts", where=where), "num_experts", where)
+            # transformers 5 saves Qwen3-MoE's expert count as num_local_experts (its attribute map)
+            key = "num_experts" if "num_experts" in cfg or "num_local_experts" not in cfg else "num_local_experts"
+            n_exp = _positive(_get(cfg, key, where=where), key, where)
             e_inter = _positive(_get(cfg, "moe_intermediate_size", where=where), "moe_intermediate_size", where)
             step = int(cfg.get("decoder_sparse_step", 1) or 1)
             dense_only = set(cfg.get("mlp_only_layers") or [])

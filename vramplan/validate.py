@@ -120,6 +120,10 @@ def _grid() -> list[tuple[str, dict[str, Any]]]:
         )
     )
     g.append(("mixtral-8x7b", dict(method="lora", lora_targets=ATTN, seq_len=1024)))
+    # all-linear on MoE: PEFT's ParamWrapper also adapts the router and the fused experts
+    g.append(("qwen3-30b-a3b", dict(method="lora", lora_dropout=0.0, seq_len=1024)))
+    g.append(("qwen3-30b-a3b", dict(method="lora", lora_dropout=0.0, seq_len=512, grad_checkpointing=False)))
+    g.append(("mixtral-8x7b", dict(method="lora", lora_dropout=0.0, seq_len=1024, lora_rank=16)))
     # vision-language: Qwen2-VL with images (tokens, frozen or trained tower)
     g.append(("qwen2-vl-2b", dict(method="lora", seq_len=512, image_size="1024x1024")))
     g.append(("qwen2-vl-2b", dict(method="lora", seq_len=256, image_size="448x448", grad_checkpointing=False)))

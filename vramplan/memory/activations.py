@@ -14,9 +14,10 @@ from __future__ import annotations
 from functools import lru_cache
 
 from vramplan.memory.policy import act_bytes, dtypes, pointwise_bytes, residual_bytes
-from vramplan.memory.trainable import lora_group, lora_linears, trainable_layers
+from vramplan.memory.trainable import lora_group, lora_linears, param_targets, trainable_layers
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
+from vramplan.units import nbytes
 
 
 def norm_saved_bytes(spec: ModelSpec, setup: Setup, width: int, weight_trains: bool) -> int:
@@ -145,7 +146,32 @@ def _layer_saved(spec: ModelSpec, setup: Setup, trains: bool, moe: bool) -> int:
         + mlp_bytes(spec, setup, layer, trains)
         + lora_saved_bytes(spec, setup, layer)
         + int8_kept_input_bytes(spec, setup)
+        + folded_weight_bytes(spec, setup, layer)
     )
+
+
+def folded_weight_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
+    """What training a targeted parameter through PEFT's ``ParamWrapper`` adds to one layer's
+    saved tensors (MoE router and fused experts under ``all-linear``).
+
+    PEFT folds the adapter into a whole new weight, ``W + scaling·B·A`` (``baddbmm`` per
+    expert stack in the weight's dtype, cached for the module's forward), and the experts'
+    matmuls save it for backward: every targeted parameter's full size, plus the 16-bit
+    casts of its adapter factors that ``baddbmm`` keeps (rank·E·(in + out)). Because the
+    folded weights now need gradients, the expert matmuls also keep their inputs: the routed
+    tokens (t·k·h) for ``gate_up_proj`` and the activated intermediate (t·k·I) for
+    ``down_proj``, which frozen experts do not save."""
+    targets = param_targets(spec.layer_linears(layer), setup)
+    if not targets:
+        return 0
+    dt = dtypes(setup).weights
+    folded = sum(nbytes(lin.count * lin.in_features * lin.out_features, dt) for lin, _ in targets)
+    factors = sum(nbytes(rank * lin.count * (lin.in_features + lin.out_features), dt) for lin, rank in targets)
+    routed = 0
+    if spec.moe is not None and any(lin.count > 1 for lin, _ in targets):
+        tk = setup.tokens * spec.moe.experts_per_token
+        routed = act_bytes(setup) * tk * (spec.hidden_size + spec.moe.expert_intermediate_size)
+    return folded + factors + routed
 
 
 def saving_layers(spec: ModelSpec, setup: Setup) -> range:

@@ -12,6 +12,7 @@ from vramplan.memory.trainable import (
     layer_params,
     lora_linears,
     lora_params,
+    param_target_params,
     trainable_layers,
     trainable_shapes,
 )
@@ -55,6 +56,7 @@ def layer_gradient_bytes(spec: ModelSpec, setup: Setup) -> list[int]:
         if setup.is_lora:
             r = setup.lora_rank
             n = sum(lin.count * r * (lin.in_features + lin.out_features) for lin in lora_linears(spec, setup, rep))
+            n += param_target_params(spec.layer_linears(rep), setup)
             per_kind[is_moe] = nbytes(n, d.adapter)
         else:
             per_kind[is_moe] = nbytes(layer_params(spec, rep), d.master)

@@ -39,16 +39,37 @@ def _lora_linears(linears: tuple[Linear, ...], lora_targets: str) -> tuple[Linea
     return tuple(lin for lin in linears if lin.nn_linear and any(_matches(lin.name, t) for t in targets))
 
 
+def param_targets(linears: tuple[Linear, ...], setup: Setup) -> tuple[tuple[Linear, int], ...]:
+    """The parameters (not ``nn.Linear`` modules) PEFT adapts in one layer group, with their
+    rank: with ``all-linear`` on a mixture of experts PEFT also targets the router's weight
+    and the fused 3D expert stacks (``target_parameters``: ``gate.weight``, ``gate_up_proj``,
+    ``down_proj``, wrapped by its ``ParamWrapper``), the fused ``gate_up_proj`` at twice the
+    rank (PEFT's ``rank_pattern``, as it stands for two projections). Per parameter of E
+    experts: A is (rank·E) x in, B is out x (rank·E)."""
+    if not setup.is_lora or setup.lora_targets.strip().lower() != "all-linear":
+        return ()
+    return tuple(
+        (lin, 2 * setup.lora_rank if lin.name.endswith("gate_up_proj") else setup.lora_rank)
+        for lin in linears
+        if not lin.nn_linear and (lin.name == "gate" or lin.name.startswith("experts."))
+    )
+
+
+def param_target_params(linears: tuple[Linear, ...], setup: Setup) -> int:
+    """Adapter parameters on one layer group's targeted parameters: rank·E·(in + out) each."""
+    return sum(rank * lin.count * (lin.in_features + lin.out_features) for lin, rank in param_targets(linears, setup))
+
+
 def check_lora_targets(spec: ModelSpec, setup: Setup) -> None:
     """Every named target must match a linear of the model."""
     targets = setup.lora_target_list()
-    if setup.is_lora and targets is None and spec.moe is not None:
-        attn = ",".join(lin.name for lin in spec.attention if lin.nn_linear)
+    if setup.is_lora and targets is None and spec.moe is not None and setup.lora_dropout:
         raise VramplanError(
-            "lora_targets",
-            f"on {spec.name} PEFT's all-linear also wraps the router and the fused experts (its ParamWrapper,"
-            f" which also needs lora_dropout 0); the estimate does not model those adapters yet: name the"
-            f" targets, e.g. {attn}",
+            "lora_dropout",
+            f"on {spec.name} all-linear also adapts the router and the fused experts through PEFT's ParamWrapper,"
+            " which refuses dropout: --lora-dropout 0 (or name the targets, e.g. "
+            + ",".join(lin.name for lin in spec.attention if lin.nn_linear)
+            + ")",
         )
     if not setup.is_lora or targets is None:
         return
@@ -68,9 +89,14 @@ def lora_params(spec: ModelSpec, setup: Setup) -> int:
         return 0
     r = setup.lora_rank
     return head_lora_params(spec, setup) + sum(
-        n * lin.count * r * (lin.in_features + lin.out_features)
+        n
+        * (
+            sum(
+                lin.count * r * (lin.in_features + lin.out_features) for lin in _lora_linears(group, setup.lora_targets)
+            )
+            + param_target_params(group, setup)
+        )
         for group, n in spec.layer_groups
-        for lin in _lora_linears(group, setup.lora_targets)
     )
 
 
@@ -131,6 +157,11 @@ def largest_trainable_tensor(spec: ModelSpec, setup: Setup) -> int:
             for group, _ in spec.layer_groups
             for lin in _lora_linears(group, setup.lora_targets)
         ]
+        sizes += [
+            rank * lin.count * max(lin.in_features, lin.out_features)
+            for group, _ in spec.layer_groups
+            for lin, rank in param_targets(group, setup)
+        ]
         if extra_trainable_params(spec, setup):
             sizes.append(spec.vocab_size * spec.hidden_size)
         return max(sizes, default=0)
@@ -150,6 +181,9 @@ def trainable_shapes(spec: ModelSpec, setup: Setup) -> list[tuple[tuple[int, ...
         for group, n in spec.layer_groups:
             for lin in lora_group(group, setup):
                 out += [((r, lin.in_features), n * lin.count), ((lin.out_features, r), n * lin.count)]
+            for lin, rank in param_targets(group, setup):
+                k = rank * lin.count
+                out += [((k, lin.in_features), n), ((lin.out_features, k), n)]
         out += [((spec.vocab_size, h), 1) for m in setup.trainable_extra if m in ("embeddings", "lm_head")]
         if head_lora_params(spec, setup):
             out += [((r, h), 1), ((spec.vocab_size, r), 1)]
