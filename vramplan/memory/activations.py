@@ -15,6 +15,7 @@ from functools import lru_cache
 
 from vramplan.memory.policy import act_bytes, dtypes, pointwise_bytes, residual_bytes
 from vramplan.memory.trainable import lora_group, lora_linears, param_targets, trainable_layers
+from vramplan.memory.weights import unquantized_dtype
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 from vramplan.units import nbytes
@@ -164,7 +165,8 @@ def folded_weight_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
     targets = param_targets(spec.layer_linears(layer), setup)
     if not targets:
         return 0
-    dt = dtypes(setup).weights
+    # the targeted parameters stay unquantized: fp32 after PEFT's k-bit upcast under QLoRA
+    dt = unquantized_dtype(setup) if setup.method == "qlora" else dtypes(setup).weights
     folded = sum(nbytes(lin.count * lin.in_features * lin.out_features, dt) for lin, _ in targets)
     factors = sum(nbytes(rank * lin.count * (lin.in_features + lin.out_features), dt) for lin, rank in targets)
     routed = 0
