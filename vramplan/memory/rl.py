@@ -31,7 +31,8 @@ spent; instead TRL recomputes the completions' log-probs with the policy for its
 sampling correction (on by default): a no-grad forward of one micro-batch at a time, phase
 ``old_logprobs``.
 
-Not modelled: vLLM's CUDA-graph pool, which sleep does not free; several GPUs;
+The training phases are checked against TRL's own trainer stepping on the CPU
+(tests/test_grpo_trace.py). Not modelled: vLLM's CUDA-graph pool, which sleep does not free; several GPUs;
 ``num_iterations > 1``.
 """
 
@@ -67,15 +68,20 @@ def _head_fp32(setup: Setup) -> bool:
     return dtypes(setup).weights == "fp32" or upcast_kbit(setup)
 
 
+def head_tile_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """The projection buffer each pass allocates: ``min(N, 4096) x chunk_size`` in the compute
+    dtype, 32768 columns even when the vocabulary is smaller (the last chunk uses a slice)."""
+    return min(completion_tokens(setup), TOKEN_CHUNK) * VOCAB_CHUNK * act_bytes(setup)
+
+
 def fused_head_forward_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Hidden states of the scored positions (saved for backward, in the residual stream's
     dtype), their fp32 statistics, one projection tile, and the chunk's 16-bit weight copy
     when lm_head is fp32."""
     n = completion_tokens(setup)
     a = act_bytes(setup)
-    vocab = min(spec.vocab_size, VOCAB_CHUNK)
-    tile = min(n, TOKEN_CHUNK) * vocab * a
-    chunk = vocab * spec.hidden_size * a if _head_fp32(setup) else 0
+    tile = head_tile_bytes(spec, setup)
+    chunk = min(spec.vocab_size, VOCAB_CHUNK) * spec.hidden_size * a if _head_fp32(setup) else 0
     return n * spec.hidden_size * residual_bytes(setup) + STAT_VECTORS * 4 * n + tile + chunk
 
 
@@ -85,8 +91,7 @@ def fused_head_backward_bytes(spec: ModelSpec, setup: Setup) -> int:
     and, when lm_head trains, an fp32 gradient of its weight plus its cast to the weight's
     dtype."""
     n = completion_tokens(setup)
-    a = act_bytes(setup)
-    tile = min(n, TOKEN_CHUNK) * min(spec.vocab_size, VOCAB_CHUNK) * a
+    tile = head_tile_bytes(spec, setup)
     head_trains = setup.method == "full" or "lm_head" in setup.trainable_extra
     vh = spec.vocab_size * spec.hidden_size
     weight_grad = (4 + (0 if _head_fp32(setup) else 2)) * vh if head_trains else 0
@@ -192,8 +197,7 @@ def with_fused_head(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, i
             t["loss/fused_head"] = fused_head_forward_bytes(spec, setup)
         elif name == "backward_start":
             # the forward's tile is freed before the backward allocates its own
-            n = completion_tokens(setup)
-            tile = min(n, TOKEN_CHUNK) * min(spec.vocab_size, VOCAB_CHUNK) * act_bytes(setup)
+            tile = head_tile_bytes(spec, setup)
             t["loss/fused_head"] = fused_head_forward_bytes(spec, setup) - tile
             t["loss/fused_head_backward"] = fused_head_backward_bytes(spec, setup)
         if ref:
