@@ -84,6 +84,8 @@ SETUP_FLAGS = (
     "kv_cache",
     "image_size",
     "images_per_sample",
+    "video_frames",
+    "video_size",
     "rl",
     "num_generations",
     "completion_len",
@@ -151,6 +153,8 @@ def _add_setup_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache", choices=KV_CACHES, help="inference: KV cache dtype (auto = the run dtype)")
     p.add_argument("--image-size", help="VLMs: WIDTHxHEIGHT of each image (implies one image per sample)")
     p.add_argument("--images-per-sample", type=_int, help="VLMs: images in each training sample")
+    p.add_argument("--video-frames", type=_int, help="VLMs: frames sampled from the one video in each sample")
+    p.add_argument("--video-size", help="VLMs: WIDTHxHEIGHT of the video's frames (default 448x448)")
     p.add_argument(
         "--rl", choices=RLS, help="reinforcement fine-tuning (TRL GRPOTrainer); --seq-len is prompt + completion"
     )

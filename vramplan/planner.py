@@ -345,7 +345,7 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
             fits = False
             notes.append(f"does not fit the host: {_gib(need)} of page-locked RAM needed, {_gib(host)} given")
     alternatives = _alternatives(evaluated, chosen, card, spec)
-    if setup.images_per_sample:
+    if setup.has_media:
         notes.append(_image_note(spec, setup, est))
     if setup.rl != "none":
         notes.append(_rl_note(setup, est))
@@ -486,13 +486,23 @@ def _vllm_note(spec: ModelSpec, setup: Setup) -> str:
 def _image_note(spec: ModelSpec, setup: Setup, est: Estimate) -> str:
     from vramplan.memory import vision
 
-    patches, tokens = vision.image_grid(spec, setup)
-    n = setup.images_per_sample
-    size = setup.image_size or "448x448"
+    parts = []
+    if setup.images_per_sample:
+        patches, tokens = vision.image_grid(spec, setup)
+        n = setup.images_per_sample
+        size = setup.image_size or "448x448"
+        parts.append(f"images: {n} x {size} per sample = {n * patches:,} ViT patches and {n * tokens:,} tokens")
+    if setup.video_frames:
+        steps, patches, tokens = vision.video_grid(spec, setup)
+        size = setup.video_size or "448x448"
+        parts.append(
+            f"video: {setup.video_frames} frames of {size} = {steps} frame pairs, {steps * patches:,} ViT patches"
+            f" and {steps * tokens:,} tokens"
+        )
+    extra = vision.image_tokens(spec, setup)
     tower = "trained (full fine-tuning)" if vision.tower_trained(setup) else "frozen"
     return (
-        f"images: {n} x {size} per sample = {n * patches:,} ViT patches and {n * tokens:,} language-model tokens"
-        f" (sequence {setup.seq_len} + {n * tokens:,}); vision tower {tower}; its forward phase peaks at"
+        "; ".join(parts) + f" (sequence {setup.seq_len} + {extra:,}); vision tower {tower}; its forward phase peaks at"
         f" {_gib(est.phases.get('vision_forward', 0))} allocated"
     )
 

@@ -49,6 +49,7 @@ MAX_LORA_RANK = 1 << 14
 MAX_GPUS = 1 << 12
 MAX_GPUS_PER_NODE = 64
 MAX_IMAGES = 256
+MAX_VIDEO_FRAMES = 768  # Qwen2-VL's video processor samples at most 768 frames
 
 
 class Setup(BaseModel):
@@ -79,6 +80,9 @@ class Setup(BaseModel):
     kv_cache: KVCache = "auto"  # inference: the cache dtype (auto = the run's 16-bit dtype)
     image_size: str = ""  # VLMs: WIDTHxHEIGHT of each image (Qwen-VL: fixed 448x448)
     images_per_sample: int = Field(0, ge=0, le=MAX_IMAGES)
+    # VLMs: one video per sample, as the frames the processor samples, each WIDTHxHEIGHT
+    video_frames: int = Field(0, ge=0, le=MAX_VIDEO_FRAMES)
+    video_size: str = ""
     # reinforcement fine-tuning (TRL GRPOTrainer): seq_len is prompt + completion
     rl: RL = "none"
     num_generations: int = Field(8, ge=2, le=1024)
@@ -107,6 +111,14 @@ class Setup(BaseModel):
             parts = self.image_size.lower().split("x")
             if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
                 raise ValueError(f"image_size|{self.image_size!r}: write WIDTHxHEIGHT in pixels, like 1024x768")
+        if self.video_size:
+            parts = self.video_size.lower().split("x")
+            if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+                raise ValueError(f"video_size|{self.video_size!r}: write WIDTHxHEIGHT in pixels, like 640x360")
+            if not self.video_frames:
+                raise ValueError("video_size|--video-size needs --video-frames N (the frames sampled per video)")
+        if self.video_frames and self.method == "inference":
+            raise ValueError("video_frames|videos are planned for fine-tuning; inference counts text tokens")
         if self.images_per_sample and self.method == "inference":
             raise ValueError("images_per_sample|images are planned for fine-tuning; inference counts text tokens")
         if self.kv_cache != "auto" and self.method != "inference":
@@ -180,6 +192,11 @@ class Setup(BaseModel):
         if self.attention == "flash-attn-2" and self.precision == "fp32":
             raise ValueError("attention|flash-attn-2 runs in fp16/bf16 only: use precision bf16, fp16 or amp-*")
         return self
+
+    @property
+    def has_media(self) -> bool:
+        """Images or a video in each sample (a VLM's vision tower runs)."""
+        return bool(self.images_per_sample or self.video_frames)
 
     @property
     def is_lora(self) -> bool:

@@ -268,6 +268,8 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         raise VramplanError("emit", f"unknown target {target!r}; targets: {', '.join(TARGETS)}")
     if plan.setup.method == "inference":
         raise VramplanError("emit", "the targets are fine-tuning trainers: an inference plan has nothing to emit")
+    if plan.setup.video_frames:
+        raise VramplanError("emit", "training with videos is not emitted yet: plan it, then set the trainer by hand")
     if plan.setup.images_per_sample and target != "trl":
         raise VramplanError(
             "emit",

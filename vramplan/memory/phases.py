@@ -225,7 +225,7 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
     if setup.parallel in ("zero1", "zero2", "zero3") and setup.precision.startswith("amp-"):
         # DeepSpeed's bf16/fp16 mode casts the model to 16 bits; the fp32 master is its own
         llm = setup.model_copy(update={"precision": setup.precision.removeprefix("amp-")})
-    if setup.images_per_sample:
+    if setup.has_media:
         # the images' tokens join the language model's sequence
         llm = llm.model_copy(update={"seq_len": setup.seq_len + vision.image_tokens(spec, setup)})
     split = setup.parallel == "device_map"
@@ -237,7 +237,7 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
         per_phase = phase_terms(spec, llm)
     else:
         per_phase = parallel.per_gpu(spec, llm, phase_terms(spec, llm))
-    if setup.images_per_sample:
+    if setup.has_media:
         per_phase = with_vision(spec, setup, per_phase)
     if split:
         return split_estimate(spec, setup, per_phase, llm)
@@ -337,7 +337,7 @@ def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup) -> Estimate:
     from vramplan.memory import rl
 
     per_phase = rl.with_fused_head(spec, llm, phase_terms(spec, llm))
-    if setup.images_per_sample:
+    if setup.has_media:
         per_phase = with_vision(spec, setup, per_phase)
     static = {
         k: v
@@ -345,7 +345,7 @@ def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup) -> Estimate:
         if k.startswith(("weights/", "overhead/")) and k != "weights/autocast_copies"
     }
     static.update({k: v for k, v in per_phase["backward_start"].items() if k.startswith("optimizer/")})
-    images = vision.image_tokens(spec, setup) if setup.images_per_sample else 0
+    images = vision.image_tokens(spec, setup) if setup.has_media else 0
     ref = rl.reference_terms(spec, setup, static, images)
     if ref:
         per_phase["reference"] = ref

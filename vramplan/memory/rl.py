@@ -142,6 +142,8 @@ def _generation_setup(spec: ModelSpec, setup: Setup) -> Setup:
             "seq_len": prompt + setup.completion_len,
             "images_per_sample": 0,
             "image_size": "",
+            "video_frames": 0,
+            "video_size": "",
             "kv_cache": "auto",
         }
     )
@@ -154,7 +156,7 @@ def generation_terms(spec: ModelSpec, setup: Setup, static: dict[str, int], prom
     gen = _generation_setup(spec, setup)
     prefill = gen.model_copy(update={"seq_len": setup.seq_len - setup.completion_len + prompt_images})
     tower = 0
-    if setup.images_per_sample:
+    if setup.has_media:
         tower = vision.forward_transient_bytes(spec, setup.model_copy(update={"micro_batch": generation_batch(setup)}))
         tower += vision.pixel_bytes(spec, setup.model_copy(update={"micro_batch": generation_batch(setup)}))
     cache_setup = gen.model_copy(update={"seq_len": setup.seq_len + prompt_images})

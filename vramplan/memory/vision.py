@@ -7,7 +7,14 @@
   image processor's default ``shortest_edge``/``longest_edge``); 14-pixel patches feed the
   ViT and every 2x2 of them merges into one language-model token.
 
-The image tokens join the language model's sequence: ``seq_len`` counts the text, and the
+A video (``video_frames`` sampled frames of ``video_size``) goes through the video
+processor: each frame resized the same way within its per-frame bounds [128·28·28,
+768·28·28] (``Qwen2VLVideoProcessor.size``), the frames padded to a multiple of
+``temporal_patch_size`` (2) and grouped in pairs; each pair is one grid step whose patches
+hold both frames, attended as its own sequence in the ViT (``cu_seqlens`` per temporal
+step), so for memory a video of F frames is ceil(F/2) images of the frame size.
+
+The image (and video) tokens join the language model's sequence: ``seq_len`` counts the text, and the
 language model runs ``seq_len + images_per_sample x tokens_per_image`` positions. A frozen
 tower (LoRA/QLoRA/freeze: trainers keep the ViT frozen) runs without saving anything; its
 largest forward temporary is counted in its own phase. A trained tower (full fine-tuning)
@@ -27,18 +34,23 @@ from vramplan.units import nbytes
 #: Qwen2-VL image processor defaults (transformers ``Qwen2VLImageProcessor.size``).
 MIN_PIXELS = 56 * 56
 MAX_PIXELS = 28 * 28 * 1280
+#: Qwen2-VL video processor per-frame defaults (transformers ``Qwen2VLVideoProcessor.size``).
+VIDEO_MIN_PIXELS = 128 * 28 * 28
+VIDEO_MAX_PIXELS = 768 * 28 * 28
 
 
-def smart_resize(height: int, width: int, factor: int = 28) -> tuple[int, int]:
-    """transformers ``qwen2_vl.image_processing_qwen2_vl.smart_resize`` with its defaults."""
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
+) -> tuple[int, int]:
+    """transformers ``qwen2_vl.image_processing_qwen2_vl.smart_resize`` (image defaults)."""
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
-    if h_bar * w_bar > MAX_PIXELS:
-        beta = math.sqrt((height * width) / MAX_PIXELS)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
         w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < MIN_PIXELS:
-        beta = math.sqrt(MIN_PIXELS / (height * width))
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
@@ -70,15 +82,49 @@ def image_grid(spec: ModelSpec, setup: Setup) -> tuple[int, int]:
     return patches, patches // v.spatial_merge_size**2
 
 
+def video_grid(spec: ModelSpec, setup: Setup) -> tuple[int, int, int]:
+    """(temporal steps, ViT patches per step, language-model tokens per step) for one video:
+    the frames padded to a multiple of ``temporal_patch_size``, each step one resized frame's
+    patches (two frames per patch)."""
+    v = spec.vision
+    if v is None:
+        raise VramplanError("video_frames", f"{spec.name} has no vision tower: videos need a VLM")
+    if v.kind == "qwen-vl":
+        raise VramplanError("video_frames", f"{spec.name} takes images only: videos need Qwen2-VL or Qwen2.5-VL")
+    h, w = parse_image_size(setup.video_size or "448x448")
+    factor = v.patch_size * v.spatial_merge_size
+    rh, rw = smart_resize(h, w, factor, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
+    patches = (rh // v.patch_size) * (rw // v.patch_size)
+    steps = -(-setup.video_frames // max(v.temporal_patch_size, 1))
+    return steps, patches, patches // v.spatial_merge_size**2
+
+
+def media(spec: ModelSpec, setup: Setup) -> list[tuple[int, int, int]]:
+    """(how many per sample, ViT patches each, language-model tokens each) for the sample's
+    images and its video's temporal steps: what the tower runs and the language model reads."""
+    out = []
+    if setup.images_per_sample:
+        patches, tokens = image_grid(spec, setup)
+        out.append((setup.images_per_sample, patches, tokens))
+    if setup.video_frames:
+        steps, patches, tokens = video_grid(spec, setup)
+        out.append((steps, patches, tokens))
+    return out
+
+
 def image_tokens(spec: ModelSpec, setup: Setup) -> int:
-    """Language-model positions the images of one sample add."""
-    if not setup.images_per_sample:
-        return 0
-    return setup.images_per_sample * image_grid(spec, setup)[1]
+    """Language-model positions the images (and video) of one sample add."""
+    return sum(n * tokens for n, _, tokens in media(spec, setup))
 
 
 def _patches(spec: ModelSpec, setup: Setup) -> int:
-    return setup.micro_batch * setup.images_per_sample * image_grid(spec, setup)[0]
+    return setup.micro_batch * sum(n * patches for n, patches, _ in media(spec, setup))
+
+
+def _attention_squares(spec: ModelSpec, setup: Setup) -> int:
+    """Sum over the micro-batch's attention sequences of their length squared (each image,
+    and each temporal step of a video, is its own sequence in the ViT)."""
+    return setup.micro_batch * sum(n * patches**2 for n, patches, _ in media(spec, setup))
 
 
 def tower_trained(setup: Setup) -> bool:
@@ -91,7 +137,7 @@ def forward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     the MLP's up (and gate) projections and activation (n·I each), beside the block input,
     its norm and the qkv (5·n·d); eager attention adds a heads x n_img² score matrix and
     its fp32 softmax per image."""
-    if not setup.images_per_sample:
+    if not setup.has_media:
         return 0
     v = spec.vision
     assert v is not None
@@ -101,15 +147,14 @@ def forward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     base = 5 * n * v.hidden_size * a
     attn = 0
     if setup.attention == "eager":
-        per_image = image_grid(spec, setup)[0]
-        attn = setup.micro_batch * setup.images_per_sample * v.num_heads * per_image**2 * (a + 4)
+        attn = v.num_heads * _attention_squares(spec, setup) * (a + 4)
     return base + max(mlp, attn)
 
 
 def pixel_bytes(spec: ModelSpec, setup: Setup) -> int:
     """The processor's fp32 ``pixel_values`` (patches x channels·temporal·patch²), an input
     alive through the step."""
-    if not setup.images_per_sample:
+    if not setup.has_media:
         return 0
     v = spec.vision
     assert v is not None
@@ -123,7 +168,7 @@ def saved_bytes(spec: ModelSpec, setup: Setup) -> int:
     recomputed. Without checkpointing a frozen tower keeps nothing, a trained one per block
     the inputs of its norms, qkv, attention output and projections (about 8·n·d) and the
     MLP's intermediates ((2 or 3)·n·I), plus eager attention's probabilities."""
-    if not setup.images_per_sample:
+    if not setup.has_media:
         return 0
     v = spec.vision
     assert v is not None
@@ -131,8 +176,7 @@ def saved_bytes(spec: ModelSpec, setup: Setup) -> int:
     a = act_bytes(setup)
     per_block = 8 * n * v.hidden_size * a + (3 if v.gated_mlp else 2) * n * v.intermediate_size * a
     if setup.attention == "eager":
-        per_image = image_grid(spec, setup)[0]
-        per_block += setup.micro_batch * setup.images_per_sample * v.num_heads * per_image**2 * a
+        per_block += v.num_heads * _attention_squares(spec, setup) * a
     if setup.grad_checkpointing:
         inputs = v.depth * n * v.hidden_size * a
         return inputs + (per_block if tower_trained(setup) else 0)

@@ -54,12 +54,24 @@ class ImageBatch:
     def __init__(self, spec: ModelSpec, setup: Setup, hf: Any, model: Any) -> None:
         from vramplan.memory import vision
 
-        patches, tokens = vision.image_grid(spec, setup)
         v = spec.vision
         assert v is not None
-        h, w = vision.parse_image_size(setup.image_size or "448x448")
-        rh, rw = vision.smart_resize(h, w, v.patch_size * v.spatial_merge_size)
-        n_img = setup.images_per_sample
+        # a video: one grid of (frame pairs, h, w) per sample, its tokens in one run; images: one grid each
+        self.video = bool(setup.video_frames)
+        if self.video:
+            steps, per_step, step_tokens = vision.video_grid(spec, setup)
+            h, w = vision.parse_image_size(setup.video_size or "448x448")
+            rh, rw = vision.smart_resize(
+                h, w, v.patch_size * v.spatial_merge_size, vision.VIDEO_MIN_PIXELS, vision.VIDEO_MAX_PIXELS
+            )
+            n_img, tokens, patches, t = 1, steps * step_tokens, steps * per_step, steps
+            token_id = hf.video_token_id
+        else:
+            patches, tokens = vision.image_grid(spec, setup)
+            h, w = vision.parse_image_size(setup.image_size or "448x448")
+            rh, rw = vision.smart_resize(h, w, v.patch_size * v.spatial_merge_size)
+            n_img, t = setup.images_per_sample, 1
+            token_id = hf.image_token_id
         if setup.seq_len < 2 * n_img:
             from vramplan.errors import VramplanError
 
@@ -70,14 +82,15 @@ class ImageBatch:
             pos = 1
             for _ in range(n_img):
                 ids[b, pos - 1] = hf.vision_start_token_id
-                ids[b, pos : pos + tokens] = hf.image_token_id
+                ids[b, pos : pos + tokens] = token_id
                 pos += tokens + 2
         self.ids = ids
-        self.grid = torch.tensor([[1, rh // v.patch_size, rw // v.patch_size]] * (setup.micro_batch * n_img))
+        self.grid = torch.tensor([[t, rh // v.patch_size, rw // v.patch_size]] * (setup.micro_batch * n_img))
         self.patches = setup.micro_batch * n_img * patches
         self.pixel_width = 3 * v.temporal_patch_size * v.patch_size**2
-        mm = (ids == hf.image_token_id).int()
-        self.position_ids, _ = model.model.get_rope_index(ids, mm, self.grid, None, torch.ones_like(ids))
+        mm = (ids == token_id).int() * (2 if self.video else 1)
+        grids = {"video_grid_thw" if self.video else "image_grid_thw": self.grid}
+        self.position_ids, _ = model.model.get_rope_index(ids, mm, **grids)
         self.model_type = hf.model_type
 
     @contextlib.contextmanager
@@ -100,26 +113,29 @@ class ImageBatch:
             "torch_compilable_check": ns.get("torch_compilable_check"),
         }
         attn_forward = attn_cls.forward
-        image_features = model_cls.get_image_features
+        feature_name, grid_arg = (
+            ("get_video_features", "video_grid_thw") if self.video else ("get_image_features", "image_grid_thw")
+        )
+        image_features = getattr(model_cls, feature_name)
         new_attn = _rewrite(attn_forward, {**ns, "_LENGTHS": lengths}, {"lengths.tolist()": "_LENGTHS"})
         new_feat = _rewrite(
             image_features,
             {**ns, "_SPLITS": splits},
-            {"(image_grid_thw.prod(-1) // self.visual.spatial_merge_size**2).tolist()": "_SPLITS"},
+            {f"({grid_arg}.prod(-1) // self.visual.spatial_merge_size**2).tolist()": "_SPLITS"},
         )
         try:
             mq.get_vision_position_ids = lambda *a, **k: pos
             mq.get_vision_attention_seqlens = lambda *a, **k: (cu, mx)
             mq.torch_compilable_check = lambda *a, **k: None
             attn_cls.forward = new_attn
-            model_cls.get_image_features = new_feat
+            setattr(model_cls, feature_name, new_feat)
             yield
         finally:
             for k, fn in saved.items():
                 if fn is not None:
                     setattr(mq, k, fn)
             attn_cls.forward = attn_forward
-            model_cls.get_image_features = image_features
+            setattr(model_cls, feature_name, image_features)
 
     def inputs(self, fake_mode: Any) -> dict[str, Any]:
         """One micro-batch as the processor hands it over: fp32 pixels (fake), the ids."""
@@ -127,10 +143,9 @@ class ImageBatch:
         with ctx:
             pixels = torch.randn(self.patches, self.pixel_width)
             ids = self.ids.clone() if fake_mode is None else fake_mode.from_tensor(self.ids)
-        return {
-            "input_ids": ids,
-            "labels": ids,
-            "pixel_values": pixels,
-            "image_grid_thw": self.grid,
-            "position_ids": self.position_ids,
-        }
+        media = (
+            {"pixel_values_videos": pixels, "video_grid_thw": self.grid}
+            if self.video
+            else {"pixel_values": pixels, "image_grid_thw": self.grid}
+        )
+        return {"input_ids": ids, "labels": ids, **media, "position_ids": self.position_ids}
