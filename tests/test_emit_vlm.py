@@ -147,3 +147,55 @@ def test_other_targets_are_refused_with_and_without_images(tiny_vl) -> None:
     with pytest.raises(VramplanError, match="training with images is emitted for trl only"):
         images.emit("swift")
     assert "IMAGES = {'per_prompt': 1" in images.emit("trl").files["train.py"]  # run in test_emit_grpo_images.py
+
+
+def test_full_with_a_frozen_tower_trains_what_the_plan_counts(tiny_vl, tmp_path: Path) -> None:
+    """--freeze-vision (and --freeze-projector) in full fine-tuning: the script freezes the
+    tower (and the merger) as planned, trains the rest for two steps."""
+    model_dir, data = tiny_vl
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from vramplan.trace.build import freeze_vision_parts
+
+    for tower, projector in ((True, False), (True, True)):
+        p = plan(
+            str(model_dir / "config.json"),
+            gpu="4090",
+            method="full",
+            precision="bf16",
+            seq_len=32,
+            micro_batch=2,
+            freeze_vision=tower,
+            freeze_projector=projector,
+        )
+        out = p.emit("trl", data=str(data))
+        run = tmp_path / f"run-{tower}-{projector}"
+        write_files(str(run), out.files, overwrite=False)
+        settings = json.loads(
+            subprocess.run(
+                [sys.executable, str(run / "train.py"), "--dry-run"], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        assert settings["freeze_vision"] == [tower, projector]
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+        freeze_vision_parts(model, tower, projector)
+        assert sum(t.numel() for t in model.parameters() if t.requires_grad) == p.trainable_params
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(run / "train.py"),
+            "--model",
+            str(model_dir),
+            "--max-steps",
+            "2",
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=run,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == 2

@@ -96,3 +96,20 @@ def test_video_plans_are_not_emitted() -> None:
     p = plan("qwen2-vl-2b", "4090", method="lora", seq_len=512, video_frames=8, video_size="448x448")
     with pytest.raises(VramplanError, match="videos is not emitted"):
         p.emit("trl")
+
+
+def test_freeze_flags_imply_full_and_take_the_tower_out_of_training() -> None:
+    spec = load_model("qwen2-vl-2b")
+    from vramplan.params import param_counts
+
+    counts = param_counts(spec)
+    base = dict(gpu="h100", seq_len=256, image_size="672x672", micro_batch=1, grad_checkpointing=True)
+    full = plan("qwen2-vl-2b", method="full", **base)
+    tower = plan("qwen2-vl-2b", freeze_vision=True, **base)
+    both = plan("qwen2-vl-2b", freeze_vision=True, freeze_projector=True, **base)
+    assert tower.setup.method == "full"
+    assert full.trainable_params - tower.trainable_params == counts.vision
+    assert tower.trainable_params - both.trainable_params == counts.projector
+    assert tower.peak.device_bytes < full.peak.device_bytes
+    with pytest.raises(VramplanError, match="freeze_vision"):
+        plan("qwen2-vl-2b", method="lora", freeze_vision=True, **base)

@@ -86,6 +86,8 @@ SETUP_FLAGS = (
     "images_per_sample",
     "video_frames",
     "video_size",
+    "freeze_vision",
+    "freeze_projector",
     "rl",
     "num_generations",
     "completion_len",
@@ -155,6 +157,15 @@ def _add_setup_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images-per-sample", type=_int, help="VLMs: images in each training sample")
     p.add_argument("--video-frames", type=_int, help="VLMs: frames sampled from the one video in each sample")
     p.add_argument("--video-size", help="VLMs: WIDTHxHEIGHT of the video's frames (default 448x448)")
+    p.add_argument(
+        "--freeze-vision", action=argparse.BooleanOptionalAction, default=None, help="VLM full: keep the tower frozen"
+    )
+    p.add_argument(
+        "--freeze-projector",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="VLM full: keep the projector (merger) frozen",
+    )
     p.add_argument(
         "--rl", choices=RLS, help="reinforcement fine-tuning (TRL GRPOTrainer); --seq-len is prompt + completion"
     )

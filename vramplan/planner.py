@@ -248,7 +248,10 @@ def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | 
     for key in pinned:
         if key in ("seq_len",):
             continue
-        tries.append((f"without pinning {key}={pinned[key]}", {k: v for k, v in pinned.items() if k != key}))
+        released = {k: v for k, v in pinned.items() if k != key}
+        if key == "method":  # other methods keep the vision tower and projector frozen anyway
+            released = {k: v for k, v in released.items() if k not in ("freeze_vision", "freeze_projector")}
+        tries.append((f"without pinning {key}={pinned[key]}", released))
     if "optimizer" not in pinned:
         tries.append(("--optimizer adamw-8bit", {**pinned, "optimizer": "adamw-8bit"}))
     seq = pinned.get("seq_len", Setup.model_fields["seq_len"].default) // 2
@@ -294,7 +297,12 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     card = resolve_gpu(gpu)
     if pinned.get("vllm", "none") != "none":
         pinned["vllm_card_bytes"] = card.memory_bytes  # vLLM's share is a fraction of this card
+    frozen_parts = bool(pinned.get("freeze_vision") or pinned.get("freeze_projector"))
+    if frozen_parts and "method" not in pinned:
+        pinned["method"] = "full"  # only full fine-tuning trains the tower or projector to begin with
     check = {k: v for k, v in pinned.items() if k not in ("method", "quant", "kv_cache")}
+    if frozen_parts:
+        check["method"] = pinned["method"]
     if check.get("rl", "none") != "none" and ("micro_batch" not in check or "grad_accum" not in check):
         check.update(_batches(pinned)[0])
     if "parallel" not in check and check.get("num_gpus", 1) * check.get("num_nodes", 1) > 1:

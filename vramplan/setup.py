@@ -83,6 +83,11 @@ class Setup(BaseModel):
     # VLMs: one video per sample, as the frames the processor samples, each WIDTHxHEIGHT
     video_frames: int = Field(0, ge=0, le=MAX_VIDEO_FRAMES)
     video_size: str = ""
+    # VLM full fine-tuning: keep the vision tower and/or its projector (merger) frozen, as
+    # LLaMA-Factory's freeze_vision_tower / freeze_multi_modal_projector and ms-swift's
+    # freeze_vit / freeze_aligner do; LoRA, QLoRA and freeze leave both frozen anyway
+    freeze_vision: bool = False
+    freeze_projector: bool = False
     # reinforcement fine-tuning (TRL GRPOTrainer): seq_len is prompt + completion
     rl: RL = "none"
     num_generations: int = Field(8, ge=2, le=1024)
@@ -117,6 +122,11 @@ class Setup(BaseModel):
                 raise ValueError(f"video_size|{self.video_size!r}: write WIDTHxHEIGHT in pixels, like 640x360")
             if not self.video_frames:
                 raise ValueError("video_size|--video-size needs --video-frames N (the frames sampled per video)")
+        if (self.freeze_vision or self.freeze_projector) and self.method != "full":
+            raise ValueError(
+                "freeze_vision|--freeze-vision/--freeze-projector apply to --method full: LoRA, QLoRA and freeze"
+                " keep the vision tower and projector frozen already"
+            )
         if self.video_frames and self.method == "inference":
             raise ValueError("video_frames|videos are planned for fine-tuning; inference counts text tokens")
         if self.images_per_sample and self.method == "inference":

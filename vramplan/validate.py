@@ -131,6 +131,14 @@ def _grid() -> list[tuple[str, dict[str, Any]]]:
     g.append(
         ("qwen2-vl-2b", dict(method="lora", seq_len=1024, image_size="800x600", images_per_sample=2, micro_batch=2))
     )
+    # full fine-tuning with the tower (and the projector) kept frozen
+    g.append(("qwen2-vl-2b", dict(method="full", seq_len=256, image_size="672x672", freeze_vision=True)))
+    g.append(
+        (
+            "qwen2-vl-2b",
+            dict(method="full", seq_len=256, image_size="672x672", freeze_vision=True, freeze_projector=True),
+        )
+    )
     # a video: frame pairs through the tower, their tokens in the sequence
     g.append(("qwen2-vl-2b", dict(method="lora", seq_len=512, video_frames=16, video_size="640x360")))
     g.append(("qwen2-vl-2b", dict(method="full", seq_len=256, video_frames=7, video_size="448x448")))

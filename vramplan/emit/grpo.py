@@ -57,6 +57,7 @@ ATTN_IMPLEMENTATION = __ATTN__
 QUANTIZATION = __QUANT__  # BitsAndBytesConfig(**QUANTIZATION), or None
 LORA = __LORA__  # peft.LoraConfig(**LORA), or None
 FREEZE_TOP_LAYERS = __FREEZE__  # freeze: only the top N decoder layers train
+FREEZE_VISION = __FREEZE_VISION__  # VLM full fine-tuning: [tower, projector] kept frozen, or None
 MAX_PROMPT_TOKENS = __PROMPT__  # the prompt length the plan counts: longer prompts are cut from the left
 IMAGES = __IMAGES__  # images per prompt and the pixels the plan counts per image (larger ones are shrunk), or None
 TRAINING = {
@@ -133,6 +134,7 @@ def main():
         "quantization": QUANTIZATION,
         "lora": LORA,
         "freeze_top_layers": FREEZE_TOP_LAYERS,
+        "freeze_vision": FREEZE_VISION,
         "max_prompt_tokens": MAX_PROMPT_TOKENS,
         "images": IMAGES,
         "training": {**TRAINING, "num_train_epochs": args.epochs, "max_steps": args.max_steps},

@@ -127,6 +127,7 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
         "quantization": quant,
         "lora": lora,
         "freeze_top_layers": s.freeze_trainable_layers if s.method == "freeze" else None,
+        "freeze_vision": [s.freeze_vision, s.freeze_projector] if s.freeze_vision or s.freeze_projector else None,
         "training": training,
     }
     if s.parallel != "none":
@@ -159,6 +160,12 @@ __PLACEMENT__
         model.requires_grad_(False)
         for layer in model.get_decoder().layers[-FREEZE_TOP_LAYERS:]:
             layer.requires_grad_(True)
+    if FREEZE_VISION:
+        tower, projector = FREEZE_VISION
+        for name, p in model.named_parameters():
+            in_merger = ".merger." in name
+            if ".visual." in f".{name}" and ((in_merger and projector) or (not in_merger and tower)):
+                p.requires_grad_(False)
     peft_config = None
     if LORA:
         from peft import LoraConfig
@@ -193,6 +200,7 @@ ATTN_IMPLEMENTATION = __ATTN__
 QUANTIZATION = __QUANT__  # BitsAndBytesConfig(**QUANTIZATION), or None
 LORA = __LORA__  # peft.LoraConfig(**LORA), or None
 FREEZE_TOP_LAYERS = __FREEZE__  # freeze: only the top N decoder layers train
+FREEZE_VISION = __FREEZE_VISION__  # VLM full fine-tuning: [tower, projector] kept frozen, or None
 IMAGES = __IMAGES__  # images per sample and the pixels the plan counts per image (larger ones are shrunk), or None
 TRAINING = {
 __TRAINING__
@@ -258,6 +266,7 @@ def main():
         "quantization": QUANTIZATION,
         "lora": LORA,
         "freeze_top_layers": FREEZE_TOP_LAYERS,
+        "freeze_vision": FREEZE_VISION,
         "images": IMAGES,
         "training": {**TRAINING, "num_train_epochs": args.epochs, "max_steps": args.max_steps},
 __PARALLEL_SETTING__
@@ -378,6 +387,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         .replace("__QUANT__", _py(settings["quantization"]))
         .replace("__LORA__", _py(settings["lora"]))
         .replace("__FREEZE__", _py(settings["freeze_top_layers"]))
+        .replace("__FREEZE_VISION__", _py(settings["freeze_vision"]))
         .replace("__TRAINING__", "\n".join(body_lines))
         .replace("__DATA__", json.dumps(ctx.data))
     )

@@ -136,7 +136,12 @@ def layer_params(spec: ModelSpec, layer: int) -> int:
 def full_trainable_params(spec: ModelSpec, setup: Setup) -> int:
     """Parameters updated in place by full / freeze fine-tuning."""
     if setup.method == "full":
-        return param_counts(spec).total
+        counts = param_counts(spec)
+        return (
+            counts.total
+            - (counts.vision if setup.freeze_vision else 0)
+            - (counts.projector if setup.freeze_projector else 0)
+        )
     if setup.method == "freeze":
         return sum(layer_params(spec, i) for i in trainable_layers(spec, setup))
     return 0

@@ -128,8 +128,22 @@ def _attention_squares(spec: ModelSpec, setup: Setup) -> int:
 
 
 def tower_trained(setup: Setup) -> bool:
-    """Full fine-tuning trains the tower (and counts its parameters as trainable)."""
-    return setup.method == "full"
+    """Full fine-tuning trains the tower (and counts its parameters as trainable), unless it
+    keeps it frozen (``freeze_vision``)."""
+    return setup.method == "full" and not setup.freeze_vision
+
+
+def projector_only_saved_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """A trained projector behind a frozen tower: the patch merger's LayerNorm input and
+    statistics, both MLP linears' inputs and the GELU's input, about 4·n·d (n patches of
+    width d; its first linear sees n/4 rows of 4·d). With the tower trained these are part
+    of its own saved activations."""
+    if not setup.has_media or setup.method != "full" or tower_trained(setup) or setup.freeze_projector:
+        return 0
+    v = spec.vision
+    assert v is not None
+    n = _patches(spec, setup)
+    return 4 * n * v.hidden_size * act_bytes(setup) + 8 * n
 
 
 def forward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -177,7 +191,8 @@ def saved_bytes(spec: ModelSpec, setup: Setup) -> int:
     per_block = 8 * n * v.hidden_size * a + (3 if v.gated_mlp else 2) * n * v.intermediate_size * a
     if setup.attention == "eager":
         per_block += v.num_heads * _attention_squares(spec, setup) * a
+    merger = projector_only_saved_bytes(spec, setup)
     if setup.grad_checkpointing:
         inputs = v.depth * n * v.hidden_size * a
-        return inputs + (per_block if tower_trained(setup) else 0)
-    return v.depth * per_block if tower_trained(setup) else 0
+        return inputs + (per_block if tower_trained(setup) else 0) + merger
+    return (v.depth * per_block if tower_trained(setup) else 0) + merger

@@ -101,16 +101,15 @@ def unquantized_dtype(setup: Setup) -> str:
 def frozen_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Frozen parameters in their storage format.
 
-    full: none. freeze: all but the trained top layers, in the weight dtype. lora: the
+    full: none, or the vision tower / projector it keeps frozen, in the weight dtype. freeze:
+    all but the trained top layers, in the weight dtype. lora: the
     whole base model in the weight dtype. qlora: packed quantized linears, plus every
     other parameter (embeddings, lm_head, norms, biases, vision convolution) in
     :func:`unquantized_dtype`.
     """
     total = param_counts(spec).total
     w = dtypes(setup).weights
-    if setup.method == "full":
-        return 0
-    if setup.method == "freeze":
+    if setup.method in ("full", "freeze"):
         return nbytes(total - full_trainable_params(spec, setup), w)
     if setup.method == "lora":
         return nbytes(total, w)

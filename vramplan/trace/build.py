@@ -118,6 +118,16 @@ def _lora_config(setup: Setup, spec_targets: list[str] | None, embedding_name: s
     )
 
 
+def freeze_vision_parts(model: Any, tower: bool, projector: bool) -> None:
+    """Qwen2-VL / Qwen2.5-VL: ``model.visual`` holds the tower and its ``merger`` (the
+    projector); freeze either, as LLaMA-Factory and ms-swift do."""
+    for name, p in model.named_parameters():
+        if ".visual." not in f".{name}":
+            continue
+        if (".merger." in name and projector) or (".merger." not in name and tower):
+            p.requires_grad_(False)
+
+
 def _freeze(model: Any, setup: Setup, num_layers: int) -> None:
     """LLaMA-Factory ``freeze``: train the top ``freeze_trainable_layers`` decoder layers."""
     keep = {f"layers.{i}." for i in range(num_layers - setup.freeze_trainable_layers, num_layers)}
@@ -168,6 +178,8 @@ def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cp
         if setup.method == "freeze":
             layers = hf.num_hidden_layers if not vlm else hf.text_config.num_hidden_layers
             _freeze(model, setup, layers)
+        if vlm and (setup.freeze_vision or setup.freeze_projector):
+            freeze_vision_parts(model, setup.freeze_vision, setup.freeze_projector)
         if setup.method == "lora":
             from peft import get_peft_model
 
