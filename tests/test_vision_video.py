@@ -79,7 +79,7 @@ def test_cli_names_the_video_and_refuses_bad_input() -> None:
 
     r = cli("qwen2-vl-7b", "--gpu", "a100-80g", "--method", "lora", "--video-frames", "16", "--video-size", "640x360")
     assert r.returncode == 0, r.stderr
-    assert "video: 16 frames of 640x360 = 8 frame pairs, 9,568 ViT patches and 2,392 tokens" in r.stdout
+    assert "video: 16 frames of 640x360 = 8 frame pairs, 9,568 ViT patches and 2,392 language-model tokens" in r.stdout
     for args, field in (
         (["qwen2-vl-7b", "--video-size", "640x360"], "video_size"),  # frames missing
         (["qwen2-vl-7b", "--video-frames", "8", "--video-size", "640"], "video_size"),

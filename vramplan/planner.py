@@ -499,13 +499,15 @@ def _image_note(spec: ModelSpec, setup: Setup, est: Estimate) -> str:
         patches, tokens = vision.image_grid(spec, setup)
         n = setup.images_per_sample
         size = setup.image_size or "448x448"
-        parts.append(f"images: {n} x {size} per sample = {n * patches:,} ViT patches and {n * tokens:,} tokens")
+        parts.append(
+            f"images: {n} x {size} per sample = {n * patches:,} ViT patches and {n * tokens:,} language-model tokens"
+        )
     if setup.video_frames:
         steps, patches, tokens = vision.video_grid(spec, setup)
         size = setup.video_size or "448x448"
         parts.append(
             f"video: {setup.video_frames} frames of {size} = {steps} frame pairs, {steps * patches:,} ViT patches"
-            f" and {steps * tokens:,} tokens"
+            f" and {steps * tokens:,} language-model tokens"
         )
     extra = vision.image_tokens(spec, setup)
     tower = "trained (full fine-tuning)" if vision.tower_trained(setup) else "frozen"

@@ -131,6 +131,10 @@ def _grid() -> list[tuple[str, dict[str, Any]]]:
     g.append(
         ("qwen2-vl-2b", dict(method="lora", seq_len=1024, image_size="800x600", images_per_sample=2, micro_batch=2))
     )
+    # Qwen2.5-VL: window attention in most tower blocks
+    g.append(("qwen2.5-vl-3b", dict(method="lora", seq_len=512, image_size="448x448")))
+    g.append(("qwen2.5-vl-3b", dict(method="full", seq_len=256, image_size="672x672")))
+    g.append(("qwen2.5-vl-3b", dict(method="lora", seq_len=512, image_size="1024x1024", grad_checkpointing=False)))
     # full fine-tuning with the tower (and the projector) kept frozen
     g.append(("qwen2-vl-2b", dict(method="full", seq_len=256, image_size="672x672", freeze_vision=True)))
     g.append(

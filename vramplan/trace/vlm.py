@@ -102,7 +102,18 @@ class ImageBatch:
         visual = model.model.visual
         pos = vu.get_vision_position_ids(self.grid, visual.spatial_merge_size)
         cu, mx = vu.get_vision_attention_seqlens(self.grid, visual.config)
-        lengths = (cu[1:] - cu[:-1]).tolist()
+        # attention splits by sequence: whole images (or video steps), and Qwen2.5-VL's windows
+        lengths = {int(cu.shape[0]): (cu[1:] - cu[:-1]).tolist()}
+        window = None
+        if "get_vision_window_index" in vars(_module(self.model_type)):
+            window = vu.get_vision_window_index(
+                self.grid,
+                spatial_merge_size=visual.spatial_merge_size,
+                window_size=visual.window_size,
+                patch_size=visual.patch_size,
+            )
+            cw = window[1]
+            lengths.setdefault(int(cw.shape[0]), (cw[1:] - cw[:-1]).tolist())
         splits = (self.grid.prod(-1) // visual.spatial_merge_size**2).tolist()
         ns = vars(mq)
         attn_cls: Any = next(c for name, c in ns.items() if name.endswith("VisionAttention") and isinstance(c, type))
@@ -110,6 +121,7 @@ class ImageBatch:
         saved = {
             "get_vision_position_ids": ns["get_vision_position_ids"],
             "get_vision_attention_seqlens": ns["get_vision_attention_seqlens"],
+            "get_vision_window_index": ns.get("get_vision_window_index"),
             "torch_compilable_check": ns.get("torch_compilable_check"),
         }
         attn_forward = attn_cls.forward
@@ -117,7 +129,9 @@ class ImageBatch:
             ("get_video_features", "video_grid_thw") if self.video else ("get_image_features", "image_grid_thw")
         )
         image_features = getattr(model_cls, feature_name)
-        new_attn = _rewrite(attn_forward, {**ns, "_LENGTHS": lengths}, {"lengths.tolist()": "_LENGTHS"})
+        new_attn = _rewrite(
+            attn_forward, {**ns, "_LENGTHS": lengths}, {"lengths.tolist()": "_LENGTHS[int(cu_seqlens.shape[0])]"}
+        )
         new_feat = _rewrite(
             image_features,
             {**ns, "_SPLITS": splits},
@@ -127,6 +141,8 @@ class ImageBatch:
             mq.get_vision_position_ids = lambda *a, **k: pos
             mq.get_vision_attention_seqlens = lambda *a, **k: (cu, mx)
             mq.torch_compilable_check = lambda *a, **k: None
+            if window is not None:
+                mq.get_vision_window_index = lambda *a, **k: window
             attn_cls.forward = new_attn
             setattr(model_cls, feature_name, new_feat)
             yield

@@ -39,6 +39,7 @@ ATTN_IMPLEMENTATION = 'sdpa'
 QUANTIZATION = None  # BitsAndBytesConfig(**QUANTIZATION), or None
 LORA = {'r': 8, 'lora_alpha': 32.0, 'lora_dropout': 0.05, 'target_modules': 'all-linear', 'modules_to_save': None, 'task_type': 'CAUSAL_LM'}  # peft.LoraConfig(**LORA), or None
 FREEZE_TOP_LAYERS = None  # freeze: only the top N decoder layers train
+FREEZE_VISION = None  # VLM full fine-tuning: [tower, projector] kept frozen, or None
 IMAGES = None  # images per sample and the pixels the plan counts per image (larger ones are shrunk), or None
 TRAINING = {
     'per_device_train_batch_size': 1,  # one more sample per step adds 4.15 GiB (24.62 GiB, does not fit)
@@ -115,6 +116,7 @@ def main():
         "quantization": QUANTIZATION,
         "lora": LORA,
         "freeze_top_layers": FREEZE_TOP_LAYERS,
+        "freeze_vision": FREEZE_VISION,
         "images": IMAGES,
         "training": {**TRAINING, "num_train_epochs": args.epochs, "max_steps": args.max_steps},
     }
@@ -164,6 +166,12 @@ def main():
         model.requires_grad_(False)
         for layer in model.get_decoder().layers[-FREEZE_TOP_LAYERS:]:
             layer.requires_grad_(True)
+    if FREEZE_VISION:
+        tower, projector = FREEZE_VISION
+        for name, p in model.named_parameters():
+            in_merger = ".merger." in name
+            if ".visual." in f".{name}" and ((in_merger and projector) or (not in_merger and tower)):
+                p.requires_grad_(False)
     peft_config = None
     if LORA:
         from peft import LoraConfig
