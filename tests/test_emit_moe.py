@@ -87,3 +87,11 @@ def test_all_linear_with_dropout_is_refused(tiny_moe) -> None:
     model_dir, _ = tiny_moe
     with pytest.raises(VramplanError, match="lora_dropout"):
         plan(str(model_dir / "config.json"), gpu="4090", method="lora", lora_targets="all-linear", lora_dropout=0.1)
+
+
+def test_other_targets_refuse_moe_all_linear(tiny_moe) -> None:
+    model_dir, _ = tiny_moe
+    p = plan(str(model_dir / "config.json"), gpu="4090", method="lora", lora_targets="all-linear", seq_len=32)
+    for target in ("swift", "llamafactory", "axolotl"):
+        with pytest.raises(VramplanError, match="router and fused experts"):
+            p.emit(target)

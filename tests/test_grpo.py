@@ -219,3 +219,12 @@ def test_bad_vllm_input_exits_2(args: list[str], field: str) -> None:
     )
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.startswith(f"vramplan: error: {field}") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_no_allocator_slack_on_the_vllm_share() -> None:
+    """vLLM sizes its share itself: the caching allocator's slack is charged on the rest only."""
+    from vramplan.memory.overhead import allocator_slack_bytes
+
+    est = estimate(load_model(SPEC), _vllm())
+    share = est.terms["rl/vllm_share"]
+    assert est.terms["overhead/allocator_slack"] == allocator_slack_bytes(est.allocated_bytes - share)

@@ -102,3 +102,30 @@ def test_trace_record_flag_appends(tiny: str, tmp_path, monkeypatch) -> None:
     rows = read_rows(target)
     assert len(rows) == 1
     assert rows[0]["backend"] == "trace" and rows[0]["key"] and rows[0]["date"] and rows[0]["machine"]
+
+
+def test_trace_report_of_a_plain_setup(tiny: str, tmp_path) -> None:
+    """trace --report plans the traced Setup again: its default GRPO fields must not be refused."""
+    out = tmp_path / "t.html"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vramplan",
+            "trace",
+            tiny,
+            "--method",
+            "lora",
+            "--seq-len",
+            "64",
+            "--steps",
+            "1",
+            "--report",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.stat().st_size > 10_000

@@ -113,3 +113,35 @@ def test_freeze_flags_imply_full_and_take_the_tower_out_of_training() -> None:
     assert tower.peak.device_bytes < full.peak.device_bytes
     with pytest.raises(VramplanError, match="freeze_vision"):
         plan("qwen2-vl-2b", method="lora", freeze_vision=True, **base)
+
+
+def test_device_map_shares_out_only_the_trained_parts() -> None:
+    """Split over two cards, the cards' gradients add up to the plan's, frozen tower or not."""
+    from vramplan.memory.optimizer import gradient_bytes
+
+    spec = load_model("qwen2-vl-2b")
+    for flags in ({}, {"freeze_vision": True}, {"freeze_vision": True, "freeze_projector": True}):
+        p = plan(
+            "qwen2-vl-2b",
+            "a100-80g",
+            method="full",
+            num_gpus=2,
+            parallel="device_map",
+            seq_len=256,
+            image_size="448x448",
+            micro_batch=1,
+            **flags,
+        )
+        total = gradient_bytes(spec, p.setup)
+        assert sum(c.terms.get("gradients", 0) for c in p.cards) <= total * 1.0001, flags
+
+
+def test_review_refusals() -> None:
+    for args, field in (
+        (["qwen2-vl-2b", "--method", "lora", "--rl", "grpo", "--video-frames", "8"], "video_frames"),
+        (["qwen2.5-7b", "--freeze-vision"], "freeze_vision"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "vramplan", *args, "--gpu", "4090"], capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 2 and r.stderr.startswith(f"vramplan: error: {field}"), (args, r.stderr)

@@ -285,7 +285,8 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     if unknown:
         raise VramplanError(unknown[0], f"not a setup field; allowed: {', '.join(Setup.model_fields)}")
     if pinned.get("rl", "none") == "none":
-        loose = sorted({"num_generations", "completion_len", "beta", "vllm"} & set(pinned))
+        grpo_only = ("num_generations", "completion_len", "beta", "vllm")
+        loose = sorted(k for k in grpo_only if k in pinned and pinned[k] != Setup.model_fields[k].default)
         if loose:
             raise VramplanError(loose[0], f"--{loose[0].replace('_', '-')} applies to --rl grpo only")
     host: int | None = None
@@ -295,6 +296,10 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
         host = int(host_ram_gib * GIB)
     spec = load_model(model)
     card = resolve_gpu(gpu)
+    if (pinned.get("freeze_vision") or pinned.get("freeze_projector")) and spec.vision is None:
+        raise VramplanError(
+            "freeze_vision", f"{spec.name} has no vision tower: --freeze-vision/--freeze-projector apply to VLMs"
+        )
     if pinned.get("vllm", "none") != "none":
         pinned["vllm_card_bytes"] = card.memory_bytes  # vLLM's share is a fraction of this card
     frozen_parts = bool(pinned.get("freeze_vision") or pinned.get("freeze_projector"))

@@ -164,6 +164,8 @@ class Setup(BaseModel):
                 raise ValueError("rl|--rl grpo trains a policy: --method full|freeze|lora|qlora")
             if self.parallel != "none":
                 raise ValueError("rl|GRPO is planned on one GPU (--parallel none); several GPUs are not modelled yet")
+            if self.video_frames:
+                raise ValueError("video_frames|TRL's GRPOTrainer takes image prompts only: drop --video-frames")
             if self.completion_len >= self.seq_len:
                 raise ValueError(
                     f"completion_len|--completion-len {self.completion_len} must be below --seq-len {self.seq_len}"

@@ -276,6 +276,13 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
             f"{target}: training with images is emitted for trl only (--emit trl: SFTTrainer or GRPOTrainer with"
             " the model's processor); plan it, then set the trainer by hand",
         )
+    moe_all_linear = plan.setup.is_lora and plan.setup.lora_targets.strip().lower() == "all-linear"
+    if moe_all_linear and target != "trl" and load_model(plan.source or plan.model).moe is not None:
+        raise VramplanError(
+            "emit",
+            f"{target}: its all-linear option does not reach a MoE's router and fused experts, which the plan counts"
+            " (PEFT adds them for the literal 'all-linear'): --emit trl, or plan with named targets",
+        )
     if plan.setup.rl != "none" and target != "trl":
         raise VramplanError("emit", f"{target}: GRPO plans are emitted for trl only (--emit trl: GRPOTrainer)")
     mod = importlib.import_module(f"vramplan.emit.{target}")

@@ -255,6 +255,10 @@ def grpo_training(ctx: Context, sft: dict[str, Any]) -> dict[str, Any]:
                 "vllm_mode": "colocate",
                 "vllm_gpu_memory_utilization": s.vllm_gpu_memory_utilization,
                 "vllm_enable_sleep_mode": s.vllm_sleep,
+                # the longest sequence vLLM must hold (prompt, images, completion): without it vLLM sizes
+                # for the model's whole context and may refuse to start in its share
+                "vllm_max_model_length": s.seq_len
+                + (ctx.images["per_prompt"] * ctx.images["tokens_per_image"] if ctx.images else 0),
             }
         )
     return training

@@ -181,7 +181,8 @@ def shares(spec: ModelSpec, setup: Setup, cards: list[list[Unit]]) -> list[CardS
             t = sum(layer_params(spec, i) for i in layers)
             t += counts.embeddings if "embed" in kinds else 0
             t += counts.lm_head if "lm_head" in kinds else 0
-            t += counts.vision + counts.projector if "vision" in kinds else 0
+            if "vision" in kinds:
+                t += (0 if setup.freeze_vision else counts.vision) + (0 if setup.freeze_projector else counts.projector)
         elif setup.method == "freeze":
             t = sum(layer_params(spec, i) for i in layers if i in trained)
         else:

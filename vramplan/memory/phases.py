@@ -250,7 +250,8 @@ def _peak(per_phase: dict[str, dict[str, int]]) -> tuple[str, dict[str, int], in
     totals = {name: sum(terms.values()) for name, terms in per_phase.items()}
     peak = max(per_phase, key=lambda p: totals[p])
     allocated = totals[peak]
-    slack = overhead.allocator_slack_bytes(allocated)
+    # vLLM's share is one budget it sizes itself: no caching-allocator slack on top of it
+    slack = overhead.allocator_slack_bytes(allocated - per_phase[peak].get("rl/vllm_share", 0))
     terms = {k: v for k, v in per_phase[peak].items() if v}
     terms["overhead/allocator_slack"] = slack
     terms["overhead/cuda_context"] = overhead.cuda_context_bytes()
