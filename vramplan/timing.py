@@ -33,7 +33,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from vramplan.gpus import GPU
-from vramplan.memory import estimate, optimizer
+from vramplan.memory import estimate, optimizer, vision
 from vramplan.memory.trainable import full_trainable_params, trainable_layers
 from vramplan.memory.weights import quantized_weight_params
 from vramplan.setup import Setup
@@ -164,7 +164,9 @@ def step_time(
     per_micro_batch = c["seconds_per_micro_batch"] if per_micro_batch is None else per_micro_batch
     per_dequant = c["seconds_per_dequantized_weight"] if per_dequant is None else per_dequant
     tokens = setup.micro_batch * setup.seq_len * setup.grad_accum
-    flops = flops_per_token(spec, setup) * tokens
+    # the language model also runs the images' (and video's) tokens; the vision tower is not timed
+    media = setup.micro_batch * setup.grad_accum * vision.image_tokens(spec, setup) if setup.has_media else 0
+    flops = flops_per_token(spec, setup) * (tokens + media)
     half = setup.precision.removeprefix("amp-")
     peak = gpu.bf16_tflops_dense if half == "bf16" else gpu.fp16_tflops_dense
     if setup.precision == "fp32" or not peak:
