@@ -210,7 +210,7 @@ def test_a_record_with_the_wrong_image_count_is_refused(tiny_vl_images: Path, tm
         timeout=600,
     )
     assert res.returncode != 0
-    assert "has 2 images; the plan counts 1 per prompt" in res.stderr
+    assert "has 2 images; the plan counts 1 per sample" in res.stderr
     # images inside the messages (TRL's own layout) are refused with one clear line, not a traceback
     chat = [{"role": "user", "content": [{"type": "image", "image": "box0.png"}, {"type": "text", "text": "Colour ?"}]}]
     data.write_text(json.dumps({"prompt": chat, "image": str(root / "box0.png")}) + "\n")

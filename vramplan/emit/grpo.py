@@ -80,26 +80,7 @@ def load_reward(spec):
     return getattr(importlib.import_module(module), name or "reward")
 
 
-def data_folder(path):
-    return os.path.dirname(os.path.abspath(path))
-
-
-def image_paths(example, folder):
-    """The record's image files (or URLs), relative to the data file's folder. Messages carry
-    text only: the images come from the record's own fields, as the plan counts them."""
-    messages = example.get("prompt") or example.get("messages") or []
-    if not isinstance(messages, str) and any(
-        isinstance(c, dict) and c.get("type") == "image" for m in messages for c in (m.get("content") or [])
-        if not isinstance(m.get("content"), str)
-    ):
-        raise SystemExit("give a record's images in its 'image' or 'images' field and keep its messages to text")
-    paths = example.get("images") or ([example["image"]] if example.get("image") else [])
-    if len(paths) != IMAGES["per_prompt"]:
-        raise SystemExit(
-            f"a record has {len(paths)} images; the plan counts {IMAGES['per_prompt']} per prompt:"
-            f" {str(example.get('prompt'))[:200]}"
-        )
-    return [p if os.path.isabs(p) or "://" in p else os.path.join(folder, p) for p in paths]
+__IMAGE_FUNCTIONS__
 
 
 def to_prompt(example):

@@ -208,25 +208,7 @@ __TRAINING__
 __PARALLEL__
 
 
-def data_folder(path):
-    return os.path.dirname(os.path.abspath(path))
-
-
-def image_paths(example, folder):
-    """The record's image files (or URLs), relative to the data file's folder. Messages carry
-    text only: the images come from the record's own fields, as the plan counts them."""
-    messages = example.get("prompt") or example.get("messages") or []
-    if not isinstance(messages, str) and any(
-        isinstance(c, dict) and c.get("type") == "image" for m in messages for c in (m.get("content") or [])
-        if not isinstance(m.get("content"), str)
-    ):
-        raise SystemExit("give a record's images in its 'image' or 'images' field and keep its messages to text")
-    paths = example.get("images") or ([example["image"]] if example.get("image") else [])
-    if len(paths) != IMAGES["per_prompt"]:
-        raise SystemExit(
-            f"a record has {len(paths)} images; the plan counts {IMAGES['per_prompt']} per sample"
-        )
-    return [p if os.path.isabs(p) or "://" in p else os.path.join(folder, p) for p in paths]
+__IMAGE_FUNCTIONS__
 
 
 def to_record(example, tokenizer, folder=""):
@@ -316,6 +298,27 @@ if __name__ == "__main__":
 '''
 
 
+#: reading a record's image files, shared by the SFT and GRPO scripts.
+IMAGE_FUNCTIONS = '''def data_folder(path):
+    return os.path.dirname(os.path.abspath(path))
+
+
+def image_paths(example, folder):
+    """The record's image files (or URLs), relative to the data file's folder. Messages carry
+    text only: the images come from the record's own fields, as the plan counts them."""
+    messages = example.get("prompt") or example.get("messages") or []
+    if not isinstance(messages, str) and any(
+        isinstance(c, dict) and c.get("type") == "image" for m in messages for c in (m.get("content") or [])
+        if not isinstance(m.get("content"), str)
+    ):
+        raise SystemExit("give a record's images in its 'image' or 'images' field and keep its messages to text")
+    paths = example.get("images") or ([example["image"]] if example.get("image") else [])
+    if len(paths) != IMAGES["per_prompt"]:
+        raise SystemExit(f"a record has {len(paths)} images; the plan counts {IMAGES['per_prompt']} per sample")
+    return [p if os.path.isabs(p) or "://" in p else os.path.join(folder, p) for p in paths]
+'''
+
+
 def render(ctx: Context) -> tuple[dict[str, str], str]:
     s = ctx.setup
     if launch.pure_16bit(s) and "precision" in ctx.reasons:
@@ -379,6 +382,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         body_lines.append(f"    {k!r}: {_py(v)}," + (f"  # {why}" if why else ""))
     script = (
         template.replace("__LOAD_MODEL__\n", LOAD_MODEL)
+        .replace("__IMAGE_FUNCTIONS__\n", IMAGE_FUNCTIONS)
         .replace("__MODEL__", json.dumps(ctx.model_path))
         .replace("__AUTO__", repr(settings["auto_class"]))
         .replace("__METHOD__", repr(s.method))

@@ -74,9 +74,7 @@ def image_paths(example, folder):
         raise SystemExit("give a record's images in its 'image' or 'images' field and keep its messages to text")
     paths = example.get("images") or ([example["image"]] if example.get("image") else [])
     if len(paths) != IMAGES["per_prompt"]:
-        raise SystemExit(
-            f"a record has {len(paths)} images; the plan counts {IMAGES['per_prompt']} per sample"
-        )
+        raise SystemExit(f"a record has {len(paths)} images; the plan counts {IMAGES['per_prompt']} per sample")
     return [p if os.path.isabs(p) or "://" in p else os.path.join(folder, p) for p in paths]
 
 
