@@ -6,9 +6,11 @@ Fitted, in this order (each fit sees the constants fitted before it):
    (GPTQ/AWQ ones for the first), ``measured = rest + k_d · dequant + k_kv · kv``
    by least squares, where ``rest`` is the allocated estimate without those two terms.
 2. ``allocator_slack_base_bytes`` and ``allocator_slack_fraction``: on ``reserved`` rows,
-   ``measured - allocated = base + f · allocated``, by the Theil-Sen line (``f`` the median of
-   the pairwise slopes, ``base`` the median intercept), which one framework's outliers do not
-   pull.
+   ``measured - allocated - logits_segment = base + f · allocated``, by the Theil-Sen line
+   (``f`` the median of the pairwise slopes, ``base`` the median intercept), which one
+   framework's outliers do not pull. The cached logits' block is computed, not fitted
+   (memory/loss.py). Slack does not shrink as the allocated peak grows: a negative median
+   slope gives ``f = 0`` and ``base`` the median slack.
 
 Rows of ``unknown`` kind are never fitted on. The CUDA context and the cuBLAS workspace
 are not fitted: no published row measures the device tier, and the workspace (MiB) is
@@ -119,19 +121,26 @@ def fit(path: Path) -> dict[str, dict[str, Any]]:
     # 2. the caching allocator's slack, on reserved rows
     res = _usable(path, "reserved")
     points: dict[str, tuple[float, float]] = {}
+    cached: dict[str, int] = {}
     srcs2 = set()
     for r in res:
         est = row_estimate(r, base)
         allocated = est.allocated_bytes  # reserved rows are training runs: no generation terms
-        points[r["id"]] = (float(allocated), float(_measured(r, base) - allocated))
+        held = est.terms.get("overhead/logits_segment", 0)  # modelled on its own (memory/loss.py)
+        points[r["id"]] = (float(allocated), float(_measured(r, base) - allocated - held))
+        cached[r["id"]] = held
         srcs2.add(_source(r))
     if len(points) >= 2:
         f, b = theil_sen(list(points.values()))
+        if f < 0:  # slack cannot shrink as the allocated peak grows: the constant that fits best
+            f, b = 0.0, statistics.median(y for _, y in points.values())
     else:
         f, b = consts["allocator_slack_fraction"], consts["allocator_slack_base_bytes"]
     # stored as used: a non-negative base on the 2 MiB grid, a non-negative fraction to 4 decimals
     b, f = max(0, round(b / (2 << 20)) * (2 << 20)), max(0.0, round(f, 4))
-    resid = {i: round(100.0 * ((a + b + f * a) / (a + y) - 1), 3) for i, (a, y) in points.items()}
+    resid = {
+        i: round(100.0 * ((a + cached[i] + b + f * a) / (a + cached[i] + y) - 1), 3) for i, (a, y) in points.items()
+    }
     for name, value in (("allocator_slack_base_bytes", b), ("allocator_slack_fraction", f)):
         out[name] = {
             "value": round(value, 4),

@@ -220,6 +220,11 @@ def trace_renderable(result: TraceResult) -> Group:
         (f"peak {_gib(result.peak_bytes)} GiB", "bold"),
         f" at step {result.peak_step} {result.peak_phase}" if result.backend != "cuda" else " (max_memory_allocated)",
     )
+    if result.backend != "cuda" and result.simulated_reserved_bytes:
+        head.append(
+            f"\nreserved {_gib(result.simulated_reserved_bytes)} GiB when these allocations are replayed through "
+            "torch's caching allocator (max_memory_reserved, before what loading leaves cached)"
+        )
     parts: list = [head]
     if result.backend == "cuda":
         tiers = Table(title="GPU counters", title_justify="left")

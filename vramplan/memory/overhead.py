@@ -28,16 +28,15 @@ def cublas_workspace_bytes() -> int:
 
 
 def allocator_slack_bytes(allocated: int) -> int:
-    """Reserved minus allocated at the peak, ``base + fraction x allocated``, rounded up to the
-    2 MiB granularity of the caching allocator's segments.
+    """Reserved minus allocated at the peak beyond the cached logits' block (loss.py
+    ``logits_segment_bytes``, added on its own): ``base + fraction x allocated``, rounded up
+    to the 2 MiB granularity of the caching allocator's segments.
 
-    The base is what the allocator keeps cached whatever the model's size: freed blocks of
-    loading, of the loss chain and of the first optimizer step, split segments the next
-    request does not fit. The fraction grows with the allocated peak. Both are fitted
-    (``vramplan.calibrate``) on published ``max_memory_reserved`` rows; a fraction alone
-    under-counted small models and over-counted large ones (Qwen's 1.8B/7B/14B grid needs
-    about the same 1.6 GB of slack at every size). The base was fitted on training rows and is
-    kept for generation too, where it may over-count a little."""
+    The base is what the allocator keeps cached whatever the model's size: blocks freed by
+    loading and by the first optimizer step, split segments a later request does not fit.
+    Both are fitted (``vramplan.calibrate``) on published ``max_memory_reserved`` rows; with
+    the logits' block taken out their slope is negative and is kept at 0, so today the slack
+    is a constant. It is kept for generation too, where it may over-count a little."""
     consts = overhead_constants()
     slack = max(0, int(consts["allocator_slack_base_bytes"] + allocated * consts["allocator_slack_fraction"]))
     return -(-slack // (2 << 20)) * (2 << 20)

@@ -31,6 +31,7 @@ PHASES = ("forward_end", "backward_start", "backward", "optimizer_step")
 #: terms outside max_memory_allocated: name -> tier it first appears in.
 OUTSIDE_ALLOCATED = {
     "overhead/allocator_slack": "reserved",
+    "overhead/logits_segment": "reserved",
     "overhead/cuda_context": "device",
     "optimizer/paged_state": "device",
 }
@@ -244,23 +245,35 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
     return peak_estimate(spec, setup, per_phase)
 
 
-def _peak(per_phase: dict[str, dict[str, int]]) -> tuple[str, dict[str, int], int, int, dict[str, int]]:
-    """The phase with the most allocated, its terms plus the allocator's slack and the CUDA
-    context, the allocated bytes, the slack and every phase's total."""
+def _peak(
+    per_phase: dict[str, dict[str, int]], logits_segment: int = 0
+) -> tuple[str, dict[str, int], int, int, dict[str, int]]:
+    """The phase with the most allocated, its terms plus what the allocator holds beyond live
+    tensors and the CUDA context, the allocated bytes, the reserved-minus-allocated bytes and
+    every phase's total.
+
+    Beyond live tensors the allocator holds its slack and, when the cross-entropy chain runs
+    (``loss/log_softmax`` at the start of backward), the cached 16-bit logits' block
+    ``logits_segment`` (loss.py) beside that phase: it raises the reserved peak by however
+    far that phase plus the block exceeds the allocated peak."""
     totals = {name: sum(terms.values()) for name, terms in per_phase.items()}
     peak = max(per_phase, key=lambda p: totals[p])
     allocated = totals[peak]
     # vLLM's share is one budget it sizes itself: no caching-allocator slack on top of it
     slack = overhead.allocator_slack_bytes(allocated - per_phase[peak].get("rl/vllm_share", 0))
+    chain = per_phase.get("backward_start", {})
+    cached = max(0, totals["backward_start"] + logits_segment - allocated) if chain.get("loss/log_softmax") else 0
     terms = {k: v for k, v in per_phase[peak].items() if v}
     terms["overhead/allocator_slack"] = slack
+    if cached:
+        terms["overhead/logits_segment"] = cached
     terms["overhead/cuda_context"] = overhead.cuda_context_bytes()
-    return peak, terms, allocated, slack, totals
+    return peak, terms, allocated, slack + cached, totals
 
 
 def peak_estimate(spec: ModelSpec, setup: Setup, per_phase: dict[str, dict[str, int]]) -> Estimate:
     """The Estimate of one process from its terms by phase (paged optimizer state beside)."""
-    peak, terms, allocated, slack, totals = _peak(per_phase)
+    peak, terms, allocated, slack, totals = _peak(per_phase, loss.logits_segment_bytes(spec, setup))
     if optimizer.paged_optimizer(setup):
         terms["optimizer/paged_state"] = optimizer.optimizer_state_bytes(spec, setup)
     return Estimate(
@@ -275,9 +288,12 @@ def peak_estimate(spec: ModelSpec, setup: Setup, per_phase: dict[str, dict[str, 
     )
 
 
-def card_estimate(index: int, holds: str, layers: int, per_phase: dict[str, dict[str, int]]) -> CardEstimate:
-    """One card's peak over its phases, with its allocator slack and CUDA context."""
-    peak, terms, allocated, slack, _ = _peak(per_phase)
+def card_estimate(
+    index: int, holds: str, layers: int, per_phase: dict[str, dict[str, int]], logits_segment: int = 0
+) -> CardEstimate:
+    """One card's peak over its phases, with its allocator slack and CUDA context (and the
+    cached logits' block on the card that runs the loss)."""
+    peak, terms, allocated, slack, _ = _peak(per_phase, logits_segment)
     return CardEstimate(
         index=index,
         holds=holds,
@@ -305,7 +321,7 @@ def split_estimate(
     for i, (units, share) in enumerate(zip(placed, shares, strict=True)):
         mine = {name: device_map.card_terms(terms, share) for name, terms in per_phase.items()}
         layers = sum(1 for u in units if u.kind == "layer")
-        card = card_estimate(i, device_map.label(units), layers, mine)
+        card = card_estimate(i, device_map.label(units), layers, mine, loss.logits_segment_bytes(spec, llm or setup))
         if paged:  # paged optimizer state: the card's share, outside the allocator
             extra = -(-int(paged * share.trainable) // 1)
             card = card.model_copy(

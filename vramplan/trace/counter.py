@@ -44,6 +44,8 @@ class Counter:
     timeline: list[tuple[int, int, str, dict[str, int]]] = field(default_factory=list)
     ops: int = 0
     keep_timeline: bool = True
+    #: every storage made, ``(key, nbytes)``, and freed, ``(key, -1)``, in order (allocator.py)
+    events: list[tuple[int, int]] = field(default_factory=list)
 
     def mark(self, tensor: torch.Tensor, kind: str) -> None:
         """Record what a live storage turned out to be (the peak snapshot shares the record)."""
@@ -59,6 +61,7 @@ class Counter:
         n = storage.nbytes()
         self.live[key] = Live(n, creator, self.step, op, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
         self.total += n
+        self.events.append((key, n))
         self.creator_totals[creator] = self.creator_totals.get(creator, 0) + n
         weakref.finalize(storage, self._release, key)
 
@@ -66,6 +69,7 @@ class Counter:
         item = self.live.pop(key, None)
         if item is not None:
             self.total -= item.nbytes
+            self.events.append((key, -1))
             self.creator_totals[item.creator] -= item.nbytes
 
     def after_op(self) -> None:

@@ -10,7 +10,7 @@ from vramplan.setup import Setup
 NOT_INCLUDED = (
     "CUDA context (outside the allocator)",
     "cuBLAS/cuBLASLt workspaces",
-    "caching-allocator rounding and reserved-minus-allocated slack",
+    "caching-allocator rounding and slack in peak_bytes (simulated_reserved_bytes replays them)",
     "kernel-internal temporaries (bitsandbytes in-kernel dequantization, flash workspaces)",
 )
 
@@ -55,6 +55,8 @@ class TraceResult(BaseModel):
     largest: list[Allocation]
     timeline: list[TimelinePoint] = []
     reserved_bytes: int | None = None  # cuda backend only
+    # the traced storages replayed through torch's caching allocator (trace/allocator.py)
+    simulated_reserved_bytes: int | None = None
     device_bytes: int | None = None  # cuda backend only (NVML)
     seconds: float
     versions: dict[str, str]

@@ -281,6 +281,8 @@ def _run_with_bookkeeping(
 def _result(
     name: str, setup: Setup, backend: str, steps: int, counter: Counter, built: Built, seconds: float
 ) -> TraceResult:
+    from vramplan.trace.allocator import replay
+
     by_kind = {k: 0 for k in KINDS}
     for item in counter.peak_snapshot.values():
         by_kind[_kind(item)] += item.nbytes
@@ -291,6 +293,7 @@ def _result(
         backend=backend,
         steps=steps,
         peak_bytes=counter.peak,
+        simulated_reserved_bytes=replay(counter.events).peak_reserved,
         peak_phase=counter.peak_at[1],
         peak_step=counter.peak_at[0],
         by_kind=by_kind,
