@@ -7,9 +7,11 @@ Markdown of ``vramplan validate --csv`` (tables/measured/published.csv by defaul
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
+from vramplan.errors import VramplanError
 from vramplan.published import compare_csv, published_csv, summarize
 from vramplan.render import published_summary_lines
 from vramplan.units import GIB
@@ -19,16 +21,23 @@ def _f(v: float | None, fmt: str) -> str:
     return "-" if v is None else fmt.format(v)
 
 
-def main() -> None:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else published_csv()
-    rows = compare_csv(path)
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("csv", nargs="?", type=Path, default=published_csv(), help="a CSV in published.csv's schema")
+    path = ap.parse_args().csv
+    try:
+        rows = compare_csv(path)
+    except VramplanError as exc:
+        print(f"error: {exc.field}: {exc.message}", file=sys.stderr)
+        return 2
     summary = summarize(rows)
     print("| id | model | method | measured | tier | estimate GiB | measured GiB | error % | note |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         note = r.excluded and f"excluded: {r.excluded}"
         if r.outcome == "oom":
-            note = "oom, predicted " + ("to fit" if r.fits else "not to fit")
+            oom = "oom, predicted " + ("to fit" if r.fits else "not to fit")
+            note = f"{oom}; {note}" if note else oom
         est = _f(None if r.estimate_bytes is None else r.estimate_bytes / GIB, "{:.2f}")
         meas = _f(None if r.measured_bytes is None else r.measured_bytes / GIB, "{:.2f}")
         print(
@@ -38,7 +47,8 @@ def main() -> None:
     print()
     for line in published_summary_lines(summary):
         print(f"- {line}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

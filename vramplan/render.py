@@ -364,10 +364,10 @@ def published_table(rows: list[PublishedComparison], summary: PublishedSummary) 
     for col in ("id", "model", "method", "measured", "tier", "estimate GiB", "measured GiB", "error %", "note"):
         table.add_column(col, justify="right" if "GiB" in col or "%" in col else "left")
     for r in rows:
+        note = r.excluded and f"excluded: {r.excluded}"
         if r.outcome == "oom":
-            note = "oom: " + ("predicted to FIT" if r.fits else "predicted not to fit")
-        else:
-            note = r.excluded and f"excluded: {r.excluded}"
+            oom = "oom: " + ("predicted to FIT" if r.fits else "predicted not to fit")
+            note = f"{oom}; {note}" if note else oom
         table.add_row(
             r.id,
             r.model or "-",

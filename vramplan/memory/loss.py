@@ -58,6 +58,9 @@ def logits_segment_bytes(spec: ModelSpec, setup: Setup) -> int:
     the second step on the same segments serve the same requests. 0 when the logits are
     already fp32 (no ``.float()`` copy: the freed logits' block is a full-size one).
     Checked by replaying traced steps through the allocator's rules (trace/allocator.py,
-    tests/test_allocator.py)."""
+    tests/test_allocator.py). The block is a whole free segment: on a card too full for the
+    new one, torch releases such segments and retries before it raises out-of-memory, so it
+    is what ``max_memory_reserved`` shows rather than what fails a tight run; the plan keeps
+    it in the device tier all the same, erring on the side of not fitting."""
     a = act_bytes(setup)
     return a * setup.tokens * spec.vocab_size if a < 4 else 0
