@@ -21,6 +21,8 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--every", type=int, default=1)
     args = ap.parse_args()
+    if args.every < 1 or args.limit < 0:
+        ap.error("--every must be at least 1 and --limit at least 0")
 
     from vramplan.memory.phases import estimate
     from vramplan.models import load_model

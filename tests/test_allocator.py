@@ -122,10 +122,60 @@ def test_replay_meets_a_published_reserved_peak() -> None:
     assert result.peak_bytes / measured - 1 < error - 0.03
 
 
-def test_trace_json_carries_the_replayed_reserved(tiny_config_file: str) -> None:
+def test_trace_result_and_its_rendering_carry_the_replay(tiny_config_file: str) -> None:
+    """The field is the replay of the very events the trace counted, and the trace's text
+    prints it."""
+    from rich.console import Console
+
+    from vramplan.render import trace_renderable
     from vramplan.setup import make_setup
+    from vramplan.trace import allocator
     from vramplan.trace.run import trace
 
-    result = trace(tiny_config_file, make_setup(method="lora", seq_len=64), steps=1, keep_timeline=False)
-    data = json.loads(result.model_dump_json())
-    assert data["simulated_reserved_bytes"] >= data["peak_bytes"]
+    seen: list[list[tuple[int, int]]] = []
+    original = allocator.replay
+
+    def spy(events: list[tuple[int, int]]) -> allocator.CachingAllocator:
+        seen.append(list(events))
+        return original(events)
+
+    allocator.replay = spy
+    try:
+        result = trace(tiny_config_file, make_setup(method="lora", seq_len=64), steps=1, keep_timeline=False)
+    finally:
+        allocator.replay = original
+    assert len(seen) == 1 and seen[0]
+    made = sum(1 for _, n in seen[0] if n >= 0)
+    assert made > 10 and sum(1 for _, n in seen[0] if n < 0) < made  # weights stay alive
+    assert result.simulated_reserved_bytes == original(seen[0]).peak_reserved
+    assert result.simulated_reserved_bytes % (2 << 20) == 0  # whole segments
+    console = Console(width=200, record=True)
+    console.print(trace_renderable(result))
+    text = console.export_text()
+    assert f"reserved {result.simulated_reserved_bytes / 2**30:.2f} GiB when these allocations are replayed" in text
+
+
+def test_plan_counts_the_logits_block_of_the_whole_sequence() -> None:
+    """The planner's block is A·t·V over the language model's tokens: image tokens included
+    for a VLM, none for fp32 logits, and only on the card that runs the loss."""
+    from vramplan.memory import vision
+    from vramplan.memory.phases import estimate
+    from vramplan.models import load_model
+    from vramplan.setup import make_setup
+
+    text = load_model("qwen2.5-7b")
+    est = estimate(text, make_setup(method="lora", seq_len=2048))
+    assert est.terms["overhead/logits_segment"] == 2 * 2048 * text.vocab_size
+    assert est.reserved_bytes - est.allocated_bytes == (
+        est.terms["overhead/logits_segment"] + est.terms["overhead/allocator_slack"]
+    )
+    assert "overhead/logits_segment" not in estimate(text, make_setup(method="full", precision="fp32")).terms
+
+    vlm = load_model("qwen2.5-vl-7b")
+    setup = make_setup(method="lora", seq_len=2048, image_size="1024x1024")
+    tokens = 2048 + vision.image_tokens(vlm, setup)
+    assert estimate(vlm, setup).terms["overhead/logits_segment"] == 2 * tokens * vlm.vocab_size
+
+    split = estimate(text, make_setup(method="lora", seq_len=2048, num_gpus=3, parallel="device_map"))
+    held = [c.terms.get("overhead/logits_segment", 0) for c in split.cards]
+    assert held[:-1] == [0, 0] and held[-1] == 2 * 2048 * text.vocab_size

@@ -103,7 +103,9 @@ def test_gate_holds(compared) -> None:
     assert s.overall.p90_abs_pct is not None and s.overall.p90_abs_pct <= 18.0
     unders = [r.id for r in compared if r.counted and r.error_pct is not None and r.error_pct < -15]
     assert unders == [], unders
-    assert s.overall.worst_under_pct is not None and s.overall.worst_under_pct >= -15.0
+    # today's figures, pinned so that they can only get better: p90 12.5%, worst -13.9%
+    assert s.overall.p90_abs_pct <= 13.0
+    assert s.overall.worst_under_pct is not None and s.overall.worst_under_pct >= -14.0
 
 
 def test_slack_fit_is_a_robust_line(compared) -> None:

@@ -242,7 +242,7 @@ def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
         per_phase = with_vision(spec, setup, per_phase)
     if split:
         return split_estimate(spec, setup, per_phase, llm)
-    return peak_estimate(spec, setup, per_phase)
+    return peak_estimate(spec, setup, per_phase, llm)
 
 
 def _peak(
@@ -271,9 +271,13 @@ def _peak(
     return peak, terms, allocated, slack + cached, totals
 
 
-def peak_estimate(spec: ModelSpec, setup: Setup, per_phase: dict[str, dict[str, int]]) -> Estimate:
-    """The Estimate of one process from its terms by phase (paged optimizer state beside)."""
-    peak, terms, allocated, slack, totals = _peak(per_phase, loss.logits_segment_bytes(spec, setup))
+def peak_estimate(
+    spec: ModelSpec, setup: Setup, per_phase: dict[str, dict[str, int]], llm: Setup | None = None
+) -> Estimate:
+    """The Estimate of one process from its terms by phase (paged optimizer state beside).
+    ``llm`` is the language model's setup (its sequence holds the image tokens), which sizes
+    the logits."""
+    peak, terms, allocated, slack, totals = _peak(per_phase, loss.logits_segment_bytes(spec, llm or setup))
     if optimizer.paged_optimizer(setup):
         terms["optimizer/paged_state"] = optimizer.optimizer_state_bytes(spec, setup)
     return Estimate(
