@@ -6,8 +6,10 @@ planner's (allocated + the cached logits' block, before the fitted slack).
 For each single-process grid configuration (vramplan.validate.GRID; every K-th one), two
 traced steps are replayed (vramplan/trace/allocator.py). Printed per row: the traced
 allocated peak, the replay's reserved peak, what the step's own fragmentation adds
-(replayed - traced), the planner's ``overhead/logits_segment`` for the same setup, and what
-the planner's fitted slack base would have to cover of the difference.
+(replayed - traced), the planner's ``overhead/logits_segment`` for the same setup, what the
+fitted slack base would have to cover of the difference, the least a card must offer for
+the replayed stream (``needed``: torch releases wholly free segments before it reports
+out-of-memory) and the planner's reserved tier, which sits under its fit verdict.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ def main() -> int:
     gib = 2**30
     rows = [(m, s) for m, s in grid_setups() if s.parallel == "none" and s.num_gpus == 1 and s.rl == "none"]
     rows = rows[:: args.every][: args.limit or None]
-    print(f"{'model':<22} {'setup':<44} {'traced':>7} {'replay':>7} {'frag':>6} {'logits':>6} {'rest':>6}  GiB")
+    print(
+        f"{'model':<22} {'setup':<44} {'traced':>7} {'replay':>7} {'frag':>6} {'logits':>6} {'rest':>6}"
+        f" {'needed':>7} {'plan':>7}  GiB"
+    )
     for model, setup in rows:
         t0 = time.perf_counter()
         try:
@@ -47,7 +52,9 @@ def main() -> int:
         label += " gc" if setup.grad_checkpointing else ""
         print(
             f"{model:<22} {label:<44} {r.peak_bytes / gib:7.2f} {(r.simulated_reserved_bytes or 0) / gib:7.2f}"
-            f" {frag / gib:6.2f} {seg / gib:6.2f} {(frag - seg) / gib:6.2f}  ({time.perf_counter() - t0:.0f} s)",
+            f" {frag / gib:6.2f} {seg / gib:6.2f} {(frag - seg) / gib:6.2f}"
+            f" {(r.simulated_needed_bytes or 0) / gib:7.2f} {est.reserved_bytes / gib:7.2f}"
+            f"  ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
     return 0

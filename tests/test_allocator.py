@@ -61,6 +61,16 @@ def test_cross_entropy_chain_holds_the_logits_block() -> None:
     assert a.peak_reserved == 14 * u
 
 
+def test_needed_counts_only_segments_holding_a_live_block() -> None:
+    """Before out-of-memory torch frees every wholly free segment and retries: the chain's
+    cached logits' block does not add to what the card must offer, a split one does."""
+    u = 50 * MiB
+    chain = replay([(1, 2 * u), (2, 4 * u), (3, 4 * u), (1, -1), (2, -1), (4, 4 * u), (5, 4 * u)])
+    assert chain.peak_reserved == 14 * u and chain.peak_needed == 12 * u
+    split = replay([(1, 40 * MiB), (1, -1), (2, 12 * MiB), (3, 36 * MiB)])
+    assert split.peak_reserved == split.peak_needed == 76 * MiB  # 28 MiB free, but inside a used segment
+
+
 TINY_BIG_VOCAB = {
     "model_type": "qwen2",
     "hidden_size": 64,
@@ -153,6 +163,8 @@ def test_trace_result_and_its_rendering_carry_the_replay(tiny_config_file: str) 
     console.print(trace_renderable(result))
     text = console.export_text()
     assert f"reserved {result.simulated_reserved_bytes / 2**30:.2f} GiB when these allocations are replayed" in text
+    assert result.simulated_needed_bytes == original(seen[0]).peak_needed
+    assert f"a card needs {result.simulated_needed_bytes / 2**30:.2f} GiB" in text
 
 
 def test_plan_counts_the_logits_block_of_the_whole_sequence() -> None:
@@ -179,3 +191,42 @@ def test_plan_counts_the_logits_block_of_the_whole_sequence() -> None:
     split = estimate(text, make_setup(method="lora", seq_len=2048, num_gpus=3, parallel="device_map"))
     held = [c.terms.get("overhead/logits_segment", 0) for c in split.cards]
     assert held[:-1] == [0, 0] and held[-1] == 2 * 2048 * text.vocab_size
+
+
+def test_random_streams_keep_the_books() -> None:
+    """Random alloc/free streams: blocks tile their segments, the pools hold exactly the
+    free blocks, no two free blocks sit side by side, the totals add up, and the running
+    'wholly free' figure equals a scan."""
+    import random
+
+    for seed in range(40):
+        rnd = random.Random(seed)
+        a = CachingAllocator()
+        live: list[int] = []
+        for key in range(300):
+            if live and rnd.random() < 0.45:
+                a.free(live.pop(rnd.randrange(len(live))))
+            else:
+                a.malloc(
+                    key,
+                    rnd.choice([rnd.randint(1, 2 * MiB), rnd.randint(MiB, 30 * MiB), rnd.randint(30 * MiB, 99 * MiB)]),
+                )
+                live.append(key)
+            heads = [b for b in a.blocks.values() if b.prev is None]
+            segments = 0
+            for h in heads:
+                b, end = h, h.addr
+                while b is not None:
+                    assert b.addr == end and a.blocks[b.addr] is b
+                    assert not (b.free and b.next is not None and b.next.free)
+                    end += b.size
+                    b = b.next
+                segments += end - h.addr
+            assert segments == a.reserved
+            free = sorted((b.size, b.addr) for b in a.blocks.values() if b.free)
+            assert free == sorted(a.pools[True] + a.pools[False])
+            assert a.allocated == sum(b.size for b in a.live.values())
+            assert a.whole_free == sum(
+                b.size for b in a.blocks.values() if b.free and b.prev is None and b.next is None
+            )
+            assert a.allocated <= a.peak_needed <= a.peak_reserved

@@ -225,6 +225,11 @@ def trace_renderable(result: TraceResult) -> Group:
             f"\nreserved {_gib(result.simulated_reserved_bytes)} GiB when these allocations are replayed through "
             "torch's caching allocator (max_memory_reserved, before what loading leaves cached)"
         )
+        if result.simulated_needed_bytes:
+            head.append(
+                f"; a card needs {_gib(result.simulated_needed_bytes)} GiB of it (wholly free segments are "
+                "released before out-of-memory)"
+            )
     parts: list = [head]
     if result.backend == "cuda":
         tiers = Table(title="GPU counters", title_justify="left")

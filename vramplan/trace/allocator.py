@@ -16,7 +16,11 @@ one stream):
 - a block larger than the request is split when what remains is at least 512 B (small
   pool) or more than 1 MiB (large pool) (``should_split``);
 - a freed block merges with free neighbours of its own segment; segments are never merged
-  with each other and never given back (no out-of-memory retry here).
+  with each other and never given back, except that a cudaMalloc which fails first frees
+  every wholly free segment and retries (``release_cached_blocks``). ``peak_reserved`` is
+  what ``max_memory_reserved`` shows on a card with room; ``peak_needed`` is the least a
+  card must offer for the same stream, counting only segments that hold a live block when a
+  new one is needed.
 
 Not modelled: what loading the checkpoint leaves cached, and kernels' own workspaces.
 """
@@ -70,6 +74,10 @@ class CachingAllocator:
     reserved: int = 0
     peak_allocated: int = 0
     peak_reserved: int = 0
+    #: the least a card must offer: torch frees every wholly free segment and retries
+    #: before it reports out-of-memory, so only segments holding a live block count
+    peak_needed: int = 0
+    whole_free: int = 0  # bytes in wholly free segments (what release_cached_blocks frees)
 
     def malloc(self, key: int, nbytes: int) -> None:
         if nbytes <= 0:  # torch hands out no block for an empty storage
@@ -81,6 +89,8 @@ class CachingAllocator:
         if i < len(pool):
             _, addr = pool.pop(i)
             block = self.blocks[addr]
+            if block.prev is None and block.next is None:
+                self.whole_free -= block.size
         else:
             seg = segment_size(size)
             block = Block(self.next_addr, seg, small)
@@ -100,6 +110,7 @@ class CachingAllocator:
         self.live[key] = block
         self.allocated += block.size
         self.peak_allocated = max(self.peak_allocated, self.allocated)
+        self.peak_needed = max(self.peak_needed, self.reserved - self.whole_free)
 
     def free(self, key: int) -> None:
         block = self.live.pop(key, None)
@@ -119,6 +130,8 @@ class CachingAllocator:
             if hi.next is not None:
                 hi.next.prev = lo
             block = lo
+        if block.prev is None and block.next is None:
+            self.whole_free += block.size
         bisect.insort(pool, (block.size, block.addr))
 
 

@@ -57,6 +57,8 @@ class TraceResult(BaseModel):
     reserved_bytes: int | None = None  # cuda backend only
     # the traced storages replayed through torch's caching allocator (trace/allocator.py)
     simulated_reserved_bytes: int | None = None
+    # the least a card must offer for them (wholly free segments released before out-of-memory)
+    simulated_needed_bytes: int | None = None
     device_bytes: int | None = None  # cuda backend only (NVML)
     seconds: float
     versions: dict[str, str]

@@ -283,6 +283,7 @@ def _result(
 ) -> TraceResult:
     from vramplan.trace.allocator import replay
 
+    replayed = replay(counter.events)
     by_kind = {k: 0 for k in KINDS}
     for item in counter.peak_snapshot.values():
         by_kind[_kind(item)] += item.nbytes
@@ -293,7 +294,8 @@ def _result(
         backend=backend,
         steps=steps,
         peak_bytes=counter.peak,
-        simulated_reserved_bytes=replay(counter.events).peak_reserved,
+        simulated_reserved_bytes=replayed.peak_reserved,
+        simulated_needed_bytes=replayed.peak_needed,
         peak_phase=counter.peak_at[1],
         peak_step=counter.peak_at[0],
         by_kind=by_kind,
