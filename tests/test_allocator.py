@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from tests.conftest import TINY_CONFIG
 from vramplan.trace.allocator import CachingAllocator, replay, round_size, segment_size
 
 MiB = 1 << 20
@@ -71,17 +72,7 @@ def test_needed_counts_only_segments_holding_a_live_block() -> None:
     assert split.peak_reserved == split.peak_needed == 76 * MiB  # 28 MiB free, but inside a used segment
 
 
-TINY_BIG_VOCAB = {
-    "model_type": "qwen2",
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "num_hidden_layers": 2,
-    "intermediate_size": 128,
-    "vocab_size": 32000,
-    "tie_word_embeddings": False,
-    "max_position_embeddings": 4096,
-}
+TINY_BIG_VOCAB = {**TINY_CONFIG, "vocab_size": 32000, "max_position_embeddings": 4096}
 
 
 @pytest.fixture(scope="module")
