@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vramplan.spec import ModelSpec, spec_from_config
@@ -30,6 +32,18 @@ def save_word_tokenizer(texts: list[str], folder: object, eos: str = "</s>", ext
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token=eos)
     fast.save_pretrained(folder)
     return len(fast)
+
+
+def write_samples(samples: list[dict], root: Path) -> tuple[Path, int]:
+    """``samples`` as ``root/data.jsonl`` and a word-level tokenizer over them (plus the
+    prompt template's words) in ``root/model``; returns the data file and the vocabulary
+    size, for the emit tests' tiny models."""
+    import json
+
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    size = save_word_tokenizer([json.dumps(s) for s in samples] + ["### User Assistant :"], root / "model")
+    return data, size
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import save_word_tokenizer
+from tests.conftest import write_samples
 from vramplan import plan
 from vramplan.cli import write_files
 from vramplan.errors import VramplanError
@@ -43,9 +43,7 @@ def tiny_moe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("moe")
     model_dir = root / "model"
     samples = [{"instruction": f"Add {i} and {i + 1} .", "output": f"It is {2 * i + 1} ."} for i in range(12)]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    n = save_word_tokenizer([json.dumps(s) for s in samples] + ["### User Assistant :"], model_dir)
+    data, n = write_samples(samples, root)
     torch.manual_seed(0)
     config = AutoConfig.for_model(**{**TINY_MOE, "vocab_size": n + 8})
     AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CONFIG, save_word_tokenizer
+from tests.conftest import TINY_CONFIG, write_samples
 from vramplan import plan
 from vramplan.cli import write_files
 from vramplan.emit.common import DECODER_LAYER
@@ -284,9 +284,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY_CONFIG)).save_pretrained(model_dir)
     samples = [{"instruction": f"Add {i} and {i + 1}.", "output": f"It is {2 * i + 1}."} for i in range(16)]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    save_word_tokenizer([json.dumps(s) for s in samples] + ["### User Assistant :"], model_dir)
+    data, _ = write_samples(samples, root)
     return model_dir, data
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CONFIG, save_word_tokenizer
+from tests.conftest import TINY_CONFIG, write_samples
 from vramplan import plan
 from vramplan.cli import write_files
 from vramplan.memory import estimate
@@ -47,9 +47,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         {"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]}
         for w in ("yes", "no")
     ]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    size = save_word_tokenizer([json.dumps(s) for s in samples] + ["### User Assistant :"], model_dir)
+    data, size = write_samples(samples, root)
     assert size < TINY_CONFIG["vocab_size"]
     return model_dir, data
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import save_word_tokenizer
+from tests.conftest import write_samples
 from vramplan import plan
 from vramplan.cli import write_files
 
@@ -51,9 +51,7 @@ def tiny_vl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("vl")
     model_dir = root / "model"
     samples = [{"instruction": f"Describe picture {i} .", "output": f"A box number {i} ."} for i in range(12)]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    n = save_word_tokenizer([json.dumps(s) for s in samples] + ["### User Assistant :"], model_dir)
+    data, n = write_samples(samples, root)
     config = {**TINY_VL, "vocab_size": n + 8, "image_token_id": n + 1, "video_token_id": n + 2}
     config.update(vision_start_token_id=n + 3, vision_end_token_id=n + 4)
     torch.manual_seed(0)
