@@ -73,3 +73,18 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.register_profile("ci", derandomize=True, database=None)
     if os.environ.get("CI"):
         settings.load_profile("ci")
+
+
+TIERS = ("analytic", "trace", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test belongs to exactly one tier, named by a marker on the test, its class or its
+    module (``pytestmark``); a test that names none is analytic. Select a tier with
+    ``-m analytic`` (seconds, no torch), ``-m trace`` or ``-m e2e``."""
+    for item in items:
+        named = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
+        if len(named) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked {named}; a test belongs to one tier")
+        if not named:
+            item.add_marker(pytest.mark.analytic)
