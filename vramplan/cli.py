@@ -535,14 +535,18 @@ def _cmd_validate(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.csv:
         return _validate_csv(args.csv, args.json)
-    from vramplan.validate import summarize, traced_rows
+    from vramplan.validate import summarize, traced_records
 
-    rows = traced_rows()
-    if not rows:
+    rows, skipped = traced_records()
+    summary = summarize(rows, skipped)
+    if not summary.count:
+        why = ", ".join(f"{reason} {n}" for reason, n in summary.skipped.items())
         raise VramplanError(
-            "traced", "no recorded traces: run benchmarks/trace_grid.py or 'vramplan trace ... --record'"
+            "traced",
+            "no recorded trace to compare"
+            + (f" ({sum(summary.skipped.values())} records skipped: {why})" if why else "")
+            + ": run benchmarks/trace_grid.py or 'vramplan trace ... --record'",
         )
-    summary = summarize(rows)
     if args.json:
         print(summary.model_dump_json())
     else:

@@ -268,16 +268,16 @@ def row_setup(row: dict[str, str]) -> Setup:
 
 def _model(row: dict[str, str], base: Path) -> str:
     m = row["model"]
-    try:
-        if m.endswith(".json") or "/" in m and (base / m).exists():
-            return str((base / m).resolve())
-    except (OSError, RuntimeError, ValueError):  # a name too long, a NUL byte, a symlink loop
-        raise VramplanError("model", f"{m!r} is neither a catalog name nor a readable config path") from None
+    if m.endswith(".json") or "/" in m and (base / m).exists():
+        return str((base / m).resolve())
     return m
 
 
 def row_estimate(row: dict[str, str], base: Path) -> Estimate:
-    spec = load_model(_model(row, base))
+    try:
+        spec = load_model(_model(row, base))
+    except OSError as exc:  # probing the name as a path: too long, not a directory, ...
+        raise VramplanError("model", f"unknown model {row['model']!r}: {exc.strerror or exc}") from None
     setup = row_setup(row)
     return estimate(spec, setup)
 

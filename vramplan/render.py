@@ -293,11 +293,15 @@ def _setup_short(c: Comparison) -> str:
 
 
 def summary_line(summary: Summary) -> str:
-    return (
+    line = (
         f"{summary.count} configurations: median |error| {summary.median_abs_pct:.3f}%, "
         f"90th percentile {summary.p90_abs_pct:.3f}%, max {summary.max_abs_pct:.3f}%; "
         f"{summary.underestimates} underestimates (worst {summary.worst_underestimate_pct:.3f}%)"
     )
+    if summary.skipped:
+        why = ", ".join(f"{reason} {n}" for reason, n in summary.skipped.items())
+        line += f"; {sum(summary.skipped.values())} records skipped ({why})"
+    return line
 
 
 def validation_table(summary: Summary) -> Group:
