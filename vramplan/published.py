@@ -179,32 +179,39 @@ def read_records(path: Path) -> list[Record]:
     schema = ",".join(COLUMNS)
     if not text.strip():
         raise VramplanError("csv", f"{where} is empty; its header must be {schema}")
-    out: list[Record] = []
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     try:
         header = reader.fieldnames or []
-        missing = [c for c in COLUMNS if c not in header]
-        if len(missing) == len(COLUMNS):
-            raise VramplanError(
-                "csv", f"{where} is not a CSV of the published-measurements schema: its header must be {schema}"
-            )
-        if missing:
-            raise VramplanError("csv", f"{where} lacks column(s) {', '.join(missing)}; the schema is {schema}")
-        first = reader.line_num + 1
-        for raw in reader:
-            if len(out) >= MAX_CSV_ROWS:
-                raise VramplanError("csv", f"{where} has more than {MAX_CSV_ROWS} rows; split it")
-            extra = raw.pop(None, None)  # type: ignore[call-overload]
-            short = sum(v is None for v in raw.values())
-            shape = ""
-            if extra is not None or short:
-                shape = f"malformed row: {len(header) + len(extra or ()) - short} fields, the header has {len(header)}"
-            out.append(Record(first, {k: (v or "").strip() for k, v in raw.items()}, shape))
-            first = reader.line_num + 1
     except csv.Error as exc:
+        raise VramplanError("csv", f"{where} is not a readable CSV (its header: {_esc(str(exc))})") from None
+    missing = [c for c in COLUMNS if c not in header]
+    if len(missing) == len(COLUMNS):
         raise VramplanError(
-            "csv", f"{where} is not a readable CSV (line {reader.line_num}: {_esc(str(exc))})"
-        ) from None
+            "csv", f"{where} is not a CSV of the published-measurements schema: its header must be {schema}"
+        )
+    if missing:
+        raise VramplanError("csv", f"{where} lacks column(s) {', '.join(missing)}; the schema is {schema}")
+    out: list[Record] = []
+    end = reader.line_num  # the last line of the record read last
+    while True:
+        if len(out) >= MAX_CSV_ROWS:
+            raise VramplanError("csv", f"{where} has more than {MAX_CSV_ROWS} rows; split it")
+        try:
+            raw = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # bad quoting, a field over the csv module's limit: this record only
+            out.append(Record(end + 1, {}, f"malformed row: {_esc(str(exc))}"))
+            continue
+        extra = raw.pop(None, None)  # type: ignore[call-overload]
+        short = sum(v is None for v in raw.values())
+        shape = ""
+        if extra is not None or short:
+            shape = f"malformed row: {len(header) + len(extra or ()) - short} fields, the header has {len(header)}"
+        values = [v for v in (*raw.values(), *(extra or ())) if v]
+        breaks = sum(v.count("\n") + v.count("\r") - v.count("\r\n") for v in values)  # quoted line breaks
+        end = reader.line_num
+        out.append(Record(end - breaks, {k: (v or "").strip() for k, v in raw.items()}, shape))
     return out
 
 
@@ -299,12 +306,12 @@ def _measured_bytes(row: dict[str, str]) -> int | None:
         raise Excluded("invalid measured_value", f"invalid measured_value {text!r}: not a number") from None
     if not math.isfinite(value) or value <= 0:
         raise Excluded("invalid measured_value", f"invalid measured_value {text!r}: must be a positive finite number")
-    measured = int(value * UNITS[unit])
+    measured = value * UNITS[unit]  # compared as a float: 1e300 GiB is past the largest float
     if not MIN_MEASURED_BYTES <= measured <= MAX_MEASURED_BYTES:
         raise Excluded(
             "invalid measured_value", f"invalid measured_value {text!r} {unit}: a per-GPU peak lies in 1 MiB..16 TiB"
         )
-    return measured
+    return int(measured)
 
 
 def _check(row: dict[str, str]) -> None:
@@ -346,6 +353,8 @@ def _from_error(exc: VramplanError, row: dict[str, str]) -> Excluded:
     message = _esc(exc.message)
     if exc.field == "model" and message.startswith("unknown model"):
         return Excluded("unknown model", message)
+    if exc.field == "model" and message.startswith("no config.json"):
+        return Excluded("unknown model", f"unknown model {row.get('model', '')!r}: {message}")
     if exc.field.startswith("model"):  # the config itself: unreadable, its model_type, a dimension
         return Excluded("bad model config", f"model {row.get('model', '')!r}: {message}")
     return Excluded(f"invalid {exc.field}", f"invalid {exc.field}: {message}")
