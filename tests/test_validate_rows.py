@@ -356,3 +356,73 @@ def test_shared_real_reports_run_on(capsys) -> None:
     s = data["summary"]
     assert s["compared"] >= 10 and s["excluded"] >= 5
     assert {"unknown model", "unknown gpu", "not stated"} <= set(s["exclusions"])
+
+
+# ---- validate --traced: records it cannot compare are skipped and counted ----
+
+
+@pytest.fixture
+def traces(tmp_path: Path, monkeypatch) -> Path:
+    """A records file with two real traces from tables/measured/traces.jsonl and every kind of bad line,
+    standing in for the table."""
+    from vramplan import records
+
+    real = [json.loads(line) for line in records.records_path().read_text().splitlines()]
+    good = [r for r in real if r["model"] == "qwen2.5-0.5b"][:2]
+    assert len(good) == 2
+    base = good[0]
+    bad = [
+        base | {"setup": "not a dict"},
+        {k: v for k, v in base.items() if k != "setup"},
+        {k: v for k, v in base.items() if k != "model"},
+        base | {"peak_bytes": "big"},
+        base | {"peak_bytes": 0},
+        base | {"peak_bytes": -5},
+        base | {"peak_bytes": True},
+        base | {"by_kind": {"weights": "lots"}},
+        base | {"versions": ["torch"]},
+        base | {"setup": base["setup"] | {"method": "dpo"}},
+        base | {"model": "no-such-model"},  # passes the reader, refused by the planner
+        base | {"backend": "cuda"},  # another backend: not compared, not counted
+    ]
+    path = tmp_path / "traces.jsonl"
+    lines = [json.dumps(r) for r in (good[0], *bad, good[1])]
+    lines[3:3] = ["[1, 2, 3]", "not json", '{"torn": ']
+    path.write_text("\n".join(lines) + "\n" + '{"model": "unterminated"')
+    monkeypatch.setattr(records, "records_path", lambda name=records.DEFAULT_FILE: path)
+    return path
+
+
+def test_traced_skips_and_counts(traces: Path, capsys) -> None:
+    assert main(["validate", "--traced", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["count"] == 2
+    assert data["skipped"] == {
+        "not a JSON object": 4,
+        "invalid peak_bytes": 4,
+        "no setup": 2,
+        "no model": 1,
+        "invalid by_kind": 1,
+        "invalid versions": 1,
+        "invalid setup": 1,
+        "invalid model": 1,
+    }
+
+
+def test_traced_table_says_what_was_skipped(traces: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["validate", "--traced"]) == 0
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert "2 configurations:" in out
+    assert "15 records skipped (not a JSON object 4, invalid peak_bytes 4, no setup 2," in out
+
+
+def test_traced_nothing_comparable_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    from vramplan import records
+
+    path = tmp_path / "traces.jsonl"
+    path.write_text("not json\n[1]\n")
+    monkeypatch.setattr(records, "records_path", lambda name=records.DEFAULT_FILE: path)
+    assert main(["validate", "--traced"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no recorded trace to compare (2 records skipped: not a JSON object 2)" in err
