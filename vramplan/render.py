@@ -318,7 +318,7 @@ def validation_table(summary: Summary) -> Group:
     ):
         table.add_column(col, justify="right" if "GiB" in col or "%" in col else "left")
     for c in summary.rows:
-        table.add_row(
+        cells = (
             c.model,
             _setup_short(c),
             _gib(c.estimate_bytes),
@@ -328,6 +328,7 @@ def validation_table(summary: Summary) -> Group:
             f"{c.estimate_phase}/{c.traced_phase}",
             c.differs_most,
         )
+        table.add_row(*(Text(_printable(cell)) for cell in cells))  # a record's text is not markup
     return Group(table, Text(summary_line(summary), style="bold"))
 
 
@@ -367,7 +368,7 @@ def published_summary_lines(summary: PublishedSummary) -> list[str]:
     ]
     lines += [stats_line(f"source {k}", v) for k, v in summary.by_source.items()]
     lines += [stats_line(f"method {k}", v) for k, v in summary.by_method.items()]
-    return lines
+    return [_printable(line) for line in lines]  # sources and methods come from a user's file
 
 
 def published_note(r: PublishedComparison) -> str:
