@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import TINY_CONFIG
 from vramplan import published
@@ -83,7 +85,8 @@ BAD = [
     ("oom-no-gpu", OOM | dict(gpu=""), "not stated", "not stated: gpu"),
     ("no-value", dict(measured_value=""), "no measured value", "no measured value"),
     ("noted", dict(notes="excluded: a screenshot reading. More text."), "excluded in notes", "a screenshot reading"),
-    ("escape", dict(model="\x1b[31mred"), "unknown model", "'\\x1b[31mred'"),
+    ("escape", dict(model="\x1b[31mred"), "invalid model", "'\\x1b[31mred': a control character"),
+    ("nul", dict(gpu="a\x00b"), "invalid gpu", "'a\\x00b': a control character"),
 ]
 
 
@@ -239,6 +242,43 @@ def test_a_quoted_newline_keeps_line_numbers(folder: Path) -> None:
     rows = [GOOD | dict(id="a", notes="two\nlines"), GOOD | dict(id="b", quant="gptq-int8")]
     out = compare_csv(write_csv(folder, rows))
     assert [r.line for r in out] == [2, 4]
+
+
+FIELD_VALUES = {
+    "model": ["qwen2.5-0.5b", "llama-3.1-8b", "glm/config.json", "Qwen/Qwen1.5-72B"],
+    "method": ["full", "freeze", "lora", "qlora", "inference", "dpo"],
+    "quant": ["none", "bnb-nf4", "bnb-int8", "gptq-int4", "gptq-int8", ""],
+    "precision": ["bf16", "fp16", "amp-bf16", "fp8"],
+    "seq_len": ["1", "512", "4096", "0", "-1", "1e400", "2.5", "99999999999"],
+    "micro_batch": ["1", "4", "0", "nan"],
+    "num_gpus": ["1", "2", "8", "", "0"],
+    "parallel": ["none", "ddp", "zero3", "fsdp", "device_map", "tp"],
+    "offload": ["none", "optimizer", "optimizer+params", "nvme"],
+    "grad_checkpointing": ["true", "false", "TRUE", "yes", ""],
+    "gpu": ["rtx-4090", "a100-80g", "v100-32g", "auto", ""],
+    "measured_value": ["4.5", "80", "0", "-1", "inf", "1e400", "1e-9", "x", ""],
+    "measured_unit": ["GiB", "GB", "MB", ""],
+    "measurement": ["allocated", "reserved", "device", "unknown", "peak", ""],
+    "outcome": ["ok", "oom", "crashed", ""],
+    "lora_targets": ["all-linear", "q_proj,v_proj", "nothing_here", ""],
+    "trainable_extra": ["", "embed_tokens", "lm_head", "vision_tower"],
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    picks=st.fixed_dictionaries({f: st.sampled_from(v) for f, v in FIELD_VALUES.items()}),
+    noise=st.dictionaries(st.sampled_from(COLUMNS), st.text(max_size=30), max_size=3),
+)
+def test_any_row_is_compared_or_excluded(folder: Path, picks: dict[str, str], noise: dict[str, str]) -> None:
+    """Whatever a row holds, it comes back compared or excluded with a printable reason;
+    nothing raises (a planner bug would, and would fail this test)."""
+    row = GOOD | picks | noise | dict(id="r")
+    (c,) = compare_csv(write_csv(folder, [row], "any.csv"))
+    assert c.excluded == bool(c.code) == bool(c.reason)
+    assert c.reason.isprintable()
+    if not c.excluded and c.outcome == "ok":
+        assert c.error_pct is not None and c.estimate_bytes and c.estimate_bytes > 0
 
 
 def test_a_genuine_bug_is_not_swallowed(folder: Path, monkeypatch) -> None:

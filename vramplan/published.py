@@ -317,6 +317,10 @@ def _measured_bytes(row: dict[str, str]) -> int | None:
 def _check(row: dict[str, str]) -> None:
     """The checks that need no model: notes, blanks, enumerated values, the measured number.
     Raises Excluded for the first one that fails."""
+    for field in COLUMNS:
+        value = row.get(field, "")
+        if field not in ("source", "notes") and not value.isprintable():
+            raise Excluded(f"invalid {field}", f"invalid {field} {value!r}: a control character")
     notes = row.get("notes", "")
     if notes.lower().startswith("excluded:"):
         raise Excluded("excluded in notes", notes[len("excluded:") :].strip().split(". ")[0].rstrip("."))
