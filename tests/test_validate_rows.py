@@ -373,7 +373,7 @@ def test_no_usable_row(folder: Path, capsys) -> None:
     err = _refused(["validate", "--csv", str(write_csv(folder, rows))], capsys)
     assert "none of its 8 rows can be compared" in err
     assert "invalid measured_value 4" in err
-    assert "row gptq-int8 on line 2: unknown quant 'gptq-int8'" in err
+    assert "row 'gptq-int8' on line 2: unknown quant 'gptq-int8'" in err
 
 
 def test_subprocess_exit_codes(folder: Path) -> None:

@@ -152,6 +152,21 @@ def _esc(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _shown(value: str, limit: int = 80) -> str:
+    """A row's value as a reason quotes it: ``repr``, escaped, cut in the middle past ``limit``."""
+    text = _esc(repr(value))
+    if len(text) > limit:
+        half = (limit - 5) // 2
+        text = f"{text[:half]}...{text[-half:]} ({len(value):,} characters)"
+    return text
+
+
+def _cut(reason: str, limit: int = 400) -> str:
+    """A reason no longer than ``limit`` (a planner message may quote a long value whole)."""
+    reason = _esc(reason)
+    return reason if len(reason) <= limit else f"{reason[: limit - 20]}... ({len(reason):,} characters)"
+
+
 class Record(NamedTuple):
     """One CSV record: its first line, its fields, and what is wrong with its shape ('' if nothing)."""
 
@@ -284,13 +299,13 @@ def row_estimate(row: dict[str, str], base: Path) -> Estimate:
     try:
         spec = load_model(_model(row, base))
     except OSError as exc:  # probing the name as a path: too long, not a directory, ...
-        raise VramplanError("model", f"unknown model {row['model']!r}: {exc.strerror or exc}") from None
+        raise VramplanError("model", f"unknown model {_shown(row['model'])}: {exc.strerror or exc}") from None
     setup = row_setup(row)
     return estimate(spec, setup)
 
 
 def _unknown(field: str, value: str) -> Excluded:
-    return Excluded(f"unknown {field}", f"unknown {field} {value!r}; allowed: {', '.join(ALLOWED[field])}")
+    return Excluded(f"unknown {field}", f"unknown {field} {_shown(value)}; allowed: {', '.join(ALLOWED[field])}")
 
 
 def _measured_bytes(row: dict[str, str]) -> int | None:
@@ -303,13 +318,16 @@ def _measured_bytes(row: dict[str, str]) -> int | None:
     try:
         value = float(text)
     except ValueError:
-        raise Excluded("invalid measured_value", f"invalid measured_value {text!r}: not a number") from None
+        raise Excluded("invalid measured_value", f"invalid measured_value {_shown(text)}: not a number") from None
     if not math.isfinite(value) or value <= 0:
-        raise Excluded("invalid measured_value", f"invalid measured_value {text!r}: must be a positive finite number")
+        raise Excluded(
+            "invalid measured_value", f"invalid measured_value {_shown(text)}: must be a positive finite number"
+        )
     measured = value * UNITS[unit]  # compared as a float: 1e300 GiB is past the largest float
     if not MIN_MEASURED_BYTES <= measured <= MAX_MEASURED_BYTES:
         raise Excluded(
-            "invalid measured_value", f"invalid measured_value {text!r} {unit}: a per-GPU peak lies in 1 MiB..16 TiB"
+            "invalid measured_value",
+            f"invalid measured_value {_shown(text)} {unit}: a per-GPU peak lies in 1 MiB..16 TiB",
         )
     return int(measured)
 
@@ -320,7 +338,7 @@ def _check(row: dict[str, str]) -> None:
     for field in COLUMNS:
         value = row.get(field, "")
         if field not in ("source", "notes") and not value.isprintable():
-            raise Excluded(f"invalid {field}", f"invalid {field} {value!r}: a control character")
+            raise Excluded(f"invalid {field}", f"invalid {field} {_shown(value)}: a control character")
     notes = row.get("notes", "")
     if notes.lower().startswith("excluded:"):
         raise Excluded("excluded in notes", notes[len("excluded:") :].strip().split(". ")[0].rstrip("."))
@@ -358,9 +376,9 @@ def _from_error(exc: VramplanError, row: dict[str, str]) -> Excluded:
     if exc.field == "model" and message.startswith("unknown model"):
         return Excluded("unknown model", message)
     if exc.field == "model" and message.startswith("no config.json"):
-        return Excluded("unknown model", f"unknown model {row.get('model', '')!r}: {message}")
+        return Excluded("unknown model", f"unknown model {_shown(row.get('model', ''))}: {message}")
     if exc.field.startswith("model"):  # the config itself: unreadable, its model_type, a dimension
-        return Excluded("bad model config", f"model {row.get('model', '')!r}: {message}")
+        return Excluded("bad model config", f"model {_shown(row.get('model', ''))}: {message}")
     return Excluded(f"invalid {exc.field}", f"invalid {exc.field}: {message}")
 
 
@@ -375,7 +393,7 @@ def _gpu_bytes(row: dict[str, str]) -> int:
     cards = gpu_catalog().values()
     near = closest(name, sorted({c.key for c in cards} | {c.name for c in cards}))
     hint = f"; closest: {', '.join(near)}" if near else ""
-    raise Excluded("unknown gpu", f"unknown gpu {name!r}{hint} ('vramplan gpus' lists all)")
+    raise Excluded("unknown gpu", f"unknown gpu {_shown(name)}{hint} ('vramplan gpus' lists all)")
 
 
 def _measured_or_none(row: dict[str, str]) -> int | None:
@@ -418,7 +436,7 @@ def compare(row: dict[str, str], base: Path, line: int | None = None) -> Compari
             estimate_bytes=None,
             error_pct=None,
             code=exc.code,
-            reason=_esc(exc.reason),
+            reason=_cut(exc.reason),
         )
     value = _tier(est, tier)
     if est.cards and "DERIVED" in row.get("notes", ""):
@@ -442,7 +460,7 @@ def compare_csv(path: Path) -> list[Comparison]:
         elif not row.get("id"):
             why = Excluded("blank id", f"blank id (line {rec.line})")
         elif row["id"] in seen:
-            why = Excluded("duplicate id", f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+            why = Excluded("duplicate id", f"duplicate id {_shown(row['id'])} (first on line {seen[row['id']]})")
         else:
             seen[row["id"]] = rec.line
         if why is None:
@@ -462,7 +480,7 @@ def compare_csv(path: Path) -> list[Comparison]:
                     estimate_bytes=None,
                     error_pct=None,
                     code=why.code,
-                    reason=_esc(why.reason),
+                    reason=_cut(why.reason),
                     notes=row.get("notes", ""),
                 )
             )
@@ -481,7 +499,7 @@ def require_usable(rows: list[Comparison], path: Path) -> None:
         "csv",
         f"{_esc(str(path))}: none of its {len(rows)} rows can be compared "
         f"({', '.join(f'{c} {n}' for c, n in codes.most_common())}); "
-        f"row {_esc(first.id) or '(no id)'} on line {first.line}: {first.reason}",
+        f"row {_shown(first.id) if first.id else '(no id)'} on line {first.line}: {first.reason}",
     )
 
 

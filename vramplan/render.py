@@ -399,9 +399,14 @@ def published_table(rows: list[PublishedComparison], summary: PublishedSummary) 
             _opt(r.error_pct, "{:+.1f}"),
             published_note(r),
         )
-        table.add_row(*(Text(_printable(c)) for c in cells))
+        table.add_row(*(Text(_printable(c, 80 if i < 3 else 400)) for i, c in enumerate(cells)))
     return Group(table, *(Text(line, style="bold") for line in published_summary_lines(summary)))
 
 
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def _printable(text: str, limit: int = 400) -> str:
+    """A cell as it can be shown: control characters escaped, cut in the middle past ``limit``."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) > limit:
+        half = (limit - 5) // 2
+        text = f"{text[:half]}...{text[-half:]}"
+    return text
