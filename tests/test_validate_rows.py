@@ -83,6 +83,7 @@ BAD = [
     ("qlora-unquantized", dict(method="qlora", quant="none"), "invalid quant", "invalid quant"),
     ("gpu-auto", OOM | dict(gpu="auto"), "unknown gpu", "unknown gpu 'auto'"),
     ("oom-no-gpu", OOM | dict(gpu=""), "not stated", "not stated: gpu"),
+    ("oom-blank", OOM | dict(grad_checkpointing=""), "not stated", "not stated: grad_checkpointing"),
     ("no-value", dict(measured_value=""), "no measured value", "no measured value"),
     ("noted", dict(notes="excluded: a screenshot reading. More text."), "excluded in notes", "a screenshot reading"),
     ("escape", dict(model="\x1b[31mred"), "invalid model", "'\\x1b[31mred': a control character"),
