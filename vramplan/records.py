@@ -1,16 +1,16 @@
 """Append-only records of traced and measured runs (``tables/measured/*.jsonl``).
 
 One JSON object a line; a record is committed by its newline. An append holds an exclusive
-lock on the file (``flock``, where the platform has it), writes the whole line through a
-file opened ``O_APPEND`` in a loop that checks what each ``os.write`` took, and fsyncs; if
-the write or the fsync fails it truncates the file back to its length before the append
-and raises, so it leaves the whole line or nothing. A run killed mid-append leaves an
-unterminated tail: readers skip it, and the next append (under the lock, so no writer is
-still at work) cuts it; a tail that is not a torn record (a whole JSON object, or text that
-never was one) is kept and ended with a newline instead. Readers skip every line that is
-not a JSON object, and the final line until its newline is there. Each row carries a
-stable ``key`` (model + Setup + backend + library versions) by which duplicates are
-recognised.
+lock on the file (``flock``, where the platform and the filesystem have it), writes the
+whole line through a file opened ``O_APPEND`` in a loop that checks what each ``os.write``
+took, and fsyncs; if the write or the fsync fails it truncates the file back to its length
+before the append and raises, so it leaves the whole line or nothing. A run killed
+mid-append leaves an unterminated tail: readers skip it, and the next append (under the
+lock, so no writer is still at work) cuts it; a tail that is not a torn record (a whole
+JSON object, or text that never was one) is kept and ended with a newline instead. Readers
+skip every line that is not a JSON object, and the final line until its newline is there.
+Each row carries a stable ``key`` (model + Setup + backend + library versions) by which
+duplicates are recognised.
 """
 
 from __future__ import annotations
@@ -66,8 +66,7 @@ def append_row(row: dict[str, Any], path: Path | None = None) -> Path:
     except OSError as exc:
         raise VramplanError("record", f"cannot append to {where}: {exc.strerror or exc}") from None
     try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # released by close, or by the kernel when the process dies
+        _lock(fd)
         start = _cut_torn_tail(fd)
         try:
             _write_all(fd, line)
@@ -80,6 +79,19 @@ def append_row(row: dict[str, Any], path: Path | None = None) -> Path:
     finally:
         os.close(fd)
     return target
+
+
+def _lock(fd: int) -> None:
+    """An exclusive lock on the whole file, released by close or by the kernel when the
+    process dies; where the platform or the filesystem has none (Windows, some network
+    mounts), appends go on unlocked."""
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
 
 
 def _write_all(fd: int, data: bytes) -> None:
