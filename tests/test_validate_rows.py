@@ -357,16 +357,18 @@ def test_huge_file_and_too_many_rows(folder: Path, capsys, monkeypatch) -> None:
     path = write_csv(folder, good_rows() * 3)
     monkeypatch.setattr(published, "MAX_CSV_BYTES", path.stat().st_size - 1)
     assert "is larger than" in _refused(["validate", "--csv", str(path)], capsys)
-    monkeypatch.setattr(published, "MAX_CSV_BYTES", 32 << 20)
+    monkeypatch.setattr(published, "MAX_CSV_BYTES", 16 << 20)
     monkeypatch.setattr(published, "MAX_CSV_ROWS", 5)
     assert "has more than 5 rows" in _refused(["validate", "--csv", str(path)], capsys)
+    monkeypatch.setattr(published, "MAX_CSV_ROWS", 6)  # exactly at the bound is fine
+    assert len(compare_csv(path)) == 6
 
 
 def test_bound_is_read_not_trusted(tmp_path: Path, capsys) -> None:
     """An endless input is refused after the bound, not read to its end."""
     if not Path("/dev/zero").exists():
         pytest.skip("no /dev/zero")
-    assert "is larger than 32 MiB" in _refused(["validate", "--csv", "/dev/zero"], capsys)
+    assert "is larger than 16 MiB" in _refused(["validate", "--csv", "/dev/zero"], capsys)
 
 
 def test_no_usable_row(folder: Path, capsys) -> None:
