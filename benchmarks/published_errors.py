@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from vramplan.errors import VramplanError
-from vramplan.published import compare_csv, published_csv, summarize
-from vramplan.render import published_summary_lines
+from vramplan.published import compare_csv, published_csv, require_usable, summarize
+from vramplan.render import published_note, published_summary_lines
 from vramplan.units import GIB
 
 
@@ -27,6 +27,7 @@ def main() -> int:
     path = ap.parse_args().csv
     try:
         rows = compare_csv(path)
+        require_usable(rows, path)
     except VramplanError as exc:
         print(f"error: {exc.field}: {exc.message}", file=sys.stderr)
         return 2
@@ -34,14 +35,12 @@ def main() -> int:
     print("| id | model | method | measured | tier | estimate GiB | measured GiB | error % | note |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        note = r.excluded and f"excluded: {r.excluded}"
-        if r.outcome == "oom":
-            oom = "oom, predicted " + ("to fit" if r.fits else "not to fit")
-            note = f"{oom}; {note}" if note else oom
+        note = published_note(r).replace("|", "\\|")
         est = _f(None if r.estimate_bytes is None else r.estimate_bytes / GIB, "{:.2f}")
         meas = _f(None if r.measured_bytes is None else r.measured_bytes / GIB, "{:.2f}")
+        rid = r.id or f"(line {r.line})"
         print(
-            f"| {r.id} | {r.model or '-'} | {r.method} | {r.measurement} | {r.tier} | {est} | {meas} | "
+            f"| {rid} | {r.model or '-'} | {r.method} | {r.measurement} | {r.tier} | {est} | {meas} | "
             f"{_f(r.error_pct, '{:+.1f}')} | {note} |"
         )
     print()

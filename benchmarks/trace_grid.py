@@ -35,6 +35,7 @@ def main() -> int:
     ap.add_argument("--out", help="also write the comparison table (markdown) to this file")
     args = ap.parse_args()
 
+    from vramplan.errors import VramplanError
     from vramplan.records import read_rows, record_key
     from vramplan.setup import make_setup
     from vramplan.trace.run import versions
@@ -44,7 +45,13 @@ def main() -> int:
         # a row recorded before a Setup field existed holds that field's default
         return record_key(model, make_setup(**setup).model_dump(mode="json"), backend, vers)
 
-    have = {key(row["model"], row["setup"], row["backend"], row["versions"]) for row in read_rows()}
+    def recorded(row: dict) -> str | None:
+        try:
+            return key(row["model"], row["setup"], row["backend"], row["versions"])
+        except (KeyError, TypeError, VramplanError):  # a record without these fields, as validate skips it
+            return None
+
+    have = {recorded(row) for row in read_rows()}
     vers = versions()
     missing = [(m, f) for m, f in GRID if key(m, f, "trace", vers) not in have]
     if args.limit:

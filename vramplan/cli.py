@@ -535,14 +535,18 @@ def _cmd_validate(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.csv:
         return _validate_csv(args.csv, args.json)
-    from vramplan.validate import summarize, traced_rows
+    from vramplan.validate import summarize, traced_records
 
-    rows = traced_rows()
-    if not rows:
+    rows, skipped = traced_records()
+    summary = summarize(rows, skipped)
+    if not summary.count:
+        why = ", ".join(f"{reason} {n}" for reason, n in summary.skipped.items())
         raise VramplanError(
-            "traced", "no recorded traces: run benchmarks/trace_grid.py or 'vramplan trace ... --record'"
+            "traced",
+            "no recorded trace to compare"
+            + (f" ({sum(summary.skipped.values())} records skipped: {why})" if why else "")
+            + ": run benchmarks/trace_grid.py or 'vramplan trace ... --record'",
         )
-    summary = summarize(rows)
     if args.json:
         print(summary.model_dump_json())
     else:
@@ -553,31 +557,17 @@ def _cmd_validate(argv: list[str]) -> int:
 
 
 def _validate_csv(path: str, as_json: bool) -> int:
+    """Every row compared or listed as excluded with its reason; only a problem with the
+    file as a whole (or no row that can be compared) is bad input."""
     from pathlib import Path
 
-    from vramplan.published import compare_csv, summarize
+    from vramplan.published import compare_csv, require_usable, summarize
 
     rows = compare_csv(Path(path))
+    require_usable(rows, Path(path))
     summary = summarize(rows)
     if as_json:
-        out = {
-            "rows": [
-                {
-                    "id": r.id,
-                    "estimate_bytes": r.estimate_bytes,
-                    "measured_bytes": r.measured_bytes,
-                    "error_pct": r.error_pct,
-                    "tier": r.tier,
-                    "measurement": r.measurement,
-                    "outcome": r.outcome,
-                    "fits": r.fits,
-                    "excluded": r.excluded,
-                }
-                for r in rows
-            ],
-            "summary": summary.model_dump(),
-        }
-        print(json.dumps(out))
+        print(json.dumps({"rows": [r.model_dump() for r in rows], "summary": summary.model_dump()}))
     else:
         from vramplan.render import published_table
 

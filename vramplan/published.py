@@ -7,31 +7,40 @@ The schema (``tables/measured/published.csv`` and a user's own runs):
     attention, num_gpus, parallel, offload, gpu, measured_value, measured_unit,
     measurement, outcome, notes
 
-``model`` is a catalog name or a path to a config.json relative to the CSV. A row is left
-out of the statistics, with its reason shown, when its notes start with ``excluded:`` or
-when a field the estimate needs is blank. ``measurement`` picks the tier compared:
-allocated, reserved, device; ``unknown`` is compared against reserved (and says so).
-An ``oom`` row is checked the other way: the estimate must not call it a fit. A
-``device_map`` row whose value is a published total divided by the GPU count (``DERIVED``
-in its notes) is compared with the mean of the cards' estimates, not the fullest card's.
-Torch-free.
+``model`` is a catalog name or a path to a config.json relative to the CSV. ``measurement``
+picks the tier compared: allocated, reserved, device; ``unknown`` is compared against
+reserved (and says so). An ``oom`` row is checked the other way: the estimate must not call
+it a fit on its ``gpu``. A ``device_map`` row whose value is a published total divided by
+the GPU count (``DERIVED`` in its notes) is compared with the mean of the cards' estimates,
+not the fullest card's.
+
+A row that cannot be compared stays in the result, left out of the statistics with a short
+code and a reason naming the field (``unknown gpu 'v100-32g'``): its notes start with
+``excluded:``, a field the estimate needs is blank, a value is not one the schema allows
+(an unknown quant, model, model_type or GPU), a number is nonsense (a measured value that
+is not a positive finite number), or the row's shape or id is broken. Only a problem with
+the file as a whole (missing, unreadable, not UTF-8, not a CSV of this schema, too large)
+is an error. Torch-free.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import math
 import statistics
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 
-from vramplan.errors import VramplanError
-from vramplan.gpus import resolve_gpu
+from vramplan.errors import VramplanError, closest
+from vramplan.gpus import gpu_catalog, resolve_gpu
 from vramplan.memory import estimate
 from vramplan.memory.phases import Estimate
 from vramplan.models import load_model
-from vramplan.setup import Setup, make_setup
+from vramplan.setup import ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PARALLELS, PRECISIONS, QUANTS, Setup, make_setup
 from vramplan.tables import tables_dir
 from vramplan.units import GB, GIB
 
@@ -44,8 +53,30 @@ COLUMNS = (
 REQUIRED = ("model", "method", "precision", "seq_len", "micro_batch", "num_gpus", "attention")
 UNITS = {"GiB": GIB, "GB": GB}
 TIERS = {"allocated": "allocated", "reserved": "reserved", "device": "device", "unknown": "reserved"}
+OUTCOMES = ("ok", "oom")
 EMBEDDING_NAMES = {"embeddings", "embed_tokens", "wte", "word_embeddings", "tok_embeddings"}
 HEAD_NAMES = {"lm_head", "output"}
+#: the values each enumerated column allows (blank takes the default where one exists)
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "method": METHODS,
+    "quant": QUANTS,
+    "precision": PRECISIONS,
+    "optimizer": OPTIMIZERS,
+    "attention": ATTENTIONS,
+    "parallel": PARALLELS,
+    "offload": OFFLOADS,
+    "grad_checkpointing": ("true", "false"),
+    "measured_unit": tuple(UNITS),
+    "measurement": tuple(TIERS),
+    "outcome": OUTCOMES,
+}
+#: a CSV larger than this, or with more rows, is refused as a whole: 55 times published.csv's
+#: rows, and a run over the bound takes seconds (about 1 ms a row), not minutes
+MAX_CSV_BYTES = 16 << 20
+MAX_CSV_ROWS = 10_000
+#: a measured per-GPU peak outside [1 MiB, 16 TiB] is not a GPU measurement
+MIN_MEASURED_BYTES = 1 << 20
+MAX_MEASURED_BYTES = 1 << 44
 
 
 def published_csv() -> Path:
@@ -53,10 +84,12 @@ def published_csv() -> Path:
 
 
 class Comparison(BaseModel):
-    """One row: the estimate at the measured tier, or why it was left out."""
+    """One row: the estimate at the measured tier, or why it was left out (``code`` and
+    ``reason``, both empty for a row that is used)."""
 
     model_config = ConfigDict(frozen=True)
     id: str
+    line: int | None = None
     source: str
     model: str
     method: str
@@ -67,8 +100,14 @@ class Comparison(BaseModel):
     estimate_bytes: int | None
     error_pct: float | None
     fits: bool | None = None
-    excluded: str = ""
+    code: str = ""
+    reason: str = ""
     notes: str = ""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def excluded(self) -> bool:
+        return bool(self.code)
 
     @property
     def counted(self) -> bool:
@@ -90,6 +129,8 @@ class Summary(BaseModel):
     rows: int
     compared: int
     excluded: int
+    #: excluded rows by code, most frequent first
+    exclusions: dict[str, int] = {}
     overall: Stats
     by_source: dict[str, Stats]
     by_method: dict[str, Stats]
@@ -98,21 +139,104 @@ class Summary(BaseModel):
     unknown_vs_reserved: int
 
 
+class Excluded(Exception):
+    """A row left out: ``code`` groups it in the summary, ``reason`` names the field and value."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _esc(text: str) -> str:
+    """``text`` with control characters (and other unprintable ones) written as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """A row's value as a reason quotes it: ``repr``, escaped, cut in the middle past ``limit``."""
+    text = _esc(repr(value))
+    if len(text) > limit:
+        half = (limit - 5) // 2
+        text = f"{text[:half]}...{text[-half:]} ({len(value):,} characters)"
+    return text
+
+
+def _cut(reason: str, limit: int = 400) -> str:
+    """A reason no longer than ``limit`` (a planner message may quote a long value whole)."""
+    reason = _esc(reason)
+    return reason if len(reason) <= limit else f"{reason[: limit - 20]}... ({len(reason):,} characters)"
+
+
+class Record(NamedTuple):
+    """One CSV record: its first line, its fields, and what is wrong with its shape ('' if nothing)."""
+
+    line: int
+    row: dict[str, str]
+    shape: str
+
+
+def read_records(path: Path) -> list[Record]:
+    """The CSV's records, bounded in size; a problem with the file as a whole raises one
+    VramplanError (field ``csv``); a record with more or fewer fields than the header is
+    returned with its shape problem."""
+    where = _esc(str(path))
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_CSV_BYTES + 1)
+    except OSError as exc:
+        raise VramplanError("csv", f"cannot read {where}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CSV_BYTES:
+        raise VramplanError("csv", f"{where} is larger than {MAX_CSV_BYTES >> 20} MiB; split it")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise VramplanError("csv", f"{where} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    schema = ",".join(COLUMNS)
+    if not text.strip():
+        raise VramplanError("csv", f"{where} is empty; its header must be {schema}")
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise VramplanError("csv", f"{where} is not a readable CSV (its header: {_esc(str(exc))})") from None
+    missing = [c for c in COLUMNS if c not in header]
+    if len(missing) == len(COLUMNS):
+        raise VramplanError(
+            "csv", f"{where} is not a CSV of the published-measurements schema: its header must be {schema}"
+        )
+    if missing:
+        raise VramplanError("csv", f"{where} lacks column(s) {', '.join(missing)}; the schema is {schema}")
+    out: list[Record] = []
+    end = reader.line_num  # the last line of the record read last
+    while True:
+        try:
+            raw = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # bad quoting, a field over the csv module's limit: this record only
+            raw = None
+            problem = f"malformed row: {_esc(str(exc))}"
+        if len(out) >= MAX_CSV_ROWS:
+            raise VramplanError("csv", f"{where} has more than {MAX_CSV_ROWS} rows; split it")
+        if raw is None:
+            out.append(Record(end + 1, {}, problem))
+            continue
+        extra = raw.pop(None, None)  # type: ignore[call-overload]
+        short = sum(v is None for v in raw.values())
+        shape = ""
+        if extra is not None or short:
+            shape = f"malformed row: {len(header) + len(extra or ()) - short} fields, the header has {len(header)}"
+        values = [v for v in (*raw.values(), *(extra or ())) if v]
+        breaks = sum(v.count("\n") + v.count("\r") - v.count("\r\n") for v in values)  # quoted line breaks
+        end = reader.line_num
+        out.append(Record(end - breaks, {k: (v or "").strip() for k, v in raw.items()}, shape))
+    return out
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     """The CSV's rows; a missing column is an error naming it."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise VramplanError(
-                    "csv", f"{path} lacks column(s) {', '.join(missing)}; the schema is {','.join(COLUMNS)}"
-                )
-            return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
-    except OSError as exc:
-        raise VramplanError("csv", f"cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise VramplanError("csv", f"{path} is not UTF-8 text") from None
+    return [r.row for r in read_records(path)]
 
 
 def _extra(text: str) -> tuple[str, ...]:
@@ -176,72 +300,153 @@ def _model(row: dict[str, str], base: Path) -> str:
 
 
 def row_estimate(row: dict[str, str], base: Path) -> Estimate:
-    spec = load_model(_model(row, base))
+    try:
+        spec = load_model(_model(row, base))
+    except OSError as exc:  # probing the name as a path: too long, not a directory, ...
+        raise VramplanError("model", f"unknown model {_shown(row['model'])}: {exc.strerror or exc}") from None
     setup = row_setup(row)
     return estimate(spec, setup)
 
 
-def exclusion(row: dict[str, str]) -> str:
-    """Why a row is left out of the statistics ('' when it is counted)."""
+def _unknown(field: str, value: str) -> Excluded:
+    return Excluded(f"unknown {field}", f"unknown {field} {_shown(value)}; allowed: {', '.join(ALLOWED[field])}")
+
+
+def _measured_bytes(row: dict[str, str]) -> int | None:
+    """The measured value in bytes; nonsense (not a number, not finite, not positive, not a
+    plausible per-GPU peak) raises Excluded naming it."""
+    text = row.get("measured_value", "")
+    if not text:
+        return None
+    unit = row.get("measured_unit") or "GiB"
+    try:
+        value = float(text)
+    except ValueError:
+        raise Excluded("invalid measured_value", f"invalid measured_value {_shown(text)}: not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise Excluded(
+            "invalid measured_value", f"invalid measured_value {_shown(text)}: must be a positive finite number"
+        )
+    measured = value * UNITS[unit]  # compared as a float: 1e300 GiB is past the largest float
+    if not MIN_MEASURED_BYTES <= measured <= MAX_MEASURED_BYTES:
+        raise Excluded(
+            "invalid measured_value",
+            f"invalid measured_value {_shown(text)} {unit}: a per-GPU peak lies in 1 MiB..16 TiB",
+        )
+    return int(measured)
+
+
+def _check(row: dict[str, str]) -> None:
+    """The checks that need no model: notes, blanks, enumerated values, the measured number.
+    Raises Excluded for the first one that fails."""
+    for field in COLUMNS:
+        value = row.get(field, "")
+        if field not in ("source", "notes") and not value.isprintable():
+            raise Excluded(f"invalid {field}", f"invalid {field} {_shown(value)}: a control character")
     notes = row.get("notes", "")
     if notes.lower().startswith("excluded:"):
-        return notes[len("excluded:") :].strip().split(". ")[0].rstrip(".")
+        raise Excluded("excluded in notes", notes[len("excluded:") :].strip().split(". ")[0].rstrip("."))
+    outcome = row.get("outcome") or "ok"
     blank = [f for f in REQUIRED if not row.get(f)]
     if row.get("method") in ("full", "freeze", "lora", "qlora") and not row.get("grad_checkpointing"):
         blank.append("grad_checkpointing")
+    if outcome == "oom" and not row.get("gpu"):
+        blank.append("gpu")
     if blank:
-        return "not stated: " + ", ".join(dict.fromkeys(blank))
-    if row.get("outcome", "ok") == "ok" and not row.get("measured_value"):
-        return "no measured value"
+        raise Excluded("not stated", "not stated: " + ", ".join(dict.fromkeys(blank)))
+    for field, allowed in ALLOWED.items():
+        value = row.get(field, "")
+        if field == "grad_checkpointing":
+            value = value.lower()
+        if value and value not in allowed:
+            raise _unknown(field, row.get(field, ""))
+    if outcome == "ok" and not row.get("measured_value"):
+        raise Excluded("no measured value", "no measured value")
+    _measured_bytes(row)
+
+
+def exclusion(row: dict[str, str]) -> str:
+    """Why a row is left out of the statistics before any model is loaded ('' when it may be counted)."""
+    try:
+        _check(row)
+    except Excluded as exc:
+        return exc.reason
     return ""
 
 
-def compare(row: dict[str, str], base: Path) -> Comparison:
-    """Estimate one row at the tier its measurement names."""
-    kind = row.get("measurement") or "unknown"
-    if kind not in TIERS:
-        raise VramplanError("measurement", f"row {row['id']}: {kind!r}; allowed: {', '.join(TIERS)}")
-    outcome = row.get("outcome") or "ok"
-    if outcome not in ("ok", "oom"):
-        raise VramplanError("outcome", f"row {row['id']}: {outcome!r}; allowed: ok, oom")
-    tier = TIERS[kind]
-    measured = None
-    if row.get("measured_value"):
-        unit = row.get("measured_unit") or "GiB"
-        if unit not in UNITS:
-            raise VramplanError("measured_unit", f"row {row['id']}: {unit!r}; allowed: GiB, GB")
+def _from_error(exc: VramplanError, row: dict[str, str]) -> Excluded:
+    """A bad-input error raised while planning one row, as that row's exclusion."""
+    message = _esc(exc.message)
+    if exc.field == "model" and message.startswith("unknown model"):
+        return Excluded("unknown model", message)
+    if exc.field == "model" and message.startswith("no config.json"):
+        return Excluded("unknown model", f"unknown model {_shown(row.get('model', ''))}: {message}")
+    if exc.field.startswith("model"):  # the config itself: unreadable, its model_type, a dimension
+        return Excluded("bad model config", f"model {_shown(row.get('model', ''))}: {message}")
+    return Excluded(f"invalid {exc.field}", f"invalid {exc.field}: {message}")
+
+
+def _gpu_bytes(row: dict[str, str]) -> int:
+    """The card's memory; a name the catalog does not know raises Excluded."""
+    name = row["gpu"]
+    if name.strip().lower() != "auto":  # a measured row names its card; auto would read this machine's
         try:
-            measured = int(float(row["measured_value"]) * UNITS[unit])
-        except ValueError:
-            raise VramplanError(
-                "measured_value", f"row {row['id']}: {row['measured_value']!r} is not a number"
-            ) from None
+            return resolve_gpu(name).memory_bytes
+        except VramplanError:
+            pass
+    cards = gpu_catalog().values()
+    near = closest(name, sorted({c.key for c in cards} | {c.name for c in cards}))
+    hint = f"; closest: {', '.join(near)}" if near else ""
+    raise Excluded("unknown gpu", f"unknown gpu {_shown(name)}{hint} ('vramplan gpus' lists all)")
+
+
+def _measured_or_none(row: dict[str, str]) -> int | None:
+    try:
+        return _measured_bytes(row)
+    except (Excluded, KeyError):
+        return None
+
+
+def compare(row: dict[str, str], base: Path, line: int | None = None) -> Comparison:
+    """Estimate one row at the tier its measurement names; a row that cannot be compared
+    comes back excluded with its code and reason. Only a bad-input error (VramplanError)
+    from the row's values becomes an exclusion: anything else is a bug and propagates."""
+    kind = row.get("measurement") or "unknown"
+    outcome = row.get("outcome") or "ok"
     common: dict[str, Any] = dict(
-        id=row["id"],
+        id=row.get("id", ""),
+        line=line,
         source=row.get("source", "").split(" ")[0],
         model=row.get("model", ""),
         method=row.get("method", ""),
         outcome=outcome,
         measurement=kind,
-        tier=tier,
-        measured_bytes=measured,
+        tier=TIERS.get(kind, ""),
         notes=row.get("notes", ""),
     )
-    why = exclusion(row)
-    if why and outcome == "ok":
-        return Comparison(**common, estimate_bytes=None, error_pct=None, excluded=why)
     try:
-        est = row_estimate(row, base)
-    except VramplanError as exc:
-        raise VramplanError(exc.field, f"row {row['id']}: {exc.message}") from None
+        _check(row)
+        measured = _measured_bytes(row)
+        tier = TIERS[kind]
+        try:
+            est = row_estimate(row, base)
+        except VramplanError as exc:
+            raise _from_error(exc, row) from None
+        fits = est.device_bytes <= _gpu_bytes(row) if outcome == "oom" else None
+    except Excluded as exc:
+        return Comparison(
+            **common,
+            measured_bytes=_measured_or_none(row),
+            estimate_bytes=None,
+            error_pct=None,
+            code=exc.code,
+            reason=_cut(exc.reason),
+        )
     value = _tier(est, tier)
     if est.cards and "DERIVED" in row.get("notes", ""):
         value = sum(_tier(card, tier) for card in est.cards) // len(est.cards)
-    fits = None
-    if outcome == "oom" and row.get("gpu"):
-        fits = est.device_bytes <= resolve_gpu(row["gpu"]).memory_bytes
     err = None if measured is None or outcome != "ok" else 100.0 * (value - measured) / measured
-    return Comparison(**common, estimate_bytes=value, error_pct=err, fits=fits, excluded=why)
+    return Comparison(**common, measured_bytes=measured, estimate_bytes=value, error_pct=err, fits=fits)
 
 
 def _tier(est: Any, tier: str) -> int:
@@ -249,17 +454,57 @@ def _tier(est: Any, tier: str) -> int:
 
 
 def compare_csv(path: Path) -> list[Comparison]:
-    rows = read_rows(path)
-    seen: set[str] = set()
+    """Every record of the CSV compared or excluded, in file order."""
+    seen: dict[str, int] = {}
     out = []
-    for row in rows:
-        if not row.get("id"):
-            raise VramplanError("id", f"{path}: a row has no id")
-        if row["id"] in seen:
-            raise VramplanError("id", f"{path}: id {row['id']!r} appears twice")
-        seen.add(row["id"])
-        out.append(compare(row, path.parent))
+    for rec in read_records(path):
+        row, why = rec.row, None
+        if rec.shape:
+            why = Excluded("malformed row", rec.shape)
+        elif not row.get("id"):
+            why = Excluded("blank id", f"blank id (line {rec.line})")
+        elif row["id"] in seen:
+            why = Excluded("duplicate id", f"duplicate id {_shown(row['id'])} (first on line {seen[row['id']]})")
+        else:
+            seen[row["id"]] = rec.line
+        if why is None:
+            out.append(compare(row, path.parent, rec.line))
+        else:
+            out.append(
+                Comparison(
+                    id=row.get("id", ""),
+                    line=rec.line,
+                    source=row.get("source", "").split(" ")[0],
+                    model=row.get("model", ""),
+                    method=row.get("method", ""),
+                    outcome=row.get("outcome", ""),
+                    measurement=row.get("measurement", ""),
+                    tier="",
+                    measured_bytes=None,
+                    estimate_bytes=None,
+                    error_pct=None,
+                    code=why.code,
+                    reason=_cut(why.reason),
+                    notes=row.get("notes", ""),
+                )
+            )
     return out
+
+
+def require_usable(rows: list[Comparison], path: Path) -> None:
+    """Refuse (one VramplanError) a CSV none of whose rows could be compared."""
+    if any(not r.excluded for r in rows):
+        return
+    if not rows:
+        raise VramplanError("csv", f"{_esc(str(path))} has a header but no rows")
+    codes = Counter(r.code for r in rows)
+    first = rows[0]
+    raise VramplanError(
+        "csv",
+        f"{_esc(str(path))}: none of its {len(rows)} rows can be compared "
+        f"({', '.join(f'{c} {n}' for c, n in codes.most_common())}); "
+        f"row {_shown(first.id) if first.id else '(no id)'} on line {first.line}: {first.reason}",
+    )
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -297,10 +542,11 @@ def summarize(rows: list[Comparison]) -> Summary:
         rows=len(rows),
         compared=len(counted),
         excluded=sum(1 for r in rows if r.excluded),
+        exclusions=dict(Counter(r.code for r in rows if r.excluded).most_common()),
         overall=stats(counted),
         by_source=by_source,
         by_method=by_method,
         oom_rows=len(ooms),
-        oom_predicted_fit=[r.id for r in ooms if r.fits and not r.excluded],
+        oom_predicted_fit=[r.id for r in ooms if r.fits],
         unknown_vs_reserved=sum(1 for r in counted if r.measurement == "unknown"),
     )

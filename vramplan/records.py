@@ -1,14 +1,22 @@
 """Append-only records of traced and measured runs (``tables/measured/*.jsonl``).
 
-One JSON object a line. An append writes the whole line with one ``os.write`` on a file
-opened ``O_APPEND`` and fsyncs it, so a killed run leaves either the whole line or nothing,
-and never touches earlier lines. Each row carries a stable ``key`` (model + Setup + backend
-+ library versions) by which duplicates are recognised.
+One JSON object a line; a record is committed by its newline. An append holds an exclusive
+lock on the file (``flock``, where the platform and the filesystem have it), writes the
+whole line through a file opened ``O_APPEND`` in a loop that checks what each ``os.write``
+took, and fsyncs; if the write or the fsync fails it truncates the file back to its length
+before the append and raises, so it leaves the whole line or nothing. A run killed
+mid-append leaves an unterminated tail: readers skip it, and the next append (under the
+lock, so no writer is still at work) cuts it; a tail that is not a torn record (a whole
+JSON object, or text that never was one) is kept and ended with a newline instead. Readers
+skip every line that is not a JSON object, and the final line until its newline is there.
+Each row carries a stable ``key`` (model + Setup + backend + library versions) by which
+duplicates are recognised.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -16,7 +24,13 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from vramplan.errors import VramplanError
 from vramplan.tables import tables_dir
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: appends there are not locked
+    fcntl = None  # type: ignore[assignment]
 
 DEFAULT_FILE = "traces.jsonl"
 
@@ -41,36 +55,121 @@ def make_row(result: Any) -> dict[str, Any]:
 
 
 def append_row(row: dict[str, Any], path: Path | None = None) -> Path:
-    """Append one row atomically; returns the file written."""
+    """Append one row as one whole line, or nothing; returns the file written. A failed
+    write raises VramplanError (field ``record``) naming the file and the reason."""
     target = path or records_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n").encode()
-    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    line = (json.dumps(row, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode()
+    where = _esc(str(target))
     try:
-        if os.fstat(fd).st_size and not _ends_with_newline(target):
-            line = b"\n" + line  # a torn tail from elsewhere stays its own (skipped) line
-        os.write(fd, line)
-        os.fsync(fd)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise VramplanError("record", f"cannot append to {where}: {exc.strerror or exc}") from None
+    try:
+        _lock(fd)
+        start = _cut_torn_tail(fd)
+        try:
+            _write_all(fd, line)
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, start)  # nothing of this line stays
+            raise
+    except OSError as exc:
+        raise VramplanError("record", f"cannot append to {where}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
     return target
 
 
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        fh.seek(-1, os.SEEK_END)
-        return fh.read(1) == b"\n"
+def _lock(fd: int) -> None:
+    """An exclusive lock on the whole file, released by close or by the kernel when the
+    process dies; where the platform or the filesystem has none (Windows, some network
+    mounts), appends go on unlocked."""
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``data`` through ``os.write`` until all of it is written; a write that takes nothing raises."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.EIO, f"write took {n} of {len(view)} bytes")
+        view = view[n:]
+
+
+def _cut_torn_tail(fd: int) -> int:
+    """Make the file end at a line end (called under the lock); returns its length. An
+    unterminated tail that starts like a record (``{``) but does not parse is an append that
+    did not finish, and is cut; any other tail (a whole JSON object, text that was never a
+    record) is kept and ended with a newline."""
+    size = os.fstat(fd).st_size
+    if not size or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    back = min(size, 1 << 16)
+    while True:
+        chunk = os.pread(fd, back, size - back)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0 or back == size:
+            break
+        back = min(size, back * 4)
+    keep = size - back + cut + 1  # just after the last newline (0 when there is none)
+    tail = os.pread(fd, size - keep, keep)
+    if tail.lstrip().startswith(b"{") and _json_object(tail) is None:
+        os.ftruncate(fd, keep)
+        return keep
+    _write_all(fd, b"\n")
+    return size + 1
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """The line as a JSON object, or None when it is not one (torn, not UTF-8, NaN, a list)."""
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _esc(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def read_records(path: Path | None = None) -> tuple[list[dict[str, Any]], int]:
+    """``(rows, skipped)``: every whole line that is a JSON object, and how many non-blank
+    lines were not (torn, not UTF-8, not an object, the final line without its newline)."""
+    target = path or records_path()
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    except OSError as exc:
+        raise VramplanError("records", f"cannot read {_esc(str(target))}: {exc.strerror or exc}") from None
+    lines = data.split(b"\n")
+    tail = lines.pop()  # after the last newline: empty, or an append still in progress or cut short
+    rows: list[dict[str, Any]] = []
+    skipped = 1 if tail.strip() else 0
+    for raw in lines:
+        if not raw.strip():
+            continue
+        obj = _json_object(raw)
+        if obj is None:
+            skipped += 1
+        else:
+            rows.append(obj)
+    return rows, skipped
 
 
 def read_rows(path: Path | None = None) -> list[dict[str, Any]]:
-    """Every whole row; a line that does not parse (a torn write) is skipped."""
-    target = path or records_path()
-    if not target.exists():
-        return []
-    rows = []
-    for line in target.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """Every whole row; a line that is not a JSON object (a torn write) is skipped."""
+    return read_records(path)[0]

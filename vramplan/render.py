@@ -293,11 +293,15 @@ def _setup_short(c: Comparison) -> str:
 
 
 def summary_line(summary: Summary) -> str:
-    return (
+    line = (
         f"{summary.count} configurations: median |error| {summary.median_abs_pct:.3f}%, "
         f"90th percentile {summary.p90_abs_pct:.3f}%, max {summary.max_abs_pct:.3f}%; "
         f"{summary.underestimates} underestimates (worst {summary.worst_underestimate_pct:.3f}%)"
     )
+    if summary.skipped:
+        why = ", ".join(f"{reason} {n}" for reason, n in summary.skipped.items())
+        line += f"; {sum(summary.skipped.values())} records skipped ({why})"
+    return line
 
 
 def validation_table(summary: Summary) -> Group:
@@ -314,7 +318,7 @@ def validation_table(summary: Summary) -> Group:
     ):
         table.add_column(col, justify="right" if "GiB" in col or "%" in col else "left")
     for c in summary.rows:
-        table.add_row(
+        cells = (
             c.model,
             _setup_short(c),
             _gib(c.estimate_bytes),
@@ -324,6 +328,7 @@ def validation_table(summary: Summary) -> Group:
             f"{c.estimate_phase}/{c.traced_phase}",
             c.differs_most,
         )
+        table.add_row(*(Text(_printable(cell)) for cell in cells))  # a record's text is not markup
     return Group(table, Text(summary_line(summary), style="bold"))
 
 
@@ -353,28 +358,38 @@ def stats_line(name: str, s: PublishedStats) -> str:
 
 
 def published_summary_lines(summary: PublishedSummary) -> list[str]:
+    why = ", ".join(f"{code} {n}" for code, n in summary.exclusions.items())
     lines = [
         stats_line("all compared", summary.overall),
-        f"{summary.rows} rows: {summary.compared} compared, {summary.excluded} excluded (reason in the table); "
-        f"{summary.unknown_vs_reserved} of unknown measurement kind compared against reserved",
+        f"{summary.rows} rows: {summary.compared} compared, {summary.excluded} excluded"
+        + (f" ({why}; reasons in the table)" if why else "")
+        + f"; {summary.unknown_vs_reserved} of unknown measurement kind compared against reserved",
         f"oom rows: {summary.oom_rows}; predicted to fit: {', '.join(summary.oom_predicted_fit) or 'none'}",
     ]
     lines += [stats_line(f"source {k}", v) for k, v in summary.by_source.items()]
     lines += [stats_line(f"method {k}", v) for k, v in summary.by_method.items()]
-    return lines
+    return [_printable(line) for line in lines]  # sources and methods come from a user's file
+
+
+def published_note(r: PublishedComparison) -> str:
+    """The note column: why a row is excluded, and what an oom row was predicted to do."""
+    note = f"excluded: {r.reason}" if r.excluded else ""
+    if r.outcome == "oom" and r.fits is not None:
+        oom = "oom: " + ("predicted to FIT" if r.fits else "predicted not to fit")
+        note = f"{oom}; {note}" if note else oom
+    elif r.outcome == "oom":
+        note = f"oom; {note}" if note else "oom"
+    return note
 
 
 def published_table(rows: list[PublishedComparison], summary: PublishedSummary) -> Group:
+    """Cells are plain Text: a row's values come from a user's file and are never read as markup."""
     table = Table(title="estimate vs measured GPU peak (per GPU)", title_justify="left")
     for col in ("id", "model", "method", "measured", "tier", "estimate GiB", "measured GiB", "error %", "note"):
         table.add_column(col, justify="right" if "GiB" in col or "%" in col else "left")
     for r in rows:
-        note = r.excluded and f"excluded: {r.excluded}"
-        if r.outcome == "oom":
-            oom = "oom: " + ("predicted to FIT" if r.fits else "predicted not to fit")
-            note = f"{oom}; {note}" if note else oom
-        table.add_row(
-            r.id,
+        cells = (
+            r.id or f"(line {r.line})",
             r.model or "-",
             r.method,
             r.measurement,
@@ -382,6 +397,16 @@ def published_table(rows: list[PublishedComparison], summary: PublishedSummary) 
             "-" if r.estimate_bytes is None else _gib(r.estimate_bytes),
             "-" if r.measured_bytes is None else _gib(r.measured_bytes),
             _opt(r.error_pct, "{:+.1f}"),
-            note,
+            published_note(r),
         )
+        table.add_row(*(Text(_printable(c, 80 if i < 3 else 400)) for i, c in enumerate(cells)))
     return Group(table, *(Text(line, style="bold") for line in published_summary_lines(summary)))
+
+
+def _printable(text: str, limit: int = 400) -> str:
+    """A cell as it can be shown: control characters escaped, cut in the middle past ``limit``."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) > limit:
+        half = (limit - 5) // 2
+        text = f"{text[:half]}...{text[-half:]}"
+    return text

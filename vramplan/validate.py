@@ -3,20 +3,25 @@
 The grid spans what users plan: methods, models, sequence lengths, micro-batches,
 checkpointing, attention, LoRA rank/targets/dropout, optimizers. Its traces are recorded
 in ``tables/measured/traces.jsonl`` (``benchmarks/trace_grid.py`` fills in missing ones),
-so comparing does not retrace. Torch-free.
+so comparing does not retrace. A record that cannot be compared (not a JSON object, a
+field missing or invalid, a model the catalog no longer has) is skipped and counted, never
+fatal. Torch-free.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from vramplan.errors import VramplanError
 from vramplan.memory import estimate
 from vramplan.memory.phases import traceable_bytes
 from vramplan.models import load_model
-from vramplan.records import read_rows
+from vramplan.records import read_records
 from vramplan.setup import Setup, make_setup
 
 QV = "q_proj,v_proj"
@@ -202,6 +207,8 @@ class Summary(BaseModel):
     underestimates: int
     worst_underestimate_pct: float
     rows: list[Comparison]
+    #: records left out, by reason (not JSON objects, missing or invalid fields, not plannable)
+    skipped: dict[str, int] = {}
 
 
 def _kinds(terms: dict[str, int]) -> dict[str, int]:
@@ -234,19 +241,65 @@ def compare_row(row: dict[str, Any]) -> Comparison:
     )
 
 
-def traced_rows() -> list[dict[str, Any]]:
-    """The newest recorded trace of each (model, Setup, library versions); the Setup is
-    normalised first, so rows written by older versions of the schema still pair up."""
+def _problem(row: dict[str, Any]) -> str:
+    """Why a trace record cannot be compared ('' when it can): the fields compare_row reads."""
+    if not isinstance(row.get("model"), str) or not row["model"]:
+        return "no model"
+    if not isinstance(row.get("setup"), dict):
+        return "no setup"
+    peak = row.get("peak_bytes")
+    if not isinstance(peak, int) or isinstance(peak, bool) or peak <= 0:
+        return "invalid peak_bytes"
+    kinds = row.get("by_kind", {})
+    if not isinstance(kinds, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in kinds.values()):
+        return "invalid by_kind"
+    if not isinstance(row.get("versions", {}), dict):
+        return "invalid versions"
+    try:
+        Setup.model_validate(row["setup"])
+    except ValidationError:
+        return "invalid setup"
+    return ""
+
+
+def traced_records(path: Path | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """``(rows, skipped)``: the newest recorded trace of each (model, Setup, library
+    versions), and the records left out by reason. The Setup is normalised first, so rows
+    written by older versions of the schema still pair up; lines that are not JSON objects
+    and trace records without the fields the comparison reads are skipped and counted."""
+    records, unreadable = read_records(path)
+    skipped: Counter[str] = Counter()
+    if unreadable:
+        skipped["not a JSON object"] = unreadable
     latest: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for row in read_rows():
-        if row.get("backend") == "trace" and row.get("outcome") == "ok":
-            setup = Setup.model_validate(row["setup"]).model_dump_json()
-            latest[(row["model"], setup, repr(sorted(row.get("versions", {}).items())))] = row
-    return list(latest.values())
+    for row in records:
+        if row.get("backend") != "trace" or row.get("outcome") != "ok":
+            continue
+        why = _problem(row)
+        if why:
+            skipped[why] += 1
+            continue
+        setup = Setup.model_validate(row["setup"]).model_dump_json()
+        latest[(row["model"], setup, repr(sorted(row.get("versions", {}).items())))] = row
+    return list(latest.values()), dict(skipped)
 
 
-def summarize(rows: list[dict[str, Any]]) -> Summary:
-    comps = sorted((compare_row(r) for r in rows), key=lambda c: -abs(c.error_pct))
+def traced_rows() -> list[dict[str, Any]]:
+    """The newest recorded trace of each (model, Setup, library versions); see traced_records."""
+    return traced_records()[0]
+
+
+def summarize(rows: list[dict[str, Any]], skipped: dict[str, int] | None = None) -> Summary:
+    """The comparison of every row; a row whose model or Setup the planner refuses (a bad
+    input, VramplanError) is skipped and counted, anything else propagates."""
+    why: Counter[str] = Counter(skipped or {})
+    comps = []
+    for row in rows:
+        try:
+            comps.append(compare_row(row))
+        except VramplanError as exc:
+            why[f"invalid {exc.field}"] += 1
+    comps.sort(key=lambda c: -abs(c.error_pct))
     errs = sorted(abs(c.error_pct) for c in comps)
     unders = [c.error_pct for c in comps if c.error_pct < 0]
     return Summary(
@@ -257,4 +310,5 @@ def summarize(rows: list[dict[str, Any]]) -> Summary:
         underestimates=len(unders),
         worst_underestimate_pct=min(unders, default=0.0),
         rows=comps,
+        skipped=dict(why.most_common()),
     )
