@@ -129,9 +129,22 @@ def _walk_finite(value: Any) -> None:
 
 
 def sh_quote(value: str) -> str:
-    """One POSIX shell word that expands to exactly ``value`` (``shlex.quote``: single
-    quotes, so ``$()``, backticks, ``#``, ``;`` and line breaks are literal)."""
-    return shlex.quote(value)
+    """One shell word that expands to exactly ``value``, on one line: ``shlex.quote`` (single
+    quotes, so ``$()``, backticks, ``#``, ``;`` are literal); a value with a character that
+    does not print (a line break, a tab, U+2028) is written as ``$'...'`` with those
+    characters' UTF-8 bytes as octal escapes, which every locale reads alike (bash, zsh, ksh;
+    POSIX.1-2024 sh, "Dollar-Single-Quotes")."""
+    if value.isprintable():
+        return shlex.quote(value)
+    out = []
+    for ch in value:
+        if ch in "\\'":
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.extend(f"\\{b:03o}" for b in ch.encode("utf-8"))
+    return "$'" + "".join(out) + "'"
 
 
 #: a module name PEFT, ms-swift, LLaMA-Factory and axolotl can all be given (letters,
