@@ -203,3 +203,14 @@ def test_the_cli_replaces_a_set_and_keeps_the_users_data(tmp_path: Path) -> None
     assert data.read_text() == USER_FILE[1] and data.stat().st_ino == inode
     assert f"--data '{data}'" in (out / "run.sh").read_text()  # the existing data file, by its absolute path
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_a_shared_sticky_folder_is_not_swapped(tmp_path: Path) -> None:
+    """A folder like /tmp (sticky: shared by users) keeps its inode; the files are renamed in."""
+    out = tmp_path / "shared"
+    make_user_folder(out, OLD)
+    out.chmod(0o1777)
+    before = out.stat().st_ino
+    write_set(str(out), NEW, overwrite=True)
+    assert out.stat().st_ino == before
+    assert check_whole(out, OLD, True) == "new"

@@ -17,13 +17,14 @@ A kill leaves a staging folder behind; the next write into the same ``--out`` re
 whose process is gone.
 
 Limits, said here because the swap replaces the folder itself: the folder is a new directory
-(same permission bits; not the old owner if that was someone else, nor its ACLs or extended
-attributes); a file another process creates in or removes from ``--out`` during the write is
-not carried over; a shell whose current directory is ``--out`` would be left in the removed
-folder. Where the swap cannot be made (no ``renameat2``, a filesystem without RENAME_EXCHANGE,
-a hard link refused, ``--out`` a mount point, the current directory inside ``--out``), the
-files are written under temporary names inside ``--out`` and renamed one by one: each file is
-whole, but a kill between two renames leaves a mix.
+with the same permission bits, but not its ACLs or extended attributes; a file another
+process creates in or removes from ``--out`` during the write is not carried over; a shell
+elsewhere whose current directory is ``--out`` is left in the removed folder. Where the swap
+cannot be made or should not be (no ``renameat2``, a filesystem without RENAME_EXCHANGE, a
+hard link refused; ``--out`` someone else's, shared (sticky, like /tmp) or a mount point; this
+process's current directory inside ``--out``), the files are written under temporary names
+inside ``--out`` and renamed one by one: each file is whole, but a kill between two renames
+leaves a mix.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def _swap(stage: Path, target: Path, files: dict[str, str]) -> bool:
             os.rename(stage, target)  # fails if a folder with files appeared meanwhile
             _fsync_dir(target.parent)
             return True
-        if _inside(Path.cwd(), target):
+        if not _swappable(target):
             return False
         _carry(target, stage, skip=set(files))
         os.chmod(stage, stat.S_IMODE(os.stat(target).st_mode))
@@ -153,6 +154,15 @@ def _swap(stage: Path, target: Path, files: dict[str, str]) -> bool:
     except OSError:
         pass
     return True
+
+
+def _swappable(target: Path) -> bool:
+    """A folder the swap may replace: the user's own, not shared (sticky, like /tmp), not a
+    mount point, and not the current directory or above it."""
+    info = os.stat(target)
+    if info.st_uid != os.geteuid() or info.st_mode & stat.S_ISVTX or os.path.ismount(target):
+        return False
+    return not _inside(Path.cwd(), target)
 
 
 def _umask() -> int:
