@@ -24,6 +24,7 @@ import yaml
 from tests.conftest import TINY_CONFIG
 from vramplan import plan
 from vramplan.emit.common import printable, py_literal, sh_quote, yaml_quote, yaml_scalar
+from vramplan.errors import VramplanError
 
 HOSTILE = {
     "newline_code": "m\nimport os; os.system('touch pwned')\n#",
@@ -200,6 +201,12 @@ def test_values_no_format_holds_are_refused_naming_the_field(tmp_path: Path, arg
     err = done.stderr.decode("utf-8", "replace")
     assert done.returncode == 2, err
     assert len(err.strip().splitlines()) == 1 and f"error: {field}:" in err
+
+
+def test_swift_refuses_a_data_path_it_would_strip(tmp_path: Path) -> None:
+    folder = model_folder(tmp_path, "m")
+    with pytest.raises(VramplanError, match="^data: "):
+        plan(str(folder), gpu="h100", method="lora").emit("swift", data=" data.jsonl")
 
 
 def test_a_nan_option_is_refused() -> None:

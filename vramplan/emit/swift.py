@@ -24,6 +24,7 @@ from vramplan.emit.common import (
     single_process_only,
     why_lines,
 )
+from vramplan.errors import VramplanError
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
@@ -44,6 +45,10 @@ def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
 def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
     """(option, values) in command-line order."""
     s = ctx.setup
+    if ctx.data != ctx.data.strip():
+        # ms-swift 3.x swift/llm/dataset/loader.py DatasetSyntax.parse: an existing file is taken as it is
+        # (so '#' and ':' in its name are safe), but the value is strip()ped on the way
+        raise VramplanError("data", f"{ctx.data!r}: ms-swift strips spaces around --dataset; rename the file")
     args: list[tuple[str, list[str]]] = [("model", [ctx.model_path])]
     if "/" in ctx.model_path and not ctx.model_path.startswith((".", "/")):
         args.append(("use_hf", ["true"]))
