@@ -5,8 +5,8 @@ key. What no format can hold is refused with exit 2 naming the field.
 
 Each file is checked against the same emit for a plain folder name: the Python module has the
 same syntax tree once the two paths are named alike, every file has as many lines (Python's
-``str.splitlines``, which breaks on every Unicode line break), YAML has the same keys, and
-run.sh, started with stub trainers on PATH, passes the value as one argument.
+``str.splitlines``, which breaks on every Unicode line break), YAML has the same keys and
+run.sh passes ``bash -n``. tests/test_emit_safety_run.py runs the emitted scripts.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ TARGETS = {
     "llamafactory": {"method": "lora", "lora_targets": "q_proj,v_proj"},
     "axolotl": {"method": "qlora", "lora_targets": "q_proj,up_proj"},
 }
-STUBS = ("python", "accelerate", "swift", "llamafactory-cli", "axolotl")
 
 
 def model_folder(root: Path, name: str) -> Path:
@@ -79,32 +78,9 @@ def neutral_tree(text: str, values: dict[str, str]) -> str:
     return ast.dump(tree)
 
 
-def stub_bin(root: Path) -> Path:
-    """Trainers that print their arguments as JSON and start nothing."""
-    bin_dir = root / "bin"
-    bin_dir.mkdir()
-    for name in STUBS:
-        stub = bin_dir / name
-        stub.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
-        stub.chmod(0o755)
-    return bin_dir
-
-
-def run_sh(out: Path, bin_dir: Path) -> list[str]:
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "run.sh"], cwd=out, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def bin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return stub_bin(tmp_path_factory.mktemp("stubs"))
-
-
 @pytest.mark.parametrize("key", sorted(TARGETS))
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
-def test_hostile_model_folder_and_data_read_back_exactly(tmp_path: Path, bin_dir: Path, key: str, kind: str) -> None:
+def test_hostile_model_folder_and_data_read_back_exactly(tmp_path: Path, key: str, kind: str) -> None:
     value = HOSTILE[kind]
     bad_folder = model_folder(tmp_path / "bad", value)
     plain_folder = model_folder(tmp_path / "plain", "m")
@@ -132,30 +108,7 @@ def test_hostile_model_folder_and_data_read_back_exactly(tmp_path: Path, bin_dir
                 assert got["vramplan_data"]["file_name"] == bad_data
         elif name.endswith(".sh"):
             assert subprocess.run(["bash", "-n", str(out / name)], capture_output=True).returncode == 0
-    argv = run_sh(out, bin_dir)
-    if "train.py" in bad:
-        assert argv[argv.index("--model") + 1] == str(bad_folder.resolve())
-        assert argv[argv.index("--data") + 1] == bad_data
-    if key == "swift":
-        assert argv[argv.index("--model") + 1] == str(bad_folder.resolve())
-        assert argv[argv.index("--dataset") + 1] == bad_data
     assert not (out / "pwned").exists() and not Path("pwned").exists()
-
-
-@pytest.mark.parametrize("kind", ["newline_code", "pep263", "unicode_breaks"])
-def test_the_emitted_script_runs_only_its_own_code(tmp_path: Path, kind: str) -> None:
-    """The issue's case: ``python train.py --help`` (and ``--dry-run``, which prints the
-    settings) from a folder named with a line break and code; the script imports no trainer
-    for either, so this runs without torch."""
-    folder = model_folder(tmp_path, HOSTILE[kind])
-    out = write(emitted(folder, "trl", "data.jsonl"), tmp_path / "out")
-    for flag in ("--help", "--dry-run"):
-        done = subprocess.run(
-            [sys.executable, "train.py", flag], cwd=out, capture_output=True, text=True, timeout=60, encoding="utf-8"
-        )
-        assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["model"] == str(folder.resolve())
-    assert not (out / "pwned").exists()
 
 
 def test_escapers_round_trip_every_character_class() -> None:
@@ -214,8 +167,17 @@ def test_a_nan_option_is_refused() -> None:
     assert done.returncode == 2 and "lora_dropout" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("spelled", ["mymodel", "./mymodel", "mymodel/config.json"])
-@pytest.mark.parametrize("target", ["trl", "swift", "llamafactory", "axolotl"])
+@pytest.mark.parametrize(
+    ("spelled", "target"),
+    [
+        ("mymodel", "trl"),
+        ("./mymodel", "trl"),
+        ("mymodel/config.json", "trl"),
+        ("mymodel", "swift"),
+        ("mymodel", "llamafactory"),
+        ("mymodel", "axolotl"),
+    ],
+)
 def test_a_local_folder_is_written_as_a_path_that_loads_from_the_run_folder(
     tmp_path: Path, spelled: str, target: str
 ) -> None:
