@@ -510,7 +510,8 @@ def yaml_scalar(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{yaml_scalar(str(k))}: {yaml_scalar(v)}" for k, v in value.items()) + "}"
     text = str(value)
-    if re.fullmatch(r"[A-Za-z_./][A-Za-z0-9_./-]*", text) and text.lower() not in YAML_RESOLVED:
+    plain = re.fullmatch(r"[A-Za-z_./][A-Za-z0-9_./-]*", text) and not re.match(r"\.[0-9]", text)  # .5 is a float
+    if plain and text.lower() not in YAML_RESOLVED:
         return text
     return yaml_quote(text)
 
