@@ -124,7 +124,10 @@ def test_escapers_round_trip_every_character_class() -> None:
     assert len(("# " + printable(text)).splitlines()) == 1
 
 
-@pytest.mark.parametrize("word", ["on", "off", "y", "n", "yes", "no", "null", "~", ".inf", ".nan", "true", ".5", ".5e3", "."])
+YAML_WORDS = ["on", "off", "y", "n", "yes", "no", "null", "~", ".inf", ".nan", "true", ".5", ".5e3", "."]
+
+
+@pytest.mark.parametrize("word", YAML_WORDS)
 def test_yaml_words_that_resolve_to_other_types_stay_strings(word: str) -> None:
     assert yaml.safe_load(f"k: {yaml_scalar(word)}")["k"] == word
     assert yaml.safe_load(f"k: {yaml_scalar(word.upper())}")["k"] == word.upper()
