@@ -56,7 +56,8 @@ def test_existing_files_need_overwrite(tmp_path: Path) -> None:
     assert not (target / "run.sh").exists()  # nothing written half-way
     again = run(*args, "--overwrite")
     assert again.returncode == 0, again.stderr
-    assert (target / "train.py").read_text().startswith("#!/usr/bin/env python3\n# vramplan plan for trl")
+    head = "#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n# vramplan plan for trl"
+    assert (target / "train.py").read_text().startswith(head)
     assert not list(target.glob(".*vramplan-tmp"))
 
 

@@ -82,7 +82,7 @@ def test_emitted_trl_script_trains(tiny: tuple[Path, Path], tmp_path: Path, meth
     out = p.emit("trl", data=str(data))
     write_files(str(tmp_path / "run"), out.files, overwrite=False)
     script = tmp_path / "run" / "train.py"
-    assert script.read_text().startswith("#!/usr/bin/env python3\n# vramplan plan for trl:")
+    assert script.read_text().startswith("#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n# vramplan plan for trl:")
     proc = subprocess.run(
         [sys.executable, str(script), "--model", str(model_dir), "--max-steps", "2", "--output", str(tmp_path / "o")],
         capture_output=True,

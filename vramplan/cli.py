@@ -388,12 +388,14 @@ def _emit(result: Any, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vramplan.emit import emit
+    from vramplan.emit.common import printable, sh_quote
 
     data = str(Path(args.data).resolve()) if args.out and Path(args.data).exists() else args.data
     out = emit(result, args.emit, data=data, force=args.force)
     if args.out:
         written = write_files(args.out, out.files, overwrite=args.overwrite)
-        sys.stderr.write(f"wrote {', '.join(written)}\nrun: cd {args.out} && {out.command}\n")
+        names = ", ".join(printable(w) for w in written)
+        sys.stderr.write(f"wrote {names}\nrun: cd {sh_quote(args.out)} && {out.command}\n")
     elif args.json:
         print(out.model_dump_json())
     else:
@@ -404,45 +406,11 @@ def _emit(result: Any, args: argparse.Namespace) -> int:
 
 
 def write_files(out_dir: str, files: dict[str, str], *, overwrite: bool) -> list[str]:
-    """Write ``files`` into ``out_dir`` all or nothing: every file goes to a temporary name
-    first, then all are renamed; existing files are replaced only with ``overwrite``."""
-    from pathlib import Path
+    """Write ``files`` into ``out_dir`` all or nothing (:func:`vramplan.emit.write.write_set`);
+    existing files are replaced only with ``overwrite``."""
+    from vramplan.emit.write import write_set
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise VramplanError("out", f"{out} exists and is not a directory")
-    clash = sorted(name for name in files if (out / name).exists())
-    not_files = [name for name in clash if not (out / name).is_file()]
-    if not_files:
-        raise VramplanError("out", f"{out} has {', '.join(not_files)} as something other than a file; remove it first")
-    if clash and not overwrite:
-        raise VramplanError("out", f"{out} already has {', '.join(clash)}; pass --overwrite to replace them")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise VramplanError("out", f"cannot create {out}: {exc.strerror}") from None
-    tmp: list[tuple[Path, Path]] = []
-    try:
-        for name, text in files.items():
-            final = out / name
-            final.parent.mkdir(parents=True, exist_ok=True)
-            part = final.with_name(f".{final.name}.vramplan-tmp")
-            part.write_text(text)
-            if name.endswith((".sh", ".py")):
-                part.chmod(0o755)
-            tmp.append((part, final))
-    except OSError as exc:
-        for part, _ in tmp:
-            part.unlink(missing_ok=True)
-        raise VramplanError("out", f"cannot write into {out}: {exc.strerror}") from None
-    try:
-        for part, final in tmp:
-            os.replace(part, final)
-    except OSError as exc:
-        for part, _ in tmp:
-            part.unlink(missing_ok=True)
-        raise VramplanError("out", f"cannot write into {out}: {exc.strerror}") from None
-    return [str(final) for _, final in tmp]
+    return write_set(out_dir, files, overwrite=overwrite)
 
 
 def _setup_from_args(args: argparse.Namespace) -> Any:

@@ -18,6 +18,7 @@ from vramplan.emit.common import (
     HF_ATTN,
     HF_OPTIM,
     Context,
+    comment_block,
     header_lines,
     integral_alpha,
     single_process_only,
@@ -115,7 +116,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "optimizer": spell["optimizer"],
         "attention": spell["attn_implementation"],
     }
-    head = "\n".join("# " + line for line in header_lines(ctx, "axolotl") + why_lines(ctx, by_field))
+    head = comment_block(header_lines(ctx, "axolotl") + why_lines(ctx, by_field))
     command = "axolotl train config.yml"
     run_sh = "#!/usr/bin/env bash\n" + head + "\nset -euo pipefail\n" + command + "\n"
     return {"config.yml": head + "\n" + yaml_text(items), "run.sh": run_sh}, command

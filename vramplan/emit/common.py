@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import math
+import re
+import shlex
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
@@ -68,18 +71,116 @@ def gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB"
 
 
-def model_path(name: str, source: str) -> str:
-    """Where the trainer loads the model from: the hub id of a catalog model, else what the
-    user passed (a local folder or config path)."""
-    if source and ("/" in source or source.endswith(".json")):
-        from pathlib import Path
+# -- writing user values into generated files -------------------------------------------
+# Every value that reaches an emitted file goes through one of these: a Python literal
+# (``py_literal``), a shell word (``sh_quote``), a YAML scalar (``yaml_scalar``), JSON
+# (``json.dumps``), or a comment line (``comment_block``). Values no format can hold are
+# refused first (``check_text``).
 
-        path = Path(source)
-        if path.suffix == ".json":
-            path = path.parent
-        if path.exists():  # a local folder: absolute, so the run works from its own directory
-            path = path.resolve()
-        return str(path) if str(path) else "."
+
+def check_text(field: str, value: str) -> str:
+    """``value`` if every emitted format can hold it; else a one-line error naming ``field``.
+    NUL cannot reach a path or an argument; a lone surrogate (an undecodable byte in a file
+    name) cannot be written as UTF-8 text."""
+    if "\x00" in value:
+        raise VramplanError(field, f"{value!r} holds a NUL character, which no file name or argument can")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise VramplanError(field, f"{value!r} is not valid UTF-8 text: rename it to emit a config for it")
+    return value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise VramplanError("emit", f"{value} is not a finite number: no trainer option takes it")
+    return value
+
+
+def printable(text: str) -> str:
+    """``text`` for one comment line: every character Python does not print (line breaks
+    of any kind: \\n, \\r, U+0085, U+2028, U+2029; other controls; bidirectional
+    overrides) written as its escape, so a value cannot end the comment it sits in."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def comment_block(lines: list[str], marker: str = "# ") -> str:
+    """The comment lines of an emitted file, each on one line (:func:`printable`)."""
+    return "\n".join(marker + printable(line) for line in lines)
+
+
+def py_literal(value: Any) -> str:
+    """A Python literal for a str/int/float/bool/None or a list/tuple/dict of them:
+    ``repr``, which escapes every non-printable character, after refusing NaN/inf
+    (``repr`` gives ``nan``, a name the script does not define)."""
+    _walk_finite(value)
+    return repr(value)
+
+
+def _walk_finite(value: Any) -> None:
+    if isinstance(value, float):
+        _finite(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _walk_finite(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _walk_finite(v)
+
+
+def sh_quote(value: str) -> str:
+    """One shell word that expands to exactly ``value``, on one line: ``shlex.quote`` (single
+    quotes, so ``$()``, backticks, ``#``, ``;`` are literal); a value with a character that
+    does not print (a line break, a tab, U+2028) is written as ``$'...'`` with those
+    characters' UTF-8 bytes as octal escapes, which every locale reads alike (bash, zsh, ksh;
+    POSIX.1-2024 sh, "Dollar-Single-Quotes")."""
+    if value.isprintable():
+        return shlex.quote(value)
+    out = []
+    for ch in value:
+        if ch in "\\'":
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.extend(f"\\{b:03o}" for b in ch.encode("utf-8"))
+    return "$'" + "".join(out) + "'"
+
+
+#: a module name PEFT, ms-swift, LLaMA-Factory and axolotl can all be given (letters,
+#: digits, ``_``, and ``.`` between parts: ``q_proj``, ``mlp.gate_proj``, ``layers.0.fc1``)
+MODULE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+
+
+def check_module_names(field: str, names: list[str]) -> list[str]:
+    """Module names as given, or a one-line error naming ``field`` and the first bad one."""
+    for name in names:
+        if not MODULE_NAME.fullmatch(name):
+            raise VramplanError(
+                field, f"{name!r} is not a module name: use letters, digits, '_' and '.' (like q_proj,mlp.up_proj)"
+            )
+    return names
+
+
+def model_path(name: str, source: str) -> str:
+    """Where the trainer loads the model from: a local folder (or the folder of a config
+    path) as an absolute path, so it loads from wherever the printed command runs; else the
+    hub id of a catalog model, else what the user passed. A path wins over a catalog name
+    exactly when it does for the plan (:func:`vramplan.models.load_config`: an existing path
+    first), so ``mymodel`` with no slash is the local folder when one is there; a hub id
+    (``org/name``) is kept as written."""
+    from pathlib import Path
+
+    if source:
+        path = Path(source).expanduser()
+        if path.exists():
+            if not path.is_dir():
+                path = path.parent
+            return str(path.resolve())
+        if source.endswith(".json"):
+            return str(path.parent.absolute())
+        if "/" in source:  # a hub id as the user wrote it (an alias of the catalog entry, an -Instruct variant)
+            return source
     src = catalog_sources().get(name)
     if src is not None:
         return src.hub_id
@@ -175,6 +276,20 @@ def reasons(spec: ModelSpec, setup: Setup, est: Estimate, gpu: GPU) -> dict[str,
         if smaller is not None:
             out["image_size"] = f"the images add {gib(here - smaller)} over text-only prompts"
     return out
+
+
+def _check_values(plan: Plan, data: str) -> None:
+    """Refuse what no emitted format can hold, naming the field (see :func:`check_text`)."""
+    check_text("model", plan.model)
+    check_text("model", plan.source)
+    check_text("data", data)
+    s = plan.setup
+    targets = s.lora_target_list() if s.is_lora else None
+    if targets is not None:
+        check_module_names("lora_targets", targets)
+    for field, value in s.model_dump().items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise VramplanError(field, f"{value} is not a finite number: no trainer option takes it")
 
 
 def header_lines(ctx: Context, target: str) -> list[str]:
@@ -287,6 +402,7 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         raise VramplanError("emit", f"{target}: GRPO plans are emitted for trl only (--emit trl: GRPOTrainer)")
     mod = importlib.import_module(f"vramplan.emit.{target}")
     spec = load_model(plan.source or plan.model)
+    _check_values(plan, data)
     if spec.model_type == "qwen":
         raise VramplanError(
             "emit",
@@ -345,11 +461,40 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
     )
 
 
-def yaml_scalar(value: Any) -> str:
-    """A YAML scalar or flow list; strings quoted unless plainly safe."""
-    import json as _json
-    import re as _re
+#: scalars a YAML 1.1 reader (PyYAML, OmegaConf) resolves to a bool, null or float when written plain
+YAML_RESOLVED = frozenset(
+    ["true", "false", "yes", "no", "on", "off", "y", "n", "null", "~", ".inf", ".nan", "-.inf", "+.inf"]
+)
 
+
+def yaml_quote(text: str) -> str:
+    """``text`` as a YAML double-quoted scalar that reads back exactly: ``"`` and ``\\``
+    escaped, and every character YAML does not print or reads as a line break (C0/C1
+    controls, DEL, U+0085, U+2028, U+2029, the BOM) written as an escape (YAML 1.1 spec,
+    5.1 character set and 5.7 escaped characters)."""
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= code <= 0x7E or (0xA0 <= code <= 0xFFFD and code not in (0x2028, 0x2029, 0xFEFF)) or code > 0xFFFF:
+            if 0xD800 <= code <= 0xDFFF:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(ch)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def yaml_scalar(value: Any) -> str:
+    """A YAML scalar or flow list; strings plain only when they read back as the same
+    string, else double-quoted (:func:`yaml_quote`)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -357,29 +502,25 @@ def yaml_scalar(value: Any) -> str:
     if isinstance(value, int):
         return repr(value)
     if isinstance(value, float):
+        _finite(value)
         text = repr(value)  # YAML 1.1 (PyYAML, OmegaConf) reads 1e-05 as a string: write 1.0e-05
         return text.replace("e", ".0e", 1) if "e" in text and "." not in text else text
     if isinstance(value, list):
         return "[" + ", ".join(yaml_scalar(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {yaml_scalar(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{yaml_scalar(str(k))}: {yaml_scalar(v)}" for k, v in value.items()) + "}"
     text = str(value)
-    if _re.fullmatch(r"[A-Za-z_./][A-Za-z0-9_./-]*", text) and text.lower() not in (
-        "true",
-        "false",
-        "null",
-        "yes",
-        "no",
-    ):
+    plain = re.fullmatch(r"[A-Za-z_./][A-Za-z0-9_./-]*", text) and not re.match(r"\.[0-9]", text)  # .5 is a float
+    if plain and text.lower() not in YAML_RESOLVED:
         return text
-    return _json.dumps(text)
+    return yaml_quote(text)
 
 
 def yaml_text(items: list[tuple[str, Any, str]]) -> str:
     """``key: value  # comment`` lines; a list of dicts is written as a block."""
     lines = []
     for key, value, comment in items:
-        tail = f"  # {comment}" if comment else ""
+        tail = f"  # {printable(comment)}" if comment else ""
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             lines.append(f"{key}:{tail}")
             for d in value:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vramplan.emit.common import DECODER_LAYER, Context, yaml_scalar
+from vramplan.emit.common import DECODER_LAYER, Context, comment_block, printable, py_literal, yaml_scalar
 from vramplan.errors import VramplanError
 from vramplan.memory.overhead import overhead_constants
 from vramplan.setup import DEEPSPEED, Setup
@@ -224,7 +224,7 @@ def _yaml_lines(entries: list[Entry], indent: int = 0) -> list[str]:
     pad = " " * indent
     lines = []
     for key, value, comment in entries:
-        tail = f"  # {comment}" if comment else ""
+        tail = f"  # {printable(comment)}" if comment else ""
         if isinstance(value, list) and value and isinstance(value[0], tuple):
             lines.append(f"{pad}{key}:{tail}")
             lines += _yaml_lines(value, indent + 2)
@@ -325,7 +325,7 @@ def accelerate_entries(ctx: Context) -> list[Entry]:
 
 
 def accelerate_yaml(ctx: Context, comment: list[str]) -> str:
-    lines = ["# " + line for line in comment]
+    lines = [comment_block(comment)]
     if ctx.setup.parallel in DEEPSPEED:
         lines.append(
             "# mixed_precision is not set here: ds_config.json's bf16/fp16 block sets it"
@@ -454,8 +454,8 @@ def _parallel_text(ctx: Context, value: dict[str, Any]) -> str:
     }
     lines = ["# how the GPUs share the work (every figure in the header is per GPU)", "PARALLEL = {"]
     for key, v in value.items():
-        tail = f"  # {why[key]}" if key in why else ""
-        lines.append(f"    {key!r}: {v!r},{tail}")
+        tail = f"  # {printable(why[key])}" if key in why else ""
+        lines.append(f"    {py_literal(key)}: {py_literal(v)},{tail}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -17,6 +17,7 @@ import json
 from vramplan.emit.common import (
     HF_OPTIM,
     Context,
+    comment_block,
     header_lines,
     integral_alpha,
     single_process_only,
@@ -142,7 +143,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "optimizer": spell["optim"],
         "attention": spell["flash_attn"],
     }
-    head = "\n".join("# " + line for line in header_lines(ctx, "llamafactory") + why_lines(ctx, by_field))
+    head = comment_block(header_lines(ctx, "llamafactory") + why_lines(ctx, by_field))
     yaml = head + "\n" + yaml_text(items)
     info = {DATASET: {"file_name": ctx.data}}
     command = "llamafactory-cli train train.yaml"

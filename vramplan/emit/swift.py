@@ -14,16 +14,17 @@ transformers' (gradient accumulation, checkpointing, lora_alpha). ms-swift 4.x r
 
 from __future__ import annotations
 
-import shlex
-
 from vramplan.emit.common import (
     HF_OPTIM,
     Context,
+    comment_block,
     header_lines,
     integral_alpha,
+    sh_quote,
     single_process_only,
     why_lines,
 )
+from vramplan.errors import VramplanError
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
@@ -44,6 +45,10 @@ def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
 def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
     """(option, values) in command-line order."""
     s = ctx.setup
+    if ctx.data != ctx.data.strip():
+        # ms-swift 3.x swift/llm/dataset/loader.py DatasetSyntax.parse: an existing file is taken as it is
+        # (so '#' and ':' in its name are safe), but the value is strip()ped on the way
+        raise VramplanError("data", f"{ctx.data!r}: ms-swift strips spaces around --dataset; rename the file")
     args: list[tuple[str, list[str]]] = [("model", [ctx.model_path])]
     if "/" in ctx.model_path and not ctx.model_path.startswith((".", "/")):
         args.append(("use_hf", ["true"]))
@@ -112,9 +117,9 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     }
     lines = header_lines(ctx, "swift") + why_lines(ctx, by_field)
     lines.append("ms-swift 3.x options; on ms-swift 4.x write --tuner_type for --train_type")
-    head = "\n".join("# " + line for line in lines)
+    head = comment_block(lines)
     env = f"NPROC_PER_NODE={ctx.setup.num_gpus} " if ctx.setup.num_gpus > 1 else ""
-    parts = [env + "swift sft"] + [f"--{k} " + " ".join(shlex.quote(v) for v in vals) for k, vals in args]
+    parts = [env + "swift sft"] + [f"--{k} " + " ".join(sh_quote(v) for v in vals) for k, vals in args]
     command = " \\\n    ".join(parts)
     run_sh = "#!/usr/bin/env bash\n" + head + "\nset -euo pipefail\n" + command + "\n"
     return {"run.sh": run_sh}, command.replace(" \\\n    ", " ")

@@ -19,12 +19,22 @@ SFTConfig before loading the model so that ZeRO-3 loads each GPU's partition onl
 
 from __future__ import annotations
 
-import json
-import shlex
+import re
 from typing import Any
 
 from vramplan.emit import launch
-from vramplan.emit.common import HF_ATTN, HF_OPTIM, Context, header_lines, layout_lines, why_lines
+from vramplan.emit.common import (
+    HF_ATTN,
+    HF_OPTIM,
+    Context,
+    comment_block,
+    header_lines,
+    layout_lines,
+    printable,
+    py_literal,
+    sh_quote,
+    why_lines,
+)
 from vramplan.errors import VramplanError
 from vramplan.setup import DEEPSPEED, Setup
 from vramplan.spec import ModelSpec
@@ -136,7 +146,7 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
 
 
 def _py(value: Any) -> str:
-    return repr(value)
+    return py_literal(value)
 
 
 #: model loading shared by the SFT and GRPO scripts (``__PLACEMENT__``: where the weights go).
@@ -359,7 +369,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
             + (" MAX_PROMPT_TOKENS" if s.rl == "grpo" else " max_length")
         )
     comment = header_lines(ctx, "trl") + layout_lines(ctx) + why_lines(ctx, options)
-    head = "\n".join("# " + line for line in comment)
+    head = comment_block(comment)
     inline = {
         "per_device_train_batch_size": "micro_batch",
         "gradient_accumulation_steps": "grad_accum",
@@ -368,46 +378,63 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "optim": "optimizer",
         "bf16": "precision",
     }
-    template = SCRIPT.replace("__IMAGES__", _py(ctx.images))
+    template = SCRIPT
+    values = {"__IMAGES__": _py(ctx.images)}
     if s.rl == "grpo":
         from vramplan.emit import grpo
 
-        template = grpo.SCRIPT.replace("__PROMPT__", str(prompt)).replace("__IMAGES__", _py(ctx.images))
+        template = grpo.SCRIPT
+        values["__PROMPT__"] = _py(prompt)
         t = grpo.grpo_training(ctx, t)
         inline["max_completion_length"] = "seq_len"
         inline["vllm_gpu_memory_utilization"] = "vllm"
     body_lines = []
     for k, v in t.items():
         why = ctx.reasons.get(inline.get(k, ""), "")
-        body_lines.append(f"    {k!r}: {_py(v)}," + (f"  # {why}" if why else ""))
-    script = (
-        template.replace("__LOAD_MODEL__\n", LOAD_MODEL)
-        .replace("__IMAGE_FUNCTIONS__\n", IMAGE_FUNCTIONS)
-        .replace("__MODEL__", json.dumps(ctx.model_path))
-        .replace("__AUTO__", repr(settings["auto_class"]))
-        .replace("__METHOD__", repr(s.method))
-        .replace("__DTYPE__", repr(settings["dtype"]))
-        .replace("__ATTN__", repr(settings["attn_implementation"]))
-        .replace("__QUANT__", _py(settings["quantization"]))
-        .replace("__LORA__", _py(settings["lora"]))
-        .replace("__FREEZE__", _py(settings["freeze_top_layers"]))
-        .replace("__FREEZE_VISION__", _py(settings["freeze_vision"]))
-        .replace("__TRAINING__", "\n".join(body_lines))
-        .replace("__DATA__", json.dumps(ctx.data))
-    )
+        body_lines.append(f"    {_py(k)}: {_py(v)}," + (f"  # {printable(why)}" if why else ""))
+    # the blocks first (fixed text), then every value in one pass: a value is never searched for markers
+    script = template.replace("__LOAD_MODEL__\n", LOAD_MODEL).replace("__IMAGE_FUNCTIONS__\n", IMAGE_FUNCTIONS)
     if s.rl == "none":
         for marker, block in launch.script_blocks(ctx, settings).items():
             script = _fill(script, marker, block)
     else:  # GRPO runs one process on one GPU
         script = _fill(script, "__PLACEMENT__", launch.PLACEMENT)
-    train_py = "#!/usr/bin/env python3\n" + head + "\n" + script
-    args = f"train.py --model {shlex.quote(ctx.model_path)} --data {shlex.quote(ctx.data)}"
+    values.update(
+        {
+            "__MODEL__": _py(ctx.model_path),
+            "__AUTO__": _py(settings["auto_class"]),
+            "__METHOD__": _py(s.method),
+            "__DTYPE__": _py(settings["dtype"]),
+            "__ATTN__": _py(settings["attn_implementation"]),
+            "__QUANT__": _py(settings["quantization"]),
+            "__LORA__": _py(settings["lora"]),
+            "__FREEZE__": _py(settings["freeze_top_layers"]),
+            "__FREEZE_VISION__": _py(settings["freeze_vision"]),
+            "__TRAINING__": "\n".join(body_lines),
+            "__DATA__": _py(ctx.data),
+        }
+    )
+    script = substitute(script, values)
+    # line 2 declares the encoding: PEP 263 reads a coding declaration from line 1 or 2, and the
+    # header's first line holds the model's name (``coding: utf-7`` there would re-decode the file)
+    train_py = "#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n" + head + "\n" + script
+    args = f"train.py --model {sh_quote(ctx.model_path)} --data {sh_quote(ctx.data)}"
     prelude, launcher = launch.launcher(ctx)
     command = f"{launcher} {args}"
     run_sh = "#!/usr/bin/env bash\n" + head + "\nset -euo pipefail\n" + prelude + command + ' "$@"\n'
     files = {"train.py": train_py, "run.sh": run_sh}
     files.update(launch.config_files(ctx, comment))
     return files, command
+
+
+def substitute(template: str, values: dict[str, str]) -> str:
+    """Every marker of ``values`` replaced in one pass, so a value that happens to hold a
+    marker's text (a folder named ``__DATA__``) is left as it is."""
+    missing = [m for m in values if m not in template]
+    if missing:
+        raise AssertionError(f"template has no {', '.join(missing)}")
+    pattern = re.compile("|".join(re.escape(m) for m in sorted(values, key=len, reverse=True)))
+    return pattern.sub(lambda m: values[m.group(0)], template)
 
 
 def _fill(script: str, marker: str, block: str) -> str:

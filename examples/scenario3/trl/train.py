@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# -*- coding: utf-8 -*-
 # vramplan plan for trl: qwen2.5-7b (Qwen/Qwen2.5-7B-Instruct), 7,615,616,512 params, on RTX 4090 D (24,564 MiB as the driver reports it)
 # estimated peak per GPU (backward_start): allocated 18.39 GiB (torch.cuda.max_memory_allocated), reserved 20.02 GiB (max_memory_reserved), device 20.52 GiB (nvidia-smi)
 # headroom: 3.47 GiB of 23.99 GiB
@@ -31,7 +32,7 @@ import json
 import math
 import os
 
-MODEL = "Qwen/Qwen2.5-7B-Instruct"
+MODEL = 'Qwen/Qwen2.5-7B-Instruct'
 AUTO_CLASS = 'AutoModelForCausalLM'  # the transformers class that loads the model
 METHOD = 'lora'
 DTYPE = 'bfloat16'  # weights as loaded
@@ -99,7 +100,7 @@ def to_record(example, tokenizer, folder=""):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=MODEL, help="hub id or local model folder (default: %(default)s)")
-    parser.add_argument("--data", default="self_cognition.jsonl", help="local JSON/JSONL dataset (default: %(default)s)")
+    parser.add_argument("--data", default='self_cognition.jsonl', help="local JSON/JSONL dataset (default: %(default)s)")
     parser.add_argument("--output", default="output", help="where the trained adapter/model is saved")
     parser.add_argument("--epochs", type=float, default=TRAINING["num_train_epochs"])
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps")
