@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,22 @@ TINY_CONFIG = {
     "tie_word_embeddings": False,
     "max_position_embeddings": 512,
 }
+
+
+def requires(*modules: str) -> pytest.MarkDecorator:
+    """Skip unless every named top-level module is installed. ``importlib.util.find_spec`` finds a
+    top-level module without importing it, so collecting a test costs no torch import (where
+    ``pytest.importorskip`` at module level would import it for every tier)."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")
+
+
+def error_line(stderr: str) -> str:
+    """The one line of ours in a subprocess's stderr: ``vramplan: error: ...``. Whatever a
+    third-party library prints there besides (warnings, download notes) is not ours to test."""
+    ours = [line for line in stderr.splitlines() if line.startswith("vramplan:")]
+    assert len(ours) == 1, stderr[-2000:]
+    return ours[0]
 
 
 def save_word_tokenizer(texts: list[str], folder: object, eos: str = "</s>", extra: tuple[str, ...] = ()) -> int:
@@ -88,3 +105,45 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"{item.nodeid} is marked {named}; a test belongs to one tier")
         if not named:
             item.add_marker(pytest.mark.analytic)
+
+
+#: what the analytic tier never imports (the plain planner doesn't: tests/test_cli.py)
+HEAVY = ("torch", "transformers", "peft")
+
+
+def _heavy_loaded() -> list[str]:
+    import sys
+
+    return [name for name in HEAVY if name in sys.modules]
+
+
+def _analytic_only(config: pytest.Config) -> bool:
+    return (config.option.markexpr or "").strip() == "analytic"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if _analytic_only(session.config) and _heavy_loaded():
+        session.config.stash[_FIRST_HEAVY] = "collection"
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    if _analytic_only(item.config) and _FIRST_HEAVY not in item.config.stash and _heavy_loaded():
+        item.config.stash[_FIRST_HEAVY] = item.nodeid
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """``-m analytic`` is the tier that imports no torch: a run of it that loaded torch,
+    transformers or peft (at collection or in a test) fails, naming where it first happened."""
+    if not _analytic_only(session.config):
+        return
+    loaded = _heavy_loaded()
+    if loaded:
+        where = session.config.stash.get(_FIRST_HEAVY, "the session")
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"the analytic tier imported {', '.join(loaded)} (first seen after {where})"
+        if reporter is not None:
+            reporter.write_line(f"ERROR: {message}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_FIRST_HEAVY = pytest.StashKey[str]()

@@ -85,6 +85,7 @@ def big_vocab(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.mark.parametrize(
     "method,precision", [("lora", "bf16"), ("lora", "amp-bf16"), ("full", "bf16"), ("lora", "fp32")]
 )
+@pytest.mark.trace
 def test_replayed_trace_reserves_the_logits_block(big_vocab: str, method: str, precision: str) -> None:
     """A traced step whose loss chain dwarfs the model: the replay's reserved-minus-allocated
     is the planner's ``logits_segment_bytes`` (0 for fp32 logits) within a tenth of the fp32
@@ -104,6 +105,7 @@ def test_replayed_trace_reserves_the_logits_block(big_vocab: str, method: str, p
     assert abs(held - expected) < 0.1 * log_softmax_bytes(spec, setup), (held, expected)
 
 
+@pytest.mark.trace
 def test_replay_meets_a_published_reserved_peak() -> None:
     """PEFT's MetaMathQA LoRA run on Llama-3.2-3B (row 272 of published.csv: bf16, r32 on
     q,v, 4 x 768 tokens) reported max_memory_reserved 20.76 GiB over the whole run. One
@@ -123,6 +125,7 @@ def test_replay_meets_a_published_reserved_peak() -> None:
     assert result.peak_bytes / measured - 1 < error - 0.03
 
 
+@pytest.mark.trace
 def test_trace_result_and_its_rendering_carry_the_replay(tiny_config_file: str) -> None:
     """The field is the replay of the very events the trace counted, and the trace's text
     prints it."""
@@ -223,6 +226,7 @@ def test_random_streams_keep_the_books() -> None:
             assert a.allocated <= a.peak_needed <= a.peak_reserved
 
 
+@pytest.mark.trace
 def test_plan_covers_what_a_card_needs_at_16k_tokens() -> None:
     """Qwen2.5-7B LoRA at 16k tokens fragments the most of the grid's single-GPU setups:
     the replay reserves 9.8 GiB beyond the allocated peak, layer-sized blocks cached from

@@ -15,6 +15,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "vramplan", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.e2e
 def test_main_job_prints_named_terms() -> None:
     out = run("qwen2.5-7b", "--gpu", "4090")
     assert out.returncode == 0, out.stderr
@@ -22,6 +23,7 @@ def test_main_job_prints_named_terms() -> None:
         assert term in out.stdout
 
 
+@pytest.mark.e2e
 def test_json_is_the_model_dump() -> None:
     out = run("qwen2.5-7b", "--gpu", "4090", "--method", "lora", "--json")
     assert out.returncode == 0, out.stderr
@@ -34,6 +36,7 @@ def test_json_is_the_model_dump() -> None:
     assert data["gpu"]["memory_bytes"] == 24564 * 2**20
 
 
+@pytest.mark.e2e
 def test_does_not_fit_exits_1() -> None:
     out = run("qwen2.5-72b", "--gpu", "4090", "--method", "full")
     assert out.returncode == 1
@@ -56,6 +59,7 @@ def test_does_not_fit_exits_1() -> None:
         (["/nonexistent/config.json"], "model"),
     ],
 )
+@pytest.mark.e2e
 def test_bad_input_exits_2_with_one_line(args: list[str], field: str) -> None:
     out = run(*args)
     assert out.returncode == 2, (out.stdout, out.stderr)
@@ -66,11 +70,13 @@ def test_bad_input_exits_2_with_one_line(args: list[str], field: str) -> None:
     assert out.stdout == ""
 
 
+@pytest.mark.e2e
 def test_unknown_model_suggests_closest() -> None:
     out = run("qwen2.5-8b")
     assert "qwen2.5-7b" in out.stderr
 
 
+@pytest.mark.e2e
 def test_malformed_config_exits_2(tmp_path) -> None:
     path = tmp_path / "config.json"
     path.write_text('{"model_type": "llama", "hidden_size": 64}')
@@ -79,6 +85,7 @@ def test_malformed_config_exits_2(tmp_path) -> None:
     assert "num_attention_heads" in out.stderr
 
 
+@pytest.mark.e2e
 def test_gpus_and_models_listings() -> None:
     gpus = run("gpus")
     assert gpus.returncode == 0 and "RTX 4090" in gpus.stdout
@@ -87,6 +94,7 @@ def test_gpus_and_models_listings() -> None:
     assert run("models", "zzzz").returncode == 2
 
 
+@pytest.mark.e2e
 def test_plain_cli_imports_no_torch() -> None:
     code = (
         "import sys, vramplan.cli as c, contextlib, io\n"

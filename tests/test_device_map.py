@@ -14,13 +14,12 @@ import json
 
 import pytest
 
+from tests.conftest import requires
 from vramplan.memory import device_map as dm
 from vramplan.models import load_model, models_dir
 from vramplan.setup import make_setup
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("accelerate")
-pytest.importorskip("transformers")
+pytestmark = [pytest.mark.trace, requires("torch", "accelerate", "transformers")]
 
 CASES = [
     ("qwen2.5-0.5b", 2),
@@ -37,6 +36,7 @@ CASES = [
 
 
 def _accelerate_map(name: str, n: int) -> dict[str, int]:
+    import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.integrations.accelerate import get_balanced_memory, infer_auto_device_map

@@ -17,6 +17,7 @@ def _one_line_error(out: subprocess.CompletedProcess[str]) -> None:
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
 
 
+@pytest.mark.e2e
 def test_unknown_target_lists_the_targets(tmp_path: Path) -> None:
     out = run("qwen2.5-7b", "--gpu", "4090", "--emit", "megatron", "--out", str(tmp_path / "x"))
     assert out.returncode == 2
@@ -25,11 +26,13 @@ def test_unknown_target_lists_the_targets(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.e2e
 def test_out_without_emit_is_bad_input(tmp_path: Path) -> None:
     out = run("qwen2.5-7b", "--out", str(tmp_path))
     assert out.returncode == 2 and "emit:" in out.stderr
 
 
+@pytest.mark.e2e
 def test_no_fit_emits_only_with_force(tmp_path: Path) -> None:
     args = ("qwen2.5-72b", "--gpu", "4090", "--method", "full", "--emit", "trl", "--out", str(tmp_path / "r"))
     out = run(*args)
@@ -43,6 +46,7 @@ def test_no_fit_emits_only_with_force(tmp_path: Path) -> None:
     assert "# WILL NOT FIT: needs" in text and "over); emitted on request (--force)" in text
 
 
+@pytest.mark.e2e
 def test_existing_files_need_overwrite(tmp_path: Path) -> None:
     target = tmp_path / "r"
     target.mkdir()
@@ -62,12 +66,14 @@ def test_existing_files_need_overwrite(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("target", ["trl"])
+@pytest.mark.e2e
 def test_emit_prints_without_out(target: str) -> None:
     out = run("qwen2.5-0.5b", "--gpu", "4090", "--method", "lora", "--emit", target)
     assert out.returncode == 0, out.stderr
     assert "==> " in out.stdout and "run: " in out.stdout
 
 
+@pytest.mark.e2e
 def test_unwritable_out_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -77,6 +83,7 @@ def test_unwritable_out_is_one_line(tmp_path: Path) -> None:
     assert "out:" in out.stderr
 
 
+@pytest.mark.e2e
 def test_a_directory_in_the_way_is_refused_before_writing(tmp_path: Path) -> None:
     target = tmp_path / "r"
     (target / "run.sh").mkdir(parents=True)
@@ -86,6 +93,7 @@ def test_a_directory_in_the_way_is_refused_before_writing(tmp_path: Path) -> Non
     assert not (target / "train.py").exists() and not list(target.glob(".*vramplan-tmp"))
 
 
+@pytest.mark.e2e
 def test_existing_data_path_is_made_absolute(tmp_path: Path) -> None:
     data = tmp_path / "my data.jsonl"
     data.write_text("{}\n")
@@ -124,12 +132,14 @@ def test_existing_data_path_is_made_absolute(tmp_path: Path) -> None:
         ["qwen2-vl-2b", "--emit", "axolotl", "--image-size", "448x448"],  # images: the trl target only
     ],
 )
+@pytest.mark.e2e
 def test_models_the_trainers_cannot_load_are_refused(args: list[str]) -> None:
     out = run(*args, "--gpu", "h100", "--method", "lora")
     assert out.returncode == 2
     _one_line_error(out)
 
 
+@pytest.mark.e2e
 def test_swift_multi_gpu_sets_nproc() -> None:
     out = run(
         "qwen2.5-0.5b", "--gpu", "4090", "--method", "lora", "--gpus", "2", "--parallel", "ddp", "--emit", "swift"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CONFIG, save_word_tokenizer
+from tests.conftest import TINY_CONFIG, requires, save_word_tokenizer
 from vramplan import plan
 from vramplan.cli import write_files
 
-pytest.importorskip("trl")
+pytestmark = [pytest.mark.e2e, requires("trl")]
 
 GRPO = dict(rl="grpo", seq_len=48, completion_len=16, num_generations=4, micro_batch=4, gpu="4090")
 

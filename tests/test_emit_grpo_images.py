@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import requires
 from vramplan import plan
 from vramplan.cli import write_files
 from vramplan.errors import VramplanError
 
-pytest.importorskip("trl")
+pytestmark = [pytest.mark.e2e, requires("trl")]
 
 VISION_PYTHON = os.environ.get("VRAMPLAN_VISION_PYTHON", "")
 if not VISION_PYTHON and not os.environ.get("CI"):

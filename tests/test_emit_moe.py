@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_samples
+from tests.conftest import requires, write_samples
 from vramplan import plan
 from vramplan.cli import write_files
 from vramplan.errors import VramplanError
 
-pytest.importorskip("trl")
+pytestmark = requires("trl")
 
 TINY_MOE = {
     "model_type": "qwen3_moe",
@@ -50,6 +50,7 @@ def tiny_moe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return model_dir, data
 
 
+@pytest.mark.e2e
 def test_all_linear_counts_what_peft_wraps_and_trains(tiny_moe, tmp_path: Path) -> None:
     model_dir, data = tiny_moe
     p = plan(str(model_dir / "config.json"), gpu="4090", method="lora", lora_targets="all-linear", seq_len=32)
@@ -81,12 +82,14 @@ def test_all_linear_counts_what_peft_wraps_and_trains(tiny_moe, tmp_path: Path) 
     assert result["steps"] == 2 and math.isfinite(result["train_loss"])
 
 
+@pytest.mark.trace
 def test_all_linear_with_dropout_is_refused(tiny_moe) -> None:
     model_dir, _ = tiny_moe
     with pytest.raises(VramplanError, match="lora_dropout"):
         plan(str(model_dir / "config.json"), gpu="4090", method="lora", lora_targets="all-linear", lora_dropout=0.1)
 
 
+@pytest.mark.trace
 def test_other_targets_refuse_moe_all_linear(tiny_moe) -> None:
     model_dir, _ = tiny_moe
     p = plan(str(model_dir / "config.json"), gpu="4090", method="lora", lora_targets="all-linear", seq_len=32)

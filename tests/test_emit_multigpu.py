@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CONFIG, write_samples
+from tests.conftest import TINY_CONFIG, requires, write_samples
 from vramplan import plan
 from vramplan.cli import write_files
 from vramplan.emit.common import DECODER_LAYER
@@ -41,24 +41,21 @@ from vramplan.models import load_model, models_dir
 from vramplan.setup import Setup, make_setup
 from vramplan.units import nbytes
 
-pytest.importorskip("trl")
-pytest.importorskip("accelerate")
+pytestmark = requires("trl", "accelerate")
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _deepspeed_or_reason() -> str:
-    """'' when DeepSpeed imports here, else why not (the skip reason)."""
+def _deepspeed_or_skip() -> None:
+    """Skip when DeepSpeed does not import here (checked when a test runs: it imports torch)."""
     try:
         import deepspeed  # noqa: F401
         from deepspeed.runtime.config import DeepSpeedConfig  # noqa: F401
     except Exception as exc:  # ImportError, or its op builders failing at import
-        return f"deepspeed does not import here: {type(exc).__name__}: {exc}"
-    return ""
+        pytest.skip(f"deepspeed does not import here: {type(exc).__name__}: {exc}")
 
 
-NO_DEEPSPEED = _deepspeed_or_reason()
-needs_deepspeed = pytest.mark.skipif(bool(NO_DEEPSPEED), reason=NO_DEEPSPEED or "-")
+needs_deepspeed = requires("deepspeed")
 
 
 def _emit(tmp: Path, model: str = "qwen2.5-7b", gpu: str = "a100-80g", **pinned: object):
@@ -83,7 +80,9 @@ DS_IDS = ["zero1", "zero2-offload-fp16", "zero3-amp", "zero3-offload-params-8bit
 
 @needs_deepspeed
 @pytest.mark.parametrize("pinned", DS_CASES, ids=DS_IDS)
+@pytest.mark.trace
 def test_deepspeed_reads_the_planned_zero_config(pinned: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _deepspeed_or_skip()
     import deepspeed.runtime.config as ds_config
 
     p, out = _emit(tmp_path, **pinned)
@@ -167,6 +166,7 @@ def _launch_env(config: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> d
 
 
 @pytest.mark.parametrize("pinned", ACC_CASES, ids=ACC_IDS)
+@pytest.mark.trace
 def test_accelerate_reads_the_planned_launch(pinned: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -225,6 +225,7 @@ def test_accelerate_reads_the_planned_launch(pinned: dict, tmp_path: Path, monke
             assert cfg.parallelism_config in (None, {})
 
 
+@pytest.mark.trace
 def test_decoder_layer_names_are_transformers_own() -> None:
     """FSDP wraps the class transformers itself refuses to split (``_no_split_modules``)."""
     import transformers
@@ -235,6 +236,7 @@ def test_decoder_layer_names_are_transformers_own() -> None:
         assert cls._no_split_modules == [layer], model_type
 
 
+@pytest.mark.e2e
 def test_layouts_train_in_the_precision_they_plan(tmp_path: Path) -> None:
     # DeepSpeed casts the model to 16 bits and keeps fp32 masters itself: an AMP plan is its bf16 mode
     p, out = _emit(tmp_path / "a", method="full", precision="amp-bf16", num_gpus=8, parallel="zero3")
@@ -314,13 +316,16 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         dict(method="lora", num_gpus=2, parallel="ddp"),
         pytest.param(
             dict(method="lora", num_gpus=2, parallel="zero3", offload="optimizer"),
-            marks=pytest.mark.skipif(bool(NO_DEEPSPEED), reason=NO_DEEPSPEED or "-"),
+            marks=needs_deepspeed,
         ),
     ],
     ids=["ddp", "zero3"],
 )
+@pytest.mark.e2e
 def test_emitted_launch_trains_on_two_cpu_processes(tiny: tuple[Path, Path], tmp_path: Path, pinned: dict) -> None:
     """run.sh's own line, the emitted files unmodified: two processes, two optimizer steps each."""
+    if pinned["parallel"] == "zero3":
+        _deepspeed_or_skip()
     run = tmp_path / "run"
     _tiny_files(tiny, run, **pinned)
     line = [ln for ln in (run / "run.sh").read_text().splitlines() if ln.startswith("accelerate launch")][0]
@@ -375,8 +380,10 @@ print(json.dumps({
 
 
 @needs_deepspeed
+@pytest.mark.e2e
 def test_emitted_zero3_config_runs_in_deepspeed(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     """ZeRO-3 with parameter and optimizer offload, bf16, from the emitted ds_config.json."""
+    _deepspeed_or_skip()
     _tiny_files(tiny, tmp_path / "run", method="lora", num_gpus=2, parallel="zero3", offload="optimizer+params")
     (tmp_path / "engine.py").write_text(DS_ENGINE)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "engine.py"]
@@ -408,6 +415,7 @@ from peft import LoraConfig, get_peft_model
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
 from transformers import AutoModelForCausalLM
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
 dist.init_process_group("gloo")
 plugin = FullyShardedDataParallelPlugin()
@@ -437,14 +445,30 @@ for _ in range(2):
     losses.append(loss.item())
 print(json.dumps({
     "losses": losses, "units": sorted({type(m).__name__ for m in model.modules() if isinstance(m, FSDPModule)}),
+    # a unit holds a decoder layer itself, or the CheckpointWrapper around one (accelerate >= 1.16 shards the wrapper)
+    "layer_units": sum(
+        isinstance(getattr(m, "_checkpoint_wrapped_module", m), Qwen2DecoderLayer)
+        for m in model.modules() if isinstance(m, FSDPModule)
+    ),
     "checkpointed": sum(isinstance(m, CheckpointWrapper) for m in model.modules()),
     "reshard": plugin.reshard_after_forward, "offload": offload,
 }))
 '''
 
 
+@pytest.mark.e2e
 def test_emitted_fsdp_config_runs_in_accelerates_fsdp2(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    """FSDP full_shard with CPU offload and activation checkpointing, from the emitted YAML."""
+    """FSDP full_shard with CPU offload and activation checkpointing, from the emitted YAML: one
+    FSDP unit per decoder layer, as the plan assumes.
+
+    Which module carries a layer's unit depends on accelerate. ``fsdp2_apply_ac`` wraps each
+    decoder layer in a ``CheckpointWrapper`` before sharding; accelerate 1.16's
+    ``fsdp2_prepare_auto_wrap_policy`` (accelerate/utils/fsdp_utils.py) looks through the wrapper
+    (``_checkpoint_wrapped_module``) and ``fsdp2_prepare_model`` then shards the wrapper, not the
+    layer inside it, so the unit's class is ``FSDPCheckpointWrapper`` where earlier releases
+    named it ``FSDPQwen2DecoderLayer``. The same 1.16 ``fsdp2_prepare_model`` also gives the
+    untied input embedding and the ``[final norm, lm_head]`` tail units of their own
+    (``FSDPEmbedding``, ``FSDPLinear``), split out of the root."""
     pinned = dict(method="lora", num_gpus=2, parallel="fsdp", offload="optimizer+params", grad_checkpointing=True)
     s = _tiny_files(tiny, tmp_path / "run", **pinned)
     (tmp_path / "prepare.py").write_text(FSDP_PREPARE)
@@ -454,11 +478,12 @@ def test_emitted_fsdp_config_runs_in_accelerates_fsdp2(tiny: tuple[Path, Path], 
     assert len(results) == 2
     for r in results:
         assert all(math.isfinite(x) for x in r["losses"])
-        assert "FSDPQwen2DecoderLayer" in r["units"]  # one unit per decoder layer
+        assert r["layer_units"] == TINY_CONFIG["num_hidden_layers"], r["units"]  # one unit per decoder layer
         assert r["checkpointed"] == TINY_CONFIG["num_hidden_layers"] and s.grad_checkpointing
         assert r["reshard"] is True and r["offload"] == "CPUOffloadPolicy"
 
 
+@pytest.mark.trace
 def test_device_map_max_memory_gives_the_planned_placement(tmp_path: Path) -> None:
     """transformers' own placement (what ``from_pretrained(device_map="auto", max_memory=...)`` runs)
     within the emitted max_memory puts every layer on the card the estimate puts it."""
@@ -591,6 +616,7 @@ def setup_from_launch(settings: dict) -> Setup:
         "device_map-qlora",
     ],
 )
+@pytest.mark.e2e
 def test_dry_run_reads_back_the_planned_layout(pinned: dict, tmp_path: Path) -> None:
     p, out = _emit(tmp_path, model="qwen2.5-0.5b", **pinned)
     back = setup_from_launch(_dry_run(tmp_path))
@@ -604,6 +630,7 @@ def test_dry_run_reads_back_the_planned_layout(pinned: dict, tmp_path: Path) -> 
     )
 
 
+@pytest.mark.e2e
 def test_single_gpu_script_is_unchanged_by_the_layouts(tmp_path: Path) -> None:
     """One GPU: two files, ``python train.py``, no PARALLEL block (examples/ holds the bytes)."""
     _, out = _emit(tmp_path, model="qwen2.5-0.5b", method="lora")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CONFIG, write_samples
+from tests.conftest import TINY_CONFIG, requires, write_samples
 from vramplan import plan
 from vramplan.cli import write_files
 from vramplan.memory import estimate
@@ -19,7 +19,7 @@ from vramplan.memory.phases import traceable_bytes
 from vramplan.models import load_model
 from vramplan.setup import Setup, make_setup
 
-pytest.importorskip("trl")
+pytestmark = requires("trl")
 
 SAMPLES = 20
 
@@ -69,14 +69,14 @@ def _bnb_cpu_4bit() -> bool:
         {"method": "lora"},
         {"method": "full"},
         {"method": "freeze", "freeze_trainable_layers": 1},
-        pytest.param(
-            {"method": "qlora", "quant": "bnb-nf4"},
-            marks=pytest.mark.skipif(not _bnb_cpu_4bit(), reason="bitsandbytes has no CPU 4-bit here"),
-        ),
+        {"method": "qlora", "quant": "bnb-nf4"},
     ],
     ids=["lora", "full", "freeze", "qlora"],
 )
+@pytest.mark.e2e
 def test_emitted_trl_script_trains(tiny: tuple[Path, Path], tmp_path: Path, method: dict) -> None:
+    if method["method"] == "qlora" and not _bnb_cpu_4bit():
+        pytest.skip("bitsandbytes has no CPU 4-bit here")
     model_dir, data = tiny
     p = plan(str(model_dir / "config.json"), gpu="4090", seq_len=64, micro_batch=2, **method)
     out = p.emit("trl", data=str(data))
@@ -174,6 +174,7 @@ def _dry_run(files: dict[str, str], tmp_path: Path) -> dict:
     ],
     ids=["lora", "qlora", "full-amp", "freeze", "lora-extra"],
 )
+@pytest.mark.e2e
 def test_emitted_trl_settings_are_the_planned_setup(pinned: dict, tmp_path: Path) -> None:
     p = plan("qwen2.5-0.5b", gpu="a100-80g", **pinned)
     emitted = p.emit("trl")
@@ -182,6 +183,7 @@ def test_emitted_trl_settings_are_the_planned_setup(pinned: dict, tmp_path: Path
     assert emitted.allocated_bytes == p.peak.allocated_bytes
 
 
+@pytest.mark.e2e
 def test_emitted_lora_run_traces_within_the_bound(tmp_path: Path) -> None:
     """Trace the configuration the script encodes (same config, same shape) and hold the
     plan's allocated estimate to the exactness bound (3%)."""

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_samples
+from tests.conftest import requires, write_samples
 from vramplan import plan
 from vramplan.cli import write_files
 
-pytest.importorskip("trl")
+pytestmark = requires("trl")
 
 TINY_VL = {
     "model_type": "qwen2_vl",
@@ -59,6 +59,7 @@ def tiny_vl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return model_dir, data
 
 
+@pytest.mark.e2e
 def test_vlm_text_training_runs_and_keeps_lora_on_the_language_model(tiny_vl, tmp_path: Path) -> None:
     model_dir, data = tiny_vl
     p = plan(str(model_dir / "config.json"), gpu="4090", method="lora", seq_len=32, micro_batch=2)
@@ -91,6 +92,7 @@ def test_vlm_text_training_runs_and_keeps_lora_on_the_language_model(tiny_vl, tm
     assert result["steps"] == 2 and math.isfinite(result["train_loss"])
 
 
+@pytest.mark.e2e
 def test_case4_device_map_launch_is_written(tmp_path: Path) -> None:
     """The issue's command with --emit trl (over the card, so --force): one python process
     splitting the layers, every card's planned peak in the header."""
@@ -133,6 +135,7 @@ def test_case4_device_map_launch_is_written(tmp_path: Path) -> None:
     assert json.loads(dry.stdout)["parallel"]["layout"] == "device_map"
 
 
+@pytest.mark.trace
 def test_other_targets_are_refused_with_and_without_images(tiny_vl) -> None:
     model_dir, _ = tiny_vl
     p = plan(str(model_dir / "config.json"), gpu="4090", method="lora", seq_len=32)
@@ -147,6 +150,7 @@ def test_other_targets_are_refused_with_and_without_images(tiny_vl) -> None:
     assert "IMAGES = {'per_prompt': 1" in images.emit("trl").files["train.py"]  # run in test_emit_grpo_images.py
 
 
+@pytest.mark.e2e
 def test_full_with_a_frozen_tower_trains_what_the_plan_counts(tiny_vl, tmp_path: Path) -> None:
     """--freeze-vision (and --freeze-projector) in full fine-tuning: the script freezes the
     tower (and the merger) as planned, trains the rest for two steps."""

@@ -22,23 +22,30 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
-dist = pytest.importorskip("torch.distributed")
-if not dist.is_available():  # pragma: no cover - builds without distributed
-    pytest.skip("torch.distributed is not available in this torch build", allow_module_level=True)
+from tests.conftest import requires
+from vramplan.memory import estimate
+from vramplan.memory import optimizer as opt_terms
+from vramplan.memory.parallel import WEIGHT_TERMS
+from vramplan.memory.phases import CUDA_ONLY, phase_terms, traceable_by_phase, traceable_bytes
+from vramplan.memory.policy import dtypes
+from vramplan.models import load_model
+from vramplan.setup import Setup, make_setup
+from vramplan.trace.result import TraceResult
+from vramplan.units import nbytes
 
-from vramplan.memory import estimate  # noqa: E402
-from vramplan.memory import optimizer as opt_terms  # noqa: E402
-from vramplan.memory.parallel import WEIGHT_TERMS  # noqa: E402
-from vramplan.memory.phases import CUDA_ONLY, phase_terms, traceable_by_phase, traceable_bytes  # noqa: E402
-from vramplan.memory.policy import dtypes  # noqa: E402
-from vramplan.models import load_model  # noqa: E402
-from vramplan.setup import Setup, make_setup  # noqa: E402
-from vramplan.trace.fsdp import cpu_profiler_peak_fsdp, trace_fsdp  # noqa: E402
-from vramplan.trace.result import TraceResult  # noqa: E402
-from vramplan.units import nbytes  # noqa: E402
+pytestmark = [pytest.mark.trace, requires("torch", "transformers", "peft")]
+
+
+def _fsdp() -> Any:
+    """``vramplan.trace.fsdp``, imported by the tests that run it (it imports torch)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():  # pragma: no cover - builds without distributed
+        pytest.skip("torch.distributed is not available in this torch build")
+    from vramplan.trace import fsdp
+
+    return fsdp
+
 
 MODEL = "qwen2.5-0.5b"
 MAX_UNDER_PCT = 1.0  # tests/test_estimate_vs_traces.py: an underestimate crashes a run
@@ -64,7 +71,7 @@ _TRACES: dict[str, TraceResult] = {}
 def _trace(case: str) -> TraceResult:
     """One trace per case for the whole module (each takes 10-30 s)."""
     if case not in _TRACES:
-        _TRACES[case] = trace_fsdp(MODEL, _setup(case), steps=2)
+        _TRACES[case] = _fsdp().trace_fsdp(MODEL, _setup(case), steps=2)
     return _TRACES[case]
 
 
@@ -78,9 +85,9 @@ ORACLE = {
 @pytest.mark.parametrize("case", sorted(ORACLE))
 def test_counter_equals_cpu_allocator(tiny_config_file: str, case: str) -> None:
     setup = make_setup(seq_len=32, micro_batch=2, parallel="fsdp", **ORACLE[case])
-    fake = trace_fsdp(tiny_config_file, setup, steps=2)
-    real = trace_fsdp(tiny_config_file, setup, steps=2, fake=False)
-    allocator = cpu_profiler_peak_fsdp(tiny_config_file, setup, steps=2)
+    fake = _fsdp().trace_fsdp(tiny_config_file, setup, steps=2)
+    real = _fsdp().trace_fsdp(tiny_config_file, setup, steps=2, fake=False)
+    allocator = _fsdp().cpu_profiler_peak_fsdp(tiny_config_file, setup, steps=2)
     traced = fake.peak_bytes - fake.baseline_bytes
     assert traced == real.peak_bytes - real.baseline_bytes  # fake tensors take the real code path
     assert fake.baseline_bytes == real.baseline_bytes
@@ -177,10 +184,12 @@ def _assert_phases_within_bound(result: TraceResult, setup: Setup) -> None:
 
 
 def test_refuses_what_it_does_not_trace() -> None:
+    import torch.distributed as dist
+
     from vramplan.errors import VramplanError
 
     with pytest.raises(VramplanError, match="hybrid"):
-        trace_fsdp(
+        _fsdp().trace_fsdp(
             MODEL, make_setup(method="full", parallel="fsdp", num_gpus=2, num_nodes=2, fsdp_sharding="hybrid_shard")
         )
     assert not dist.is_initialized()
@@ -200,7 +209,7 @@ def test_accumulation_under_no_sync_matches_the_estimate() -> None:
         num_gpus=2,
         grad_accum=2,
     )
-    result = trace_fsdp(MODEL, setup, steps=2)
+    result = _fsdp().trace_fsdp(MODEL, setup, steps=2)
     _assert_phases_within_bound(result, setup)
     # the whole gradients really are there: the traced forward exceeds the (trace-checked)
     # estimate without accumulation by most of a whole bf16 gradient copy

@@ -104,6 +104,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["--beta", "0.1"], "beta"),
     ],
 )
+@pytest.mark.e2e
 def test_bad_grpo_input_exits_2(args: list[str], field: str) -> None:
     r = _cli("qwen2.5-1.5b", *args)
     assert r.returncode == 2 and field in r.stderr and "Traceback" not in r.stderr
@@ -152,6 +153,7 @@ def test_pinned_micro_batch_raises_the_accumulation() -> None:
     assert (p.setup.micro_batch, p.setup.grad_accum) == (2, 4)
 
 
+@pytest.mark.e2e
 def test_grpo_report_and_trace(tmp_path) -> None:
     page = tmp_path / "g.html"
     r = _cli(SPEC, "--rl", "grpo", "--report", str(page))
@@ -213,6 +215,7 @@ def test_vllm_that_cannot_hold_its_weights_does_not_fit() -> None:
         (["--rl", "grpo", "--vllm", "colocate", "--vllm-memory", "1.5"], "vllm_gpu_memory_utilization"),
     ],
 )
+@pytest.mark.e2e
 def test_bad_vllm_input_exits_2(args: list[str], field: str) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "vramplan", SPEC, "--gpu", "4090", *args], capture_output=True, text=True, timeout=120

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import save_word_tokenizer
+from tests.conftest import requires, save_word_tokenizer
 from vramplan.memory import estimate
 from vramplan.memory.phases import traceable_by_phase
 from vramplan.models import load_model
 from vramplan.setup import make_setup
 
-pytest.importorskip("trl")
+pytestmark = [pytest.mark.trace, requires("trl")]
 
 MAX_UNDER_PCT, MAX_OVER_PCT = 1.0, 3.0
 PROMPT, COMPLETION, MICRO_BATCH = 24, 32, 4

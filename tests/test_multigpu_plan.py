@@ -113,6 +113,7 @@ def test_nodes_shard_over_the_world() -> None:
         (["--gpus", "two"], "--gpus"),
     ],
 )
+@pytest.mark.e2e
 def test_bad_layouts_exit_2_with_one_line(args: list[str], field: str) -> None:
     r = _cli("qwen2.5-7b", *args)
     assert r.returncode == 2, r.stderr
@@ -176,6 +177,7 @@ def test_case1_qwen_vl_full_on_two_4090s() -> None:
     assert all(c.device_bytes > 24 * GIB for c in p.cards)
 
 
+@pytest.mark.e2e
 def test_cli_device_map_table_and_json() -> None:
     args = ["qwen2-vl-72b", "--gpu", "a800-40g", "--gpus", "4", "--method", "lora"]
     r = _cli(*args, "--parallel", "device_map", "--grad-checkpointing")
@@ -258,6 +260,7 @@ def test_plan_refuses_an_unknown_field() -> None:
     assert err.value.field == "gpus"
 
 
+@pytest.mark.e2e
 def test_inference_without_a_layout_that_runs_exits_2() -> None:
     r = _cli("qwen2.5-7b", "--method", "inference", "--gpus", "2", "--nodes", "2")
     assert r.returncode == 2 and "parallel" in r.stderr and "Traceback" not in r.stderr

@@ -11,11 +11,9 @@ import json
 
 import pytest
 
+from tests.conftest import requires
 from vramplan.models import catalog_names, load_model, models_dir
 from vramplan.params import param_counts
-
-transformers = pytest.importorskip("transformers")
-accelerate = pytest.importorskip("accelerate")
 
 #: model types transformers cannot build without remote code (never run here).
 REMOTE_CODE = {"qwen"}
@@ -62,6 +60,8 @@ def _real_counts(name: str) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.trace
+@requires("torch", "transformers", "accelerate")
 @pytest.mark.parametrize("name", _buildable())
 def test_param_groups_match_transformers(name: str) -> None:
     analytic = param_counts(load_model(name)).model_dump(exclude={"idle_experts"})

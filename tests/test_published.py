@@ -172,6 +172,7 @@ def test_calibration_is_stored_as_fitted() -> None:
     assert fitted["kv_cache_factor"]["value"] >= 1.0
 
 
+@pytest.mark.e2e
 def test_cli_table_and_json() -> None:
     out = run("validate", "--csv", str(published_csv()))
     assert out.returncode == 0, out.stderr
@@ -225,6 +226,7 @@ def _user_csv(tmp_path: Path, tiny_config_file: str, **over: str) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_user_csv_with_config_path(tmp_path: Path, tiny_config_file: str) -> None:
     path = _user_csv(tmp_path, tiny_config_file)
     data = json.loads(run("validate", "--csv", str(path), "--json").stdout)
@@ -242,6 +244,7 @@ def test_user_csv_with_config_path(tmp_path: Path, tiny_config_file: str) -> Non
         ({"precision": "fp8"}, "precision"),
     ],
 )
+@pytest.mark.e2e
 def test_bad_csv_values_exit_2_naming_the_field(tmp_path: Path, tiny_config_file: str, over, field) -> None:
     """A bad value excludes its row (tests/test_validate_rows.py); a file whose only row is
     excluded has nothing to compare: exit 2, one line naming the row, the field and the value."""
@@ -251,6 +254,7 @@ def test_bad_csv_values_exit_2_naming_the_field(tmp_path: Path, tiny_config_file
     assert f"unknown {field} {next(iter(over.values()))!r}" in out.stderr and "mine-1" in out.stderr
 
 
+@pytest.mark.e2e
 def test_missing_column_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("id,model\n1,qwen2.5-7b\n")
@@ -258,6 +262,7 @@ def test_missing_column_exit_2(tmp_path: Path) -> None:
     assert out.returncode == 2 and "lacks column" in out.stderr
 
 
+@pytest.mark.e2e
 def test_excel_bom_and_non_utf8(tmp_path: Path, tiny_config_file: str) -> None:
     path = _user_csv(tmp_path, tiny_config_file)
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())

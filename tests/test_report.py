@@ -49,6 +49,7 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_page_has_the_verdict_charts_and_config(tmp_path: Path) -> None:
     r = _cli(*CASE3, "--price-per-hour", "0.5", "--report", str(tmp_path / "r.html"))
     assert r.returncode == 0, r.stderr
@@ -67,6 +68,7 @@ def test_device_map_report_has_a_bar_per_card() -> None:
     assert all(f"card {i}:" in page for i in range(3))
 
 
+@pytest.mark.e2e
 def test_report_bad_paths_exit_2(tmp_path: Path) -> None:
     (tmp_path / "d.html").mkdir()
     for target in (tmp_path / "r.txt", tmp_path / "missing" / "r.html", tmp_path / "d.html"):
@@ -75,6 +77,7 @@ def test_report_bad_paths_exit_2(tmp_path: Path) -> None:
         assert not target.is_file()
 
 
+@pytest.mark.e2e
 def test_a_failed_plot_leaves_no_page(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     page = tmp_path / "r.html"
@@ -93,11 +96,13 @@ def test_a_failed_plot_leaves_no_page(tmp_path: Path) -> None:
         (["--dataset-tokens", "1000", "--price-per-hour", "-1"], "price_per_hour"),
     ],
 )
+@pytest.mark.e2e
 def test_time_flags_bad_input(args: list[str], field: str) -> None:
     r = _cli("qwen2.5-0.5b", *args)
     assert r.returncode == 2 and field in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
 def test_dataset_tokens_packs_into_sequences() -> None:
     r = _cli("qwen2.5-0.5b", "--method", "lora", "--seq-len", "1024", "--dataset-tokens", "1048576", "--json")
     import json
@@ -106,6 +111,7 @@ def test_dataset_tokens_packs_into_sequences() -> None:
     assert t["tokens"] == 1048576 and t["cost"] is None
 
 
+@pytest.mark.e2e
 def test_plot_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     r = _cli(*CASE3, "--plot", str(tmp_path / "p.png"))
@@ -114,6 +120,7 @@ def test_plot_png(tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
 
+@pytest.mark.e2e
 def test_example_report_is_current(tmp_path: Path) -> None:
     """examples/ holds the report of SCENARIOS.md case 3; regenerating it gives the same page."""
     r = _cli(*CASE3, "--report", str(tmp_path / "r.html"))
@@ -128,6 +135,7 @@ def _chromium() -> str | None:
     return None
 
 
+@pytest.mark.e2e
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     """Chromium (Debian's package; .ci/run installs it) lays the example page out: the
     page's own script finds both charts with a non-empty box and marks the body, no

@@ -65,6 +65,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "vramplan", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.e2e
 def test_scenario_3_wall_time() -> None:
     out = run(
         "qwen2.5-7b",
@@ -90,6 +91,7 @@ def test_scenario_3_wall_time() -> None:
     assert 60 < t["seconds"] < 6 * 3600
 
 
+@pytest.mark.e2e
 def test_samples_need_avg_tokens() -> None:
     out = run("qwen2.5-7b", "--samples", "500")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "avg-tokens" in out.stderr

@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
+from tests.conftest import error_line, requires
 from vramplan.records import append_row, read_rows, record_key
+
+needs_torch = requires("torch", "transformers", "peft")
 
 
 def run(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -22,6 +25,8 @@ def tiny(tiny_config_file: str) -> str:
     return tiny_config_file
 
 
+@pytest.mark.e2e
+@needs_torch
 def test_trace_json_reports_peak_phase_split(tiny: str, tmp_path) -> None:
     png, page = tmp_path / "t.png", tmp_path / "t.html"
     out = run("trace", tiny, "--method", "lora", "--seq-len", "32", "--json", "--plot", str(png))
@@ -37,12 +42,16 @@ def test_trace_json_reports_peak_phase_split(tiny: str, tmp_path) -> None:
     assert "<svg" in page.read_text() and "peak" in page.read_text()
 
 
+@pytest.mark.e2e
+@needs_torch
 def test_trace_table_for_people(tiny: str) -> None:
     out = run("trace", tiny, "--seq-len", "32", "--steps", "1")
     assert out.returncode == 0, out.stderr
     assert "peak per phase" in out.stdout and "by kind" in out.stdout and "not included" in out.stdout
 
 
+@pytest.mark.e2e
+@needs_torch
 @pytest.mark.parametrize(
     ("args", "field"),
     [
@@ -60,15 +69,20 @@ def test_trace_table_for_people(tiny: str) -> None:
 def test_trace_refusals_exit_2(args: list[str], field: str) -> None:
     out = run(*args)
     assert out.returncode == 2, (out.stdout, out.stderr[-2000:])
-    assert field in out.stderr
+    assert field in error_line(out.stderr)
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")
+@pytest.mark.e2e
+@needs_torch
 def test_measure_without_cuda_exits_2(tiny: str) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
     out = run("measure", tiny)
     assert out.returncode == 2
-    assert "no CUDA device" in out.stderr
+    assert "no CUDA device" in error_line(out.stderr)
 
 
 def test_records_append_whole_lines_and_keep_old_ones(tmp_path) -> None:
@@ -91,6 +105,8 @@ def test_record_key_is_stable() -> None:
     assert record_key("m", setup, "trace", versions) != record_key("m", setup, "cuda", versions)
 
 
+@pytest.mark.trace
+@needs_torch
 def test_trace_record_flag_appends(tiny: str, tmp_path, monkeypatch) -> None:
     from vramplan import records
 
@@ -104,6 +120,8 @@ def test_trace_record_flag_appends(tiny: str, tmp_path, monkeypatch) -> None:
     assert rows[0]["backend"] == "trace" and rows[0]["key"] and rows[0]["date"] and rows[0]["machine"]
 
 
+@pytest.mark.e2e
+@needs_torch
 def test_trace_report_of_a_plain_setup(tiny: str, tmp_path) -> None:
     """trace --report plans the traced Setup again: its default GRPO fields must not be refused."""
     out = tmp_path / "t.html"

@@ -8,13 +8,28 @@ under fake tensors shows up here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("peft")
+from tests.conftest import requires
+from vramplan.setup import make_setup
 
-from vramplan.setup import make_setup  # noqa: E402
-from vramplan.trace.run import cpu_profiler_peak, trace  # noqa: E402
+pytestmark = [pytest.mark.trace, requires("torch", "transformers", "peft")]
+
+
+def trace(*args: Any, **kwargs: Any) -> Any:
+    """``vramplan.trace.run.trace``, imported when a test runs (it imports torch)."""
+    from vramplan.trace.run import trace as run
+
+    return run(*args, **kwargs)
+
+
+def cpu_profiler_peak(*args: Any, **kwargs: Any) -> int:
+    from vramplan.trace.run import cpu_profiler_peak as peak
+
+    return peak(*args, **kwargs)
+
 
 CASES = {
     "full-amp-sdpa-gc-foreach": dict(method="full", precision="amp-bf16", grad_checkpointing=True),

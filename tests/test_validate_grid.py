@@ -65,6 +65,7 @@ def _rotating_sample() -> list[int]:
 
 
 @pytest.mark.parametrize("index", _rotating_sample())
+@pytest.mark.trace
 def test_retrace_rotating_sample(index: int) -> None:
     from vramplan.trace.run import trace
 

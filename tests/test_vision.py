@@ -12,6 +12,7 @@ from vramplan.setup import make_setup
 
 
 @pytest.mark.parametrize("hw", [(1024, 1024), (768, 1366), (20, 30), (4000, 3000), (448, 448)])
+@pytest.mark.trace
 def test_smart_resize_is_transformers_own(hw: tuple[int, int]) -> None:
     # the PIL image processor carries a copy of smart_resize without needing torchvision
     ref = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
@@ -61,6 +62,7 @@ def test_plan_names_the_image_terms() -> None:
     ],
     ids=["lora-1024px", "lora-2x2-images"],
 )
+@pytest.mark.trace
 def test_qwen2_vl_trace_with_images_agrees(fields: dict) -> None:
     """The real transformers Qwen2-VL class, run under fake tensors with pixel inputs of the
     given size: the estimate holds the exactness bound (3%)."""

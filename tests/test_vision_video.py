@@ -34,6 +34,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.e2e
 def test_video_grid_matches_the_video_processor() -> None:
     python = os.environ.get("VRAMPLAN_VISION_PYTHON", "")
     if not python:
@@ -67,6 +68,7 @@ def test_a_video_counts_like_its_frame_pairs_as_images() -> None:
     assert patches * 14 * 14 <= vision.VIDEO_MAX_PIXELS
 
 
+@pytest.mark.e2e
 def test_cli_names_the_video_and_refuses_bad_input() -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -136,6 +138,7 @@ def test_device_map_shares_out_only_the_trained_parts() -> None:
         assert sum(c.terms.get("gradients", 0) for c in p.cards) <= total * 1.0001, flags
 
 
+@pytest.mark.e2e
 def test_review_refusals() -> None:
     for args, field in (
         (["qwen2-vl-2b", "--method", "lora", "--rl", "grpo", "--video-frames", "8"], "video_frames"),

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # builds the wheel and installs it in a new venv
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
