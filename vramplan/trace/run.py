@@ -16,6 +16,7 @@ from vramplan.models import load_config
 from vramplan.setup import Setup
 from vramplan.trace.build import Built, build
 from vramplan.trace.counter import Counter, CountingMode, Live
+from vramplan.trace.preflight import refuse_if_too_big
 from vramplan.trace.result import KINDS, Allocation, TimelinePoint, TraceResult
 
 Progress = Callable[[str], None]
@@ -404,24 +405,3 @@ def measure(model: str, setup: Setup, steps: int = 2, *, progress: Progress | No
         not_included=[],
         notes=[*built.notes, f"GPU: {torch.cuda.get_device_name()}"],
     )
-
-
-def refuse_if_too_big(model: str, setup: Setup) -> None:
-    """A real CPU run of a model that would not fit this machine is refused up front, from
-    the estimate (allocated tier), against the RAM available now."""
-    import os
-
-    from vramplan.memory import estimate
-    from vramplan.models import load_model
-
-    need = estimate(load_model(model), setup).allocated_bytes
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return
-    if need > 0.8 * avail:
-        raise VramplanError(
-            "model",
-            f"a real CPU run needs about {need / 2**30:.1f} GiB, more than this machine can give "
-            f"({avail / 2**30:.1f} GiB free): trace it with fake tensors instead (drop --real-cpu)",
-        )
