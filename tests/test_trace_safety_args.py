@@ -103,6 +103,17 @@ def test_measure_refuses_plot_before_torch(tmp_path: Path) -> None:
     assert got["code"] == 2 and "plot" in got["stderr"] and got["heavy"] == []
 
 
+def test_record_to_an_unwritable_place_is_refused_before_the_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    from vramplan import records
+    from vramplan.cli import main
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setattr(records, "records_path", lambda name=records.DEFAULT_FILE: blocker / "measured" / name)
+    assert main(["trace", "qwen2.5-0.5b", "--record"]) == 2
+    assert "record" in capsys.readouterr().err
+
+
 def test_plan_refuses_sdpa_for_gemma2() -> None:
     """transformers refuses sdpa for Gemma-2 (Gemma2PreTrainedModel._supports_sdpa = False,
     models/gemma2/modeling_gemma2.py; PreTrainedModel._sdpa_can_dispatch raises): so does the plan."""

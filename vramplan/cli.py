@@ -470,6 +470,8 @@ def _run(command: str, argv: list[str]) -> int:
             raise VramplanError("report", "--report and --plot name the same file: give each its own")
     if command == "measure" and args.plot:
         raise VramplanError("plot", "measure reads torch's peak counters, which keep no timeline: --plot is for trace")
+    if args.record:
+        _check_record_folder()
     setup, notes = _setup_from_args(args, command)
     if command == "trace" and args.real_cpu:
         from vramplan.trace.preflight import refuse_if_too_big
@@ -516,6 +518,22 @@ def _run(command: str, argv: list[str]) -> int:
 
         console.print(trace_renderable(result))
     return EXIT_FITS if result.outcome == "ok" else EXIT_NO_FIT
+
+
+def _check_record_folder() -> None:
+    """--record appends to tables/measured/traces.jsonl: refuse before the run if it cannot."""
+    from pathlib import Path
+
+    from vramplan.records import records_path
+
+    target = records_path()
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            raise VramplanError("record", f"cannot append to {target}: it is not writable")
+        return
+    folder = next(p for p in [target.parent, *target.parent.parents] if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise VramplanError("record", f"cannot create {target}: {Path(folder)} is not writable")
 
 
 def _write_trace_pictures(result: Any, plot: str | None, report: str | None, traced_plan: Any) -> None:
