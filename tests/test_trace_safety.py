@@ -99,3 +99,28 @@ def test_config_with_dunder_keys_traces(tmp_path: Path, tiny_config_file: str, k
     assert result.peak_bytes == plain.peak_bytes
     note = next(n for n in result.notes if n.startswith("config keys left out"))
     assert key in note and "to_dict" in note and "a-b" in note
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"method": "qlora"},  # prepare_model_for_kbit_training upcasts the (unquantized) experts to fp32
+        {"method": "full", "precision": "amp-bf16"},  # fp32 master weights
+        {"precision": "fp16"},
+    ],
+)
+def test_moe_experts_outside_bf16_trace(tmp_path: Path, flags: dict) -> None:
+    """Crashed: transformers sends MoE experts to torch's grouped_mm, whose meta kernel takes
+    bf16 only (torch/_meta_registrations.py _meta_grouped_mm_common); fake tensors now take
+    transformers' grouped_mm fallback op, which has a fake kernel and saves the same tensors."""
+    model = _config(tmp_path, TINY_MOE, "moe")
+    result, _ = _trace(model, **flags)
+    assert result.peak_bytes > 0
+    assert any("grouped_mm fallback" in n for n in result.notes)
+
+
+def test_moe_bf16_keeps_grouped_mm(tmp_path: Path) -> None:
+    """In bf16 the experts run torch's grouped_mm as on a GPU: no stand-in, no note."""
+    model = _config(tmp_path, TINY_MOE, "moe")
+    result, _ = _trace(model)
+    assert not any("grouped_mm" in n for n in result.notes)

@@ -91,26 +91,33 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
             f"{setup.optimizer} runs on CUDA only; off a GPU the harness runs {', '.join(TRACE_OPTIMIZERS)}",
         )
     if setup.attention == "flash-attn-2" and device != "cuda":
-        if not _runs_sdpa(config):
+        spec = _spec(config)
+        if spec is not None and "sdpa" not in spec.attentions:
             raise VramplanError(
                 "attention",
                 f"flash-attn-2 needs CUDA, and off a GPU the trace stands in sdpa, which transformers refuses for"
                 f" {mt}: trace --attention eager, or measure on a GPU",
             )
         notes.append("flash-attn-2 needs CUDA: traced with sdpa, which saves the same tensors (q, k, v, out, lse)")
+    spec = _spec(config)
+    moe = spec is not None and spec.moe is not None
+    if moe and device != "cuda" and (setup.precision != "bf16" or setup.method == "qlora"):
+        notes.append(
+            "MoE experts outside bf16: traced through transformers' grouped_mm fallback (torch's grouped_mm"
+            " kernel takes bf16 only), which saves the same tensors"
+        )
     if setup.precision in ("fp16", "amp-fp16") and device != "cuda":
         notes.append("fp16 autocast on the CPU follows the CPU op lists, which differ slightly from CUDA's")
     return notes
 
 
-def _runs_sdpa(config: dict[str, Any]) -> bool:
+def _spec(config: dict[str, Any]) -> ModelSpec | None:
     from vramplan.spec import spec_from_config
 
     try:
-        spec = spec_from_config(config, name="model", where="model config.json")
+        return spec_from_config(config, name="model", where="model config.json")
     except VramplanError:
-        return True  # the spec's own error is raised where the spec is read
-    return "sdpa" in spec.attentions
+        return None  # the spec's own error is raised where the spec is read
 
 
 def config_kwargs(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -27,5 +27,5 @@ def quiet_libraries() -> None:
     for name in LIBRARIES:
         logging.getLogger(name).setLevel(logging.ERROR)
     pattern = r"(" + "|".join(LIBRARIES) + r")(\.|$)"
-    for category in (UserWarning, FutureWarning, DeprecationWarning):
+    for category in (UserWarning, FutureWarning, DeprecationWarning, RuntimeWarning):
         warnings.filterwarnings("ignore", category=category, module=pattern)
