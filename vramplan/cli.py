@@ -195,7 +195,9 @@ def run_parser(command: str) -> argparse.ArgumentParser:
     p = _Parser(prog=f"vramplan {command}", description=what)
     p.add_argument("model")
     _add_setup_flags(p)
-    p.add_argument("--steps", type=_int, default=2, help="optimizer steps to run (default 2: the second is steady)")
+    p.add_argument(
+        "--steps", type=_steps, default=2, help="optimizer steps to run, 1 to 1000 (default 2: the second is steady)"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", help="draw the live-memory timeline to FILE.png or FILE.html")
     p.add_argument("--record", action="store_true", help="append the result to tables/measured/traces.jsonl")
@@ -324,29 +326,20 @@ def _cmd_plan(argv: list[str]) -> int:
 
 
 def _write_pictures(result: Any, report: str | None, plot: str | None, line: str | None) -> None:
-    """The PNG is drawn to a temporary name first and renamed only once the page is written,
-    so a failure leaves neither file."""
+    """The page and the PNG, all or nothing (vramplan.files): neither appears until both are written."""
     if not report and not plot:
         return
-    import os
-    from pathlib import Path
+    import functools
 
-    from vramplan.report import plot_plan_png, write_report
+    from vramplan.files import write_files_atomically
+    from vramplan.report import draw_plan_png, report_page
 
-    tmp = None
-    try:
-        if plot:
-            target = Path(plot)
-            tmp = target.with_name(f".vramplan-{os.getpid()}-{target.name}")
-            plot_plan_png(result, tmp)
-        if report:
-            write_report(result, report, time_line=line)
-        if plot and tmp is not None:
-            os.replace(tmp, plot)
-            tmp = None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+    pairs: list[tuple[str, Any]] = []
+    if plot:
+        pairs.append((plot, functools.partial(draw_plan_png, result)))
+    if report:
+        pairs.append((report, report_page(result, time_line=line)))
+    write_files_atomically(pairs, field="plot" if plot else "report")
 
 
 def _run_time(result: Any, args: argparse.Namespace) -> tuple[Any, str | None, float | None]:
@@ -413,37 +406,53 @@ def write_files(out_dir: str, files: dict[str, str], *, overwrite: bool) -> list
     return write_set(out_dir, files, overwrite=overwrite)
 
 
-def _setup_from_args(args: argparse.Namespace) -> Any:
-    from vramplan.setup import make_setup
+def _setup_from_args(args: argparse.Namespace, command: str = "trace") -> tuple[Any, list[str]]:
+    """The Setup the flags describe, as the planner fills it for the model, and the notes on
+    the defaults it took; refused (one line) if the harness cannot run it. Torch-free."""
+    from vramplan.trace.preflight import resolve_setup
 
     fields = {k: getattr(args, k) for k in SETUP_FLAGS if getattr(args, k, None) is not None}
-    if fields.get("method") == "qlora" and "quant" not in fields:
-        fields["quant"] = "bnb-nf4"
-    if fields.get("quant") not in (None, "none") and "method" not in fields:
-        fields["method"] = "qlora"
-    return make_setup(**fields)
+    return resolve_setup(args.model, fields, command=command)
+
+
+def _steps(text: str) -> int:
+    from vramplan.trace.preflight import MAX_STEPS
+
+    steps = _int(text)
+    if not 1 <= steps <= MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"run 1 to {MAX_STEPS} optimizer steps, got {steps}")
+    return steps
 
 
 def _run(command: str, argv: list[str]) -> int:
+    """trace / measure: every check runs before torch is imported, the outputs are written
+    all or nothing after the run."""
     args = run_parser(command).parse_args(argv)
-    if args.steps < 1:
-        raise VramplanError("steps", f"must be at least 1, got {args.steps}")
-    if args.plot and not args.plot.lower().endswith((".png", ".html", ".htm")):
-        raise VramplanError("plot", "write .png or .html")
+    from vramplan.report import check_output
+
+    if args.plot:
+        check_output(args.plot, "plot", (".png", ".html", ".htm"), needs_matplotlib=args.plot.lower().endswith(".png"))
     if args.report:
-        from vramplan.gpus import resolve_gpu
-        from vramplan.report import check_output
-
         check_output(args.report, "report", (".html", ".htm"))
-        resolve_gpu(args.gpu)  # a bad --gpu fails now, not after the trace
-    if getattr(args, "rl", None) not in (None, "none"):
-        raise VramplanError(
-            "rl", f"{command} runs supervised steps; GRPO is planned analytically (vramplan MODEL --rl grpo)"
-        )
-    setup = _setup_from_args(args)
-    from vramplan.models import load_config
+        if args.plot and os.path.realpath(args.plot) == os.path.realpath(args.report):
+            raise VramplanError("report", "--report and --plot name the same file: give each its own")
+    if command == "measure" and args.plot:
+        raise VramplanError("plot", "measure reads torch's peak counters, which keep no timeline: --plot is for trace")
+    if args.record:
+        _check_record_folder()
+    setup, notes = _setup_from_args(args, command)
+    if command == "trace" and args.real_cpu:
+        from vramplan.trace.preflight import refuse_if_too_big
 
-    load_config(args.model)  # unknown model: one line, before anything heavy loads
+        refuse_if_too_big(args.model, setup)
+    traced_plan = None
+    if args.report:
+        from vramplan.planner import plan
+
+        traced_plan = plan(args.model, args.gpu, **setup.model_dump())  # the traced setup, every field pinned
+    from vramplan.trace.quiet import quiet_libraries
+
+    quiet_libraries()
     console = _console() if not args.json else None
     status = console.status(f"{command}: importing torch") if console else None
     if status:
@@ -463,17 +472,9 @@ def _run(command: str, argv: list[str]) -> int:
     finally:
         if status:
             status.stop()
-    if args.plot:
-        from vramplan.plot import plot
-
-        plot(result, args.plot)
-    if args.report:
-        from vramplan.planner import plan
-        from vramplan.plot import timeline_svg
-        from vramplan.report import write_report
-
-        traced = plan(args.model, args.gpu, **setup.model_dump())  # the traced setup, every field pinned
-        write_report(traced, args.report, timeline_svg=timeline_svg(result))
+    if notes:
+        result = result.model_copy(update={"notes": [*notes, *result.notes]})
+    _write_trace_pictures(result, args.plot, args.report, traced_plan)
     if args.record:
         from vramplan.records import append_row, make_row
 
@@ -485,6 +486,42 @@ def _run(command: str, argv: list[str]) -> int:
 
         console.print(trace_renderable(result))
     return EXIT_FITS if result.outcome == "ok" else EXIT_NO_FIT
+
+
+def _check_record_folder() -> None:
+    """--record appends to tables/measured/traces.jsonl: refuse before the run if it cannot."""
+    from pathlib import Path
+
+    from vramplan.records import records_path
+
+    target = records_path()
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            raise VramplanError("record", f"cannot append to {target}: it is not writable")
+        return
+    folder = next(p for p in [target.parent, *target.parent.parents] if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise VramplanError("record", f"cannot create {target}: {Path(folder)} is not writable")
+
+
+def _write_trace_pictures(result: Any, plot: str | None, report: str | None, traced_plan: Any) -> None:
+    """The timeline (--plot) and the page (--report), all or nothing."""
+    if not plot and not report:
+        return
+    from vramplan.files import write_files_atomically
+
+    pairs = []
+    if plot:
+        from vramplan.plot import plot_content
+
+        pairs.append((plot, plot_content(result, plot)))
+    if report:
+        from vramplan.plot import timeline_svg
+        from vramplan.report import report_page
+
+        svg = timeline_svg(result) if result.timeline else None
+        pairs.append((report, report_page(traced_plan, timeline_svg=svg)))
+    write_files_atomically(pairs, field="plot" if plot else "report")
 
 
 def _cmd_validate(argv: list[str]) -> int:

@@ -260,12 +260,47 @@ def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | 
         seq //= 2
     out = []
     for label, fields in tries:
-        found = _first_fit(spec, gpu, fields, host)
+        found = _first_fit(spec, gpu, family_defaults(spec, fields)[0], host)
         if found:
             out.append(f"{label}: {_label(found[0])}, {_gib(found[1].device_bytes)} on the device")
             if label.startswith("--seq-len"):
                 break  # the longest sequence that fits is the cheapest cut
     return out
+
+
+def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``pinned`` with the choices the model's family makes when the user did not, and a note
+    for each: the attention transformers builds it with (Gemma-2: eager), LoRA on an MoE's
+    attention, dropout 0 under MoE all-linear. The planner and the trace both start here, so a
+    trace builds the Setup the plan describes. An attention the family refuses is refused."""
+    pinned = dict(pinned)
+    notes: list[str] = []
+    attention = pinned.get("attention")
+    if attention is not None and attention not in spec.attentions:
+        raise VramplanError(
+            "attention",
+            f"transformers does not build {spec.model_type} with {attention}: use --attention"
+            f" {' or '.join(spec.attentions)}",
+        )
+    if attention is None and Setup.model_fields["attention"].default not in spec.attentions:
+        pinned["attention"] = spec.attentions[0]
+        others = " or ".join(a for a in spec.attentions if a != pinned["attention"])
+        notes.append(
+            f"{spec.model_type}: attention {pinned['attention']}, as transformers builds this family (it refuses"
+            f" {Setup.model_fields['attention'].default})" + (f"; --attention {others} also runs it" if others else "")
+        )
+    if spec.moe is not None and "lora_targets" not in pinned and pinned.get("method") in (None, "lora", "qlora"):
+        pinned["lora_targets"] = ",".join(lin.name for lin in spec.attention if lin.nn_linear)
+        notes.append(
+            f"MoE: LoRA on the attention ({pinned['lora_targets']}); --lora-targets all-linear also adapts the"
+            " router and every expert (PEFT's ParamWrapper: far more trainable parameters and a folded copy of"
+            " each layer's expert weights)"
+        )
+    moe_all_linear = str(pinned.get("lora_targets", "")).strip().lower() == "all-linear"
+    if spec.moe is not None and moe_all_linear and "lora_dropout" not in pinned:
+        pinned["lora_dropout"] = 0.0
+        notes.append("MoE all-linear: lora_dropout 0, as PEFT's ParamWrapper on the experts requires")
+    return pinned, notes
 
 
 #: GPU counts ``num_gpus="auto"`` tries: one node of up to 8, then nodes of 8.
@@ -314,18 +349,7 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
         check["parallel"] = "zero3" if check.get("offload", "none") != "none" else "ddp"
     make_setup(**check)
     _check_against_gpu(pinned, card)
-    notes: list[str] = []
-    if spec.moe is not None and "lora_targets" not in pinned and pinned.get("method") in (None, "lora", "qlora"):
-        pinned["lora_targets"] = ",".join(lin.name for lin in spec.attention if lin.nn_linear)
-        notes.append(
-            f"MoE: LoRA on the attention ({pinned['lora_targets']}); --lora-targets all-linear also adapts the"
-            " router and every expert (PEFT's ParamWrapper: far more trainable parameters and a folded copy of"
-            " each layer's expert weights)"
-        )
-    moe_all_linear = str(pinned.get("lora_targets", "")).strip().lower() == "all-linear"
-    if spec.moe is not None and moe_all_linear and "lora_dropout" not in pinned:
-        pinned["lora_dropout"] = 0.0
-        notes.append("MoE all-linear: lora_dropout 0, as PEFT's ParamWrapper on the experts requires")
+    pinned, notes = family_defaults(spec, pinned)
     if card.resolved_from:
         notes.append(f"{card.resolved_from!r} resolved to {card.name} ({card.memory_mib} MiB as the driver reports it)")
     if not card.bf16_supported and "precision" not in pinned:

@@ -4,10 +4,12 @@ that needs nothing."""
 
 from __future__ import annotations
 
+import functools
 import html
 from pathlib import Path
 
 from vramplan.errors import VramplanError
+from vramplan.files import Content, write_file_atomically
 from vramplan.trace.result import TraceResult
 from vramplan.units import GIB
 
@@ -119,23 +121,30 @@ def timeline_svg(result: TraceResult) -> str:
 </svg><p style="font-family:sans-serif;font-size:12px">{legend}</p>"""
 
 
-def plot_html(result: TraceResult, path: Path) -> None:
-    page = f"""<!doctype html><meta charset="utf-8"><title>vramplan trace</title>
+def page_html(result: TraceResult) -> str:
+    """The timeline as a self-contained HTML page."""
+    return f"""<!doctype html><meta charset="utf-8"><title>vramplan trace</title>
 <h3 style="font-family:sans-serif">{html.escape(_title(result))}</h3>
 {timeline_svg(result)}
 """
-    path.write_text(page)
 
 
-def plot(result: TraceResult, path: str | Path) -> Path:
-    """Draw ``result``'s timeline to ``path`` (.png or .html)."""
+def plot_html(result: TraceResult, path: Path) -> None:
+    write_file_atomically(path, page_html(result), field="plot")
+
+
+def plot_content(result: TraceResult, path: str | Path) -> Content:
+    """What :func:`plot` writes to ``path``: the page's text for .html, a PNG writer for .png."""
     target = Path(path)
     if not result.timeline:
         raise VramplanError("plot", "this result has no timeline to draw")
     if target.suffix.lower() == ".png":
-        plot_png(result, target)
-    elif target.suffix.lower() in (".html", ".htm"):
-        plot_html(result, target)
-    else:
-        raise VramplanError("plot", f"write .png or .html, not {target.suffix or 'no extension'}")
-    return target
+        return functools.partial(plot_png, result)
+    if target.suffix.lower() in (".html", ".htm"):
+        return page_html(result)
+    raise VramplanError("plot", f"write .png or .html, not {target.suffix or 'no extension'}")
+
+
+def plot(result: TraceResult, path: str | Path) -> Path:
+    """Draw ``result``'s timeline to ``path`` (.png or .html), whole or not at all."""
+    return write_file_atomically(path, plot_content(result, path), field="plot")

@@ -290,46 +290,35 @@ def check_output(path: str | Path, field: str, suffixes: tuple[str, ...], *, nee
     return target
 
 
+def report_page(plan: Plan, *, time_line: str | None = None, timeline_svg: str | None = None) -> str:
+    """The page :func:`write_report` writes."""
+    files, note = emitted_files(plan)
+    return report_html(plan, time_line=time_line, emitted=files, emit_note=note, timeline_svg=timeline_svg)
+
+
 def write_report(
     plan: Plan, path: str | Path, *, time_line: str | None = None, timeline_svg: str | None = None
 ) -> Path:
     """Write the page to ``path`` (.html), all or nothing."""
+    from vramplan.files import write_file_atomically
+
     target = check_output(path, "report", (".html", ".htm"))
-    files, note = emitted_files(plan)
-    page = report_html(plan, time_line=time_line, emitted=files, emit_note=note, timeline_svg=timeline_svg)
-    _write_atomic(target, page)
-    return target
-
-
-def _write_atomic(target: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise VramplanError("report", f"{directory} is not a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".vramplan-", suffix=".tmp")
-    except OSError as exc:
-        raise VramplanError("report", f"cannot write into {directory}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise VramplanError("report", f"cannot write {target}: {exc.strerror}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    page = report_page(plan, time_line=time_line, timeline_svg=timeline_svg)
+    return write_file_atomically(target, page, field="report")
 
 
 def plot_plan_png(plan: Plan, path: str | Path) -> Path:
-    """The same two charts as a PNG (matplotlib, the ``plot`` extra)."""
+    """The same two charts as a PNG (matplotlib, the ``plot`` extra), whole or not at all."""
+    import functools
+
+    from vramplan.files import write_file_atomically
+
     target = check_output(path, "plot", (".png",))
+    return write_file_atomically(target, functools.partial(draw_plan_png, plan), field="plot")
+
+
+def draw_plan_png(plan: Plan, target: Path) -> None:
+    """Draw the PNG at ``target`` (in place: :func:`plot_plan_png` gives it a temporary name)."""
     try:
         import matplotlib
 
@@ -368,8 +357,5 @@ def plot_plan_png(plan: Plan, path: str | Path) -> Path:
     fig.tight_layout()
     try:
         fig.savefig(target)
-    except OSError as exc:
-        raise VramplanError("plot", f"cannot write {target}: {exc.strerror}") from None
     finally:
         plt.close(fig)
-    return target

@@ -109,6 +109,8 @@ class ModelSpec(BaseModel):
     attn_logit_softcapping: float | None = None
     embedding_name: str = "embed_tokens"
     torch_dtype: str = "bfloat16"
+    #: attention implementations transformers builds this family with (Setup.attention names)
+    attentions: tuple[str, ...] = ("eager", "sdpa", "flash-attn-2")
 
     @property
     def q_dim(self) -> int:
@@ -152,6 +154,11 @@ class ModelSpec(BaseModel):
 
 #: model types whose transformers config class defaults ``tie_word_embeddings`` to True.
 TIED_BY_DEFAULT = ("gemma2",)
+#: transformers 5 refuses sdpa for Gemma-2: ``Gemma2PreTrainedModel._supports_sdpa = False``
+#: ("sdpa does not support softcapping", models/gemma2/modeling_gemma2.py), which
+#: ``PreTrainedModel._sdpa_can_dispatch`` (modeling_utils.py) turns into a ValueError when sdpa
+#: is asked for; ``sdpa_attention_forward`` (integrations/sdpa_attention.py) refuses ``softcap``.
+GEMMA2_ATTENTIONS = ("eager", "flash-attn-2")
 
 
 def _get(cfg: dict[str, Any], key: str, *, where: str, default: Any = ...) -> Any:
@@ -294,6 +301,7 @@ def _llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         moe_mlp=moe_mlp,
         final_logit_softcapping=cfg.get("final_logit_softcapping"),
         attn_logit_softcapping=cfg.get("attn_logit_softcapping") if mt == "gemma2" else None,
+        attentions=GEMMA2_ATTENTIONS if mt == "gemma2" else ModelSpec.model_fields["attentions"].default,
         **c,
     )
 

@@ -15,14 +15,8 @@ from typing import Any
 
 import torch
 
-from vramplan.errors import VramplanError
 from vramplan.setup import Setup
-
-#: model types transformers cannot build without executing the publisher's code.
-REMOTE_CODE = {
-    "qwen": "Qwen (v1) is a remote-code architecture transformers does not ship; trace qwen1.5-7b/14b "
-    "(the same shapes in transformers' Qwen2 classes) instead"
-}
+from vramplan.trace.preflight import check_buildable, config_kwargs
 
 ATTN_IMPL = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attention_2"}
 TORCH_DTYPE = {
@@ -33,7 +27,6 @@ TORCH_DTYPE = {
     "amp-fp16": torch.float32,
 }
 AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}
-TRACE_OPTIMIZERS = ("adamw", "adamw-fused", "sgd", "adafactor", "adamw-8bit")
 
 
 @dataclass
@@ -44,64 +37,25 @@ class Built:
     notes: list[str]
 
 
-def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[str]:
-    """Refuse what the harness cannot build, with the reason and what to do instead."""
-    mt = config.get("model_type")
-    if mt in REMOTE_CODE:
-        raise VramplanError("model", REMOTE_CODE[mt])
-    if "visual" in config or ("vision_config" in config and mt not in ("qwen2_vl", "qwen2_5_vl")):
-        raise VramplanError(
-            "model", f"tracing {mt} with its vision tower is not supported: Qwen2-VL and Qwen2.5-VL are"
-        )
-    if "vision_config" in config and not setup.has_media:
-        raise VramplanError(
-            "image_size", "a VLM is traced with images or a video: give --image-size WxH or --video-frames N"
-        )
-    if "vision_config" in config and setup.images_per_sample and setup.video_frames:
-        raise VramplanError("video_frames", "a trace feeds images or a video, not both: trace them separately")
-    if "vision_config" not in config and setup.has_media:
-        raise VramplanError("images_per_sample", "images need a VLM (qwen2-vl-*, qwen2.5-vl-*)")
-    if "vision_config" in config and setup.method == "qlora":
-        raise VramplanError("method", "the harness traces VLMs in 16/32 bits (lora, full, freeze)")
-    if setup.method == "inference":
-        raise VramplanError("method", "the harness traces training steps: plan inference with the estimate alone")
-    if setup.parallel != "none":
-        raise VramplanError(
-            "parallel", "the harness runs one process on one device: trace with --parallel none (one GPU's share)"
-        )
-    notes = []
-    if setup.method == "qlora" and setup.quant not in ("bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "bnb-int8"):
-        raise VramplanError("quant", f"the harness builds bitsandbytes QLoRA (4-bit and int8), not {setup.quant}")
-    if setup.method == "qlora":
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise VramplanError("quant", "QLoRA needs bitsandbytes: pip install 'vramplan[trace]'") from None
-    if device != "cuda" and setup.optimizer not in TRACE_OPTIMIZERS:
-        raise VramplanError(
-            "optimizer",
-            f"{setup.optimizer} runs on CUDA only; off a GPU the harness runs {', '.join(TRACE_OPTIMIZERS)}",
-        )
-    if setup.attention == "flash-attn-2" and device != "cuda":
-        notes.append("flash-attn-2 needs CUDA: traced with sdpa, which saves the same tensors (q, k, v, out, lse)")
-    if setup.precision in ("fp16", "amp-fp16") and device != "cuda":
-        notes.append("fp16 autocast on the CPU follows the CPU op lists, which differ slightly from CUDA's")
-    return notes
+def _hf_config(config: dict[str, Any], setup: Setup, device: str) -> tuple[Any, list[str]]:
+    """transformers' config object for ``config``, and a note naming any keys left out
+    (:func:`vramplan.trace.preflight.config_kwargs`; a key named like one of the config
+    class's methods would shadow it, so those are left out too)."""
+    from transformers import AutoConfig, PretrainedConfig
 
-
-def _hf_config(config: dict[str, Any], setup: Setup, device: str) -> Any:
-    from transformers import AutoConfig
-
-    cfg = dict(config)
-    model_type = cfg.pop("model_type")
-    cfg.pop("auto_map", None)  # never follow remote code
+    kwargs, dropped = config_kwargs(config)
+    for key in [k for k in kwargs if callable(getattr(PretrainedConfig, k, None))]:
+        dropped.append(key)
+        del kwargs[key]
     attn = ATTN_IMPL[setup.attention]
     if attn == "flash_attention_2" and device != "cuda":
         attn = "sdpa"
-    hf = AutoConfig.for_model(model_type, **cfg)
+    hf = AutoConfig.for_model(config["model_type"], **kwargs)
     hf._attn_implementation = attn
     hf.use_cache = False
-    return hf
+    shown = [k for k in dropped if k != "_name_or_path"]  # transformers' own bookkeeping key
+    notes = [f"config keys left out (not settings transformers can take): {', '.join(shown)}"] if shown else []
+    return hf, notes
 
 
 def _lora_config(setup: Setup, spec_targets: list[str] | None, embedding_name: str) -> Any:
@@ -165,7 +119,8 @@ def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cp
     notes = check_buildable(config, setup, device)
     vlm = "vision_config" in config
     auto = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
-    hf = _hf_config(config, setup, device)
+    hf, config_notes = _hf_config(config, setup, device)
+    notes += config_notes
     dtype = TORCH_DTYPE[setup.precision]
     if setup.method == "qlora":
         from vramplan.trace.kbit import build_qlora

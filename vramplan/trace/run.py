@@ -16,6 +16,7 @@ from vramplan.models import load_config
 from vramplan.setup import Setup
 from vramplan.trace.build import Built, build
 from vramplan.trace.counter import Counter, CountingMode, Live
+from vramplan.trace.preflight import refuse_if_too_big
 from vramplan.trace.result import KINDS, Allocation, TimelinePoint, TraceResult
 
 Progress = Callable[[str], None]
@@ -121,6 +122,36 @@ def unpacked_batches() -> Any:
         mu.find_packed_sequence_indices = original
 
 
+@contextlib.contextmanager
+def grouped_mm_any_dtype() -> Any:
+    """MoE experts whose weights are not bf16 (AMP's fp32 master weights, fp16, QLoRA's
+    upcast by ``prepare_model_for_kbit_training``): transformers sends them to
+    ``torch.nn.functional.grouped_mm`` (integrations/moe.py ``_grouped_mm``), whose meta
+    kernel accepts bf16 only (torch/_meta_registrations.py ``_meta_grouped_mm_common``), so a
+    fake trace stopped there. Fake tensors take transformers' own fallback op instead
+    (``transformers::grouped_mm_fallback``, with a fake kernel and autograd), which returns
+    the same output and saves the same input and weight for backward."""
+    try:
+        import transformers.integrations.moe as moe
+    except ImportError:
+        yield
+        return
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    original = moe._can_use_grouped_mm
+
+    def can_use(input: Any, weight: Any, offs: Any) -> bool:
+        if isinstance(weight, FakeTensor) and weight.dtype != torch.bfloat16:
+            return False
+        return original(input, weight, offs)
+
+    moe._can_use_grouped_mm = can_use
+    try:
+        yield
+    finally:
+        moe._can_use_grouped_mm = original
+
+
 def _forward_loss(built: Built, ids: Any, device: str) -> Any:
     """One forward as HF Trainer runs it: under autocast when mixed precision is on, the
     outputs converted to fp32 (accelerate ``convert_outputs_to_fp32``) and dropped once the
@@ -222,7 +253,7 @@ def trace(
     t0 = time.perf_counter()
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
     say("building the model")
-    with unpacked_batches(), cuda_dropout(), cuda_int8_path():
+    with unpacked_batches(), cuda_dropout(), cuda_int8_path(), grouped_mm_any_dtype():
         built = build(config, setup, fake=fake, device="cpu", fake_mode=fake_mode)
         counter = Counter(keep_timeline=keep_timeline)
         for p in built.model.parameters():
@@ -404,24 +435,3 @@ def measure(model: str, setup: Setup, steps: int = 2, *, progress: Progress | No
         not_included=[],
         notes=[*built.notes, f"GPU: {torch.cuda.get_device_name()}"],
     )
-
-
-def refuse_if_too_big(model: str, setup: Setup) -> None:
-    """A real CPU run of a model that would not fit this machine is refused up front, from
-    the estimate (allocated tier), against the RAM available now."""
-    import os
-
-    from vramplan.memory import estimate
-    from vramplan.models import load_model
-
-    need = estimate(load_model(model), setup).allocated_bytes
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return
-    if need > 0.8 * avail:
-        raise VramplanError(
-            "model",
-            f"a real CPU run needs about {need / 2**30:.1f} GiB, more than this machine can give "
-            f"({avail / 2**30:.1f} GiB free): trace it with fake tensors instead (drop --real-cpu)",
-        )
