@@ -86,6 +86,7 @@ def check_whole(out: Path, old: dict[str, str], existed: bool) -> str:
     return "old" if now == was else "new"
 
 
+@pytest.mark.e2e  # a writer process SIGKILLed at each of its filesystem calls: 49 processes
 @pytest.mark.parametrize("existed", [False, True], ids=["out-is-new", "out-has-old-set-and-user-files"])
 def test_a_kill_at_any_call_leaves_the_old_set_or_the_new_one(tmp_path: Path, existed: bool) -> None:
     seen = []
