@@ -51,3 +51,10 @@ MAX_EPOCHS = 1e4
 MAX_PRICE_PER_HOUR = 1e6
 MAX_HOST_RAM_GIB = float(1 << 20)
 MAX_STEPS = 1 << 10
+
+
+def said(bound: float) -> str:
+    """A bound as a message says it: ``1,048,576``, ``0.5``, ``1e+06`` never."""
+    if float(bound).is_integer():
+        return f"{int(bound):,}"
+    return f"{bound:g}"

@@ -280,11 +280,12 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in fields.items():
         if not isinstance(name, str) or name not in Setup.model_fields:
-            raise VramplanError(shown(name), f"not a setup field; allowed: {', '.join(Setup.model_fields)}")
+            label = name if isinstance(name, str) else shown(name)
+            raise VramplanError(label, f"not a setup field; allowed: {', '.join(Setup.model_fields)}")
         if value is None:
             continue
         if isinstance(value, bool) and Setup.model_fields[name].annotation in (int, float):
-            raise VramplanError(name, f"must be a number, got {value!r}")
+            raise VramplanError(name, f"must be a number, not {value!r}")
         if name == "trainable_extra" and isinstance(value, str):
             value = tuple(x.strip() for x in value.split(",") if x.strip())
         try:

@@ -28,6 +28,7 @@ from vramplan.limits import (
     MAX_SOFTCAP,
     MAX_VISION_QUERIES,
     MAX_VOCAB,
+    said,
 )
 
 Frozen = ConfigDict(frozen=True, extra="forbid")
@@ -199,7 +200,7 @@ def _number(cfg: dict[str, Any], key: str, where: str, hi: float, *, default: An
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= hi:
-        raise VramplanError(f"{prefix}{key}", f"must be a number from 0 to {hi:g}, got {shown(value)} ({where})")
+        raise VramplanError(f"{prefix}{key}", f"must be a number from 0 to {said(hi)}, got {shown(value)} ({where})")
     return value
 
 
