@@ -140,7 +140,12 @@ SETUP_FLAGS = (
 
 
 def plan_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vramplan", description="Plan GPU memory for fine-tuning MODEL on GPU.")
+    p = _Parser(
+        prog="vramplan",
+        description="Plan GPU memory for fine-tuning MODEL on GPU.",
+        epilog="Exit 0 fits, 1 does not fit, 2 bad input, 3 internal error (add --debug, with any"
+        " command, for its traceback).",
+    )
     p.add_argument("model", help="catalog name or hub id (qwen2.5-7b, Qwen/Qwen2.5-7B-Instruct) or a config.json path")
     p.add_argument("--gpu", default="4090", help="card name (4090, a100-80g, h100, ...) or auto")
     _add_setup_flags(p)

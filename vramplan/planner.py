@@ -7,6 +7,7 @@ checkpointing and (with several GPUs) layout by the time model (timing.py).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -283,6 +284,8 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     too and the fastest that fits is chosen; ``num_gpus="auto"`` finds the fewest cards that
     fit. ``host_ram_gib``: the RAM of each node, checked against what CPU offload puts there.
     Bad input raises :class:`vramplan.errors.VramplanError`."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
     auto = pinned.get("num_gpus") == "auto"
     pinned = check_fields({k: v for k, v in pinned.items() if v is not None and not (auto and k == "num_gpus")})
     if auto:
