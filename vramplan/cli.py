@@ -344,7 +344,7 @@ def _cmd_plan(argv: list[str]) -> int:
         from vramplan.emit import TARGETS
 
         if args.emit not in TARGETS:
-            raise VramplanError("emit", f"unknown target {args.emit!r}; targets: {', '.join(TARGETS)}")
+            raise VramplanError("emit", f"unknown target {shown(args.emit)}; targets: {', '.join(TARGETS)}")
     fields = {k: v for k, v in vars(args).items() if k not in ("model", "gpu", "json", "host_ram", *emit_flags)}
     result = plan(args.model, gpu=args.gpu, host_ram_gib=args.host_ram, **fields)
     if args.emit is not None:

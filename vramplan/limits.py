@@ -50,7 +50,6 @@ MAX_DATASET_TOKENS = 10**15
 MAX_EPOCHS = 1e4
 MAX_PRICE_PER_HOUR = 1e6
 MAX_HOST_RAM_GIB = float(1 << 20)
-MAX_STEPS = 1 << 10
 
 
 def said(bound: float) -> str:
