@@ -361,3 +361,19 @@ def test_make_setup_image_size_names_the_field() -> None:
     with pytest.raises(VramplanError) as err:
         make_setup(image_size="²x²")
     assert err.value.field == "image_size"
+
+
+def test_unencodable_name_on_an_ascii_terminal(tmp_path) -> None:
+    """A config folder named in CJK, printed where stdout is ASCII: escaped, not exit 3."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "模型"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    out = subprocess.run(
+        [sys.executable, "-m", "vramplan", str(folder)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode in (0, 1), out.stderr
+    assert "\\u6a21\\u578b" in out.stdout

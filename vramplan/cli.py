@@ -664,8 +664,19 @@ def _dispatch(argv: list[str]) -> int:
     return _cmd_plan(argv)
 
 
+def _escape_unencodable() -> None:
+    """A name the terminal's encoding cannot write (a config folder named in CJK under
+    ``PYTHONIOENCODING=ascii``) is written as ``\\u6a21`` rather than failing the run."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _escape_unencodable()
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:

@@ -269,8 +269,10 @@ def _field_message(err: Any) -> tuple[str, str]:
 
 @cache
 def _field_adapter(name: str) -> TypeAdapter[Any]:
+    """One Setup field's type and constraints (its ``Field(ge=..., le=...)``), alone."""
     info = Setup.model_fields[name]
-    return TypeAdapter(Annotated[info.annotation, info])
+    typ: Any = Annotated[info.annotation, info]
+    return TypeAdapter(typ)
 
 
 def check_fields(fields: dict[str, Any]) -> dict[str, Any]:

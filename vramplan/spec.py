@@ -175,7 +175,9 @@ def _get(cfg: dict[str, Any], key: str, *, where: str, default: Any = ..., prefi
     if key in cfg and cfg[key] is not None:
         return cfg[key]
     if default is ...:
-        raise VramplanError(f"{prefix}{key}", f"missing from {where}; a {cfg.get('model_type')} config needs it")
+        mt = cfg.get("model_type")
+        needs = f"; a {mt} config needs it" if isinstance(mt, str) else ""
+        raise VramplanError(f"{prefix}{key}", f"missing from {where}{needs}")
     return default
 
 
