@@ -1,4 +1,9 @@
-"""The command line: parse, call the library, render. Exit 0 fits, 1 does not fit, 2 bad input."""
+"""The command line: parse, call the library, render.
+
+Exit 0 fits, 1 does not fit, 2 bad input (one line on stderr naming the field), 3 an internal
+error (a bug: one line asking for a report; ``--debug`` anywhere in the arguments adds the
+traceback), 130 interrupted, 141 stdout closed early (piped into ``head``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from typing import Any, NoReturn
 
@@ -13,7 +19,8 @@ from typing import Any, NoReturn
 # of every installed distribution) saves a noticeable part of start-up.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from vramplan.errors import DoesNotFit, VramplanError
+from vramplan import limits
+from vramplan.errors import DoesNotFit, VramplanError, one_line, shown
 from vramplan.setup import (
     ATTENTIONS,
     FSDP_SHARDINGS,
@@ -28,36 +35,70 @@ from vramplan.setup import (
     VLLMS,
 )
 
-EXIT_FITS, EXIT_NO_FIT, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_FITS, EXIT_NO_FIT, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE, as a shell reports them
+#: the longest one-line message the CLI writes; argparse's "unrecognized arguments" echo all of them
+MESSAGE_CHARS = 400
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
-        sys.stderr.write(f"vramplan: error: {message}\n")
+        text = one_line(message)
+        if len(text) > MESSAGE_CHARS:
+            text = text[: MESSAGE_CHARS - 3] + "..."
+        sys.stderr.write(f"vramplan: error: {text}\n")
         raise SystemExit(EXIT_BAD_INPUT)
 
 
+# ASCII digits only: int() and float() would also take full-width or Arabic-Indic digits,
+# underscores (1_000) and spaces, which no flag means.
+_INT = re.compile(r"[+-]?[0-9]{1,30}")  # a longer one is past every bound: said as the bound
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
+
+
 def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not _INT.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected an integer of at most 30 ASCII digits, got {shown(text)}")
+    return int(text)
 
 
 def _gpus(text: str) -> int | str:
     if text.strip().lower() == "auto":
         return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
+    if not _INT.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {shown(text)}")
+    return int(text)
 
 
 def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = float(text) if _FLOAT.fullmatch(text) else math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number like 0.5 or 1e-4, got {shown(text)}")
+    return value
+
+
+#: bounds of the plan flags that are not Setup fields: (name, smallest allowed, largest allowed)
+RUN_BOUNDS = (
+    ("samples", 1, limits.MAX_SAMPLES),
+    ("avg_tokens", 1, limits.MAX_SEQ_LEN),
+    ("dataset_tokens", 1, limits.MAX_DATASET_TOKENS),
+    ("epochs", 0, limits.MAX_EPOCHS),
+    ("price_per_hour", 0, limits.MAX_PRICE_PER_HOUR),
+    ("host_ram", 0, limits.MAX_HOST_RAM_GIB),
+)
+
+
+def _check_run_numbers(args: argparse.Namespace) -> None:
+    """Each run-length, cost and host flag within its bounds (integers from 1; the float ones
+    above 0), the bound said in the message."""
+    for flag, lo, hi in RUN_BOUNDS:
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if isinstance(value, int) and not lo <= value <= hi:
+            raise VramplanError(flag, f"must be an integer from {lo:,} to {hi:,}, got {shown(value)}")
+        if isinstance(value, float) and not (lo < value <= hi):
+            raise VramplanError(flag, f"must be above {lo} and at most {limits.said(hi)}, got {shown(value)}")
 
 
 SETUP_FLAGS = (
@@ -99,7 +140,12 @@ SETUP_FLAGS = (
 
 
 def plan_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vramplan", description="Plan GPU memory for fine-tuning MODEL on GPU.")
+    p = _Parser(
+        prog="vramplan",
+        description="Plan GPU memory for fine-tuning MODEL on GPU.",
+        epilog="Exit 0 fits, 1 does not fit, 2 bad input, 3 internal error (add --debug, with any"
+        " command, for its traceback).",
+    )
     p.add_argument("model", help="catalog name or hub id (qwen2.5-7b, Qwen/Qwen2.5-7B-Instruct) or a config.json path")
     p.add_argument("--gpu", default="4090", help="card name (4090, a100-80g, h100, ...) or auto")
     _add_setup_flags(p)
@@ -249,7 +295,7 @@ def _cmd_models(argv: list[str]) -> int:
         spec = load_model(name)
         rows.append((name, src.hub_id, spec.model_type, param_counts(spec).total, src.published_params_text or ""))
     if not rows:
-        raise VramplanError("query", f"no catalog model matches {args.query!r}")
+        raise VramplanError("query", f"no catalog model matches {shown(args.query)}")
     _console().print(models_table(rows))
     return EXIT_FITS
 
@@ -282,10 +328,7 @@ def _cmd_plan(argv: list[str]) -> int:
         )
     if args.price_per_hour is not None and args.samples is None and args.dataset_tokens is None:
         raise VramplanError("price_per_hour", "the cost needs the run's length: add --dataset-tokens or --samples")
-    for flag in ("samples", "avg_tokens", "epochs", "dataset_tokens", "price_per_hour", "host_ram"):
-        value = getattr(args, flag)
-        if value is not None and not (value > 0 and math.isfinite(value)):
-            raise VramplanError(flag, f"must be a positive finite number, got {value}")
+    _check_run_numbers(args)
     if args.emit is not None and (args.report or args.plot):
         raise VramplanError(
             "report", "--report/--plot draw the plan; run them without --emit (the page holds the trl config)"
@@ -303,7 +346,7 @@ def _cmd_plan(argv: list[str]) -> int:
         from vramplan.emit import TARGETS
 
         if args.emit not in TARGETS:
-            raise VramplanError("emit", f"unknown target {args.emit!r}; targets: {', '.join(TARGETS)}")
+            raise VramplanError("emit", f"unknown target {shown(args.emit)}; targets: {', '.join(TARGETS)}")
     fields = {k: v for k, v in vars(args).items() if k not in ("model", "gpu", "json", "host_ram", *emit_flags)}
     result = plan(args.model, gpu=args.gpu, host_ram_gib=args.host_ram, **fields)
     if args.emit is not None:
@@ -589,18 +632,70 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _stdout_gone() -> None:
+    """Point stdout at /dev/null once its reader has gone, so the interpreter's last flush
+    writes nowhere instead of printing a BrokenPipeError (the Python docs' SIGPIPE recipe)."""
     try:
-        if argv and argv[0] in COMMANDS:
-            return COMMANDS[argv[0]](argv[1:])
-        return _cmd_plan(argv)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # in-process (captured) stdout has no descriptor
+        pass
+
+
+def _internal_error(exc: BaseException) -> str:
+    try:
+        what = f"{type(exc).__name__}: {exc}"
+    except Exception:  # a message that cannot itself be printed
+        what = type(exc).__name__
+    what = one_line(what)
+    if len(what) > MESSAGE_CHARS:
+        what = what[: MESSAGE_CHARS - 3] + "..."
+    return f"vramplan: internal error: {what}; please report it with the command (run with --debug for the traceback)"
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    return _cmd_plan(argv)
+
+
+def _escape_unencodable() -> None:
+    """A name the terminal's encoding cannot write (a config folder named in CJK under
+    ``PYTHONIOENCODING=ascii``) is written as ``\\u6a21`` rather than failing the run."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _escape_unencodable()
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        code = _dispatch(argv)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at exit
+        return code
     except DoesNotFit as err:
         sys.stderr.write(f"vramplan: {err}\n")
         return EXIT_NO_FIT
     except VramplanError as err:
         sys.stderr.write(f"vramplan: error: {err}\n")
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _stdout_gone()
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(_internal_error(exc) + "\n")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.errors import VramplanError, closest
+from vramplan.errors import VramplanError, closest, shown
 from vramplan.tables import tables_dir
 from vramplan.units import MIB
 
@@ -107,6 +107,8 @@ def gpu_names() -> list[str]:
 
 def resolve_gpu(query: str) -> GPU:
     """The catalog card for what a user typed (``auto`` reads the local card via NVML)."""
+    if not isinstance(query, str) or not query.strip() or len(query) > 200:
+        raise VramplanError("gpu", f"name a card ('vramplan gpus' lists all) or auto, got {shown(query)}")
     q = _norm(query)
     if q == "auto":
         return detect_gpu()
@@ -119,7 +121,7 @@ def resolve_gpu(query: str) -> GPU:
             return catalog[short[probe]].model_copy(update={"resolved_from": query})
     near = closest(query, [g.name for g in catalog.values()] + sorted(short))
     hint = f"; closest: {', '.join(near)}" if near else ""
-    raise VramplanError("gpu", f"unknown GPU {query!r}{hint} ('vramplan gpus' lists all, or use auto)")
+    raise VramplanError("gpu", f"unknown GPU {shown(query)}{hint} ('vramplan gpus' lists all, or use auto)")
 
 
 def detect_gpu() -> GPU:

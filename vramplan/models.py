@@ -9,13 +9,17 @@ alias without its organisation (``qwen2.5-7b-instruct``), and a path to a local
 from __future__ import annotations
 
 import json
+import os
+import stat
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.errors import VramplanError, closest
+from vramplan.errors import VramplanError, closest, shown
+from vramplan.limits import MAX_CONFIG_BYTES, MAX_PATH_CHARS
 from vramplan.spec import ModelSpec, spec_from_config
 from vramplan.tables import tables_dir
 
@@ -71,16 +75,36 @@ def catalog_names() -> list[str]:
 
 
 def _read_config(path: Path, where: str) -> dict[str, Any]:
+    """The JSON object in ``path``: a regular file of at most MAX_CONFIG_BYTES, UTF-8, valid
+    JSON, not nested past what the parser can hold. Every failure is one VramplanError."""
+    name = shown(str(path))
     try:
-        text = path.read_text()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise VramplanError(where, f"{name} is not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise VramplanError(
+                where, f"{name} holds {info.st_size:,} bytes; a config.json has at most {MAX_CONFIG_BYTES:,}"
+            )
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise VramplanError(where, f"cannot read {path}: {exc.strerror}") from None
+        raise VramplanError(where, f"cannot read {name}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise VramplanError(where, f"{name} is not UTF-8 text (byte {exc.start:,}: {exc.reason})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise VramplanError(where, f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        raise VramplanError(where, f"{name} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise VramplanError(where, f"{name} nests arrays or objects too deeply to read") from None
+    except ValueError:  # an integer past Python's int-from-string limit (sys.get_int_max_str_digits)
+        limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+        raise VramplanError(where, f"{name} holds an integer of more than {limit:,} digits") from None
     if not isinstance(data, dict):
-        raise VramplanError(where, f"{path} must hold a JSON object")
+        raise VramplanError(where, f"{name} must hold a JSON object, not a {type(data).__name__}")
     return data
 
 
@@ -91,25 +115,62 @@ def resolve_model_name(query: str) -> str:
         near = closest(query, sorted(set(_index())))
         hint = f"; closest: {', '.join(near)}" if near else ""
         raise VramplanError(
-            "model", f"unknown model {query!r}{hint} (or pass a path to a config.json; 'vramplan models' lists all)"
+            "model",
+            f"unknown model {shown(query)}{hint} (or pass a path to a config.json; 'vramplan models' lists all)",
         )
     return name
 
 
+def _local_path(query: str) -> Path | None:
+    """The config.json ``query`` names on disk, or None when it names no file or folder (a
+    catalog name then). A path that cannot be looked at raises with the reason."""
+    if "\0" in query:
+        raise VramplanError("model", f"{shown(query)} holds a NUL character")
+    try:
+        path = Path(query).expanduser()
+    except RuntimeError:  # "~user" for a user this machine does not know
+        raise VramplanError("model", f"cannot expand {shown(query)}: no such user's home directory") from None
+    try:
+        if path.exists():
+            return path / "config.json" if path.is_dir() else path
+    except OSError as exc:
+        if not query.endswith(".json"):
+            return None  # too long a name for a path (ENAMETOOLONG): try it as a catalog name
+        raise VramplanError("model", f"cannot read {shown(query)}: {exc.strerror or exc}") from None
+    return path if query.endswith(".json") else None
+
+
 def load_config(query: str) -> tuple[str, dict[str, Any]]:
     """``(name, config dict)`` for a catalog name/alias or a local config path."""
-    path = Path(query).expanduser()
-    if path.exists() or query.endswith(".json"):
-        cfg_path = path / "config.json" if path.is_dir() else path
-        if not cfg_path.is_file():
-            raise VramplanError("model", f"no config.json at {cfg_path}")
+    if isinstance(query, os.PathLike):
+        query = os.fspath(query)
+    if not isinstance(query, str) or not query.strip():
+        raise VramplanError("model", f"name a model or a config.json path, got {shown(query)}")
+    if len(query) > MAX_PATH_CHARS:
+        raise VramplanError("model", f"{shown(query)} is longer than {MAX_PATH_CHARS:,} characters")
+    cfg_path = _local_path(query)
+    if cfg_path is not None:
+        try:
+            found = cfg_path.exists()
+        except OSError:
+            found = False
+        if not found:
+            raise VramplanError("model", f"no config.json at {shown(str(cfg_path))}")
         return cfg_path.parent.name or "model", _read_config(cfg_path, "model")
     name = resolve_model_name(query)
     return name, _read_config(models_dir() / name / "config.json", "model")
 
 
-@lru_cache(maxsize=64)
 def load_model(query: str) -> ModelSpec:
     """ModelSpec for a catalog name/alias or a path to a config.json (or its folder)."""
+    if isinstance(query, os.PathLike):
+        query = os.fspath(query)
+    if not isinstance(query, str):
+        raise VramplanError("model", f"name a model or a config.json path, got {shown(query)}")
+    return _load_model(query)
+
+
+@lru_cache(maxsize=64)
+def _load_model(query: str) -> ModelSpec:
     name, cfg = load_config(query)
     return spec_from_config(cfg, name=name, where="model config.json")

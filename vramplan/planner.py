@@ -7,18 +7,20 @@ checkpointing and (with several GPUs) layout by the time model (timing.py).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.errors import VramplanError
+from vramplan.errors import VramplanError, shown
 from vramplan.gpus import GPU, resolve_gpu
+from vramplan.limits import MAX_HOST_RAM_GIB, said
 from vramplan.memory import Estimate, estimate
 from vramplan.memory.host import host_terms
 from vramplan.memory.phases import CardEstimate
 from vramplan.models import load_model
 from vramplan.params import ParamCounts, param_counts
-from vramplan.setup import Setup, make_setup
+from vramplan.setup import Setup, check_fields, make_setup
 from vramplan.spec import ModelSpec
 from vramplan.units import GIB
 
@@ -231,7 +233,11 @@ def _label(s: Setup) -> str:
 def _first_fit(
     spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | None = None
 ) -> tuple[Setup, Estimate] | None:
-    for fields in candidates(pinned, gpu):
+    try:
+        weighed = candidates(pinned, gpu)
+    except VramplanError:  # a released pin that no layout runs: no suggestion, not an error
+        return None
+    for fields in weighed:
         try:
             setup, est, fits = _evaluate(spec, gpu, fields, host)
         except VramplanError:
@@ -313,12 +319,12 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     too and the fastest that fits is chosen; ``num_gpus="auto"`` finds the fewest cards that
     fit. ``host_ram_gib``: the RAM of each node, checked against what CPU offload puts there.
     Bad input raises :class:`vramplan.errors.VramplanError`."""
-    pinned = {k: v for k, v in pinned.items() if v is not None}
-    if pinned.get("num_gpus") == "auto":
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    auto = pinned.get("num_gpus") == "auto"
+    pinned = check_fields({k: v for k, v in pinned.items() if v is not None and not (auto and k == "num_gpus")})
+    if auto:
         return _auto_gpus(model, gpu, host_ram_gib, pinned)
-    unknown = sorted(set(pinned) - set(Setup.model_fields))
-    if unknown:
-        raise VramplanError(unknown[0], f"not a setup field; allowed: {', '.join(Setup.model_fields)}")
     if pinned.get("rl", "none") == "none":
         grpo_only = ("num_generations", "completion_len", "beta", "vllm")
         loose = sorted(k for k in grpo_only if k in pinned and pinned[k] != Setup.model_fields[k].default)
@@ -326,8 +332,15 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
             raise VramplanError(loose[0], f"--{loose[0].replace('_', '-')} applies to --rl grpo only")
     host: int | None = None
     if host_ram_gib is not None:
-        if not isinstance(host_ram_gib, (int, float)) or not 0 < host_ram_gib < 1 << 20:
-            raise VramplanError("host_ram", f"{host_ram_gib!r}: give the host RAM in GiB, a number above 0")
+        if (
+            isinstance(host_ram_gib, bool)
+            or not isinstance(host_ram_gib, (int, float))
+            or not 0 < host_ram_gib <= MAX_HOST_RAM_GIB
+        ):
+            raise VramplanError(
+                "host_ram",
+                f"give the host RAM in GiB, above 0 and at most {said(MAX_HOST_RAM_GIB)}; got {shown(host_ram_gib)}",
+            )
         host = int(host_ram_gib * GIB)
     spec = load_model(model)
     card = resolve_gpu(gpu)

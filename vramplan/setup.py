@@ -5,11 +5,28 @@ Value names are the same everywhere (CLI flags, Python keywords, tables/measured
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+import re
+from functools import cache
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from vramplan.errors import VramplanError
+from vramplan.errors import VramplanError, shown
+from vramplan.limits import (
+    MAX_BETA,
+    MAX_GENERATIONS,
+    MAX_GPUS,
+    MAX_GPUS_PER_NODE,
+    MAX_GRAD_ACCUM,
+    MAX_IMAGE_SIDE,
+    MAX_IMAGES,
+    MAX_LAYERS,
+    MAX_LORA_ALPHA,
+    MAX_LORA_RANK,
+    MAX_MICRO_BATCH,
+    MAX_SEQ_LEN,
+    MAX_VIDEO_FRAMES,
+)
 
 Method = Literal["full", "freeze", "lora", "qlora", "inference"]
 Quant = Literal["none", "bnb-int8", "bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "gptq-int4", "awq-int4"]
@@ -42,14 +59,17 @@ DEEPSPEED = ("zero1", "zero2", "zero3")
 QUANTIZED: tuple[str, ...] = tuple(q for q in QUANTS if q != "none")
 EXTRA_MODULES = ("embeddings", "lm_head")
 
-MAX_SEQ_LEN = 1 << 20
-MAX_MICRO_BATCH = 1 << 12
-MAX_GRAD_ACCUM = 1 << 16
-MAX_LORA_RANK = 1 << 14
-MAX_GPUS = 1 << 12
-MAX_GPUS_PER_NODE = 64
-MAX_IMAGES = 256
-MAX_VIDEO_FRAMES = 768  # Qwen2-VL's video processor samples at most 768 frames
+_SIZE = re.compile(r"([0-9]{1,9})[xX]([0-9]{1,9})")
+
+
+def _check_size(field: str, text: str, example: str) -> None:
+    """WIDTHxHEIGHT in ASCII digits, each side 1 to MAX_IMAGE_SIDE (``int()`` alone would also
+    take full-width digits, underscores and spaces)."""
+    m = _SIZE.fullmatch(text)
+    if m is None or not all(1 <= int(side) <= MAX_IMAGE_SIDE for side in m.groups()):
+        raise ValueError(
+            f"{field}|write WIDTHxHEIGHT in pixels, each side 1 to {MAX_IMAGE_SIDE}, like {example}; got {shown(text)}"
+        )
 
 
 class Setup(BaseModel):
@@ -61,11 +81,11 @@ class Setup(BaseModel):
     quant: Quant = "none"
     precision: Precision = "bf16"
     lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK)
-    lora_alpha: float = Field(16.0, gt=0, allow_inf_nan=False)
+    lora_alpha: float = Field(16.0, gt=0, le=MAX_LORA_ALPHA, allow_inf_nan=False)
     lora_dropout: float = Field(0.05, ge=0, lt=1, allow_inf_nan=False)
     lora_targets: str = "all-linear"
     trainable_extra: tuple[Literal["embeddings", "lm_head"], ...] = ()
-    freeze_trainable_layers: int = Field(2, ge=1)
+    freeze_trainable_layers: int = Field(2, ge=1, le=MAX_LAYERS)
     optimizer: Optimizer = "adamw"
     seq_len: int = Field(2048, ge=1, le=MAX_SEQ_LEN)
     micro_batch: int = Field(1, ge=1, le=MAX_MICRO_BATCH)
@@ -90,9 +110,9 @@ class Setup(BaseModel):
     freeze_projector: bool = False
     # reinforcement fine-tuning (TRL GRPOTrainer): seq_len is prompt + completion
     rl: RL = "none"
-    num_generations: int = Field(8, ge=2, le=1024)
+    num_generations: int = Field(8, ge=2, le=MAX_GENERATIONS)
     completion_len: int = Field(512, ge=1, le=MAX_SEQ_LEN)
-    beta: float = Field(0.0, ge=0, allow_inf_nan=False)
+    beta: float = Field(0.0, ge=0, le=MAX_BETA, allow_inf_nan=False)
     # GRPO generation with vLLM inside the training process (TRL use_vllm, vllm_mode="colocate")
     vllm: VLLM = "none"
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, allow_inf_nan=False)
@@ -113,13 +133,9 @@ class Setup(BaseModel):
                 f"method {self.method} trains 16/32-bit weights, so use --quant none"
             )
         if self.image_size:
-            parts = self.image_size.lower().split("x")
-            if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-                raise ValueError(f"image_size|{self.image_size!r}: write WIDTHxHEIGHT in pixels, like 1024x768")
+            _check_size("image_size", self.image_size, "1024x768")
         if self.video_size:
-            parts = self.video_size.lower().split("x")
-            if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-                raise ValueError(f"video_size|{self.video_size!r}: write WIDTHxHEIGHT in pixels, like 640x360")
+            _check_size("video_size", self.video_size, "640x360")
             if not self.video_frames:
                 raise ValueError("video_size|--video-size needs --video-frames N (the frames sampled per video)")
         if (self.freeze_vision or self.freeze_projector) and self.method != "full":
@@ -248,8 +264,38 @@ def _field_message(err: Any) -> tuple[str, str]:
         field, _, text = msg.partition("|")
         return field, text
     field = str(loc[0]) if loc else "setup"
-    got = err.get("input")
-    return field, f"{msg} (got {got!r})"
+    return field, f"{msg} (got {shown(err.get('input'))})"
+
+
+@cache
+def _field_adapter(name: str) -> TypeAdapter[Any]:
+    """One Setup field's type and constraints (its ``Field(ge=..., le=...)``), alone."""
+    info = Setup.model_fields[name]
+    typ: Any = Annotated[info.annotation, info]
+    return TypeAdapter(typ)
+
+
+def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Each field on its own (name, type, bounds), before any of them is used: a wrong type
+    raises VramplanError naming the field, never a TypeError from deep inside. Returns the
+    fields as Setup holds them (``"2048"`` -> 2048, ``"embeddings,lm_head"`` -> a tuple)."""
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if not isinstance(name, str) or name not in Setup.model_fields:
+            label = name if isinstance(name, str) else shown(name)
+            raise VramplanError(label, f"not a setup field; allowed: {', '.join(Setup.model_fields)}")
+        if value is None:
+            continue
+        if isinstance(value, bool) and Setup.model_fields[name].annotation in (int, float):
+            raise VramplanError(name, f"must be a number, not {value!r}")
+        if name == "trainable_extra" and isinstance(value, str):
+            value = tuple(x.strip() for x in value.split(",") if x.strip())
+        try:
+            out[name] = _field_adapter(name).validate_python(value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise VramplanError(name, f"{err.get('msg', 'invalid')} (got {shown(value)})") from None
+    return out
 
 
 def make_setup(**fields: Any) -> Setup:

@@ -12,7 +12,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.errors import VramplanError
+from vramplan.errors import VramplanError, shown
+from vramplan.limits import (
+    MAX_CHANNELS,
+    MAX_EXPERTS,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    MAX_HIDDEN,
+    MAX_IMAGE_SIDE,
+    MAX_INTERMEDIATE,
+    MAX_LAYERS,
+    MAX_MLP_RATIO,
+    MAX_PATCH,
+    MAX_POSITIONS,
+    MAX_SOFTCAP,
+    MAX_VISION_QUERIES,
+    MAX_VOCAB,
+    said,
+)
 
 Frozen = ConfigDict(frozen=True, extra="forbid")
 
@@ -161,18 +178,70 @@ TIED_BY_DEFAULT = ("gemma2",)
 GEMMA2_ATTENTIONS = ("eager", "flash-attn-2")
 
 
-def _get(cfg: dict[str, Any], key: str, *, where: str, default: Any = ...) -> Any:
+def _get(cfg: dict[str, Any], key: str, *, where: str, default: Any = ..., prefix: str = "") -> Any:
     if key in cfg and cfg[key] is not None:
         return cfg[key]
     if default is ...:
-        raise VramplanError(where, f"config.json has no '{key}'; a {cfg.get('model_type')} config needs it")
+        mt = cfg.get("model_type")
+        needs = f"; a {mt} config needs it" if isinstance(mt, str) else ""
+        raise VramplanError(f"{prefix}{key}", f"missing from {where}{needs}")
     return default
 
 
-def _positive(value: Any, key: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise VramplanError(where, f"'{key}' must be a positive integer, got {value!r}")
+def _bounded(value: Any, key: str, where: str, lo: int, hi: int) -> int:
+    """``value`` as an integer from ``lo`` to ``hi`` (an integral float such as 4096.0 passes;
+    a bool, a string, NaN, a list or anything out of range raises naming ``key`` and the range)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise VramplanError(key, f"must be an integer from {lo:,} to {hi:,}, got {shown(value)} ({where})")
     return value
+
+
+def _int(cfg: dict[str, Any], key: str, where: str, lo: int, hi: int, *, default: Any = ..., prefix: str = "") -> int:
+    """``cfg[key]`` checked by :func:`_bounded` (``default`` when absent or null)."""
+    return _bounded(_get(cfg, key, where=where, default=default, prefix=prefix), f"{prefix}{key}", where, lo, hi)
+
+
+def _number(cfg: dict[str, Any], key: str, where: str, hi: float, *, default: Any = ..., prefix: str = "") -> Any:
+    """``cfg[key]`` as a finite number from 0 to ``hi`` (JSON's NaN and Infinity refused)."""
+    value = _get(cfg, key, where=where, default=default, prefix=prefix)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= hi:
+        raise VramplanError(f"{prefix}{key}", f"must be a number from 0 to {said(hi)}, got {shown(value)} ({where})")
+    return value
+
+
+def _flag(cfg: dict[str, Any], key: str, where: str, default: bool) -> bool:
+    """``cfg[key]`` as a bool (true/false, or 0/1; absent or null: ``default``)."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, int) or value not in (0, 1):
+        raise VramplanError(key, f"must be true or false, got {shown(value)} ({where})")
+    return bool(value)
+
+
+def _text(cfg: dict[str, Any], keys: tuple[str, ...], where: str, default: str) -> str:
+    """The first of ``keys`` present and not null, as a string."""
+    for key in keys:
+        value = cfg.get(key)
+        if value is not None:
+            if not isinstance(value, str) or len(value) > 100:
+                raise VramplanError(key, f"must be a short string, got {shown(value)} ({where})")
+            return value
+    return default
+
+
+def _indexes(cfg: dict[str, Any], key: str, where: str, below: int, prefix: str = "") -> tuple[int, ...]:
+    """``cfg[key]``: a list of layer indexes, each from 0 to ``below - 1`` (absent or null: none)."""
+    value = cfg.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise VramplanError(f"{prefix}{key}", f"must be a list of layer indexes, got {shown(value)} ({where})")
+    return tuple(_bounded(i, f"{prefix}{key}", where, 0, below - 1) for i in value)
 
 
 def _decoder_linears(
@@ -218,24 +287,26 @@ def _decoder_linears(
 
 
 def _common(cfg: dict[str, Any], where: str) -> dict[str, Any]:
-    h = _positive(_get(cfg, "hidden_size", where=where), "hidden_size", where)
-    heads = _positive(_get(cfg, "num_attention_heads", where=where), "num_attention_heads", where)
-    kv = _positive(_get(cfg, "num_key_value_heads", where=where, default=heads), "num_key_value_heads", where)
-    head_dim = _positive(_get(cfg, "head_dim", where=where, default=h // heads), "head_dim", where)
+    h = _int(cfg, "hidden_size", where, 1, MAX_HIDDEN)
+    heads = _int(cfg, "num_attention_heads", where, 1, MAX_HEADS)
+    kv = _int(cfg, "num_key_value_heads", where, 1, MAX_HEADS, default=heads)
+    head_dim = _int(cfg, "head_dim", where, 1, MAX_HEAD_DIM, default=h // heads)
     if heads % kv:
-        raise VramplanError(where, f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv})")
+        raise VramplanError(
+            "num_key_value_heads", f"num_attention_heads ({heads}) must be a multiple of it, got {kv} ({where})"
+        )
     return dict(
         hidden_size=h,
-        num_layers=_positive(_get(cfg, "num_hidden_layers", where=where), "num_hidden_layers", where),
+        num_layers=_int(cfg, "num_hidden_layers", where, 1, MAX_LAYERS),
         num_heads=heads,
         num_kv_heads=kv,
         head_dim=head_dim,
-        intermediate_size=_positive(_get(cfg, "intermediate_size", where=where), "intermediate_size", where),
-        vocab_size=_positive(_get(cfg, "vocab_size", where=where), "vocab_size", where),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", cfg.get("model_type") in TIED_BY_DEFAULT)),
-        hidden_act=str(cfg.get("hidden_act", cfg.get("hidden_activation", "silu"))),
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 0) or 0),
-        torch_dtype=str(cfg.get("torch_dtype", cfg.get("dtype", "bfloat16"))),
+        intermediate_size=_int(cfg, "intermediate_size", where, 1, MAX_INTERMEDIATE),
+        vocab_size=_int(cfg, "vocab_size", where, 1, MAX_VOCAB),
+        tie_word_embeddings=_flag(cfg, "tie_word_embeddings", where, cfg.get("model_type") in TIED_BY_DEFAULT),
+        hidden_act=_text(cfg, ("hidden_act", "hidden_activation"), where, "silu"),
+        max_position_embeddings=_int(cfg, "max_position_embeddings", where, 0, MAX_POSITIONS, default=0),
+        torch_dtype=_text(cfg, ("torch_dtype", "dtype"), where, "bfloat16"),
     )
 
 
@@ -248,7 +319,7 @@ def _llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     elif mt == "phi3":
         qkv_bias = o_bias = False
     else:
-        qkv_bias = o_bias = bool(cfg.get("attention_bias", False))
+        qkv_bias = o_bias = _flag(cfg, "attention_bias", where, False)
     attn, mlp = _decoder_linears(
         c["hidden_size"],
         c["num_heads"] * c["head_dim"],
@@ -256,7 +327,7 @@ def _llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         c["intermediate_size"],
         qkv_bias=qkv_bias,
         o_bias=o_bias,
-        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_bias=_flag(cfg, "mlp_bias", where, False),
         fused_qkv=mt == "phi3",
         fused_gate_up=mt == "phi3",
     )
@@ -264,20 +335,20 @@ def _llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     moe_mlp: tuple[Linear, ...] = ()
     if mt in ("qwen3_moe", "mixtral"):
         if mt == "mixtral":  # every layer sparse; experts as wide as intermediate_size
-            n_exp = _positive(_get(cfg, "num_local_experts", where=where), "num_local_experts", where)
+            n_exp = _int(cfg, "num_local_experts", where, 1, MAX_EXPERTS)
             e_inter = c["intermediate_size"]
             layers = tuple(range(c["num_layers"]))
         else:
             # transformers 5 saves Qwen3-MoE's expert count as num_local_experts (its attribute map)
             key = "num_experts" if "num_experts" in cfg or "num_local_experts" not in cfg else "num_local_experts"
-            n_exp = _positive(_get(cfg, key, where=where), key, where)
-            e_inter = _positive(_get(cfg, "moe_intermediate_size", where=where), "moe_intermediate_size", where)
-            step = int(cfg.get("decoder_sparse_step", 1) or 1)
-            dense_only = set(cfg.get("mlp_only_layers") or [])
+            n_exp = _int(cfg, key, where, 1, MAX_EXPERTS)
+            e_inter = _int(cfg, "moe_intermediate_size", where, 1, MAX_INTERMEDIATE)
+            step = _int(cfg, "decoder_sparse_step", where, 0, MAX_LAYERS, default=1) or 1
+            dense_only = set(_indexes(cfg, "mlp_only_layers", where, MAX_LAYERS))
             layers = tuple(i for i in range(c["num_layers"]) if i not in dense_only and (i + 1) % step == 0)
         moe = MoESpec(
             num_experts=n_exp,
-            experts_per_token=_positive(_get(cfg, "num_experts_per_tok", where=where), "num_experts_per_tok", where),
+            experts_per_token=_int(cfg, "num_experts_per_tok", where, 1, n_exp),
             expert_intermediate_size=e_inter,
             layers=layers,
         )
@@ -299,8 +370,10 @@ def _llama_like(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         mlp=mlp,
         moe=moe,
         moe_mlp=moe_mlp,
-        final_logit_softcapping=cfg.get("final_logit_softcapping"),
-        attn_logit_softcapping=cfg.get("attn_logit_softcapping") if mt == "gemma2" else None,
+        final_logit_softcapping=_number(cfg, "final_logit_softcapping", where, MAX_SOFTCAP, default=None),
+        attn_logit_softcapping=_number(cfg, "attn_logit_softcapping", where, MAX_SOFTCAP, default=None)
+        if mt == "gemma2"
+        else None,
         attentions=GEMMA2_ATTENTIONS if mt == "gemma2" else ModelSpec.model_fields["attentions"].default,
         **c,
     )
@@ -310,12 +383,12 @@ def _qwen1(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     """Qwen (v1), remote code ``modeling_qwen.py``: fused ``c_attn`` (with bias), ``c_proj``,
     MLP ``w1``/``w2`` of width ``intermediate_size // 2`` and ``mlp.c_proj``; RMSNorm
     ``ln_1``/``ln_2``/``ln_f``; ``wte`` and an untied ``lm_head``."""
-    h = _positive(_get(cfg, "hidden_size", where=where), "hidden_size", where)
-    heads = _positive(_get(cfg, "num_attention_heads", where=where), "num_attention_heads", where)
-    kv_channels = _positive(_get(cfg, "kv_channels", where=where, default=h // heads), "kv_channels", where)
-    ff = _positive(_get(cfg, "intermediate_size", where=where), "intermediate_size", where) // 2
+    h = _int(cfg, "hidden_size", where, 1, MAX_HIDDEN)
+    heads = _int(cfg, "num_attention_heads", where, 1, MAX_HEADS)
+    kv_channels = _int(cfg, "kv_channels", where, 1, MAX_HEAD_DIM, default=h // heads)
+    ff = _int(cfg, "intermediate_size", where, 2, MAX_INTERMEDIATE) // 2
     proj = heads * kv_channels
-    bias = not bool(cfg.get("no_bias", True))
+    bias = not _flag(cfg, "no_bias", where, True)
     attn = (
         Linear(name="c_attn", in_features=h, out_features=3 * proj, bias=True),
         Linear(name="attn.c_proj", in_features=proj, out_features=h, bias=bias),
@@ -330,21 +403,28 @@ def _qwen1(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         name=name,
         model_type="qwen",
         hidden_size=h,
-        num_layers=_positive(_get(cfg, "num_hidden_layers", where=where), "num_hidden_layers", where),
+        num_layers=_int(cfg, "num_hidden_layers", where, 1, MAX_LAYERS),
         num_heads=heads,
         num_kv_heads=heads,
         head_dim=kv_channels,
         intermediate_size=ff,
-        vocab_size=_positive(_get(cfg, "vocab_size", where=where), "vocab_size", where),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        vocab_size=_int(cfg, "vocab_size", where, 1, MAX_VOCAB),
+        tie_word_embeddings=_flag(cfg, "tie_word_embeddings", where, False),
         hidden_act="silu",
         gated_mlp=True,
         attention=attn,
         mlp=mlp,
         vision=vision,
-        max_position_embeddings=int(cfg.get("seq_length", cfg.get("max_position_embeddings", 0)) or 0),
+        max_position_embeddings=_int(
+            cfg,
+            "seq_length",
+            where,
+            0,
+            MAX_POSITIONS,
+            default=_int(cfg, "max_position_embeddings", where, 0, MAX_POSITIONS, default=0),
+        ),
         embedding_name="wte",
-        torch_dtype="bfloat16" if cfg.get("bf16") else str(cfg.get("torch_dtype", "bfloat16")),
+        torch_dtype="bfloat16" if cfg.get("bf16") is True else _text(cfg, ("torch_dtype",), where, "bfloat16"),
     )
 
 
@@ -352,9 +432,10 @@ def _qwen_vl_visual(v: dict[str, Any], lm_hidden: int, where: str) -> VisionSpec
     """Qwen-VL ``visual.py``: ViT (conv1, positional_embedding, ln_pre, resblocks with
     ``attn.in_proj``/``attn.out_proj`` and ``mlp.c_fc``/``mlp.c_proj``, ln_post, proj) and
     an attention-pool resampler to ``n_queries`` tokens of width ``output_dim``."""
-    w = "visual"
-    width = _positive(_get(v, "width", where=f"{where}.{w}"), "width", where)
-    mlp_width = int(width * float(_get(v, "mlp_ratio", where=f"{where}.{w}")))
+    pre = "visual."
+    width = _int(v, "width", where, 1, MAX_HIDDEN, prefix=pre)
+    mlp_width = max(1, int(width * _number(v, "mlp_ratio", where, MAX_MLP_RATIO, prefix=pre)))
+    patch = _int(v, "patch_size", where, 1, MAX_PATCH, prefix=pre)
     blocks = (
         Linear(name="attn.in_proj", in_features=width, out_features=3 * width, bias=True),
         Linear(name="attn.out_proj", in_features=width, out_features=width, bias=True),
@@ -363,14 +444,14 @@ def _qwen_vl_visual(v: dict[str, Any], lm_hidden: int, where: str) -> VisionSpec
     )
     return VisionSpec(
         kind="qwen-vl",
-        depth=_positive(_get(v, "layers", where=f"{where}.{w}"), "layers", where),
+        depth=_int(v, "layers", where, 1, MAX_LAYERS, prefix=pre),
         hidden_size=width,
-        num_heads=_positive(_get(v, "heads", where=f"{where}.{w}"), "heads", where),
+        num_heads=_int(v, "heads", where, 1, MAX_HEADS, prefix=pre),
         intermediate_size=mlp_width,
-        patch_size=_positive(_get(v, "patch_size", where=f"{where}.{w}"), "patch_size", where),
-        out_hidden_size=int(_get(v, "output_dim", where=f"{where}.{w}", default=lm_hidden)),
-        image_size=_positive(_get(v, "image_size", where=f"{where}.{w}"), "image_size", where),
-        num_queries=int(_get(v, "n_queries", where=f"{where}.{w}", default=256)),
+        patch_size=patch,
+        out_hidden_size=_int(v, "output_dim", where, 1, MAX_HIDDEN, default=lm_hidden, prefix=pre),
+        image_size=_int(v, "image_size", where, patch, MAX_IMAGE_SIDE, prefix=pre),
+        num_queries=_int(v, "n_queries", where, 1, MAX_VISION_QUERIES, default=256, prefix=pre),
         blocks=blocks,
     )
 
@@ -379,19 +460,19 @@ def _qwen2_vl_vision(v: dict[str, Any], lm_hidden: int, kind: str, where: str) -
     """Qwen2-VL / Qwen2.5-VL vision tower (transformers ``Qwen2VisionTransformerPretrainedModel``):
     Conv3d patch embed without bias, blocks of qkv/proj (with bias) and an MLP (fc1/fc2 in
     Qwen2-VL; gated gate/up/down with bias in Qwen2.5-VL), and the PatchMerger."""
-    wv = f"{where}.vision_config"
-    d = _positive(v.get("embed_dim") if kind == "qwen2-vl" else v.get("hidden_size"), "embed_dim/hidden_size", wv)
+    pre = "vision_config."
+    d = _int(v, "embed_dim" if kind == "qwen2-vl" else "hidden_size", where, 1, MAX_HIDDEN, prefix=pre)
     if kind == "qwen2-vl":
-        inter = int(d * float(_get(v, "mlp_ratio", where=wv, default=4)))
+        inter = max(1, int(d * _number(v, "mlp_ratio", where, MAX_MLP_RATIO, default=4, prefix=pre)))
         blocks: tuple[Linear, ...] = (
             Linear(name="attn.qkv", in_features=d, out_features=3 * d, bias=True),
             Linear(name="attn.proj", in_features=d, out_features=d, bias=True),
             Linear(name="mlp.fc1", in_features=d, out_features=inter, bias=True),
             Linear(name="mlp.fc2", in_features=inter, out_features=d, bias=True),
         )
-        out = int(_get(v, "hidden_size", where=wv, default=lm_hidden))
+        out = _int(v, "hidden_size", where, 1, MAX_HIDDEN, default=lm_hidden, prefix=pre)
     else:
-        inter = _positive(_get(v, "intermediate_size", where=wv), "intermediate_size", wv)
+        inter = _int(v, "intermediate_size", where, 1, MAX_INTERMEDIATE, prefix=pre)
         blocks = (
             Linear(name="attn.qkv", in_features=d, out_features=3 * d, bias=True),
             Linear(name="attn.proj", in_features=d, out_features=d, bias=True),
@@ -399,22 +480,24 @@ def _qwen2_vl_vision(v: dict[str, Any], lm_hidden: int, kind: str, where: str) -
             Linear(name="mlp.up_proj", in_features=d, out_features=inter, bias=True),
             Linear(name="mlp.down_proj", in_features=inter, out_features=d, bias=True),
         )
-        out = int(_get(v, "out_hidden_size", where=wv, default=lm_hidden))
+        out = _int(v, "out_hidden_size", where, 1, MAX_HIDDEN, default=lm_hidden, prefix=pre)
+    depth = _int(v, "depth", where, 1, MAX_LAYERS, prefix=pre)
+    chans = "in_channels" if v.get("in_channels") is not None else "in_chans"
     return VisionSpec(
         kind=kind,  # type: ignore[arg-type]
-        depth=_positive(_get(v, "depth", where=wv), "depth", wv),
+        depth=depth,
         hidden_size=d,
-        num_heads=_positive(_get(v, "num_heads", where=wv), "num_heads", wv),
+        num_heads=_int(v, "num_heads", where, 1, MAX_HEADS, prefix=pre),
         intermediate_size=inter,
-        patch_size=_positive(_get(v, "patch_size", where=wv, default=14), "patch_size", wv),
-        in_channels=int(v.get("in_channels", v.get("in_chans", 3))),
-        temporal_patch_size=int(v.get("temporal_patch_size", 2)),
-        spatial_merge_size=int(v.get("spatial_merge_size", 2)),
+        patch_size=_int(v, "patch_size", where, 1, MAX_PATCH, default=14, prefix=pre),
+        in_channels=_int(v, chans, where, 1, MAX_CHANNELS, default=3, prefix=pre),
+        temporal_patch_size=_int(v, "temporal_patch_size", where, 1, MAX_PATCH, default=2, prefix=pre),
+        spatial_merge_size=_int(v, "spatial_merge_size", where, 1, MAX_PATCH, default=2, prefix=pre),
         gated_mlp=kind == "qwen2.5-vl",
         norm="layernorm" if kind == "qwen2-vl" else "rmsnorm",
         out_hidden_size=out,
-        window_size=int(v.get("window_size", 0) or 0),
-        fullatt_block_indexes=tuple(v.get("fullatt_block_indexes") or ()),
+        window_size=_int(v, "window_size", where, 0, MAX_IMAGE_SIDE, default=0, prefix=pre),
+        fullatt_block_indexes=_indexes(v, "fullatt_block_indexes", where, depth, prefix=pre),
         blocks=blocks,
     )
 
@@ -456,6 +539,8 @@ def spec_from_config(config: dict[str, Any], name: str = "model", where: str = "
     if not isinstance(config, dict):
         raise VramplanError(where, "must be a JSON object")
     mt = config.get("model_type")
-    if mt not in _READERS:
-        raise VramplanError(where, f"model_type {mt!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if not isinstance(mt, str) or mt not in _READERS:
+        raise VramplanError(
+            "model_type", f"{shown(mt)} is not supported ({where}); supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
     return _READERS[mt](name, config, where)
