@@ -355,11 +355,6 @@ def _published_rows() -> tuple[list[str], list[str]]:
     return rows[0], rows[1]
 
 
-@pytest.mark.xfail(
-    reason="a measured_value of 0 divides by zero in published.compare_row on this branch (exit 3); branch"
-    " validate refuses it with one line: drop this marker once both are merged",
-    strict=False,
-)
 @settings(FUZZ, max_examples=max(1, EXAMPLES // 3))
 @example(cells=[(20, "0")])
 @given(cells=st.lists(st.tuples(st.integers(0, 24), st.one_of(VALUE, JSON_LEAF.map(str))), min_size=1, max_size=3))
