@@ -167,7 +167,7 @@ def test_swift_refuses_a_data_path_it_would_strip(tmp_path: Path) -> None:
 
 def test_a_nan_option_is_refused() -> None:
     done = cli("qwen2.5-0.5b", "--method", "lora", "--lora-dropout", "nan", "--emit", "axolotl")
-    assert done.returncode == 2 and "lora_dropout" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.returncode == 2 and "--lora-dropout" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

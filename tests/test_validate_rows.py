@@ -47,7 +47,7 @@ OOM = dict(outcome="oom", measured_value="", gpu="rtx-4090", seq_len="32768", mi
 #: (id, fields over GOOD, code, text in the reason); the issue's examples come first
 BAD = [
     ("gptq-int8", dict(method="qlora", quant="gptq-int8"), "unknown quant", "unknown quant 'gptq-int8'; allowed: none"),
-    ("chatglm", dict(model="glm/config.json"), "bad model config", "model_type 'chatglm' is not supported"),
+    ("chatglm", dict(model="glm/config.json"), "bad model config", "model_type: 'chatglm' is not supported"),
     ("unknown-gpu", OOM | dict(gpu="v100-32g"), "unknown gpu", "unknown gpu 'v100-32g'"),
     ("blank-field", dict(seq_len=""), "not stated", "not stated: seq_len"),
     ("zero", dict(measured_value="0"), "invalid measured_value", "invalid measured_value '0'"),
@@ -70,7 +70,7 @@ BAD = [
     ("outcome", dict(outcome="crashed"), "unknown outcome", "unknown outcome 'crashed'"),
     ("checkpointing", dict(grad_checkpointing="yes"), "unknown grad_checkpointing", "'yes'; allowed: true, false"),
     ("model", dict(model="Qwen/Qwen1.5-72B"), "unknown model", "unknown model 'Qwen/Qwen1.5-72B'"),
-    ("long-model", dict(model="x" * 300), "unknown model", "File name too long"),
+    ("long-model", dict(model="x" * 300), "unknown model", "(302 characters)"),
     ("missing-config", dict(model="nowhere/config.json"), "unknown model", "no config.json"),
     ("seq-zero", dict(seq_len="0"), "invalid seq_len", "invalid seq_len"),
     ("seq-float", dict(seq_len="2.5"), "invalid seq_len", "invalid seq_len"),

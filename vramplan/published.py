@@ -381,8 +381,10 @@ def _from_error(exc: VramplanError, row: dict[str, str]) -> Excluded:
         return Excluded("unknown model", message)
     if exc.field == "model" and message.startswith("no config.json"):
         return Excluded("unknown model", f"unknown model {_shown(row.get('model', ''))}: {message}")
-    if exc.field.startswith("model"):  # the config itself: unreadable, its model_type, a dimension
-        return Excluded("bad model config", f"model {_shown(row.get('model', ''))}: {message}")
+    if exc.field == "model" or exc.field not in row:
+        # the config itself: unreadable, its model_type, a dimension (the config key is named)
+        key = "" if exc.field == "model" else f"{exc.field}: "
+        return Excluded("bad model config", f"model {_shown(row.get('model', ''))}: {key}{message}")
     return Excluded(f"invalid {exc.field}", f"invalid {exc.field}: {message}")
 
 
