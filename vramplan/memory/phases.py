@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vramplan.memory import activations as act
 from vramplan.memory import loss, optimizer, overhead, parallel, vision, weights
+from vramplan.memory.layers import layer_runs
 from vramplan.memory.trainable import check_lora_targets, trainable_params
 from vramplan.params import param_counts
 from vramplan.setup import Setup
@@ -124,7 +125,11 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
     saved (with checkpointing: their inputs, plus layer l recomputed), and the gradients of
     lm_head and of layers l..L-1 exist (all of them when accumulating), with one layer's
     transient gradient buffers. After layer 0 the embedding's backward runs beside every
-    gradient. The maximum over these points.
+    gradient. The maximum over these points (the first from the top, on a tie).
+
+    Through a run of identical layers (layers.py) the total changes by the same bytes from
+    one layer to the next (a copy and a checkpoint more below, a gradient less), so each run's
+    largest point is its top or its bottom layer: the sweep weighs one layer a run.
     """
     end = {  # after layer 0: every gradient, and the embedding's own backward
         "weights/autocast_copies": 0,
@@ -133,38 +138,37 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
         "activations/recompute": 0,
         "activations/backward_transient": optimizer.tied_embedding_backward_bytes(spec, setup),
     }
-    layers = list(act.saving_layers(spec, setup))
-    if not layers:
+    runs = layer_runs(spec, setup)
+    if not any(run.recorded for run in runs):
         return end
+    gc, acc = setup.grad_checkpointing, setup.grad_accum > 1
     transient = act.backward_transient_bytes(spec, setup)
-    moe_layers = set(spec.moe.layers) if spec.moe is not None else set()
-    copies = [weights.layer_autocast_copy_bytes(spec, setup, i in moe_layers) for i in range(spec.num_layers)]
-    per_layer_grads = optimizer.layer_gradient_bytes(spec, setup)
-    head_grads = all_grads - sum(per_layer_grads) - optimizer.embedding_gradient_bytes(spec, setup)
-    ckpt = act.checkpoint_bytes(spec, setup)
-    recorded = set(layers)
-    saved = [act.layer_saved_bytes(spec, setup, i) if i in recorded else 0 for i in range(spec.num_layers)]
-    kept = [ckpt if i in recorded else 0 for i in range(spec.num_layers)] if setup.grad_checkpointing else saved
-    running = 0
-    saved_upto = []
-    for value in kept:
-        running += value
-        saved_upto.append(running)
-    best = end
-    grads_above = head_grads
-    for layer in range(spec.num_layers - 1, -1, -1):
-        grads_above += per_layer_grads[layer]
-        if layer not in recorded:
-            continue
-        parts = {
-            "weights/autocast_copies": copies[layer] if setup.grad_checkpointing else sum(copies[: layer + 1]),
-            "gradients": all_grads if setup.grad_accum > 1 else grads_above,
-            "activations/saved": saved_upto[layer],
-            "activations/recompute": saved[layer] if setup.grad_checkpointing else 0,
-            "activations/backward_transient": transient,
-        }
-        if sum(parts.values()) > sum(best.values()):
-            best = parts
+    layer_grads = sum(run.grads * run.count for run in runs)
+    grads_above = all_grads - layer_grads - optimizer.embedding_gradient_bytes(spec, setup)  # lm_head's
+    copies_below = sum(run.copies * run.count for run in runs)
+    kept_below = sum(run.kept * run.count for run in runs)
+    best, best_total = end, sum(end.values())
+    for run in reversed(runs):
+        copies_below -= run.copies * run.count
+        kept_below -= run.kept * run.count
+        if run.recorded:
+            # one layer up adds its copy (every copy below stays alive without checkpointing) and
+            # its checkpoint, and holds one layer's gradients fewer (unless all are kept): at or
+            # above 0 the top layer is the run's peak (the first met), below it the bottom one
+            step = (0 if gc else run.copies) + run.kept - (0 if acc else run.grads)
+            layer = run.stop - 1 if step >= 0 else run.start
+            n = layer - run.start + 1  # layers of the run from its bottom up to this one
+            parts = {
+                "weights/autocast_copies": run.copies if gc else copies_below + n * run.copies,
+                "gradients": all_grads if acc else grads_above + (run.stop - layer) * run.grads,
+                "activations/saved": kept_below + n * run.kept,
+                "activations/recompute": run.saved if gc else 0,
+                "activations/backward_transient": transient,
+            }
+            total = sum(parts.values())
+            if total > best_total:
+                best, best_total = parts, total
+        grads_above += run.grads * run.count
     return best
 
 
@@ -321,19 +325,26 @@ def split_estimate(
     placed = device_map.assign(spec, setup)
     shares = device_map.shares(spec, llm or setup, placed)
     paged = optimizer.optimizer_state_bytes(spec, setup) if optimizer.paged_optimizer(setup) else 0
+    segment = loss.logits_segment_bytes(spec, llm or setup)
+    held: dict[device_map.CardShare, CardEstimate] = {}  # cards with one share hold the same
     cards = []
     for i, (units, share) in enumerate(zip(placed, shares, strict=True)):
-        mine = {name: device_map.card_terms(terms, share) for name, terms in per_phase.items()}
-        layers = sum(1 for u in units if u.kind == "layer")
-        card = card_estimate(i, device_map.label(units), layers, mine, loss.logits_segment_bytes(spec, llm or setup))
-        if paged:  # paged optimizer state: the card's share, outside the allocator
-            extra = -(-int(paged * share.trainable) // 1)
-            card = card.model_copy(
-                update={
-                    "terms": {**card.terms, "optimizer/paged_state": extra},
-                    "device_bytes": card.device_bytes + extra,
-                }
-            )
+        holds, layers = device_map.label(units), sum(1 for u in units if u.kind == "layer")
+        if share not in held:
+            mine = {name: device_map.card_terms(terms, share) for name, terms in per_phase.items()}
+            card = card_estimate(i, holds, layers, mine, segment)
+            if paged:  # paged optimizer state: the card's share, outside the allocator
+                extra = -(-int(paged * share.trainable) // 1)
+                card = card.model_copy(
+                    update={
+                        "terms": {**card.terms, "optimizer/paged_state": extra},
+                        "device_bytes": card.device_bytes + extra,
+                    }
+                )
+            held[share] = card
+        card = held[share]
+        if (card.index, card.holds, card.layers) != (i, holds, layers):
+            card = card.model_copy(update={"index": i, "holds": holds, "layers": layers})
         cards.append(card)
     top = max(cards, key=lambda c: c.device_bytes)
     phases_of_top = {
