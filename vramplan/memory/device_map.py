@@ -142,6 +142,16 @@ def _assign(spec: ModelSpec, dt: str, quant: str, n: int) -> tuple[tuple[Unit, .
     return tuple(tuple(c) for c in cards)
 
 
+def card_labels(spec: ModelSpec, setup: Setup, n: int | None = None) -> list[tuple[str, int]]:
+    """What each card of :func:`assign` holds, as :func:`label` says it, and its layer count."""
+    return list(_card_labels(spec, _weight_dtype(setup), setup.quant, n or setup.num_gpus))
+
+
+@lru_cache(maxsize=64)
+def _card_labels(spec: ModelSpec, dt: str, quant: str, n: int) -> tuple[tuple[str, int], ...]:
+    return tuple((label(list(c)), sum(1 for u in c if u.kind == "layer")) for c in _assign(spec, dt, quant, n))
+
+
 def label(units_on_card: list[Unit]) -> str:
     """``vision, embed, layers 0-17`` for one card."""
     names = ["vision" if u.kind == "vision" else u.kind for u in units_on_card if u.kind in ("vision", "embed")]
@@ -184,7 +194,11 @@ def shares(spec: ModelSpec, setup: Setup, cards: list[list[Unit]]) -> list[CardS
     head_params_on_embed = tied  # a tied lm_head is placed with the embedding
     ckpt = act.checkpoint_bytes(spec, setup)
     out = []
+    empty: CardShare | None = None  # the share of a card that holds nothing (many, with many cards)
     for c in cards:
+        if not c and empty is not None:
+            out.append(empty)
+            continue
         kinds = {u.kind for u in c}
         layers = [u.index for u in c if u.kind == "layer"]
         # the card's layers by kind (MoE, trained, recorded): layers of one kind hold the same
@@ -230,6 +244,8 @@ def shares(spec: ModelSpec, setup: Setup, cards: list[list[Unit]]) -> list[CardS
                 recomputes=mine > 0,
             )
         )
+        if not c:
+            empty = out[-1]
     return out
 
 

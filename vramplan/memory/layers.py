@@ -9,7 +9,7 @@ training starts), a model with every other layer MoE has one per layer. The back
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vramplan.memory import activations as act
 from vramplan.memory import optimizer, weights
@@ -18,21 +18,17 @@ from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
 
-@dataclass(frozen=True)
-class Run:
+class Run(NamedTuple):
     """Layers ``start`` to ``stop - 1``, all of one kind, and what each of them holds (bytes)."""
 
     start: int
     stop: int
+    count: int  # stop - start
     recorded: bool
     copies: int  # its 16-bit autocast weight copies
     grads: int  # its gradients
     saved: int  # its saved activations without checkpointing (0 unless recorded)
     kept: int  # what it keeps until its backward: its checkpoint, or ``saved`` without checkpointing
-
-    @property
-    def count(self) -> int:
-        return self.stop - self.start
 
 
 def layer_runs(spec: ModelSpec, setup: Setup) -> list[Run]:
@@ -48,8 +44,7 @@ def layer_runs(spec: ModelSpec, setup: Setup) -> list[Run]:
             kept = (ckpt if records else 0) if setup.grad_checkpointing else saved
             copies = weights.layer_autocast_copy_bytes(spec, setup, moe)
             held[kind] = (copies, grads[moe] if setup.is_lora or trains else 0, saved, kept)
-        copies, g, saved, kept = held[kind]
-        out.append(Run(start=start, stop=stop, recorded=records, copies=copies, grads=g, saved=saved, kept=kept))
+        out.append(Run(start, stop, stop - start, records, *held[kind]))
     return out
 
 

@@ -158,16 +158,20 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
             step = (0 if gc else run.copies) + run.kept - (0 if acc else run.grads)
             layer = run.stop - 1 if step >= 0 else run.start
             n = layer - run.start + 1  # layers of the run from its bottom up to this one
-            parts = {
-                "weights/autocast_copies": run.copies if gc else copies_below + n * run.copies,
-                "gradients": all_grads if acc else grads_above + (run.stop - layer) * run.grads,
-                "activations/saved": kept_below + n * run.kept,
-                "activations/recompute": run.saved if gc else 0,
-                "activations/backward_transient": transient,
-            }
-            total = sum(parts.values())
+            copies = run.copies if gc else copies_below + n * run.copies
+            grads = all_grads if acc else grads_above + (run.stop - layer) * run.grads
+            saved = kept_below + n * run.kept
+            recompute = run.saved if gc else 0
+            total = copies + grads + saved + recompute + transient
             if total > best_total:
-                best, best_total = parts, total
+                best_total = total
+                best = {
+                    "weights/autocast_copies": copies,
+                    "gradients": grads,
+                    "activations/saved": saved,
+                    "activations/recompute": recompute,
+                    "activations/backward_transient": transient,
+                }
         grads_above += run.grads * run.count
     return best
 
@@ -218,9 +222,34 @@ def with_vision(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     return out
 
 
+#: estimates already made, by (spec, setup), both frozen: the planner weighs one setup more
+#: than once (searching, ranking, timing). Emptied when full and when the overhead constants
+#: are read again (``vramplan.calibrate`` writes new ones).
+ESTIMATES_KEPT = 64
+_made: dict[tuple[ModelSpec, Setup], Estimate] = {}
+_made_with: list[dict] = []  # the overhead constants the kept estimates were made with
+
+
+def forget_estimates() -> None:
+    """Empty the kept estimates (to time the planner from scratch)."""
+    _made.clear()
+
+
 def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
     """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU
     (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``)."""
+    consts = overhead.overhead_constants()
+    if not _made_with or _made_with[0] is not consts or len(_made) >= ESTIMATES_KEPT:
+        _made.clear()
+        _made_with[:] = [consts]
+    key = (spec, setup)
+    est = _made.get(key)
+    if est is None:
+        est = _made[key] = _estimate(spec, setup)
+    return est
+
+
+def _estimate(spec: ModelSpec, setup: Setup) -> Estimate:
     if setup.method == "inference":
         from vramplan.memory.inference import inference_estimate
 
@@ -328,8 +357,7 @@ def split_estimate(
     segment = loss.logits_segment_bytes(spec, llm or setup)
     held: dict[device_map.CardShare, CardEstimate] = {}  # cards with one share hold the same
     cards = []
-    for i, (units, share) in enumerate(zip(placed, shares, strict=True)):
-        holds, layers = device_map.label(units), sum(1 for u in units if u.kind == "layer")
+    for i, ((holds, layers), share) in enumerate(zip(device_map.card_labels(spec, setup), shares, strict=True)):
         if share not in held:
             mine = {name: device_map.card_terms(terms, share) for name, terms in per_phase.items()}
             card = card_estimate(i, holds, layers, mine, segment)
