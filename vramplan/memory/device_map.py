@@ -24,6 +24,7 @@ computes at a time (the layers run in turn), so a card's peak is its own.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -116,7 +117,12 @@ def assign(spec: ModelSpec, setup: Setup, n: int | None = None) -> list[list[Uni
     """Modules per card, as accelerate's balanced ``infer_auto_device_map`` places them.
     Whatever the first ``n - 1`` cards cannot take lands on the last one (where accelerate
     would start offloading to the CPU once the card is full)."""
-    return [list(card) for card in _assign(spec, _weight_dtype(setup), setup.quant, n or setup.num_gpus)]
+    return [list(card) for card in placement(spec, setup, n)]
+
+
+def placement(spec: ModelSpec, setup: Setup, n: int | None = None) -> tuple[tuple[Unit, ...], ...]:
+    """:func:`assign` as the tuples it keeps (one placement per spec, load dtype, quant and count)."""
+    return _assign(spec, _weight_dtype(setup), setup.quant, n or setup.num_gpus)
 
 
 @lru_cache(maxsize=64)
@@ -177,7 +183,7 @@ class CardShare:
     recomputes: bool
 
 
-def shares(spec: ModelSpec, setup: Setup, cards: list[list[Unit]]) -> list[CardShare]:
+def shares(spec: ModelSpec, setup: Setup, cards: Sequence[Sequence[Unit]]) -> list[CardShare]:
     """Each card's share of weights, layers, trainable parameters, and its saved
     activations (its layers' checkpoints or full activations, plus the head's when the
     loss runs there)."""

@@ -351,14 +351,14 @@ def split_estimate(
     setup (its sequence holds the image tokens), which sizes each card's activations."""
     from vramplan.memory import device_map
 
-    placed = device_map.assign(spec, setup)
-    shares = device_map.shares(spec, llm or setup, placed)
+    shares = device_map.shares(spec, llm or setup, device_map.placement(spec, setup))
     paged = optimizer.optimizer_state_bytes(spec, setup) if optimizer.paged_optimizer(setup) else 0
     segment = loss.logits_segment_bytes(spec, llm or setup)
     held: dict[device_map.CardShare, CardEstimate] = {}  # cards with one share hold the same
     cards = []
     for i, ((holds, layers), share) in enumerate(zip(device_map.card_labels(spec, setup), shares, strict=True)):
-        if share not in held:
+        card = held.get(share)
+        if card is None:
             mine = {name: device_map.card_terms(terms, share) for name, terms in per_phase.items()}
             card = card_estimate(i, holds, layers, mine, segment)
             if paged:  # paged optimizer state: the card's share, outside the allocator
@@ -370,7 +370,6 @@ def split_estimate(
                     }
                 )
             held[share] = card
-        card = held[share]
         if (card.index, card.holds, card.layers) != (i, holds, layers):
             card = card.model_copy(update={"index": i, "holds": holds, "layers": layers})
         cards.append(card)
