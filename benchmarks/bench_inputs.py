@@ -30,15 +30,16 @@ NODES = GPUS // PER_NODE
 LAYERS = 1024
 
 
-def deep_config(name: str, folder: Path) -> str:
-    """A catalog config with ``num_hidden_layers`` = LAYERS (its per-layer lists stretched)."""
-    cfg = json.loads((MODELS / name / "config.json").read_text())
+def deep_config(name: str, folder: Path, tag: str = "", **extra: object) -> str:
+    """A catalog config with ``num_hidden_layers`` = LAYERS (its per-layer lists stretched),
+    and ``extra`` keys set."""
+    cfg = json.loads((MODELS / name / "config.json").read_text()) | extra
     for c in (cfg, cfg.get("text_config") or {}):
         if "num_hidden_layers" in c:
             c["num_hidden_layers"] = LAYERS
         if isinstance(c.get("layer_types"), list):
             c["layer_types"] = (c["layer_types"] * LAYERS)[:LAYERS]
-    out = folder / f"{name}-{LAYERS}"
+    out = folder / f"{name}-{LAYERS}{tag}"
     out.mkdir(exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg))
     return str(out)
@@ -47,6 +48,8 @@ def deep_config(name: str, folder: Path) -> str:
 def cases(folder: Path) -> list[tuple[str, list[str]]]:
     deep = {n: deep_config(n, folder) for n in ("llama-3.1-405b", "qwen3-30b-a3b", "qwen2-vl-72b", "gemma-2-9b")}
     big, moe, vlm = deep["llama-3.1-405b"], deep["qwen3-30b-a3b"], deep["qwen2-vl-72b"]
+    # every other layer MoE (one run of identical layers per layer), 16,384 experts
+    sparse = deep_config("qwen3-30b-a3b", folder, "-sparse", decoder_sparse_step=2, num_experts=1 << 14)
     cmds = [
         ("baseline", "qwen2.5-7b --gpu 4090"),
         ("auto, 405b on a 3060 (nothing fits)", "llama-3.1-405b --gpu 3060 --gpus auto"),
@@ -69,6 +72,8 @@ def cases(folder: Path) -> list[tuple[str, list[str]]]:
         ("1024 layers, freeze", f"{big} --gpu 3060 --method freeze --freeze-trainable-layers 1000"),
         ("moe 1024 layers", f"{moe} --gpu 3060"),
         ("moe 1024 layers all-linear", f"{moe} --gpu 3060 --lora-targets all-linear"),
+        ("moe every other layer, 1024 layers, auto", f"{sparse} --gpu 3060 --gpus auto"),
+        ("moe every other layer, fsdp 4096", f"{sparse} --gpu 3060 --gpus {PER_NODE} --nodes {NODES} --parallel fsdp"),
         ("gemma-2 1024 layers", f"{deep['gemma-2-9b']} --gpu 3060"),
         ("vlm 256 images", "qwen2-vl-72b --gpu 3060 --images-per-sample 256"),
         ("vlm 768 video frames", "qwen2-vl-72b --gpu 3060 --video-frames 768 --video-size 1920x1080"),
