@@ -29,10 +29,12 @@ def cli_times(runs: int) -> list[float]:
 
 def plan_times(runs: int) -> list[float]:
     from vramplan import plan
+    from vramplan.memory.phases import forget_estimates
 
     plan("qwen2.5-7b", gpu="4090")  # warm: catalog files read once per process
     out = []
     for _ in range(runs):
+        forget_estimates()  # each run weighs its setups afresh (plan() keeps estimates it made)
         t0 = time.perf_counter()
         plan("qwen2.5-7b", gpu="4090")
         out.append(time.perf_counter() - t0)

@@ -8,7 +8,9 @@ checkpointing and (with several GPUs) layout by the time model (timing.py).
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -233,17 +235,28 @@ def _label(s: Setup) -> str:
 def _first_fit(
     spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | None = None
 ) -> tuple[Setup, Estimate] | None:
+    """The first candidate that fits, in the search's order (None when none does or the
+    fields are refused). Memory never falls as the micro-batch grows, so a group (one method,
+    precision and layout) is weighed only when a candidate of its smallest micro-batch fits."""
     try:
-        weighed = candidates(pinned, gpu)
+        listed = candidates(pinned, gpu)
     except VramplanError:  # a released pin that no layout runs: no suggestion, not an error
         return None
-    for fields in weighed:
+    for group in _groups(listed):
+        smallest = min(f["micro_batch"] for f in group)
+        weighed: dict[int, tuple[Setup, Estimate, bool]] = {}
         try:
-            setup, est, fits = _evaluate(spec, gpu, fields, host)
+            for i, fields in enumerate(group):
+                if fields["micro_batch"] == smallest:
+                    weighed[i] = _evaluate(spec, gpu, fields, host)
+            if not any(e[2] for e in weighed.values()):
+                continue
+            for i, fields in enumerate(group):
+                setup, est, fits = weighed[i] if i in weighed else _evaluate(spec, gpu, fields, host)
+                if fits:
+                    return setup, est
         except VramplanError:
             return None
-        if fits:
-            return setup, est
     return None
 
 
@@ -394,7 +407,8 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
         if host is not None and need > host:
             fits = False
             notes.append(f"does not fit the host: {_gib(need)} of page-locked RAM needed, {_gib(host)} given")
-    alternatives = _alternatives(evaluated, chosen, card, spec)
+    # --gpus auto weighing a count that does not fit drops the plan: nothing to compare
+    alternatives = [] if _PROBING.get() and not fits else _alternatives(evaluated, chosen, card, spec)
     if setup.has_media:
         notes.append(_image_note(spec, setup, est))
     if setup.rl != "none":
@@ -406,7 +420,8 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
             f"nothing weighed fits {card.name}: the smallest needs {_gib(est.device_bytes)} "
             f"of {_gib(card.memory_bytes)}"
         )
-        notes += [f"would fit {s}" for s in _suggestions(spec, card, pinned, host)]
+        if not _PROBING.get():  # --gpus auto weighing a count: no suggestions needed
+            notes += [f"would fit {s}" for s in _suggestions(spec, card, pinned, host)]
     return Plan(
         model=spec.name,
         gpu=card,
@@ -465,31 +480,126 @@ def _ranking_note(spec: ModelSpec, gpu: GPU, ranked: list[tuple[Setup, Estimate,
     return "fitting setups, fastest first (estimated): " + "; ".join(parts) + more
 
 
+#: errors that mean a pinned layout cannot run on this many GPUs: ``--gpus auto`` moves on.
+AUTO_SKIPS = ("parallel", "offload", "num_nodes", "fsdp_sharding")
+#: set while ``--gpus auto`` weighs a GPU count: a plan that does not fit skips its suggestions.
+_PROBING: ContextVar[bool] = ContextVar("vramplan_probing", default=False)
+
+
 def _auto_gpus(model: str, gpu: str, host_ram_gib: float | None, pinned: dict[str, Any]) -> Plan:
     """The fewest GPUs (one node of up to 8, then nodes of 8) with a layout that fits."""
-    last = None
     counts = AUTO_GPUS
     if "num_nodes" in pinned:  # the node count is fixed: only the GPUs per node vary
         counts = [(n, pinned["num_nodes"]) for n in range(1, 9)]
-    for n, nodes in counts:
-        fields = {**pinned, "num_gpus": n, "num_nodes": nodes}
-        if n * nodes == 1:
-            fields.pop("parallel", None)
-            fields.pop("offload", None)
-        try:
-            last = plan(model, gpu, host_ram_gib=host_ram_gib, **fields)
-        except VramplanError as exc:
-            if exc.field in ("parallel", "offload", "num_nodes", "fsdp_sharding"):
-                continue  # a pinned layout that cannot run on this many GPUs
-            raise
-        if last.fits:
-            count = (
-                "1 GPU" if n * nodes == 1 else f"{n * nodes} GPUs" + (f" ({nodes} nodes of {n})" if nodes > 1 else "")
-            )
-            return last.model_copy(update={"notes": [f"--gpus auto: {count} is the fewest that fits", *last.notes]})
+
+    planned: dict[tuple[int, bool], Plan | None] = {}
+
+    def at(i: int, probe: bool = True) -> Plan | None:
+        """The plan at ``counts[i]``, None when the pinned layout cannot run there; while
+        probing, a plan that does not fit skips its suggestions and alternatives."""
+        if (i, probe) not in planned:
+            planned[i, probe] = _plan_count(model, gpu, host_ram_gib, pinned, counts[i], probe)
+        return planned[i, probe]
+
+    found, last = _fewest(counts, at)
+    if found is not None:
+        n, nodes = counts[found]
+        p = cast(Plan, at(found))  # a plan that fits is the same probed or not
+        count = "1 GPU" if n * nodes == 1 else f"{n * nodes} GPUs" + (f" ({nodes} nodes of {n})" if nodes > 1 else "")
+        return p.model_copy(update={"notes": [f"--gpus auto: {count} is the fewest that fits", *p.notes]})
     if last is None:
         raise VramplanError("num_gpus", "auto: no GPU count could run the pinned layout")
-    return last.model_copy(update={"notes": ["--gpus auto: nothing up to 512 GPUs fits", *last.notes]})
+    p = cast(Plan, at(last, probe=False))  # with its suggestions
+    return p.model_copy(update={"notes": ["--gpus auto: nothing up to 512 GPUs fits", *p.notes]})
+
+
+def _plan_count(
+    model: str, gpu: str, host_ram_gib: float | None, pinned: dict[str, Any], count: tuple[int, int], probe: bool
+) -> Plan | None:
+    """The plan on ``count`` (GPUs per node, nodes), None when the pinned layout cannot run
+    there; probing, a plan that does not fit skips its suggestions and alternatives."""
+    n, nodes = count
+    fields = {**pinned, "num_gpus": n, "num_nodes": nodes}
+    if n * nodes == 1:
+        fields.pop("parallel", None)
+        fields.pop("offload", None)
+    token = _PROBING.set(probe)
+    try:
+        return plan(model, gpu, host_ram_gib=host_ram_gib, **fields)
+    except VramplanError as exc:
+        if exc.field in AUTO_SKIPS:
+            return None
+        raise
+    finally:
+        _PROBING.reset(token)
+
+
+def _fewest(counts: list[tuple[int, int]], at: Callable[[int], Plan | None]) -> tuple[int | None, int | None]:
+    """``(first count that fits, last count that runs)`` as indices of ``counts`` (GPUs per
+    node, nodes), the same as weighing every count in order, where ``at(i)`` plans count i
+    (None: the layout cannot run there; an error raised is raised as in order).
+
+    Across nodes (where device_map cannot run) a larger world only divides sharded state
+    further and never adds to a GPU (parallel.py: every layout's terms are constant or divided
+    by the ranks; host RAM per node is divided by the nodes), so there whether anything fits
+    turns from no to yes at most once: those counts are searched by doubling then bisection,
+    and weighed in order after all if one of them cannot run or raises. Single-node counts
+    (device_map among the layouts) are weighed in order."""
+    done: dict[int, Plan | VramplanError | None] = {}
+
+    def plan_at(i: int) -> Plan | VramplanError | None:
+        if i not in done:
+            try:
+                done[i] = at(i)
+            except VramplanError as exc:
+                done[i] = exc
+        return done[i]
+
+    def in_order(lo: int, hi: int) -> int | None:
+        for i in range(lo, hi + 1):
+            p = plan_at(i)
+            if isinstance(p, VramplanError):
+                raise p
+            if p is not None and p.fits:
+                return i
+        return None
+
+    def doubling(lo: int, hi: int) -> int | None:
+        below, i, step = lo - 1, lo, 1  # below: the largest count known not to fit
+        while True:
+            p = plan_at(i)
+            if p is None or isinstance(p, VramplanError):
+                return in_order(lo, hi)
+            if p.fits:
+                break
+            if i == hi:
+                return None
+            below, i, step = i, min(hi, i + step), 2 * step
+        while i - below > 1:
+            mid = (below + i) // 2
+            p = plan_at(mid)
+            if p is None or isinstance(p, VramplanError):
+                return in_order(lo, hi)
+            below, i = (below, mid) if p.fits else (mid, i)
+        return i
+
+    lo = 0
+    while lo < len(counts):
+        multi = counts[lo][1] > 1
+        hi = lo
+        while hi + 1 < len(counts) and (counts[hi + 1][1] > 1) == multi:
+            hi += 1
+        found = doubling(lo, hi) if multi else in_order(lo, hi)
+        if found is not None:
+            return found, None
+        lo = hi + 1
+    for i in range(len(counts) - 1, -1, -1):  # nothing fits: the largest count that runs
+        p = plan_at(i)
+        if isinstance(p, VramplanError):
+            raise p
+        if p is not None:
+            return None, i
+    return None, None
 
 
 def _rl_note(setup: Setup, est: Estimate) -> str:
@@ -568,18 +678,8 @@ def _search(
     group's last candidate (micro-batch 1, checkpointing) is its smallest: when even that does
     not fit, nothing else in the group is weighed; otherwise the group is weighed in order up
     to its first fit, its best."""
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for fields in fields_list:
-        key = (
-            fields["method"],
-            fields["precision"],
-            fields.get("quant"),
-            fields.get("parallel"),
-            fields.get("offload"),
-        )
-        groups.setdefault(key, []).append(fields)
     out: list[tuple[Setup, Estimate, bool]] = []
-    for group in groups.values():
+    for group in _groups(fields_list):
         smallest = _evaluate(spec, gpu, group[-1], host)
         if not smallest[2]:
             out.append(smallest)
@@ -592,6 +692,21 @@ def _search(
         else:
             out.append(smallest)
     return out
+
+
+def _groups(fields_list: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Candidates by method, precision, quantization and layout, in their order."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for fields in fields_list:
+        key = (
+            fields["method"],
+            fields["precision"],
+            fields.get("quant"),
+            fields.get("parallel"),
+            fields.get("offload"),
+        )
+        groups.setdefault(key, []).append(fields)
+    return list(groups.values())
 
 
 def _alternatives(

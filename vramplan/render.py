@@ -14,6 +14,7 @@ from vramplan.units import GIB
 
 if TYPE_CHECKING:
     from vramplan.gpus import GPU
+    from vramplan.memory.phases import CardEstimate
     from vramplan.planner import Plan
     from vramplan.published import Comparison as PublishedComparison
     from vramplan.published import Stats as PublishedStats
@@ -72,11 +73,11 @@ def cards_table(plan: Plan) -> Table:
     table = Table(title="per card (device_map: layers placed as accelerate's balanced map does)", title_justify="left")
     for col in ("card", "holds", "peak at", "allocated GiB", "reserved GiB", "device GiB", "verdict"):
         table.add_column(col, justify="right" if "GiB" in col else "left")
-    for c in plan.cards:
+    for c, last in _card_rows(plan.cards):
         room = plan.gpu.memory_bytes - c.device_bytes
         verdict = f"fits, {_gib(room)} free" if room >= 0 else f"over by {_gib(-room)}"
         table.add_row(
-            str(c.index),
+            str(c.index) if last == c.index else f"{c.index}-{last}",
             c.holds,
             c.phase,
             _gib(c.allocated_bytes),
@@ -85,6 +86,22 @@ def cards_table(plan: Plan) -> Table:
             Text(verdict, style="green" if room >= 0 else "red"),
         )
     return table
+
+
+def _card_rows(cards: list[CardEstimate]) -> list[tuple[CardEstimate, int]]:
+    """Cards with the index of the last card their row stands for: neighbours that hold
+    nothing (more cards than modules) share one row."""
+
+    def row(c: CardEstimate) -> tuple[object, ...]:
+        return c.holds, c.phase, c.allocated_bytes, c.reserved_bytes, c.device_bytes, c.terms
+
+    rows: list[tuple[CardEstimate, int]] = []
+    for c in cards:
+        if rows and c.holds == "nothing" and row(c) == row(rows[-1][0]):
+            rows[-1] = (rows[-1][0], c.index)
+        else:
+            rows.append((c, c.index))
+    return rows
 
 
 def host_table(plan: Plan) -> Table:

@@ -30,11 +30,13 @@ its interconnect); they rank layouts, they do not promise seconds.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pydantic import BaseModel, ConfigDict
 
 from vramplan.gpus import GPU
 from vramplan.memory import estimate, optimizer, vision
-from vramplan.memory.trainable import full_trainable_params, trainable_layers
+from vramplan.memory.trainable import full_trainable_params, moe_layer_set, trainable_layers
 from vramplan.memory.weights import quantized_weight_params
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
@@ -99,11 +101,16 @@ def communication_seconds(spec: ModelSpec, setup: Setup, gpu: GPU) -> float:
 
 
 def _layer_matmul_params(spec: ModelSpec, layer: int) -> int:
-    moe_layers = set(spec.moe.layers) if spec.moe is not None else set()
+    return _kind_matmul_params(spec, layer in moe_layer_set(spec))
+
+
+@lru_cache(maxsize=256)
+def _kind_matmul_params(spec: ModelSpec, moe: bool) -> int:
+    """Matmul weights one token goes through in a dense or an MoE layer."""
     total = 0
-    for lin in spec.layer_linears(layer):
+    for lin in spec.attention + (spec.moe_mlp if moe else spec.mlp):
         n = lin.in_features * lin.out_features
-        if layer in moe_layers and spec.moe is not None and lin.count == spec.moe.num_experts:
+        if moe and spec.moe is not None and lin.count == spec.moe.num_experts:
             total += n * spec.moe.experts_per_token  # a token goes through k of the E experts
         else:
             total += n * lin.count

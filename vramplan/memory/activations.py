@@ -14,7 +14,13 @@ from __future__ import annotations
 from functools import lru_cache
 
 from vramplan.memory.policy import act_bytes, dtypes, pointwise_bytes, residual_bytes
-from vramplan.memory.trainable import lora_group, lora_linears, param_targets, trainable_layers
+from vramplan.memory.trainable import (
+    layer_kind_counts,
+    lora_group,
+    lora_linears,
+    param_targets,
+    trainable_layers,
+)
 from vramplan.memory.weights import unquantized_dtype
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
@@ -130,6 +136,11 @@ def layer_saved_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
     return _layer_saved(spec, setup, trains, moe)
 
 
+def layer_kind_saved_bytes(spec: ModelSpec, setup: Setup, moe: bool, trained: bool) -> int:
+    """:func:`layer_saved_bytes` of a layer of one kind: MoE or dense, in the trained layers or not."""
+    return _layer_saved(spec, setup, trained and not setup.is_lora, moe)
+
+
 @lru_cache(maxsize=4096)
 def _layer_saved(spec: ModelSpec, setup: Setup, trains: bool, moe: bool) -> int:
     """Layers of one kind (trained or not, MoE or dense) save the same: memoised on the kind."""
@@ -184,6 +195,14 @@ def saving_layers(spec: ModelSpec, setup: Setup) -> range:
     return trainable_layers(spec, setup)
 
 
+def kind_bounds(spec: ModelSpec, setup: Setup) -> tuple[int, int]:
+    """The first trained and the first recorded layer (``num_layers`` for none): with the
+    MoE layers they sort the layers into kinds (trainable.py ``layer_kind_runs``)."""
+    trained, recorded = trainable_layers(spec, setup), saving_layers(spec, setup)
+    L = spec.num_layers
+    return (trained.start if len(trained) else L), (recorded.start if len(recorded) else L)
+
+
 def head_saved_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Final norm, plus lm_head's input when lm_head trains (full, or an extra module), plus
     what the whole forward shares: RoPE's cos and sin (A·t·d each, saved by every layer's
@@ -206,7 +225,8 @@ def saved_activation_bytes(spec: ModelSpec, setup: Setup) -> int:
     if setup.grad_checkpointing:
         body = len(layers) * checkpoint_bytes(spec, setup)
     else:
-        body = sum(layer_saved_bytes(spec, setup, i) for i in layers)
+        kinds = layer_kind_counts(spec, *kind_bounds(spec, setup))
+        body = sum(n * layer_saved_bytes(spec, setup, rep) for rep, n, _, _, recorded in kinds if recorded)
     return body + (head_saved_bytes(spec, setup) if len(layers) else 0)
 
 

@@ -23,15 +23,20 @@ computes at a time (the layers run in turn), so a card's peak is its own.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from vramplan.memory import activations as act
 from vramplan.memory.policy import dtypes
 from vramplan.memory.trainable import (
     extra_trainable_params,
     head_lora_params,
+    kind_params,
     layer_params,
     lora_params,
+    moe_layer_set,
     trainable_layers,
     trainable_params,
 )
@@ -65,7 +70,11 @@ def _weight_dtype(setup: Setup) -> str:
 def units(spec: ModelSpec, setup: Setup) -> list[Unit]:
     """The modules in the order accelerate meets them, with their size as loaded (quantized
     linears packed: their share of the packed bytes spread evenly over the layers)."""
-    dt = _weight_dtype(setup)
+    return list(_units(spec, _weight_dtype(setup), setup.quant))
+
+
+@lru_cache(maxsize=64)
+def _units(spec: ModelSpec, dt: str, quant: str) -> tuple[Unit, ...]:
     counts = param_counts(spec)
     out: list[Unit] = []
     if counts.vision and spec.vision is not None:
@@ -77,28 +86,29 @@ def units(spec: ModelSpec, setup: Setup) -> list[Unit]:
         out.append(Unit("vision", v.depth, nbytes(counts.projector, dt)))
     out.append(Unit("embed", 0, nbytes(counts.embeddings, dt)))
     q_bytes = q_params = 0
-    if setup.quant != "none":
-        q_bytes = quant_weight_bytes(spec, setup.quant) // spec.num_layers
-        q_params = quantized_weight_params(spec, setup.quant) // spec.num_layers
+    if quant != "none":
+        q_bytes = quant_weight_bytes(spec, quant) // spec.num_layers
+        q_params = quantized_weight_params(spec, quant) // spec.num_layers
     for i in range(spec.num_layers):
         out.append(Unit("layer", i, q_bytes + nbytes(layer_params(spec, i) - q_params, dt)))
     out.append(Unit("norm", 0, nbytes(spec.hidden_size, dt)))
     if counts.lm_head:
         out.append(Unit("lm_head", 0, nbytes(counts.lm_head, dt)))
-    return out
+    return tuple(out)
 
 
 #: transformers' bitsandbytes quantizers ``adjust_max_memory``: 90% of each card's budget.
 BNB_MEMORY_FRACTION = 0.9
 
 
-def balanced_budget(spec: ModelSpec, parts: list[Unit], n: int, setup: Setup | None = None) -> int:
-    """Bytes transformers' ``get_balanced_memory`` allows each card but the last."""
+def balanced_budget(spec: ModelSpec, parts: list[Unit], n: int, quant: str = "none") -> int:
+    """Bytes transformers' ``get_balanced_memory`` allows each card but the last (``quant``:
+    the setup's quantization)."""
     total = sum(u.bytes for u in parts)
     block = max([u.bytes for u in parts if u.kind in ("layer", "vision")], default=0)
     leaf = max([u.bytes for u in parts if u.kind in ("embed", "lm_head")], default=0)
     budget = total // n + int(BUFFER_FACTOR * max(block, leaf))
-    if setup is not None and setup.quant.startswith("bnb"):
+    if quant.startswith("bnb"):
         budget = int(budget * BNB_MEMORY_FRACTION)
     return budget
 
@@ -107,22 +117,45 @@ def assign(spec: ModelSpec, setup: Setup, n: int | None = None) -> list[list[Uni
     """Modules per card, as accelerate's balanced ``infer_auto_device_map`` places them.
     Whatever the first ``n - 1`` cards cannot take lands on the last one (where accelerate
     would start offloading to the CPU once the card is full)."""
-    n = n or setup.num_gpus
-    parts = units(spec, setup)
-    budget = balanced_budget(spec, parts, n, setup)
+    return [list(card) for card in placement(spec, setup, n)]
+
+
+def placement(spec: ModelSpec, setup: Setup, n: int | None = None) -> tuple[tuple[Unit, ...], ...]:
+    """:func:`assign` as the tuples it keeps (one placement per spec, load dtype, quant and count)."""
+    return _assign(spec, _weight_dtype(setup), setup.quant, n or setup.num_gpus)
+
+
+@lru_cache(maxsize=64)
+def _assign(spec: ModelSpec, dt: str, quant: str, n: int) -> tuple[tuple[Unit, ...], ...]:
+    parts = _units(spec, dt, quant)
+    budget = balanced_budget(spec, list(parts), n, quant)
+    # the largest module after each one: the first card keeps room for it (accelerate main_devices)
+    largest_after = [0] * len(parts)
+    for pos in range(len(parts) - 2, -1, -1):
+        largest_after[pos] = max(largest_after[pos + 1], parts[pos + 1].bytes)
     cards: list[list[Unit]] = [[] for _ in range(n)]
     card, used = 0, 0
     for pos, u in enumerate(parts):
         while card < n - 1:
             cap = budget
-            if card == 0:  # room for the largest block after this one (accelerate main_devices)
-                cap -= max((v.bytes for v in parts[pos + 1 :]), default=0)
+            if card == 0:
+                cap -= largest_after[pos]
             if used + u.bytes <= cap:
                 break
             card, used = card + 1, 0
         cards[card].append(u)
         used += u.bytes
-    return cards
+    return tuple(tuple(c) for c in cards)
+
+
+def card_labels(spec: ModelSpec, setup: Setup, n: int | None = None) -> list[tuple[str, int]]:
+    """What each card of :func:`assign` holds, as :func:`label` says it, and its layer count."""
+    return list(_card_labels(spec, _weight_dtype(setup), setup.quant, n or setup.num_gpus))
+
+
+@lru_cache(maxsize=64)
+def _card_labels(spec: ModelSpec, dt: str, quant: str, n: int) -> tuple[tuple[str, int], ...]:
+    return tuple((label(list(c)), sum(1 for u in c if u.kind == "layer")) for c in _assign(spec, dt, quant, n))
 
 
 def label(units_on_card: list[Unit]) -> str:
@@ -150,24 +183,32 @@ class CardShare:
     recomputes: bool
 
 
-def shares(spec: ModelSpec, setup: Setup, cards: list[list[Unit]]) -> list[CardShare]:
+def shares(spec: ModelSpec, setup: Setup, cards: Sequence[Sequence[Unit]]) -> list[CardShare]:
     """Each card's share of weights, layers, trainable parameters, and its saved
     activations (its layers' checkpoints or full activations, plus the head's when the
     loss runs there)."""
     total_w = sum(u.bytes for c in cards for u in c) or 1
     L = spec.num_layers
-    trained = set(trainable_layers(spec, setup))
-    saving = set(act.saving_layers(spec, setup)) if setup.method != "inference" else set()
+    trained = trainable_layers(spec, setup)
+    saving = act.saving_layers(spec, setup) if setup.method != "inference" else range(0)
+    moe = moe_layer_set(spec)
     per_layer_lora = (lora_params(spec, setup) - head_lora_params(spec, setup)) / L if setup.is_lora else 0.0
     extra = setup.trainable_extra if setup.is_lora else ()
     tied = spec.tie_word_embeddings
     counts = param_counts(spec)
     total_t = trainable_params(spec, setup) or 1
     head_params_on_embed = tied  # a tied lm_head is placed with the embedding
+    ckpt = act.checkpoint_bytes(spec, setup)
     out = []
+    empty: CardShare | None = None  # the share of a card that holds nothing (many, with many cards)
     for c in cards:
+        if not c and empty is not None:
+            out.append(empty)
+            continue
         kinds = {u.kind for u in c}
         layers = [u.index for u in c if u.kind == "layer"]
+        # the card's layers by kind (MoE, trained, recorded): layers of one kind hold the same
+        by_kind = Counter((i in moe, i in trained, i in saving) for i in layers)
         has_head = "lm_head" in kinds or (head_params_on_embed and "embed" in kinds)
         if setup.is_lora:
             t = per_layer_lora * len(layers)
@@ -178,20 +219,24 @@ def shares(spec: ModelSpec, setup: Setup, cards: list[list[Unit]]) -> list[CardS
                 if "lm_head" in extra:
                     t += spec.vocab_size * spec.hidden_size
         elif setup.method == "full":
-            t = sum(layer_params(spec, i) for i in layers)
+            t = sum(n * kind_params(spec, is_moe) for (is_moe, _, _), n in by_kind.items())
             t += counts.embeddings if "embed" in kinds else 0
             t += counts.lm_head if "lm_head" in kinds else 0
             if "vision" in kinds:
                 t += (0 if setup.freeze_vision else counts.vision) + (0 if setup.freeze_projector else counts.projector)
         elif setup.method == "freeze":
-            t = sum(layer_params(spec, i) for i in layers if i in trained)
+            t = sum(n * kind_params(spec, is_moe) for (is_moe, trains, _), n in by_kind.items() if trains)
         else:
             t = 0
-        mine = [i for i in layers if i in saving]
+        mine = sum(n for (_, _, records), n in by_kind.items() if records)  # layers it recomputes
         if setup.grad_checkpointing:
-            saved = len(mine) * act.checkpoint_bytes(spec, setup)
+            saved = mine * ckpt
         else:
-            saved = sum(act.layer_saved_bytes(spec, setup, i) for i in mine)
+            saved = sum(
+                n * act.layer_kind_saved_bytes(spec, setup, is_moe, trains)
+                for (is_moe, trains, records), n in by_kind.items()
+                if records
+            )
         if has_head and saving:
             saved += act.head_saved_bytes(spec, setup)
         out.append(
@@ -202,9 +247,11 @@ def shares(spec: ModelSpec, setup: Setup, cards: list[list[Unit]]) -> list[CardS
                 has_head=has_head,
                 has_vision="vision" in kinds,
                 saved_bytes=saved,
-                recomputes=bool(mine),
+                recomputes=mine > 0,
             )
         )
+        if not c:
+            empty = out[-1]
     return out
 
 

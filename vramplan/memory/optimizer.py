@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 from vramplan.memory.policy import dtypes
 from vramplan.memory.trainable import (
@@ -42,17 +43,24 @@ def gradient_bytes(spec: ModelSpec, setup: Setup) -> int:
     return sum(nbytes(n, dt) for n, dt in _by_dtype(spec, setup))
 
 
-def layer_gradient_bytes(spec: ModelSpec, setup: Setup) -> list[int]:
-    """Gradient bytes of each decoder layer's trainable parameters (full/freeze: the layer in
-    the master dtype; LoRA: its fp32 adapters)."""
-    d = dtypes(setup)
+@lru_cache(maxsize=64)
+def kind_representatives(spec: ModelSpec) -> dict[bool, int]:
+    """The first dense (``False``) and first MoE (``True``) decoder layer, of those there are."""
     moe_layers = set(spec.moe.layers) if spec.moe is not None else set()
-    trained = set(trainable_layers(spec, setup))
-    per_kind: dict[bool, int] = {}
+    out: dict[bool, int] = {}
     for is_moe in (False, True):
         rep = next((i for i in range(spec.num_layers) if (i in moe_layers) == is_moe), None)
-        if rep is None:
-            continue
+        if rep is not None:
+            out[is_moe] = rep
+    return out
+
+
+def layer_gradient_kind_bytes(spec: ModelSpec, setup: Setup) -> dict[bool, int]:
+    """Gradient bytes of one trainable decoder layer, dense (``False``) and MoE (``True``):
+    full/freeze the layer in the master dtype; LoRA its fp32 adapters."""
+    d = dtypes(setup)
+    per_kind: dict[bool, int] = {}
+    for is_moe, rep in kind_representatives(spec).items():
         if setup.is_lora:
             r = setup.lora_rank
             n = sum(lin.count * r * (lin.in_features + lin.out_features) for lin in lora_linears(spec, setup, rep))
@@ -60,6 +68,15 @@ def layer_gradient_bytes(spec: ModelSpec, setup: Setup) -> list[int]:
             per_kind[is_moe] = nbytes(n, d.adapter)
         else:
             per_kind[is_moe] = nbytes(layer_params(spec, rep), d.master)
+    return per_kind
+
+
+def layer_gradient_bytes(spec: ModelSpec, setup: Setup) -> list[int]:
+    """Gradient bytes of each decoder layer's trainable parameters (full/freeze: the layer in
+    the master dtype; LoRA: its fp32 adapters)."""
+    moe_layers = set(spec.moe.layers) if spec.moe is not None else set()
+    trained = set(trainable_layers(spec, setup))
+    per_kind = layer_gradient_kind_bytes(spec, setup)
     return [per_kind[i in moe_layers] if setup.is_lora or i in trained else 0 for i in range(spec.num_layers)]
 
 

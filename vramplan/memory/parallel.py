@@ -25,6 +25,7 @@ each run their own micro-batch. ``N`` is the ranks the state is sharded over
 from __future__ import annotations
 
 from vramplan.memory import optimizer
+from vramplan.memory.layers import Run
 from vramplan.memory.overhead import overhead_constants
 from vramplan.memory.policy import dtypes
 from vramplan.memory.trainable import trainable_params
@@ -149,7 +150,6 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     ``optimizer+params`` offload keeps the shards, their gradients and the state on the CPU.
     """
     from vramplan.memory import activations as act
-    from vramplan.memory import weights
 
     n = setup.shard_count
     off = setup.offload == "optimizer+params"
@@ -165,9 +165,6 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     root = nbytes(embed * (1 if spec.tie_word_embeddings else 2), dt)
     layer = max(0, weights_total - root) // max(1, spec.num_layers)
     all_grads = optimizer.gradient_bytes(spec, setup)
-    layer_grads = optimizer.layer_gradient_bytes(spec, setup)
-    root_grads = all_grads - sum(layer_grads)
-    head_grads = root_grads - optimizer.embedding_gradient_bytes(spec, setup)
     acc = setup.grad_accum > 1
 
     def sharded(v: int) -> int:
@@ -214,46 +211,93 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     static = shard_static(
         {k: v for k, v in phases["backward"].items() if k.startswith(("weights/", "optimizer/", "overhead/"))}
     )
-    end_grads = sharded(all_grads - root_grads) + root_grads
-    best: dict[str, int] = {
-        "gradients": end_grads,
-        "activations/backward_transient": optimizer.tied_embedding_backward_bytes(spec, setup),
-        "parallel/gathered_weights": gathered_all if keep else root + layer_grads[0],
-    }
-    transient = act.backward_transient_bytes(spec, setup)
-    ckpt = act.checkpoint_bytes(spec, setup)
-    saved = [act.layer_saved_bytes(spec, setup, i) if i in recorded else 0 for i in range(spec.num_layers)]
-    kept = [ckpt if i in recorded else 0 for i in range(spec.num_layers)] if setup.grad_checkpointing else saved
-    moe_layers = set(spec.moe.layers) if spec.moe is not None else set()
-    copies = [weights.layer_autocast_copy_bytes(spec, setup, i in moe_layers) for i in range(spec.num_layers)]
-    upto: list[int] = []
-    running = 0
-    for v in kept:
-        running += v
-        upto.append(running)
-    above = 0
-    for i in range(spec.num_layers - 1, -1, -1):
-        if i in recorded:
-            nxt = layer_grads[i + 1] if i + 1 < spec.num_layers else 0
-            parts = {
-                "weights/autocast_copies": 0
-                if amp
-                else (copies[i] if setup.grad_checkpointing else sum(copies[: i + 1])),
-                # with accumulation the layers not yet reduce-scattered (this one and below, and
-                # the root) still hold their whole accumulated gradients
-                "gradients": (all_grads - above + layer_grads[i] if acc else head_grads)
-                + sharded(above)
-                + layer_grads[i],
-                "activations/saved": upto[i],
-                "activations/recompute": saved[i] if setup.grad_checkpointing else 0,
-                "activations/backward_transient": transient,
-                "parallel/gathered_weights": gathered_all if keep else root + layer + (layer if i > 0 else 0) + nxt,
-            }
-            if sum(parts.values()) > sum(best.values()):
-                best = parts
-        above += layer_grads[i]
-    out["backward"] = {**static, **best}
+    out["backward"] = {**static, **fsdp_backward_peak(spec, setup, root, layer)}
     t = shard_static(step)
     t["gradients"] = sharded(t.get("gradients", 0))
     out["optimizer_step"] = t
     return out
+
+
+def fsdp_backward_peak(spec: ModelSpec, setup: Setup, root: int, layer: int) -> dict[str, int]:
+    """FSDP's worst point of backward (see :func:`fsdp_phases`), walking the layers from the
+    top: in layer l's backward, the root (``root`` bytes gathered) with layer l and the
+    prefetched l-1 gathered (``layer`` bytes each), layer l+1's reduce-scatter buffer, layer
+    l's whole gradient and the sharded gradients above, beside the activations of layers
+    0..l; after layer 0, the root's gradients whole beside layer 0's buffer. The first
+    point from the top on a tie.
+
+    Through a run of identical layers (layers.py) the total falls by the same bytes from one
+    layer to the next but for the sharded gradients above, which rise by one layer's share,
+    rounded up (:func:`first_peak`); a run's top layer (its prefetch buffer is the run
+    above's) and layer 0 (nothing to prefetch) are weighed alone."""
+    from vramplan.memory import activations as act
+    from vramplan.memory.layers import first_peak, layer_runs
+
+    n = setup.shard_count
+    off = setup.offload == "optimizer+params"
+    keep = setup.fsdp_sharding == "shard_grad_op"
+    amp = setup.precision.startswith("amp-")
+    gc, acc = setup.grad_checkpointing, setup.grad_accum > 1
+    L = spec.num_layers
+    runs = layer_runs(spec, setup)
+    all_grads = optimizer.gradient_bytes(spec, setup)
+    root_grads = all_grads - sum(run.grads * run.count for run in runs)
+    head_grads = root_grads - optimizer.embedding_gradient_bytes(spec, setup)
+    gathered_all = root + layer * L  # shard_grad_op: all unsharded until backward ends
+
+    def sharded(v: int) -> int:
+        return 0 if off else _ceil_div(v, n)
+
+    best: dict[str, int] = {
+        "gradients": sharded(all_grads - root_grads) + root_grads,
+        "activations/backward_transient": optimizer.tied_embedding_backward_bytes(spec, setup),
+        "parallel/gathered_weights": gathered_all if keep else root + runs[0].grads,
+    }
+    best_total = sum(best.values())
+    transient = act.backward_transient_bytes(spec, setup)
+
+    def point(run: Run, i: int, nxt: int, above: int, copies_below: int, kept_below: int) -> dict[str, int]:
+        """Layer i's backward: ``nxt`` the gradients of layer i+1 (its reduce-scatter buffer),
+        ``above`` those of the layers above the run, ``*_below`` the copies and kept
+        activations of the layers below it."""
+        n_run = i - run.start + 1  # layers of the run up to this one
+        grads_above = above + (run.stop - 1 - i) * run.grads
+        g = run.grads
+        return {
+            "weights/autocast_copies": 0 if amp else (run.copies if gc else copies_below + n_run * run.copies),
+            # with accumulation the layers not yet reduce-scattered (this one and below, and
+            # the root) still hold their whole accumulated gradients
+            "gradients": (all_grads - grads_above + g if acc else head_grads) + sharded(grads_above) + g,
+            "activations/saved": kept_below + n_run * run.kept,
+            "activations/recompute": run.saved if gc else 0,
+            "activations/backward_transient": transient,
+            "parallel/gathered_weights": gathered_all if keep else root + layer + (layer if i > 0 else 0) + nxt,
+        }
+
+    copies_below = sum(run.copies * run.count for run in runs)
+    kept_below = sum(run.kept * run.count for run in runs)
+    above = 0  # gradients of the layers above the run
+    for idx in range(len(runs) - 1, -1, -1):
+        run = runs[idx]
+        copies_below -= run.copies * run.count
+        kept_below -= run.kept * run.count
+        g = run.grads
+        if run.recorded:
+            top = run.stop - 1
+            at = [(top, runs[idx + 1].grads if idx + 1 < len(runs) else 0)]
+            low = max(run.start, 1)  # the run's layers below its top, but layer 0
+            if top - low > 0:
+                # one layer down: a copy and a checkpoint fewer, (accumulating) one whole
+                # gradient fewer and one more sharded
+                step = -(0 if amp or gc else run.copies) - run.kept - (g if acc else 0)
+                m = first_peak(step, 0 if off else above + g, 0 if off else g, 1 if off else n, top - low)
+                at.append((top - 1 - m, g))
+            if run.start == 0 and top > 0:
+                at.append((0, g))
+            for i, nxt in at:
+                p = point(run, i, nxt, above, copies_below, kept_below)
+                total = sum(p.values())
+                if total > best_total:
+                    best, best_total = p, total
+        above += g * run.count
+    return best

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vramplan.memory import activations as act
 from vramplan.memory import loss, optimizer, overhead, parallel, vision, weights
+from vramplan.memory.layers import layer_runs
 from vramplan.memory.trainable import check_lora_targets, trainable_params
 from vramplan.params import param_counts
 from vramplan.setup import Setup
@@ -124,7 +125,11 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
     saved (with checkpointing: their inputs, plus layer l recomputed), and the gradients of
     lm_head and of layers l..L-1 exist (all of them when accumulating), with one layer's
     transient gradient buffers. After layer 0 the embedding's backward runs beside every
-    gradient. The maximum over these points.
+    gradient. The maximum over these points (the first from the top, on a tie).
+
+    Through a run of identical layers (layers.py) the total changes by the same bytes from
+    one layer to the next (a copy and a checkpoint more below, a gradient less), so each run's
+    largest point is its top or its bottom layer: the sweep weighs one layer a run.
     """
     end = {  # after layer 0: every gradient, and the embedding's own backward
         "weights/autocast_copies": 0,
@@ -133,38 +138,41 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
         "activations/recompute": 0,
         "activations/backward_transient": optimizer.tied_embedding_backward_bytes(spec, setup),
     }
-    layers = list(act.saving_layers(spec, setup))
-    if not layers:
+    runs = layer_runs(spec, setup)
+    if not any(run.recorded for run in runs):
         return end
+    gc, acc = setup.grad_checkpointing, setup.grad_accum > 1
     transient = act.backward_transient_bytes(spec, setup)
-    moe_layers = set(spec.moe.layers) if spec.moe is not None else set()
-    copies = [weights.layer_autocast_copy_bytes(spec, setup, i in moe_layers) for i in range(spec.num_layers)]
-    per_layer_grads = optimizer.layer_gradient_bytes(spec, setup)
-    head_grads = all_grads - sum(per_layer_grads) - optimizer.embedding_gradient_bytes(spec, setup)
-    ckpt = act.checkpoint_bytes(spec, setup)
-    recorded = set(layers)
-    saved = [act.layer_saved_bytes(spec, setup, i) if i in recorded else 0 for i in range(spec.num_layers)]
-    kept = [ckpt if i in recorded else 0 for i in range(spec.num_layers)] if setup.grad_checkpointing else saved
-    running = 0
-    saved_upto = []
-    for value in kept:
-        running += value
-        saved_upto.append(running)
-    best = end
-    grads_above = head_grads
-    for layer in range(spec.num_layers - 1, -1, -1):
-        grads_above += per_layer_grads[layer]
-        if layer not in recorded:
-            continue
-        parts = {
-            "weights/autocast_copies": copies[layer] if setup.grad_checkpointing else sum(copies[: layer + 1]),
-            "gradients": all_grads if setup.grad_accum > 1 else grads_above,
-            "activations/saved": saved_upto[layer],
-            "activations/recompute": saved[layer] if setup.grad_checkpointing else 0,
-            "activations/backward_transient": transient,
-        }
-        if sum(parts.values()) > sum(best.values()):
-            best = parts
+    layer_grads = sum(run.grads * run.count for run in runs)
+    grads_above = all_grads - layer_grads - optimizer.embedding_gradient_bytes(spec, setup)  # lm_head's
+    copies_below = sum(run.copies * run.count for run in runs)
+    kept_below = sum(run.kept * run.count for run in runs)
+    best, best_total = end, sum(end.values())
+    for run in reversed(runs):
+        copies_below -= run.copies * run.count
+        kept_below -= run.kept * run.count
+        if run.recorded:
+            # one layer up adds its copy (every copy below stays alive without checkpointing) and
+            # its checkpoint, and holds one layer's gradients fewer (unless all are kept): at or
+            # above 0 the top layer is the run's peak (the first met), below it the bottom one
+            step = (0 if gc else run.copies) + run.kept - (0 if acc else run.grads)
+            layer = run.stop - 1 if step >= 0 else run.start
+            n = layer - run.start + 1  # layers of the run from its bottom up to this one
+            copies = run.copies if gc else copies_below + n * run.copies
+            grads = all_grads if acc else grads_above + (run.stop - layer) * run.grads
+            saved = kept_below + n * run.kept
+            recompute = run.saved if gc else 0
+            total = copies + grads + saved + recompute + transient
+            if total > best_total:
+                best_total = total
+                best = {
+                    "weights/autocast_copies": copies,
+                    "gradients": grads,
+                    "activations/saved": saved,
+                    "activations/recompute": recompute,
+                    "activations/backward_transient": transient,
+                }
+        grads_above += run.grads * run.count
     return best
 
 
@@ -214,9 +222,34 @@ def with_vision(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     return out
 
 
+#: estimates already made, by (spec, setup), both frozen: the planner weighs one setup more
+#: than once (searching, ranking, timing). Emptied when full and when the overhead constants
+#: are read again (``vramplan.calibrate`` writes new ones).
+ESTIMATES_KEPT = 64
+_made: dict[tuple[ModelSpec, Setup], Estimate] = {}
+_made_with: list[dict] = []  # the overhead constants the kept estimates were made with
+
+
+def forget_estimates() -> None:
+    """Empty the kept estimates (to time the planner from scratch)."""
+    _made.clear()
+
+
 def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
     """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU
     (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``)."""
+    consts = overhead.overhead_constants()
+    if not _made_with or _made_with[0] is not consts or len(_made) >= ESTIMATES_KEPT:
+        _made.clear()
+        _made_with[:] = [consts]
+    key = (spec, setup)
+    est = _made.get(key)
+    if est is None:
+        est = _made[key] = _estimate(spec, setup)
+    return est
+
+
+def _estimate(spec: ModelSpec, setup: Setup) -> Estimate:
     if setup.method == "inference":
         from vramplan.memory.inference import inference_estimate
 
@@ -318,22 +351,27 @@ def split_estimate(
     setup (its sequence holds the image tokens), which sizes each card's activations."""
     from vramplan.memory import device_map
 
-    placed = device_map.assign(spec, setup)
-    shares = device_map.shares(spec, llm or setup, placed)
+    shares = device_map.shares(spec, llm or setup, device_map.placement(spec, setup))
     paged = optimizer.optimizer_state_bytes(spec, setup) if optimizer.paged_optimizer(setup) else 0
+    segment = loss.logits_segment_bytes(spec, llm or setup)
+    held: dict[device_map.CardShare, CardEstimate] = {}  # cards with one share hold the same
     cards = []
-    for i, (units, share) in enumerate(zip(placed, shares, strict=True)):
-        mine = {name: device_map.card_terms(terms, share) for name, terms in per_phase.items()}
-        layers = sum(1 for u in units if u.kind == "layer")
-        card = card_estimate(i, device_map.label(units), layers, mine, loss.logits_segment_bytes(spec, llm or setup))
-        if paged:  # paged optimizer state: the card's share, outside the allocator
-            extra = -(-int(paged * share.trainable) // 1)
-            card = card.model_copy(
-                update={
-                    "terms": {**card.terms, "optimizer/paged_state": extra},
-                    "device_bytes": card.device_bytes + extra,
-                }
-            )
+    for i, ((holds, layers), share) in enumerate(zip(device_map.card_labels(spec, setup), shares, strict=True)):
+        card = held.get(share)
+        if card is None:
+            mine = {name: device_map.card_terms(terms, share) for name, terms in per_phase.items()}
+            card = card_estimate(i, holds, layers, mine, segment)
+            if paged:  # paged optimizer state: the card's share, outside the allocator
+                extra = -(-int(paged * share.trainable) // 1)
+                card = card.model_copy(
+                    update={
+                        "terms": {**card.terms, "optimizer/paged_state": extra},
+                        "device_bytes": card.device_bytes + extra,
+                    }
+                )
+            held[share] = card
+        if (card.index, card.holds, card.layers) != (i, holds, layers):
+            card = card.model_copy(update={"index": i, "holds": holds, "layers": layers})
         cards.append(card)
     top = max(cards, key=lambda c: c.device_bytes)
     phases_of_top = {

@@ -126,11 +126,58 @@ def trainable_layers(spec: ModelSpec, setup: Setup) -> range:
     return range(L)
 
 
+@lru_cache(maxsize=256)
+def layer_kind_runs(
+    spec: ModelSpec, trained_from: int, recorded_from: int
+) -> tuple[tuple[int, int, bool, bool, bool], ...]:
+    """The decoder layers as runs of one kind, bottom up: ``(start, stop, moe, trained,
+    recorded)``, the trained and the recorded layers being the top ones, from ``trained_from``
+    and ``recorded_from`` up. Layers of one kind hold the same (weights, gradients, saved
+    activations), so a sum or a walk over the layers can take a run at a time."""
+    moe = set(spec.moe.layers) if spec.moe is not None else set()
+    out: list[tuple[int, int, bool, bool, bool]] = []
+    start, kind = 0, (False, False, False)
+    for i in range(spec.num_layers):
+        k = (i in moe, i >= trained_from, i >= recorded_from)
+        if k != kind and i > start:
+            out.append((start, i, *kind))
+            start = i
+        kind = k
+    if spec.num_layers > start:
+        out.append((start, spec.num_layers, *kind))
+    return tuple(out)
+
+
+@lru_cache(maxsize=256)
+def layer_kind_counts(
+    spec: ModelSpec, trained_from: int, recorded_from: int
+) -> tuple[tuple[int, int, bool, bool, bool], ...]:
+    """``(first layer, layers, moe, trained, recorded)`` of each kind of layer there is."""
+    first: dict[tuple[bool, bool, bool], list[int]] = {}
+    for start, stop, *kind in layer_kind_runs(spec, trained_from, recorded_from):
+        seen = first.setdefault(tuple(kind), [start, 0])
+        seen[1] += stop - start
+    return tuple((rep, n, *kind) for kind, (rep, n) in first.items())
+
+
+@lru_cache(maxsize=64)
+def moe_layer_set(spec: ModelSpec) -> frozenset[int]:
+    """The MoE decoder layers, as a set."""
+    return frozenset(spec.moe.layers) if spec.moe is not None else frozenset()
+
+
 def layer_params(spec: ModelSpec, layer: int) -> int:
     """Parameters of one decoder layer: its linears, q/k norms and its norms."""
+    return kind_params(spec, layer in moe_layer_set(spec))
+
+
+@lru_cache(maxsize=256)
+def kind_params(spec: ModelSpec, moe: bool) -> int:
+    """A dense (``moe`` False) or MoE layer's parameters (``spec.layer_linears`` of one)."""
     norm = spec.hidden_size * (2 if spec.norm == "layernorm" else 1)
     qk = 2 * spec.head_dim if spec.qk_norm else 0
-    return sum(lin.params for lin in spec.layer_linears(layer)) + qk + spec.norms_per_layer * norm
+    mlp = spec.moe_mlp if moe else spec.mlp
+    return sum(lin.params for lin in spec.attention + mlp) + qk + spec.norms_per_layer * norm
 
 
 def full_trainable_params(spec: ModelSpec, setup: Setup) -> int:
