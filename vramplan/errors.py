@@ -16,6 +16,14 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def cut(text: str, limit: int) -> str:
+    """``text`` cut in the middle, with its length, when longer than ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]}...{text[-half:]} ({len(text):,} characters)"
+
+
 def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     """``value`` as an error message echoes it: ``repr`` (strings quoted and escaped), an
     integer too long to print named by its size, and anything longer than ``limit``
@@ -28,10 +36,7 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
         text = one_line(repr(value))
     except (ValueError, RecursionError):  # an int nested in a list past the int-str limit, a deep list
         return f"a {type(value).__name__}"
-    if len(text) > limit:
-        half = (limit - 5) // 2
-        text = f"{text[:half]}...{text[-half:]} ({len(text):,} characters)"
-    return text
+    return cut(text, limit)
 
 
 class VramplanError(ValueError):

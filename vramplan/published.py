@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from vramplan.errors import VramplanError, closest
+from vramplan.errors import VramplanError, closest, cut, one_line, shown
 from vramplan.gpus import gpu_catalog, resolve_gpu
 from vramplan.memory import estimate
 from vramplan.memory.phases import Estimate
@@ -148,24 +148,9 @@ class Excluded(Exception):
         self.reason = reason
 
 
-def _esc(text: str) -> str:
-    """``text`` with control characters (and other unprintable ones) written as escapes."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _shown(value: str, limit: int = 80) -> str:
-    """A row's value as a reason quotes it: ``repr``, escaped, cut in the middle past ``limit``."""
-    text = _esc(repr(value))
-    if len(text) > limit:
-        half = (limit - 5) // 2
-        text = f"{text[:half]}...{text[-half:]} ({len(value):,} characters)"
-    return text
-
-
 def _cut(reason: str, limit: int = 400) -> str:
     """A reason no longer than ``limit`` (a planner message may quote a long value whole)."""
-    reason = _esc(reason)
-    return reason if len(reason) <= limit else f"{reason[: limit - 20]}... ({len(reason):,} characters)"
+    return cut(one_line(reason), limit)
 
 
 class Record(NamedTuple):
@@ -180,7 +165,7 @@ def read_records(path: Path) -> list[Record]:
     """The CSV's records, bounded in size; a problem with the file as a whole raises one
     VramplanError (field ``csv``); a record with more or fewer fields than the header is
     returned with its shape problem."""
-    where = _esc(str(path))
+    where = one_line(str(path))
     try:
         with path.open("rb") as fh:
             data = fh.read(MAX_CSV_BYTES + 1)
@@ -199,7 +184,7 @@ def read_records(path: Path) -> list[Record]:
     try:
         header = reader.fieldnames or []
     except csv.Error as exc:
-        raise VramplanError("csv", f"{where} is not a readable CSV (its header: {_esc(str(exc))})") from None
+        raise VramplanError("csv", f"{where} is not a readable CSV (its header: {one_line(str(exc))})") from None
     missing = [c for c in COLUMNS if c not in header]
     if len(missing) == len(COLUMNS):
         raise VramplanError(
@@ -216,7 +201,7 @@ def read_records(path: Path) -> list[Record]:
             break
         except csv.Error as exc:  # bad quoting, a field over the csv module's limit: this record only
             raw = None
-            problem = f"malformed row: {_esc(str(exc))}"
+            problem = f"malformed row: {one_line(str(exc))}"
         if len(out) >= MAX_CSV_ROWS:
             raise VramplanError("csv", f"{where} has more than {MAX_CSV_ROWS} rows; split it")
         if raw is None:
@@ -303,13 +288,13 @@ def row_estimate(row: dict[str, str], base: Path) -> Estimate:
     try:
         spec = load_model(_model(row, base))
     except OSError as exc:  # probing the name as a path: too long, not a directory, ...
-        raise VramplanError("model", f"unknown model {_shown(row['model'])}: {exc.strerror or exc}") from None
+        raise VramplanError("model", f"unknown model {shown(row['model'])}: {exc.strerror or exc}") from None
     setup = row_setup(row)
     return estimate(spec, setup)
 
 
 def _unknown(field: str, value: str) -> Excluded:
-    return Excluded(f"unknown {field}", f"unknown {field} {_shown(value)}; allowed: {', '.join(ALLOWED[field])}")
+    return Excluded(f"unknown {field}", f"unknown {field} {shown(value)}; allowed: {', '.join(ALLOWED[field])}")
 
 
 def _measured_bytes(row: dict[str, str]) -> int | None:
@@ -322,16 +307,16 @@ def _measured_bytes(row: dict[str, str]) -> int | None:
     try:
         value = float(text)
     except ValueError:
-        raise Excluded("invalid measured_value", f"invalid measured_value {_shown(text)}: not a number") from None
+        raise Excluded("invalid measured_value", f"invalid measured_value {shown(text)}: not a number") from None
     if not math.isfinite(value) or value <= 0:
         raise Excluded(
-            "invalid measured_value", f"invalid measured_value {_shown(text)}: must be a positive finite number"
+            "invalid measured_value", f"invalid measured_value {shown(text)}: must be a positive finite number"
         )
     measured = value * UNITS[unit]  # compared as a float: 1e300 GiB is past the largest float
     if not MIN_MEASURED_BYTES <= measured <= MAX_MEASURED_BYTES:
         raise Excluded(
             "invalid measured_value",
-            f"invalid measured_value {_shown(text)} {unit}: a per-GPU peak lies in 1 MiB..16 TiB",
+            f"invalid measured_value {shown(text)} {unit}: a per-GPU peak lies in 1 MiB..16 TiB",
         )
     return int(measured)
 
@@ -342,7 +327,7 @@ def _check(row: dict[str, str]) -> None:
     for field in COLUMNS:
         value = row.get(field, "")
         if field not in ("source", "notes") and not value.isprintable():
-            raise Excluded(f"invalid {field}", f"invalid {field} {_shown(value)}: a control character")
+            raise Excluded(f"invalid {field}", f"invalid {field} {shown(value)}: a control character")
     notes = row.get("notes", "")
     if notes.lower().startswith("excluded:"):
         raise Excluded("excluded in notes", notes[len("excluded:") :].strip().split(". ")[0].rstrip("."))
@@ -376,15 +361,15 @@ def exclusion(row: dict[str, str]) -> str:
 
 def _from_error(exc: VramplanError, row: dict[str, str]) -> Excluded:
     """A bad-input error raised while planning one row, as that row's exclusion."""
-    message = _esc(exc.message)
+    message = one_line(exc.message)
     if exc.field == "model" and message.startswith("unknown model"):
         return Excluded("unknown model", message)
     if exc.field == "model" and message.startswith("no config.json"):
-        return Excluded("unknown model", f"unknown model {_shown(row.get('model', ''))}: {message}")
+        return Excluded("unknown model", f"unknown model {shown(row.get('model', ''))}: {message}")
     if exc.field == "model" or exc.field not in row:
         # the config itself: unreadable, its model_type, a dimension (the config key is named)
         key = "" if exc.field == "model" else f"{exc.field}: "
-        return Excluded("bad model config", f"model {_shown(row.get('model', ''))}: {key}{message}")
+        return Excluded("bad model config", f"model {shown(row.get('model', ''))}: {key}{message}")
     return Excluded(f"invalid {exc.field}", f"invalid {exc.field}: {message}")
 
 
@@ -399,7 +384,7 @@ def _gpu_bytes(row: dict[str, str]) -> int:
     cards = gpu_catalog().values()
     near = closest(name, sorted({c.key for c in cards} | {c.name for c in cards}))
     hint = f"; closest: {', '.join(near)}" if near else ""
-    raise Excluded("unknown gpu", f"unknown gpu {_shown(name)}{hint} ('vramplan gpus' lists all)")
+    raise Excluded("unknown gpu", f"unknown gpu {shown(name)}{hint} ('vramplan gpus' lists all)")
 
 
 def _measured_or_none(row: dict[str, str]) -> int | None:
@@ -466,7 +451,7 @@ def compare_csv(path: Path) -> list[Comparison]:
         elif not row.get("id"):
             why = Excluded("blank id", f"blank id (line {rec.line})")
         elif row["id"] in seen:
-            why = Excluded("duplicate id", f"duplicate id {_shown(row['id'])} (first on line {seen[row['id']]})")
+            why = Excluded("duplicate id", f"duplicate id {shown(row['id'])} (first on line {seen[row['id']]})")
         else:
             seen[row["id"]] = rec.line
         if why is None:
@@ -498,14 +483,14 @@ def require_usable(rows: list[Comparison], path: Path) -> None:
     if any(not r.excluded for r in rows):
         return
     if not rows:
-        raise VramplanError("csv", f"{_esc(str(path))} has a header but no rows")
+        raise VramplanError("csv", f"{one_line(str(path))} has a header but no rows")
     codes = Counter(r.code for r in rows)
     first = rows[0]
     raise VramplanError(
         "csv",
-        f"{_esc(str(path))}: none of its {len(rows)} rows can be compared "
+        f"{one_line(str(path))}: none of its {len(rows)} rows can be compared "
         f"({', '.join(f'{c} {n}' for c, n in codes.most_common())}); "
-        f"row {_shown(first.id) if first.id else '(no id)'} on line {first.line}: {first.reason}",
+        f"row {shown(first.id) if first.id else '(no id)'} on line {first.line}: {first.reason}",
     )
 
 

@@ -24,7 +24,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from vramplan.errors import VramplanError
+from vramplan.errors import VramplanError, one_line
 from vramplan.tables import tables_dir
 
 try:
@@ -59,7 +59,7 @@ def append_row(row: dict[str, Any], path: Path | None = None) -> Path:
     write raises VramplanError (field ``record``) naming the file and the reason."""
     target = path or records_path()
     line = (json.dumps(row, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode()
-    where = _esc(str(target))
+    where = one_line(str(target))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -141,10 +141,6 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _esc(text: str) -> str:
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def read_records(path: Path | None = None) -> tuple[list[dict[str, Any]], int]:
     """``(rows, skipped)``: every whole line that is a JSON object, and how many non-blank
     lines were not (torn, not UTF-8, not an object, the final line without its newline)."""
@@ -154,7 +150,7 @@ def read_records(path: Path | None = None) -> tuple[list[dict[str, Any]], int]:
     except FileNotFoundError:
         return [], 0
     except OSError as exc:
-        raise VramplanError("records", f"cannot read {_esc(str(target))}: {exc.strerror or exc}") from None
+        raise VramplanError("records", f"cannot read {one_line(str(target))}: {exc.strerror or exc}") from None
     lines = data.split(b"\n")
     tail = lines.pop()  # after the last newline: empty, or an append still in progress or cut short
     rows: list[dict[str, Any]] = []

@@ -10,6 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from vramplan.errors import cut, one_line
 from vramplan.units import GIB
 
 if TYPE_CHECKING:
@@ -422,8 +423,4 @@ def published_table(rows: list[PublishedComparison], summary: PublishedSummary) 
 
 def _printable(text: str, limit: int = 400) -> str:
     """A cell as it can be shown: control characters escaped, cut in the middle past ``limit``."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    if len(text) > limit:
-        half = (limit - 5) // 2
-        text = f"{text[:half]}...{text[-half:]}"
-    return text
+    return cut(one_line(text), limit)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.errors import DoesNotFit, VramplanError
+from vramplan.errors import DoesNotFit, VramplanError, one_line
 from vramplan.gpus import GPU
 from vramplan.memory import Estimate, estimate, vision
 from vramplan.memory.host import host_terms
@@ -99,9 +99,7 @@ def printable(text: str) -> str:
     """``text`` for one comment line: every character Python does not print (line breaks
     of any kind: \\n, \\r, U+0085, U+2028, U+2029; other controls; bidirectional
     overrides) written as its escape, so a value cannot end the comment it sits in."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return one_line(text)
 
 
 def comment_block(lines: list[str], marker: str = "# ") -> str:
