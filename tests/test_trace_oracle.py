@@ -53,9 +53,13 @@ CASES = {
 def test_trace_equals_real_cpu_run(tiny_config_file: str, case: str) -> None:
     if CASES[case].get("method") == "qlora":
         pytest.importorskip("bitsandbytes")
+    import torch
+
     setup = make_setup(seq_len=32, micro_batch=2, **CASES[case])
     fake = trace(tiny_config_file, setup, steps=2, keep_timeline=False)
+    torch.manual_seed(0)  # the real run and the profiled run see the same weights and tokens
     real = trace(tiny_config_file, setup, steps=2, keep_timeline=False, fake=False)
+    torch.manual_seed(0)
     allocator = cpu_profiler_peak(tiny_config_file, setup, steps=2)
     traced = fake.peak_bytes - fake.baseline_bytes
     assert traced == real.peak_bytes - real.baseline_bytes  # fake tensors take the real code path
