@@ -63,6 +63,40 @@ def write_samples(samples: list[dict], root: Path) -> tuple[Path, int]:
     return data, size
 
 
+def measured_row(**over: str) -> dict[str, str]:
+    """One row of the published-measurements schema that validate can compare: a LoRA run of
+    the catalog's Qwen2.5-0.5B on an RTX 4090; ``over`` changes (or adds) fields."""
+    from vramplan.published import COLUMNS
+
+    return (
+        dict.fromkeys(COLUMNS, "")
+        | dict(
+            source="my lab notebook",
+            model="qwen2.5-0.5b",
+            method="lora",
+            quant="none",
+            precision="bf16",
+            lora_rank="8",
+            lora_targets="all-linear",
+            optimizer="adamw",
+            seq_len="512",
+            micro_batch="2",
+            grad_accum="1",
+            grad_checkpointing="true",
+            attention="sdpa",
+            num_gpus="1",
+            parallel="none",
+            offload="none",
+            gpu="rtx-4090",
+            measured_value="4.5",
+            measured_unit="GiB",
+            measurement="reserved",
+            outcome="ok",
+        )
+        | over
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_config_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The tiny config as a config.json on disk, for the harness and the CLI."""

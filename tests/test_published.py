@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import measured_row
 from vramplan.calibrate import fit
 from vramplan.memory.overhead import overhead_constants
 from vramplan.models import load_model
@@ -192,32 +193,8 @@ def _user_csv(tmp_path: Path, tiny_config_file: str, **over: str) -> Path:
     cfg = tmp_path / "my" / "config.json"
     cfg.parent.mkdir()
     cfg.write_text(Path(tiny_config_file).read_text())
-    row = dict.fromkeys(COLUMNS, "")
-    row.update(
-        id="mine-1",
-        source="my lab notebook",
-        model="my/config.json",
-        method="lora",
-        quant="none",
-        precision="bf16",
-        lora_rank="8",
-        lora_targets="all-linear",
-        optimizer="adamw",
-        seq_len="512",
-        micro_batch="2",
-        grad_accum="1",
-        grad_checkpointing="true",
-        attention="sdpa",
-        num_gpus="1",
-        parallel="none",
-        offload="none",
-        gpu="4090",
-        measured_value="0.5",
-        measured_unit="GiB",
-        measurement="unknown",
-        outcome="ok",
-    )
-    row.update(over)
+    mine = dict(id="mine-1", model="my/config.json", gpu="4090", measured_value="0.5", measurement="unknown")
+    row = measured_row(**(mine | over))
     path = tmp_path / "runs.csv"
     with path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS)

@@ -8,21 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_CONFIG
 from vramplan.planner import plan
 from vramplan.trace.preflight import resolve_setup
 
 pytestmark = pytest.mark.trace
 
-TINY_GEMMA2 = {
+# The shared tiny Qwen2 shape (conftest), made a Gemma-2 (its own default, tied embeddings) and a Qwen3-MoE.
+TINY_GEMMA2 = {k: v for k, v in TINY_CONFIG.items() if k != "tie_word_embeddings"} | {
     "model_type": "gemma2",
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
     "head_dim": 16,
-    "num_hidden_layers": 2,
-    "intermediate_size": 128,
-    "vocab_size": 1000,
-    "max_position_embeddings": 512,
     "attn_logit_softcapping": 50.0,
     "final_logit_softcapping": 30.0,
     "query_pre_attn_scalar": 16,
@@ -30,20 +25,12 @@ TINY_GEMMA2 = {
     "hidden_activation": "gelu_pytorch_tanh",
 }
 
-TINY_MOE = {
+TINY_MOE = TINY_CONFIG | {
     "model_type": "qwen3_moe",
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
     "head_dim": 16,
-    "num_hidden_layers": 2,
-    "intermediate_size": 128,
     "moe_intermediate_size": 32,
     "num_experts": 4,
     "num_experts_per_tok": 2,
-    "vocab_size": 1000,
-    "max_position_embeddings": 512,
-    "tie_word_embeddings": False,
 }
 
 
@@ -117,6 +104,17 @@ def test_moe_experts_outside_bf16_trace(tmp_path: Path, flags: dict) -> None:
     result, _ = _trace(model, **flags)
     assert result.peak_bytes > 0
     assert any("grouped_mm fallback" in n for n in result.notes)
+
+
+def test_a_library_trace_is_bounded_in_steps(tiny_config_file: str) -> None:
+    """trace() from Python refuses an unbounded run as the command line does (it would never end)."""
+    from vramplan.errors import VramplanError
+    from vramplan.limits import MAX_STEPS
+    from vramplan.trace import run
+
+    setup, _ = resolve_setup(tiny_config_file, {"seq_len": 32})
+    with pytest.raises(VramplanError, match=f"^steps: run 1 to {MAX_STEPS}"):
+        run.trace(tiny_config_file, setup, steps=MAX_STEPS + 1)
 
 
 def test_moe_bf16_keeps_grouped_mm(tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ import pytest
 
 from vramplan.errors import VramplanError
 from vramplan.files import write_files_atomically
+from vramplan.limits import MAX_STEPS
 from vramplan.planner import family_defaults, plan
-from vramplan.trace.preflight import MAX_STEPS, config_kwargs, resolve_setup
+from vramplan.trace.preflight import config_kwargs, resolve_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 

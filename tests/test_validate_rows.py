@@ -14,34 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, measured_row
 from vramplan import published
 from vramplan.cli import main
 from vramplan.published import COLUMNS, compare_csv, summarize
 
-GOOD = dict.fromkeys(COLUMNS, "") | dict(
-    source="my lab notebook",
-    model="qwen2.5-0.5b",
-    method="lora",
-    quant="none",
-    precision="bf16",
-    lora_rank="8",
-    lora_targets="all-linear",
-    optimizer="adamw",
-    seq_len="512",
-    micro_batch="2",
-    grad_accum="1",
-    grad_checkpointing="true",
-    attention="sdpa",
-    num_gpus="1",
-    parallel="none",
-    offload="none",
-    gpu="rtx-4090",
-    measured_value="4.5",
-    measured_unit="GiB",
-    measurement="reserved",
-    outcome="ok",
-)
+GOOD = measured_row()
 OOM = dict(outcome="oom", measured_value="", gpu="rtx-4090", seq_len="32768", micro_batch="64")
 
 #: (id, fields over GOOD, code, text in the reason); the issue's examples come first

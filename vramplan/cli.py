@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from vramplan import limits
-from vramplan.errors import DoesNotFit, VramplanError, one_line, shown
+from vramplan.errors import DoesNotFit, VramplanError, cut, one_line, shown
 from vramplan.setup import (
     ATTENTIONS,
     FSDP_SHARDINGS,
@@ -43,9 +43,7 @@ MESSAGE_CHARS = 400
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
-        text = one_line(message)
-        if len(text) > MESSAGE_CHARS:
-            text = text[: MESSAGE_CHARS - 3] + "..."
+        text = cut(one_line(message), MESSAGE_CHARS)
         sys.stderr.write(f"vramplan: error: {text}\n")
         raise SystemExit(EXIT_BAD_INPUT)
 
@@ -459,11 +457,9 @@ def _setup_from_args(args: argparse.Namespace, command: str = "trace") -> tuple[
 
 
 def _steps(text: str) -> int:
-    from vramplan.trace.preflight import MAX_STEPS
-
     steps = _int(text)
-    if not 1 <= steps <= MAX_STEPS:
-        raise argparse.ArgumentTypeError(f"run 1 to {MAX_STEPS} optimizer steps, got {steps}")
+    if not 1 <= steps <= limits.MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"run 1 to {limits.MAX_STEPS} optimizer steps, got {steps}")
     return steps
 
 
@@ -647,9 +643,7 @@ def _internal_error(exc: BaseException) -> str:
         what = f"{type(exc).__name__}: {exc}"
     except Exception:  # a message that cannot itself be printed
         what = type(exc).__name__
-    what = one_line(what)
-    if len(what) > MESSAGE_CHARS:
-        what = what[: MESSAGE_CHARS - 3] + "..."
+    what = cut(one_line(what), MESSAGE_CHARS)
     return f"vramplan: internal error: {what}; please report it with the command (run with --debug for the traceback)"
 
 

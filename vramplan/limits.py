@@ -43,6 +43,7 @@ MAX_IMAGE_SIDE = 1 << 15  # pixels per side of an image or a video frame
 MAX_VIDEO_FRAMES = 768  # Qwen2-VL's video processor samples at most 768 frames
 MAX_GENERATIONS = 1 << 10
 MAX_BETA = 1e3
+MAX_STEPS = 1000  # optimizer steps a trace or measurement runs (the second is the steady one)
 
 # the CLI's run length, cost and host
 MAX_SAMPLES = 10**12

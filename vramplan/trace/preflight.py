@@ -15,11 +15,9 @@ import os
 from typing import Any
 
 from vramplan.errors import VramplanError
+from vramplan.limits import MAX_STEPS
 from vramplan.setup import Setup, make_setup
 from vramplan.spec import ModelSpec
-
-#: the most optimizer steps a trace or measurement runs (the second is the steady one).
-MAX_STEPS = 1000
 
 #: model types transformers cannot build without executing the publisher's code.
 REMOTE_CODE = {

@@ -16,7 +16,7 @@ from vramplan.models import load_config
 from vramplan.setup import Setup
 from vramplan.trace.build import Built, build
 from vramplan.trace.counter import Counter, CountingMode, Live
-from vramplan.trace.preflight import refuse_if_too_big
+from vramplan.trace.preflight import check_steps, refuse_if_too_big
 from vramplan.trace.result import KINDS, Allocation, TimelinePoint, TraceResult
 
 Progress = Callable[[str], None]
@@ -183,6 +183,7 @@ def run_steps(
 ) -> None:
     """``steps`` optimizer steps of ``grad_accum`` micro-batches each; ``before_micro_batch``
     is told whether the coming micro-batch is the step's last (the trainer's ``no_sync``)."""
+    check_steps(steps)
 
     def phase(name: str, step: int) -> None:
         if counter is not None:
