@@ -82,12 +82,11 @@ RUN_BOUNDS = (
     ("dataset_tokens", 1, limits.MAX_DATASET_TOKENS),
     ("epochs", 0, limits.MAX_EPOCHS),
     ("price_per_hour", 0, limits.MAX_PRICE_PER_HOUR),
-    ("host_ram", 0, limits.MAX_HOST_RAM_GIB),
-)
+)  # --host-ram is checked by plan() itself
 
 
 def _check_run_numbers(args: argparse.Namespace) -> None:
-    """Each run-length, cost and host flag within its bounds (integers from 1; the float ones
+    """Each run-length and cost flag within its bounds (integers from 1; the float ones
     above 0), the bound said in the message."""
     for flag, lo, hi in RUN_BOUNDS:
         value = getattr(args, flag)
