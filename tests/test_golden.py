@@ -1,0 +1,51 @@
+"""The golden plans (tests/golden/cases.py): the JSON of 440 plans, emitted file sets, CLI
+runs and refusals is byte-equal to what was recorded. Code may move; a number, a field or a
+file may change only on purpose, by regenerating the file in the same commit.
+
+``RENAMED`` lists each field whose shape changed on purpose since the recording, with the
+function that maps the new shape back to the recorded one, so the rest stays compared."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
+import cases  # noqa: E402
+
+#: field -> (why it changed, new -> recorded)
+RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {}
+
+RECORDED = cases.read()
+CASES = cases.cases()
+
+
+def _recorded_shape(value: Any) -> Any:
+    """``value`` with every field in RENAMED mapped back to its recorded shape, at any depth."""
+    if isinstance(value, dict):
+        return {k: RENAMED[k][1](_recorded_shape(v)) if k in RENAMED else _recorded_shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_recorded_shape(v) for v in value]
+    return value
+
+
+def test_the_cases_are_the_recorded_ones() -> None:
+    assert [name for name, _, _ in CASES] == list(RECORDED)
+    kinds = {kind for _, kind, _ in CASES}
+    assert kinds == {"plan", "emit", "cli", "error"}
+    assert sum(kind == "plan" for _, kind, _ in CASES) >= 300
+
+
+@pytest.mark.parametrize(("name", "kind", "args"), CASES, ids=[c[0] for c in CASES])
+def test_golden(name: str, kind: str, args: dict[str, Any]) -> None:
+    got = json.dumps(_recorded_shape(cases.run(kind, args)), sort_keys=True, indent=1)
+    want = json.dumps(RECORDED[name], sort_keys=True, indent=1)
+    if got != want:
+        diff = "\n".join(difflib.unified_diff(want.splitlines(), got.splitlines(), "recorded", "now", lineterm="", n=2))
+        pytest.fail(f"{name} changed:\n{diff[:6000]}")
