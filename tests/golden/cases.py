@@ -31,7 +31,16 @@ CATALOG = [
     "qwen2.5-72b", "qwen2.5-7b", "qwen2.5-vl-3b", "qwen2.5-vl-72b", "qwen2.5-vl-7b", "qwen3-30b-a3b", "qwen3-8b",
     "yi-34b",
 ]  # fmt: skip
-TEXT = ["qwen2.5-7b", "llama-3.1-8b", "gemma-2-9b", "phi-3-mini", "qwen-7b", "mixtral-8x7b", "qwen3-30b-a3b", "qwen3-8b"]
+TEXT = [
+    "qwen2.5-7b",
+    "llama-3.1-8b",
+    "gemma-2-9b",
+    "phi-3-mini",
+    "qwen-7b",
+    "mixtral-8x7b",
+    "qwen3-30b-a3b",
+    "qwen3-8b",
+]
 PRECISIONS = ["bf16", "fp16", "fp32", "amp-bf16"]
 QUANTS = ["bnb-int8", "bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "gptq-int4", "awq-int4"]
 OPTIMIZERS = ["adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "paged-adamw-32bit", "adafactor", "sgd", "lion"]
@@ -69,8 +78,16 @@ def cases() -> list[tuple[str, str, dict[str, Any]]]:
         for gc in (True, False):
             add("plan", "llama-3.2-3b", "a100-80g", method="lora", attention=attn, grad_checkpointing=gc, seq_len=4096)
     for model in ("qwen2.5-7b", "gemma-2-9b", "phi-3-mini", "qwen3-30b-a3b"):
-        add("plan", model, "a100-80g", method="lora", lora_rank=64, lora_alpha=128, trainable_extra="embeddings,lm_head")
-        add("plan", model, "a100-80g", method="lora", lora_targets="q_proj,v_proj" if model != "phi-3-mini" else "qkv_proj")
+        add(
+            "plan", model, "a100-80g", method="lora", lora_rank=64, lora_alpha=128, trainable_extra="embeddings,lm_head"
+        )
+        add(
+            "plan",
+            model,
+            "a100-80g",
+            method="lora",
+            lora_targets="q_proj,v_proj" if model != "phi-3-mini" else "qkv_proj",
+        )
         add("plan", model, "a100-80g", method="freeze", freeze_trainable_layers=4)
     add("plan", "qwen3-30b-a3b", "a100-80g", method="lora", lora_targets="all-linear")
     add("plan", "mixtral-8x7b", "h100", method="qlora", quant="bnb-nf4", lora_targets="all-linear")
@@ -79,20 +96,68 @@ def cases() -> list[tuple[str, str, dict[str, Any]]]:
     # parallel layouts
     for model in ("qwen2.5-7b", "llama-3.1-70b", "qwen2.5-vl-7b"):
         for par in ("ddp", "zero1", "zero2", "zero3", "fsdp", "device_map"):
-            add("plan", model, "a100-80g", method="full" if model != "llama-3.1-70b" else "lora", num_gpus=4, parallel=par)
-    for par, off in (("zero2", "optimizer"), ("zero3", "optimizer"), ("zero3", "optimizer+params"), ("fsdp", "optimizer+params")):
+            add(
+                "plan",
+                model,
+                "a100-80g",
+                method="full" if model != "llama-3.1-70b" else "lora",
+                num_gpus=4,
+                parallel=par,
+            )
+    for par, off in (
+        ("zero2", "optimizer"),
+        ("zero3", "optimizer"),
+        ("zero3", "optimizer+params"),
+        ("fsdp", "optimizer+params"),
+    ):
         add("plan", "llama-3.1-70b", "a100-80g", method="full", num_gpus=8, parallel=par, offload=off)
     for shard in ("shard_grad_op", "hybrid_shard"):
-        add("plan", "qwen2.5-14b", "a100-80g", method="full", num_gpus=8, num_nodes=2, parallel="fsdp", fsdp_sharding=shard)
-        add("plan", "qwen2.5-14b", "a100-80g", method="full", num_gpus=8, parallel="fsdp", fsdp_sharding=shard, grad_accum=4)
+        add(
+            "plan",
+            "qwen2.5-14b",
+            "a100-80g",
+            method="full",
+            num_gpus=8,
+            num_nodes=2,
+            parallel="fsdp",
+            fsdp_sharding=shard,
+        )
+        add(
+            "plan",
+            "qwen2.5-14b",
+            "a100-80g",
+            method="full",
+            num_gpus=8,
+            parallel="fsdp",
+            fsdp_sharding=shard,
+            grad_accum=4,
+        )
     for model in ("qwen2.5-7b", "llama-3.1-70b", "mixtral-8x7b"):
         add("plan", model, "a100-80g", num_gpus=4)
         add("plan", model, "4090", num_gpus=8, method="full")
         add("plan", model, "a100-80g", num_gpus="auto", method="full")
     add("plan", "llama-3.1-405b", "h100", num_gpus="auto", method="full", parallel="zero3")
     add("plan", "qwen2.5-72b", "a100-80g", num_gpus=8, num_nodes=4, parallel="zero3", method="full")
-    add("plan", "llama-3.1-70b", "a100-80g", num_gpus=8, parallel="zero3", offload="optimizer", method="full", host_ram_gib=256)
-    add("plan", "llama-3.1-70b", "a100-80g", num_gpus=8, parallel="zero3", offload="optimizer", method="full", host_ram_gib=64)
+    add(
+        "plan",
+        "llama-3.1-70b",
+        "a100-80g",
+        num_gpus=8,
+        parallel="zero3",
+        offload="optimizer",
+        method="full",
+        host_ram_gib=256,
+    )
+    add(
+        "plan",
+        "llama-3.1-70b",
+        "a100-80g",
+        num_gpus=8,
+        parallel="zero3",
+        offload="optimizer",
+        method="full",
+        host_ram_gib=64,
+    )
     # vision-language models: images, videos, frozen tower
     for model in ("qwen2-vl-2b", "qwen2-vl-7b", "qwen2.5-vl-3b", "qwen2.5-vl-7b", "qwen-vl-chat"):
         for method in ("full", "lora", "qlora"):
@@ -101,7 +166,15 @@ def cases() -> list[tuple[str, str, dict[str, Any]]]:
         if model != "qwen-vl-chat":
             add("plan", model, "a100-80g", method="lora", image_size="1024x768", images_per_sample=3)
             add("plan", model, "a100-80g", method="lora", video_frames=16, video_size="640x360")
-            add("plan", model, "a100-80g", method="full", image_size="448x448", freeze_vision=True, freeze_projector=True)
+            add(
+                "plan",
+                model,
+                "a100-80g",
+                method="full",
+                image_size="448x448",
+                freeze_vision=True,
+                freeze_projector=True,
+            )
     # GRPO
     for model in ("qwen2.5-0.5b", "qwen2.5-7b", "qwen2.5-vl-3b"):
         for method in ("full", "lora", "qlora"):
@@ -185,7 +258,19 @@ def cases() -> list[tuple[str, str, dict[str, Any]]]:
         ["qwen2.5-7b", "--gpu", "4090", "--method", "qlora"],
         ["qwen2.5-7b", "--gpu", "4090", "--seq-len", "0"],
         ["qwen2.5-7b", "--gpu", "4090", "--parallel", "zero9"],
-        ["qwen2.5-7b", "--gpu", "4090", "--host-ram", "64", "--gpus", "2", "--parallel", "zero3", "--offload", "optimizer"],
+        [
+            "qwen2.5-7b",
+            "--gpu",
+            "4090",
+            "--host-ram",
+            "64",
+            "--gpus",
+            "2",
+            "--parallel",
+            "zero3",
+            "--offload",
+            "optimizer",
+        ],
         ["llama-3.1-70b", "--gpu", "4090", "--method", "full"],
     ):
         out.append(("cli:" + " ".join(argv), "cli", {"argv": argv}))
