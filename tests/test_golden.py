@@ -3,7 +3,8 @@ runs and refusals is byte-equal to what was recorded. Code may move; a number, a
 file may change only on purpose, by regenerating the file in the same commit.
 
 ``RENAMED`` lists each field whose shape changed on purpose since the recording, with the
-function that maps the new shape back to the recorded one, so the rest stays compared."""
+function that maps the new shape back to the recorded one, and ``ADDED`` each field added
+since (left out before comparing), so the rest stays compared. Each entry says why."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import cases  # noqa: E402
 
 #: field -> (why it changed, new -> recorded)
 RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {}
+#: field -> why it was added
+ADDED: dict[str, str] = {}
 
 RECORDED = cases.read()
 CASES = cases.cases()
@@ -29,7 +32,11 @@ CASES = cases.cases()
 def _recorded_shape(value: Any) -> Any:
     """``value`` with every field in RENAMED mapped back to its recorded shape, at any depth."""
     if isinstance(value, dict):
-        return {k: RENAMED[k][1](_recorded_shape(v)) if k in RENAMED else _recorded_shape(v) for k, v in value.items()}
+        return {
+            k: RENAMED[k][1](_recorded_shape(v)) if k in RENAMED else _recorded_shape(v)
+            for k, v in value.items()
+            if k not in ADDED
+        }
     if isinstance(value, list):
         return [_recorded_shape(v) for v in value]
     return value
