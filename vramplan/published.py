@@ -20,7 +20,7 @@ code and a reason naming the field (``unknown gpu 'v100-32g'``): its notes start
 (an unknown quant, model, model_type or GPU), a number is nonsense (a measured value that
 is not a positive finite number), or the row's shape or id is broken. Only a problem with
 the file as a whole (missing, unreadable, not UTF-8, not a CSV of this schema, too large)
-is an error. Torch-free.
+is an error. Torch-free. The comparison rows and their statistics are :mod:`vramplan.comparison`.
 """
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, computed_field
-
+from vramplan.comparison import Comparison, Stats, Summary, stats, summarize
 from vramplan.errors import VramplanError, closest, cut, one_line, shown
 from vramplan.gpus import gpu_catalog, resolve_gpu
 from vramplan.memory import estimate
@@ -43,6 +41,9 @@ from vramplan.models import load_model
 from vramplan.setup import ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PARALLELS, PRECISIONS, QUANTS, Setup, make_setup
 from vramplan.tables import tables_dir
 from vramplan.units import GB, GIB
+
+#: the comparison's data and statistics live in vramplan.comparison; validate reads them from here too
+__all__ = ["COLUMNS", "Comparison", "Stats", "Summary", "compare", "compare_csv", "read_rows", "stats", "summarize"]
 
 COLUMNS = (
     "id source model method quant precision lora_rank lora_alpha lora_targets trainable_extra optimizer seq_len "
@@ -81,62 +82,6 @@ MAX_MEASURED_BYTES = 1 << 44
 
 def published_csv() -> Path:
     return tables_dir() / "measured" / "published.csv"
-
-
-class Comparison(BaseModel):
-    """One row: the estimate at the measured tier, or why it was left out (``code`` and
-    ``reason``, both empty for a row that is used)."""
-
-    model_config = ConfigDict(frozen=True)
-    id: str
-    line: int | None = None
-    source: str
-    model: str
-    method: str
-    outcome: str
-    measurement: str
-    tier: str
-    measured_bytes: int | None
-    estimate_bytes: int | None
-    error_pct: float | None
-    fits: bool | None = None
-    code: str = ""
-    reason: str = ""
-    notes: str = ""
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def excluded(self) -> bool:
-        return bool(self.code)
-
-    @property
-    def counted(self) -> bool:
-        return not self.excluded and self.outcome == "ok" and self.error_pct is not None
-
-
-class Stats(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    rows: int
-    median_abs_pct: float | None
-    p90_abs_pct: float | None
-    within_10pct: int
-    underestimates: int
-    worst_under_pct: float | None
-
-
-class Summary(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    rows: int
-    compared: int
-    excluded: int
-    #: excluded rows by code, most frequent first
-    exclusions: dict[str, int] = {}
-    overall: Stats
-    by_source: dict[str, Stats]
-    by_method: dict[str, Stats]
-    oom_rows: int
-    oom_predicted_fit: list[str]
-    unknown_vs_reserved: int
 
 
 class Excluded(Exception):
@@ -491,49 +436,4 @@ def require_usable(rows: list[Comparison], path: Path) -> None:
         f"{one_line(str(path))}: none of its {len(rows)} rows can be compared "
         f"({', '.join(f'{c} {n}' for c, n in codes.most_common())}); "
         f"row {shown(first.id) if first.id else '(no id)'} on line {first.line}: {first.reason}",
-    )
-
-
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def stats(rows: list[Comparison]) -> Stats:
-    errs = [r.error_pct for r in rows if r.counted and r.error_pct is not None]
-    if not errs:
-        return Stats(
-            rows=0, median_abs_pct=None, p90_abs_pct=None, within_10pct=0, underestimates=0, worst_under_pct=None
-        )
-    abs_ = [abs(e) for e in errs]
-    unders = [e for e in errs if e < 0]
-    return Stats(
-        rows=len(errs),
-        median_abs_pct=statistics.median(abs_),
-        p90_abs_pct=_pct(abs_, 0.9),
-        within_10pct=sum(a <= 10 for a in abs_),
-        underestimates=len(unders),
-        worst_under_pct=min(unders) if unders else None,
-    )
-
-
-def summarize(rows: list[Comparison]) -> Summary:
-    counted = [r for r in rows if r.counted]
-    by_source = {s: stats([r for r in counted if r.source == s]) for s in sorted({r.source for r in counted})}
-    by_method = {m: stats([r for r in counted if r.method == m]) for m in sorted({r.method for r in counted})}
-    ooms = [r for r in rows if r.outcome == "oom" and not r.excluded]
-    return Summary(
-        rows=len(rows),
-        compared=len(counted),
-        excluded=sum(1 for r in rows if r.excluded),
-        exclusions=dict(Counter(r.code for r in rows if r.excluded).most_common()),
-        overall=stats(counted),
-        by_source=by_source,
-        by_method=by_method,
-        oom_rows=len(ooms),
-        oom_predicted_fit=[r.id for r in ooms if r.fits],
-        unknown_vs_reserved=sum(1 for r in counted if r.measurement == "unknown"),
     )
