@@ -154,8 +154,8 @@ def layer_kind_counts(
 ) -> tuple[tuple[int, int, bool, bool, bool], ...]:
     """``(first layer, layers, moe, trained, recorded)`` of each kind of layer there is."""
     first: dict[tuple[bool, bool, bool], list[int]] = {}
-    for start, stop, *kind in layer_kind_runs(spec, trained_from, recorded_from):
-        seen = first.setdefault(tuple(kind), [start, 0])
+    for start, stop, moe, trained, recorded in layer_kind_runs(spec, trained_from, recorded_from):
+        seen = first.setdefault((moe, trained, recorded), [start, 0])
         seen[1] += stop - start
     return tuple((rep, n, *kind) for kind, (rep, n) in first.items())
 
