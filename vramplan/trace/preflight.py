@@ -110,7 +110,7 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
 
 
 def _spec(config: dict[str, Any]) -> ModelSpec | None:
-    from vramplan.spec import spec_from_config
+    from vramplan.arch import spec_from_config
 
     try:
         return spec_from_config(config, name="model", where="model config.json")
