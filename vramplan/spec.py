@@ -31,6 +31,9 @@ class Linear(BaseModel):
     bias: bool = False
     count: int = 1
     nn_linear: bool = True
+    #: PEFT adapts this weight through ``target_parameters`` under ``all-linear`` (a MoE's router
+    #: and fused expert stacks), at this multiple of the LoRA rank; 0: not such a parameter
+    param_target_rank: int = 0
 
     @property
     def weight_params(self) -> int:

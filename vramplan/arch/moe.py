@@ -35,9 +35,24 @@ def _experts(cfg: dict[str, Any], where: str, c: dict[str, Any]) -> tuple[MoESpe
     )
     h = c["hidden_size"]
     return moe, (
-        Linear(name="gate", in_features=h, out_features=n_exp, nn_linear=False),
-        Linear(name="experts.gate_up_proj", in_features=h, out_features=2 * e_inter, count=n_exp, nn_linear=False),
-        Linear(name="experts.down_proj", in_features=e_inter, out_features=h, count=n_exp, nn_linear=False),
+        Linear(name="gate", in_features=h, out_features=n_exp, nn_linear=False, param_target_rank=1),
+        # PEFT's rank_pattern doubles the rank of the fused gate_up stack: it stands for two projections
+        Linear(
+            name="experts.gate_up_proj",
+            in_features=h,
+            out_features=2 * e_inter,
+            count=n_exp,
+            nn_linear=False,
+            param_target_rank=2,
+        ),
+        Linear(
+            name="experts.down_proj",
+            in_features=e_inter,
+            out_features=h,
+            count=n_exp,
+            nn_linear=False,
+            param_target_rank=1,
+        ),
     )
 
 
