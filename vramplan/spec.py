@@ -79,6 +79,10 @@ class VisionSpec(BaseModel):
     fullatt_block_indexes: tuple[int, ...] = ()
     image_size: int = 0  # fixed input resolution (Qwen-VL: 448); 0 = dynamic
     num_queries: int = 0  # resampler query tokens (Qwen-VL: 256); 0 = patch merger
+    #: a learned absolute position table of this many rows, interpolated to the patch grid, and a
+    #: LayerNorm before the blocks (Qwen-VL ``positional_embedding``, ``ln_pre``); 0: rotary, none
+    abs_pos_rows: int = 0
+    videos: bool = False  # takes videos (frame pairs through the same tower)
     blocks: tuple[Linear, ...]
 
 

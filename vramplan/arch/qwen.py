@@ -23,6 +23,9 @@ from vramplan.limits import (
 )
 from vramplan.spec import Linear, ModelSpec, VisionSpec
 
+#: visual.py: ``positional_embedding = nn.Parameter(scale * torch.randn(256, width))``.
+POS_ROWS = 256
+
 
 def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     """Qwen (v1), remote code ``modeling_qwen.py``: fused ``c_attn`` (with bias), ``c_proj``,
@@ -100,6 +103,7 @@ def _qwen_vl_visual(v: dict[str, Any], lm_hidden: int, where: str) -> VisionSpec
         out_hidden_size=integer(v, "output_dim", where, 1, MAX_HIDDEN, default=lm_hidden, prefix=pre),
         image_size=integer(v, "image_size", where, patch, MAX_IMAGE_SIDE, prefix=pre),
         num_queries=integer(v, "n_queries", where, 1, MAX_VISION_QUERIES, default=256, prefix=pre),
+        abs_pos_rows=POS_ROWS,
         blocks=blocks,
     )
 

@@ -67,6 +67,7 @@ def _vision(v: dict[str, Any], lm_hidden: int, kind: str, where: str) -> VisionS
         out_hidden_size=out,
         window_size=integer(v, "window_size", where, 0, MAX_IMAGE_SIDE, default=0, prefix=pre),
         fullatt_block_indexes=indexes(v, "fullatt_block_indexes", where, depth, prefix=pre),
+        videos=True,
         blocks=blocks,
     )
 
