@@ -60,7 +60,6 @@ def llama_like(
         else None,
         fused_qkv=fused,
         fused_gate_up=fused,
-        transformers_module=cfg["model_type"],
-        **capabilities,
+        **{"transformers_module": cfg["model_type"], **capabilities},
         **c,
     )
