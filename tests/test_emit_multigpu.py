@@ -31,13 +31,12 @@ import pytest
 from tests.conftest import TINY_CONFIG, requires, write_samples
 from vramplan import plan
 from vramplan.cli import write_files
-from vramplan.emit.common import DECODER_LAYER
 from vramplan.errors import VramplanError
 from vramplan.memory import estimate
 from vramplan.memory.overhead import overhead_constants
 from vramplan.memory.parallel import reduce_bucket_bytes
 from vramplan.memory.trainable import trainable_params
-from vramplan.models import load_model, models_dir
+from vramplan.models import catalog_names, load_model, models_dir
 from vramplan.setup import Setup, make_setup
 from vramplan.units import nbytes
 
@@ -231,7 +230,8 @@ def test_decoder_layer_names_are_transformers_own() -> None:
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    for model_type, layer in DECODER_LAYER.items():
+    decoder_layer = {s.model_type: s.decoder_layer for s in map(load_model, catalog_names()) if s.decoder_layer}
+    for model_type, layer in decoder_layer.items():
         cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])
         assert cls._no_split_modules == [layer], model_type
 

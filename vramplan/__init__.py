@@ -27,7 +27,7 @@ _WHERE = {
     "param_counts": "vramplan.params",
     "plan": "vramplan.planner",
     "resolve_gpu": "vramplan.gpus",
-    "spec_from_config": "vramplan.spec",
+    "spec_from_config": "vramplan.arch",
 }
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from vramplan.arch import spec_from_config
     from vramplan.errors import VramplanError
     from vramplan.gpus import GPU, resolve_gpu
     from vramplan.memory import Estimate, estimate
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
     from vramplan.params import ParamCounts, param_counts
     from vramplan.planner import Alternative, Peak, Plan, plan
     from vramplan.setup import Setup, make_setup
-    from vramplan.spec import ModelSpec, spec_from_config
+    from vramplan.spec import ModelSpec
 
 
 def __getattr__(name: str) -> Any:

@@ -18,9 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from vramplan.arch import spec_from_config
 from vramplan.errors import VramplanError, closest, shown
 from vramplan.limits import MAX_CONFIG_BYTES, MAX_PATH_CHARS
-from vramplan.spec import ModelSpec, spec_from_config
+from vramplan.spec import ModelSpec
 from vramplan.tables import tables_dir
 
 

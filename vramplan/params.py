@@ -42,25 +42,20 @@ class ParamCounts(BaseModel):
         return self.language_model + self.vision + self.projector
 
 
-#: Qwen-VL visual.py: ``positional_embedding = nn.Parameter(scale * torch.randn(256, width))``.
-QWEN_VL_POS_ROWS = 256
-
-
 def _norm_params(width: int, kind: str) -> int:
     """RMSNorm has a weight; LayerNorm a weight and a bias."""
     return width * (2 if kind == "layernorm" else 1)
 
 
 def vision_tower_params(v: VisionSpec) -> int:
-    """Patch embedding + blocks (+ Qwen-VL's positional embedding, ln_pre/ln_post)."""
+    """Patch embedding + blocks (+ an absolute position table and ln_pre: Qwen-VL)."""
     d = v.hidden_size
     block = sum(lin.params for lin in v.blocks) + 2 * _norm_params(d, v.norm)
-    if v.kind == "qwen-vl":
-        patch = v.in_channels * v.patch_size**2 * d  # conv1, bias=False
-        # positional_embedding is a fixed [256, width] table, interpolated to the patch grid
-        # at run time (visual.py get_abs_pos); ln_pre(width).
-        return patch + QWEN_VL_POS_ROWS * d + _norm_params(d, "layernorm") + v.depth * block
-    patch = v.in_channels * v.temporal_patch_size * v.patch_size**2 * d  # Conv3d, bias=False
+    patch = v.in_channels * v.temporal_patch_size * v.patch_size**2 * d  # Conv3d (Conv2d: one frame), bias=False
+    if v.abs_pos_rows:
+        # Qwen-VL: positional_embedding is a fixed [256, width] table, interpolated to the patch
+        # grid at run time (visual.py get_abs_pos); ln_pre(width).
+        return patch + v.abs_pos_rows * d + _norm_params(d, "layernorm") + v.depth * block
     return patch + v.depth * block
 
 
@@ -69,7 +64,7 @@ def projector_params(v: VisionSpec) -> int:
     Qwen-VL Resampler: pos_embed and query (n_q x D), kv_proj (d -> D, no bias),
     MultiheadAttention(D) with in/out projections and biases, ln_q, ln_kv, and the
     tower's ln_post(D) and proj (D x D) after it."""
-    if v.kind == "qwen-vl":
+    if v.num_queries:
         big = v.out_hidden_size
         mha = 3 * big * big + 3 * big + big * big + big
         return (

@@ -108,7 +108,8 @@ def _grid() -> list[tuple[str, dict[str, Any]]]:
         "qwen1.5-7b",
     ):
         g.append((model, dict(method="lora")))
-        targets = "qkv_proj" if model == "phi-3-mini" else QV  # Phi-3 fuses q, k and v
+        spec = load_model(model)
+        targets = spec.attention[0].name if spec.fused_qkv else QV  # one projection holds q, k and v
         g.append(
             (model, dict(method="lora", grad_checkpointing=False, lora_targets=targets, seq_len=1024, micro_batch=2))
         )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
+from vramplan.arch import family
 from vramplan.errors import DoesNotFit, VramplanError, one_line
 from vramplan.gpus import GPU
 from vramplan.memory import Estimate, estimate, vision
@@ -65,6 +66,8 @@ class Context(BaseModel):
     vision: bool = False  # a vision-language model (text-only training unless ``images`` is set)
     images: dict[str, int] | None = None  # GRPO image prompts: per_prompt, max_pixels, tokens_per_image
     lm_linears: list[str] = []  # the language model's linear layers (a VLM's LoRA stays on them)
+    decoder_layer: str = ""  # the transformers class FSDP wraps (ModelSpec.decoder_layer)
+    chat_templates: dict[str, str] = {}  # trainer -> its chat template name (ModelSpec.chat_templates)
 
 
 def gib(n: int) -> str:
@@ -401,11 +404,12 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
     mod = importlib.import_module(f"vramplan.emit.{target}")
     spec = load_model(plan.source or plan.model)
     _check_values(plan, data)
-    if spec.model_type == "qwen":
+    if spec.remote_code:
+        fam = family(spec.model_type)
         raise VramplanError(
             "emit",
-            f"{spec.name} is a remote-code architecture (Qwen v1): the emitted trainers load transformers' own"
-            " models; plan it, then set the trainer by hand",
+            f"{spec.name} is a remote-code architecture ({fam.label if fam else spec.model_type}): the emitted"
+            " trainers load transformers' own models; plan it, then set the trainer by hand",
         )
     if spec.vision is not None and (target != "trl" or plan.setup.parallel == "fsdp"):
         why = "FSDP wrapping of a vision tower is not planned" if target == "trl" else "its trainer loads text models"
@@ -445,6 +449,8 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         vision=spec.vision is not None,
         images=image_settings(spec, setup),
         lm_linears=sorted({lin.name for lin in spec.layer_linears(0) if lin.nn_linear}),
+        decoder_layer=spec.decoder_layer,
+        chat_templates=dict(spec.chat_templates),
     )
     files, command = mod.render(ctx)
     return Emitted(
@@ -530,19 +536,6 @@ def yaml_text(items: list[tuple[str, Any, str]]) -> str:
             lines.append(f"{key}: {yaml_scalar(value)}{tail}")
     return "\n".join(lines) + "\n"
 
-
-#: the decoder layer class of each text model type in transformers (``_no_split_modules`` of its
-#: ``AutoModelForCausalLM`` class): FSDP wraps one unit per layer.
-DECODER_LAYER = {
-    "llama": "LlamaDecoderLayer",
-    "mistral": "MistralDecoderLayer",
-    "mixtral": "MixtralDecoderLayer",
-    "qwen2": "Qwen2DecoderLayer",
-    "qwen3": "Qwen3DecoderLayer",
-    "qwen3_moe": "Qwen3MoeDecoderLayer",
-    "gemma2": "Gemma2DecoderLayer",
-    "phi3": "Phi3DecoderLayer",
-}
 
 #: transformers ``attn_implementation`` names (TRL, axolotl).
 HF_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attention_2"}

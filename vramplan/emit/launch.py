@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vramplan.emit.common import DECODER_LAYER, Context, comment_block, printable, py_literal, yaml_scalar
+from vramplan.emit.common import Context, comment_block, printable, py_literal, yaml_scalar
 from vramplan.errors import VramplanError
 from vramplan.memory.overhead import overhead_constants
 from vramplan.setup import DEEPSPEED, Setup
@@ -89,12 +89,13 @@ def adapt_optimizer(setup: Setup, notes: list[str]) -> Setup:
     return setup
 
 
-def decoder_layer(model_type: str) -> str:
-    """The transformers class FSDP wraps one unit of (the model's decoder layer)."""
-    name = DECODER_LAYER.get(model_type)
-    if name is None:
-        raise VramplanError("emit", f"trl: no decoder layer class known for model_type {model_type!r} (FSDP wrapping)")
-    return name
+def decoder_layer(ctx: Context) -> str:
+    """The transformers class FSDP wraps one unit of (the model's decoder layer, as its family declares it)."""
+    if not ctx.decoder_layer:
+        raise VramplanError(
+            "emit", f"trl: no decoder layer class known for model_type {ctx.model_type!r} (FSDP wrapping)"
+        )
+    return ctx.decoder_layer
 
 
 def mixed_precision(setup: Setup) -> str:
@@ -279,7 +280,7 @@ def accelerate_entries(ctx: Context) -> list[Entry]:
             ds.append(("deepspeed_multinode_launcher", "standard", "torchrun on each node, started by run.sh"))
         entries.append(("deepspeed_config", ds, ""))
     if kind == "FSDP":
-        layer = decoder_layer(ctx.model_type)
+        layer = decoder_layer(ctx)
         reshard = s.fsdp_sharding != "shard_grad_op"
         offload = s.offload == "optimizer+params"
         fsdp: list[Entry] = [

@@ -30,28 +30,11 @@ from vramplan.spec import ModelSpec
 
 DATASET = "vramplan_data"
 FLASH = {"eager": "disabled", "sdpa": "sdpa", "flash-attn-2": "fa2"}
-#: chat template by model family (LLaMA-Factory's registered template names).
-TEMPLATES = {
-    "qwen": "qwen",
-    "qwen2": "qwen",
-    "qwen2_moe": "qwen",
-    "qwen3": "qwen3",
-    "qwen3_moe": "qwen3",
-    "mistral": "mistral",
-    "mixtral": "mistral",
-    "gemma2": "gemma2",
-    "phi3": "phi",
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_vl",
-}
 
 
-def template_for(model_type: str, vocab_size: int) -> str:
-    if model_type == "llama":
-        if vocab_size == 64000:  # Yi (llama architecture, its own 64k vocabulary)
-            return "yi"
-        return "llama3" if vocab_size >= 128000 else "llama2"
-    return TEMPLATES.get(model_type, "default")
+def template_for(ctx: Context) -> str:
+    """LLaMA-Factory's registered template name the model's family declares ("default" if none)."""
+    return ctx.chat_templates.get("llamafactory", "default")
 
 
 def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
@@ -113,7 +96,7 @@ def options(ctx: Context) -> list[tuple[str, object, str]]:
         ("disable_gradient_checkpointing", not s.grad_checkpointing, r.get("grad_checkpointing", "")),
         ("dataset", DATASET, "registered in dataset_info.json beside this file"),
         ("dataset_dir", ".", ""),
-        ("template", template_for(ctx.model_type, ctx.vocab_size), "the model family's chat template"),
+        ("template", template_for(ctx), "the model family's chat template"),
         ("cutoff_len", s.seq_len, r.get("seq_len", "")),
         ("per_device_train_batch_size", s.micro_batch, r.get("micro_batch", "")),
         ("gradient_accumulation_steps", s.grad_accum, r.get("grad_accum", "")),

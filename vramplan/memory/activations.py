@@ -30,12 +30,12 @@ from vramplan.units import nbytes
 def norm_saved_bytes(spec: ModelSpec, setup: Setup, width: int, weight_trains: bool) -> int:
     """One RMSNorm (transformers ``LlamaRMSNorm``): the fp32 input (``x.to(float32)``,
     saved by ``pow`` and ``mul``) 4·t·w, ``rsqrt`` 4·t, and the normalized tensor that
-    multiplies the weight, saved only when the weight trains (R·t·w; Gemma's
-    ``x * (1 + w)`` form keeps it in fp32)."""
+    multiplies the weight, saved only when the weight trains (R·t·w; 4·t·w where the family's
+    norm scales in fp32, ``spec.norm_scale_fp32``: Gemma's ``x * (1 + w.float())``)."""
     t = setup.tokens
     total = 4 * t * width + 4 * t
     if weight_trains:
-        total += (4 if spec.model_type == "gemma2" else residual_bytes(setup)) * t * width
+        total += (4 if spec.norm_scale_fp32 else residual_bytes(setup)) * t * width
     return total
 
 
@@ -50,9 +50,9 @@ def attention_core_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> 
     """
     b, s, t, A = setup.micro_batch, setup.seq_len, setup.tokens, act_bytes(setup)
     q, k, a = spec.q_dim, spec.kv_dim, spec.num_heads
-    # Phi-3 slices q, k, v out of one fused qkv_proj output: the v that attention saves is a
-    # view, so the whole fused buffer stays alive, its q and k parts included.
-    fused = A * t * (q + k) if any(lin.name == "qkv_proj" for lin in spec.attention) else 0
+    # q, k, v sliced out of one fused projection's output (spec.qkv_split_views, Phi-3): the v
+    # that attention saves is a view, so the whole fused buffer stays alive, q and k parts included.
+    fused = A * t * (q + k) if spec.qkv_split_views else 0
     if setup.attention != "eager":
         return A * t * (2 * q + 2 * k) + 4 * b * a * s + fused
     kv = q if spec.num_kv_heads < a else k
@@ -95,13 +95,14 @@ def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) ->
 def linear_input_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
     """Inputs that trainable projections save: the attention and MLP inputs. Under AMP each
     projection casts its fp32 input to 16 bits on its own (autocast caches only
-    parameters), so q/k/v keep three copies and gate/up two."""
+    parameters), so q/k/v keep three copies and gate/up two (one each where the family fuses
+    them: ``spec.fused_qkv``, ``spec.fused_gate_up``)."""
     if not weight_trains:
         return 0
     t, A, h = setup.tokens, act_bytes(setup), spec.hidden_size
     amp = dtypes(setup).autocast and residual_bytes(setup) == 4
-    attn_copies = 3 if amp and len(spec.attention) > 2 else 1
-    mlp_copies = 2 if amp and len(spec.mlp) > 2 else 1
+    attn_copies = 3 if amp and not spec.fused_qkv else 1
+    mlp_copies = 2 if amp and not spec.fused_gate_up else 1
     return (attn_copies + mlp_copies) * A * t * h
 
 

@@ -48,11 +48,7 @@ def param_targets(linears: tuple[Linear, ...], setup: Setup) -> tuple[tuple[Line
     experts: A is (rank·E) x in, B is out x (rank·E)."""
     if not setup.is_lora or setup.lora_targets.strip().lower() != "all-linear":
         return ()
-    return tuple(
-        (lin, 2 * setup.lora_rank if lin.name.endswith("gate_up_proj") else setup.lora_rank)
-        for lin in linears
-        if not lin.nn_linear and (lin.name == "gate" or lin.name.startswith("experts."))
-    )
+    return tuple((lin, lin.param_target_rank * setup.lora_rank) for lin in linears if lin.param_target_rank)
 
 
 def param_target_params(linears: tuple[Linear, ...], setup: Setup) -> int:

@@ -72,7 +72,7 @@ def image_grid(spec: ModelSpec, setup: Setup) -> tuple[int, int]:
     v = spec.vision
     if v is None:
         raise VramplanError("images_per_sample", f"{spec.name} has no vision tower: images need a VLM")
-    if v.kind == "qwen-vl":
+    if v.image_size:  # a fixed resolution, resampled to num_queries tokens (Qwen-VL)
         side = v.image_size // v.patch_size
         return side * side, v.num_queries
     h, w = parse_image_size(setup.image_size or "448x448")
@@ -89,7 +89,7 @@ def video_grid(spec: ModelSpec, setup: Setup) -> tuple[int, int, int]:
     v = spec.vision
     if v is None:
         raise VramplanError("video_frames", f"{spec.name} has no vision tower: videos need a VLM")
-    if v.kind == "qwen-vl":
+    if not v.videos:
         raise VramplanError("video_frames", f"{spec.name} takes images only: videos need Qwen2-VL or Qwen2.5-VL")
     h, w = parse_image_size(setup.video_size or "448x448")
     factor = v.patch_size * v.spatial_merge_size

@@ -166,7 +166,7 @@ def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cp
 
 
 def _text_linears(config: dict[str, Any]) -> list[Any]:
-    from vramplan.spec import spec_from_config
+    from vramplan.arch import spec_from_config
 
     spec = spec_from_config(config, name="vlm", where="config")
     return [lin for group, _ in spec.layer_groups for lin in group if lin.nn_linear]

@@ -14,16 +14,12 @@ import keyword
 import os
 from typing import Any
 
+from vramplan.arch import family
 from vramplan.errors import VramplanError
 from vramplan.limits import MAX_STEPS
 from vramplan.setup import Setup, make_setup
 from vramplan.spec import ModelSpec
 
-#: model types transformers cannot build without executing the publisher's code.
-REMOTE_CODE = {
-    "qwen": "Qwen (v1) is a remote-code architecture transformers does not ship; trace qwen1.5-7b/14b "
-    "(the same shapes in transformers' Qwen2 classes) instead"
-}
 TRACE_OPTIMIZERS = ("adamw", "adamw-fused", "sgd", "adafactor", "adamw-8bit")
 BNB_QUANTS = ("bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "bnb-int8")
 
@@ -52,9 +48,10 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
     """Refuse what the harness cannot build, with the reason and what to do instead; the notes
     say where a trace stands in for what a GPU runs."""
     mt = config.get("model_type")
-    if mt in REMOTE_CODE:
-        raise VramplanError("model", REMOTE_CODE[mt])
-    if "visual" in config or ("vision_config" in config and mt not in ("qwen2_vl", "qwen2_5_vl")):
+    fam = family(mt)
+    if fam is not None and fam.remote_code:  # transformers cannot build it without the publisher's code
+        raise VramplanError("model", fam.remote_code)
+    if "visual" in config or ("vision_config" in config and not _traces_vision(config)):
         raise VramplanError(
             "model", f"tracing {mt} with its vision tower is not supported: Qwen2-VL and Qwen2.5-VL are"
         )
@@ -109,8 +106,18 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
     return notes
 
 
+def _traces_vision(config: dict[str, Any]) -> bool:
+    """The harness builds the vision tower: a registered family reads it into a spec with a vision
+    tower from transformers' own modules (Qwen2-VL, Qwen2.5-VL). A config its family cannot read
+    passes here: the reader's own error is raised where the spec is read."""
+    if family(config.get("model_type")) is None:
+        return False
+    spec = _spec(config)
+    return spec is None or (spec.vision is not None and bool(spec.transformers_module))
+
+
 def _spec(config: dict[str, Any]) -> ModelSpec | None:
-    from vramplan.spec import spec_from_config
+    from vramplan.arch import spec_from_config
 
     try:
         return spec_from_config(config, name="model", where="model config.json")

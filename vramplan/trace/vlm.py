@@ -22,17 +22,16 @@ import torch
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
-VLM_TYPES = ("qwen2_vl", "qwen2_5_vl")
-
 
 def is_vlm(config: dict[str, Any]) -> bool:
     return "vision_config" in config
 
 
-def _module(model_type: str) -> Any:
+def _module(name: str) -> Any:
+    """transformers' modeling module ``name`` (``ModelSpec.transformers_module``)."""
     import importlib
 
-    return importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    return importlib.import_module(f"transformers.models.{name}.modeling_{name}")
 
 
 def _rewrite(func: Any, ns: dict[str, Any], replace: dict[str, str]) -> Any:
@@ -91,21 +90,21 @@ class ImageBatch:
         mm = (ids == token_id).int() * (2 if self.video else 1)
         grids = {"video_grid_thw" if self.video else "image_grid_thw": self.grid}
         self.position_ids, _ = model.model.get_rope_index(ids, mm, **grids)
-        self.model_type = hf.model_type
+        self.module = spec.transformers_module
 
     @contextlib.contextmanager
     def fixed_layout(self, model: Any) -> Any:
         """Patch the value reads of the model's code for this layout; restore afterwards."""
         from transformers import vision_utils as vu
 
-        mq = _module(self.model_type)
+        mq = _module(self.module)
         visual = model.model.visual
         pos = vu.get_vision_position_ids(self.grid, visual.spatial_merge_size)
         cu, mx = vu.get_vision_attention_seqlens(self.grid, visual.config)
         # attention splits by sequence: whole images (or video steps), and Qwen2.5-VL's windows
         lengths = {int(cu.shape[0]): (cu[1:] - cu[:-1]).tolist()}
         window = None
-        if "get_vision_window_index" in vars(_module(self.model_type)):
+        if "get_vision_window_index" in vars(mq):
             window = vu.get_vision_window_index(
                 self.grid,
                 spatial_merge_size=visual.spatial_merge_size,

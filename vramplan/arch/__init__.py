@@ -1,0 +1,27 @@
+"""Model families: one module each, and the registry that reads a config.json into a ModelSpec.
+
+A family module defines a :class:`Family` (its name, the ``model_type`` values it reads, its
+reader) and registers it with one call, :func:`register`; importing this package imports the
+built-in families below. Readers share the config helpers in :mod:`vramplan.arch.config` and the
+Llama-style decoder in :mod:`vramplan.arch.decoder`.
+"""
+
+from __future__ import annotations
+
+from vramplan.arch import gemma2, llama, moe, phi3, qwen, qwen2, qwen2_vl
+from vramplan.arch.registry import Family, families, family, register, spec_from_config, supported_model_types
+
+#: the built-in families' model types
+SUPPORTED_MODEL_TYPES = supported_model_types()
+BUILT_IN = (gemma2.FAMILY, llama.FAMILY, moe.FAMILY, phi3.FAMILY, qwen.FAMILY, qwen2.FAMILY, qwen2_vl.FAMILY)
+
+__all__ = [
+    "BUILT_IN",
+    "SUPPORTED_MODEL_TYPES",
+    "Family",
+    "families",
+    "family",
+    "register",
+    "spec_from_config",
+    "supported_model_types",
+]

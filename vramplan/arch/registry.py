@@ -1,0 +1,81 @@
+"""The family registry: which reader turns a config.json of each ``model_type`` into a ModelSpec.
+
+A family is one module under ``vramplan/arch/`` (or anywhere else) that defines a :class:`Family`
+and calls :func:`register` with it once; :func:`spec_from_config` dispatches on the config's
+``model_type``. Everything the memory terms, the trace and the emitters need to know about a
+family is declared on the ModelSpec its reader returns (``fused_qkv``, ``norm_scale_fp32``,
+``decoder_layer``, ``chat_templates``, ``remote_code``, ...), so nothing outside ``arch/`` tests a
+model_type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vramplan.errors import VramplanError, shown
+from vramplan.spec import ModelSpec
+
+#: ``read(name, config, where) -> ModelSpec``; ``where`` names the file in error messages.
+Reader = Callable[[str, dict[str, Any], str], ModelSpec]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: its name, the ``model_type`` values it reads, and its reader.
+
+    ``remote_code``: empty when transformers ships the family's modeling code; otherwise why a
+    trace cannot build it and what to trace instead (the reader sets ``ModelSpec.remote_code``).
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    read: Reader
+    remote_code: str = ""
+    title: str = ""  # how messages name the family (default: ``name``)
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
+
+
+_BY_TYPE: dict[str, Family] = {}
+
+
+def register(fam: Family) -> Family:
+    """Add ``fam`` for each of its model types; a type another family already reads is refused."""
+    taken = [mt for mt in fam.model_types if mt in _BY_TYPE and _BY_TYPE[mt].name != fam.name]
+    if taken:
+        raise ValueError(f"family {fam.name!r}: model_type {', '.join(taken)} is read by another family")
+    for mt in fam.model_types:
+        _BY_TYPE[mt] = fam
+    return fam
+
+
+def family(model_type: object) -> Family | None:
+    """The family that reads ``model_type``, or None."""
+    return _BY_TYPE.get(model_type) if isinstance(model_type, str) else None
+
+
+def families() -> tuple[Family, ...]:
+    """Every registered family, once each, by name."""
+    return tuple(sorted({f.name: f for f in _BY_TYPE.values()}.values(), key=lambda f: f.name))
+
+
+def supported_model_types() -> tuple[str, ...]:
+    return tuple(sorted(_BY_TYPE))
+
+
+def spec_from_config(config: dict[str, Any], name: str = "model", where: str = "config.json") -> ModelSpec:
+    """Parse a config.json dict into a ModelSpec; bad or missing fields raise VramplanError."""
+    if not isinstance(config, dict):
+        raise VramplanError(where, "must be a JSON object")
+    mt = config.get("model_type")
+    fam = family(mt)
+    if fam is None:
+        raise VramplanError(
+            "model_type",
+            f"{shown(mt)} is not supported ({where}); supported: {', '.join(supported_model_types())}",
+        )
+    return fam.read(name, config, where)
