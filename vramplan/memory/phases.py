@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from vramplan.memory import activations as act
 from vramplan.memory import loss, optimizer, overhead, parallel, vision, weights
 from vramplan.memory.layers import layer_runs
+from vramplan.memory.sweep import At, Descent, sweep
 from vramplan.memory.trainable import check_lora_targets, trainable_params
 from vramplan.params import param_counts
 from vramplan.setup import Setup
@@ -119,7 +120,7 @@ def phase_terms(spec: ModelSpec, setup: Setup) -> dict[str, dict[str, int]]:
 
 
 def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, int]:
-    """The worst point of backward, walking layers from the top down.
+    """The worst point of backward, walking layers from the top down (sweep.py).
 
     While layer l runs its backward, the activations of the recorded layers 0..l are still
     saved (with checkpointing: their inputs, plus layer l recomputed), and the gradients of
@@ -127,9 +128,9 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
     transient gradient buffers. After layer 0 the embedding's backward runs beside every
     gradient. The maximum over these points (the first from the top, on a tie).
 
-    Through a run of identical layers (layers.py) the total changes by the same bytes from
-    one layer to the next (a copy and a checkpoint more below, a gradient less), so each run's
-    largest point is its top or its bottom layer: the sweep weighs one layer a run.
+    One layer down a run of identical layers (layers.py) holds a copy (every copy below stays
+    alive without checkpointing) and a checkpoint fewer, and one layer's gradients more
+    (unless all are kept).
     """
     end = {  # after layer 0: every gradient, and the embedding's own backward
         "weights/autocast_copies": 0,
@@ -139,41 +140,25 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
         "activations/backward_transient": optimizer.tied_embedding_backward_bytes(spec, setup),
     }
     runs = layer_runs(spec, setup)
-    if not any(run.recorded for run in runs):
-        return end
     gc, acc = setup.grad_checkpointing, setup.grad_accum > 1
     transient = act.backward_transient_bytes(spec, setup)
     layer_grads = sum(run.grads * run.count for run in runs)
-    grads_above = all_grads - layer_grads - optimizer.embedding_gradient_bytes(spec, setup)  # lm_head's
-    copies_below = sum(run.copies * run.count for run in runs)
-    kept_below = sum(run.kept * run.count for run in runs)
-    best, best_total = end, sum(end.values())
-    for run in reversed(runs):
-        copies_below -= run.copies * run.count
-        kept_below -= run.kept * run.count
-        if run.recorded:
-            # one layer up adds its copy (every copy below stays alive without checkpointing) and
-            # its checkpoint, and holds one layer's gradients fewer (unless all are kept): at or
-            # above 0 the top layer is the run's peak (the first met), below it the bottom one
-            step = (0 if gc else run.copies) + run.kept - (0 if acc else run.grads)
-            layer = run.stop - 1 if step >= 0 else run.start
-            n = layer - run.start + 1  # layers of the run from its bottom up to this one
-            copies = run.copies if gc else copies_below + n * run.copies
-            grads = all_grads if acc else grads_above + (run.stop - layer) * run.grads
-            saved = kept_below + n * run.kept
-            recompute = run.saved if gc else 0
-            total = copies + grads + saved + recompute + transient
-            if total > best_total:
-                best_total = total
-                best = {
-                    "weights/autocast_copies": copies,
-                    "gradients": grads,
-                    "activations/saved": saved,
-                    "activations/recompute": recompute,
-                    "activations/backward_transient": transient,
-                }
-        grads_above += run.grads * run.count
-    return best
+    head_grads = all_grads - layer_grads - optimizer.embedding_gradient_bytes(spec, setup)  # lm_head's
+
+    def point(at: At, layer: int) -> dict[str, int]:
+        return {
+            "weights/autocast_copies": at.run.copies if gc else at.copies(layer),
+            "gradients": all_grads if acc else head_grads + at.grads_above(layer) + at.run.grads,
+            "activations/saved": at.kept(layer),
+            "activations/recompute": at.run.saved if gc else 0,
+            "activations/backward_transient": transient,
+        }
+
+    def descent(at: At) -> Descent:
+        run = at.run
+        return Descent(-((0 if gc else run.copies) + run.kept - (0 if acc else run.grads)))
+
+    return sweep(runs, end, point, descent)
 
 
 #: terms inside ``allocated`` that only a CUDA run spends (a CPU trace cannot see them).
