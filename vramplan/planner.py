@@ -23,6 +23,7 @@ from vramplan.memory.phases import CardEstimate
 from vramplan.models import load_model
 from vramplan.params import ParamCounts, param_counts
 from vramplan.setup import Setup, check_fields, make_setup
+from vramplan.setup_rules import check_against_gpu
 from vramplan.spec import ModelSpec
 from vramplan.units import GIB
 
@@ -103,14 +104,6 @@ def _gib(n: int) -> str:
 def _precisions(method: str, gpu: GPU) -> list[str]:
     half = "bf16" if gpu.bf16_supported else "fp16"
     return [f"amp-{half}", half] if method == "full" else [half]
-
-
-def _check_against_gpu(setup_fields: dict[str, Any], gpu: GPU) -> None:
-    precision = setup_fields.get("precision")
-    if precision in ("bf16", "amp-bf16") and not gpu.bf16_supported:
-        raise VramplanError("precision", f"{gpu.name} has no bf16: use fp16 or amp-fp16")
-    if setup_fields.get("attention") == "flash-attn-2" and not gpu.flash_attn2_supported:
-        raise VramplanError("attention", f"{gpu.name} does not run FlashAttention-2: use sdpa or eager")
 
 
 #: multi-GPU layouts weighed when --parallel is not pinned, fastest first (timing.py's
@@ -374,7 +367,7 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     if "parallel" not in check and check.get("num_gpus", 1) * check.get("num_nodes", 1) > 1:
         check["parallel"] = "zero3" if check.get("offload", "none") != "none" else "ddp"
     make_setup(**check)
-    _check_against_gpu(pinned, card)
+    check_against_gpu(pinned, card)  # setup_rules.GPU_RULES
     pinned, notes = family_defaults(spec, pinned)
     if card.resolved_from:
         notes.append(f"{card.resolved_from!r} resolved to {card.name} ({card.memory_mib} MiB as the driver reports it)")
