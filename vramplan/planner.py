@@ -203,14 +203,14 @@ def _evaluate(
 ) -> tuple[Setup, Estimate, bool]:
     """The setup, its estimate, and whether it fits the card (and the host RAM, when given)."""
     setup = make_setup(**fields)
-    est = estimate(spec, setup)
+    est = estimate(spec, setup, card_bytes=gpu.memory_bytes)
     fits = est.device_bytes <= gpu.memory_bytes
     if fits and host is not None and setup.offload != "none":
         fits = sum(host_terms(spec, setup).values()) <= host
     if fits and setup.vllm != "none":
         from vramplan.memory import rl, vision
 
-        fits = rl.vllm_concurrent_sequences(spec, setup, vision.image_tokens(spec, setup)) >= 1
+        fits = rl.vllm_concurrent_sequences(spec, setup, gpu.memory_bytes, vision.image_tokens(spec, setup)) >= 1
     return setup, est, fits
 
 
@@ -354,8 +354,6 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
         raise VramplanError(
             "freeze_vision", f"{spec.name} has no vision tower: --freeze-vision/--freeze-projector apply to VLMs"
         )
-    if pinned.get("vllm", "none") != "none":
-        pinned["vllm_card_bytes"] = card.memory_bytes  # vLLM's share is a fraction of this card
     frozen_parts = bool(pinned.get("freeze_vision") or pinned.get("freeze_projector"))
     if frozen_parts and "method" not in pinned:
         pinned["method"] = "full"  # only full fine-tuning trains the tower or projector to begin with
@@ -407,7 +405,7 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     if setup.rl != "none":
         notes.append(_rl_note(setup, est))
     if setup.vllm != "none":
-        notes.append(_vllm_note(spec, setup))
+        notes.append(_vllm_note(spec, setup, card.memory_bytes))
     if not fits:
         notes.append(
             f"nothing weighed fits {card.name}: the smallest needs {_gib(est.device_bytes)} "
@@ -615,13 +613,13 @@ def _rl_note(setup: Setup, est: Estimate) -> str:
     )
 
 
-def _vllm_note(spec: ModelSpec, setup: Setup) -> str:
+def _vllm_note(spec: ModelSpec, setup: Setup, card_bytes: int) -> str:
     from vramplan.memory import rl, vision
 
     images = vision.image_tokens(spec, setup)
     need = rl.vllm_needs(spec, setup, images)
-    share = rl.vllm_share_bytes(setup)
-    n = rl.vllm_concurrent_sequences(spec, setup, images)
+    share = rl.vllm_share_bytes(setup, card_bytes)
+    n = rl.vllm_concurrent_sequences(spec, setup, card_bytes, images)
     held = "freed after each generation (sleep mode)" if setup.vllm_sleep else "held through the whole step"
     util = setup.vllm_gpu_memory_utilization
     head = f"vLLM colocated: {_gib(share)} of the card (gpu_memory_utilization {util:g}), {held}"

@@ -81,6 +81,7 @@ __all__ = [
     "Precision",
     "QUANTIZED",
     "QUANTS",
+    "RETIRED_FIELDS",
     "Quant",
     "RL",
     "RLS",
@@ -90,6 +91,7 @@ __all__ = [
     "VLLMS",
     "check_fields",
     "make_setup",
+    "recorded_setup",
 ]
 
 
@@ -193,7 +195,6 @@ class Setup(BaseModel):
     vllm: VLLM = "none"
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, allow_inf_nan=False)
     vllm_sleep: bool = False  # TRL vllm_enable_sleep_mode: vLLM frees its share outside generation
-    vllm_card_bytes: int = Field(0, ge=0)  # the card vLLM takes its share of (the planner sets it)
 
     @model_validator(mode="after")
     def _combinations(self) -> Setup:
@@ -276,6 +277,17 @@ class Setup(BaseModel):
         if self.lora_targets.strip().lower() == "all-linear":
             return None
         return [t.strip() for t in self.lora_targets.split(",")]
+
+
+#: fields Setup no longer has, left out of a recorded row's setup (tables/measured) when it is read:
+#: vllm_card_bytes is the card's memory, a GPU fact (``estimate(..., card_bytes=)``)
+RETIRED_FIELDS = ("vllm_card_bytes",)
+
+
+def recorded_setup(fields: dict[str, Any]) -> Setup:
+    """The Setup of a recorded row (its fields Setup no longer has left out); pydantic's
+    ValidationError when it is not one."""
+    return Setup.model_validate({k: v for k, v in fields.items() if k not in RETIRED_FIELDS})
 
 
 def _field_message(err: Any) -> tuple[str, str]:

@@ -309,13 +309,6 @@ def vllm_takes_bnb_or_16_bit(s: Setup) -> str | None:
 
 
 @rule("vllm")
-def vllm_share_needs_a_card(s: Setup) -> str | None:
-    if s.grpo.vllm and not s.vllm_card_bytes:
-        return "vLLM's share is a fraction of the card: plan it on a GPU (--gpu)"
-    return None
-
-
-@rule("vllm")
 def vllm_options_need_vllm(s: Setup) -> str | None:
     if not s.grpo.vllm and (s.grpo.vllm_sleep or s.grpo.vllm_memory != 0.3):
         return "--vllm-memory and --vllm-sleep apply with --vllm colocate"

@@ -211,7 +211,7 @@ def with_vision(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
 #: than once (searching, ranking, timing). Emptied when full and when the overhead constants
 #: are read again (``vramplan.calibrate`` writes new ones).
 ESTIMATES_KEPT = 64
-_made: dict[tuple[ModelSpec, Setup], Estimate] = {}
+_made: dict[tuple[ModelSpec, Setup, int | None], Estimate] = {}
 _made_with: list[dict] = []  # the overhead constants the kept estimates were made with
 
 
@@ -220,21 +220,23 @@ def forget_estimates() -> None:
     _made.clear()
 
 
-def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
+def estimate(spec: ModelSpec, setup: Setup, *, card_bytes: int | None = None) -> Estimate:
     """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU
-    (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``)."""
+    (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``).
+    ``card_bytes``: the card's memory, which a colocated vLLM takes its share of (GRPO)."""
+    card_bytes = card_bytes if setup.vllm != "none" else None  # nothing else reads the card
     consts = overhead.overhead_constants()
     if not _made_with or _made_with[0] is not consts or len(_made) >= ESTIMATES_KEPT:
         _made.clear()
         _made_with[:] = [consts]
-    key = (spec, setup)
+    key = (spec, setup, card_bytes)
     est = _made.get(key)
     if est is None:
-        est = _made[key] = _estimate(spec, setup)
+        est = _made[key] = _estimate(spec, setup, card_bytes)
     return est
 
 
-def _estimate(spec: ModelSpec, setup: Setup) -> Estimate:
+def _estimate(spec: ModelSpec, setup: Setup, card_bytes: int | None) -> Estimate:
     if setup.method == "inference":
         from vramplan.memory.inference import inference_estimate
 
@@ -249,7 +251,7 @@ def _estimate(spec: ModelSpec, setup: Setup) -> Estimate:
         llm = llm.model_copy(update={"seq_len": setup.seq_len + vision.image_tokens(spec, setup)})
     split = setup.parallel == "device_map"
     if setup.rl == "grpo":
-        return grpo_estimate(spec, setup, llm)
+        return grpo_estimate(spec, setup, llm, card_bytes)
     if setup.parallel == "fsdp":
         per_phase = parallel.fsdp_phases(spec, llm, phase_terms(spec, llm))
     elif split:
@@ -375,7 +377,7 @@ def split_estimate(
     )
 
 
-def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup) -> Estimate:
+def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup, card_bytes: int | None = None) -> Estimate:
     """GRPO (vramplan/memory/rl.py): the training phases with TRL's fused LM head, plus the
     generation and (with ``beta > 0``) reference phases; the peak is the largest, named."""
     from vramplan.memory import rl
@@ -396,7 +398,7 @@ def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup) -> Estimate:
     if setup.vllm == "none":
         per_phase["generate"] = rl.generation_terms(spec, setup, static, images)
     else:
-        share = rl.vllm_share_bytes(setup)
+        share = rl.vllm_share_bytes(setup, card_bytes)
         per_phase["old_logprobs"] = rl.old_logprob_terms(spec, setup, static, images)
         if not setup.vllm_sleep:  # the engine keeps its share through the step
             per_phase = {name: {**terms, "rl/vllm_share": share} for name, terms in per_phase.items()}
