@@ -150,51 +150,109 @@ class GrpoView:
     vllm_sleep: bool
 
 
+#: a field the planner chooses when the caller leaves it out
+_SEARCHED: dict[str, Any] = {"searched": True}
+
+
 class Setup(BaseModel):
     """One fine-tuning configuration. Defaults are a common LoRA run."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    method: Method = "lora"
-    quant: Quant = "none"
-    precision: Precision = "bf16"
-    lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK)
-    lora_alpha: float = Field(16.0, gt=0, le=MAX_LORA_ALPHA, allow_inf_nan=False)
-    lora_dropout: float = Field(0.05, ge=0, lt=1, allow_inf_nan=False)
-    lora_targets: str = "all-linear"
-    trainable_extra: tuple[Literal["embeddings", "lm_head"], ...] = ()
-    freeze_trainable_layers: int = Field(2, ge=1, le=MAX_LAYERS)
-    optimizer: Optimizer = "adamw"
-    seq_len: int = Field(2048, ge=1, le=MAX_SEQ_LEN)
-    micro_batch: int = Field(1, ge=1, le=MAX_MICRO_BATCH)
-    grad_accum: int = Field(1, ge=1, le=MAX_GRAD_ACCUM)
-    grad_checkpointing: bool = True
-    attention: Attention = "sdpa"
-    num_gpus: int = Field(1, ge=1, le=MAX_GPUS)  # GPUs per node (all of them with one node)
-    num_nodes: int = Field(1, ge=1, le=MAX_GPUS)
-    parallel: Parallel = "none"
-    offload: Offload = "none"
-    fsdp_sharding: FsdpSharding = "full_shard"  # FSDP only; hybrid_shard shards within a node
-    kv_cache: KVCache = "auto"  # inference: the cache dtype (auto = the run's 16-bit dtype)
-    image_size: str = ""  # VLMs: WIDTHxHEIGHT of each image (Qwen-VL: fixed 448x448)
-    images_per_sample: int = Field(0, ge=0, le=MAX_IMAGES)
+    # Each field is a flag of the plan, trace and measure commands (cli_parse.py): ``--field-name``
+    # unless ``json_schema_extra`` names another ``flag`` (or ``metavar``); its help line is the
+    # description, then its default: the planner's choice for a ``searched`` field, else the
+    # field's default (or ``shown_default``, what an empty value stands for); ``auto``: the flag
+    # also takes "auto".
+    method: Method = Field("lora", description="how the weights train (or inference)", json_schema_extra=_SEARCHED)
+    quant: Quant = Field("none", description="quantized base weights (qlora, inference)", json_schema_extra=_SEARCHED)
+    precision: Precision = Field(
+        "bf16", description="weights' dtype; amp-* keeps fp32 weights under autocast", json_schema_extra=_SEARCHED
+    )
+    lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK, description="LoRA: rank r of each adapter")
+    lora_alpha: float = Field(16.0, gt=0, le=MAX_LORA_ALPHA, allow_inf_nan=False, description="LoRA: scale alpha")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, allow_inf_nan=False, description="LoRA: dropout on the input")
+    lora_targets: str = Field("all-linear", description="all-linear or comma-separated module names")
+    trainable_extra: tuple[Literal["embeddings", "lm_head"], ...] = Field(
+        (), description="comma-separated: embeddings,lm_head"
+    )
+    freeze_trainable_layers: int = Field(
+        2, ge=1, le=MAX_LAYERS, description="freeze: the top layers that train (the rest stay frozen)"
+    )
+    optimizer: Optimizer = Field("adamw", description="optimizer, and how its state is kept")
+    seq_len: int = Field(2048, ge=1, le=MAX_SEQ_LEN, description="tokens per sequence")
+    micro_batch: int = Field(
+        1, ge=1, le=MAX_MICRO_BATCH, description="sequences per GPU per forward", json_schema_extra=_SEARCHED
+    )
+    grad_accum: int = Field(1, ge=1, le=MAX_GRAD_ACCUM, description="micro-batches per optimizer step")
+    grad_checkpointing: bool = Field(
+        True, description="recompute each layer's activations in backward", json_schema_extra=_SEARCHED
+    )
+    attention: Attention = Field(
+        "sdpa", description="attention kernel (the family's own when it refuses sdpa)", json_schema_extra=_SEARCHED
+    )
+    num_gpus: int = Field(
+        1,
+        ge=1,
+        le=MAX_GPUS,
+        description="GPUs in the run (per node with --nodes), or auto: the fewest that fit",
+        json_schema_extra={"flag": "--gpus", "metavar": "N|auto", "auto": True},
+    )
+    num_nodes: int = Field(
+        1,
+        ge=1,
+        le=MAX_GPUS,
+        description="machines in the run, --gpus each",
+        json_schema_extra={"flag": "--nodes", "metavar": "N"},
+    )
+    parallel: Parallel = Field(
+        "none", description="multi-GPU layout (estimates are per GPU)", json_schema_extra=_SEARCHED
+    )
+    offload: Offload = Field("none", description="CPU offload under ZeRO/FSDP")
+    fsdp_sharding: FsdpSharding = Field(
+        "full_shard", description="FSDP: what is sharded; hybrid_shard shards within a node"
+    )
+    kv_cache: KVCache = Field("auto", description="inference: KV cache dtype (auto = the run dtype)")
+    image_size: str = Field(
+        "", description="VLMs: WIDTHxHEIGHT of each image (implies one image per sample; Qwen-VL: fixed 448x448)"
+    )
+    images_per_sample: int = Field(0, ge=0, le=MAX_IMAGES, description="VLMs: images in each training sample")
     # VLMs: one video per sample, as the frames the processor samples, each WIDTHxHEIGHT
-    video_frames: int = Field(0, ge=0, le=MAX_VIDEO_FRAMES)
-    video_size: str = ""
+    video_frames: int = Field(
+        0, ge=0, le=MAX_VIDEO_FRAMES, description="VLMs: frames sampled from the one video in each sample"
+    )
+    video_size: str = Field(
+        "", description="VLMs: WIDTHxHEIGHT of the video's frames", json_schema_extra={"shown_default": "448x448"}
+    )
     # VLM full fine-tuning: keep the vision tower and/or its projector (merger) frozen, as
     # LLaMA-Factory's freeze_vision_tower / freeze_multi_modal_projector and ms-swift's
     # freeze_vit / freeze_aligner do; LoRA, QLoRA and freeze leave both frozen anyway
-    freeze_vision: bool = False
-    freeze_projector: bool = False
-    # reinforcement fine-tuning (TRL GRPOTrainer): seq_len is prompt + completion
-    rl: RL = "none"
-    num_generations: int = Field(8, ge=2, le=MAX_GENERATIONS)
-    completion_len: int = Field(512, ge=1, le=MAX_SEQ_LEN)
-    beta: float = Field(0.0, ge=0, le=MAX_BETA, allow_inf_nan=False)
-    # GRPO generation with vLLM inside the training process (TRL use_vllm, vllm_mode="colocate")
-    vllm: VLLM = "none"
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, allow_inf_nan=False)
-    vllm_sleep: bool = False  # TRL vllm_enable_sleep_mode: vLLM frees its share outside generation
+    freeze_vision: bool = Field(False, description="VLM full: keep the tower frozen")
+    freeze_projector: bool = Field(False, description="VLM full: keep the projector (merger) frozen")
+    rl: RL = Field("none", description="reinforcement fine-tuning (TRL GRPOTrainer); --seq-len is prompt + completion")
+    num_generations: int = Field(8, ge=2, le=MAX_GENERATIONS, description="GRPO: completions per prompt (as TRL)")
+    completion_len: int = Field(512, ge=1, le=MAX_SEQ_LEN, description="GRPO: max completion tokens (as TRL)")
+    beta: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_BETA,
+        allow_inf_nan=False,
+        description="GRPO: KL weight; above 0 a reference model runs (as TRL)",
+    )
+    vllm: VLLM = Field(
+        "none", description="GRPO: generate with vLLM inside the training process (TRL use_vllm, colocate)"
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="GRPO + vLLM: the card's fraction vLLM takes (TRL vllm_gpu_memory_utilization)",
+        json_schema_extra={"flag": "--vllm-memory", "metavar": "FRACTION"},
+    )
+    vllm_sleep: bool = Field(
+        False, description="GRPO + vLLM: free vLLM's share outside generation (TRL vllm_enable_sleep_mode)"
+    )
 
     @model_validator(mode="after")
     def _combinations(self) -> Setup:
