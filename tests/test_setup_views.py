@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from vramplan import setup_rules
+from vramplan.cli import main
 from vramplan.cli_parse import flag_name, plan_parser, run_parser
 from vramplan.errors import VramplanError
 from vramplan.gpus import resolve_gpu
@@ -16,7 +17,7 @@ from vramplan.limits import MAX_GPUS, MAX_GPUS_PER_NODE
 from vramplan.memory import estimate
 from vramplan.models import load_model
 from vramplan.setup import Setup, make_setup
-from vramplan.setup_rules import GPU_RULES, RULES, Rule, check_against_gpu, first_broken
+from vramplan.setup_rules import GPU_RULES, RULES, RUN_RULES, Rule, RunRule, check_against_gpu, first_broken
 
 SETUPS = [
     make_setup(),
@@ -136,6 +137,25 @@ def test_the_card_rules_refuse_what_the_card_cannot_run() -> None:
             check_against_gpu(fields, t4)
         assert err.value.field == field and "T4" in err.value.message
     check_against_gpu({}, t4)  # an unpinned precision is chosen for the card, not refused
+
+
+#: run rule name -> the plan command's flags that break it (and no run rule before it)
+RUN_TRIPS: dict[str, list[str]] = {
+    "samples_need_their_length": ["--samples", "10"],
+    "one_run_length": ["--samples", "10", "--avg-tokens", "100", "--dataset-tokens", "1000"],
+    "no_time_for_grpo": ["--rl", "grpo", "--dataset-tokens", "1000"],
+    "cost_needs_the_length": ["--price-per-hour", "2"],
+}
+
+
+@pytest.mark.parametrize("r", RUN_RULES, ids=[r.name for r in RUN_RULES])
+def test_each_run_rule_refuses_the_command_naming_its_field(r: RunRule, capsys) -> None:
+    assert [x.name for x in RUN_RULES] == list(RUN_TRIPS)
+    argv = ["qwen2.5-0.5b", "--gpu", "a100-80g", *RUN_TRIPS[r.name]]
+    message = r.check(vars(plan_parser().parse_args(argv)))
+    assert message is not None
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"vramplan: error: {r.field}: {message}\n"
 
 
 def test_a_rule_added_to_the_list_is_enforced(monkeypatch) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from vramplan import limits
 from vramplan.cli_parse import EXIT_FITS, EXIT_NO_FIT, console, plan_parser
 from vramplan.errors import VramplanError, shown
+from vramplan.setup_rules import check_run_options
 
 #: bounds of the plan flags that are not Setup fields: (name, smallest allowed, largest allowed)
 RUN_BOUNDS = (
@@ -53,16 +54,7 @@ def cmd_plan(argv: list[str]) -> int:
         "report",
         "plot",
     )
-    if (args.samples is None) != (args.avg_tokens is None):
-        raise VramplanError("samples", "--samples and --avg-tokens go together (the wall time needs both)")
-    if args.dataset_tokens is not None and args.samples is not None:
-        raise VramplanError("dataset_tokens", "give --dataset-tokens or --samples with --avg-tokens, not both")
-    if args.rl not in (None, "none") and (args.samples is not None or args.dataset_tokens is not None):
-        raise VramplanError(
-            "samples", "the time model does not cover GRPO's generation yet: drop --samples/--dataset-tokens"
-        )
-    if args.price_per_hour is not None and args.samples is None and args.dataset_tokens is None:
-        raise VramplanError("price_per_hour", "the cost needs the run's length: add --dataset-tokens or --samples")
+    check_run_options(vars(args))  # setup_rules.RUN_RULES
     _check_run_numbers(args)
     if args.emit is not None and (args.report or args.plot):
         raise VramplanError(

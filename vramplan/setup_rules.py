@@ -4,7 +4,13 @@ Each rule names the field the refusal is about (``vramplan: error: <field>: <mes
 returns its message when the setup breaks it, else None. ``Setup``'s validator runs
 :data:`RULES` in order and refuses on the first one broken; the planner runs
 :data:`GPU_RULES` against the card (they read only the fields the caller pinned: an unpinned
-precision is chosen for the card instead). A new rule is one function with ``@rule(field)``.
+precision is chosen for the card instead); the plan command runs :data:`RUN_RULES` on its
+flags, the run's length (``--samples``, ``--dataset-tokens``, ...) beside the Setup fields. A
+new rule is one function with ``@rule(field)`` (``@gpu_rule``, ``@run_rule``).
+
+Left where they are: the rules that need the model (``planner.plan``: a frozen vision tower
+needs one) or only say what was pinned (``planner.plan``: GRPO's options without ``--rl``),
+and what the trace harness cannot build (``trace/preflight.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,15 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class RunRule:
+    """A rule between the plan command's run-length flags and the Setup fields beside them."""
+
+    name: str
+    field: str
+    check: Callable[[Mapping[str, Any]], str | None]
+
+
+@dataclass(frozen=True)
 class GpuRule:
     """A rule between the pinned fields and the card they run on."""
 
@@ -50,6 +65,8 @@ class GpuRule:
 RULES: list[Rule] = []
 #: the rules the planner runs against the card
 GPU_RULES: list[GpuRule] = []
+#: the rules the plan command runs on its flags (a flag not given is None)
+RUN_RULES: list[RunRule] = []
 
 
 def rule(field: str) -> Callable[[Callable[[Setup], str | None]], Callable[[Setup], str | None]]:
@@ -74,6 +91,18 @@ def gpu_rule(
     return add
 
 
+def run_rule(
+    field: str,
+) -> Callable[[Callable[[Mapping[str, Any]], str | None]], Callable[[Mapping[str, Any]], str | None]]:
+    """Adds the decorated check to :data:`RUN_RULES`, refusing ``field``."""
+
+    def add(check: Callable[[Mapping[str, Any]], str | None]) -> Callable[[Mapping[str, Any]], str | None]:
+        RUN_RULES.append(RunRule(check.__name__, field, check))
+        return check
+
+    return add
+
+
 def first_broken(setup: Setup) -> str | None:
     """``field|message`` of the first rule ``setup`` breaks, or None."""
     for r in RULES:
@@ -81,6 +110,14 @@ def first_broken(setup: Setup) -> str | None:
         if broken is not None:
             return broken
     return None
+
+
+def check_run_options(options: Mapping[str, Any]) -> None:
+    """Refuses the first of :data:`RUN_RULES` the plan command's flags break (VramplanError)."""
+    for r in RUN_RULES:
+        message = r.check(options)
+        if message is not None:
+            raise VramplanError(r.field, message)
 
 
 def check_against_gpu(fields: Mapping[str, Any], gpu: GPU) -> None:
@@ -374,4 +411,36 @@ def card_runs_bf16(fields: Mapping[str, Any], gpu: GPU) -> str | None:
 def card_runs_flash_attention(fields: Mapping[str, Any], gpu: GPU) -> str | None:
     if fields.get("attention") == "flash-attn-2" and not gpu.flash_attn2_supported:
         return f"{gpu.name} does not run FlashAttention-2: use sdpa or eager"
+    return None
+
+
+# --- the run's length (the plan command's time and cost)
+
+
+@run_rule("samples")
+def samples_need_their_length(o: Mapping[str, Any]) -> str | None:
+    if (o.get("samples") is None) != (o.get("avg_tokens") is None):
+        return "--samples and --avg-tokens go together (the wall time needs both)"
+    return None
+
+
+@run_rule("dataset_tokens")
+def one_run_length(o: Mapping[str, Any]) -> str | None:
+    if o.get("dataset_tokens") is not None and o.get("samples") is not None:
+        return "give --dataset-tokens or --samples with --avg-tokens, not both"
+    return None
+
+
+@run_rule("samples")
+def no_time_for_grpo(o: Mapping[str, Any]) -> str | None:
+    timed = o.get("samples") is not None or o.get("dataset_tokens") is not None
+    if o.get("rl") not in (None, "none") and timed:
+        return "the time model does not cover GRPO's generation yet: drop --samples/--dataset-tokens"
+    return None
+
+
+@run_rule("price_per_hour")
+def cost_needs_the_length(o: Mapping[str, Any]) -> str | None:
+    if o.get("price_per_hour") is not None and o.get("samples") is None and o.get("dataset_tokens") is None:
+        return "the cost needs the run's length: add --dataset-tokens or --samples"
     return None
