@@ -17,7 +17,7 @@ from vramplan.limits import MAX_GPUS, MAX_GPUS_PER_NODE
 from vramplan.memory import estimate
 from vramplan.models import load_model
 from vramplan.setup import Setup, make_setup
-from vramplan.setup_rules import GPU_RULES, RULES, RUN_RULES, Rule, RunRule, check_against_gpu, first_broken
+from vramplan.setup_rules import GPU_RULES, RULES, RUN_RULES, Rule, RunRule, Views, check_against_gpu, first_broken
 
 SETUPS = [
     make_setup(),
@@ -119,7 +119,7 @@ def test_every_rule_has_a_setup_that_trips_it() -> None:
 def test_each_rule_refuses_naming_its_field(r: Rule) -> None:
     fields = TRIPS[r.name]
     unchecked = Setup.model_construct(**fields)
-    message = r.check(unchecked)
+    message = r.check(unchecked, Views.of(unchecked))
     assert message is not None
     assert first_broken(unchecked) == f"{r.field}|{message}"  # the first rule broken is this one
     with pytest.raises(VramplanError) as err:
@@ -159,7 +159,7 @@ def test_each_run_rule_refuses_the_command_naming_its_field(r: RunRule, capsys) 
 
 
 def test_a_rule_added_to_the_list_is_enforced(monkeypatch) -> None:
-    unlucky = Rule("no_rank_13", "lora_rank", lambda s: "13 is not a rank here" if s.lora_rank == 13 else None)
+    unlucky = Rule("no_rank_13", "lora_rank", lambda s, v: "13 is not a rank here" if v.lora.rank == 13 else None)
     make_setup(lora_rank=13)
     monkeypatch.setattr(setup_rules, "RULES", [*RULES, unlucky])
     with pytest.raises(VramplanError, match=r"^lora_rank: 13 is not a rank here$"):

@@ -5,9 +5,8 @@ Value names are the same everywhere (CLI flags, Python keywords, tables/measured
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
@@ -95,8 +94,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class LoraView:
+class LoraView(NamedTuple):
     """The LoRA fields of a Setup (``setup.lora``)."""
 
     on: bool  # method lora or qlora
@@ -107,8 +105,7 @@ class LoraView:
     extra: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class LayoutView:
+class LayoutView(NamedTuple):
     """Where the run goes (``setup.layout``): GPUs, nodes, the multi-GPU layout and offload."""
 
     gpus: int  # per node
@@ -120,8 +117,7 @@ class LayoutView:
     shards: int  # ranks sharded state is split over
 
 
-@dataclass(frozen=True, slots=True)
-class MediaView:
+class MediaView(NamedTuple):
     """A VLM sample's images and video (``setup.media``), and which vision parts stay frozen."""
 
     images: int
@@ -137,8 +133,7 @@ class MediaView:
         return bool(self.images or self.video_frames)
 
 
-@dataclass(frozen=True, slots=True)
-class GrpoView:
+class GrpoView(NamedTuple):
     """Reinforcement fine-tuning (``setup.grpo``): TRL GRPOTrainer and its colocated vLLM."""
 
     on: bool  # rl grpo

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vramplan.choices import PARALLELS, QUANTIZED
 from vramplan.errors import VramplanError, shown
@@ -26,7 +26,29 @@ from vramplan.limits import MAX_GPUS, MAX_GPUS_PER_NODE, MAX_IMAGE_SIDE
 
 if TYPE_CHECKING:
     from vramplan.gpus import GPU
-    from vramplan.setup import Setup
+    from vramplan.setup import GrpoView, LayoutView, LoraView, MediaView, Setup
+
+
+class Views(NamedTuple):
+    """A setup's grouped views (``Setup.lora``, ``.layout``, ``.media``, ``.grpo``), made once for
+    all the rules."""
+
+    lora: LoraView
+    layout: LayoutView
+    media: MediaView
+    grpo: GrpoView
+
+    @classmethod
+    def of(cls, setup: Setup) -> Views:
+        return cls(setup.lora, setup.layout, setup.media, setup.grpo)
+
+
+#: a rule's check: the setup and its views -> the message, or None
+Check = Callable[["Setup", Views], "str | None"]
+#: a card rule's check: the pinned fields and the card -> the message, or None
+GpuCheck = Callable[[Mapping[str, Any], "GPU"], "str | None"]
+#: a run rule's check: the plan command's flags -> the message, or None
+RunCheck = Callable[[Mapping[str, Any]], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -35,11 +57,11 @@ class Rule:
 
     name: str
     field: str
-    check: Callable[[Setup], str | None]
+    check: Check
 
-    def broken(self, setup: Setup) -> str | None:
+    def broken(self, setup: Setup, views: Views | None = None) -> str | None:
         """``field|message`` when ``setup`` breaks the rule (the form pydantic's validator carries)."""
-        message = self.check(setup)
+        message = self.check(setup, views or Views.of(setup))
         return None if message is None else f"{self.field}|{message}"
 
 
@@ -49,7 +71,7 @@ class RunRule:
 
     name: str
     field: str
-    check: Callable[[Mapping[str, Any]], str | None]
+    check: RunCheck
 
 
 @dataclass(frozen=True)
@@ -58,7 +80,7 @@ class GpuRule:
 
     name: str
     field: str
-    check: Callable[[Mapping[str, Any], GPU], str | None]
+    check: GpuCheck
 
 
 #: the rules Setup's validator runs, in order
@@ -69,34 +91,30 @@ GPU_RULES: list[GpuRule] = []
 RUN_RULES: list[RunRule] = []
 
 
-def rule(field: str) -> Callable[[Callable[[Setup], str | None]], Callable[[Setup], str | None]]:
+def rule(field: str) -> Callable[[Check], Check]:
     """Adds the decorated check to :data:`RULES`, refusing ``field``."""
 
-    def add(check: Callable[[Setup], str | None]) -> Callable[[Setup], str | None]:
+    def add(check: Check) -> Check:
         RULES.append(Rule(check.__name__, field, check))
         return check
 
     return add
 
 
-def gpu_rule(
-    field: str,
-) -> Callable[[Callable[[Mapping[str, Any], GPU], str | None]], Callable[[Mapping[str, Any], GPU], str | None]]:
+def gpu_rule(field: str) -> Callable[[GpuCheck], GpuCheck]:
     """Adds the decorated check to :data:`GPU_RULES`, refusing ``field``."""
 
-    def add(check: Callable[[Mapping[str, Any], GPU], str | None]) -> Callable[[Mapping[str, Any], GPU], str | None]:
+    def add(check: GpuCheck) -> GpuCheck:
         GPU_RULES.append(GpuRule(check.__name__, field, check))
         return check
 
     return add
 
 
-def run_rule(
-    field: str,
-) -> Callable[[Callable[[Mapping[str, Any]], str | None]], Callable[[Mapping[str, Any]], str | None]]:
+def run_rule(field: str) -> Callable[[RunCheck], RunCheck]:
     """Adds the decorated check to :data:`RUN_RULES`, refusing ``field``."""
 
-    def add(check: Callable[[Mapping[str, Any]], str | None]) -> Callable[[Mapping[str, Any]], str | None]:
+    def add(check: RunCheck) -> RunCheck:
         RUN_RULES.append(RunRule(check.__name__, field, check))
         return check
 
@@ -105,8 +123,9 @@ def run_rule(
 
 def first_broken(setup: Setup) -> str | None:
     """``field|message`` of the first rule ``setup`` breaks, or None."""
+    views = Views.of(setup)
     for r in RULES:
-        broken = r.broken(setup)
+        broken = r.broken(setup, views)
         if broken is not None:
             return broken
     return None
@@ -144,7 +163,7 @@ def size_problem(text: str, example: str) -> str | None:
 
 
 @rule("quant")
-def qlora_needs_quant(s: Setup) -> str | None:
+def qlora_needs_quant(s: Setup, v: Views) -> str | None:
     if s.method == "qlora" and s.quant == "none":
         return (
             "method qlora trains LoRA on a quantized base: choose --quant "
@@ -155,7 +174,7 @@ def qlora_needs_quant(s: Setup) -> str | None:
 
 
 @rule("quant")
-def quant_needs_qlora(s: Setup) -> str | None:
+def quant_needs_qlora(s: Setup, v: Views) -> str | None:
     if s.method not in ("qlora", "inference") and s.quant != "none":
         return (
             f"--quant {s.quant} needs --method qlora (LoRA on a quantized base) or inference; "
@@ -168,24 +187,24 @@ def quant_needs_qlora(s: Setup) -> str | None:
 
 
 @rule("image_size")
-def image_size_is_a_size(s: Setup) -> str | None:
+def image_size_is_a_size(s: Setup, v: Views) -> str | None:
     return size_problem(s.image_size, "1024x768") if s.image_size else None
 
 
 @rule("video_size")
-def video_size_is_a_size(s: Setup) -> str | None:
+def video_size_is_a_size(s: Setup, v: Views) -> str | None:
     return size_problem(s.video_size, "640x360") if s.video_size else None
 
 
 @rule("video_size")
-def video_size_needs_frames(s: Setup) -> str | None:
+def video_size_needs_frames(s: Setup, v: Views) -> str | None:
     if s.video_size and not s.video_frames:
         return "--video-size needs --video-frames N (the frames sampled per video)"
     return None
 
 
 @rule("freeze_vision")
-def freezing_parts_needs_full(s: Setup) -> str | None:
+def freezing_parts_needs_full(s: Setup, v: Views) -> str | None:
     if (s.freeze_vision or s.freeze_projector) and s.method != "full":
         return (
             "--freeze-vision/--freeze-projector apply to --method full: LoRA, QLoRA and freeze"
@@ -195,15 +214,15 @@ def freezing_parts_needs_full(s: Setup) -> str | None:
 
 
 @rule("video_frames")
-def videos_are_for_training(s: Setup) -> str | None:
-    if s.media.video_frames and s.method == "inference":
+def videos_are_for_training(s: Setup, v: Views) -> str | None:
+    if v.media.video_frames and s.method == "inference":
         return "videos are planned for fine-tuning; inference counts text tokens"
     return None
 
 
 @rule("images_per_sample")
-def images_are_for_training(s: Setup) -> str | None:
-    if s.media.images and s.method == "inference":
+def images_are_for_training(s: Setup, v: Views) -> str | None:
+    if v.media.images and s.method == "inference":
         return "images are planned for fine-tuning; inference counts text tokens"
     return None
 
@@ -212,15 +231,15 @@ def images_are_for_training(s: Setup) -> str | None:
 
 
 @rule("kv_cache")
-def kv_cache_is_for_inference(s: Setup) -> str | None:
+def kv_cache_is_for_inference(s: Setup, v: Views) -> str | None:
     if s.kv_cache != "auto" and s.method != "inference":
         return "the KV cache dtype applies to --method inference only"
     return None
 
 
 @rule("parallel")
-def inference_splits_by_device_map(s: Setup) -> str | None:
-    if s.method == "inference" and s.layout.parallel not in ("none", "device_map"):
+def inference_splits_by_device_map(s: Setup, v: Views) -> str | None:
+    if s.method == "inference" and v.layout.parallel not in ("none", "device_map"):
         return "inference splits a model with --parallel device_map (or runs on one GPU)"
     return None
 
@@ -229,15 +248,15 @@ def inference_splits_by_device_map(s: Setup) -> str | None:
 
 
 @rule("lora_targets")
-def lora_targets_are_names(s: Setup) -> str | None:
-    if s.lora.on and not all(t.strip() for t in s.lora.targets.split(",")):
+def lora_targets_are_names(s: Setup, v: Views) -> str | None:
+    if v.lora.on and not all(t.strip() for t in v.lora.targets.split(",")):
         return "use 'all-linear' or comma-separated module names like q_proj,v_proj"
     return None
 
 
 @rule("trainable_extra")
-def extra_modules_are_for_lora(s: Setup) -> str | None:
-    if not s.lora.on and s.lora.extra:
+def extra_modules_are_for_lora(s: Setup, v: Views) -> str | None:
+    if not v.lora.on and v.lora.extra:
         return "extra trainable modules apply to lora/qlora only"
     return None
 
@@ -246,29 +265,29 @@ def extra_modules_are_for_lora(s: Setup) -> str | None:
 
 
 @rule("parallel")
-def gpus_need_a_layout(s: Setup) -> str | None:
-    if s.layout.gpus > 1 and s.layout.parallel == "none":
+def gpus_need_a_layout(s: Setup, v: Views) -> str | None:
+    if v.layout.gpus > 1 and v.layout.parallel == "none":
         return "more than one GPU needs a layout: --parallel " + "|".join(p for p in PARALLELS if p != "none")
     return None
 
 
 @rule("num_gpus")
-def nodes_count_gpus_per_node(s: Setup) -> str | None:
-    if s.layout.nodes > 1 and s.layout.gpus > MAX_GPUS_PER_NODE:
+def nodes_count_gpus_per_node(s: Setup, v: Views) -> str | None:
+    if v.layout.nodes > 1 and v.layout.gpus > MAX_GPUS_PER_NODE:
         return f"with --nodes, --gpus counts the GPUs of one node: at most {MAX_GPUS_PER_NODE}"
     return None
 
 
 @rule("num_nodes")
-def nodes_within_the_gpu_bound(s: Setup) -> str | None:
-    if s.layout.nodes > 1 and s.layout.world > MAX_GPUS:
+def nodes_within_the_gpu_bound(s: Setup, v: Views) -> str | None:
+    if v.layout.nodes > 1 and v.layout.world > MAX_GPUS:
         return f"--gpus x --nodes is at most {MAX_GPUS} GPUs"
     return None
 
 
 @rule("parallel")
-def device_map_is_one_machine(s: Setup) -> str | None:
-    if s.layout.nodes > 1 and s.layout.parallel == "device_map":
+def device_map_is_one_machine(s: Setup, v: Views) -> str | None:
+    if v.layout.nodes > 1 and v.layout.parallel == "device_map":
         return (
             "device_map splits the layers inside one process on one machine; across nodes use"
             " --parallel ddp|zero1|zero2|zero3|fsdp"
@@ -277,8 +296,8 @@ def device_map_is_one_machine(s: Setup) -> str | None:
 
 
 @rule("parallel")
-def nodes_need_a_layout(s: Setup) -> str | None:
-    if s.layout.nodes > 1 and s.layout.parallel == "none":
+def nodes_need_a_layout(s: Setup, v: Views) -> str | None:
+    if v.layout.nodes > 1 and v.layout.parallel == "none":
         return "more than one node needs a layout: --parallel ddp|zero1|zero2|zero3|fsdp"
     return None
 
@@ -287,67 +306,67 @@ def nodes_need_a_layout(s: Setup) -> str | None:
 
 
 @rule("rl")
-def grpo_trains(s: Setup) -> str | None:
-    if s.grpo.on and s.method == "inference":
+def grpo_trains(s: Setup, v: Views) -> str | None:
+    if v.grpo.on and s.method == "inference":
         return "--rl grpo trains a policy: --method full|freeze|lora|qlora"
     return None
 
 
 @rule("rl")
-def grpo_on_one_gpu(s: Setup) -> str | None:
-    if s.grpo.on and s.layout.parallel != "none":
+def grpo_on_one_gpu(s: Setup, v: Views) -> str | None:
+    if v.grpo.on and v.layout.parallel != "none":
         return "GRPO is planned on one GPU (--parallel none); several GPUs are not modelled yet"
     return None
 
 
 @rule("video_frames")
-def grpo_takes_images_only(s: Setup) -> str | None:
-    if s.grpo.on and s.media.video_frames:
+def grpo_takes_images_only(s: Setup, v: Views) -> str | None:
+    if v.grpo.on and v.media.video_frames:
         return "TRL's GRPOTrainer takes image prompts only: drop --video-frames"
     return None
 
 
 @rule("completion_len")
-def completion_within_sequence(s: Setup) -> str | None:
-    if s.grpo.on and s.grpo.completion_len >= s.seq_len:
-        return f"--completion-len {s.grpo.completion_len} must be below --seq-len {s.seq_len} (prompt + completion)"
+def completion_within_sequence(s: Setup, v: Views) -> str | None:
+    if v.grpo.on and v.grpo.completion_len >= s.seq_len:
+        return f"--completion-len {v.grpo.completion_len} must be below --seq-len {s.seq_len} (prompt + completion)"
     return None
 
 
 @rule("num_generations")
-def batch_holds_whole_groups(s: Setup) -> str | None:
-    if s.grpo.on and (s.micro_batch * s.grad_accum) % s.grpo.generations:
+def batch_holds_whole_groups(s: Setup, v: Views) -> str | None:
+    if v.grpo.on and (s.micro_batch * s.grad_accum) % v.grpo.generations:
         return (
             f"TRL generates micro-batch x grad-accum = {s.micro_batch * s.grad_accum}"
-            f" completions per step, which must be a multiple of --num-generations {s.grpo.generations}"
+            f" completions per step, which must be a multiple of --num-generations {v.grpo.generations}"
         )
     return None
 
 
 @rule("vllm")
-def vllm_is_for_grpo(s: Setup) -> str | None:
-    if s.grpo.vllm and not s.grpo.on:
+def vllm_is_for_grpo(s: Setup, v: Views) -> str | None:
+    if v.grpo.vllm and not v.grpo.on:
         return "vLLM generates completions for --rl grpo only"
     return None
 
 
 @rule("vllm")
-def vllm_has_no_int8(s: Setup) -> str | None:
-    if s.grpo.vllm and s.quant == "bnb-int8":
+def vllm_has_no_int8(s: Setup, v: Views) -> str | None:
+    if v.grpo.vllm and s.quant == "bnb-int8":
         return "vLLM has no in-flight 8-bit bitsandbytes (TRL refuses it): --quant bnb-nf4, or drop --vllm"
     return None
 
 
 @rule("vllm")
-def vllm_takes_bnb_or_16_bit(s: Setup) -> str | None:
-    if s.grpo.vllm and s.quant in ("gptq-int4", "awq-int4"):
+def vllm_takes_bnb_or_16_bit(s: Setup, v: Views) -> str | None:
+    if v.grpo.vllm and s.quant in ("gptq-int4", "awq-int4"):
         return "TRL hands vLLM bitsandbytes 4-bit or 16-bit weights: --quant bnb-nf4|none"
     return None
 
 
 @rule("vllm")
-def vllm_options_need_vllm(s: Setup) -> str | None:
-    if not s.grpo.vllm and (s.grpo.vllm_sleep or s.grpo.vllm_memory != 0.3):
+def vllm_options_need_vllm(s: Setup, v: Views) -> str | None:
+    if not v.grpo.vllm and (v.grpo.vllm_sleep or v.grpo.vllm_memory != 0.3):
         return "--vllm-memory and --vllm-sleep apply with --vllm colocate"
     return None
 
@@ -356,36 +375,36 @@ def vllm_options_need_vllm(s: Setup) -> str | None:
 
 
 @rule("fsdp_sharding")
-def sharding_is_for_fsdp(s: Setup) -> str | None:
-    if s.layout.fsdp_sharding != "full_shard" and s.layout.parallel != "fsdp":
-        return f"--fsdp-sharding {s.layout.fsdp_sharding} applies to --parallel fsdp only"
+def sharding_is_for_fsdp(s: Setup, v: Views) -> str | None:
+    if v.layout.fsdp_sharding != "full_shard" and v.layout.parallel != "fsdp":
+        return f"--fsdp-sharding {v.layout.fsdp_sharding} applies to --parallel fsdp only"
     return None
 
 
 @rule("fsdp_sharding")
-def fsdp_offload_is_full_shard(s: Setup) -> str | None:
-    if s.layout.fsdp_sharding != "full_shard" and s.layout.offload != "none":
+def fsdp_offload_is_full_shard(s: Setup, v: Views) -> str | None:
+    if v.layout.fsdp_sharding != "full_shard" and v.layout.offload != "none":
         return "FSDP CPU offload runs with full_shard only"
     return None
 
 
 @rule("offload")
-def optimizer_offload_needs_zero_or_fsdp(s: Setup) -> str | None:
-    if s.layout.offload == "optimizer" and s.layout.parallel not in ("zero1", "zero2", "zero3", "fsdp"):
+def optimizer_offload_needs_zero_or_fsdp(s: Setup, v: Views) -> str | None:
+    if v.layout.offload == "optimizer" and v.layout.parallel not in ("zero1", "zero2", "zero3", "fsdp"):
         return "optimizer offload runs under DeepSpeed ZeRO or FSDP: --parallel zero1|zero2|zero3|fsdp"
     return None
 
 
 @rule("offload")
-def fsdp_offloads_parameters_too(s: Setup) -> str | None:
-    if s.layout.offload == "optimizer" and s.layout.parallel == "fsdp":
+def fsdp_offloads_parameters_too(s: Setup, v: Views) -> str | None:
+    if v.layout.offload == "optimizer" and v.layout.parallel == "fsdp":
         return "FSDP's CPU offload moves the parameters too: --offload optimizer+params"
     return None
 
 
 @rule("offload")
-def parameter_offload_needs_sharding(s: Setup) -> str | None:
-    if s.layout.offload == "optimizer+params" and s.layout.parallel not in ("zero3", "fsdp"):
+def parameter_offload_needs_sharding(s: Setup, v: Views) -> str | None:
+    if v.layout.offload == "optimizer+params" and v.layout.parallel not in ("zero3", "fsdp"):
         return "parameter offload needs sharded parameters: --parallel zero3|fsdp"
     return None
 
@@ -394,7 +413,7 @@ def parameter_offload_needs_sharding(s: Setup) -> str | None:
 
 
 @rule("attention")
-def flash_attention_is_16_bit(s: Setup) -> str | None:
+def flash_attention_is_16_bit(s: Setup, v: Views) -> str | None:
     if s.attention == "flash-attn-2" and s.precision == "fp32":
         return "flash-attn-2 runs in fp16/bf16 only: use precision bf16, fp16 or amp-*"
     return None
