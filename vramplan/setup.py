@@ -259,12 +259,14 @@ class Setup(BaseModel):
 
     @property
     def lora(self) -> LoraView:
+        """The LoRA fields, read-only."""
         return LoraView(
             self.is_lora, self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets, self.trainable_extra
         )
 
     @property
     def layout(self) -> LayoutView:
+        """GPUs, nodes, layout and offload, with the world and shard counts, read-only."""
         return LayoutView(
             self.num_gpus,
             self.num_nodes,
@@ -277,6 +279,7 @@ class Setup(BaseModel):
 
     @property
     def media(self) -> MediaView:
+        """Images and video, and the frozen vision parts, read-only."""
         return MediaView(
             self.images_per_sample,
             self.image_size,
@@ -288,6 +291,7 @@ class Setup(BaseModel):
 
     @property
     def grpo(self) -> GrpoView:
+        """GRPO and its colocated vLLM, read-only."""
         return GrpoView(
             self.rl == "grpo",
             self.num_generations,
