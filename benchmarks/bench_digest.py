@@ -166,7 +166,9 @@ def _entries(with_plans: bool) -> Iterator[tuple[dict[str, Any], Any]]:
                 fields = {"lora_dropout": 0.0, **fields}  # PEFT refuses dropout on the experts' ParamWrapper
             key = {"model": name, **fields}
             try:
-                value = json.loads(estimate(spec, make_setup(**fields)).model_dump_json())
+                # the card vLLM takes its share of is the estimate's (the key keeps its old name)
+                setup = make_setup(**{k: v for k, v in fields.items() if k != "vllm_card_bytes"})
+                value = json.loads(estimate(spec, setup, card_bytes=fields.get("vllm_card_bytes")).model_dump_json())
             except VramplanError as exc:
                 value = {"error": str(exc)}
             yield key, value

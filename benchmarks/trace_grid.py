@@ -37,13 +37,14 @@ def main() -> int:
 
     from vramplan.errors import VramplanError
     from vramplan.records import read_rows, record_key
-    from vramplan.setup import make_setup
+    from vramplan.setup import RETIRED_FIELDS, make_setup
     from vramplan.trace.run import versions
     from vramplan.validate import GRID
 
     def key(model: str, setup: dict, backend: str, vers: dict) -> str:
         # a row recorded before a Setup field existed holds that field's default
-        return record_key(model, make_setup(**setup).model_dump(mode="json"), backend, vers)
+        fields = {k: v for k, v in setup.items() if k not in RETIRED_FIELDS}
+        return record_key(model, make_setup(**fields).model_dump(mode="json"), backend, vers)
 
     def recorded(row: dict) -> str | None:
         try:

@@ -165,8 +165,12 @@ def test_grpo_report_and_trace(tmp_path) -> None:
 # --- vLLM colocated ------------------------------------------------------------------
 
 
+#: the card vLLM takes its share of
+CARD_BYTES = 24 * GIB
+
+
 def _vllm(**kw):
-    return _grpo(vllm="colocate", vllm_card_bytes=24 * GIB, **kw)
+    return _grpo(vllm="colocate", **kw)
 
 
 def test_vllm_share_is_held_through_the_step_unless_it_sleeps() -> None:
@@ -175,13 +179,13 @@ def test_vllm_share_is_held_through_the_step_unless_it_sleeps() -> None:
     recomputes the completions' log-probs (phase old_logprobs)."""
     spec = load_model(SPEC)
     hf = estimate(spec, _grpo())
-    held = estimate(spec, _vllm())
+    held = estimate(spec, _vllm(), card_bytes=CARD_BYTES)
     share = int(0.3 * 24 * GIB)
     assert "old_logprobs" in held.phases and "old_logprobs" not in hf.phases
     assert "rl/kv_cache" not in {k for k in held.terms}
     for name in ("forward_end", "backward", "optimizer_step"):
         assert held.phases[name] == hf.phases[name] + share
-    sleep = estimate(spec, _vllm(vllm_sleep=True))
+    sleep = estimate(spec, _vllm(vllm_sleep=True), card_bytes=CARD_BYTES)
     assert sleep.phases["backward"] == hf.phases["backward"]
     assert sleep.phases["generate"] == held.phases["generate"]
     # generation is the policy's resident state plus the share, nothing of HF generate
@@ -228,6 +232,6 @@ def test_no_allocator_slack_on_the_vllm_share() -> None:
     """vLLM sizes its share itself: the caching allocator's slack is charged on the rest only."""
     from vramplan.memory.overhead import allocator_slack_bytes
 
-    est = estimate(load_model(SPEC), _vllm())
+    est = estimate(load_model(SPEC), _vllm(), card_bytes=CARD_BYTES)
     share = est.terms["rl/vllm_share"]
     assert est.terms["overhead/allocator_slack"] == allocator_slack_bytes(est.allocated_bytes - share)

@@ -23,6 +23,7 @@ from vramplan.memory.phases import CardEstimate
 from vramplan.models import load_model
 from vramplan.params import ParamCounts, param_counts
 from vramplan.setup import Setup, check_fields, make_setup
+from vramplan.setup_rules import check_against_gpu
 from vramplan.spec import ModelSpec
 from vramplan.units import GIB
 
@@ -103,14 +104,6 @@ def _gib(n: int) -> str:
 def _precisions(method: str, gpu: GPU) -> list[str]:
     half = "bf16" if gpu.bf16_supported else "fp16"
     return [f"amp-{half}", half] if method == "full" else [half]
-
-
-def _check_against_gpu(setup_fields: dict[str, Any], gpu: GPU) -> None:
-    precision = setup_fields.get("precision")
-    if precision in ("bf16", "amp-bf16") and not gpu.bf16_supported:
-        raise VramplanError("precision", f"{gpu.name} has no bf16: use fp16 or amp-fp16")
-    if setup_fields.get("attention") == "flash-attn-2" and not gpu.flash_attn2_supported:
-        raise VramplanError("attention", f"{gpu.name} does not run FlashAttention-2: use sdpa or eager")
 
 
 #: multi-GPU layouts weighed when --parallel is not pinned, fastest first (timing.py's
@@ -210,14 +203,14 @@ def _evaluate(
 ) -> tuple[Setup, Estimate, bool]:
     """The setup, its estimate, and whether it fits the card (and the host RAM, when given)."""
     setup = make_setup(**fields)
-    est = estimate(spec, setup)
+    est = estimate(spec, setup, card_bytes=gpu.memory_bytes)
     fits = est.device_bytes <= gpu.memory_bytes
     if fits and host is not None and setup.offload != "none":
         fits = sum(host_terms(spec, setup).values()) <= host
     if fits and setup.vllm != "none":
         from vramplan.memory import rl, vision
 
-        fits = rl.vllm_concurrent_sequences(spec, setup, vision.image_tokens(spec, setup)) >= 1
+        fits = rl.vllm_concurrent_sequences(spec, setup, gpu.memory_bytes, vision.image_tokens(spec, setup)) >= 1
     return setup, est, fits
 
 
@@ -361,8 +354,6 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
         raise VramplanError(
             "freeze_vision", f"{spec.name} has no vision tower: --freeze-vision/--freeze-projector apply to VLMs"
         )
-    if pinned.get("vllm", "none") != "none":
-        pinned["vllm_card_bytes"] = card.memory_bytes  # vLLM's share is a fraction of this card
     frozen_parts = bool(pinned.get("freeze_vision") or pinned.get("freeze_projector"))
     if frozen_parts and "method" not in pinned:
         pinned["method"] = "full"  # only full fine-tuning trains the tower or projector to begin with
@@ -374,7 +365,7 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     if "parallel" not in check and check.get("num_gpus", 1) * check.get("num_nodes", 1) > 1:
         check["parallel"] = "zero3" if check.get("offload", "none") != "none" else "ddp"
     make_setup(**check)
-    _check_against_gpu(pinned, card)
+    check_against_gpu(pinned, card)  # setup_rules.GPU_RULES
     pinned, notes = family_defaults(spec, pinned)
     if card.resolved_from:
         notes.append(f"{card.resolved_from!r} resolved to {card.name} ({card.memory_mib} MiB as the driver reports it)")
@@ -414,7 +405,7 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     if setup.rl != "none":
         notes.append(_rl_note(setup, est))
     if setup.vllm != "none":
-        notes.append(_vllm_note(spec, setup))
+        notes.append(_vllm_note(spec, setup, card.memory_bytes))
     if not fits:
         notes.append(
             f"nothing weighed fits {card.name}: the smallest needs {_gib(est.device_bytes)} "
@@ -622,13 +613,13 @@ def _rl_note(setup: Setup, est: Estimate) -> str:
     )
 
 
-def _vllm_note(spec: ModelSpec, setup: Setup) -> str:
+def _vllm_note(spec: ModelSpec, setup: Setup, card_bytes: int) -> str:
     from vramplan.memory import rl, vision
 
     images = vision.image_tokens(spec, setup)
     need = rl.vllm_needs(spec, setup, images)
-    share = rl.vllm_share_bytes(setup)
-    n = rl.vllm_concurrent_sequences(spec, setup, images)
+    share = rl.vllm_share_bytes(setup, card_bytes)
+    n = rl.vllm_concurrent_sequences(spec, setup, card_bytes, images)
     held = "freed after each generation (sleep mode)" if setup.vllm_sleep else "held through the whole step"
     util = setup.vllm_gpu_memory_utilization
     head = f"vLLM colocated: {_gib(share)} of the card (gpu_memory_utilization {util:g}), {held}"

@@ -5,20 +5,46 @@ Value names are the same everywhere (CLI flags, Python keywords, tables/measured
 
 from __future__ import annotations
 
-import re
 from functools import cache
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from vramplan import setup_rules
+from vramplan.choices import (
+    ATTENTIONS,
+    DEEPSPEED,
+    EXTRA_MODULES,
+    FSDP_SHARDINGS,
+    KV_CACHES,
+    METHODS,
+    OFFLOADS,
+    OPTIMIZERS,
+    PARALLELS,
+    PRECISIONS,
+    QUANTIZED,
+    QUANTS,
+    RL,
+    RLS,
+    TRAINING_METHODS,
+    VLLM,
+    VLLMS,
+    Attention,
+    FsdpSharding,
+    KVCache,
+    Method,
+    Offload,
+    Optimizer,
+    Parallel,
+    Precision,
+    Quant,
+)
 from vramplan.errors import VramplanError, shown
 from vramplan.limits import (
     MAX_BETA,
     MAX_GENERATIONS,
     MAX_GPUS,
-    MAX_GPUS_PER_NODE,
     MAX_GRAD_ACCUM,
-    MAX_IMAGE_SIDE,
     MAX_IMAGES,
     MAX_LAYERS,
     MAX_LORA_ALPHA,
@@ -28,48 +54,99 @@ from vramplan.limits import (
     MAX_VIDEO_FRAMES,
 )
 
-Method = Literal["full", "freeze", "lora", "qlora", "inference"]
-Quant = Literal["none", "bnb-int8", "bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "gptq-int4", "awq-int4"]
-Precision = Literal["bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"]
-Optimizer = Literal[
-    "adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "paged-adamw-32bit", "adafactor", "sgd", "lion"
+#: the value names (vramplan.choices) are re-exported: code imports them from here
+__all__ = [
+    "ATTENTIONS",
+    "Attention",
+    "DEEPSPEED",
+    "EXTRA_MODULES",
+    "FSDP_SHARDINGS",
+    "FsdpSharding",
+    "GrpoView",
+    "KVCache",
+    "KV_CACHES",
+    "LayoutView",
+    "LoraView",
+    "METHODS",
+    "MediaView",
+    "Method",
+    "OFFLOADS",
+    "OPTIMIZERS",
+    "Offload",
+    "Optimizer",
+    "PARALLELS",
+    "PRECISIONS",
+    "Parallel",
+    "Precision",
+    "QUANTIZED",
+    "QUANTS",
+    "RETIRED_FIELDS",
+    "Quant",
+    "RL",
+    "RLS",
+    "Setup",
+    "TRAINING_METHODS",
+    "VLLM",
+    "VLLMS",
+    "check_fields",
+    "make_setup",
+    "recorded_setup",
 ]
-Attention = Literal["eager", "sdpa", "flash-attn-2"]
-Parallel = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp", "device_map"]
-Offload = Literal["none", "optimizer", "optimizer+params"]
-KVCache = Literal["auto", "fp8", "int8", "int4"]
-FsdpSharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
-RL = Literal["none", "grpo"]
-VLLM = Literal["none", "colocate"]
-
-METHODS: tuple[str, ...] = get_args(Method)
-QUANTS: tuple[str, ...] = get_args(Quant)
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
-ATTENTIONS: tuple[str, ...] = get_args(Attention)
-PARALLELS: tuple[str, ...] = get_args(Parallel)
-OFFLOADS: tuple[str, ...] = get_args(Offload)
-KV_CACHES: tuple[str, ...] = get_args(KVCache)
-FSDP_SHARDINGS: tuple[str, ...] = get_args(FsdpSharding)
-RLS: tuple[str, ...] = get_args(RL)
-VLLMS: tuple[str, ...] = get_args(VLLM)
-TRAINING_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "inference")
-#: layouts run by DeepSpeed (fp32 master weights and optimizer state, partitioned by stage).
-DEEPSPEED = ("zero1", "zero2", "zero3")
-QUANTIZED: tuple[str, ...] = tuple(q for q in QUANTS if q != "none")
-EXTRA_MODULES = ("embeddings", "lm_head")
-
-_SIZE = re.compile(r"([0-9]{1,9})[xX]([0-9]{1,9})")
 
 
-def _check_size(field: str, text: str, example: str) -> None:
-    """WIDTHxHEIGHT in ASCII digits, each side 1 to MAX_IMAGE_SIDE (``int()`` alone would also
-    take full-width digits, underscores and spaces)."""
-    m = _SIZE.fullmatch(text)
-    if m is None or not all(1 <= int(side) <= MAX_IMAGE_SIDE for side in m.groups()):
-        raise ValueError(
-            f"{field}|write WIDTHxHEIGHT in pixels, each side 1 to {MAX_IMAGE_SIDE}, like {example}; got {shown(text)}"
-        )
+class LoraView(NamedTuple):
+    """The LoRA fields of a Setup (``setup.lora``)."""
+
+    on: bool  # method lora or qlora
+    rank: int
+    alpha: float
+    dropout: float
+    targets: str
+    extra: tuple[str, ...]
+
+
+class LayoutView(NamedTuple):
+    """Where the run goes (``setup.layout``): GPUs, nodes, the multi-GPU layout and offload."""
+
+    gpus: int  # per node
+    nodes: int
+    parallel: str
+    offload: str
+    fsdp_sharding: str
+    world: int  # processes (GPUs) in the run
+    shards: int  # ranks sharded state is split over
+
+
+class MediaView(NamedTuple):
+    """A VLM sample's images and video (``setup.media``), and which vision parts stay frozen."""
+
+    images: int
+    image_size: str
+    video_frames: int
+    video_size: str
+    freeze_vision: bool
+    freeze_projector: bool
+
+    @property
+    def any(self) -> bool:
+        """Images or a video in each sample (a VLM's vision tower runs)."""
+        return bool(self.images or self.video_frames)
+
+
+class GrpoView(NamedTuple):
+    """Reinforcement fine-tuning (``setup.grpo``): TRL GRPOTrainer and its colocated vLLM."""
+
+    on: bool  # rl grpo
+    generations: int
+    completion_len: int
+    beta: float
+    vllm: bool  # vllm colocate
+    vllm_memory: float  # the card's fraction vLLM takes
+    vllm_sleep: bool
+
+
+#: a field the planner chooses when the caller leaves it out
+_SEARCHED: dict[str, Any] = {"searched": True}
 
 
 class Setup(BaseModel):
@@ -77,149 +154,153 @@ class Setup(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    method: Method = "lora"
-    quant: Quant = "none"
-    precision: Precision = "bf16"
-    lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK)
-    lora_alpha: float = Field(16.0, gt=0, le=MAX_LORA_ALPHA, allow_inf_nan=False)
-    lora_dropout: float = Field(0.05, ge=0, lt=1, allow_inf_nan=False)
-    lora_targets: str = "all-linear"
-    trainable_extra: tuple[Literal["embeddings", "lm_head"], ...] = ()
-    freeze_trainable_layers: int = Field(2, ge=1, le=MAX_LAYERS)
-    optimizer: Optimizer = "adamw"
-    seq_len: int = Field(2048, ge=1, le=MAX_SEQ_LEN)
-    micro_batch: int = Field(1, ge=1, le=MAX_MICRO_BATCH)
-    grad_accum: int = Field(1, ge=1, le=MAX_GRAD_ACCUM)
-    grad_checkpointing: bool = True
-    attention: Attention = "sdpa"
-    num_gpus: int = Field(1, ge=1, le=MAX_GPUS)  # GPUs per node (all of them with one node)
-    num_nodes: int = Field(1, ge=1, le=MAX_GPUS)
-    parallel: Parallel = "none"
-    offload: Offload = "none"
-    fsdp_sharding: FsdpSharding = "full_shard"  # FSDP only; hybrid_shard shards within a node
-    kv_cache: KVCache = "auto"  # inference: the cache dtype (auto = the run's 16-bit dtype)
-    image_size: str = ""  # VLMs: WIDTHxHEIGHT of each image (Qwen-VL: fixed 448x448)
-    images_per_sample: int = Field(0, ge=0, le=MAX_IMAGES)
+    # Each field is a flag of the plan, trace and measure commands (cli_parse.py): ``--field-name``
+    # unless ``json_schema_extra`` names another ``flag`` (or ``metavar``); its help line is the
+    # description, then its default: the planner's choice for a ``searched`` field, else the
+    # field's default (or ``shown_default``, what an empty value stands for); ``auto``: the flag
+    # also takes "auto".
+    method: Method = Field("lora", description="how the weights train (or inference)", json_schema_extra=_SEARCHED)
+    quant: Quant = Field("none", description="quantized base weights (qlora, inference)", json_schema_extra=_SEARCHED)
+    precision: Precision = Field(
+        "bf16", description="weights' dtype; amp-* keeps fp32 weights under autocast", json_schema_extra=_SEARCHED
+    )
+    lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK, description="LoRA: rank r of each adapter")
+    lora_alpha: float = Field(16.0, gt=0, le=MAX_LORA_ALPHA, allow_inf_nan=False, description="LoRA: scale alpha")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, allow_inf_nan=False, description="LoRA: dropout on the input")
+    lora_targets: str = Field("all-linear", description="all-linear or comma-separated module names")
+    trainable_extra: tuple[Literal["embeddings", "lm_head"], ...] = Field(
+        (), description="comma-separated: embeddings,lm_head"
+    )
+    freeze_trainable_layers: int = Field(
+        2, ge=1, le=MAX_LAYERS, description="freeze: the top layers that train (the rest stay frozen)"
+    )
+    optimizer: Optimizer = Field("adamw", description="optimizer, and how its state is kept")
+    seq_len: int = Field(2048, ge=1, le=MAX_SEQ_LEN, description="tokens per sequence")
+    micro_batch: int = Field(
+        1, ge=1, le=MAX_MICRO_BATCH, description="sequences per GPU per forward", json_schema_extra=_SEARCHED
+    )
+    grad_accum: int = Field(1, ge=1, le=MAX_GRAD_ACCUM, description="micro-batches per optimizer step")
+    grad_checkpointing: bool = Field(
+        True, description="recompute each layer's activations in backward", json_schema_extra=_SEARCHED
+    )
+    attention: Attention = Field(
+        "sdpa", description="attention kernel (the family's own when it refuses sdpa)", json_schema_extra=_SEARCHED
+    )
+    num_gpus: int = Field(
+        1,
+        ge=1,
+        le=MAX_GPUS,
+        description="GPUs in the run (per node with --nodes), or auto: the fewest that fit",
+        json_schema_extra={"flag": "--gpus", "metavar": "N|auto", "auto": True},
+    )
+    num_nodes: int = Field(
+        1,
+        ge=1,
+        le=MAX_GPUS,
+        description="machines in the run, --gpus each",
+        json_schema_extra={"flag": "--nodes", "metavar": "N"},
+    )
+    parallel: Parallel = Field(
+        "none", description="multi-GPU layout (estimates are per GPU)", json_schema_extra=_SEARCHED
+    )
+    offload: Offload = Field("none", description="CPU offload under ZeRO/FSDP")
+    fsdp_sharding: FsdpSharding = Field(
+        "full_shard", description="FSDP: what is sharded; hybrid_shard shards within a node"
+    )
+    kv_cache: KVCache = Field("auto", description="inference: KV cache dtype (auto = the run dtype)")
+    image_size: str = Field(
+        "", description="VLMs: WIDTHxHEIGHT of each image (implies one image per sample; Qwen-VL: fixed 448x448)"
+    )
+    images_per_sample: int = Field(0, ge=0, le=MAX_IMAGES, description="VLMs: images in each training sample")
     # VLMs: one video per sample, as the frames the processor samples, each WIDTHxHEIGHT
-    video_frames: int = Field(0, ge=0, le=MAX_VIDEO_FRAMES)
-    video_size: str = ""
+    video_frames: int = Field(
+        0, ge=0, le=MAX_VIDEO_FRAMES, description="VLMs: frames sampled from the one video in each sample"
+    )
+    video_size: str = Field(
+        "", description="VLMs: WIDTHxHEIGHT of the video's frames", json_schema_extra={"shown_default": "448x448"}
+    )
     # VLM full fine-tuning: keep the vision tower and/or its projector (merger) frozen, as
     # LLaMA-Factory's freeze_vision_tower / freeze_multi_modal_projector and ms-swift's
     # freeze_vit / freeze_aligner do; LoRA, QLoRA and freeze leave both frozen anyway
-    freeze_vision: bool = False
-    freeze_projector: bool = False
-    # reinforcement fine-tuning (TRL GRPOTrainer): seq_len is prompt + completion
-    rl: RL = "none"
-    num_generations: int = Field(8, ge=2, le=MAX_GENERATIONS)
-    completion_len: int = Field(512, ge=1, le=MAX_SEQ_LEN)
-    beta: float = Field(0.0, ge=0, le=MAX_BETA, allow_inf_nan=False)
-    # GRPO generation with vLLM inside the training process (TRL use_vllm, vllm_mode="colocate")
-    vllm: VLLM = "none"
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, allow_inf_nan=False)
-    vllm_sleep: bool = False  # TRL vllm_enable_sleep_mode: vLLM frees its share outside generation
-    vllm_card_bytes: int = Field(0, ge=0)  # the card vLLM takes its share of (the planner sets it)
+    freeze_vision: bool = Field(False, description="VLM full: keep the tower frozen")
+    freeze_projector: bool = Field(False, description="VLM full: keep the projector (merger) frozen")
+    rl: RL = Field("none", description="reinforcement fine-tuning (TRL GRPOTrainer); --seq-len is prompt + completion")
+    num_generations: int = Field(8, ge=2, le=MAX_GENERATIONS, description="GRPO: completions per prompt (as TRL)")
+    completion_len: int = Field(512, ge=1, le=MAX_SEQ_LEN, description="GRPO: max completion tokens (as TRL)")
+    beta: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_BETA,
+        allow_inf_nan=False,
+        description="GRPO: KL weight; above 0 a reference model runs (as TRL)",
+    )
+    vllm: VLLM = Field(
+        "none", description="GRPO: generate with vLLM inside the training process (TRL use_vllm, colocate)"
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="GRPO + vLLM: the card's fraction vLLM takes (TRL vllm_gpu_memory_utilization)",
+        json_schema_extra={"flag": "--vllm-memory", "metavar": "FRACTION"},
+    )
+    vllm_sleep: bool = Field(
+        False, description="GRPO + vLLM: free vLLM's share outside generation (TRL vllm_enable_sleep_mode)"
+    )
 
     @model_validator(mode="after")
     def _combinations(self) -> Setup:
-        if self.method == "qlora" and self.quant == "none":
-            raise ValueError(
-                "quant|method qlora trains LoRA on a quantized base: choose --quant "
-                + "|".join(QUANTIZED)
-                + ", or use --method lora"
-            )
-        if self.method not in ("qlora", "inference") and self.quant != "none":
-            raise ValueError(
-                f"quant|--quant {self.quant} needs --method qlora (LoRA on a quantized base) or inference; "
-                f"method {self.method} trains 16/32-bit weights, so use --quant none"
-            )
-        if self.image_size:
-            _check_size("image_size", self.image_size, "1024x768")
-        if self.video_size:
-            _check_size("video_size", self.video_size, "640x360")
-            if not self.video_frames:
-                raise ValueError("video_size|--video-size needs --video-frames N (the frames sampled per video)")
-        if (self.freeze_vision or self.freeze_projector) and self.method != "full":
-            raise ValueError(
-                "freeze_vision|--freeze-vision/--freeze-projector apply to --method full: LoRA, QLoRA and freeze"
-                " keep the vision tower and projector frozen already"
-            )
-        if self.video_frames and self.method == "inference":
-            raise ValueError("video_frames|videos are planned for fine-tuning; inference counts text tokens")
-        if self.images_per_sample and self.method == "inference":
-            raise ValueError("images_per_sample|images are planned for fine-tuning; inference counts text tokens")
-        if self.kv_cache != "auto" and self.method != "inference":
-            raise ValueError("kv_cache|the KV cache dtype applies to --method inference only")
-        if self.method == "inference" and self.parallel not in ("none", "device_map"):
-            raise ValueError("parallel|inference splits a model with --parallel device_map (or runs on one GPU)")
-        if self.method in ("lora", "qlora"):
-            names = [t.strip() for t in self.lora_targets.split(",")]
-            if not all(names):
-                raise ValueError("lora_targets|use 'all-linear' or comma-separated module names like q_proj,v_proj")
-        elif self.trainable_extra:
-            raise ValueError("trainable_extra|extra trainable modules apply to lora/qlora only")
-        if self.num_gpus > 1 and self.parallel == "none":
-            raise ValueError(
-                "parallel|more than one GPU needs a layout: --parallel " + "|".join(p for p in PARALLELS if p != "none")
-            )
-        if self.num_nodes > 1:
-            if self.num_gpus > MAX_GPUS_PER_NODE:
-                raise ValueError(
-                    f"num_gpus|with --nodes, --gpus counts the GPUs of one node: at most {MAX_GPUS_PER_NODE}"
-                )
-            if self.num_gpus * self.num_nodes > MAX_GPUS:
-                raise ValueError(f"num_nodes|--gpus x --nodes is at most {MAX_GPUS} GPUs")
-            if self.parallel == "device_map":
-                raise ValueError(
-                    "parallel|device_map splits the layers inside one process on one machine; across nodes use"
-                    " --parallel ddp|zero1|zero2|zero3|fsdp"
-                )
-            if self.parallel == "none":
-                raise ValueError("parallel|more than one node needs a layout: --parallel ddp|zero1|zero2|zero3|fsdp")
-        if self.rl != "none":
-            if self.method == "inference":
-                raise ValueError("rl|--rl grpo trains a policy: --method full|freeze|lora|qlora")
-            if self.parallel != "none":
-                raise ValueError("rl|GRPO is planned on one GPU (--parallel none); several GPUs are not modelled yet")
-            if self.video_frames:
-                raise ValueError("video_frames|TRL's GRPOTrainer takes image prompts only: drop --video-frames")
-            if self.completion_len >= self.seq_len:
-                raise ValueError(
-                    f"completion_len|--completion-len {self.completion_len} must be below --seq-len {self.seq_len}"
-                    " (prompt + completion)"
-                )
-            if (self.micro_batch * self.grad_accum) % self.num_generations:
-                raise ValueError(
-                    f"num_generations|TRL generates micro-batch x grad-accum = {self.micro_batch * self.grad_accum}"
-                    f" completions per step, which must be a multiple of --num-generations {self.num_generations}"
-                )
-        if self.vllm != "none":
-            if self.rl != "grpo":
-                raise ValueError("vllm|vLLM generates completions for --rl grpo only")
-            if self.quant == "bnb-int8":
-                raise ValueError(
-                    "vllm|vLLM has no in-flight 8-bit bitsandbytes (TRL refuses it): --quant bnb-nf4, or drop --vllm"
-                )
-            if self.quant in ("gptq-int4", "awq-int4"):
-                raise ValueError("vllm|TRL hands vLLM bitsandbytes 4-bit or 16-bit weights: --quant bnb-nf4|none")
-            if not self.vllm_card_bytes:
-                raise ValueError("vllm|vLLM's share is a fraction of the card: plan it on a GPU (--gpu)")
-        elif self.vllm_sleep or self.vllm_gpu_memory_utilization != 0.3:
-            raise ValueError("vllm|--vllm-memory and --vllm-sleep apply with --vllm colocate")
-        if self.fsdp_sharding != "full_shard" and self.parallel != "fsdp":
-            raise ValueError(f"fsdp_sharding|--fsdp-sharding {self.fsdp_sharding} applies to --parallel fsdp only")
-        if self.fsdp_sharding != "full_shard" and self.offload != "none":
-            raise ValueError("fsdp_sharding|FSDP CPU offload runs with full_shard only")
-        if self.offload == "optimizer" and self.parallel not in ("zero1", "zero2", "zero3", "fsdp"):
-            raise ValueError(
-                "offload|optimizer offload runs under DeepSpeed ZeRO or FSDP: --parallel zero1|zero2|zero3|fsdp"
-            )
-        if self.offload == "optimizer" and self.parallel == "fsdp":
-            raise ValueError("offload|FSDP's CPU offload moves the parameters too: --offload optimizer+params")
-        if self.offload == "optimizer+params" and self.parallel not in ("zero3", "fsdp"):
-            raise ValueError("offload|parameter offload needs sharded parameters: --parallel zero3|fsdp")
-        if self.attention == "flash-attn-2" and self.precision == "fp32":
-            raise ValueError("attention|flash-attn-2 runs in fp16/bf16 only: use precision bf16, fp16 or amp-*")
+        """The combination rules (setup_rules.RULES), in order: the first one broken refuses."""
+        broken = setup_rules.first_broken(self)
+        if broken is not None:
+            raise ValueError(broken)
         return self
+
+    @property
+    def lora(self) -> LoraView:
+        """The LoRA fields, read-only."""
+        return LoraView(
+            self.is_lora, self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets, self.trainable_extra
+        )
+
+    @property
+    def layout(self) -> LayoutView:
+        """GPUs, nodes, layout and offload, with the world and shard counts, read-only."""
+        return LayoutView(
+            self.num_gpus,
+            self.num_nodes,
+            self.parallel,
+            self.offload,
+            self.fsdp_sharding,
+            self.world_size,
+            self.shard_count,
+        )
+
+    @property
+    def media(self) -> MediaView:
+        """Images and video, and the frozen vision parts, read-only."""
+        return MediaView(
+            self.images_per_sample,
+            self.image_size,
+            self.video_frames,
+            self.video_size,
+            self.freeze_vision,
+            self.freeze_projector,
+        )
+
+    @property
+    def grpo(self) -> GrpoView:
+        """GRPO and its colocated vLLM, read-only."""
+        return GrpoView(
+            self.rl == "grpo",
+            self.num_generations,
+            self.completion_len,
+            self.beta,
+            self.vllm == "colocate",
+            self.vllm_gpu_memory_utilization,
+            self.vllm_sleep,
+        )
 
     @property
     def has_media(self) -> bool:
@@ -253,6 +334,17 @@ class Setup(BaseModel):
         if self.lora_targets.strip().lower() == "all-linear":
             return None
         return [t.strip() for t in self.lora_targets.split(",")]
+
+
+#: fields Setup no longer has, left out of a recorded row's setup (tables/measured) when it is read:
+#: vllm_card_bytes is the card's memory, a GPU fact (``estimate(..., card_bytes=)``)
+RETIRED_FIELDS = ("vllm_card_bytes",)
+
+
+def recorded_setup(fields: dict[str, Any]) -> Setup:
+    """The Setup of a recorded row (its fields Setup no longer has left out); pydantic's
+    ValidationError when it is not one."""
+    return Setup.model_validate({k: v for k, v in fields.items() if k not in RETIRED_FIELDS})
 
 
 def _field_message(err: Any) -> tuple[str, str]:

@@ -22,7 +22,7 @@ from vramplan.memory import estimate
 from vramplan.memory.phases import traceable_bytes
 from vramplan.models import load_model
 from vramplan.records import read_records
-from vramplan.setup import Setup, make_setup
+from vramplan.setup import Setup, make_setup, recorded_setup
 
 QV = "q_proj,v_proj"
 ATTN = "q_proj,k_proj,v_proj,o_proj"
@@ -222,7 +222,7 @@ def _kinds(terms: dict[str, int]) -> dict[str, int]:
 
 
 def compare_row(row: dict[str, Any]) -> Comparison:
-    setup = Setup.model_validate(row["setup"])
+    setup = recorded_setup(row["setup"])
     est = estimate(load_model(row["model"]), setup)
     mine = traceable_bytes(est)
     traced = int(row["peak_bytes"])
@@ -257,7 +257,7 @@ def _problem(row: dict[str, Any]) -> str:
     if not isinstance(row.get("versions", {}), dict):
         return "invalid versions"
     try:
-        Setup.model_validate(row["setup"])
+        recorded_setup(row["setup"])
     except ValidationError:
         return "invalid setup"
     return ""
@@ -280,7 +280,7 @@ def traced_records(path: Path | None = None) -> tuple[list[dict[str, Any]], dict
         if why:
             skipped[why] += 1
             continue
-        setup = Setup.model_validate(row["setup"]).model_dump_json()
+        setup = recorded_setup(row["setup"]).model_dump_json()
         latest[(row["model"], setup, repr(sorted(row.get("versions", {}).items())))] = row
     return list(latest.values()), dict(skipped)
 

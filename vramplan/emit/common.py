@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import re
@@ -188,11 +189,11 @@ def model_path(name: str, source: str) -> str:
     return source or name
 
 
-def _dev(spec: ModelSpec, setup: Setup, **change: Any) -> int | None:
+def _dev_on(card_bytes: int, spec: ModelSpec, setup: Setup, **change: Any) -> int | None:
     try:
         s = setup.model_copy(update=change)
         Setup.model_validate(s.model_dump())
-        return estimate(spec, s).device_bytes
+        return estimate(spec, s, card_bytes=card_bytes).device_bytes
     except (VramplanError, ValueError):
         return None
 
@@ -200,6 +201,7 @@ def _dev(spec: ModelSpec, setup: Setup, **change: Any) -> int | None:
 def reasons(spec: ModelSpec, setup: Setup, est: Estimate, gpu: GPU) -> dict[str, str]:
     """Why each memory-relevant setting is what it is, with the device-tier numbers that
     decide it (the estimate with the setting changed, on the same card)."""
+    _dev = functools.partial(_dev_on, gpu.memory_bytes)
     out: dict[str, str] = {}
     here = est.device_bytes
     cap = gpu.memory_bytes
@@ -265,11 +267,11 @@ def reasons(spec: ModelSpec, setup: Setup, est: Estimate, gpu: GPU) -> dict[str,
     if setup.vllm != "none":
         from vramplan.memory import rl
 
-        share = rl.vllm_share_bytes(setup)
+        share = rl.vllm_share_bytes(setup, gpu.memory_bytes)
         held = "freed outside generation (sleep mode)" if setup.vllm_sleep else "held through the step"
         out["vllm"] = (
             f"vLLM colocated takes {gib(share)} of the card, {held};"
-            f" room for {rl.vllm_concurrent_sequences(spec, setup, vision.image_tokens(spec, setup))}"
+            f" room for {rl.vllm_concurrent_sequences(spec, setup, gpu.memory_bytes, vision.image_tokens(spec, setup))}"
             " full-length sequences at once"
         )
     if setup.images_per_sample:
@@ -419,7 +421,8 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
             " (language model LoRA/full, no images) on one GPU, DDP, ZeRO or device_map",
         )
     setup, adjustments = mod.adapt(plan.setup, spec)
-    est = estimate(spec, setup) if setup != plan.setup else estimate(spec, plan.setup)
+    card = plan.gpu.memory_bytes
+    est = estimate(spec, setup, card_bytes=card) if setup != plan.setup else estimate(spec, plan.setup, card_bytes=card)
     fits = est.device_bytes <= plan.gpu.memory_bytes
     if not fits and not force:
         raise DoesNotFit(

@@ -3,13 +3,13 @@
 What a layer holds in backward (its saved activations, its gradients, its autocast copies) depends
 only on its kind: MoE or dense, trained or frozen, recorded by autograd or not. Neighbouring
 layers of one kind form a run: a dense model has one or two (freeze fine-tuning splits it where
-training starts), a model with every other layer MoE has one per layer. The backward sweeps
-(phases.py, parallel.py) take each run in closed form.
+training starts), a model with every other layer MoE has one per layer. The backward sweep
+(sweep.py, for one GPU and for FSDP) takes each run in closed form.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from vramplan.memory import activations as act
 from vramplan.memory import optimizer, weights
@@ -18,7 +18,8 @@ from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
 
-class Run(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Run:
     """Layers ``start`` to ``stop - 1``, all of one kind, and what each of them holds (bytes)."""
 
     start: int

@@ -24,10 +24,12 @@ each run their own micro-batch. ``N`` is the ranks the state is sharded over
 
 from __future__ import annotations
 
+from vramplan.memory import activations as act
 from vramplan.memory import optimizer
-from vramplan.memory.layers import Run
+from vramplan.memory.layers import layer_runs
 from vramplan.memory.overhead import overhead_constants
 from vramplan.memory.policy import dtypes
+from vramplan.memory.sweep import At, Descent, sweep
 from vramplan.memory.trainable import trainable_params
 from vramplan.setup import DEEPSPEED, Setup
 from vramplan.spec import ModelSpec
@@ -149,8 +151,6 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     ``shard_grad_op`` keeps every layer gathered from forward to the end of backward;
     ``optimizer+params`` offload keeps the shards, their gradients and the state on the CPU.
     """
-    from vramplan.memory import activations as act
-
     n = setup.shard_count
     off = setup.offload == "optimizer+params"
     keep = setup.fsdp_sharding == "shard_grad_op"
@@ -220,84 +220,57 @@ def fsdp_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
 
 def fsdp_backward_peak(spec: ModelSpec, setup: Setup, root: int, layer: int) -> dict[str, int]:
     """FSDP's worst point of backward (see :func:`fsdp_phases`), walking the layers from the
-    top: in layer l's backward, the root (``root`` bytes gathered) with layer l and the
-    prefetched l-1 gathered (``layer`` bytes each), layer l+1's reduce-scatter buffer, layer
-    l's whole gradient and the sharded gradients above, beside the activations of layers
-    0..l; after layer 0, the root's gradients whole beside layer 0's buffer. The first
-    point from the top on a tie.
+    top (sweep.py): in layer l's backward, the root (``root`` bytes gathered) with layer l and
+    the prefetched l-1 gathered (``layer`` bytes each), layer l+1's reduce-scatter buffer,
+    layer l's whole gradient and the sharded gradients above, beside the activations of layers
+    0..l; after layer 0, the root's gradients whole beside layer 0's buffer. The first point
+    from the top on a tie.
 
-    Through a run of identical layers (layers.py) the total falls by the same bytes from one
-    layer to the next but for the sharded gradients above, which rise by one layer's share,
-    rounded up (:func:`first_peak`); a run's top layer (its prefetch buffer is the run
-    above's) and layer 0 (nothing to prefetch) are weighed alone."""
-    from vramplan.memory import activations as act
-    from vramplan.memory.layers import first_peak, layer_runs
-
+    One layer down a run of identical layers (layers.py) holds a copy and a checkpoint fewer,
+    (accumulating) one whole gradient fewer, and one more layer's gradients sharded, its
+    share rounded up; a run's top layer (its reduce-scatter buffer is the run above's) and
+    layer 0 (nothing to prefetch) are weighed alone."""
     n = setup.shard_count
     off = setup.offload == "optimizer+params"
     keep = setup.fsdp_sharding == "shard_grad_op"
     amp = setup.precision.startswith("amp-")
     gc, acc = setup.grad_checkpointing, setup.grad_accum > 1
-    L = spec.num_layers
     runs = layer_runs(spec, setup)
     all_grads = optimizer.gradient_bytes(spec, setup)
     root_grads = all_grads - sum(run.grads * run.count for run in runs)
     head_grads = root_grads - optimizer.embedding_gradient_bytes(spec, setup)
-    gathered_all = root + layer * L  # shard_grad_op: all unsharded until backward ends
+    gathered_all = root + layer * spec.num_layers  # shard_grad_op: all unsharded until backward ends
+    transient = act.backward_transient_bytes(spec, setup)
 
     def sharded(v: int) -> int:
         return 0 if off else _ceil_div(v, n)
 
-    best: dict[str, int] = {
+    end: dict[str, int] = {
         "gradients": sharded(all_grads - root_grads) + root_grads,
         "activations/backward_transient": optimizer.tied_embedding_backward_bytes(spec, setup),
         "parallel/gathered_weights": gathered_all if keep else root + runs[0].grads,
     }
-    best_total = sum(best.values())
-    transient = act.backward_transient_bytes(spec, setup)
 
-    def point(run: Run, i: int, nxt: int, above: int, copies_below: int, kept_below: int) -> dict[str, int]:
-        """Layer i's backward: ``nxt`` the gradients of layer i+1 (its reduce-scatter buffer),
-        ``above`` those of the layers above the run, ``*_below`` the copies and kept
-        activations of the layers below it."""
-        n_run = i - run.start + 1  # layers of the run up to this one
-        grads_above = above + (run.stop - 1 - i) * run.grads
-        g = run.grads
+    def point(at: At, i: int) -> dict[str, int]:
+        run, g, above = at.run, at.run.grads, at.grads_above(i)
         return {
-            "weights/autocast_copies": 0 if amp else (run.copies if gc else copies_below + n_run * run.copies),
+            "weights/autocast_copies": 0 if amp else (run.copies if gc else at.copies(i)),
             # with accumulation the layers not yet reduce-scattered (this one and below, and
             # the root) still hold their whole accumulated gradients
-            "gradients": (all_grads - grads_above + g if acc else head_grads) + sharded(grads_above) + g,
-            "activations/saved": kept_below + n_run * run.kept,
+            "gradients": (all_grads - above + g if acc else head_grads) + sharded(above) + g,
+            "activations/saved": at.kept(i),
             "activations/recompute": run.saved if gc else 0,
             "activations/backward_transient": transient,
-            "parallel/gathered_weights": gathered_all if keep else root + layer + (layer if i > 0 else 0) + nxt,
+            "parallel/gathered_weights": (
+                gathered_all if keep else root + layer + (layer if i > 0 else 0) + at.grads_of(i + 1)
+            ),
         }
 
-    copies_below = sum(run.copies * run.count for run in runs)
-    kept_below = sum(run.kept * run.count for run in runs)
-    above = 0  # gradients of the layers above the run
-    for idx in range(len(runs) - 1, -1, -1):
-        run = runs[idx]
-        copies_below -= run.copies * run.count
-        kept_below -= run.kept * run.count
-        g = run.grads
-        if run.recorded:
-            top = run.stop - 1
-            at = [(top, runs[idx + 1].grads if idx + 1 < len(runs) else 0)]
-            low = max(run.start, 1)  # the run's layers below its top, but layer 0
-            if top - low > 0:
-                # one layer down: a copy and a checkpoint fewer, (accumulating) one whole
-                # gradient fewer and one more sharded
-                step = -(0 if amp or gc else run.copies) - run.kept - (g if acc else 0)
-                m = first_peak(step, 0 if off else above + g, 0 if off else g, 1 if off else n, top - low)
-                at.append((top - 1 - m, g))
-            if run.start == 0 and top > 0:
-                at.append((0, g))
-            for i, nxt in at:
-                p = point(run, i, nxt, above, copies_below, kept_below)
-                total = sum(p.values())
-                if total > best_total:
-                    best, best_total = p, total
-        above += g * run.count
-    return best
+    def descent(at: At) -> Descent:
+        run, g = at.run, at.run.grads
+        step = -(0 if amp or gc else run.copies) - run.kept - (g if acc else 0)
+        if off:
+            return Descent(step)
+        return Descent(step, at.above + g, g, n)
+
+    return sweep(runs, end, point, descent)

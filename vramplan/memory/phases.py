@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from vramplan.memory import activations as act
 from vramplan.memory import loss, optimizer, overhead, parallel, vision, weights
 from vramplan.memory.layers import layer_runs
+from vramplan.memory.sweep import At, Descent, sweep
 from vramplan.memory.trainable import check_lora_targets, trainable_params
 from vramplan.params import param_counts
 from vramplan.setup import Setup
@@ -119,7 +120,7 @@ def phase_terms(spec: ModelSpec, setup: Setup) -> dict[str, dict[str, int]]:
 
 
 def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, int]:
-    """The worst point of backward, walking layers from the top down.
+    """The worst point of backward, walking layers from the top down (sweep.py).
 
     While layer l runs its backward, the activations of the recorded layers 0..l are still
     saved (with checkpointing: their inputs, plus layer l recomputed), and the gradients of
@@ -127,9 +128,9 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
     transient gradient buffers. After layer 0 the embedding's backward runs beside every
     gradient. The maximum over these points (the first from the top, on a tie).
 
-    Through a run of identical layers (layers.py) the total changes by the same bytes from
-    one layer to the next (a copy and a checkpoint more below, a gradient less), so each run's
-    largest point is its top or its bottom layer: the sweep weighs one layer a run.
+    One layer down a run of identical layers (layers.py) holds a copy (every copy below stays
+    alive without checkpointing) and a checkpoint fewer, and one layer's gradients more
+    (unless all are kept).
     """
     end = {  # after layer 0: every gradient, and the embedding's own backward
         "weights/autocast_copies": 0,
@@ -139,41 +140,25 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
         "activations/backward_transient": optimizer.tied_embedding_backward_bytes(spec, setup),
     }
     runs = layer_runs(spec, setup)
-    if not any(run.recorded for run in runs):
-        return end
     gc, acc = setup.grad_checkpointing, setup.grad_accum > 1
     transient = act.backward_transient_bytes(spec, setup)
     layer_grads = sum(run.grads * run.count for run in runs)
-    grads_above = all_grads - layer_grads - optimizer.embedding_gradient_bytes(spec, setup)  # lm_head's
-    copies_below = sum(run.copies * run.count for run in runs)
-    kept_below = sum(run.kept * run.count for run in runs)
-    best, best_total = end, sum(end.values())
-    for run in reversed(runs):
-        copies_below -= run.copies * run.count
-        kept_below -= run.kept * run.count
-        if run.recorded:
-            # one layer up adds its copy (every copy below stays alive without checkpointing) and
-            # its checkpoint, and holds one layer's gradients fewer (unless all are kept): at or
-            # above 0 the top layer is the run's peak (the first met), below it the bottom one
-            step = (0 if gc else run.copies) + run.kept - (0 if acc else run.grads)
-            layer = run.stop - 1 if step >= 0 else run.start
-            n = layer - run.start + 1  # layers of the run from its bottom up to this one
-            copies = run.copies if gc else copies_below + n * run.copies
-            grads = all_grads if acc else grads_above + (run.stop - layer) * run.grads
-            saved = kept_below + n * run.kept
-            recompute = run.saved if gc else 0
-            total = copies + grads + saved + recompute + transient
-            if total > best_total:
-                best_total = total
-                best = {
-                    "weights/autocast_copies": copies,
-                    "gradients": grads,
-                    "activations/saved": saved,
-                    "activations/recompute": recompute,
-                    "activations/backward_transient": transient,
-                }
-        grads_above += run.grads * run.count
-    return best
+    head_grads = all_grads - layer_grads - optimizer.embedding_gradient_bytes(spec, setup)  # lm_head's
+
+    def point(at: At, layer: int) -> dict[str, int]:
+        return {
+            "weights/autocast_copies": at.run.copies if gc else at.copies(layer),
+            "gradients": all_grads if acc else head_grads + at.grads_above(layer) + at.run.grads,
+            "activations/saved": at.kept(layer),
+            "activations/recompute": at.run.saved if gc else 0,
+            "activations/backward_transient": transient,
+        }
+
+    def descent(at: At) -> Descent:
+        run = at.run
+        return Descent(-((0 if gc else run.copies) + run.kept - (0 if acc else run.grads)))
+
+    return sweep(runs, end, point, descent)
 
 
 #: terms inside ``allocated`` that only a CUDA run spends (a CPU trace cannot see them).
@@ -226,7 +211,7 @@ def with_vision(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
 #: than once (searching, ranking, timing). Emptied when full and when the overhead constants
 #: are read again (``vramplan.calibrate`` writes new ones).
 ESTIMATES_KEPT = 64
-_made: dict[tuple[ModelSpec, Setup], Estimate] = {}
+_made: dict[tuple[ModelSpec, Setup, int | None], Estimate] = {}
 _made_with: list[dict] = []  # the overhead constants the kept estimates were made with
 
 
@@ -235,21 +220,23 @@ def forget_estimates() -> None:
     _made.clear()
 
 
-def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
+def estimate(spec: ModelSpec, setup: Setup, *, card_bytes: int | None = None) -> Estimate:
     """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU
-    (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``)."""
+    (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``).
+    ``card_bytes``: the card's memory, which a colocated vLLM takes its share of (GRPO)."""
+    card_bytes = card_bytes if setup.vllm != "none" else None  # nothing else reads the card
     consts = overhead.overhead_constants()
     if not _made_with or _made_with[0] is not consts or len(_made) >= ESTIMATES_KEPT:
         _made.clear()
         _made_with[:] = [consts]
-    key = (spec, setup)
+    key = (spec, setup, card_bytes)
     est = _made.get(key)
     if est is None:
-        est = _made[key] = _estimate(spec, setup)
+        est = _made[key] = _estimate(spec, setup, card_bytes)
     return est
 
 
-def _estimate(spec: ModelSpec, setup: Setup) -> Estimate:
+def _estimate(spec: ModelSpec, setup: Setup, card_bytes: int | None) -> Estimate:
     if setup.method == "inference":
         from vramplan.memory.inference import inference_estimate
 
@@ -264,7 +251,7 @@ def _estimate(spec: ModelSpec, setup: Setup) -> Estimate:
         llm = llm.model_copy(update={"seq_len": setup.seq_len + vision.image_tokens(spec, setup)})
     split = setup.parallel == "device_map"
     if setup.rl == "grpo":
-        return grpo_estimate(spec, setup, llm)
+        return grpo_estimate(spec, setup, llm, card_bytes)
     if setup.parallel == "fsdp":
         per_phase = parallel.fsdp_phases(spec, llm, phase_terms(spec, llm))
     elif split:
@@ -390,7 +377,7 @@ def split_estimate(
     )
 
 
-def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup) -> Estimate:
+def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup, card_bytes: int | None = None) -> Estimate:
     """GRPO (vramplan/memory/rl.py): the training phases with TRL's fused LM head, plus the
     generation and (with ``beta > 0``) reference phases; the peak is the largest, named."""
     from vramplan.memory import rl
@@ -411,7 +398,7 @@ def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup) -> Estimate:
     if setup.vllm == "none":
         per_phase["generate"] = rl.generation_terms(spec, setup, static, images)
     else:
-        share = rl.vllm_share_bytes(setup)
+        share = rl.vllm_share_bytes(setup, card_bytes)
         per_phase["old_logprobs"] = rl.old_logprob_terms(spec, setup, static, images)
         if not setup.vllm_sleep:  # the engine keeps its share through the step
             per_phase = {name: {**terms, "rl/vllm_share": share} for name, terms in per_phase.items()}

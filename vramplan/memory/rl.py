@@ -38,6 +38,7 @@ The training phases are checked against TRL's own trainer stepping on the CPU
 
 from __future__ import annotations
 
+from vramplan.errors import VramplanError
 from vramplan.memory import inference, vision
 from vramplan.memory.policy import act_bytes, dtypes, residual_bytes, upcast_kbit
 from vramplan.params import param_counts
@@ -212,12 +213,14 @@ def with_fused_head(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, i
 VLLM_BATCHED_TOKENS = 4096
 
 
-def vllm_share_bytes(setup: Setup) -> int:
+def vllm_share_bytes(setup: Setup, card_bytes: int | None) -> int:
     """What the colocated engine takes of the card: ``vllm_gpu_memory_utilization`` x the
-    card's memory (vLLM checks at start-up that this much is free)."""
+    card's memory ``card_bytes`` (vLLM checks at start-up that this much is free)."""
     if setup.vllm == "none":
         return 0
-    return int(setup.vllm_gpu_memory_utilization * setup.vllm_card_bytes)
+    if not card_bytes:
+        raise VramplanError("vllm", "vLLM's share is a fraction of the card: plan it on a GPU (--gpu)")
+    return int(setup.vllm_gpu_memory_utilization * card_bytes)
 
 
 def _vllm_setup(spec: ModelSpec, setup: Setup, tokens: int) -> Setup:
@@ -243,10 +246,11 @@ def vllm_needs(spec: ModelSpec, setup: Setup, prompt_images: int = 0) -> dict[st
     }
 
 
-def vllm_concurrent_sequences(spec: ModelSpec, setup: Setup, prompt_images: int = 0) -> int:
-    """Full-length sequences the share's KV room holds at once (0: vLLM cannot start)."""
+def vllm_concurrent_sequences(spec: ModelSpec, setup: Setup, card_bytes: int | None, prompt_images: int = 0) -> int:
+    """Full-length sequences the share of a ``card_bytes`` card holds at once in its KV room
+    (0: vLLM cannot start)."""
     need = vllm_needs(spec, setup, prompt_images)
-    room = vllm_share_bytes(setup) - need["weights"] - need["activations"]
+    room = vllm_share_bytes(setup, card_bytes) - need["weights"] - need["activations"]
     return max(0, room // max(need["kv_one_sequence"], 1))
 
 

@@ -1,0 +1,120 @@
+"""The trace and measure commands: the Setup the flags describe, the run, its outputs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from vramplan.cli_parse import EXIT_FITS, EXIT_NO_FIT, SETUP_FLAGS, run_parser
+from vramplan.cli_parse import console as rich_console
+from vramplan.errors import VramplanError
+
+
+def _setup_from_args(args: argparse.Namespace, command: str = "trace") -> tuple[Any, list[str]]:
+    """The Setup the flags describe, as the planner fills it for the model, and the notes on
+    the defaults it took; refused (one line) if the harness cannot run it. Torch-free."""
+    from vramplan.trace.preflight import resolve_setup
+
+    fields = {k: getattr(args, k) for k in SETUP_FLAGS if getattr(args, k, None) is not None}
+    return resolve_setup(args.model, fields, command=command)
+
+
+def run_command(command: str, argv: list[str]) -> int:
+    """trace / measure: every check runs before torch is imported, the outputs are written
+    all or nothing after the run."""
+    args = run_parser(command).parse_args(argv)
+    from vramplan.report import check_output
+
+    if args.plot:
+        check_output(args.plot, "plot", (".png", ".html", ".htm"), needs_matplotlib=args.plot.lower().endswith(".png"))
+    if args.report:
+        check_output(args.report, "report", (".html", ".htm"))
+        if args.plot and os.path.realpath(args.plot) == os.path.realpath(args.report):
+            raise VramplanError("report", "--report and --plot name the same file: give each its own")
+    if command == "measure" and args.plot:
+        raise VramplanError("plot", "measure reads torch's peak counters, which keep no timeline: --plot is for trace")
+    if args.record:
+        _check_record_folder()
+    setup, notes = _setup_from_args(args, command)
+    if command == "trace" and args.real_cpu:
+        from vramplan.trace.preflight import refuse_if_too_big
+
+        refuse_if_too_big(args.model, setup)
+    traced_plan = None
+    if args.report:
+        from vramplan.planner import plan
+
+        traced_plan = plan(args.model, args.gpu, **setup.model_dump())  # the traced setup, every field pinned
+    from vramplan.trace.quiet import quiet_libraries
+
+    quiet_libraries()
+    console = rich_console() if not args.json else None
+    status = console.status(f"{command}: importing torch") if console else None
+    if status:
+        status.start()
+
+    def progress(message: str) -> None:
+        if status:
+            status.update(f"{command}: {message}")
+
+    try:
+        from vramplan.trace import run
+
+        if command == "measure":
+            result = run.measure(args.model, setup, args.steps, progress=progress)
+        else:
+            result = run.trace(args.model, setup, args.steps, fake=not args.real_cpu, progress=progress)
+    finally:
+        if status:
+            status.stop()
+    if notes:
+        result = result.model_copy(update={"notes": [*notes, *result.notes]})
+    _write_trace_pictures(result, args.plot, args.report, traced_plan)
+    if args.record:
+        from vramplan.records import append_row, make_row
+
+        append_row(make_row(result))
+    if console is None:
+        print(result.model_dump_json(exclude={"timeline"}))
+    else:
+        from vramplan.render import trace_renderable
+
+        console.print(trace_renderable(result))
+    return EXIT_FITS if result.outcome == "ok" else EXIT_NO_FIT
+
+
+def _check_record_folder() -> None:
+    """--record appends to tables/measured/traces.jsonl: refuse before the run if it cannot."""
+    from pathlib import Path
+
+    from vramplan.records import records_path
+
+    target = records_path()
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            raise VramplanError("record", f"cannot append to {target}: it is not writable")
+        return
+    folder = next(p for p in [target.parent, *target.parent.parents] if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise VramplanError("record", f"cannot create {target}: {Path(folder)} is not writable")
+
+
+def _write_trace_pictures(result: Any, plot: str | None, report: str | None, traced_plan: Any) -> None:
+    """The timeline (--plot) and the page (--report), all or nothing."""
+    if not plot and not report:
+        return
+    from vramplan.files import write_files_atomically
+
+    pairs = []
+    if plot:
+        from vramplan.plot import plot_content
+
+        pairs.append((plot, plot_content(result, plot)))
+    if report:
+        from vramplan.plot import timeline_svg
+        from vramplan.report import report_page
+
+        svg = timeline_svg(result) if result.timeline else None
+        pairs.append((report, report_page(traced_plan, timeline_svg=svg)))
+    write_files_atomically(pairs, field="plot" if plot else "report")
