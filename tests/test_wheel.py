@@ -34,6 +34,9 @@ def test_wheel_holds_the_tables(wheel: Path) -> None:
     assert "vramplan/tables/overheads.json" in names
     assert "vramplan/tables/models/qwen2.5-7b/config.json" in names
     assert "vramplan/tables/models/qwen2.5-7b/source.json" in names
+    # the emitted scripts' templates, read by vramplan.emit.templating
+    assert "vramplan/emit/templates/sft.py" in names
+    assert "vramplan/emit/templates/grpo.py" in names
 
 
 def test_installed_wheel_runs_the_main_job(wheel: Path, tmp_path: Path) -> None:
