@@ -66,3 +66,13 @@ def test_installed_wheel_runs_the_main_job(wheel: Path, tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["model"] == "qwen2.5-7b"
+    # the trl script's template, read from the installed package (vramplan.emit.templating)
+    emitted = subprocess.run(
+        [str(venv / "bin" / "vramplan"), "qwen2.5-0.5b", "--gpu", "4090", "--method", "lora", "--emit", "trl"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert emitted.returncode == 0, emitted.stderr
+    assert "\ndef main():\n" in emitted.stdout

@@ -41,7 +41,7 @@ _FILL = re.compile(r"^ *\*\*(__[A-Z][A-Z0-9_]*__),\n|__[A-Z][A-Z0-9_]*__", re.MU
 @cache
 def source(name: str) -> str:
     """The template file ``name`` as shipped (``vramplan/emit/templates/<name>``)."""
-    return resources.files("vramplan.emit").joinpath("templates", name).read_text(encoding="utf-8")
+    return (resources.files("vramplan.emit") / "templates" / name).read_text(encoding="utf-8")
 
 
 def _lines(text: str) -> list[str]:
@@ -57,15 +57,14 @@ def _directive(line: str) -> re.Match[str] | None:
 def shared_block(name: str, block: str) -> tuple[str, list[str]]:
     """(indentation, lines) of the shared block ``block`` in template ``name``, without its tags."""
     lines = _lines(source(name))
-    opens = [i for i, line in enumerate(lines) if (m := _directive(line)) and not m["close"] and m["kind"] == "shared"]
-    for i in opens:
-        m = _directive(lines[i])
-        if m and m["args"].split() == [block]:
-            for j in range(i + 1, len(lines)):
-                end = _directive(lines[j])
-                if end and end["close"] and end["kind"] == "shared" and end["args"].split() == [block]:
-                    return m["indent"], lines[i + 1 : j]
-            raise AssertionError(f"templates/{name}: shared block {block} is not closed")
+    start: tuple[int, str] | None = None
+    for i, line in enumerate(lines):
+        m = _directive(line)
+        if m and m["kind"] == "shared" and m["args"].split() == [block]:
+            if not m["close"]:
+                start = (i, m["indent"])
+            elif start is not None:
+                return start[1], lines[start[0] + 1 : i]
     raise AssertionError(f"templates/{name} has no shared block {block}")
 
 
