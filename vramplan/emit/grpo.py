@@ -14,6 +14,9 @@ Images (a VLM plan with ``--image-size WxH --images-per-sample N``, Visual-RFT):
 names its image files (``image`` or ``images``, paths relative to the data file); the model's
 processor loads them with ``max_pixels = W x H``, so no image yields more tokens than the plan
 counts; the prompt is a user message with the images ahead of its text, as TRL builds it.
+
+The script is ``templates/grpo.py`` (its model loading and image reading are the SFT script's,
+included from ``templates/sft.py``), rendered by :mod:`vramplan.emit.trl`.
 """
 
 from __future__ import annotations

@@ -234,10 +234,10 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
             values["__PARALLEL__"] = launch.parallel_entries(ctx, settings["parallel"])
     else:  # GRPO runs one process on one GPU
         template, blocks = "grpo.py", {"placement_per_process": True, "placement_device_map": False}
-    script = "\n" + templating.render(template, blocks, values)
+    script = templating.render(template, blocks, values)
     # line 2 declares the encoding: PEP 263 reads a coding declaration from line 1 or 2, and the
     # header's first line holds the model's name (``coding: utf-7`` there would re-decode the file)
-    train_py = "#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n" + head + "\n" + script
+    train_py = "#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n" + head + "\n\n" + script
     args = f"train.py --model {sh_quote(ctx.model_path)} --data {sh_quote(ctx.data)}"
     prelude, launcher = launch.launcher(ctx)
     command = f"{launcher} {args}"

@@ -27,7 +27,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
 # <template-only>
 import typing
 
-# what the renderer writes at each marker, typed for the checkers (vramplan/emit/trl.py: render)
+# what vramplan/emit/trl.py's render writes at each marker, typed for the checkers; the
+# directives (# <...>) and the rendering: vramplan/emit/templating.py
 __MODEL__: str = ""
 __AUTO__: str = ""
 __METHOD__: str = ""
