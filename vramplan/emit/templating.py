@@ -45,7 +45,7 @@ def source(name: str) -> str:
 
 
 def _lines(text: str) -> list[str]:
-    """``text``'s lines with their ``\\n`` (only ``\\n`` ends a line: a template is plain ASCII)."""
+    """``text``'s lines, each with its ``\\n`` (``str.splitlines`` would break at other characters too)."""
     parts = text.split("\n")
     return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
