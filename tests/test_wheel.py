@@ -34,6 +34,9 @@ def test_wheel_holds_the_tables(wheel: Path) -> None:
     assert "vramplan/tables/overheads.json" in names
     assert "vramplan/tables/models/qwen2.5-7b/config.json" in names
     assert "vramplan/tables/models/qwen2.5-7b/source.json" in names
+    # the emitted scripts' templates, read by vramplan.emit.templating
+    assert "vramplan/emit/templates/sft.py" in names
+    assert "vramplan/emit/templates/grpo.py" in names
 
 
 def test_installed_wheel_runs_the_main_job(wheel: Path, tmp_path: Path) -> None:
@@ -63,3 +66,13 @@ def test_installed_wheel_runs_the_main_job(wheel: Path, tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["model"] == "qwen2.5-7b"
+    # the trl script's template, read from the installed package (vramplan.emit.templating)
+    emitted = subprocess.run(
+        [str(venv / "bin" / "vramplan"), "qwen2.5-0.5b", "--gpu", "4090", "--method", "lora", "--emit", "trl"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert emitted.returncode == 0, emitted.stderr
+    assert "\ndef main():\n" in emitted.stdout

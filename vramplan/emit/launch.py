@@ -371,74 +371,11 @@ def launcher(ctx: Context) -> tuple[str, str]:
     return prelude, base + multi
 
 
-# -- the script's layout-dependent blocks ------------------------------------------------
-
-#: the single-GPU script's own text at each marker (kept byte for byte).
-PLACEMENT = """    if QUANTIZATION:
-        import os
-
-        # each process loads its own quantized copy on its own GPU (accelerate launch sets LOCAL_RANK)
-        load["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else {"": "cpu"}
-"""
-CONFIG = """    training = dict(settings["training"])
-    if not torch.cuda.is_available():
-        print("no CUDA device: training on the CPU (slow; for checking the set-up)")
-        training["use_cpu"] = True
-    config = SFTConfig(output_dir=args.output, **training)
-"""
-
-DEVICE_MAP_PLACEMENT = """    if torch.cuda.is_available():
-        # the layers split across the GPUs of this one process: the balanced map within max_memory per card
-        load["device_map"] = PARALLEL["device_map"]
-        load["max_memory"] = {int(gpu): size for gpu, size in PARALLEL["max_memory"].items()}
-    else:
-        print("no CUDA device: the model stays whole on the CPU (device_map splits it across GPUs)")
-        if QUANTIZATION:
-            load["device_map"] = {"": "cpu"}
-"""
-DEEPSPEED_CONFIG_EARLY = """    import os
-
-    training = dict(settings["training"])
-    if torch.cuda.is_available():
-        # DeepSpeed: ds_config.json (next to this script) goes to the SFTConfig, made before the model is loaded
-        # so that under ZeRO-3 from_pretrained loads each GPU's partition only (deepspeed.zero.Init)
-        training["deepspeed"] = os.path.join(os.path.dirname(os.path.abspath(__file__)), PARALLEL["deepspeed_config"])
-    else:
-        # accelerate runs DeepSpeed on GPUs only: on the CPU the processes train as plain data-parallel
-        print("no CUDA device: training on the CPU without DeepSpeed (slow; for checking the set-up)")
-        os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
-        training["use_cpu"] = True
-    config = SFTConfig(output_dir=args.output, **training)
-
-"""
-FSDP_CONFIG = """    training = dict(settings["training"])
-    if not torch.cuda.is_available():
-        # accelerate runs FSDP on GPUs only: on the CPU the processes train as plain data-parallel
-        print("no CUDA device: training on the CPU without FSDP (slow; for checking the set-up)")
-        training["use_cpu"] = True
-    config = SFTConfig(output_dir=args.output, **training)
-"""
-PARALLEL_FUNCTION = '''
-def parallel_settings():
-    """PARALLEL, with the launch files next to this script as they will be read."""
-    import os
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    out = dict(PARALLEL)
-    if "accelerate_config" in PARALLEL:
-        import yaml
-
-        with open(os.path.join(here, PARALLEL["accelerate_config"])) as f:
-            out["accelerate"] = yaml.safe_load(f)
-    if "deepspeed_config" in PARALLEL:
-        with open(os.path.join(here, PARALLEL["deepspeed_config"])) as f:
-            out["deepspeed"] = json.load(f)
-    return out
-
-'''
+# -- the script's layout-dependent blocks (vramplan/emit/templates/sft.py) -------------------
 
 
-def _parallel_text(ctx: Context, value: dict[str, Any]) -> str:
+def parallel_entries(ctx: Context, value: dict[str, Any]) -> str:
+    """The script's PARALLEL entries (the layout and the files that start it), each with why."""
     s = ctx.setup
     why = {
         "layout": "run.sh starts it: "
@@ -453,35 +390,21 @@ def _parallel_text(ctx: Context, value: dict[str, Any]) -> str:
         "max_memory": f"per card: the {ctx.gpu.name}'s {ctx.gpu.memory_mib:,} MiB, the budget the balanced map"
         " (and the estimate's card-by-card placement) works within",
     }
-    lines = ["# how the GPUs share the work (every figure in the header is per GPU)", "PARALLEL = {"]
+    lines = []
     for key, v in value.items():
         tail = f"  # {printable(why[key])}" if key in why else ""
         lines.append(f"    {py_literal(key)}: {py_literal(v)},{tail}")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
-def script_blocks(ctx: Context, settings: dict[str, Any]) -> dict[str, str]:
-    """The text at each marker of the trl script's template."""
-    s = ctx.setup
-    blocks = {
-        "__PARALLEL__": "",
-        "__PARALLEL_FUNCTION__": "",
-        "__PARALLEL_SETTING__": "",
-        "__CONFIG_EARLY__": "",
-        "__PLACEMENT__": PLACEMENT,
-        "__CONFIG_LATE__": CONFIG,
+def script_blocks(ctx: Context) -> dict[str, bool]:
+    """Which of the trl script's layout blocks the layout keeps."""
+    p = ctx.setup.parallel
+    return {
+        "parallel": p != "none",
+        "placement_per_process": p != "device_map",
+        "placement_device_map": p == "device_map",
+        "deepspeed_config": p in DEEPSPEED,
+        "plain_config": p not in DEEPSPEED and p != "fsdp",
+        "fsdp_config": p == "fsdp",
     }
-    if s.parallel == "none":
-        return blocks
-    blocks["__PARALLEL__"] = _parallel_text(ctx, settings["parallel"])
-    blocks["__PARALLEL_FUNCTION__"] = PARALLEL_FUNCTION
-    blocks["__PARALLEL_SETTING__"] = '        "parallel": parallel_settings(),\n'
-    if s.parallel == "device_map":
-        blocks["__PLACEMENT__"] = DEVICE_MAP_PLACEMENT
-    elif s.parallel in DEEPSPEED:
-        blocks["__CONFIG_EARLY__"] = DEEPSPEED_CONFIG_EARLY
-        blocks["__CONFIG_LATE__"] = ""
-    elif s.parallel == "fsdp":
-        blocks["__CONFIG_LATE__"] = FSDP_CONFIG
-    return blocks

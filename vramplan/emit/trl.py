@@ -15,14 +15,17 @@ sizes the memory model counts, bf16/fp16, batch sizes), which the script hands t
 SFTConfig before loading the model so that ZeRO-3 loads each GPU's partition only.
 ``device_map`` is one ``python train.py`` process that splits the layers across its GPUs
 (``device_map="auto"`` with a ``max_memory`` per card). See :mod:`vramplan.emit.launch`.
+
+The script is ``templates/sft.py`` (``templates/grpo.py`` for ``--rl grpo``), rendered by
+:mod:`vramplan.emit.templating`: the values below are written at its markers and the layout
+keeps or drops its blocks (:func:`vramplan.emit.launch.script_blocks`).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from vramplan.emit import launch
+from vramplan.emit import launch, templating
 from vramplan.emit.common import (
     HF_ATTN,
     HF_OPTIM,
@@ -149,186 +152,6 @@ def _py(value: Any) -> str:
     return py_literal(value)
 
 
-#: model loading shared by the SFT and GRPO scripts (``__PLACEMENT__``: where the weights go).
-LOAD_MODEL = """    load = {"dtype": getattr(torch, DTYPE), "attn_implementation": ATTN_IMPLEMENTATION}
-    if QUANTIZATION:
-        q = dict(QUANTIZATION)
-        if "bnb_4bit_compute_dtype" in q:
-            q["bnb_4bit_compute_dtype"] = getattr(torch, q["bnb_4bit_compute_dtype"])
-        load["quantization_config"] = BitsAndBytesConfig(**q)
-__PLACEMENT__
-    model = getattr(transformers, AUTO_CLASS).from_pretrained(args.model, **load)
-    if QUANTIZATION:
-        from peft import prepare_model_for_kbit_training
-
-        # fp32 norms, embeddings and lm_head, as the plan counts them (TRL does not call this itself)
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=TRAINING["gradient_checkpointing"],
-            gradient_checkpointing_kwargs=TRAINING["gradient_checkpointing_kwargs"],
-        )
-    if FREEZE_TOP_LAYERS:
-        model.requires_grad_(False)
-        for layer in model.get_decoder().layers[-FREEZE_TOP_LAYERS:]:
-            layer.requires_grad_(True)
-    if FREEZE_VISION:
-        tower, projector = FREEZE_VISION
-        for name, p in model.named_parameters():
-            in_merger = ".merger." in name
-            if ".visual." in f".{name}" and ((in_merger and projector) or (not in_merger and tower)):
-                p.requires_grad_(False)
-    peft_config = None
-    if LORA:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(**LORA)
-"""
-
-SCRIPT = '''
-"""Fine-tune with TRL's SFTTrainer, as planned by vramplan (see the comment block above).
-
-    python train.py --model MODEL --data DATA [--output DIR] [--epochs N] [--max-steps N] [--dry-run]
-
-MODEL is a hub id or a local model folder. DATA is a local JSON or JSONL file with one
-example per record: {"instruction": ..., "input": ..., "output": ...} (input optional) or
-{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}.
-With IMAGES below, each record also names its image files: {"image": "a.png"} or
-{"images": [...]}, paths relative to DATA's folder; the model's processor loads them (for
-Qwen2-VL it needs torchvision) and puts them ahead of the first user message's text.
---dry-run prints the settings as JSON and exits without loading anything.
-"""
-
-import argparse
-import json
-import math
-import os
-
-MODEL = __MODEL__
-AUTO_CLASS = __AUTO__  # the transformers class that loads the model
-METHOD = __METHOD__
-DTYPE = __DTYPE__  # weights as loaded
-ATTN_IMPLEMENTATION = __ATTN__
-QUANTIZATION = __QUANT__  # BitsAndBytesConfig(**QUANTIZATION), or None
-LORA = __LORA__  # peft.LoraConfig(**LORA), or None
-FREEZE_TOP_LAYERS = __FREEZE__  # freeze: only the top N decoder layers train
-FREEZE_VISION = __FREEZE_VISION__  # VLM full fine-tuning: [tower, projector] kept frozen, or None
-IMAGES = __IMAGES__  # images per sample and the pixels the plan counts per image (larger ones are shrunk), or None
-TRAINING = {
-__TRAINING__
-}
-__PARALLEL__
-
-
-__IMAGE_FUNCTIONS__
-
-
-def to_record(example, tokenizer, folder=""):
-    """One training record: chat messages when the tokenizer has a chat template (and always
-    with images), else text."""
-    if example.get("messages"):
-        messages = example["messages"]
-    else:
-        prompt = example.get("instruction") or ""
-        if example.get("input"):
-            prompt = prompt + "\\n\\n" + example["input"]
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": example.get("output") or ""}]
-    if IMAGES:
-        return {"messages": messages, "images": image_paths(example, folder)}
-    if getattr(tokenizer, "chat_template", None):
-        return {"messages": messages}
-    text = "".join(f"### {m['role'].capitalize()}:\\n{m['content']}\\n\\n" for m in messages)
-    return {"text": text + (tokenizer.eos_token or "")}
-
-__PARALLEL_FUNCTION__
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=MODEL, help="hub id or local model folder (default: %(default)s)")
-    parser.add_argument("--data", default=__DATA__, help="local JSON/JSONL dataset (default: %(default)s)")
-    parser.add_argument("--output", default="output", help="where the trained adapter/model is saved")
-    parser.add_argument("--epochs", type=float, default=TRAINING["num_train_epochs"])
-    parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps")
-    parser.add_argument("--dry-run", action="store_true", help="print the settings as JSON and exit")
-    args = parser.parse_args()
-    settings = {
-        "model": args.model,
-        "auto_class": AUTO_CLASS,
-        "method": METHOD,
-        "dtype": DTYPE,
-        "attn_implementation": ATTN_IMPLEMENTATION,
-        "quantization": QUANTIZATION,
-        "lora": LORA,
-        "freeze_top_layers": FREEZE_TOP_LAYERS,
-        "freeze_vision": FREEZE_VISION,
-        "images": IMAGES,
-        "training": {**TRAINING, "num_train_epochs": args.epochs, "max_steps": args.max_steps},
-__PARALLEL_SETTING__
-    }
-    if args.dry_run:
-        print(json.dumps(settings, indent=1))
-        return
-
-    import torch
-    from datasets import load_dataset
-    import transformers
-    from transformers import AutoTokenizer, BitsAndBytesConfig
-    from trl import SFTConfig, SFTTrainer
-
-__CONFIG_EARLY__
-    if IMAGES:
-        from datasets import Image
-        from transformers import AutoProcessor
-
-        # max_pixels: the processor shrinks any larger image to the pixels (and tokens) the plan counts
-        processing_class = AutoProcessor.from_pretrained(args.model, max_pixels=IMAGES["max_pixels"])
-        tokenizer = processing_class.tokenizer
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        processing_class = tokenizer
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-__LOAD_MODEL__
-
-    raw = load_dataset("json", data_files=args.data, split="train")
-    folder = data_folder(args.data)
-    dataset = raw.map(lambda ex: to_record(ex, tokenizer, folder), remove_columns=raw.column_names)
-    if IMAGES:
-        dataset = dataset.cast_column("images", [Image()])
-__CONFIG_LATE__
-    trainer = SFTTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=processing_class, peft_config=peft_config
-    )
-    result = trainer.train()
-    trainer.save_model(args.output)
-    loss = result.training_loss
-    print(json.dumps({"train_loss": loss, "steps": trainer.state.global_step, "finite": math.isfinite(loss)}))
-
-
-if __name__ == "__main__":
-    main()
-'''
-
-
-#: reading a record's image files, shared by the SFT and GRPO scripts.
-IMAGE_FUNCTIONS = '''def data_folder(path):
-    return os.path.dirname(os.path.abspath(path))
-
-
-def image_paths(example, folder):
-    """The record's image files (or URLs), relative to the data file's folder. Messages carry
-    text only: the images come from the record's own fields, as the plan counts them."""
-    messages = example.get("prompt") or example.get("messages") or []
-    if not isinstance(messages, str) and any(
-        isinstance(c, dict) and c.get("type") == "image" for m in messages for c in (m.get("content") or [])
-        if not isinstance(m.get("content"), str)
-    ):
-        raise SystemExit("give a record's images in its 'image' or 'images' field and keep its messages to text")
-    paths = example.get("images") or ([example["image"]] if example.get("image") else [])
-    if len(paths) != IMAGES["per_prompt"]:
-        raise SystemExit(f"a record has {len(paths)} images; the plan counts {IMAGES['per_prompt']} per sample")
-    return [p if os.path.isabs(p) or "://" in p else os.path.join(folder, p) for p in paths]
-'''
-
-
 def render(ctx: Context) -> tuple[dict[str, str], str]:
     s = ctx.setup
     if launch.pure_16bit(s) and "precision" in ctx.reasons:
@@ -378,12 +201,10 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "optim": "optimizer",
         "bf16": "precision",
     }
-    template = SCRIPT
     values = {"__IMAGES__": _py(ctx.images)}
     if s.rl == "grpo":
         from vramplan.emit import grpo
 
-        template = grpo.SCRIPT
         values["__PROMPT__"] = _py(prompt)
         t = grpo.grpo_training(ctx, t)
         inline["max_completion_length"] = "seq_len"
@@ -392,13 +213,6 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     for k, v in t.items():
         why = ctx.reasons.get(inline.get(k, ""), "")
         body_lines.append(f"    {_py(k)}: {_py(v)}," + (f"  # {printable(why)}" if why else ""))
-    # the blocks first (fixed text), then every value in one pass: a value is never searched for markers
-    script = template.replace("__LOAD_MODEL__\n", LOAD_MODEL).replace("__IMAGE_FUNCTIONS__\n", IMAGE_FUNCTIONS)
-    if s.rl == "none":
-        for marker, block in launch.script_blocks(ctx, settings).items():
-            script = _fill(script, marker, block)
-    else:  # GRPO runs one process on one GPU
-        script = _fill(script, "__PLACEMENT__", launch.PLACEMENT)
     values.update(
         {
             "__MODEL__": _py(ctx.model_path),
@@ -414,10 +228,16 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
             "__DATA__": _py(ctx.data),
         }
     )
-    script = substitute(script, values)
+    if s.rl == "none":
+        template, blocks = "sft.py", launch.script_blocks(ctx)
+        if s.parallel != "none":
+            values["__PARALLEL__"] = launch.parallel_entries(ctx, settings["parallel"])
+    else:  # GRPO runs one process on one GPU
+        template, blocks = "grpo.py", {"placement_per_process": True, "placement_device_map": False}
+    script = templating.render(template, blocks, values)
     # line 2 declares the encoding: PEP 263 reads a coding declaration from line 1 or 2, and the
     # header's first line holds the model's name (``coding: utf-7`` there would re-decode the file)
-    train_py = "#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n" + head + "\n" + script
+    train_py = "#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n" + head + "\n\n" + script
     args = f"train.py --model {sh_quote(ctx.model_path)} --data {sh_quote(ctx.data)}"
     prelude, launcher = launch.launcher(ctx)
     command = f"{launcher} {args}"
@@ -425,21 +245,3 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     files = {"train.py": train_py, "run.sh": run_sh}
     files.update(launch.config_files(ctx, comment))
     return files, command
-
-
-def substitute(template: str, values: dict[str, str]) -> str:
-    """Every marker of ``values`` replaced in one pass, so a value that happens to hold a
-    marker's text (a folder named ``__DATA__``) is left as it is."""
-    missing = [m for m in values if m not in template]
-    if missing:
-        raise AssertionError(f"template has no {', '.join(missing)}")
-    pattern = re.compile("|".join(re.escape(m) for m in sorted(values, key=len, reverse=True)))
-    return pattern.sub(lambda m: values[m.group(0)], template)
-
-
-def _fill(script: str, marker: str, block: str) -> str:
-    """Put ``block`` on the marker's line; an empty block removes the line."""
-    line = marker + "\n"
-    if line not in script:
-        raise AssertionError(f"template has no {marker}")
-    return script.replace(line, block + ("\n" if block and not block.endswith("\n") else ""))
