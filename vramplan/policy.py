@@ -1,0 +1,146 @@
+"""What the memory terms read from the trainer: one :class:`Policy` per (trainer, Setup).
+
+A Setup says what the user asks for (method, precision, quantization); the trainer decides
+how it runs it: the dtype each tensor class lives in, the loss chain, what it keeps alive,
+how it pads. :func:`default_policy` is the generic loop today's estimates describe (the
+plain transformers ``Trainer`` with PEFT's k-bit preparation, full logits, fixed-length
+batches); each trainer in :mod:`vramplan.frameworks` returns its own.
+
+Default dtypes by precision (``bf16``/``fp16`` mean what trainers do with ``bf16=True``:
+16-bit weights, forward under ``torch.autocast``, which accelerate's
+``Accelerator.prepare_model`` wraps around ``model.forward`` whenever mixed precision is set):
+
+| precision | weights | master | grads | states | activations |
+|-----------|---------|--------|-------|--------|-------------|
+| fp32      | fp32    | fp32   | fp32  | fp32   | fp32        |
+| bf16/fp16 | 16-bit  | 16-bit | 16-bit| 16-bit (torch keeps states in the param dtype) | 16-bit |
+| amp-*     | fp32    | fp32   | fp32  | fp32   | 16-bit, with autocast's 16-bit weight copies |
+
+LoRA adapters are fp32 whatever the base: PEFT's ``autocast_adapter_dtype=True`` upcasts
+bf16/fp16 adapter weights (peft ``tuners_utils.cast_adapter_dtype``), so their grads and
+optimizer states are fp32 too.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from vramplan.setup import DEEPSPEED, Setup
+
+DType = Literal["fp32", "bf16", "fp16"]
+#: how the loss is computed from the last hidden states (only ``full_logits`` is counted today).
+LossChain = Literal["full_logits", "fused_head", "kept_positions"]
+#: how a batch's samples are padded (only ``fixed`` is counted today).
+Padding = Literal["fixed", "longest", "packed"]
+#: the Setup fields :func:`default_policy` reads: a Setup copied with another value of one of
+#: them needs its policy made again.
+POLICY_INPUTS = frozenset({"method", "precision", "quant", "parallel"})
+
+
+class Policy(BaseModel):
+    """The trainer's decisions the memory terms read; frozen and hashable (estimates are
+    cached on it). Each field names the terms that read it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weights: DType
+    """Frozen weights as loaded (LoRA's base, freeze's frozen layers, quantizers' untouched
+    parameters on GPTQ): weights.frozen_weight_bytes, weights._autocast_casts,
+    device_map._weight_dtype, host.host_terms, rl.reference_weight_bytes; also the dtype of
+    ``modules_to_save`` copies outside k-bit runs (weights.trainable_weight_bytes)."""
+    master: DType
+    """Trainable weights of full/freeze (the master copy): weights.trainable_weight_bytes,
+    optimizer gradients (param.grad matches param.dtype) and states, parallel.deepspeed_state_bytes."""
+    grads: DType
+    """Gradients as offloaded to the host: host.host_terms."""
+    states: DType
+    """Optimizer states as offloaded to the host: host.host_terms."""
+    adapter: DType
+    """LoRA adapters, their gradients and optimizer states: weights.trainable_weight_bytes,
+    optimizer._by_dtype, optimizer.layer_gradient_kind_bytes."""
+    extra_trainable: DType
+    """Embeddings/lm_head trained beside the adapters (``modules_to_save``), their gradients
+    and optimizer states: optimizer._by_dtype, optimizer.embedding_gradient_bytes."""
+    activations: DType
+    """Activations saved for backward and the logits: activations.*, loss.*, vision.*,
+    rl.head_tile_bytes."""
+    autocast: bool
+    """The forward runs under ``torch.autocast`` (16-bit copies of fp32 weights, cached):
+    weights._autocast_casts, weights.forward_autocast_copy_bytes, activations (AMP promotion)."""
+    kbit_upcast: bool
+    """PEFT ``prepare_model_for_kbit_training`` ran: embeddings, norms and lm_head are fp32
+    (not on GPTQ models): rl._head_fp32, rl.generation_scale; the defaults of ``residual``,
+    ``pointwise`` and ``kbit_modules`` follow from it."""
+    kbit_modules: DType
+    """Parameters a k-bit quantizer leaves alone (embeddings, lm_head, norms, biases):
+    weights.unquantized_dtype, and through it weights.frozen_weight_bytes,
+    weights.trainable_weight_bytes and activations.*."""
+    residual: DType
+    """The residual stream: fp32 under AMP (fp32 embeddings plus 16-bit linear outputs
+    promote), in fp32 and after k-bit upcasting, else 16-bit: activations.*, rl.fused_head_*."""
+    pointwise: DType
+    """MLP intermediates (outside autocast's matmul list; bitsandbytes linears return their
+    input's dtype, ``out.to(inp_dtype)``): activations.mlp saved bytes."""
+    loss_chain: LossChain = "full_logits"
+    """``full_logits``: transformers ``ForCausalLMLoss`` over every position, the fp32 copy and
+    the log-softmax (loss.py, phases.phase_terms' ``loss/*``). GRPO's fused head is rl.py's own."""
+    padding: Padding = "fixed"
+    """``fixed``: every sample at ``seq_len`` (``Setup.tokens`` = micro_batch x seq_len, read by
+    every activation and loss term)."""
+    reentrant_checkpointing: bool = True
+    """transformers ``gradient_checkpointing_enable()`` defaults to ``use_reentrant=True``: the
+    checkpointed layers' terms (activations.checkpoint_bytes, the backward sweep's recompute)
+    describe that path, as the trace runs it (trace/build.py)."""
+    grads_set_to_none: bool = True
+    """``optimizer.zero_grad(set_to_none=True)`` frees the gradients after each step: without
+    accumulation none exist when forward runs (phases.phase_terms)."""
+
+
+def _half(precision: str) -> DType:
+    return "fp16" if precision.endswith("fp16") else "bf16"
+
+
+@lru_cache(maxsize=64)
+def _default(precision: str, method: str, quant: str) -> Policy:
+    if precision == "fp32":
+        weights: DType = "fp32"
+        act: DType = "fp32"
+        master = grads = states = weights
+    elif precision in ("bf16", "fp16"):
+        weights = act = _half(precision)
+        master = grads = states = weights
+    else:
+        weights, act = "fp32", _half(precision)
+        master = grads = states = weights
+    upcast = method == "qlora" and quant != "gptq-int4"
+    residual: DType = "fp32" if weights == "fp32" or upcast else act
+    return Policy(
+        weights=weights,
+        master=master,
+        grads=grads,
+        states=states,
+        adapter="fp32",
+        extra_trainable="fp32" if method == "qlora" else weights,
+        activations=act,
+        autocast=precision != "fp32",
+        kbit_upcast=upcast,
+        kbit_modules=weights if quant == "gptq-int4" else "fp32",
+        residual=residual,
+        pointwise="fp32" if upcast else act,
+    )
+
+
+def default_policy(setup: Setup) -> Policy:
+    """The generic loop today's numbers describe: transformers ``Trainer`` (autocast through
+    accelerate, ``zero_grad(set_to_none=True)``, reentrant checkpointing), PEFT adapters in
+    fp32 and ``prepare_model_for_kbit_training`` for k-bit bases, the full-logits loss, every
+    sample padded to ``seq_len``. Under DeepSpeed an ``amp-*`` run is the 16-bit one: its
+    bf16/fp16 mode casts the module to 16 bits and keeps the fp32 master and state itself
+    (parallel.deepspeed_state_bytes)."""
+    precision: str = setup.precision
+    if setup.parallel in DEEPSPEED:
+        precision = precision.removeprefix("amp-")
+    return _default(precision, setup.method, setup.quant)
