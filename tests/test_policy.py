@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from vramplan.policy import Policy, default_policy
+from vramplan.policy import Policy, default_policy, recast
 from vramplan.setup import PRECISIONS, Setup
 
 
@@ -38,10 +38,17 @@ def test_gptq_keeps_its_dtypes() -> None:
     assert p.residual == "bf16"
 
 
-def test_deepspeed_amp_is_16bit() -> None:
-    """DeepSpeed's bf16 mode casts the module: an amp-bf16 run is the bf16 one."""
-    zero = Setup(method="full", precision="amp-bf16", parallel="zero2", num_gpus=2)
-    assert default_policy(zero) == default_policy(Setup(method="full", precision="bf16"))
+@pytest.mark.parametrize("method", ["full", "freeze", "lora", "qlora"])
+@pytest.mark.parametrize("quant", ["bnb-nf4", "gptq-int4"])
+def test_recast_moves_the_default_as_the_default(method: str, quant: str) -> None:
+    """DeepSpeed's bf16 mode casts an amp-bf16 model: the default policy becomes the bf16 one;
+    a field a trainer set itself (here the adapters' dtype) is kept."""
+    amp = Setup(method=method, precision="amp-bf16", quant=quant if method == "qlora" else "none")
+    half = amp.model_copy(update={"precision": "bf16"})
+    assert recast(default_policy(amp), amp, "bf16") == default_policy(half)
+    own = default_policy(amp).model_copy(update={"adapter": "bf16", "activations": "fp32"})
+    moved = recast(own, amp, "bf16")
+    assert (moved.adapter, moved.activations, moved.weights) == ("bf16", "fp32", "bf16")
 
 
 def test_policy_is_frozen_and_hashable() -> None:
@@ -51,3 +58,39 @@ def test_policy_is_frozen_and_hashable() -> None:
         p.activations = "fp32"  # type: ignore[misc]
     assert p.model_copy(update={"activations": "fp32"}) != p
     assert isinstance(p, Policy)
+
+
+def test_estimate_reads_the_policy(tiny) -> None:
+    """estimate() without a policy is estimate() with the default one; fp32 activations
+    (4 B an element instead of 2) raise the saved activations and the logits, and the cache
+    does not answer one policy with the other's estimate."""
+    from vramplan.memory import estimate
+
+    setup = Setup(method="lora", precision="bf16", grad_checkpointing=False)
+    base = estimate(tiny, setup)
+    assert estimate(tiny, setup, policy=default_policy(setup)) == base
+    wide = estimate(tiny, setup, policy=default_policy(setup).model_copy(update={"activations": "fp32"}))
+    assert wide.device_bytes > base.device_bytes
+    assert estimate(tiny, setup) == base
+
+
+def test_policy_setup_refuses_a_stale_policy() -> None:
+    """A term that copies the setup with another precision must make its policy again."""
+    from vramplan.memory.policy import plain, policy_of, with_policy
+
+    setup = Setup(precision="bf16")
+    own = default_policy(setup).model_copy(update={"adapter": "bf16"})
+    carried = with_policy(setup, own)
+    assert policy_of(carried) == own and policy_of(setup) == default_policy(setup)
+    assert carried.model_copy(update={"seq_len": 16}).policy == own
+    with pytest.raises(AssertionError, match="precision"):
+        carried.model_copy(update={"precision": "fp32"})
+    assert plain(carried) == setup
+
+
+def test_estimate_refuses_what_it_does_not_count(tiny) -> None:
+    from vramplan.memory import estimate
+
+    setup = Setup()
+    with pytest.raises(ValueError, match="fused_head"):
+        estimate(tiny, setup, policy=default_policy(setup).model_copy(update={"loss_chain": "fused_head"}))

@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.setup import DEEPSPEED, Setup
+from vramplan.setup import Setup
 
 DType = Literal["fp32", "bf16", "fp16"]
 #: how the loss is computed from the last hidden states (only ``full_logits`` is counted today).
@@ -37,7 +37,7 @@ LossChain = Literal["full_logits", "fused_head", "kept_positions"]
 Padding = Literal["fixed", "longest", "packed"]
 #: the Setup fields :func:`default_policy` reads: a Setup copied with another value of one of
 #: them needs its policy made again.
-POLICY_INPUTS = frozenset({"method", "precision", "quant", "parallel"})
+POLICY_INPUTS = frozenset({"method", "precision", "quant"})
 
 
 class Policy(BaseModel):
@@ -137,10 +137,16 @@ def default_policy(setup: Setup) -> Policy:
     """The generic loop today's numbers describe: transformers ``Trainer`` (autocast through
     accelerate, ``zero_grad(set_to_none=True)``, reentrant checkpointing), PEFT adapters in
     fp32 and ``prepare_model_for_kbit_training`` for k-bit bases, the full-logits loss, every
-    sample padded to ``seq_len``. Under DeepSpeed an ``amp-*`` run is the 16-bit one: its
-    bf16/fp16 mode casts the module to 16 bits and keeps the fp32 master and state itself
-    (parallel.deepspeed_state_bytes)."""
-    precision: str = setup.precision
-    if setup.parallel in DEEPSPEED:
-        precision = precision.removeprefix("amp-")
-    return _default(precision, setup.method, setup.quant)
+    sample padded to ``seq_len``."""
+    return _default(setup.precision, setup.method, setup.quant)
+
+
+def recast(policy: Policy, setup: Setup, precision: str) -> Policy:
+    """``policy`` (made for ``setup``) when the run's precision becomes ``precision`` (DeepSpeed's
+    bf16/fp16 mode casts an ``amp-*`` model to 16 bits, phases._estimate): every field that
+    follows the generic loop's default moves as the default does; a field the trainer sets
+    itself is kept."""
+    before = default_policy(setup)
+    after = _default(precision, setup.method, setup.quant)
+    moved = {k: getattr(after, k) for k in Policy.model_fields if getattr(policy, k) == getattr(before, k)}
+    return policy.model_copy(update=moved)

@@ -23,8 +23,10 @@ from pydantic import BaseModel, ConfigDict
 from vramplan.memory import activations as act
 from vramplan.memory import loss, optimizer, overhead, parallel, vision, weights
 from vramplan.memory.layers import layer_runs
+from vramplan.memory.policy import plain, with_policy
 from vramplan.memory.trainable import check_lora_targets, trainable_params
 from vramplan.params import param_counts
+from vramplan.policy import Policy, default_policy, recast
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
@@ -222,11 +224,11 @@ def with_vision(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     return out
 
 
-#: estimates already made, by (spec, setup), both frozen: the planner weighs one setup more
-#: than once (searching, ranking, timing). Emptied when full and when the overhead constants
-#: are read again (``vramplan.calibrate`` writes new ones).
+#: estimates already made, by (spec, setup, policy), all frozen: the planner weighs one setup
+#: more than once (searching, ranking, timing). Emptied when full and when the overhead
+#: constants are read again (``vramplan.calibrate`` writes new ones).
 ESTIMATES_KEPT = 64
-_made: dict[tuple[ModelSpec, Setup], Estimate] = {}
+_made: dict[tuple[ModelSpec, Setup, Policy], Estimate] = {}
 _made_with: list[dict] = []  # the overhead constants the kept estimates were made with
 
 
@@ -235,30 +237,39 @@ def forget_estimates() -> None:
     _made.clear()
 
 
-def estimate(spec: ModelSpec, setup: Setup) -> Estimate:
+def estimate(spec: ModelSpec, setup: Setup, *, policy: Policy | None = None) -> Estimate:
     """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU
-    (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``)."""
+    (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``),
+    as the trainer whose ``policy`` it is runs it (None: :func:`vramplan.policy.default_policy`)."""
     consts = overhead.overhead_constants()
     if not _made_with or _made_with[0] is not consts or len(_made) >= ESTIMATES_KEPT:
         _made.clear()
         _made_with[:] = [consts]
-    key = (spec, setup)
+    setup = plain(setup)
+    if policy is None:
+        policy = default_policy(setup)
+    if (policy.loss_chain, policy.padding) != ("full_logits", "fixed"):
+        # the terms count these two only (loss.py; Setup.tokens): refuse rather than misestimate
+        raise ValueError(f"no memory terms yet for the {policy.loss_chain} loss with {policy.padding} padding")
+    key = (spec, setup, policy)
     est = _made.get(key)
     if est is None:
-        est = _made[key] = _estimate(spec, setup)
+        est = _made[key] = _estimate(spec, setup, policy)
     return est
 
 
-def _estimate(spec: ModelSpec, setup: Setup) -> Estimate:
+def _estimate(spec: ModelSpec, user: Setup, policy: Policy) -> Estimate:
+    setup = with_policy(user, policy)
     if setup.method == "inference":
         from vramplan.memory.inference import inference_estimate
 
         return inference_estimate(spec, setup)
     check_lora_targets(spec, setup)
-    llm = setup
+    llm: Setup = setup
     if setup.parallel in ("zero1", "zero2", "zero3") and setup.precision.startswith("amp-"):
         # DeepSpeed's bf16/fp16 mode casts the model to 16 bits; the fp32 master is its own
-        llm = setup.model_copy(update={"precision": setup.precision.removeprefix("amp-")})
+        half = setup.precision.removeprefix("amp-")
+        llm = with_policy(user.model_copy(update={"precision": half}), recast(policy, user, half))
     if setup.has_media:
         # the images' tokens join the language model's sequence
         llm = llm.model_copy(update={"seq_len": setup.seq_len + vision.image_tokens(spec, setup)})
