@@ -20,29 +20,10 @@ from vramplan.emit.common import (
     Context,
     comment_block,
     header_lines,
-    integral_alpha,
-    single_process_only,
     why_lines,
     yaml_scalar,
     yaml_text,
 )
-from vramplan.setup import Setup
-from vramplan.spec import ModelSpec
-
-
-def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
-    single_process_only("axolotl", setup)
-    notes: list[str] = []
-    if setup.precision.startswith("amp-"):
-        half = setup.precision.removeprefix("amp-")
-        notes.append(f"no fp32 master weights under autocast: {half} weights throughout (re-estimated)")
-        setup = setup.model_copy(update={"precision": half})
-    if setup.quant in ("gptq-int4", "awq-int4"):
-        notes.append(
-            f"{setup.quant}: emitted as bitsandbytes nf4 (axolotl's gptq needs a GPTQ checkpoint; re-estimated)"
-        )
-        setup = setup.model_copy(update={"quant": "bnb-nf4"})
-    return integral_alpha(setup, notes), notes
 
 
 def options(ctx: Context) -> list[tuple[str, object, str]]:

@@ -19,14 +19,10 @@ from vramplan.emit.common import (
     Context,
     comment_block,
     header_lines,
-    integral_alpha,
-    single_process_only,
     why_lines,
     yaml_scalar,
     yaml_text,
 )
-from vramplan.setup import Setup
-from vramplan.spec import ModelSpec
 
 DATASET = "vramplan_data"
 FLASH = {"eager": "disabled", "sdpa": "sdpa", "flash-attn-2": "fa2"}
@@ -52,17 +48,6 @@ def template_for(model_type: str, vocab_size: int) -> str:
             return "yi"
         return "llama3" if vocab_size >= 128000 else "llama2"
     return TEMPLATES.get(model_type, "default")
-
-
-def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
-    single_process_only("llamafactory", setup)
-    notes: list[str] = []
-    if setup.method in ("full", "freeze") and setup.precision == "fp16":
-        notes.append("no pure fp16 for full/freeze (pure_bf16 only): fp16 with fp32 master weights (amp-fp16)")
-        setup = setup.model_copy(update={"precision": "amp-fp16"})
-    if setup.quant in ("gptq-int4", "awq-int4"):
-        notes.append(f"{setup.quant}: point model_name_or_path at a {setup.quant.split('-')[0].upper()} checkpoint")
-    return integral_alpha(setup, notes), notes
 
 
 def options(ctx: Context) -> list[tuple[str, object, str]]:

@@ -19,27 +19,13 @@ from vramplan.emit.common import (
     Context,
     comment_block,
     header_lines,
-    integral_alpha,
     sh_quote,
-    single_process_only,
     why_lines,
 )
 from vramplan.errors import VramplanError
-from vramplan.setup import Setup
-from vramplan.spec import ModelSpec
 
 ATTN = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attn"}
 TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "amp-bf16": "float32", "amp-fp16": "float32"}
-
-
-def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
-    single_process_only("swift", setup)
-    notes: list[str] = []
-    if setup.quant in ("gptq-int4", "awq-int4"):
-        notes.append(
-            f"{setup.quant}: point --model at a {setup.quant.split('-')[0].upper()} checkpoint (detected on load)"
-        )
-    return integral_alpha(setup, notes), notes
 
 
 def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
