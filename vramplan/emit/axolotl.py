@@ -54,10 +54,10 @@ def options(ctx: Context) -> list[tuple[str, object, str]]:
         else:
             items.append(("lora_target_modules", targets, ""))
         if s.trainable_extra:
-            extra = [ctx.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
+            extra = [ctx.spec.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
             items.append(("lora_modules_to_save", extra, "trained in full beside the adapters"))
     elif s.method == "freeze":
-        top = range(max(0, ctx.num_layers - s.freeze_trainable_layers), ctx.num_layers)
+        top = range(max(0, ctx.spec.num_layers - s.freeze_trainable_layers), ctx.spec.num_layers)
         pattern = r"^model\.layers\.(" + "|".join(str(i) for i in top) + r")\..*"
         items.append(
             ("unfrozen_parameters", [pattern], f"freeze: only the top {s.freeze_trainable_layers} layers train")

@@ -22,7 +22,10 @@ from vramplan.emit.escape import (
 )
 from vramplan.gpus import GPU
 from vramplan.memory import Estimate, vision
+from vramplan.memory.host import host_terms
+from vramplan.memory.policy import with_policy
 from vramplan.models import catalog_sources
+from vramplan.policy import Policy
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 from vramplan.units import GIB
@@ -55,30 +58,43 @@ __all__ = [
 
 
 class Context(BaseModel):
-    """Everything a target's renderer needs."""
+    """What a target's renderer reads: the model (its ModelSpec), the card, the Setup as the
+    target runs it with its trainer's policy and Estimate, and what emit() decided."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     model_name: str
     model_path: str
+    spec: ModelSpec
     gpu: GPU
     setup: Setup
+    policy: Policy
     est: Estimate
-    fits: bool
-    headroom_bytes: int
     reasons: dict[str, str]
     adjustments: list[str]
     data: str
-    total_params: int
-    trainable_params: int
-    embedding_name: str = "embed_tokens"
-    model_type: str = ""
-    vocab_size: int = 0
-    num_layers: int = 0
-    hidden_size: int = 0
-    host_bytes: int = 0  # CPU offload: host RAM per node the plan puts there
-    vision: bool = False  # a vision-language model (text-only training unless ``images`` is set)
-    images: dict[str, int] | None = None  # GRPO image prompts: per_prompt, max_pixels, tokens_per_image
-    lm_linears: list[str] = []  # the language model's linear layers (a VLM's LoRA stays on them)
+
+    @property
+    def fits(self) -> bool:
+        return self.est.device_bytes <= self.gpu.memory_bytes
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.gpu.memory_bytes - self.est.device_bytes
+
+    @property
+    def host_bytes(self) -> int:
+        """CPU offload: host RAM per node the plan puts there."""
+        return sum(host_terms(self.spec, with_policy(self.setup, self.policy)).values())
+
+    @property
+    def images(self) -> dict[str, int] | None:
+        """GRPO/SFT image prompts: per_prompt, max_pixels, tokens_per_image (:func:`image_settings`)."""
+        return image_settings(self.spec, self.setup)
+
+    @property
+    def lm_linears(self) -> list[str]:
+        """The language model's linear layers (a VLM's LoRA stays on them)."""
+        return sorted({lin.name for lin in self.spec.layer_linears(0) if lin.nn_linear})
 
 
 def gib(n: int) -> str:
@@ -117,7 +133,7 @@ def header_lines(ctx: Context, target: str) -> list[str]:
     lines = [
         f"vramplan plan for {target}: {ctx.model_name}"
         + (f" ({ctx.model_path})" if ctx.model_path != ctx.model_name else "")
-        + f", {ctx.total_params:,} params, on {ctx.gpu.name}"
+        + f", {ctx.est.total_params:,} params, on {ctx.gpu.name}"
         f" ({ctx.gpu.memory_mib:,} MiB as the driver reports it)",
         f"estimated peak per GPU ({est.phase}): allocated {gib(est.allocated_bytes)}"
         f" (torch.cuda.max_memory_allocated), reserved {gib(est.reserved_bytes)}"

@@ -8,14 +8,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.emit.common import Context, gib, image_settings, model_path
+from vramplan.emit.common import Context, gib, model_path
 from vramplan.emit.escape import check_module_names, check_text
 from vramplan.emit.reasons import reasons
 from vramplan.errors import DoesNotFit, VramplanError
 from vramplan.frameworks import TARGETS, framework
 from vramplan.frameworks.base import PLAN_REFUSALS
 from vramplan.memory import estimate
-from vramplan.memory.host import host_terms
 from vramplan.models import load_model
 from vramplan.setup import Setup
 
@@ -68,7 +67,8 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
     if refusals:
         raise refusals[0].error()
     setup, adjustments = fw.adapt(plan.setup, spec)
-    est = estimate(spec, setup, policy=fw.policy(setup))
+    policy = fw.policy(setup)
+    est = estimate(spec, setup, policy=policy)
     fits = est.device_bytes <= plan.gpu.memory_bytes
     if not fits and not force:
         raise DoesNotFit(
@@ -79,25 +79,14 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
     ctx = Context(
         model_name=plan.model,
         model_path=model_path(plan.model, plan.source),
+        spec=spec,
         gpu=plan.gpu,
         setup=setup,
+        policy=policy,
         est=est,
-        fits=fits,
-        headroom_bytes=plan.gpu.memory_bytes - est.device_bytes,
         reasons=reasons(spec, setup, est, plan.gpu, fw.policy),
         adjustments=adjustments,
         data=data,
-        total_params=est.total_params,
-        trainable_params=est.trainable_params,
-        embedding_name=spec.embedding_name,
-        model_type=spec.model_type,
-        vocab_size=spec.vocab_size,
-        num_layers=spec.num_layers,
-        hidden_size=spec.hidden_size,
-        host_bytes=sum(host_terms(spec, setup).values()),
-        vision=spec.vision is not None,
-        images=image_settings(spec, setup),
-        lm_linears=sorted({lin.name for lin in spec.layer_linears(0) if lin.nn_linear}),
     )
     files, command = fw.render(ctx)
     return Emitted(

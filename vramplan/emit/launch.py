@@ -150,7 +150,7 @@ def deepspeed_config(ctx: Context, comment: list[str]) -> dict[str, Any]:
         zero.update(allgather_partitions=True, allgather_bucket_size=bucket, reduce_scatter=True)
         zero["reduce_bucket_size"] = bucket
     else:
-        h = ctx.hidden_size
+        h = ctx.spec.hidden_size
         zero["reduce_bucket_size"] = h * h
         zero["stage3_prefetch_bucket_size"] = int(0.9 * h * h)
         zero["stage3_param_persistence_threshold"] = 10 * h
@@ -192,7 +192,7 @@ def _ds_notes(ctx: Context) -> list[str]:
             " parallel/reduce_buckets the estimate counts (tables/overheads.json deepspeed_reduce_bucket_elements)"
         )
     else:
-        h = ctx.hidden_size
+        h = ctx.spec.hidden_size
         notes.append(
             f"  reduce_bucket_size hidden^2 = {h * h:,} elements (transformers' 'auto'; the estimate counts two 16-bit"
             " buffers of it, never more than the trainable gradients)"
@@ -279,7 +279,7 @@ def accelerate_entries(ctx: Context) -> list[Entry]:
             ds.append(("deepspeed_multinode_launcher", "standard", "torchrun on each node, started by run.sh"))
         entries.append(("deepspeed_config", ds, ""))
     if kind == "FSDP":
-        layer = decoder_layer(ctx.model_type)
+        layer = decoder_layer(ctx.spec.model_type)
         reshard = s.fsdp_sharding != "shard_grad_op"
         offload = s.offload == "optimizer+params"
         fsdp: list[Entry] = [

@@ -69,7 +69,7 @@ def options(ctx: Context) -> list[tuple[str, object, str]]:
             ("lora_target", "all" if targets is None else ",".join(targets), ""),
         ]
         if s.trainable_extra:
-            extra = [ctx.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
+            extra = [ctx.spec.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
             items.append(("additional_target", ",".join(extra), "trained in full beside the adapters"))
     if s.method == "freeze":
         items += [("freeze_trainable_layers", s.freeze_trainable_layers, ""), ("freeze_trainable_modules", "all", "")]
@@ -98,7 +98,7 @@ def options(ctx: Context) -> list[tuple[str, object, str]]:
         ("disable_gradient_checkpointing", not s.grad_checkpointing, r.get("grad_checkpointing", "")),
         ("dataset", DATASET, "registered in dataset_info.json beside this file"),
         ("dataset_dir", ".", ""),
-        ("template", template_for(ctx.model_type, ctx.vocab_size), "the model family's chat template"),
+        ("template", template_for(ctx.spec.model_type, ctx.spec.vocab_size), "the model family's chat template"),
         ("cutoff_len", s.seq_len, r.get("seq_len", "")),
         ("per_device_train_batch_size", s.micro_batch, r.get("micro_batch", "")),
         ("gradient_accumulation_steps", s.grad_accum, r.get("grad_accum", "")),

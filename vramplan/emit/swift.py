@@ -63,11 +63,10 @@ def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
             ("target_modules", ["all-linear"] if targets is None else targets),
         ]
         if s.trainable_extra:
-            args.append(
-                ("modules_to_save", [ctx.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra])
-            )
+            extra = [ctx.spec.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
+            args.append(("modules_to_save", extra))
     if s.method == "freeze":
-        top = range(max(0, ctx.num_layers - s.freeze_trainable_layers), ctx.num_layers)
+        top = range(max(0, ctx.spec.num_layers - s.freeze_trainable_layers), ctx.spec.num_layers)
         args += [
             ("freeze_parameters_ratio", ["1"]),
             ("trainable_parameters_regex", [r"^model\.layers\.(" + "|".join(str(i) for i in top) + r")\."]),

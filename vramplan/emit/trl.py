@@ -57,9 +57,9 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
     lora: dict[str, Any] | None = None
     if s.is_lora:
         targets = s.lora_target_list()
-        extra = [ctx.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
+        extra = [ctx.spec.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
         modules: Any = "all-linear" if targets is None else targets
-        if ctx.vision:
+        if ctx.spec.vision is not None:
             # PEFT's all-linear would also wrap the vision tower's linears: the plan trains the
             # language model's only (a regular expression PEFT matches against module names)
             names = [t for t in (targets or ctx.lm_linears) if t != "lm_head"]
@@ -96,7 +96,7 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
     }
     out = {
         "model": ctx.model_path,
-        "auto_class": "AutoModelForImageTextToText" if ctx.vision else "AutoModelForCausalLM",
+        "auto_class": "AutoModelForImageTextToText" if ctx.spec.vision is not None else "AutoModelForCausalLM",
         "method": s.method,
         "dtype": LOAD_DTYPE[s.precision],
         "attn_implementation": HF_ATTN[s.attention],
