@@ -156,10 +156,10 @@ def framework(name: str) -> Framework:
     """The registered framework ``name``, or a one-line error naming those there are."""
     fw = _registry.get(name)
     if fw is None:
-        raise VramplanError("trainer", f"unknown trainer {name!r}; trainers: {', '.join(_registry)}")
+        raise VramplanError("trainer", f"unknown trainer {name!r}; trainers: {', '.join(names())}")
     return fw
 
 
 def names() -> tuple[str, ...]:
-    """Every registered framework's name, in the order they registered."""
-    return tuple(_registry)
+    """Every registered framework's name, sorted."""
+    return tuple(sorted(_registry))
