@@ -47,43 +47,52 @@ class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     weights: DType
-    """Frozen weights as loaded (LoRA's base, freeze's frozen layers, quantizers' untouched
-    parameters on GPTQ): weights.frozen_weight_bytes, weights._autocast_casts,
-    device_map._weight_dtype, host.host_terms, rl.reference_weight_bytes; also the dtype of
-    ``modules_to_save`` copies outside k-bit runs (weights.trainable_weight_bytes)."""
+    """Weights as loaded, frozen or not yet cast: the frozen weights (weights.frozen_weight_bytes),
+    LoRA's ``modules_to_save`` copies outside k-bit runs (weights.trainable_weight_bytes), which
+    weights autocast copies (weights._autocast_casts), the folded weights of LoRA on fused experts
+    (activations' parameter-target term), device_map._weight_dtype, parallel.gathered_bytes,
+    host.host_terms' parameters, and GRPO's reference copy, head chunks and generation (rl.reference_weight_bytes,
+    rl._head_fp32, rl.amp_copy_bytes, rl.generation_scale)."""
     master: DType
-    """Trainable weights of full/freeze (the master copy): weights.trainable_weight_bytes,
-    optimizer gradients (param.grad matches param.dtype) and states, parallel.deepspeed_state_bytes."""
+    """Trainable weights of full/freeze (the master copy), and so their gradients and optimizer
+    state (``param.grad`` and torch's ``zeros_like(p)`` moments match ``param.dtype``):
+    weights.trainable_weight_bytes, optimizer.gradient_bytes, optimizer.layer_gradient_kind_bytes,
+    optimizer.embedding_gradient_bytes, optimizer.tied_embedding_backward_bytes,
+    optimizer.optimizer_state_bytes, parallel.deepspeed_state_bytes."""
     grads: DType
-    """Gradients as offloaded to the host: host.host_terms."""
+    """Gradients as FSDP offloads them to the host: host.host_terms."""
     states: DType
-    """Optimizer states as offloaded to the host: host.host_terms."""
+    """Optimizer states as FSDP offloads them to the host: host.host_terms."""
     adapter: DType
-    """LoRA adapters, their gradients and optimizer states: weights.trainable_weight_bytes,
-    optimizer._by_dtype, optimizer.layer_gradient_kind_bytes."""
+    """LoRA adapters, and so their gradients and optimizer states: weights.trainable_weight_bytes,
+    optimizer._by_dtype (gradient_bytes, optimizer_state_bytes), optimizer.layer_gradient_kind_bytes."""
     extra_trainable: DType
-    """Embeddings/lm_head trained beside the adapters (``modules_to_save``), their gradients
-    and optimizer states: optimizer._by_dtype, optimizer.embedding_gradient_bytes."""
+    """Embeddings/lm_head trained beside the adapters (``modules_to_save``): their gradients and
+    optimizer states (optimizer._by_dtype, optimizer.embedding_gradient_bytes)."""
     activations: DType
-    """Activations saved for backward and the logits: activations.*, loss.*, vision.*,
-    rl.head_tile_bytes."""
+    """Activations saved for backward and the logits (memory/policy.py ``act_bytes``):
+    activations.*, loss.*, vision.*, rl.head_tile_bytes and the fused head."""
     autocast: bool
     """The forward runs under ``torch.autocast`` (16-bit copies of fp32 weights, cached):
-    weights._autocast_casts, weights.forward_autocast_copy_bytes, activations (AMP promotion)."""
+    weights._autocast_casts, weights.forward_autocast_copy_bytes, the AMP promotion in
+    activations (an fp32 residual meets 16-bit outputs), rl.amp_copy_bytes, rl.generation_scale."""
     kbit_upcast: bool
-    """PEFT ``prepare_model_for_kbit_training`` ran: embeddings, norms and lm_head are fp32
-    (not on GPTQ models): rl._head_fp32, rl.generation_scale; the defaults of ``residual``,
-    ``pointwise`` and ``kbit_modules`` follow from it."""
+    """PEFT ``prepare_model_for_kbit_training`` ran: embeddings, norms and lm_head are fp32 (not on
+    GPTQ models): rl._head_fp32, rl.generation_scale (memory/policy.py ``upcast_kbit``); the
+    defaults of ``residual``, ``pointwise``, ``extra_trainable`` and ``kbit_modules`` follow it."""
     kbit_modules: DType
     """Parameters a k-bit quantizer leaves alone (embeddings, lm_head, norms, biases):
-    weights.unquantized_dtype, and through it weights.frozen_weight_bytes,
-    weights.trainable_weight_bytes and activations.*."""
+    weights.unquantized_dtype, read by weights.frozen_weight_bytes, weights.trainable_weight_bytes,
+    weights._autocast_casts (lm_head's copy) and, under QLoRA, the folded weights of LoRA on
+    fused experts (activations' parameter-target term)."""
     residual: DType
-    """The residual stream: fp32 under AMP (fp32 embeddings plus 16-bit linear outputs
-    promote), in fp32 and after k-bit upcasting, else 16-bit: activations.*, rl.fused_head_*."""
+    """The residual stream: fp32 under AMP (fp32 embeddings plus 16-bit linear outputs promote),
+    in fp32 and after k-bit upcasting, else 16-bit (memory/policy.py ``residual_bytes``):
+    activations.* (norms, residual adds, checkpoints), rl.fused_head_*_bytes."""
     pointwise: DType
     """MLP intermediates (outside autocast's matmul list; bitsandbytes linears return their
-    input's dtype, ``out.to(inp_dtype)``): activations.mlp saved bytes."""
+    input's dtype, ``out.to(inp_dtype)``; memory/policy.py ``pointwise_bytes``): activations'
+    MLP terms."""
     loss_chain: LossChain = "full_logits"
     """``full_logits``: transformers ``ForCausalLMLoss`` over every position, the fp32 copy and
     the log-softmax (loss.py, phases.phase_terms' ``loss/*``). GRPO's fused head is rl.py's own."""

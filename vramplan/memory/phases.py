@@ -23,10 +23,10 @@ from pydantic import BaseModel, ConfigDict
 from vramplan.memory import activations as act
 from vramplan.memory import loss, optimizer, overhead, parallel, vision, weights
 from vramplan.memory.layers import layer_runs
-from vramplan.memory.policy import plain, with_policy
+from vramplan.memory.policy import plain, policy_of, with_policy
 from vramplan.memory.trainable import check_lora_targets, trainable_params
 from vramplan.params import param_counts
-from vramplan.policy import Policy, default_policy, recast
+from vramplan.policy import Policy, recast
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
@@ -240,14 +240,15 @@ def forget_estimates() -> None:
 def estimate(spec: ModelSpec, setup: Setup, *, policy: Policy | None = None) -> Estimate:
     """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU
     (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``),
-    as the trainer whose ``policy`` it is runs it (None: :func:`vramplan.policy.default_policy`)."""
+    as the trainer whose ``policy`` it is runs it (None: :func:`vramplan.policy.default_policy`,
+    or the policy a :class:`~vramplan.memory.policy.PolicySetup` carries)."""
     consts = overhead.overhead_constants()
     if not _made_with or _made_with[0] is not consts or len(_made) >= ESTIMATES_KEPT:
         _made.clear()
         _made_with[:] = [consts]
-    setup = plain(setup)
     if policy is None:
-        policy = default_policy(setup)
+        policy = policy_of(setup)
+    setup = plain(setup)
     if (policy.loss_chain, policy.padding) != ("full_logits", "fixed"):
         # the terms count these two only (loss.py; Setup.tokens): refuse rather than misestimate
         raise ValueError(f"no memory terms yet for the {policy.loss_chain} loss with {policy.padding} padding")
