@@ -27,7 +27,7 @@ from vramplan.memory import estimate
 from vramplan.memory import optimizer as opt_terms
 from vramplan.memory.parallel import WEIGHT_TERMS
 from vramplan.memory.phases import CUDA_ONLY, phase_terms, traceable_by_phase, traceable_bytes
-from vramplan.memory.policy import dtypes
+from vramplan.memory.policy import policy_of
 from vramplan.models import load_model
 from vramplan.setup import Setup, make_setup
 from vramplan.trace.result import TraceResult
@@ -134,7 +134,7 @@ def fsdp2_points(model: str, setup: Setup) -> dict[str, int]:
         return sum(-(-v // n) if k in sharded_keys else v for k, v in terms.items())
 
     weights_total = sum(phases["optimizer_step"].get(k, 0) for k in WEIGHT_TERMS)
-    root = nbytes(spec.vocab_size * spec.hidden_size * (1 if spec.tie_word_embeddings else 2), dtypes(one).weights)
+    root = nbytes(spec.vocab_size * spec.hidden_size * (1 if spec.tie_word_embeddings else 2), policy_of(one).weights)
     layer = (weights_total - root) // spec.num_layers
     all_grads = opt_terms.gradient_bytes(spec, one)
     layer_grads = opt_terms.layer_gradient_bytes(spec, one)

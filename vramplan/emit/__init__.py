@@ -18,6 +18,7 @@ targets emit one GPU or DDP.
 
 from __future__ import annotations
 
-from vramplan.emit.common import TARGETS, Emitted, emit
+from vramplan.emit.emitter import Emitted, emit
+from vramplan.frameworks import TARGETS
 
 __all__ = ["TARGETS", "Emitted", "emit"]

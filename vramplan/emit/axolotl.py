@@ -20,29 +20,10 @@ from vramplan.emit.common import (
     Context,
     comment_block,
     header_lines,
-    integral_alpha,
-    single_process_only,
     why_lines,
     yaml_scalar,
     yaml_text,
 )
-from vramplan.setup import Setup
-from vramplan.spec import ModelSpec
-
-
-def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
-    single_process_only("axolotl", setup)
-    notes: list[str] = []
-    if setup.precision.startswith("amp-"):
-        half = setup.precision.removeprefix("amp-")
-        notes.append(f"no fp32 master weights under autocast: {half} weights throughout (re-estimated)")
-        setup = setup.model_copy(update={"precision": half})
-    if setup.quant in ("gptq-int4", "awq-int4"):
-        notes.append(
-            f"{setup.quant}: emitted as bitsandbytes nf4 (axolotl's gptq needs a GPTQ checkpoint; re-estimated)"
-        )
-        setup = setup.model_copy(update={"quant": "bnb-nf4"})
-    return integral_alpha(setup, notes), notes
 
 
 def options(ctx: Context) -> list[tuple[str, object, str]]:
@@ -73,10 +54,10 @@ def options(ctx: Context) -> list[tuple[str, object, str]]:
         else:
             items.append(("lora_target_modules", targets, ""))
         if s.trainable_extra:
-            extra = [ctx.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
+            extra = [ctx.spec.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
             items.append(("lora_modules_to_save", extra, "trained in full beside the adapters"))
     elif s.method == "freeze":
-        top = range(max(0, ctx.num_layers - s.freeze_trainable_layers), ctx.num_layers)
+        top = range(max(0, ctx.spec.num_layers - s.freeze_trainable_layers), ctx.spec.num_layers)
         pattern = r"^model\.layers\.(" + "|".join(str(i) for i in top) + r")\..*"
         items.append(
             ("unfrozen_parameters", [pattern], f"freeze: only the top {s.freeze_trainable_layers} layers train")

@@ -91,11 +91,11 @@ def adapt_optimizer(setup: Setup, notes: list[str]) -> Setup:
 
 def decoder_layer(ctx: Context) -> str:
     """The transformers class FSDP wraps one unit of (the model's decoder layer, as its family declares it)."""
-    if not ctx.decoder_layer:
+    if not ctx.spec.decoder_layer:
         raise VramplanError(
-            "emit", f"trl: no decoder layer class known for model_type {ctx.model_type!r} (FSDP wrapping)"
+            "emit", f"trl: no decoder layer class known for model_type {ctx.spec.model_type!r} (FSDP wrapping)"
         )
-    return ctx.decoder_layer
+    return ctx.spec.decoder_layer
 
 
 def mixed_precision(setup: Setup) -> str:
@@ -151,7 +151,7 @@ def deepspeed_config(ctx: Context, comment: list[str]) -> dict[str, Any]:
         zero.update(allgather_partitions=True, allgather_bucket_size=bucket, reduce_scatter=True)
         zero["reduce_bucket_size"] = bucket
     else:
-        h = ctx.hidden_size
+        h = ctx.spec.hidden_size
         zero["reduce_bucket_size"] = h * h
         zero["stage3_prefetch_bucket_size"] = int(0.9 * h * h)
         zero["stage3_param_persistence_threshold"] = 10 * h
@@ -193,7 +193,7 @@ def _ds_notes(ctx: Context) -> list[str]:
             " parallel/reduce_buckets the estimate counts (tables/overheads.json deepspeed_reduce_bucket_elements)"
         )
     else:
-        h = ctx.hidden_size
+        h = ctx.spec.hidden_size
         notes.append(
             f"  reduce_bucket_size hidden^2 = {h * h:,} elements (transformers' 'auto'; the estimate counts two 16-bit"
             " buffers of it, never more than the trainable gradients)"

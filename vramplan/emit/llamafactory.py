@@ -19,14 +19,10 @@ from vramplan.emit.common import (
     Context,
     comment_block,
     header_lines,
-    integral_alpha,
-    single_process_only,
     why_lines,
     yaml_scalar,
     yaml_text,
 )
-from vramplan.setup import Setup
-from vramplan.spec import ModelSpec
 
 DATASET = "vramplan_data"
 FLASH = {"eager": "disabled", "sdpa": "sdpa", "flash-attn-2": "fa2"}
@@ -34,18 +30,7 @@ FLASH = {"eager": "disabled", "sdpa": "sdpa", "flash-attn-2": "fa2"}
 
 def template_for(ctx: Context) -> str:
     """LLaMA-Factory's registered template name the model's family declares ("default" if none)."""
-    return ctx.chat_templates.get("llamafactory", "default")
-
-
-def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
-    single_process_only("llamafactory", setup)
-    notes: list[str] = []
-    if setup.method in ("full", "freeze") and setup.precision == "fp16":
-        notes.append("no pure fp16 for full/freeze (pure_bf16 only): fp16 with fp32 master weights (amp-fp16)")
-        setup = setup.model_copy(update={"precision": "amp-fp16"})
-    if setup.quant in ("gptq-int4", "awq-int4"):
-        notes.append(f"{setup.quant}: point model_name_or_path at a {setup.quant.split('-')[0].upper()} checkpoint")
-    return integral_alpha(setup, notes), notes
+    return dict(ctx.spec.chat_templates).get("llamafactory", "default")
 
 
 def options(ctx: Context) -> list[tuple[str, object, str]]:
@@ -67,7 +52,7 @@ def options(ctx: Context) -> list[tuple[str, object, str]]:
             ("lora_target", "all" if targets is None else ",".join(targets), ""),
         ]
         if s.trainable_extra:
-            extra = [ctx.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
+            extra = [ctx.spec.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
             items.append(("additional_target", ",".join(extra), "trained in full beside the adapters"))
     if s.method == "freeze":
         items += [("freeze_trainable_layers", s.freeze_trainable_layers, ""), ("freeze_trainable_modules", "all", "")]

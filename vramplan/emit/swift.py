@@ -19,27 +19,13 @@ from vramplan.emit.common import (
     Context,
     comment_block,
     header_lines,
-    integral_alpha,
     sh_quote,
-    single_process_only,
     why_lines,
 )
 from vramplan.errors import VramplanError
-from vramplan.setup import Setup
-from vramplan.spec import ModelSpec
 
 ATTN = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attn"}
 TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "amp-bf16": "float32", "amp-fp16": "float32"}
-
-
-def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
-    single_process_only("swift", setup)
-    notes: list[str] = []
-    if setup.quant in ("gptq-int4", "awq-int4"):
-        notes.append(
-            f"{setup.quant}: point --model at a {setup.quant.split('-')[0].upper()} checkpoint (detected on load)"
-        )
-    return integral_alpha(setup, notes), notes
 
 
 def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
@@ -77,11 +63,10 @@ def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
             ("target_modules", ["all-linear"] if targets is None else targets),
         ]
         if s.trainable_extra:
-            args.append(
-                ("modules_to_save", [ctx.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra])
-            )
+            extra = [ctx.spec.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
+            args.append(("modules_to_save", extra))
     if s.method == "freeze":
-        top = range(max(0, ctx.num_layers - s.freeze_trainable_layers), ctx.num_layers)
+        top = range(max(0, ctx.spec.num_layers - s.freeze_trainable_layers), ctx.spec.num_layers)
         args += [
             ("freeze_parameters_ratio", ["1"]),
             ("trainable_parameters_regex", [r"^model\.layers\.(" + "|".join(str(i) for i in top) + r")\."]),

@@ -38,42 +38,8 @@ from vramplan.emit.common import (
     sh_quote,
     why_lines,
 )
-from vramplan.errors import VramplanError
-from vramplan.setup import DEEPSPEED, Setup
-from vramplan.spec import ModelSpec
 
 LOAD_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "amp-bf16": "float32", "amp-fp16": "float32"}
-
-
-def adapt(setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
-    """What TRL can run of ``setup``, and what changed."""
-    notes: list[str] = []
-    if setup.method == "qlora" and setup.parallel in ("zero3", "fsdp"):
-        raise VramplanError(
-            "emit",
-            f"trl: QLoRA under {setup.parallel} is not emitted: sharding 4-bit weights needs bnb_4bit_quant_storage and"
-            " no prepare_model_for_kbit_training (its fp32 upcasts break the uniform dtype the sharder needs), which"
-            " the estimate does not model; plan with --parallel ddp, zero1, zero2 or device_map",
-        )
-    if setup.quant in ("gptq-int4", "awq-int4"):
-        notes.append(
-            f"{setup.quant} needs a pre-quantized checkpoint, which this script does not make:"
-            " it quantizes with bitsandbytes nf4 instead (re-estimated)"
-        )
-        setup = setup.model_copy(update={"quant": "bnb-nf4"})
-    if (
-        setup.precision == "fp16"
-        and setup.parallel not in DEEPSPEED  # DeepSpeed's own loss scaler steps fp32 masters of fp16 weights
-        and (setup.method in ("full", "freeze") or (setup.method == "lora" and setup.trainable_extra))
-    ):
-        notes.append(
-            "fp16 weights that train cannot be unscaled by the fp16 GradScaler: fp32 master weights under fp16"
-            " autocast (amp-fp16, re-estimated)"
-        )
-        setup = setup.model_copy(update={"precision": "amp-fp16"})
-    setup = launch.adapt_precision(setup, notes)
-    setup = launch.adapt_optimizer(setup, notes)
-    return setup, notes
 
 
 def trl_settings(ctx: Context) -> dict[str, Any]:
@@ -94,9 +60,9 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
     lora: dict[str, Any] | None = None
     if s.is_lora:
         targets = s.lora_target_list()
-        extra = [ctx.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
+        extra = [ctx.spec.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
         modules: Any = "all-linear" if targets is None else targets
-        if ctx.vision:
+        if ctx.spec.vision is not None:
             # PEFT's all-linear would also wrap the vision tower's linears: the plan trains the
             # language model's only (a regular expression PEFT matches against module names)
             names = [t for t in (targets or ctx.lm_linears) if t != "lm_head"]
@@ -133,7 +99,7 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
     }
     out = {
         "model": ctx.model_path,
-        "auto_class": "AutoModelForImageTextToText" if ctx.vision else "AutoModelForCausalLM",
+        "auto_class": "AutoModelForImageTextToText" if ctx.spec.vision is not None else "AutoModelForCausalLM",
         "method": s.method,
         "dtype": LOAD_DTYPE[s.precision],
         "attn_implementation": HF_ATTN[s.attention],

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from vramplan.memory.policy import act_bytes, dtypes, pointwise_bytes, residual_bytes
+from vramplan.memory.policy import act_bytes, pointwise_bytes, policy_of, residual_bytes
 from vramplan.memory.trainable import (
     layer_kind_counts,
     lora_group,
@@ -100,7 +100,7 @@ def linear_input_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> in
     if not weight_trains:
         return 0
     t, A, h = setup.tokens, act_bytes(setup), spec.hidden_size
-    amp = dtypes(setup).autocast and residual_bytes(setup) == 4
+    amp = policy_of(setup).autocast and residual_bytes(setup) == 4
     attn_copies = 3 if amp and not spec.fused_qkv else 1
     mlp_copies = 2 if amp and not spec.fused_gate_up else 1
     return (attn_copies + mlp_copies) * A * t * h
@@ -178,7 +178,7 @@ def folded_weight_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
     if not targets:
         return 0
     # the targeted parameters stay unquantized: fp32 after PEFT's k-bit upcast under QLoRA
-    dt = unquantized_dtype(setup) if setup.method == "qlora" else dtypes(setup).weights
+    dt = unquantized_dtype(setup) if setup.method == "qlora" else policy_of(setup).weights
     folded = sum(nbytes(lin.count * lin.in_features * lin.out_features, dt) for lin, _ in targets)
     factors = sum(nbytes(rank * lin.count * (lin.in_features + lin.out_features), dt) for lin, rank in targets)
     routed = 0

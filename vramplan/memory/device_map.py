@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from vramplan.memory import activations as act
-from vramplan.memory.policy import dtypes
+from vramplan.memory.policy import policy_of
 from vramplan.memory.trainable import (
     extra_trainable_params,
     head_lora_params,
@@ -64,7 +64,7 @@ def _weight_dtype(setup: Setup) -> str:
     """The dtype the checkpoint is loaded in (before PEFT's k-bit upcasts)."""
     if setup.method in ("inference", "qlora"):
         return "fp16" if setup.precision.endswith("fp16") else ("fp32" if setup.precision == "fp32" else "bf16")
-    return dtypes(setup).weights
+    return policy_of(setup).weights
 
 
 def units(spec: ModelSpec, setup: Setup) -> list[Unit]:

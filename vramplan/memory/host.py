@@ -16,7 +16,7 @@ checkpoint being read at load time.
 
 from __future__ import annotations
 
-from vramplan.memory.policy import dtypes
+from vramplan.memory.policy import policy_of
 from vramplan.memory.trainable import trainable_params
 from vramplan.params import param_counts
 from vramplan.setup import DEEPSPEED, Setup
@@ -41,7 +41,7 @@ def host_terms(spec: ModelSpec, setup: Setup) -> dict[str, int]:
             out["host/params"] = nbytes(total, "bf16") // nodes
         return out
     # FSDP CPU offload: sharded parameters in their dtype, gradients, Adam's two moments
-    d = dtypes(setup)
+    d = policy_of(setup)
     out["host/params"] = nbytes(total, d.weights) // nodes
     out["host/gradients"] = nbytes(trainable, d.grads) // nodes
     out["host/optimizer_state"] = 2 * nbytes(trainable, d.states) // nodes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-from vramplan.memory.policy import dtypes
+from vramplan.memory.policy import policy_of
 from vramplan.memory.trainable import (
     extra_trainable_params,
     full_trainable_params,
@@ -30,11 +30,10 @@ BNB_MIN_8BIT_SIZE = 4096
 def _by_dtype(spec: ModelSpec, setup: Setup) -> list[tuple[int, str]]:
     """(trainable elements, dtype) pairs: full/freeze in the master dtype, LoRA adapters fp32,
     modules_to_save copies in the base weight dtype (fp32 after k-bit preparation)."""
-    d = dtypes(setup)
+    p = policy_of(setup)
     if not setup.is_lora:
-        return [(full_trainable_params(spec, setup), d.master)]
-    extra = "fp32" if setup.method == "qlora" else d.weights
-    return [(lora_params(spec, setup), d.adapter), (extra_trainable_params(spec, setup), extra)]
+        return [(full_trainable_params(spec, setup), p.master)]
+    return [(lora_params(spec, setup), p.adapter), (extra_trainable_params(spec, setup), p.extra_trainable)]
 
 
 def gradient_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -58,7 +57,7 @@ def kind_representatives(spec: ModelSpec) -> dict[bool, int]:
 def layer_gradient_kind_bytes(spec: ModelSpec, setup: Setup) -> dict[bool, int]:
     """Gradient bytes of one trainable decoder layer, dense (``False``) and MoE (``True``):
     full/freeze the layer in the master dtype; LoRA its fp32 adapters."""
-    d = dtypes(setup)
+    d = policy_of(setup)
     per_kind: dict[bool, int] = {}
     for is_moe, rep in kind_representatives(spec).items():
         if setup.is_lora:
@@ -84,9 +83,9 @@ def embedding_gradient_bytes(spec: ModelSpec, setup: Setup) -> int:
     """The input embedding's gradient, written last in backward (full, or an extra module)."""
     n = spec.vocab_size * spec.hidden_size
     if setup.method == "full" and not spec.tie_word_embeddings:
-        return nbytes(n, dtypes(setup).master)
+        return nbytes(n, policy_of(setup).master)
     if setup.is_lora and "embeddings" in setup.trainable_extra:
-        return nbytes(n, "fp32" if setup.method == "qlora" else dtypes(setup).weights)
+        return nbytes(n, policy_of(setup).extra_trainable)
     return 0
 
 
@@ -97,7 +96,7 @@ def tied_embedding_backward_bytes(spec: ModelSpec, setup: Setup) -> int:
     2·V·h beyond the gradient itself, in the gradient's dtype."""
     if setup.method != "full" or not spec.tie_word_embeddings:
         return 0
-    return 2 * nbytes(spec.vocab_size * spec.hidden_size, dtypes(setup).master)
+    return 2 * nbytes(spec.vocab_size * spec.hidden_size, policy_of(setup).master)
 
 
 def optimizer_state_bytes(spec: ModelSpec, setup: Setup) -> int:

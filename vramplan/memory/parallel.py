@@ -28,7 +28,7 @@ from vramplan.memory import activations as act
 from vramplan.memory import optimizer
 from vramplan.memory.layers import layer_runs
 from vramplan.memory.overhead import overhead_constants
-from vramplan.memory.policy import dtypes
+from vramplan.memory.policy import policy_of, with_policy
 from vramplan.memory.sweep import At, Descent, sweep
 from vramplan.memory.trainable import trainable_params
 from vramplan.setup import DEEPSPEED, Setup
@@ -47,9 +47,10 @@ def _ceil_div(a: int, n: int) -> int:
 def deepspeed_state_bytes(spec: ModelSpec, setup: Setup) -> int:
     """DeepSpeed keeps optimizer state in fp32 whatever the model dtype (the same bytes as an
     AMP run's fp32 state), plus an fp32 master copy of 16-bit trainable weights."""
-    fp32 = setup.model_copy(update={"precision": "amp-bf16"})
+    kept = {"master": "fp32", "adapter": "fp32", "extra_trainable": "fp32"}
+    fp32 = with_policy(setup, policy_of(setup).model_copy(update=kept))
     state = optimizer.optimizer_state_bytes(spec, fp32)
-    master = nbytes(trainable_params(spec, setup), "fp32") if dtypes(setup).master != "fp32" else 0
+    master = nbytes(trainable_params(spec, setup), "fp32") if policy_of(setup).master != "fp32" else 0
     return state + master
 
 
@@ -73,7 +74,7 @@ def gathered_bytes(spec: ModelSpec, setup: Setup, weights_total: int) -> int:
     embedding and lm_head stays gathered through the step)."""
     embed = spec.vocab_size * spec.hidden_size
     root = embed * (1 if spec.tie_word_embeddings else 2)
-    dt = "fp32" if dtypes(setup).weights == "fp32" and setup.parallel == "fsdp" else "bf16"
+    dt = "fp32" if policy_of(setup).weights == "fp32" and setup.parallel == "fsdp" else "bf16"
     root_bytes = nbytes(root, dt)
     per_layer = max(0, weights_total - root_bytes) // max(1, spec.num_layers)
     layers = GATHERED_LAYERS * per_layer

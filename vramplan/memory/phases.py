@@ -23,9 +23,11 @@ from pydantic import BaseModel, ConfigDict
 from vramplan.memory import activations as act
 from vramplan.memory import loss, optimizer, overhead, parallel, vision, weights
 from vramplan.memory.layers import layer_runs
+from vramplan.memory.policy import plain, policy_of, with_policy
 from vramplan.memory.sweep import At, Descent, sweep
 from vramplan.memory.trainable import check_lora_targets, trainable_params
 from vramplan.params import param_counts
+from vramplan.policy import Policy, recast
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
@@ -207,11 +209,11 @@ def with_vision(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
     return out
 
 
-#: estimates already made, by (spec, setup), both frozen: the planner weighs one setup more
-#: than once (searching, ranking, timing). Emptied when full and when the overhead constants
-#: are read again (``vramplan.calibrate`` writes new ones).
+#: estimates already made, by (spec, setup, policy), all frozen: the planner weighs one setup
+#: more than once (searching, ranking, timing). Emptied when full and when the overhead
+#: constants are read again (``vramplan.calibrate`` writes new ones).
 ESTIMATES_KEPT = 64
-_made: dict[tuple[ModelSpec, Setup, int | None], Estimate] = {}
+_made: dict[tuple[ModelSpec, Setup, Policy, int | None], Estimate] = {}
 _made_with: list[dict] = []  # the overhead constants the kept estimates were made with
 
 
@@ -220,32 +222,42 @@ def forget_estimates() -> None:
     _made.clear()
 
 
-def estimate(spec: ModelSpec, setup: Setup, *, card_bytes: int | None = None) -> Estimate:
+def estimate(spec: ModelSpec, setup: Setup, *, policy: Policy | None = None, card_bytes: int | None = None) -> Estimate:
     """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU
-    (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``).
+    (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``),
+    as the trainer whose ``policy`` it is runs it (None: :func:`vramplan.policy.default_policy`,
+    or the policy a :class:`~vramplan.memory.policy.PolicySetup` carries).
     ``card_bytes``: the card's memory, which a colocated vLLM takes its share of (GRPO)."""
     card_bytes = card_bytes if setup.vllm != "none" else None  # nothing else reads the card
     consts = overhead.overhead_constants()
     if not _made_with or _made_with[0] is not consts or len(_made) >= ESTIMATES_KEPT:
         _made.clear()
         _made_with[:] = [consts]
-    key = (spec, setup, card_bytes)
+    if policy is None:
+        policy = policy_of(setup)
+    setup = plain(setup)
+    if (policy.loss_chain, policy.padding) != ("full_logits", "fixed"):
+        # the terms count these two only (loss.py; Setup.tokens): refuse rather than misestimate
+        raise ValueError(f"no memory terms yet for the {policy.loss_chain} loss with {policy.padding} padding")
+    key = (spec, setup, policy, card_bytes)
     est = _made.get(key)
     if est is None:
-        est = _made[key] = _estimate(spec, setup, card_bytes)
+        est = _made[key] = _estimate(spec, setup, policy, card_bytes)
     return est
 
 
-def _estimate(spec: ModelSpec, setup: Setup, card_bytes: int | None) -> Estimate:
+def _estimate(spec: ModelSpec, user: Setup, policy: Policy, card_bytes: int | None) -> Estimate:
+    setup = with_policy(user, policy)
     if setup.method == "inference":
         from vramplan.memory.inference import inference_estimate
 
         return inference_estimate(spec, setup)
     check_lora_targets(spec, setup)
-    llm = setup
+    llm: Setup = setup
     if setup.parallel in ("zero1", "zero2", "zero3") and setup.precision.startswith("amp-"):
         # DeepSpeed's bf16/fp16 mode casts the model to 16 bits; the fp32 master is its own
-        llm = setup.model_copy(update={"precision": setup.precision.removeprefix("amp-")})
+        half = setup.precision.removeprefix("amp-")
+        llm = with_policy(user.model_copy(update={"precision": half}), recast(policy, user, half))
     if setup.has_media:
         # the images' tokens join the language model's sequence
         llm = llm.model_copy(update={"seq_len": setup.seq_len + vision.image_tokens(spec, setup)})

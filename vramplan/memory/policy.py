@@ -1,73 +1,71 @@
-"""Precision policy: one dtype per tensor class, from Setup.precision.
+"""How the memory terms read the trainer's :class:`~vramplan.policy.Policy`.
 
-| precision | frozen/base weights | trainable (master) | grads | optimizer states | activations |
-|-----------|---------------------|--------------------|-------|------------------|-------------|
-| fp32      | fp32 | fp32 | fp32 | fp32 | fp32 |
-| bf16/fp16 | 16-bit | 16-bit | 16-bit | 16-bit (torch keeps states in the param dtype) | 16-bit |
-| amp-*     | fp32 | fp32 | fp32 | fp32 | 16-bit, with autocast's 16-bit weight copies |
-
-``bf16``/``fp16`` mean what trainers do with ``bf16=True``/``fp16=True``: weights loaded in
-16 bits and the forward run under ``torch.autocast`` (accelerate ``Accelerator.prepare_model``
-wraps ``model.forward`` in autocast whenever mixed precision is set). So every matmul runs in
-16 bits and saves a 16-bit input, even for fp32 LoRA adapters.
-
-LoRA adapters are fp32 whatever the base: PEFT's ``autocast_adapter_dtype=True`` upcasts
-bf16/fp16 adapter weights (peft ``tuners_utils.cast_adapter_dtype``), so their grads and
-optimizer states are fp32 too.
+:func:`vramplan.memory.estimate` hands the terms a :class:`PolicySetup`: the Setup with the
+policy it is estimated under. A term reads ``policy_of(setup)`` (or one of the byte sizes
+below); a plain Setup reads :func:`~vramplan.policy.default_policy`.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
-
+from vramplan.policy import POLICY_INPUTS, Policy, default_policy
 from vramplan.setup import Setup
+from vramplan.units import nbytes
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
-class Dtypes(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    weights: str
-    master: str
-    grads: str
-    states: str
-    act: str
-    autocast: bool
-    adapter: str = "fp32"
+class PolicySetup(Setup):
+    """A Setup with the trainer's policy beside it: what the terms are given."""
+
+    policy: Policy
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; changing a field the policy was made from needs a policy made again
+        (:func:`with_policy`), so it is refused here rather than kept stale."""
+        if update and POLICY_INPUTS & update.keys():
+            raise AssertionError(f"{sorted(POLICY_INPUTS & update.keys())} change the policy: use with_policy")
+        return super().model_copy(update=update, deep=deep)
 
 
-def dtypes(setup: Setup) -> Dtypes:
-    return _dtypes(setup.precision)
+def with_policy(setup: Setup, policy: Policy) -> PolicySetup:
+    """``setup`` (already validated) with ``policy`` beside it."""
+    fields = {name: getattr(setup, name) for name in Setup.model_fields}
+    return PolicySetup.model_construct(_fields_set=set(setup.model_fields_set), **fields, policy=policy)
 
 
-@lru_cache(maxsize=16)
-def _dtypes(p: str) -> Dtypes:
-    if p == "fp32":
-        return Dtypes(weights="fp32", master="fp32", grads="fp32", states="fp32", act="fp32", autocast=False)
-    if p in ("bf16", "fp16"):
-        return Dtypes(weights=p, master=p, grads=p, states=p, act=p, autocast=True)
-    half = p.removeprefix("amp-")
-    return Dtypes(weights="fp32", master="fp32", grads="fp32", states="fp32", act=half, autocast=True)
+def plain(setup: Setup) -> Setup:
+    """``setup`` without its policy (a derived run the trainer's policy does not describe)."""
+    if not isinstance(setup, PolicySetup):
+        return setup
+    fields = {name: getattr(setup, name) for name in Setup.model_fields}
+    return Setup.model_construct(_fields_set=set(setup.model_fields_set) - {"policy"}, **fields)
+
+
+def policy_of(setup: Setup) -> Policy:
+    """The policy ``setup`` is estimated under."""
+    return setup.policy if isinstance(setup, PolicySetup) else default_policy(setup)
 
 
 def act_bytes(setup: Setup) -> int:
     """Bytes per activation element."""
-    return 4 if dtypes(setup).act == "fp32" else 2
+    return nbytes(1, policy_of(setup).activations)
 
 
 def upcast_kbit(setup: Setup) -> bool:
     """QLoRA after PEFT ``prepare_model_for_kbit_training``: embeddings, norms and lm_head are
     fp32 (not on GPTQ models), so the residual stream and every non-matmul op run in fp32."""
-    return setup.method == "qlora" and setup.quant != "gptq-int4"
+    return policy_of(setup).kbit_upcast
 
 
 def residual_bytes(setup: Setup) -> int:
-    """Bytes per element of the residual stream: fp32 under AMP (fp32 embeddings plus
-    16-bit linear outputs promote to fp32), in fp32 and after k-bit upcasting, else 16-bit."""
-    return 4 if dtypes(setup).weights == "fp32" or upcast_kbit(setup) else 2
+    """Bytes per element of the residual stream (:attr:`Policy.residual`)."""
+    return nbytes(1, policy_of(setup).residual)
 
 
 def pointwise_bytes(setup: Setup) -> int:
-    """Bytes per element of MLP intermediates (outside autocast's matmul list): bitsandbytes
-    linears return their input's dtype (``out.to(inp_dtype)``), fp32 after k-bit upcasting."""
-    return 4 if upcast_kbit(setup) else act_bytes(setup)
+    """Bytes per element of MLP intermediates (:attr:`Policy.pointwise`)."""
+    return nbytes(1, policy_of(setup).pointwise)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from vramplan.errors import VramplanError
 from vramplan.memory import inference, vision
-from vramplan.memory.policy import act_bytes, dtypes, residual_bytes, upcast_kbit
+from vramplan.memory.policy import act_bytes, plain, policy_of, residual_bytes, upcast_kbit
 from vramplan.params import param_counts
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
@@ -66,7 +66,7 @@ def completion_tokens(setup: Setup) -> int:
 def _head_fp32(setup: Setup) -> bool:
     """lm_head's weight is fp32 (AMP masters, or after PEFT's k-bit upcast): each vocabulary
     chunk is cast to the 16-bit compute dtype on the fly."""
-    return dtypes(setup).weights == "fp32" or upcast_kbit(setup)
+    return policy_of(setup).weights == "fp32" or upcast_kbit(setup)
 
 
 def head_tile_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -105,14 +105,15 @@ def reference_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
     fp32 under AMP); LoRA/QLoRA policies use their own base with the adapter disabled."""
     if setup.beta <= 0 or setup.is_lora:
         return 0
-    return nbytes(param_counts(spec).total, dtypes(setup).weights)
+    return nbytes(param_counts(spec).total, policy_of(setup).weights)
 
 
 def amp_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Under AMP a full policy's forwards outside training (generation, the reference pass)
     still run in autocast, which casts every fp32 weight to 16 bits and keeps the copies
     (its weight cache) while the forward runs."""
-    if dtypes(setup).weights != "fp32" or setup.precision == "fp32" or setup.is_lora:
+    p = policy_of(setup)
+    if p.weights != "fp32" or not p.autocast or setup.is_lora:
         return 0
     return nbytes(param_counts(spec).total, "bf16")
 
@@ -124,7 +125,7 @@ def generation_scale(setup: Setup) -> tuple[float, float]:
     about doubling the prefill temporary; under AMP keys come out fp32 and values 16-bit."""
     if upcast_kbit(setup):
         return 2.0, 2.0
-    if dtypes(setup).weights == "fp32" and setup.precision != "fp32":
+    if policy_of(setup).weights == "fp32" and policy_of(setup).autocast:
         return 1.5, 2.0
     if setup.is_lora:
         return 1.0, 2.0
@@ -134,7 +135,7 @@ def generation_scale(setup: Setup) -> tuple[float, float]:
 def _generation_setup(spec: ModelSpec, setup: Setup) -> Setup:
     half = "fp16" if setup.precision.endswith("fp16") else "bf16"
     prompt = setup.seq_len - setup.completion_len
-    return setup.model_copy(
+    return plain(setup).model_copy(
         update={
             "method": "inference",
             "quant": setup.quant,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from vramplan.memory.policy import dtypes
+from vramplan.memory.policy import policy_of
 from vramplan.memory.trainable import (
     extra_trainable_params,
     full_trainable_params,
@@ -93,9 +93,7 @@ def unquantized_dtype(setup: Setup) -> str:
     ``prepare_model_for_kbit_training`` (which TRL's SFTTrainer calls for k-bit models)
     upcasts every fp16/bf16 parameter that is not a bnb ``Params4bit`` to fp32 — except on
     GPTQ models, which it leaves as they are."""
-    if setup.quant == "gptq-int4":
-        return dtypes(setup).weights
-    return "fp32"
+    return policy_of(setup).kbit_modules
 
 
 def frozen_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -108,7 +106,7 @@ def frozen_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
     :func:`unquantized_dtype`.
     """
     total = param_counts(spec).total
-    w = dtypes(setup).weights
+    w = policy_of(setup).weights
     if setup.method in ("full", "freeze"):
         return nbytes(total - full_trainable_params(spec, setup), w)
     if setup.method == "lora":
@@ -121,7 +119,7 @@ def trainable_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Trainable weights: full/freeze in the master dtype; LoRA adapters in fp32 (PEFT
     ``autocast_adapter_dtype``) plus ``modules_to_save`` copies of embeddings/lm_head,
     which keep the dtype of the module they copy."""
-    d = dtypes(setup)
+    d = policy_of(setup)
     if not setup.is_lora:
         return nbytes(full_trainable_params(spec, setup), d.master)
     extra_dtype = unquantized_dtype(setup) if setup.method == "qlora" else d.weights
@@ -130,7 +128,7 @@ def trainable_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
 
 def _autocast_casts(setup: Setup) -> tuple[bool, bool]:
     """(layer weights cast, lm_head cast) under autocast."""
-    d = dtypes(setup)
+    d = policy_of(setup)
     if not d.autocast:
         return False, False
     if setup.method == "qlora":
@@ -180,7 +178,7 @@ def forward_autocast_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
     total = autocast_copy_bytes(spec, setup)
     if setup.grad_checkpointing and setup.method in ("full", "freeze"):
         total += _all_layer_copies(spec, setup)
-    if setup.is_lora and dtypes(setup).autocast:
+    if setup.is_lora and policy_of(setup).autocast:
         from vramplan.memory.trainable import lora_params
 
         total += nbytes(lora_params(spec, setup), "bf16")

@@ -1,0 +1,28 @@
+"""ms-swift: the ``swift sft`` command line in ``run.sh`` (vramplan/emit/swift.py)."""
+
+from __future__ import annotations
+
+from vramplan.emit import swift
+from vramplan.emit.common import Context, integral_alpha
+from vramplan.frameworks.base import Framework, register
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+
+
+class Swift(Framework):
+    name = "swift"
+    title = "ms-swift command line (swift sft)"
+
+    def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
+        notes: list[str] = []
+        if setup.quant in ("gptq-int4", "awq-int4"):
+            notes.append(
+                f"{setup.quant}: point --model at a {setup.quant.split('-')[0].upper()} checkpoint (detected on load)"
+            )
+        return integral_alpha(setup, notes), notes
+
+    def render(self, ctx: Context) -> tuple[dict[str, str], str]:
+        return swift.render(ctx)
+
+
+register(Swift())

@@ -1,0 +1,161 @@
+"""What the memory terms read from the trainer: one :class:`Policy` per (trainer, Setup).
+
+A Setup says what the user asks for (method, precision, quantization); the trainer decides
+how it runs it: the dtype each tensor class lives in, the loss chain, what it keeps alive,
+how it pads. :func:`default_policy` is the generic loop today's estimates describe (the
+plain transformers ``Trainer`` with PEFT's k-bit preparation, full logits, fixed-length
+batches); each trainer in :mod:`vramplan.frameworks` returns its own.
+
+Default dtypes by precision (``bf16``/``fp16`` mean what trainers do with ``bf16=True``:
+16-bit weights, forward under ``torch.autocast``, which accelerate's
+``Accelerator.prepare_model`` wraps around ``model.forward`` whenever mixed precision is set):
+
+| precision | weights | master | grads | states | activations |
+|-----------|---------|--------|-------|--------|-------------|
+| fp32      | fp32    | fp32   | fp32  | fp32   | fp32        |
+| bf16/fp16 | 16-bit  | 16-bit | 16-bit| 16-bit (torch keeps states in the param dtype) | 16-bit |
+| amp-*     | fp32    | fp32   | fp32  | fp32   | 16-bit, with autocast's 16-bit weight copies |
+
+LoRA adapters are fp32 whatever the base: PEFT's ``autocast_adapter_dtype=True`` upcasts
+bf16/fp16 adapter weights (peft ``tuners_utils.cast_adapter_dtype``), so their grads and
+optimizer states are fp32 too.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from vramplan.setup import Setup
+
+DType = Literal["fp32", "bf16", "fp16"]
+#: how the loss is computed from the last hidden states (only ``full_logits`` is counted today).
+LossChain = Literal["full_logits", "fused_head", "kept_positions"]
+#: how a batch's samples are padded (only ``fixed`` is counted today).
+Padding = Literal["fixed", "longest", "packed"]
+#: the Setup fields :func:`default_policy` reads: a Setup copied with another value of one of
+#: them needs its policy made again.
+POLICY_INPUTS = frozenset({"method", "precision", "quant"})
+
+
+class Policy(BaseModel):
+    """The trainer's decisions the memory terms read; frozen and hashable (estimates are
+    cached on it). Each field names the terms that read it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weights: DType
+    """Weights as loaded, frozen or not yet cast: the frozen weights (weights.frozen_weight_bytes),
+    LoRA's ``modules_to_save`` copies outside k-bit runs (weights.trainable_weight_bytes), which
+    weights autocast copies (weights._autocast_casts), the folded weights of LoRA on fused experts
+    (activations' parameter-target term), device_map._weight_dtype, parallel.gathered_bytes,
+    host.host_terms' parameters, and GRPO's reference copy, head chunks and generation (rl.reference_weight_bytes,
+    rl._head_fp32, rl.amp_copy_bytes, rl.generation_scale)."""
+    master: DType
+    """Trainable weights of full/freeze (the master copy), and so their gradients and optimizer
+    state (``param.grad`` and torch's ``zeros_like(p)`` moments match ``param.dtype``):
+    weights.trainable_weight_bytes, optimizer.gradient_bytes, optimizer.layer_gradient_kind_bytes,
+    optimizer.embedding_gradient_bytes, optimizer.tied_embedding_backward_bytes,
+    optimizer.optimizer_state_bytes, parallel.deepspeed_state_bytes."""
+    grads: DType
+    """Gradients as FSDP offloads them to the host: host.host_terms."""
+    states: DType
+    """Optimizer states as FSDP offloads them to the host: host.host_terms."""
+    adapter: DType
+    """LoRA adapters, and so their gradients and optimizer states: weights.trainable_weight_bytes,
+    optimizer._by_dtype (gradient_bytes, optimizer_state_bytes), optimizer.layer_gradient_kind_bytes."""
+    extra_trainable: DType
+    """Embeddings/lm_head trained beside the adapters (``modules_to_save``): their gradients and
+    optimizer states (optimizer._by_dtype, optimizer.embedding_gradient_bytes)."""
+    activations: DType
+    """Activations saved for backward and the logits (memory/policy.py ``act_bytes``):
+    activations.*, loss.*, vision.*, rl.head_tile_bytes and the fused head."""
+    autocast: bool
+    """The forward runs under ``torch.autocast`` (16-bit copies of fp32 weights, cached):
+    weights._autocast_casts, weights.forward_autocast_copy_bytes, the AMP promotion in
+    activations (an fp32 residual meets 16-bit outputs), rl.amp_copy_bytes, rl.generation_scale."""
+    kbit_upcast: bool
+    """PEFT ``prepare_model_for_kbit_training`` ran: embeddings, norms and lm_head are fp32 (not on
+    GPTQ models): rl._head_fp32, rl.generation_scale (memory/policy.py ``upcast_kbit``); the
+    defaults of ``residual``, ``pointwise``, ``extra_trainable`` and ``kbit_modules`` follow it."""
+    kbit_modules: DType
+    """Parameters a k-bit quantizer leaves alone (embeddings, lm_head, norms, biases):
+    weights.unquantized_dtype, read by weights.frozen_weight_bytes, weights.trainable_weight_bytes,
+    weights._autocast_casts (lm_head's copy) and, under QLoRA, the folded weights of LoRA on
+    fused experts (activations' parameter-target term)."""
+    residual: DType
+    """The residual stream: fp32 under AMP (fp32 embeddings plus 16-bit linear outputs promote),
+    in fp32 and after k-bit upcasting, else 16-bit (memory/policy.py ``residual_bytes``):
+    activations.* (norms, residual adds, checkpoints), rl.fused_head_*_bytes."""
+    pointwise: DType
+    """MLP intermediates (outside autocast's matmul list; bitsandbytes linears return their
+    input's dtype, ``out.to(inp_dtype)``; memory/policy.py ``pointwise_bytes``): activations'
+    MLP terms."""
+    loss_chain: LossChain = "full_logits"
+    """``full_logits``: transformers ``ForCausalLMLoss`` over every position, the fp32 copy and
+    the log-softmax (loss.py, phases.phase_terms' ``loss/*``). GRPO's fused head is rl.py's own."""
+    padding: Padding = "fixed"
+    """``fixed``: every sample at ``seq_len`` (``Setup.tokens`` = micro_batch x seq_len, read by
+    every activation and loss term)."""
+    reentrant_checkpointing: bool = True
+    """transformers ``gradient_checkpointing_enable()`` defaults to ``use_reentrant=True``: the
+    checkpointed layers' terms (activations.checkpoint_bytes, the backward sweep's recompute)
+    describe that path, as the trace runs it (trace/build.py)."""
+    grads_set_to_none: bool = True
+    """``optimizer.zero_grad(set_to_none=True)`` frees the gradients after each step: without
+    accumulation none exist when forward runs (phases.phase_terms)."""
+
+
+def _half(precision: str) -> DType:
+    return "fp16" if precision.endswith("fp16") else "bf16"
+
+
+@lru_cache(maxsize=64)
+def _default(precision: str, method: str, quant: str) -> Policy:
+    if precision == "fp32":
+        weights: DType = "fp32"
+        act: DType = "fp32"
+        master = grads = states = weights
+    elif precision in ("bf16", "fp16"):
+        weights = act = _half(precision)
+        master = grads = states = weights
+    else:
+        weights, act = "fp32", _half(precision)
+        master = grads = states = weights
+    upcast = method == "qlora" and quant != "gptq-int4"
+    residual: DType = "fp32" if weights == "fp32" or upcast else act
+    return Policy(
+        weights=weights,
+        master=master,
+        grads=grads,
+        states=states,
+        adapter="fp32",
+        extra_trainable="fp32" if method == "qlora" else weights,
+        activations=act,
+        autocast=precision != "fp32",
+        kbit_upcast=upcast,
+        kbit_modules=weights if quant == "gptq-int4" else "fp32",
+        residual=residual,
+        pointwise="fp32" if upcast else act,
+    )
+
+
+def default_policy(setup: Setup) -> Policy:
+    """The generic loop today's numbers describe: transformers ``Trainer`` (autocast through
+    accelerate, ``zero_grad(set_to_none=True)``, reentrant checkpointing), PEFT adapters in
+    fp32 and ``prepare_model_for_kbit_training`` for k-bit bases, the full-logits loss, every
+    sample padded to ``seq_len``."""
+    return _default(setup.precision, setup.method, setup.quant)
+
+
+def recast(policy: Policy, setup: Setup, precision: str) -> Policy:
+    """``policy`` (made for ``setup``) when the run's precision becomes ``precision`` (DeepSpeed's
+    bf16/fp16 mode casts an ``amp-*`` model to 16 bits, phases._estimate): every field that
+    follows the generic loop's default moves as the default does; a field the trainer sets
+    itself is kept."""
+    before = default_policy(setup)
+    after = _default(precision, setup.method, setup.quant)
+    moved = {k: getattr(after, k) for k in Policy.model_fields if getattr(policy, k) == getattr(before, k)}
+    return policy.model_copy(update=moved)
