@@ -13,12 +13,12 @@ __version__ = "0.1.0"
 
 _WHERE = {
     "GPU": "vramplan.gpus",
-    "Alternative": "vramplan.planner",
-    "Estimate": "vramplan.memory",
+    "Alternative": "vramplan.results",
+    "Estimate": "vramplan.results",
     "ModelSpec": "vramplan.spec",
     "ParamCounts": "vramplan.params",
-    "Peak": "vramplan.planner",
-    "Plan": "vramplan.planner",
+    "Peak": "vramplan.results",
+    "Plan": "vramplan.results",
     "Setup": "vramplan.setup",
     "VramplanError": "vramplan.errors",
     "estimate": "vramplan.memory",
@@ -52,10 +52,11 @@ __all__ = [
 if TYPE_CHECKING:
     from vramplan.errors import VramplanError
     from vramplan.gpus import GPU, resolve_gpu
-    from vramplan.memory import Estimate, estimate
+    from vramplan.memory import estimate
     from vramplan.models import load_model
     from vramplan.params import ParamCounts, param_counts
-    from vramplan.planner import Alternative, Peak, Plan, plan
+    from vramplan.planner import plan
+    from vramplan.results import Alternative, Estimate, Peak, Plan
     from vramplan.setup import Setup, make_setup
     from vramplan.spec import ModelSpec, spec_from_config
 

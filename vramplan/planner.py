@@ -12,88 +12,20 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict
-
 from vramplan.errors import VramplanError, shown
 from vramplan.gpus import GPU, resolve_gpu
 from vramplan.limits import MAX_HOST_RAM_GIB, said
-from vramplan.memory import Estimate, estimate
+from vramplan.memory import estimate
 from vramplan.memory.host import host_terms
-from vramplan.memory.phases import CardEstimate
 from vramplan.models import load_model
-from vramplan.params import ParamCounts, param_counts
+from vramplan.params import param_counts
+from vramplan.results import Alternative, Estimate, Peak, Plan
 from vramplan.setup import Setup, check_fields, make_setup
 from vramplan.spec import ModelSpec
 from vramplan.units import GIB
 
 MICRO_BATCHES = (8, 4, 2, 1)
 SEQ_LEN_FLOOR = 256
-
-
-class Peak(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    phase: str
-    allocated_bytes: int
-    reserved_bytes: int
-    device_bytes: int
-
-
-class Alternative(BaseModel):
-    """A setup that was weighed, whether it fits, and why it was or was not chosen."""
-
-    model_config = ConfigDict(frozen=True)
-    setup: Setup
-    fits: bool
-    device_bytes: int
-    chosen: bool
-    reason: str
-    tokens_per_second: float | None = None  # the whole run's, from timing.py (training setups)
-    seconds_per_step: float | None = None
-
-
-class Plan(BaseModel):
-    """The answer for one model on one card."""
-
-    model_config = ConfigDict(frozen=True)
-    model: str
-    gpu: GPU
-    setup: Setup
-    fits: bool
-    headroom_bytes: int
-    peak: Peak
-    terms: dict[str, int]
-    phases: dict[str, int]
-    params: ParamCounts
-    total_params: int
-    trainable_params: int
-    alternatives: list[Alternative]
-    notes: list[str]
-    source: str = ""  # the model as the user named it (catalog name, hub id or path)
-    cards: list[CardEstimate] = []  # device_map: every card's own peak
-    host_terms: dict[str, int] = {}  # CPU offload: host RAM per node, by what it holds
-    host_ram_bytes: int | None = None  # the host RAM the user has, when given
-
-    @property
-    def host_bytes(self) -> int:
-        """Host RAM one node needs for what is offloaded to it."""
-        return sum(self.host_terms.values())
-
-    def emit(self, target: str, *, data: str = "data.jsonl", force: bool = False) -> Any:
-        """This plan as files for ``target`` (trl, swift, llamafactory, axolotl): see
-        :func:`vramplan.emit.emit`."""
-        from vramplan.emit import emit
-
-        return emit(self, target, data=data, force=force)
-
-    def __rich__(self) -> Any:
-        from vramplan.render import plan_renderable
-
-        return plan_renderable(self)
-
-    def _repr_html_(self) -> str:
-        from vramplan.render import plan_html
-
-        return plan_html(self)
 
 
 def _gib(n: int) -> str:

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vramplan.errors import VramplanError
+from vramplan.results import Alternative
 from vramplan.units import GIB
 
 if TYPE_CHECKING:
-    from vramplan.planner import Plan
+    from vramplan.results import Plan
 
 #: one colour per kind of term (the part before the slash).
 KIND_COLOURS = {
@@ -97,7 +98,6 @@ def variants(plan: Plan) -> list[Any]:
     off, as Alternatives: the memory/speed trade-off around the plan, pinned or not."""
     from vramplan.memory import estimate
     from vramplan.models import load_model
-    from vramplan.planner import Alternative
     from vramplan.timing import data_parallel_replicas, step_time
 
     s = plan.setup

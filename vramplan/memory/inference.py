@@ -9,9 +9,9 @@ exact for the cache at the end of generation.
 from __future__ import annotations
 
 from vramplan.memory import overhead
-from vramplan.memory.phases import Estimate
 from vramplan.memory.weights import quant_state_bytes, quant_weight_bytes, quantized_weight_params
 from vramplan.params import param_counts
+from vramplan.results import Estimate
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 from vramplan.units import nbytes

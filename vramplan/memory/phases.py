@@ -18,13 +18,12 @@ the allocator: the CUDA context and paged optimizer state (nvidia-smi).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
-
 from vramplan.memory import activations as act
 from vramplan.memory import loss, optimizer, overhead, parallel, vision, weights
 from vramplan.memory.layers import layer_runs
 from vramplan.memory.trainable import check_lora_targets, trainable_params
 from vramplan.params import param_counts
+from vramplan.results import CardEstimate, Estimate
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
@@ -36,36 +35,6 @@ OUTSIDE_ALLOCATED = {
     "overhead/cuda_context": "device",
     "optimizer/paged_state": "device",
 }
-
-
-class CardEstimate(BaseModel):
-    """One GPU of a ``device_map`` split: what it holds and its own peak."""
-
-    model_config = ConfigDict(frozen=True)
-    index: int
-    holds: str  # "embed, layers 0-17"
-    layers: int
-    phase: str
-    terms: dict[str, int]
-    allocated_bytes: int
-    reserved_bytes: int
-    device_bytes: int
-
-
-class Estimate(BaseModel):
-    """Memory of one setup: terms at the peak phase (bytes; they sum to ``device_bytes``).
-    Under ``device_map`` these are the fullest card's, and ``cards`` has every card."""
-
-    model_config = ConfigDict(frozen=True)
-    phase: str
-    terms: dict[str, int]
-    phases: dict[str, int]
-    allocated_bytes: int
-    reserved_bytes: int
-    device_bytes: int
-    total_params: int
-    trainable_params: int
-    cards: list[CardEstimate] = []
 
 
 def phase_terms(spec: ModelSpec, setup: Setup) -> dict[str, dict[str, int]]:
