@@ -1,7 +1,9 @@
 """vramplan: will fine-tuning this model fit this GPU, how, and where does the memory go.
 
 Names are loaded on first use (PEP 562), so ``import vramplan`` costs nothing until a
-function is called; ``from vramplan import plan`` works as usual.
+function is called; ``from vramplan import plan`` works as usual. ``from vramplan import emit``
+gives the ``vramplan.emit`` package, which is called as its ``emit`` function:
+``emit(plan, "trl", data=..., force=...)``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ _WHERE = {
     "Plan": "vramplan.results",
     "Setup": "vramplan.setup",
     "VramplanError": "vramplan.errors",
+    "emit": "vramplan.emit",
     "estimate": "vramplan.memory",
     "load_model": "vramplan.models",
     "make_setup": "vramplan.setup",
@@ -40,6 +43,7 @@ __all__ = [
     "Plan",
     "Setup",
     "VramplanError",
+    "emit",
     "estimate",
     "load_model",
     "make_setup",
@@ -50,6 +54,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from vramplan.emit import emit
     from vramplan.errors import VramplanError
     from vramplan.gpus import GPU, resolve_gpu
     from vramplan.memory import estimate
@@ -63,7 +68,9 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name]), name)
+        module = importlib.import_module(_WHERE[name])
+        # ``emit`` is the subpackage, callable as its function (vramplan/emit/__init__.py)
+        value = module if _WHERE[name] == f"{__name__}.{name}" else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'vramplan' has no attribute {name!r}")

@@ -94,13 +94,6 @@ class Plan(BaseModel):
         """Host RAM one node needs for what is offloaded to it."""
         return sum(self.host_terms.values())
 
-    def emit(self, target: str, *, data: str = "data.jsonl", force: bool = False) -> Any:
-        """This plan as files for ``target`` (trl, swift, llamafactory, axolotl): see
-        :func:`vramplan.emit.emit`."""
-        from vramplan.emit import emit
-
-        return emit(self, target, data=data, force=force)
-
     def __rich__(self) -> Any:
         from vramplan.render import plan_renderable
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from vramplan import plan
+from vramplan import emit, plan
 from vramplan.emit import TARGETS
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +30,7 @@ PINNED = dict(
 
 def emitted() -> dict[str, dict[str, str]]:
     p = plan("Qwen/Qwen2.5-7B-Instruct", gpu="4090d", **PINNED)
-    return {t: p.emit(t, data="self_cognition.jsonl").files for t in TARGETS}
+    return {t: emit(p, t, data="self_cognition.jsonl").files for t in TARGETS}
 
 
 def main() -> None:

@@ -18,6 +18,25 @@ targets emit one GPU or DDP.
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING
+
 from vramplan.emit.common import TARGETS, Emitted, emit
 
+if TYPE_CHECKING:
+    from vramplan.results import Plan
+
 __all__ = ["TARGETS", "Emitted", "emit"]
+
+
+class _Package(ModuleType):
+    """This package, callable as :func:`emit`: ``from vramplan import emit`` gives the package
+    (Python binds a subpackage over a same-named attribute of its parent), and
+    ``emit(plan, "trl")`` is ``vramplan.emit.emit(plan, "trl")``."""
+
+    def __call__(self, plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = False) -> Emitted:
+        return emit(plan, target, data=data, force=force)
+
+
+sys.modules[__name__].__class__ = _Package
