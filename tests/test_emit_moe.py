@@ -54,7 +54,7 @@ def tiny_moe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_all_linear_counts_what_peft_wraps_and_trains(tiny_moe, tmp_path: Path) -> None:
     model_dir, data = tiny_moe
     p = plan(str(model_dir / "config.json"), gpu="4090", method="lora", lora_targets="all-linear", seq_len=32)
-    assert p.setup.lora_dropout == 0.0 and any("ParamWrapper" in n for n in p.notes)
+    assert p.setup.lora_dropout == 0.0 and any("ParamWrapper" in n.text for n in p.notes)
     out = emit(p, "trl", data=str(data))
     write_files(str(tmp_path / "run"), out.files, overwrite=False)
     script = tmp_path / "run" / "train.py"

@@ -18,6 +18,7 @@ from vramplan.gpus import resolve_gpu
 from vramplan.memory import estimate
 from vramplan.memory.host import host_terms
 from vramplan.models import catalog_names, load_model
+from vramplan.results import Note
 from vramplan.setup import make_setup
 
 
@@ -124,10 +125,20 @@ def reference_auto(model: str, gpu: str, **pinned: Any):
             count = (
                 "1 GPU" if n * nodes == 1 else f"{n * nodes} GPUs" + (f" ({nodes} nodes of {n})" if nodes > 1 else "")
             )
-            return last.model_copy(update={"notes": [f"--gpus auto: {count} is the fewest that fits", *last.notes]})
+            fewest = Note(
+                code="gpus.auto_fewest",
+                data={"num_gpus": n, "num_nodes": nodes, "world_size": n * nodes},
+                text=f"--gpus auto: {count} is the fewest that fits",
+            )
+            return last.model_copy(update={"notes": [fewest, *last.notes]})
     if last is None:
         raise VramplanError("num_gpus", "auto: no GPU count could run the pinned layout")
-    return last.model_copy(update={"notes": ["--gpus auto: nothing up to 512 GPUs fits", *last.notes]})
+    none = Note(
+        code="gpus.auto_none",
+        data={"max_world_size": max(n * nodes for n, nodes in counts)},
+        text="--gpus auto: nothing up to 512 GPUs fits",
+    )
+    return last.model_copy(update={"notes": [none, *last.notes]})
 
 
 #: a shorter count list, so that the reference (a full plan per count) stays quick.

@@ -19,7 +19,7 @@ from vramplan.memory import estimate
 from vramplan.memory.host import host_terms
 from vramplan.models import load_model
 from vramplan.params import param_counts
-from vramplan.results import Alternative, Estimate, Peak, Plan
+from vramplan.results import Alternative, Estimate, Note, NoteValue, Peak, Plan, Verdict
 from vramplan.setup import Setup, check_fields, make_setup
 from vramplan.spec import ModelSpec
 from vramplan.units import GIB
@@ -192,40 +192,55 @@ def _first_fit(
     return None
 
 
-def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | None = None) -> list[str]:
+def _value(v: Any) -> NoteValue:
+    """A pinned value as note data: a tuple as a list, anything else that is not a number,
+    a name or a flag as its text."""
+    if isinstance(v, (list, tuple)):
+        return [x if isinstance(x, (bool, int, float, str)) or x is None else str(x) for x in v]
+    return v if isinstance(v, (bool, int, float, str)) or v is None else str(v)
+
+
+def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | None = None) -> list[Note]:
     """The cheapest changes that make it fit: release one pinned choice and search again,
-    switch to an 8-bit optimizer, or shorten the sequence."""
-    tries: list[tuple[str, dict[str, Any]]] = []
+    switch to an 8-bit optimizer, or shorten the sequence (``fit.suggestion`` notes)."""
+    tries: list[tuple[str, dict[str, NoteValue], dict[str, Any]]] = []
     for key in pinned:
         if key in ("seq_len",):
             continue
         released = {k: v for k, v in pinned.items() if k != key}
         if key == "method":  # other methods keep the vision tower and projector frozen anyway
             released = {k: v for k, v in released.items() if k not in ("freeze_vision", "freeze_projector")}
-        tries.append((f"without pinning {key}={pinned[key]}", released))
+        change = {"change": "release", "field": key, "value": _value(pinned[key])}
+        tries.append((f"without pinning {key}={pinned[key]}", change, released))
     if "optimizer" not in pinned:
-        tries.append(("--optimizer adamw-8bit", {**pinned, "optimizer": "adamw-8bit"}))
+        change = {"change": "set", "field": "optimizer", "value": "adamw-8bit"}
+        tries.append(("--optimizer adamw-8bit", change, {**pinned, "optimizer": "adamw-8bit"}))
     seq = pinned.get("seq_len", Setup.model_fields["seq_len"].default) // 2
     while seq >= SEQ_LEN_FLOOR:
-        tries.append((f"--seq-len {seq}", {**pinned, "seq_len": seq}))
+        tries.append(
+            (f"--seq-len {seq}", {"change": "set", "field": "seq_len", "value": seq}, {**pinned, "seq_len": seq})
+        )
         seq //= 2
     out = []
-    for label, fields in tries:
+    for label, change, fields in tries:
         found = _first_fit(spec, gpu, family_defaults(spec, fields)[0], host)
         if found:
-            out.append(f"{label}: {_label(found[0])}, {_gib(found[1].device_bytes)} on the device")
-            if label.startswith("--seq-len"):
+            setup, est = found
+            text = f"would fit {label}: {_label(setup)}, {_gib(est.device_bytes)} on the device"
+            data = {**change, "setup": _label(setup), "device_bytes": est.device_bytes}
+            out.append(Note(code="fit.suggestion", data=data, text=text))
+            if change["field"] == "seq_len":
                 break  # the longest sequence that fits is the cheapest cut
     return out
 
 
-def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, Any], list[Note]]:
     """``pinned`` with the choices the model's family makes when the user did not, and a note
     for each: the attention transformers builds it with (Gemma-2: eager), LoRA on an MoE's
     attention, dropout 0 under MoE all-linear. The planner and the trace both start here, so a
     trace builds the Setup the plan describes. An attention the family refuses is refused."""
     pinned = dict(pinned)
-    notes: list[str] = []
+    notes: list[Note] = []
     attention = pinned.get("attention")
     if attention is not None and attention not in spec.attentions:
         raise VramplanError(
@@ -235,22 +250,34 @@ def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, 
         )
     if attention is None and Setup.model_fields["attention"].default not in spec.attentions:
         pinned["attention"] = spec.attentions[0]
-        others = " or ".join(a for a in spec.attentions if a != pinned["attention"])
-        notes.append(
+        refused = Setup.model_fields["attention"].default
+        also = [a for a in spec.attentions if a != pinned["attention"]]
+        others = " or ".join(also)
+        text = (
             f"{spec.model_type}: attention {pinned['attention']}, as transformers builds this family (it refuses"
-            f" {Setup.model_fields['attention'].default})" + (f"; --attention {others} also runs it" if others else "")
+            f" {refused})" + (f"; --attention {others} also runs it" if others else "")
         )
+        data: dict[str, NoteValue] = {
+            "model_type": spec.model_type,
+            "attention": pinned["attention"],
+            "refused": refused,
+            "others": also,
+        }
+        notes.append(Note(code="family.attention", data=data, text=text))
     if spec.moe is not None and "lora_targets" not in pinned and pinned.get("method") in (None, "lora", "qlora"):
-        pinned["lora_targets"] = ",".join(lin.name for lin in spec.attention if lin.nn_linear)
-        notes.append(
+        targets = [lin.name for lin in spec.attention if lin.nn_linear]
+        pinned["lora_targets"] = ",".join(targets)
+        text = (
             f"MoE: LoRA on the attention ({pinned['lora_targets']}); --lora-targets all-linear also adapts the"
             " router and every expert (PEFT's ParamWrapper: far more trainable parameters and a folded copy of"
             " each layer's expert weights)"
         )
+        notes.append(Note(code="moe.lora_targets", data={"targets": list(targets)}, text=text))
     moe_all_linear = str(pinned.get("lora_targets", "")).strip().lower() == "all-linear"
     if spec.moe is not None and moe_all_linear and "lora_dropout" not in pinned:
         pinned["lora_dropout"] = 0.0
-        notes.append("MoE all-linear: lora_dropout 0, as PEFT's ParamWrapper on the experts requires")
+        text = "MoE all-linear: lora_dropout 0, as PEFT's ParamWrapper on the experts requires"
+        notes.append(Note(code="moe.lora_dropout", data={"lora_dropout": 0.0}, text=text))
     return pinned, notes
 
 
@@ -308,10 +335,7 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     make_setup(**check)
     _check_against_gpu(pinned, card)
     pinned, notes = family_defaults(spec, pinned)
-    if card.resolved_from:
-        notes.append(f"{card.resolved_from!r} resolved to {card.name} ({card.memory_mib} MiB as the driver reports it)")
-    if not card.bf16_supported and "precision" not in pinned:
-        notes.append(f"{card.name} has no bf16: 16-bit work runs in fp16")
+    notes += gpu_notes(card, pinned)
 
     evaluated = _search(spec, card, candidates(pinned, card), host)
     fitting = [e for e in evaluated if e[2]]
@@ -324,21 +348,18 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
             notes.append(_ranking_note(spec, card, ranked))
     setup, est, fits = chosen
     if setup.parallel == "zero3" and setup.world_size == 1 and setup.offload == "none":
-        notes.append(
+        text = (
             "ZeRO-3 on one GPU shards nothing: it only adds DeepSpeed's fp32 master and buffers; use --offload"
             " optimizer or optimizer+params to move state to the host, or plan without --parallel"
         )
+        notes.append(Note(code="parallel.zero3_one_gpu", data={"parallel": "zero3", "world_size": 1}, text=text))
     host_need = host_terms(spec, setup)
     if host_need:
         need = sum(host_need.values())
-        have = f" of the {_gib(host)} given" if host is not None else " (pass --host-ram to check it)"
-        notes.append(
-            f"host RAM: {_gib(need)} per node for the offloaded state{have}, pinned (page-locked), beside the"
-            " process's own RAM"
-        )
+        notes.append(_host_note(need, host))
         if host is not None and need > host:
             fits = False
-            notes.append(f"does not fit the host: {_gib(need)} of page-locked RAM needed, {_gib(host)} given")
+            notes.append(host_short_note(need, host))
     # --gpus auto weighing a count that does not fit drops the plan: nothing to compare
     alternatives = [] if _PROBING.get() and not fits else _alternatives(evaluated, chosen, card, spec)
     if setup.has_media:
@@ -348,12 +369,9 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     if setup.vllm != "none":
         notes.append(_vllm_note(spec, setup))
     if not fits:
-        notes.append(
-            f"nothing weighed fits {card.name}: the smallest needs {_gib(est.device_bytes)} "
-            f"of {_gib(card.memory_bytes)}"
-        )
+        notes.append(short_by_note(card, est))
         if not _PROBING.get():  # --gpus auto weighing a count: no suggestions needed
-            notes += [f"would fit {s}" for s in _suggestions(spec, card, pinned, host)]
+            notes += _suggestions(spec, card, pinned, host)
     return Plan(
         model=spec.name,
         gpu=card,
@@ -406,10 +424,57 @@ def _rank_class(
     return sorted(fitting, key=lambda e: (-_throughput(spec, gpu, e[0]), -e[0].micro_batch))
 
 
-def _ranking_note(spec: ModelSpec, gpu: GPU, ranked: list[tuple[Setup, Estimate, bool]]) -> str:
-    parts = [f"{_label(e[0])} {_throughput(spec, gpu, e[0]):,.0f} tok/s" for e in ranked[:RANKED_SHOWN]]
-    more = f" (+{len(ranked) - RANKED_SHOWN} more)" if len(ranked) > RANKED_SHOWN else ""
-    return "fitting setups, fastest first (estimated): " + "; ".join(parts) + more
+def _ranking_note(spec: ModelSpec, gpu: GPU, ranked: list[tuple[Setup, Estimate, bool]]) -> Note:
+    shown = [(_label(e[0]), _throughput(spec, gpu, e[0]), e[1].device_bytes) for e in ranked[:RANKED_SHOWN]]
+    more = max(0, len(ranked) - RANKED_SHOWN)
+    parts = [f"{label} {speed:,.0f} tok/s" for label, speed, _ in shown]
+    text = "fitting setups, fastest first (estimated): " + "; ".join(parts) + (f" (+{more} more)" if more else "")
+    data: dict[str, NoteValue] = {
+        "setups": [label for label, _, _ in shown],
+        "tokens_per_second": [speed for _, speed, _ in shown],
+        "device_bytes": [n for _, _, n in shown],
+        "more": more,
+    }
+    return Note(code="rank.fitting", data=data, text=text)
+
+
+def gpu_notes(card: GPU, pinned: dict[str, Any]) -> list[Note]:
+    """What the card changes: a name resolved to a catalog card, 16-bit work in fp16 without bf16."""
+    notes: list[Note] = []
+    if card.resolved_from:
+        text = f"{card.resolved_from!r} resolved to {card.name} ({card.memory_mib} MiB as the driver reports it)"
+        data: dict[str, NoteValue] = {"name": card.resolved_from, "gpu": card.name, "memory_mib": card.memory_mib}
+        notes.append(Note(code="gpu.resolved", data=data, text=text))
+    if not card.bf16_supported and "precision" not in pinned:
+        text = f"{card.name} has no bf16: 16-bit work runs in fp16"
+        notes.append(Note(code="gpu.no_bf16", data={"gpu": card.name, "precision": "fp16"}, text=text))
+    return notes
+
+
+def short_by_note(card: GPU, est: Estimate) -> Note:
+    text = f"nothing weighed fits {card.name}: the smallest needs {_gib(est.device_bytes)} of {_gib(card.memory_bytes)}"
+    data: dict[str, NoteValue] = {
+        "gpu": card.name,
+        "device_bytes": est.device_bytes,
+        "memory_bytes": card.memory_bytes,
+        "short_bytes": est.device_bytes - card.memory_bytes,
+    }
+    return Note(code="fit.short_by", data=data, text=text)
+
+
+def host_short_note(need: int, host: int) -> Note:
+    text = f"does not fit the host: {_gib(need)} of page-locked RAM needed, {_gib(host)} given"
+    data = {"host_bytes": need, "host_ram_bytes": host, "short_bytes": need - host}
+    return Note(code="fit.host_short", data=data, text=text)
+
+
+def _host_note(need: int, host: int | None) -> Note:
+    have = f" of the {_gib(host)} given" if host is not None else " (pass --host-ram to check it)"
+    text = (
+        f"host RAM: {_gib(need)} per node for the offloaded state{have}, pinned (page-locked), beside the"
+        " process's own RAM"
+    )
+    return Note(code="host.ram", data={"host_bytes": need, "host_ram_bytes": host}, text=text)
 
 
 #: errors that mean a pinned layout cannot run on this many GPUs: ``--gpus auto`` moves on.
@@ -437,12 +502,25 @@ def _auto_gpus(model: str, gpu: str, host_ram_gib: float | None, pinned: dict[st
     if found is not None:
         n, nodes = counts[found]
         p = cast(Plan, at(found))  # a plan that fits is the same probed or not
-        count = "1 GPU" if n * nodes == 1 else f"{n * nodes} GPUs" + (f" ({nodes} nodes of {n})" if nodes > 1 else "")
-        return p.model_copy(update={"notes": [f"--gpus auto: {count} is the fewest that fits", *p.notes]})
+        return p.model_copy(update={"notes": [auto_fewest_note(n, nodes), *p.notes]})
     if last is None:
         raise VramplanError("num_gpus", "auto: no GPU count could run the pinned layout")
     p = cast(Plan, at(last, probe=False))  # with its suggestions
-    return p.model_copy(update={"notes": ["--gpus auto: nothing up to 512 GPUs fits", *p.notes]})
+    return p.model_copy(update={"notes": [auto_none_note(counts), *p.notes]})
+
+
+def auto_fewest_note(n: int, nodes: int) -> Note:
+    """``--gpus auto`` found ``n`` GPUs per node on ``nodes`` nodes the fewest that fit."""
+    count = "1 GPU" if n * nodes == 1 else f"{n * nodes} GPUs" + (f" ({nodes} nodes of {n})" if nodes > 1 else "")
+    data = {"num_gpus": n, "num_nodes": nodes, "world_size": n * nodes}
+    return Note(code="gpus.auto_fewest", data=data, text=f"--gpus auto: {count} is the fewest that fits")
+
+
+def auto_none_note(counts: list[tuple[int, int]]) -> Note:
+    """``--gpus auto`` weighed every count in ``counts`` and none fits. The sentence says 512, the
+    largest of AUTO_GPUS, also when --num-nodes fixed fewer; ``data`` has the largest weighed."""
+    data = {"max_world_size": max(n * nodes for n, nodes in counts)}
+    return Note(code="gpus.auto_none", data=data, text="--gpus auto: nothing up to 512 GPUs fits")
 
 
 def _plan_count(
@@ -534,10 +612,20 @@ def _fewest(counts: list[tuple[int, int]], at: Callable[[int], Plan | None]) -> 
     return None, None
 
 
-def _rl_note(setup: Setup, est: Estimate) -> str:
+def _rl_note(setup: Setup, est: Estimate) -> Note:
     from vramplan.memory.rl import generation_batch
 
     train = max(v for k, v in est.phases.items() if k not in ("generate", "reference", "old_logprobs"))
+    data: dict[str, NoteValue] = {
+        "rl": setup.rl,
+        "vllm": setup.vllm,
+        "generate_bytes": est.phases["generate"],
+        "generation_batch": generation_batch(setup),
+        "old_logprobs_bytes": est.phases.get("old_logprobs"),
+        "reference_bytes": est.phases.get("reference"),
+        "training_bytes": train,
+        "peak_phase": est.phase,
+    }
     if setup.vllm == "none":
         parts = [f"generate {_gib(est.phases['generate'])} ({generation_batch(setup)} sequences' KV cache)"]
     else:
@@ -547,20 +635,34 @@ def _rl_note(setup: Setup, est: Estimate) -> str:
         parts.append(f"reference log-probs {_gib(est.phases['reference'])}")
     parts.append(f"training {_gib(train)}")
     how = "HF generate" if setup.vllm == "none" else "vLLM colocated"
-    return (
+    text = (
         f"{setup.rl.upper()} phases (allocated): " + ", ".join(parts) + f"; peak in {est.phase}."
         f" {how}; TRL's fused LM head scores the completion tokens without full logits;"
         " the time model does not cover generation"
     )
+    return Note(code="rl.phases", data=data, text=text)
 
 
-def _vllm_note(spec: ModelSpec, setup: Setup) -> str:
+def _vllm_note(spec: ModelSpec, setup: Setup) -> Note:
     from vramplan.memory import rl, vision
 
     images = vision.image_tokens(spec, setup)
     need = rl.vllm_needs(spec, setup, images)
     share = rl.vllm_share_bytes(setup)
     n = rl.vllm_concurrent_sequences(spec, setup, images)
+    batch = rl.generation_batch(setup)
+    data: dict[str, NoteValue] = {
+        "share_bytes": share,
+        "gpu_memory_utilization": setup.vllm_gpu_memory_utilization,
+        "sleep": setup.vllm_sleep,
+        "weights_bytes": need["weights"],
+        "activations_bytes": need["activations"],
+        "kv_one_sequence_bytes": need["kv_one_sequence"],
+        "sequence_tokens": setup.seq_len + images,
+        "concurrent_sequences": n,
+        "generation_batch": batch,
+        "waves": -(-batch // n) if n >= 1 else None,
+    }
     held = "freed after each generation (sleep mode)" if setup.vllm_sleep else "held through the whole step"
     util = setup.vllm_gpu_memory_utilization
     head = f"vLLM colocated: {_gib(share)} of the card (gpu_memory_utilization {util:g}), {held}"
@@ -569,16 +671,17 @@ def _vllm_note(spec: ModelSpec, setup: Setup) -> str:
         f" {_gib(need['kv_one_sequence'])} of KV cache per {setup.seq_len + images}-token sequence"
     )
     if n < 1:
-        return head + inside + ": vLLM cannot start (no room for one sequence): raise --vllm-memory"
-    batch = rl.generation_batch(setup)
+        text = head + inside + ": vLLM cannot start (no room for one sequence): raise --vllm-memory"
+        return Note(code="rl.vllm", data=data, text=text)
     waves = "" if n >= batch else f", so it generates the {batch} completions in {-(-batch // n)} waves"
-    return head + inside + f"; room for {n} sequences at once{waves}"
+    return Note(code="rl.vllm", data=data, text=head + inside + f"; room for {n} sequences at once{waves}")
 
 
-def _image_note(spec: ModelSpec, setup: Setup, est: Estimate) -> str:
+def _image_note(spec: ModelSpec, setup: Setup, est: Estimate) -> Note:
     from vramplan.memory import vision
 
     parts = []
+    data: dict[str, NoteValue] = {}
     if setup.images_per_sample:
         patches, tokens = vision.image_grid(spec, setup)
         n = setup.images_per_sample
@@ -586,6 +689,7 @@ def _image_note(spec: ModelSpec, setup: Setup, est: Estimate) -> str:
         parts.append(
             f"images: {n} x {size} per sample = {n * patches:,} ViT patches and {n * tokens:,} language-model tokens"
         )
+        data |= {"images_per_sample": n, "image_size": size, "image_patches": n * patches, "image_tokens": n * tokens}
     if setup.video_frames:
         steps, patches, tokens = vision.video_grid(spec, setup)
         size = setup.video_size or "448x448"
@@ -593,12 +697,28 @@ def _image_note(spec: ModelSpec, setup: Setup, est: Estimate) -> str:
             f"video: {setup.video_frames} frames of {size} = {steps} frame pairs, {steps * patches:,} ViT patches"
             f" and {steps * tokens:,} language-model tokens"
         )
+        data |= {
+            "video_frames": setup.video_frames,
+            "video_size": size,
+            "frame_pairs": steps,
+            "video_patches": steps * patches,
+            "video_tokens": steps * tokens,
+        }
     extra = vision.image_tokens(spec, setup)
-    tower = "trained (full fine-tuning)" if vision.tower_trained(setup) else "frozen"
-    return (
+    trained = vision.tower_trained(setup)
+    tower = "trained (full fine-tuning)" if trained else "frozen"
+    vision_forward = est.phases.get("vision_forward", 0)
+    data |= {
+        "seq_len": setup.seq_len,
+        "media_tokens": extra,
+        "tower_trained": trained,
+        "vision_forward_bytes": vision_forward,
+    }
+    text = (
         "; ".join(parts) + f" (sequence {setup.seq_len} + {extra:,}); vision tower {tower}; its forward phase peaks at"
-        f" {_gib(est.phases.get('vision_forward', 0))} allocated"
+        f" {_gib(vision_forward)} allocated"
     )
+    return Note(code="media.tokens", data=data, text=text)
 
 
 def _search(
@@ -663,17 +783,25 @@ def _alternatives(
     for item in best.values():
         s, est, fits = item
         same_class = (s.method, s.precision, s.quant) == (c.method, c.precision, c.quant)
+        verdict: Verdict
         if item is chosen or s == c:
             which = "the fastest setup of the most preferred method" if c.rl == "none" else "the most preferred setup"
-            reason = f"chosen: {which} that fits" if fits else "chosen: the smallest, but it does not fit"
+            verdict, reason = (
+                "chosen",
+                f"chosen: {which} that fits" if fits else "chosen: the smallest, but it does not fit",
+            )
         elif not fits:
-            reason = f"does not fit: needs {_gib(est.device_bytes)} of {_gib(gpu.memory_bytes)}"
+            verdict, reason = (
+                "does_not_fit",
+                f"does not fit: needs {_gib(est.device_bytes)} of {_gib(gpu.memory_bytes)}",
+            )
         elif same_class:
-            reason = f"fits ({_gib(est.device_bytes)}), slower than the chosen setup"
+            verdict, reason = "fits_slower", f"fits ({_gib(est.device_bytes)}), slower than the chosen setup"
         elif (order[s.method], s.precision) > (order[c.method], c.precision) or s.method == c.method:
+            verdict = "ranks_below"
             reason = f"fits ({_gib(est.device_bytes)}) but ranks below the chosen setup ({_label(c)})"
         else:
-            reason = f"fits ({_gib(est.device_bytes)})"
+            verdict, reason = "fits", f"fits ({_gib(est.device_bytes)})"
         speed = step = None
         if s.method != "inference" and s.rl == "none":
             from vramplan.timing import data_parallel_replicas, step_time
@@ -687,6 +815,7 @@ def _alternatives(
                 device_bytes=est.device_bytes,
                 chosen=s == chosen[0],
                 reason=f"{_label(s)}: {reason}",
+                verdict=verdict,
                 tokens_per_second=speed,
                 seconds_per_step=step,
             )

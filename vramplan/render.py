@@ -170,7 +170,7 @@ def plan_renderable(plan: Plan) -> Group:
         parts.append(host_table(plan))
     parts.append(alts)
     if plan.notes:
-        parts.append(Text("\n".join(f"note: {n}" for n in plan.notes), style="dim"))
+        parts.append(Text("\n".join(f"note: {n.text}" for n in plan.notes), style="dim"))
     return Group(*parts)
 
 

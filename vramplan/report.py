@@ -121,6 +121,7 @@ def variants(plan: Plan) -> list[Any]:
                     device_bytes=est.device_bytes,
                     chosen=False,
                     reason=f"{label}: {'fits' if fits else 'does not fit'}",
+                    verdict="fits" if fits else "does_not_fit",
                     tokens_per_second=t.tokens_per_second * data_parallel_replicas(v),
                     seconds_per_step=t.seconds_per_step,
                 )
@@ -237,7 +238,8 @@ def report_html(
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_gib(v)}</td></tr>" for k, v in plan.host_terms.items())
         sections += ["<h2>Host RAM per node</h2>", f"<table>{rows}</table>"]
     if plan.notes:
-        sections += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in plan.notes) + "</ul>"]
+        items = "".join(f"<li>{html.escape(n.text)}</li>" for n in plan.notes)
+        sections += ["<h2>Notes</h2>", f"<ul>{items}</ul>"]
     if timeline_svg:
         sections += ["<h2>Traced live memory</h2>", timeline_svg]
     if emitted:

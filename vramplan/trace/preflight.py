@@ -176,7 +176,7 @@ def resolve_setup(model: str, fields: dict[str, Any], *, command: str = "trace")
     setup = make_setup(**fields)
     check_lora_targets(spec, setup)
     check_buildable(config, setup, "cuda" if command == "measure" else "cpu")
-    return setup, notes
+    return setup, [note.text for note in notes]
 
 
 def refuse_if_too_big(model: str, setup: Setup) -> None:
