@@ -37,7 +37,7 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
 - ``gpus.auto_fewest``: ``--gpus auto`` found the fewest GPUs that fit: ``num_gpus`` (per node),
   ``num_nodes``, ``world_size``.
 - ``gpus.auto_none``: no GPU count ``--gpus auto`` weighs fits: ``max_world_size`` (the largest weighed;
-  the sentence says 512, the largest of planner.AUTO_GPUS, also when ``num_nodes`` was pinned).
+  the sentence says 512, the largest of auto.AUTO_GPUS, also when ``num_nodes`` was pinned).
 """
 
 from __future__ import annotations
