@@ -16,8 +16,12 @@ from typing import Any
 
 from vramplan.errors import VramplanError
 from vramplan.limits import MAX_STEPS
+from vramplan.memory import estimate
+from vramplan.memory.trainable import check_lora_targets
+from vramplan.models import load_config, load_model
+from vramplan.planner import family_defaults
 from vramplan.setup import Setup, make_setup
-from vramplan.spec import ModelSpec
+from vramplan.spec import ModelSpec, spec_from_config
 
 #: model types transformers cannot build without executing the publisher's code.
 REMOTE_CODE = {
@@ -110,8 +114,6 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
 
 
 def _spec(config: dict[str, Any]) -> ModelSpec | None:
-    from vramplan.spec import spec_from_config
-
     try:
         return spec_from_config(config, name="model", where="model config.json")
     except VramplanError:
@@ -156,10 +158,6 @@ def resolve_setup(model: str, fields: dict[str, Any], *, command: str = "trace")
     planner's family defaults filled in, checked by the estimate's own rules, refused with
     one line if the harness cannot build it. Returns the Setup and the notes that explain
     the defaults it took (the build adds its own notes)."""
-    from vramplan.memory.trainable import check_lora_targets
-    from vramplan.models import load_config, load_model
-    from vramplan.planner import family_defaults
-
     fields = {k: v for k, v in fields.items() if v is not None}
     if fields.get("rl", "none") != "none":
         raise VramplanError(
@@ -182,9 +180,6 @@ def resolve_setup(model: str, fields: dict[str, Any], *, command: str = "trace")
 def refuse_if_too_big(model: str, setup: Setup) -> None:
     """A real CPU run of a model that would not fit this machine is refused up front, from
     the estimate (allocated tier), against the RAM available now."""
-    from vramplan.memory import estimate
-    from vramplan.models import load_model
-
     need = estimate(load_model(model), setup).allocated_bytes
     try:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
