@@ -141,6 +141,21 @@ def test_the_package_is_walked() -> None:
     assert "vramplan.render" in graph["vramplan.results"]  # Plan.__rich__ imports it inside the method
 
 
+def test_results_reads_only_data_modules() -> None:
+    """results.py imports leaf data modules, and render.py for a plan's picture (rich, inside the
+    method); nothing it imports reaches it back (render.py names it under TYPE_CHECKING only)."""
+    graph = edges(module_files())
+    leaves = {f"vramplan.{m}" for m in ("setup", "gpus", "params", "units", "errors", "spec", "limits", "tables")}
+    assert graph["vramplan.results"] <= leaves | {"vramplan.render"}, graph["vramplan.results"]
+    seen, todo = set(), list(graph["vramplan.results"])
+    while todo:
+        mod = todo.pop()
+        if mod not in seen:
+            seen.add(mod)
+            todo.extend(graph[mod])
+    assert "vramplan.results" not in seen
+
+
 def test_no_import_cycle() -> None:
     cycle = find_cycle(edges(module_files()))
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
