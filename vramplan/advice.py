@@ -213,22 +213,20 @@ def alternatives(
         verdict: Verdict
         if item is chosen or s == c:
             which = "the fastest setup of the most preferred method" if c.rl == "none" else "the most preferred setup"
-            verdict, reason = (
-                "chosen",
-                f"chosen: {which} that fits" if fits else "chosen: the smallest, but it does not fit",
-            )
+            verdict = "chosen"
+            reason = f"chosen: {which} that fits" if fits else "chosen: the smallest, but it does not fit"
         elif not fits:
-            verdict, reason = (
-                "does_not_fit",
-                f"does not fit: needs {gib(est.device_bytes)} of {gib(gpu.memory_bytes)}",
-            )
+            verdict = "does_not_fit"
+            reason = f"does not fit: needs {gib(est.device_bytes)} of {gib(gpu.memory_bytes)}"
         elif same_class:
-            verdict, reason = "fits_slower", f"fits ({gib(est.device_bytes)}), slower than the chosen setup"
+            verdict = "fits_slower"
+            reason = f"fits ({gib(est.device_bytes)}), slower than the chosen setup"
         elif (order[s.method], s.precision) > (order[c.method], c.precision) or s.method == c.method:
             verdict = "ranks_below"
             reason = f"fits ({gib(est.device_bytes)}) but ranks below the chosen setup ({search.label(c)})"
         else:
-            verdict, reason = "fits", f"fits ({gib(est.device_bytes)})"
+            verdict = "fits"
+            reason = f"fits ({gib(est.device_bytes)})"
         speed = step = None
         if s.method != "inference" and s.rl == "none":
             t = step_time(spec, s, gpu)

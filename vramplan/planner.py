@@ -19,12 +19,13 @@ from vramplan.limits import MAX_HOST_RAM_GIB, said
 from vramplan.memory.host import host_terms
 from vramplan.models import load_model
 from vramplan.params import param_counts
-from vramplan.results import Alternative, Estimate, Note, NoteValue, Peak, Plan
+from vramplan.results import Alternative, Note, NoteValue, Peak, Plan
 from vramplan.setup import Setup, check_fields, make_setup
 from vramplan.spec import ModelSpec
 from vramplan.units import GIB
 
-__all__ = ["Alternative", "Estimate", "Peak", "Plan", "family_defaults", "plan"]
+#: Alternative, Peak and Plan live in results.py; imported from here too by code written before.
+__all__ = ["Alternative", "Peak", "Plan", "family_defaults", "plan"]
 
 SEQ_LEN_FLOOR = 256
 
