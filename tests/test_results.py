@@ -10,7 +10,7 @@ import pytest
 
 import vramplan
 from vramplan import emit, plan
-from vramplan.results import Alternative, CardEstimate, Estimate, Peak, Plan
+from vramplan.results import Alternative, CardEstimate, Estimate, Note, Peak, Plan
 
 
 def test_old_paths_are_the_results_classes() -> None:
@@ -20,7 +20,7 @@ def test_old_paths_are_the_results_classes() -> None:
     assert memory.Estimate is phases.Estimate is vramplan.Estimate is Estimate
     assert phases.CardEstimate is CardEstimate
     assert (planner.Plan, planner.Alternative, planner.Peak) == (Plan, Alternative, Peak)
-    assert (vramplan.Plan, vramplan.Alternative, vramplan.Peak) == (Plan, Alternative, Peak)
+    assert (vramplan.Plan, vramplan.Alternative, vramplan.Peak, vramplan.Note) == (Plan, Alternative, Peak, Note)
 
 
 def test_a_plan_does_not_emit_itself_emit_does() -> None:

@@ -18,6 +18,7 @@ _WHERE = {
     "Alternative": "vramplan.results",
     "Estimate": "vramplan.results",
     "ModelSpec": "vramplan.spec",
+    "Note": "vramplan.results",
     "ParamCounts": "vramplan.params",
     "Peak": "vramplan.results",
     "Plan": "vramplan.results",
@@ -38,6 +39,7 @@ __all__ = [
     "Alternative",
     "Estimate",
     "ModelSpec",
+    "Note",
     "ParamCounts",
     "Peak",
     "Plan",
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
     from vramplan.models import load_model
     from vramplan.params import ParamCounts, param_counts
     from vramplan.planner import plan
-    from vramplan.results import Alternative, Estimate, Peak, Plan
+    from vramplan.results import Alternative, Estimate, Note, Peak, Plan
     from vramplan.setup import Setup, make_setup
     from vramplan.spec import ModelSpec, spec_from_config
 

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import Any
 
 from vramplan.emit.common import TARGETS, Emitted, emit
-
-if TYPE_CHECKING:
-    from vramplan.results import Plan
 
 __all__ = ["TARGETS", "Emitted", "emit"]
 
@@ -35,8 +32,8 @@ class _Package(ModuleType):
     (Python binds a subpackage over a same-named attribute of its parent), and
     ``emit(plan, "trl")`` is ``vramplan.emit.emit(plan, "trl")``."""
 
-    def __call__(self, plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = False) -> Emitted:
-        return emit(plan, target, data=data, force=force)
+    def __call__(self, *args: Any, **kwargs: Any) -> Emitted:
+        return emit(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _Package
