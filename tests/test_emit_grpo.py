@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import TINY_CONFIG, requires, save_word_tokenizer
 from vramplan import plan
 from vramplan.cli import write_files
+from vramplan.emit import emit
 
 pytestmark = [pytest.mark.e2e, requires("trl")]
 
@@ -41,7 +42,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _emit(model_dir: Path, data: Path, out: Path, **fields) -> Path:
     p = plan(str(model_dir / "config.json"), **{**GRPO, **fields})
-    write_files(str(out), p.emit("trl", data=str(data)).files, overwrite=False)
+    write_files(str(out), emit(p, "trl", data=str(data)).files, overwrite=False)
     return out / "train.py"
 
 
@@ -98,7 +99,7 @@ def test_a_users_reward_is_called(tiny: tuple[Path, Path], tmp_path: Path) -> No
 def test_dry_run_reads_back_to_the_planned_setup(tiny: tuple[Path, Path], tmp_path: Path, fields: dict) -> None:
     model_dir, data = tiny
     p = plan(str(model_dir / "config.json"), **{**GRPO, **fields})
-    write_files(str(tmp_path / "run"), p.emit("trl", data=str(data)).files, overwrite=False)
+    write_files(str(tmp_path / "run"), emit(p, "trl", data=str(data)).files, overwrite=False)
     got = _run(tmp_path / "run" / "train.py", "--dry-run")
     t = got["training"]
     s = p.setup
@@ -155,7 +156,7 @@ def test_vllm_colocate_settings_reach_grpo_config(tiny: tuple[Path, Path], tmp_p
         vllm_sleep=sleep,
     )
     script = tmp_path / "run" / "train.py"
-    write_files(str(tmp_path / "run"), p.emit("trl", data=str(data)).files, overwrite=False)
+    write_files(str(tmp_path / "run"), emit(p, "trl", data=str(data)).files, overwrite=False)
     t = _run(script, "--dry-run")["training"]
     assert (t["use_vllm"], t["vllm_mode"]) == (True, "colocate")
     assert t["vllm_gpu_memory_utilization"] == 0.45 and t["vllm_enable_sleep_mode"] is sleep

@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import requires
 from vramplan import plan
 from vramplan.cli import write_files
+from vramplan.emit import emit
 from vramplan.errors import VramplanError
 
 pytestmark = [pytest.mark.e2e, requires("trl")]
@@ -145,7 +146,7 @@ def _plan(root: Path, **over: object):
 def test_grpo_with_images_runs_two_steps(tiny_vl_images: Path, tmp_path: Path) -> None:
     root = tiny_vl_images
     p = _plan(root)
-    out = p.emit("trl", data=str(root / "data.jsonl"))
+    out = emit(p, "trl", data=str(root / "data.jsonl"))
     run_dir = tmp_path / "run"
     write_files(str(run_dir), out.files, overwrite=False)
     (run_dir / "rewards.py").write_text(REWARD)
@@ -201,7 +202,7 @@ def test_a_record_with_the_wrong_image_count_is_refused(tiny_vl_images: Path, tm
     root = tiny_vl_images
     data = tmp_path / "two.jsonl"
     data.write_text(json.dumps({"prompt": "What is the colour ?", "images": [str(root / "box0.png")] * 2}) + "\n")
-    out = _plan(root).emit("trl", data=str(data))
+    out = emit(_plan(root), "trl", data=str(data))
     write_files(str(tmp_path / "run"), out.files, overwrite=False)
     res = subprocess.run(
         [_vision_python(), str(tmp_path / "run" / "train.py"), "--max-steps", "1"],
@@ -241,7 +242,7 @@ def test_sft_with_images_runs_two_steps(tiny_vl_images: Path, tmp_path: Path) ->
     p = plan(
         str(root / "model" / "config.json"), gpu="4090", method="lora", seq_len=32, micro_batch=2, image_size=IMAGE
     )
-    out = p.emit("trl", data=str(data))
+    out = emit(p, "trl", data=str(data))
     write_files(str(tmp_path / "run"), out.files, overwrite=False)
     script = tmp_path / "run" / "train.py"
     settings = json.loads(
@@ -266,6 +267,6 @@ def test_image_plans_for_other_targets_are_refused(tiny_vl_images: Path) -> None
     sft = plan(str(root / "model" / "config.json"), gpu="4090", method="lora", seq_len=48, image_size=IMAGE)
     for target in ("swift", "llamafactory", "axolotl"):
         with pytest.raises(VramplanError, match="training with images is emitted for trl only"):
-            sft.emit(target)
+            emit(sft, target)
     with pytest.raises(VramplanError, match="training with images is emitted for trl only"):
-        _plan(root).emit("swift")
+        emit(_plan(root), "swift")

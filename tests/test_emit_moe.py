@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import requires, write_samples
 from vramplan import plan
 from vramplan.cli import write_files
+from vramplan.emit import emit
 from vramplan.errors import VramplanError
 
 pytestmark = requires("trl")
@@ -54,8 +55,8 @@ def tiny_moe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_all_linear_counts_what_peft_wraps_and_trains(tiny_moe, tmp_path: Path) -> None:
     model_dir, data = tiny_moe
     p = plan(str(model_dir / "config.json"), gpu="4090", method="lora", lora_targets="all-linear", seq_len=32)
-    assert p.setup.lora_dropout == 0.0 and any("ParamWrapper" in n for n in p.notes)
-    out = p.emit("trl", data=str(data))
+    assert p.setup.lora_dropout == 0.0 and any("ParamWrapper" in n.text for n in p.notes)
+    out = emit(p, "trl", data=str(data))
     write_files(str(tmp_path / "run"), out.files, overwrite=False)
     script = tmp_path / "run" / "train.py"
     settings = json.loads(
@@ -95,4 +96,4 @@ def test_other_targets_refuse_moe_all_linear(tiny_moe) -> None:
     p = plan(str(model_dir / "config.json"), gpu="4090", method="lora", lora_targets="all-linear", seq_len=32)
     for target in ("swift", "llamafactory", "axolotl"):
         with pytest.raises(VramplanError, match="router and fused experts"):
-            p.emit(target)
+            emit(p, target)

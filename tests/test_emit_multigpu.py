@@ -31,6 +31,7 @@ import pytest
 from tests.conftest import TINY_CONFIG, requires, write_samples
 from vramplan import plan
 from vramplan.cli import write_files
+from vramplan.emit import emit
 from vramplan.errors import VramplanError
 from vramplan.memory import estimate
 from vramplan.memory.overhead import overhead_constants
@@ -59,7 +60,7 @@ needs_deepspeed = requires("deepspeed")
 
 def _emit(tmp: Path, model: str = "qwen2.5-7b", gpu: str = "a100-80g", **pinned: object):
     p = plan(model, gpu=gpu, **pinned)
-    out = p.emit("trl", force=True)
+    out = emit(p, "trl", force=True)
     write_files(str(tmp), out.files, overwrite=True)
     return p, out
 
@@ -259,7 +260,7 @@ def test_qlora_under_sharded_weights_is_refused() -> None:
     for parallel in ("zero3", "fsdp"):
         p = plan("qwen2.5-7b", gpu="4090", method="qlora", quant="bnb-nf4", num_gpus=2, parallel=parallel)
         with pytest.raises(VramplanError, match="QLoRA under"):
-            p.emit("trl", force=True)
+            emit(p, "trl", force=True)
 
 
 def test_every_file_says_the_figures_are_per_gpu(tmp_path: Path) -> None:
@@ -293,7 +294,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _tiny_files(tiny: tuple[Path, Path], out_dir: Path, **pinned: object) -> Setup:
     model_dir, data = tiny
     p = plan(str(model_dir / "config.json"), gpu="4090", seq_len=64, micro_batch=2, **pinned)
-    out = p.emit("trl", data=str(data))
+    out = emit(p, "trl", data=str(data))
     write_files(str(out_dir), out.files, overwrite=False)
     return out.setup
 

@@ -23,6 +23,7 @@ import yaml
 
 from tests.conftest import TINY_CONFIG
 from vramplan import plan
+from vramplan.emit import emit
 from vramplan.emit.common import printable, py_literal, sh_quote, yaml_quote, yaml_scalar
 from vramplan.errors import VramplanError
 
@@ -59,7 +60,7 @@ def model_folder(root: Path, name: str) -> Path:
 
 def emitted(folder: Path, key: str, data: str) -> dict[str, str]:
     target = key.split("-")[0]
-    return plan(str(folder), gpu="h100", **TARGETS[key]).emit(target, data=data).files
+    return emit(plan(str(folder), gpu="h100", **TARGETS[key]), target, data=data).files
 
 
 def write(files: dict[str, str], out: Path) -> Path:
@@ -162,7 +163,7 @@ def test_values_no_format_holds_are_refused_naming_the_field(tmp_path: Path, arg
 def test_swift_refuses_a_data_path_it_would_strip(tmp_path: Path) -> None:
     folder = model_folder(tmp_path, "m")
     with pytest.raises(VramplanError, match="^data: "):
-        plan(str(folder), gpu="h100", method="lora").emit("swift", data=" data.jsonl")
+        emit(plan(str(folder), gpu="h100", method="lora"), "swift", data=" data.jsonl")
 
 
 def test_a_nan_option_is_refused() -> None:
@@ -210,5 +211,5 @@ def test_a_local_folder_is_written_as_a_path_that_loads_from_the_run_folder(
 
 
 def test_a_hub_id_is_kept_as_written(tmp_path: Path) -> None:
-    files = plan("Qwen/Qwen2.5-7B-Instruct", gpu="h100", method="qlora").emit("axolotl").files
+    files = emit(plan("Qwen/Qwen2.5-7B-Instruct", gpu="h100", method="qlora"), "axolotl").files
     assert yaml.safe_load(files["config.yml"])["base_model"] == "Qwen/Qwen2.5-7B-Instruct"

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from vramplan import plan
+from vramplan.emit import emit
 from vramplan.emit.schema import check, option_table
 from vramplan.setup import Setup, make_setup
 
@@ -103,7 +104,7 @@ def test_llamafactory_yaml_validates_against_schema(name: str) -> None:
     """Validated against: SCHEMA (see the module docstring)."""
     assert option_table("llamafactory")["source"], "schema without sources"
     p = _plan(SETUPS[name])
-    out = p.emit("llamafactory")
+    out = emit(p, "llamafactory")
     text = out.files["train.yaml"]
     assert text.startswith("# vramplan plan for llamafactory:")
     y = yaml.safe_load(text)
@@ -117,7 +118,7 @@ def test_llamafactory_yaml_validates_against_schema(name: str) -> None:
 
 
 def test_llamafactory_pure_fp16_full_is_adjusted_and_said() -> None:
-    out = _plan(dict(method="full", precision="fp16", seq_len=256)).emit("llamafactory")
+    out = emit(_plan(dict(method="full", precision="fp16", seq_len=256)), "llamafactory")
     assert out.setup.precision == "amp-fp16"
     assert "CHANGED FOR llamafactory: no pure fp16" in out.files["train.yaml"]
 
@@ -170,7 +171,7 @@ def axolotl_setup(y: dict, num_layers: int) -> Setup:
 def test_axolotl_yaml_validates_against_schema(name: str) -> None:
     """Validated against: SCHEMA (see the module docstring)."""
     p = _plan(SETUPS[name])
-    out = p.emit("axolotl")
+    out = emit(p, "axolotl")
     text = out.files["config.yml"]
     assert text.startswith("# vramplan plan for axolotl:")
     y = yaml.safe_load(text)
@@ -187,7 +188,7 @@ def test_axolotl_yaml_validates_against_schema(name: str) -> None:
 
 
 def test_axolotl_amp_is_adjusted_and_said() -> None:
-    out = _plan(SETUPS["full-amp"]).emit("axolotl")
+    out = emit(_plan(SETUPS["full-amp"]), "axolotl")
     assert out.setup.precision == "bf16" and "CHANGED FOR axolotl" in out.files["config.yml"]
     assert out.allocated_bytes != _plan(SETUPS["full-amp"]).peak.allocated_bytes  # re-estimated
 
@@ -288,7 +289,7 @@ def swift_setup(o: dict, num_layers: int) -> Setup:
 def test_swift_command_validates_against_schema(name: str) -> None:
     """Validated against: SCHEMA (see above)."""
     p = _plan(SETUPS[name])
-    out = p.emit("swift")
+    out = emit(p, "swift")
     run_sh = out.files["run.sh"]
     assert run_sh.startswith("#!/usr/bin/env bash\n# vramplan plan for swift:")
     o = parse_swift(run_sh)
@@ -315,7 +316,7 @@ def test_scenario_3_swift_command_matches_the_write_up() -> None:
         grad_accum=16,
         seq_len=2048,
     )
-    o = parse_swift(p.emit("swift").files["run.sh"])
+    o = parse_swift(emit(p, "swift").files["run.sh"])
     assert o["model"] == "Qwen/Qwen2.5-7B-Instruct"
     expect = {
         "train_type": "lora",

@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import TINY_CONFIG, requires, write_samples
 from vramplan import plan
 from vramplan.cli import write_files
+from vramplan.emit import emit
 from vramplan.memory import estimate
 from vramplan.memory.phases import traceable_bytes
 from vramplan.models import load_model
@@ -79,7 +80,7 @@ def test_emitted_trl_script_trains(tiny: tuple[Path, Path], tmp_path: Path, meth
         pytest.skip("bitsandbytes has no CPU 4-bit here")
     model_dir, data = tiny
     p = plan(str(model_dir / "config.json"), gpu="4090", seq_len=64, micro_batch=2, **method)
-    out = p.emit("trl", data=str(data))
+    out = emit(p, "trl", data=str(data))
     write_files(str(tmp_path / "run"), out.files, overwrite=False)
     script = tmp_path / "run" / "train.py"
     assert script.read_text().startswith("#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n# vramplan plan for trl:")
@@ -177,7 +178,7 @@ def _dry_run(files: dict[str, str], tmp_path: Path) -> dict:
 @pytest.mark.e2e
 def test_emitted_trl_settings_are_the_planned_setup(pinned: dict, tmp_path: Path) -> None:
     p = plan("qwen2.5-0.5b", gpu="a100-80g", **pinned)
-    emitted = p.emit("trl")
+    emitted = emit(p, "trl")
     back = setup_from_trl(_dry_run(emitted.files, tmp_path))
     assert back == emitted.setup == p.setup.model_copy(update={"lora_dropout": back.lora_dropout})
     assert emitted.allocated_bytes == p.peak.allocated_bytes
@@ -191,7 +192,7 @@ def test_emitted_lora_run_traces_within_the_bound(tmp_path: Path) -> None:
     from vramplan.trace.run import trace
 
     p = plan("qwen2.5-0.5b", gpu="4090", method="lora", seq_len=512, micro_batch=2)
-    back = setup_from_trl(_dry_run(p.emit("trl").files, tmp_path))
+    back = setup_from_trl(_dry_run(emit(p, "trl").files, tmp_path))
     traced = trace("qwen2.5-0.5b", back, steps=2, keep_timeline=False)
     est = traceable_bytes(estimate(load_model("qwen2.5-0.5b"), p.setup))
     assert abs(est - traced.peak_bytes) / traced.peak_bytes <= 0.03
@@ -199,7 +200,7 @@ def test_emitted_lora_run_traces_within_the_bound(tmp_path: Path) -> None:
 
 def test_gptq_is_replaced_and_said(tmp_path: Path) -> None:
     p = plan("qwen2.5-7b", gpu="a100-80g", method="qlora", quant="gptq-int4", precision="fp16")
-    out = p.emit("trl")
+    out = emit(p, "trl")
     assert out.setup.quant == "bnb-nf4" and out.adjustments
     assert "CHANGED FOR trl: gptq-int4 needs a pre-quantized checkpoint" in out.files["train.py"]
 
@@ -212,11 +213,11 @@ def test_fp16_trained_weights_become_amp_and_said() -> None:
         dict(method="lora", precision="fp16", trainable_extra=("lm_head",)),
     ):
         p = plan("qwen2.5-0.5b", gpu="a100-80g", seq_len=256, **pinned)
-        out = p.emit("trl")
+        out = emit(p, "trl")
         assert out.setup.precision == "amp-fp16" and "CHANGED FOR trl: fp16 weights" in out.files["train.py"]
 
 
 def test_qlora_script_places_each_rank_and_prepares_kbit() -> None:
-    text = plan("qwen2.5-7b", gpu="4090", method="qlora", quant="bnb-nf4").emit("trl").files["train.py"]
+    text = emit(plan("qwen2.5-7b", gpu="4090", method="qlora", quant="bnb-nf4"), "trl").files["train.py"]
     assert 'load["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}' in text
     assert "prepare_model_for_kbit_training(" in text

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import requires, write_samples
 from vramplan import plan
 from vramplan.cli import write_files
+from vramplan.emit import emit
 
 pytestmark = requires("trl")
 
@@ -63,7 +64,7 @@ def tiny_vl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_vlm_text_training_runs_and_keeps_lora_on_the_language_model(tiny_vl, tmp_path: Path) -> None:
     model_dir, data = tiny_vl
     p = plan(str(model_dir / "config.json"), gpu="4090", method="lora", seq_len=32, micro_batch=2)
-    out = p.emit("trl", data=str(data))
+    out = emit(p, "trl", data=str(data))
     write_files(str(tmp_path / "run"), out.files, overwrite=False)
     script = tmp_path / "run" / "train.py"
     settings = json.loads(
@@ -143,11 +144,11 @@ def test_other_targets_are_refused_with_and_without_images(tiny_vl) -> None:
 
     for target in ("swift", "llamafactory", "axolotl"):
         with pytest.raises(VramplanError):
-            p.emit(target)
+            emit(p, target)
     images = plan(str(model_dir / "config.json"), gpu="4090", method="lora", seq_len=32, image_size="448x448")
     with pytest.raises(VramplanError, match="training with images is emitted for trl only"):
-        images.emit("swift")
-    assert "IMAGES = {'per_prompt': 1" in images.emit("trl").files["train.py"]  # run in test_emit_grpo_images.py
+        emit(images, "swift")
+    assert "IMAGES = {'per_prompt': 1" in emit(images, "trl").files["train.py"]  # run in test_emit_grpo_images.py
 
 
 @pytest.mark.e2e
@@ -171,7 +172,7 @@ def test_full_with_a_frozen_tower_trains_what_the_plan_counts(tiny_vl, tmp_path:
             freeze_vision=tower,
             freeze_projector=projector,
         )
-        out = p.emit("trl", data=str(data))
+        out = emit(p, "trl", data=str(data))
         run = tmp_path / f"run-{tower}-{projector}"
         write_files(str(run), out.files, overwrite=False)
         settings = json.loads(

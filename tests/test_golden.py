@@ -22,10 +22,37 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
 import cases  # noqa: E402
 
+
+def _note_texts(notes: list[Any]) -> list[Any]:
+    return [n["text"] if isinstance(n, dict) else n for n in notes]
+
+
+def _cli_json(stdout: str) -> str:
+    """A plan's ``--json`` line (cli.py: ``json.dumps`` of the plan's dump) in its recorded shape;
+    any other output as it is."""
+    try:
+        value = json.loads(stdout)
+    except ValueError:
+        return stdout
+    recorded = _recorded_shape(value)
+    return stdout if recorded == value else json.dumps(recorded) + "\n"
+
+
 #: field -> (why it changed, new -> recorded)
-RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {}
+RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "notes": (
+        "a plan's notes are data (results.Note: code, data, text); the recorded notes were the texts",
+        _note_texts,
+    ),
+    "stdout": (
+        "the CLI's --json prints the plan's dump, whose notes are now Note objects (see notes)",
+        _cli_json,
+    ),
+}
 #: field -> why it was added
-ADDED: dict[str, str] = {}
+ADDED: dict[str, str] = {
+    "verdict": "an Alternative's reason as a code (chosen, does_not_fit, fits_slower, ranks_below, fits)",
+}
 #: field -> why it was removed
 REMOVED: dict[str, str] = {
     "vllm_card_bytes": "the card's memory is a GPU fact, not a choice of the run: the planner passes it to"

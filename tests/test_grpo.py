@@ -145,7 +145,7 @@ def test_case2_visual_rft_on_a_4090(model: str, quant: str, fits: bool) -> None:
     )
     assert p.fits is fits
     assert p.peak.device_bytes <= 24 * GIB
-    assert any(n.startswith("GRPO phases") for n in p.notes)
+    assert any(n.text.startswith("GRPO phases") for n in p.notes)
 
 
 def test_pinned_micro_batch_raises_the_accumulation() -> None:
@@ -205,9 +205,9 @@ def test_vllm_that_cannot_hold_its_weights_does_not_fit() -> None:
         vllm_gpu_memory_utilization=0.4,
     )
     assert not p.fits
-    assert any("vLLM cannot start" in n for n in p.notes)
+    assert any("vLLM cannot start" in n.text for n in p.notes)
     small = plan("qwen2.5-1.5b", "4090", method="lora", rl="grpo", seq_len=1024, completion_len=512, vllm="colocate")
-    assert small.fits and any("room for" in n and "sequences at once" in n for n in small.notes)
+    assert small.fits and any("room for" in n.text and "sequences at once" in n.text for n in small.notes)
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def test_host_ram_too_small_does_not_fit() -> None:
     assert ok.fits and ok.host_bytes > 100 * GIB
     short = plan("qwen2.5-7b", "a100-80g", host_ram_gib=64, **kw)
     assert not short.fits
-    assert any("does not fit the host" in n for n in short.notes)
+    assert any("does not fit the host" in n.text for n in short.notes)
 
 
 def test_layout_search_prefers_the_fastest_that_fits() -> None:
@@ -74,7 +74,7 @@ def test_layout_search_prefers_the_fastest_that_fits() -> None:
     # sharded layouts do, and offload is slower than no offload
     p = plan("qwen2.5-7b", "a100-80g", method="full", num_gpus=4, precision="amp-bf16")
     assert p.fits and p.setup.parallel in ("zero2", "zero3", "fsdp") and p.setup.offload == "none"
-    assert any(n.startswith("fitting setups, fastest first") for n in p.notes)
+    assert any(n.text.startswith("fitting setups, fastest first") for n in p.notes)
     # LoRA of 7B fits each card whole: data parallel, no sharding needed
     q = plan("qwen2.5-7b", "a100-80g", method="lora", num_gpus=4)
     assert q.setup.parallel in ("ddp", "zero2")
@@ -87,7 +87,7 @@ def test_gpus_auto_finds_the_fewest() -> None:
     assert n > 1
     fewer = plan("qwen2.5-72b", "a100-80g", method="lora", grad_checkpointing=True, num_gpus=n - 1)
     assert not fewer.fits
-    assert p.notes[0].startswith(f"--gpus auto: {n} GPUs")
+    assert p.notes[0].text.startswith(f"--gpus auto: {n} GPUs")
 
 
 def test_nodes_shard_over_the_world() -> None:
@@ -123,7 +123,7 @@ def test_bad_layouts_exit_2_with_one_line(args: list[str], field: str) -> None:
 
 def test_zero3_on_one_gpu_warns() -> None:
     p = plan("qwen2.5-1.5b", "4090", method="full", parallel="zero3")
-    assert any("ZeRO-3 on one GPU shards nothing" in n for n in p.notes)
+    assert any("ZeRO-3 on one GPU shards nothing" in n.text for n in p.notes)
 
 
 # --- SCENARIOS.md --------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import error_line, requires
+from vramplan.emit import emit
 from vramplan.memory import estimate
 from vramplan.memory.inference import inference_estimate, kv_cache_tensor_bytes
 from vramplan.models import load_model
@@ -119,4 +120,4 @@ def test_inference_plans_kv_cache_dtypes_and_batch() -> None:
     free = plan("qwen2.5-7b", gpu="h100", method="inference", seq_len=4096)
     assert free.setup.micro_batch == 8  # the largest batch that fits is chosen
     with pytest.raises(VramplanError, match="nothing to emit"):
-        p.emit("trl")
+        emit(p, "trl")

@@ -1,6 +1,6 @@
 """The planner's shortcuts give the answers of weighing everything in order: ``--gpus auto``
-bisects the multi-node counts (planner._fewest), and the suggestions' first fit skips a group
-whose smallest micro-batch does not fit (planner._first_fit). Each is held to a brute-force
+bisects the multi-node counts (auto.fewest), and the suggestions' first fit skips a group
+whose smallest micro-batch does not fit (search.first_fit). Each is held to a brute-force
 reference kept here, and the monotonicity each relies on is checked on the catalog."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vramplan import plan, planner
+from vramplan import auto, plan, search
 from vramplan.errors import VramplanError
 from vramplan.gpus import resolve_gpu
 from vramplan.memory import estimate
 from vramplan.memory.host import host_terms
 from vramplan.models import catalog_names, load_model
+from vramplan.results import Note
 from vramplan.setup import make_setup
 
 
@@ -81,7 +82,7 @@ def _answer(search, counts, outcomes) -> tuple[Any, ...]:
 @given(count_outcomes())
 def test_fewest_is_the_first_fit_in_order(case) -> None:
     counts, outcomes = case
-    fast, calls = _answer(planner._fewest, counts, outcomes)
+    fast, calls = _answer(auto.fewest, counts, outcomes)
     slow, _ = _answer(reference_fewest, counts, outcomes)
     assert fast == slow
     multi = [i for i, (_, nodes) in enumerate(counts) if nodes > 1]
@@ -100,13 +101,13 @@ def test_fewest_at_every_threshold() -> None:
                 outcomes = ["no", "skip"] + ["fit" if j >= threshold else "no" for j in range(multi)]
                 if skip is not None:
                     outcomes[2 + skip] = "skip"
-                assert _answer(planner._fewest, counts, outcomes)[0] == _answer(reference_fewest, counts, outcomes)[0]
+                assert _answer(auto.fewest, counts, outcomes)[0] == _answer(reference_fewest, counts, outcomes)[0]
 
 
 def reference_auto(model: str, gpu: str, **pinned: Any):
     """``--gpus auto`` as it was: every count planned in full, in order."""
     last = None
-    counts = planner.AUTO_GPUS
+    counts = auto.AUTO_GPUS
     if "num_nodes" in pinned:
         counts = [(n, pinned["num_nodes"]) for n in range(1, 9)]
     for n, nodes in counts:
@@ -117,17 +118,27 @@ def reference_auto(model: str, gpu: str, **pinned: Any):
         try:
             last = plan(model, gpu, **fields)
         except VramplanError as exc:
-            if exc.field in planner.AUTO_SKIPS:
+            if exc.field in auto.AUTO_SKIPS:
                 continue
             raise
         if last.fits:
             count = (
                 "1 GPU" if n * nodes == 1 else f"{n * nodes} GPUs" + (f" ({nodes} nodes of {n})" if nodes > 1 else "")
             )
-            return last.model_copy(update={"notes": [f"--gpus auto: {count} is the fewest that fits", *last.notes]})
+            fewest = Note(
+                code="gpus.auto_fewest",
+                data={"num_gpus": n, "num_nodes": nodes, "world_size": n * nodes},
+                text=f"--gpus auto: {count} is the fewest that fits",
+            )
+            return last.model_copy(update={"notes": [fewest, *last.notes]})
     if last is None:
         raise VramplanError("num_gpus", "auto: no GPU count could run the pinned layout")
-    return last.model_copy(update={"notes": ["--gpus auto: nothing up to 512 GPUs fits", *last.notes]})
+    none = Note(
+        code="gpus.auto_none",
+        data={"max_world_size": max(n * nodes for n, nodes in counts)},
+        text="--gpus auto: nothing up to 512 GPUs fits",
+    )
+    return last.model_copy(update={"notes": [none, *last.notes]})
 
 
 #: a shorter count list, so that the reference (a full plan per count) stays quick.
@@ -149,7 +160,7 @@ AUTO_CASES = [
 
 @pytest.mark.parametrize(("model", "gpu", "pinned"), AUTO_CASES)
 def test_auto_gpus_equals_planning_every_count(monkeypatch, model, gpu, pinned) -> None:
-    monkeypatch.setattr(planner, "AUTO_GPUS", SHORT_COUNTS)
+    monkeypatch.setattr(auto, "AUTO_GPUS", SHORT_COUNTS)
     try:
         want = reference_auto(model, gpu, **pinned).model_dump_json()
     except VramplanError as exc:
@@ -196,9 +207,9 @@ def test_more_gpus_across_nodes_never_need_more_per_gpu(name) -> None:
 
 def reference_first_fit(spec, gpu, pinned, host=None):
     """The suggestions' first fit as it was: every candidate in order."""
-    for fields in planner.candidates(pinned, gpu):
+    for fields in search.candidates(pinned, gpu):
         try:
-            setup, est, fits = planner._evaluate(spec, gpu, fields, host)
+            setup, est, fits = search.evaluate(spec, gpu, fields, host)
         except VramplanError:
             return None
         if fits:
@@ -225,7 +236,7 @@ def test_first_fit_equals_weighing_every_candidate(name, gpu) -> None:
         if spec.moe is not None:
             pinned = {**pinned, "lora_targets": "q_proj,k_proj,v_proj,o_proj"}
         want = reference_first_fit(spec, card, pinned)
-        got = planner._first_fit(spec, card, pinned)
+        got = search.first_fit(spec, card, pinned)
         assert (got is None) == (want is None), pinned
         if got is not None and want is not None:
             assert got[0] == want[0] and got[1] == want[1], pinned

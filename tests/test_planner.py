@@ -36,7 +36,7 @@ def test_pinned_fields_are_kept() -> None:
 def test_checkpointing_only_when_needed() -> None:
     p = plan("qwen2.5-0.5b", gpu="h100", method="lora", micro_batch=1, seq_len=512)
     assert p.setup.grad_checkpointing is False
-    assert any("resolved to" in n for n in p.notes)  # h100 -> H100 SXM says so
+    assert any("resolved to" in n.text for n in p.notes)  # h100 -> H100 SXM says so
 
 
 def test_no_fit_reports_the_smallest_and_suggestions() -> None:
@@ -44,11 +44,11 @@ def test_no_fit_reports_the_smallest_and_suggestions() -> None:
     assert not p.fits
     assert p.headroom_bytes < 0
     assert p.peak.device_bytes == min(a.device_bytes for a in p.alternatives)
-    assert any("nothing weighed fits" in n for n in p.notes)
-    assert any("would fit without pinning method=full: lora" in n for n in p.notes), p.notes
+    assert any("nothing weighed fits" in n.text for n in p.notes)
+    assert any("would fit without pinning method=full: lora" in n.text for n in p.notes), p.notes
     hopeless = plan("qwen2.5-72b", gpu="4090", method="full")
     assert not hopeless.fits
-    assert not any("without pinning method=full: lora" in n for n in hopeless.notes)
+    assert not any("without pinning method=full: lora" in n.text for n in hopeless.notes)
 
 
 def test_no_bf16_card_uses_fp16() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 import vramplan
 from vramplan import plan
-from vramplan.emit import templating
+from vramplan.emit import emit, templating
 
 TEMPLATES = Path(templating.__file__).parent / "templates"
 NAMES = ["grpo.py", "sft.py"]
@@ -42,7 +42,7 @@ def rendered_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[
 
     monkeypatch.setattr(templating, "render", spy)
     for fields in PLANS.values():
-        files = plan("qwen2.5-0.5b", gpu="a100-80g", **fields).emit("trl").files
+        files = emit(plan("qwen2.5-0.5b", gpu="a100-80g", **fields), "trl").files
         name, blocks, values = calls[-1]
         yield name, blocks, values, files["train.py"]
 

@@ -126,7 +126,7 @@ def test_plan_refuses_sdpa_for_gemma2() -> None:
 def test_gemma2_plan_defaults_to_eager_and_says_so() -> None:
     p = plan("gemma-2-9b", "a100-80g", method="lora")
     assert p.setup.attention == "eager"
-    assert any(n.startswith("gemma2: attention eager") for n in p.notes)
+    assert any(n.text.startswith("gemma2: attention eager") for n in p.notes)
     assert all(a.setup.attention == "eager" for a in p.alternatives)
     assert plan("gemma-2-9b", "a100-80g", method="lora", attention="flash-attn-2").setup.attention == "flash-attn-2"
 
@@ -153,7 +153,7 @@ def test_trace_builds_the_setup_the_planner_would(model: str, flags: dict) -> No
     planned = plan(model, "h100", **{"method": "lora", **flags})
     for field in ("attention", "lora_targets", "lora_dropout", "quant"):
         assert getattr(setup, field) == getattr(planned.setup, field), field
-    assert set(notes) <= set(planned.notes)
+    assert set(notes) <= {n.text for n in planned.notes}
 
 
 def test_family_defaults_leave_pinned_choices_alone() -> None:

@@ -50,7 +50,7 @@ def test_images_need_a_vlm_and_a_valid_size() -> None:
 
 def test_plan_names_the_image_terms() -> None:
     p = plan("qwen2-vl-7b", gpu="a100-80g", method="lora", image_size="1024x1024")
-    note = next(n for n in p.notes if n.startswith("images:"))
+    note = next(n.text for n in p.notes if n.text.startswith("images:"))
     assert "4,900 ViT patches" in note and "1,225 language-model tokens" in note and "frozen" in note
 
 

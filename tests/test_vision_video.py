@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from vramplan import plan
+from vramplan.emit import emit
 from vramplan.errors import VramplanError
 from vramplan.memory import vision
 from vramplan.models import load_model
@@ -97,7 +98,7 @@ def test_cli_names_the_video_and_refuses_bad_input() -> None:
 def test_video_plans_are_not_emitted() -> None:
     p = plan("qwen2-vl-2b", "4090", method="lora", seq_len=512, video_frames=8, video_size="448x448")
     with pytest.raises(VramplanError, match="videos is not emitted"):
-        p.emit("trl")
+        emit(p, "trl")
 
 
 def test_freeze_flags_imply_full_and_take_the_tower_out_of_training() -> None:

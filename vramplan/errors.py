@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 #: the longest user value an error message echoes; longer ones are cut in the middle.
@@ -55,8 +56,6 @@ class DoesNotFit(VramplanError):
 
 def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:
     """The catalog entries nearest to ``name`` (difflib ratio, then prefix matches)."""
-    import difflib
-
     low = name.lower()[:100]  # difflib is quadratic: a long name is no closer for its tail
     by_low = {c.lower(): c for c in candidates}
     hits = difflib.get_close_matches(low, list(by_low), n=n, cutoff=0.5)

@@ -15,11 +15,10 @@ from vramplan.units import GIB
 
 if TYPE_CHECKING:
     from vramplan.gpus import GPU
-    from vramplan.memory.phases import CardEstimate
-    from vramplan.planner import Plan
     from vramplan.published import Comparison as PublishedComparison
     from vramplan.published import Stats as PublishedStats
     from vramplan.published import Summary as PublishedSummary
+    from vramplan.results import CardEstimate, Plan
     from vramplan.trace.result import TraceResult
     from vramplan.validate import Comparison, Summary
 
@@ -171,7 +170,7 @@ def plan_renderable(plan: Plan) -> Group:
         parts.append(host_table(plan))
     parts.append(alts)
     if plan.notes:
-        parts.append(Text("\n".join(f"note: {n}" for n in plan.notes), style="dim"))
+        parts.append(Text("\n".join(f"note: {n.text}" for n in plan.notes), style="dim"))
     return Group(*parts)
 
 

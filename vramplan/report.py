@@ -9,15 +9,23 @@ the page (``data-charts``), which the browser test reads. Nothing is fetched. To
 
 from __future__ import annotations
 
+import functools
 import html
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vramplan.emit import emit
 from vramplan.errors import VramplanError
+from vramplan.files import write_file_atomically
+from vramplan.memory import estimate
+from vramplan.models import load_model
+from vramplan.results import Alternative
+from vramplan.timing import data_parallel_replicas, step_time
 from vramplan.units import GIB
 
 if TYPE_CHECKING:
-    from vramplan.planner import Plan
+    from vramplan.results import Plan
 
 #: one colour per kind of term (the part before the slash).
 KIND_COLOURS = {
@@ -95,11 +103,6 @@ def peak_bars_svg(plan: Plan) -> str:
 def variants(plan: Plan) -> list[Any]:
     """The chosen setup at other micro-batches (1, 2, 4, 8) and with checkpointing on and
     off, as Alternatives: the memory/speed trade-off around the plan, pinned or not."""
-    from vramplan.memory import estimate
-    from vramplan.models import load_model
-    from vramplan.planner import Alternative
-    from vramplan.timing import data_parallel_replicas, step_time
-
     s = plan.setup
     if s.method == "inference" or s.rl != "none":
         return []  # no time model for generation; GRPO batches must hold whole groups
@@ -121,6 +124,7 @@ def variants(plan: Plan) -> list[Any]:
                     device_bytes=est.device_bytes,
                     chosen=False,
                     reason=f"{label}: {'fits' if fits else 'does not fit'}",
+                    verdict="fits" if fits else "does_not_fit",
                     tokens_per_second=t.tokens_per_second * data_parallel_replicas(v),
                     seconds_per_step=t.seconds_per_step,
                 )
@@ -237,7 +241,8 @@ def report_html(
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_gib(v)}</td></tr>" for k, v in plan.host_terms.items())
         sections += ["<h2>Host RAM per node</h2>", f"<table>{rows}</table>"]
     if plan.notes:
-        sections += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in plan.notes) + "</ul>"]
+        items = "".join(f"<li>{html.escape(n.text)}</li>" for n in plan.notes)
+        sections += ["<h2>Notes</h2>", f"<ul>{items}</ul>"]
     if timeline_svg:
         sections += ["<h2>Traced live memory</h2>", timeline_svg]
     if emitted:
@@ -256,8 +261,6 @@ def report_html(
 
 def emitted_files(plan: Plan) -> tuple[dict[str, str] | None, str]:
     """The trl config for the page, or why there is none."""
-    from vramplan.emit import emit
-
     try:
         out: Any = emit(plan, "trl", force=True)
     except VramplanError as exc:
@@ -270,8 +273,6 @@ def check_output(path: str | Path, field: str, suffixes: tuple[str, ...], *, nee
     """Refuse, before anything is written, a path that cannot take the output: wrong
     extension, an existing directory, a folder that is missing or not writable, or no
     matplotlib for a PNG."""
-    import os
-
     target = Path(path)
     if target.suffix.lower() not in suffixes:
         raise VramplanError(field, f"write {' or '.join(suffixes)}, not {target.suffix or 'no extension'}")
@@ -300,8 +301,6 @@ def write_report(
     plan: Plan, path: str | Path, *, time_line: str | None = None, timeline_svg: str | None = None
 ) -> Path:
     """Write the page to ``path`` (.html), all or nothing."""
-    from vramplan.files import write_file_atomically
-
     target = check_output(path, "report", (".html", ".htm"))
     page = report_page(plan, time_line=time_line, timeline_svg=timeline_svg)
     return write_file_atomically(target, page, field="report")
@@ -309,9 +308,6 @@ def write_report(
 
 def plot_plan_png(plan: Plan, path: str | Path) -> Path:
     """The same two charts as a PNG (matplotlib, the ``plot`` extra), whole or not at all."""
-    import functools
-
-    from vramplan.files import write_file_atomically
 
     target = check_output(path, "plot", (".png",))
     return write_file_atomically(target, functools.partial(draw_plan_png, plan), field="plot")

@@ -30,16 +30,23 @@ its interconnect); they rank layouts, they do not promise seconds.
 
 from __future__ import annotations
 
+import csv
+import json
 from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.gpus import GPU
+from vramplan.gpus import GPU, resolve_gpu
 from vramplan.memory import estimate, optimizer, vision
-from vramplan.memory.trainable import full_trainable_params, moe_layer_set, trainable_layers
+from vramplan.memory.host import host_terms
+from vramplan.memory.trainable import full_trainable_params, moe_layer_set, trainable_layers, trainable_params
 from vramplan.memory.weights import quantized_weight_params
+from vramplan.models import load_model
+from vramplan.params import param_counts
+from vramplan.published import published_csv, read_rows, row_setup
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
+from vramplan.tables import tables_dir
 
 
 class StepTime(BaseModel):
@@ -65,10 +72,6 @@ CPU_ADAM_PARAMS_PER_S = 50e9 / 32
 
 def communication_seconds(spec: ModelSpec, setup: Setup, gpu: GPU) -> float:
     """Seconds one optimizer step spends moving data between GPUs and to the host."""
-    from vramplan.memory.host import host_terms
-    from vramplan.memory.trainable import trainable_params
-    from vramplan.params import param_counts
-
     n = setup.world_size
     layout = setup.parallel
     if layout in ("none", "device_map") or n == 1:
@@ -140,9 +143,6 @@ def flops_per_token(spec: ModelSpec, setup: Setup) -> float:
 
 def constants() -> dict[str, float]:
     """Fitted efficiency and per-micro-batch overhead (tables/timing.json)."""
-    import json
-
-    from vramplan.tables import tables_dir
 
     data = json.loads((tables_dir() / "timing.json").read_text())
     return {k: float(v["value"]) for k, v in data.items() if not k.startswith("_") and "value" in v}
@@ -216,12 +216,6 @@ class SpeedRow(BaseModel):
 
 def speed_rows() -> list[SpeedRow]:
     """tables/measured/speeds.csv joined with the configurations in published.csv."""
-    import csv
-
-    from vramplan.gpus import resolve_gpu
-    from vramplan.models import load_model
-    from vramplan.published import published_csv, read_rows, row_setup
-    from vramplan.tables import tables_dir
 
     configs = {r["id"]: r for r in read_rows(published_csv())}
     out = []

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from vramplan import plan
-from vramplan.emit import TARGETS
+from vramplan.emit import TARGETS, emit
 
 HERE = Path(__file__).resolve().parent
 PINNED = dict(
@@ -30,7 +30,7 @@ PINNED = dict(
 
 def emitted() -> dict[str, dict[str, str]]:
     p = plan("Qwen/Qwen2.5-7B-Instruct", gpu="4090d", **PINNED)
-    return {t: p.emit(t, data="self_cognition.jsonl").files for t in TARGETS}
+    return {t: emit(p, t, data="self_cognition.jsonl").files for t in TARGETS}
 
 
 def main() -> None:

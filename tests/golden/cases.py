@@ -5,7 +5,7 @@ commit that does so says why.
 
 Each case is ``(name, kind, args)``: kind ``plan`` (``plan(model, gpu, **fields)``, its
 ``model_dump_json()``, which is what ``vramplan ... --json`` prints), ``emit``
-(``plan(...).emit(target)``: the files, command and adjustments), ``cli`` (the CLI's
+(``emit(plan(...), target)``: the files, command and adjustments), ``cli`` (the CLI's
 stdout and exit code for an argv) or ``error`` (the VramplanError a plan raises).
 """
 
@@ -280,6 +280,7 @@ def cases() -> list[tuple[str, str, dict[str, Any]]]:
 def run(kind: str, args: dict[str, Any]) -> Any:
     """The case's output as JSON-ready data."""
     from vramplan import plan
+    from vramplan.emit import emit
     from vramplan.errors import VramplanError
 
     args = dict(args)
@@ -304,7 +305,7 @@ def run(kind: str, args: dict[str, Any]) -> Any:
     try:
         p = plan(model, gpu, **args)
         if kind == "emit":
-            return json.loads(p.emit(target, force=True).model_dump_json())
+            return json.loads(emit(p, target, force=True).model_dump_json())
         if kind == "plan":
             return json.loads(p.model_dump_json())
         return {"no error": True}

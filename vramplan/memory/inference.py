@@ -9,9 +9,10 @@ exact for the cache at the end of generation.
 from __future__ import annotations
 
 from vramplan.memory import overhead
-from vramplan.memory.phases import Estimate
+from vramplan.memory.peak import split_estimate
 from vramplan.memory.weights import quant_state_bytes, quant_weight_bytes, quantized_weight_params
 from vramplan.params import param_counts
+from vramplan.results import Estimate
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 from vramplan.units import nbytes
@@ -88,8 +89,6 @@ def inference_estimate(spec: ModelSpec, setup: Setup) -> Estimate:
     }
     terms = {k: v for k, v in terms.items() if v}
     if setup.parallel == "device_map":
-        from vramplan.memory.phases import split_estimate
-
         return split_estimate(spec, setup, {"generate": terms})
     allocated = sum(terms.values())
     slack = overhead.allocator_slack_bytes(allocated)

@@ -260,8 +260,6 @@ def trainable_shapes(spec: ModelSpec, setup: Setup) -> list[tuple[tuple[int, ...
         out.append(((spec.vocab_size, h), 1 if spec.tie_word_embeddings else 2))
         out.append((norm_shape, 2 if spec.norm == "layernorm" else 1))
         if spec.vision is not None:  # counted as one flat block: Adafactor factors it little
-            from vramplan.params import param_counts
-
             counts = param_counts(spec)
             out.append(((counts.vision + counts.projector,), 1))
     return out

@@ -179,7 +179,5 @@ def forward_autocast_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
     if setup.grad_checkpointing and setup.method in ("full", "freeze"):
         total += _all_layer_copies(spec, setup)
     if setup.is_lora and policy_of(setup).autocast:
-        from vramplan.memory.trainable import lora_params
-
         total += nbytes(lora_params(spec, setup), "bf16")
     return total

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from vramplan.setup import Setup
+from vramplan.trace.kbit import build_qlora
+from vramplan.trace.parts import embedding_name, lora_config, materialize_fake
 from vramplan.trace.preflight import check_buildable, config_kwargs
 
 ATTN_IMPL = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attention_2"}
@@ -56,20 +58,6 @@ def _hf_config(config: dict[str, Any], setup: Setup, device: str) -> tuple[Any, 
     shown = [k for k in dropped if k != "_name_or_path"]  # transformers' own bookkeeping key
     notes = [f"config keys left out (not settings transformers can take): {', '.join(shown)}"] if shown else []
     return hf, notes
-
-
-def _lora_config(setup: Setup, spec_targets: list[str] | None, embedding_name: str) -> Any:
-    from peft import LoraConfig
-
-    extra = {"embeddings": embedding_name, "lm_head": "lm_head"}
-    return LoraConfig(
-        r=setup.lora_rank,
-        lora_alpha=int(setup.lora_alpha) if float(setup.lora_alpha).is_integer() else setup.lora_alpha,  # type: ignore[arg-type]
-        lora_dropout=setup.lora_dropout,
-        target_modules="all-linear" if spec_targets is None else spec_targets,
-        modules_to_save=[extra[m] for m in setup.trainable_extra] or None,
-        task_type="CAUSAL_LM",
-    )
 
 
 def freeze_vision_parts(model: Any, tower: bool, projector: bool) -> None:
@@ -123,8 +111,6 @@ def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cp
     notes += config_notes
     dtype = TORCH_DTYPE[setup.precision]
     if setup.method == "qlora":
-        from vramplan.trace.kbit import build_qlora
-
         model = build_qlora(hf, setup, fake=fake, device=device, fake_mode=fake_mode)
     else:
         ctx = torch.device("meta") if fake else torch.device(device)
@@ -139,7 +125,7 @@ def build(config: dict[str, Any], setup: Setup, *, fake: bool, device: str = "cp
             from peft import get_peft_model
 
             targets = setup.lora_target_list()
-            cfg = _lora_config(setup, targets, _embedding_name(model))
+            cfg = lora_config(setup, targets, embedding_name(model))
             if vlm:
                 # adapters on the language model only (the vision tower stays frozen)
                 names = targets or sorted({lin.name.split(".")[-1] for lin in _text_linears(config)})
@@ -170,34 +156,3 @@ def _text_linears(config: dict[str, Any]) -> list[Any]:
 
     spec = spec_from_config(config, name="vlm", where="config")
     return [lin for group, _ in spec.layer_groups for lin in group if lin.nn_linear]
-
-
-def _shared_parameters(model: Any) -> list[list[tuple[Any, str]]]:
-    """Groups of (module, attribute) that hold one and the same Parameter (tied weights)."""
-    owners: dict[int, list[tuple[Any, str]]] = {}
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            owners.setdefault(id(param), []).append((module, name))
-    return [group for group in owners.values() if len(group) > 1]
-
-
-def materialize_fake(model: Any, fake_mode: Any) -> None:
-    """``to_empty`` under fake mode, keeping tied weights tied: ``to_empty`` replaces each
-    module's parameters one by one and so un-ties them (Qwen2.5-0.5B would count its
-    embedding twice); every group that shared a Parameter shares the new one again."""
-    shared = _shared_parameters(model)
-    with fake_mode:
-        model.to_empty(device="cpu")
-    for group in shared:
-        first_module, first_name = group[0]
-        param = getattr(first_module, first_name)
-        for module, name in group[1:]:
-            setattr(module, name, param)
-
-
-def _embedding_name(model: Any) -> str:
-    emb = model.get_input_embeddings()
-    for name, module in model.named_modules():
-        if module is emb:
-            return name.split(".")[-1]
-    return "embed_tokens"

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from vramplan.setup import Setup
+from vramplan.trace.parts import embedding_name, lora_config, materialize_fake
 
 COMPUTE_DTYPE = {
     "bf16": torch.bfloat16,
@@ -94,8 +95,6 @@ def build_qlora(hf: Any, setup: Setup, *, fake: bool, device: str, fake_mode: An
     from transformers import AutoModelForCausalLM
     from transformers.integrations.bitsandbytes import replace_with_bnb_linear
 
-    from vramplan.trace.build import _embedding_name, _lora_config, materialize_fake
-
     ctx = torch.device("meta") if fake else torch.device(device)
     with ctx:
         model = AutoModelForCausalLM.from_config(hf, dtype=torch.bfloat16)
@@ -114,7 +113,7 @@ def build_qlora(hf: Any, setup: Setup, *, fake: bool, device: str, fake_mode: An
         with torch.no_grad():
             quant_tensors = _quantize_linears(model, setup, fake=False)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model = get_peft_model(model, _lora_config(setup, setup.lora_target_list(), _embedding_name(model)))
+    model = get_peft_model(model, lora_config(setup, setup.lora_target_list(), embedding_name(model)))
     if fake:  # materialise under fake mode, then quantize with bitsandbytes' fake kernels
         import bitsandbytes.functional as bf
 

@@ -17,8 +17,12 @@ from typing import Any
 from vramplan.arch import family
 from vramplan.errors import VramplanError
 from vramplan.limits import MAX_STEPS
+from vramplan.memory import estimate
+from vramplan.memory.trainable import check_lora_targets
+from vramplan.models import load_config, load_model
+from vramplan.planner import family_defaults
 from vramplan.setup import Setup, make_setup
-from vramplan.spec import ModelSpec
+from vramplan.spec import ModelSpec, spec_from_config
 
 TRACE_OPTIMIZERS = ("adamw", "adamw-fused", "sgd", "adafactor", "adamw-8bit")
 BNB_QUANTS = ("bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "bnb-int8")
@@ -117,8 +121,6 @@ def _traces_vision(config: dict[str, Any]) -> bool:
 
 
 def _spec(config: dict[str, Any]) -> ModelSpec | None:
-    from vramplan.arch import spec_from_config
-
     try:
         return spec_from_config(config, name="model", where="model config.json")
     except VramplanError:
@@ -163,10 +165,6 @@ def resolve_setup(model: str, fields: dict[str, Any], *, command: str = "trace")
     planner's family defaults filled in, checked by the estimate's own rules, refused with
     one line if the harness cannot build it. Returns the Setup and the notes that explain
     the defaults it took (the build adds its own notes)."""
-    from vramplan.memory.trainable import check_lora_targets
-    from vramplan.models import load_config, load_model
-    from vramplan.planner import family_defaults
-
     fields = {k: v for k, v in fields.items() if v is not None}
     if fields.get("rl", "none") != "none":
         raise VramplanError(
@@ -183,15 +181,12 @@ def resolve_setup(model: str, fields: dict[str, Any], *, command: str = "trace")
     setup = make_setup(**fields)
     check_lora_targets(spec, setup)
     check_buildable(config, setup, "cuda" if command == "measure" else "cpu")
-    return setup, notes
+    return setup, [note.text for note in notes]
 
 
 def refuse_if_too_big(model: str, setup: Setup) -> None:
     """A real CPU run of a model that would not fit this machine is refused up front, from
     the estimate (allocated tier), against the RAM available now."""
-    from vramplan.memory import estimate
-    from vramplan.models import load_model
-
     need = estimate(load_model(model), setup).allocated_bytes
     try:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -4,6 +4,8 @@ for real on the CPU (oracle), or for real on a CUDA card."""
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata as md
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -12,20 +14,20 @@ from typing import Any
 import torch
 
 from vramplan.errors import VramplanError
-from vramplan.models import load_config
+from vramplan.models import load_config, load_model
 from vramplan.setup import Setup
+from vramplan.trace.allocator import replay
 from vramplan.trace.build import Built, build
 from vramplan.trace.counter import Counter, CountingMode, Live
 from vramplan.trace.preflight import check_steps, refuse_if_too_big
 from vramplan.trace.result import KINDS, Allocation, TimelinePoint, TraceResult
+from vramplan.trace.vlm import ImageBatch
 
 Progress = Callable[[str], None]
 MAX_TIMELINE_POINTS = 1500
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "vramplan"):
         try:
@@ -269,9 +271,6 @@ def trace(
         )
         layout: Any = contextlib.nullcontext()
         if "vision_config" in config:
-            from vramplan.models import load_model
-            from vramplan.trace.vlm import ImageBatch
-
             base = built.model.get_base_model() if hasattr(built.model, "get_base_model") else built.model
             batch = ImageBatch(load_model(model), setup, base.config, base)
             layout = batch.fixed_layout(base)
@@ -313,8 +312,6 @@ def _run_with_bookkeeping(
 def _result(
     name: str, setup: Setup, backend: str, steps: int, counter: Counter, built: Built, seconds: float
 ) -> TraceResult:
-    from vramplan.trace.allocator import replay
-
     replayed = replay(counter.events)
     by_kind = {k: 0 for k in KINDS}
     for item in counter.peak_snapshot.values():
@@ -382,8 +379,6 @@ def require_cuda() -> None:
 def _nvml_process_bytes() -> int | None:
     """This process's device memory as NVML (nvidia-smi) reports it, if NVML is there."""
     try:
-        import os
-
         import pynvml
 
         pynvml.nvmlInit()

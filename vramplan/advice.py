@@ -1,0 +1,246 @@
+"""What a plan says beside its numbers: the alternatives weighed, with why each was or was not
+chosen, and the notes (results.Note: a code, its data and the sentence), one builder per code.
+results.py lists the codes and what their data holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vramplan import search
+from vramplan.gpus import GPU
+from vramplan.memory import rl, vision
+from vramplan.results import Alternative, Estimate, Note, NoteValue, Verdict
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+from vramplan.timing import data_parallel_replicas, step_time
+from vramplan.units import GIB
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+#: fitting setups the plan lists beside the chosen one, fastest first.
+RANKED_SHOWN = 5
+
+
+def ranking_note(spec: ModelSpec, gpu: GPU, ranked: list[tuple[Setup, Estimate, bool]]) -> Note:
+    shown = [(search.label(e[0]), search.throughput(spec, gpu, e[0]), e[1].device_bytes) for e in ranked[:RANKED_SHOWN]]
+    more = max(0, len(ranked) - RANKED_SHOWN)
+    parts = [f"{label} {speed:,.0f} tok/s" for label, speed, _ in shown]
+    text = "fitting setups, fastest first (estimated): " + "; ".join(parts) + (f" (+{more} more)" if more else "")
+    data: dict[str, NoteValue] = {
+        "setups": [label for label, _, _ in shown],
+        "tokens_per_second": [speed for _, speed, _ in shown],
+        "device_bytes": [n for _, _, n in shown],
+        "more": more,
+    }
+    return Note(code="rank.fitting", data=data, text=text)
+
+
+def gpu_notes(card: GPU, pinned: dict[str, Any]) -> list[Note]:
+    """What the card changes: a name resolved to a catalog card, 16-bit work in fp16 without bf16."""
+    notes: list[Note] = []
+    if card.resolved_from:
+        text = f"{card.resolved_from!r} resolved to {card.name} ({card.memory_mib} MiB as the driver reports it)"
+        data: dict[str, NoteValue] = {"name": card.resolved_from, "gpu": card.name, "memory_mib": card.memory_mib}
+        notes.append(Note(code="gpu.resolved", data=data, text=text))
+    if not card.bf16_supported and "precision" not in pinned:
+        text = f"{card.name} has no bf16: 16-bit work runs in fp16"
+        notes.append(Note(code="gpu.no_bf16", data={"gpu": card.name, "precision": "fp16"}, text=text))
+    return notes
+
+
+def zero3_one_gpu_note() -> Note:
+    text = (
+        "ZeRO-3 on one GPU shards nothing: it only adds DeepSpeed's fp32 master and buffers; use --offload"
+        " optimizer or optimizer+params to move state to the host, or plan without --parallel"
+    )
+    return Note(code="parallel.zero3_one_gpu", data={"parallel": "zero3", "world_size": 1}, text=text)
+
+
+def host_note(need: int, host: int | None) -> Note:
+    have = f" of the {gib(host)} given" if host is not None else " (pass --host-ram to check it)"
+    text = (
+        f"host RAM: {gib(need)} per node for the offloaded state{have}, pinned (page-locked), beside the"
+        " process's own RAM"
+    )
+    return Note(code="host.ram", data={"host_bytes": need, "host_ram_bytes": host}, text=text)
+
+
+def host_short_note(need: int, host: int) -> Note:
+    text = f"does not fit the host: {gib(need)} of page-locked RAM needed, {gib(host)} given"
+    data = {"host_bytes": need, "host_ram_bytes": host, "short_bytes": need - host}
+    return Note(code="fit.host_short", data=data, text=text)
+
+
+def short_by_note(card: GPU, est: Estimate) -> Note:
+    text = f"nothing weighed fits {card.name}: the smallest needs {gib(est.device_bytes)} of {gib(card.memory_bytes)}"
+    data: dict[str, NoteValue] = {
+        "gpu": card.name,
+        "device_bytes": est.device_bytes,
+        "memory_bytes": card.memory_bytes,
+        "short_bytes": est.device_bytes - card.memory_bytes,
+    }
+    return Note(code="fit.short_by", data=data, text=text)
+
+
+def rl_note(setup: Setup, est: Estimate) -> Note:
+    train = max(v for k, v in est.phases.items() if k not in ("generate", "reference", "old_logprobs"))
+    data: dict[str, NoteValue] = {
+        "rl": setup.rl,
+        "vllm": setup.vllm,
+        "generate_bytes": est.phases["generate"],
+        "generation_batch": rl.generation_batch(setup),
+        "old_logprobs_bytes": est.phases.get("old_logprobs"),
+        "reference_bytes": est.phases.get("reference"),
+        "training_bytes": train,
+        "peak_phase": est.phase,
+    }
+    if setup.vllm == "none":
+        parts = [f"generate {gib(est.phases['generate'])} ({rl.generation_batch(setup)} sequences' KV cache)"]
+    else:
+        parts = [f"generate {gib(est.phases['generate'])} (vLLM's share beside the policy)"]
+        parts.append(f"old log-probs {gib(est.phases['old_logprobs'])}")
+    if "reference" in est.phases:
+        parts.append(f"reference log-probs {gib(est.phases['reference'])}")
+    parts.append(f"training {gib(train)}")
+    how = "HF generate" if setup.vllm == "none" else "vLLM colocated"
+    text = (
+        f"{setup.rl.upper()} phases (allocated): " + ", ".join(parts) + f"; peak in {est.phase}."
+        f" {how}; TRL's fused LM head scores the completion tokens without full logits;"
+        " the time model does not cover generation"
+    )
+    return Note(code="rl.phases", data=data, text=text)
+
+
+def vllm_note(spec: ModelSpec, setup: Setup, card_bytes: int) -> Note:
+    images = vision.image_tokens(spec, setup)
+    need = rl.vllm_needs(spec, setup, images)
+    share = rl.vllm_share_bytes(setup, card_bytes)
+    n = rl.vllm_concurrent_sequences(spec, setup, card_bytes, images)
+    batch = rl.generation_batch(setup)
+    data: dict[str, NoteValue] = {
+        "share_bytes": share,
+        "gpu_memory_utilization": setup.vllm_gpu_memory_utilization,
+        "sleep": setup.vllm_sleep,
+        "weights_bytes": need["weights"],
+        "activations_bytes": need["activations"],
+        "kv_one_sequence_bytes": need["kv_one_sequence"],
+        "sequence_tokens": setup.seq_len + images,
+        "concurrent_sequences": n,
+        "generation_batch": batch,
+        "waves": -(-batch // n) if n >= 1 else None,
+    }
+    held = "freed after each generation (sleep mode)" if setup.vllm_sleep else "held through the whole step"
+    util = setup.vllm_gpu_memory_utilization
+    head = f"vLLM colocated: {gib(share)} of the card (gpu_memory_utilization {util:g}), {held}"
+    inside = (
+        f"; inside it: weights {gib(need['weights'])}, profiled activations {gib(need['activations'])},"
+        f" {gib(need['kv_one_sequence'])} of KV cache per {setup.seq_len + images}-token sequence"
+    )
+    if n < 1:
+        text = head + inside + ": vLLM cannot start (no room for one sequence): raise --vllm-memory"
+        return Note(code="rl.vllm", data=data, text=text)
+    waves = "" if n >= batch else f", so it generates the {batch} completions in {-(-batch // n)} waves"
+    return Note(code="rl.vllm", data=data, text=head + inside + f"; room for {n} sequences at once{waves}")
+
+
+def media_note(spec: ModelSpec, setup: Setup, est: Estimate) -> Note:
+    parts = []
+    data: dict[str, NoteValue] = {}
+    if setup.images_per_sample:
+        patches, tokens = vision.image_grid(spec, setup)
+        n = setup.images_per_sample
+        size = setup.image_size or "448x448"
+        parts.append(
+            f"images: {n} x {size} per sample = {n * patches:,} ViT patches and {n * tokens:,} language-model tokens"
+        )
+        data |= {"images_per_sample": n, "image_size": size, "image_patches": n * patches, "image_tokens": n * tokens}
+    if setup.video_frames:
+        steps, patches, tokens = vision.video_grid(spec, setup)
+        size = setup.video_size or "448x448"
+        parts.append(
+            f"video: {setup.video_frames} frames of {size} = {steps} frame pairs, {steps * patches:,} ViT patches"
+            f" and {steps * tokens:,} language-model tokens"
+        )
+        data |= {
+            "video_frames": setup.video_frames,
+            "video_size": size,
+            "frame_pairs": steps,
+            "video_patches": steps * patches,
+            "video_tokens": steps * tokens,
+        }
+    extra = vision.image_tokens(spec, setup)
+    trained = vision.tower_trained(setup)
+    tower = "trained (full fine-tuning)" if trained else "frozen"
+    vision_forward = est.phases.get("vision_forward", 0)
+    data |= {
+        "seq_len": setup.seq_len,
+        "media_tokens": extra,
+        "tower_trained": trained,
+        "vision_forward_bytes": vision_forward,
+    }
+    text = (
+        "; ".join(parts) + f" (sequence {setup.seq_len} + {extra:,}); vision tower {tower}; its forward phase peaks at"
+        f" {gib(vision_forward)} allocated"
+    )
+    return Note(code="media.tokens", data=data, text=text)
+
+
+def alternatives(
+    evaluated: list[tuple[Setup, Estimate, bool]], chosen: tuple[Setup, Estimate, bool], gpu: GPU, spec: ModelSpec
+) -> list[Alternative]:
+    """The best setup of each method/precision, with why it was or was not chosen."""
+    best: dict[tuple[str, ...], tuple[Setup, Estimate, bool]] = {}
+    for item in evaluated:
+        s = item[0]
+        key = (s.method, s.precision, s.quant, s.parallel, s.offload)
+        if key not in best or (item[2] and not best[key][2]):
+            best[key] = item
+        elif (
+            not item[2]
+            and not best[key][2]
+            and (item[1].device_bytes, s.micro_batch) < (best[key][1].device_bytes, best[key][0].micro_batch)
+        ):
+            best[key] = item
+    out = []
+    c = chosen[0]
+    order = {m: i for i, m in enumerate(("full", "freeze", "lora", "qlora", "inference"))}
+    for item in best.values():
+        s, est, fits = item
+        same_class = (s.method, s.precision, s.quant) == (c.method, c.precision, c.quant)
+        verdict: Verdict
+        if item is chosen or s == c:
+            which = "the fastest setup of the most preferred method" if c.rl == "none" else "the most preferred setup"
+            verdict = "chosen"
+            reason = f"chosen: {which} that fits" if fits else "chosen: the smallest, but it does not fit"
+        elif not fits:
+            verdict = "does_not_fit"
+            reason = f"does not fit: needs {gib(est.device_bytes)} of {gib(gpu.memory_bytes)}"
+        elif same_class:
+            verdict = "fits_slower"
+            reason = f"fits ({gib(est.device_bytes)}), slower than the chosen setup"
+        elif (order[s.method], s.precision) > (order[c.method], c.precision) or s.method == c.method:
+            verdict = "ranks_below"
+            reason = f"fits ({gib(est.device_bytes)}) but ranks below the chosen setup ({search.label(c)})"
+        else:
+            verdict = "fits"
+            reason = f"fits ({gib(est.device_bytes)})"
+        speed = step = None
+        if s.method != "inference" and s.rl == "none":
+            t = step_time(spec, s, gpu)
+            speed, step = t.tokens_per_second * data_parallel_replicas(s), t.seconds_per_step
+        out.append(
+            Alternative(
+                setup=s,
+                fits=fits,
+                device_bytes=est.device_bytes,
+                chosen=s == chosen[0],
+                reason=f"{search.label(s)}: {reason}",
+                verdict=verdict,
+                tokens_per_second=speed,
+                seconds_per_step=step,
+            )
+        )
+    return out

@@ -1,0 +1,165 @@
+"""What vramplan answers, as data: an estimate, a plan, the setups weighed beside it and its notes.
+
+Every class here is a frozen pydantic model; ``--json`` prints ``Plan.model_dump_json()``. This
+module imports only leaf data modules (setup, gpus, params), so the memory terms, the planner,
+the emitters and the renderers all read it and none of it reads them. A plan renders itself
+(``__rich__``, ``_repr_html_``, through render.py); it is emitted by ``vramplan.emit.emit(plan, target)``.
+
+A :class:`Note` is one thing the plan says: a stable ``code``, its numbers in ``data`` (bytes as
+ints) and ``text``, the sentence the CLI prints. The codes and what their data holds:
+
+- ``family.attention``: the family's attention taken for the default the family refuses:
+  ``model_type``, ``attention`` (taken), ``refused`` (the default), ``others`` (other attentions it runs).
+- ``moe.lora_targets``: LoRA on an MoE's attention only: ``targets`` (module names).
+- ``moe.lora_dropout``: LoRA on an MoE's experts (all-linear) runs without dropout: ``lora_dropout`` (0.0).
+- ``gpu.resolved``: the card's name was resolved: ``name`` (as given), ``gpu``, ``memory_mib``.
+- ``gpu.no_bf16``: the card has no bf16: ``gpu``, ``precision`` (fp16).
+- ``rank.fitting``: the fitting setups of the chosen method, fastest first, as many as shown:
+  ``setups`` (labels), ``tokens_per_second``, ``device_bytes`` (lists in the same order), ``more``
+  (how many fitting setups are not shown).
+- ``parallel.zero3_one_gpu``: ZeRO-3 on one GPU shards nothing: ``parallel``, ``world_size``.
+- ``host.ram``: host RAM one node needs for offloaded state: ``host_bytes``, ``host_ram_bytes`` (given, or None).
+- ``fit.host_short``: the host RAM given is too small: ``host_bytes``, ``host_ram_bytes``, ``short_bytes``.
+- ``media.tokens``: images and video: ``images_per_sample``, ``image_size``, ``image_patches``,
+  ``image_tokens`` (with images); ``video_frames``, ``video_size``, ``frame_pairs``, ``video_patches``,
+  ``video_tokens`` (with video); ``seq_len``, ``media_tokens`` (added to it), ``tower_trained``,
+  ``vision_forward_bytes``.
+- ``rl.phases``: GRPO's phases: ``rl``, ``vllm``, ``generate_bytes``, ``generation_batch``,
+  ``old_logprobs_bytes`` and ``reference_bytes`` (None without them), ``training_bytes``, ``peak_phase``.
+- ``rl.vllm``: vLLM colocated: ``share_bytes``, ``gpu_memory_utilization``, ``sleep``, ``weights_bytes``,
+  ``activations_bytes``, ``kv_one_sequence_bytes``, ``sequence_tokens``, ``concurrent_sequences``
+  (below 1: vLLM cannot start), ``generation_batch``, ``waves`` (None when it cannot start).
+- ``fit.short_by``: nothing weighed fits the card: ``gpu``, ``device_bytes`` (the smallest),
+  ``memory_bytes``, ``short_bytes``.
+- ``fit.suggestion``: a change that makes it fit: ``change`` (``release``: drop the pinned ``field``
+  whose value was ``value``; ``set``: set ``field`` to ``value``), ``setup`` (the label of what then
+  fits) and its ``device_bytes``.
+- ``gpus.auto_fewest``: ``--gpus auto`` found the fewest GPUs that fit: ``num_gpus`` (per node),
+  ``num_nodes``, ``world_size``.
+- ``gpus.auto_none``: no GPU count ``--gpus auto`` weighs fits: ``max_world_size`` (the largest weighed;
+  the sentence says 512, the largest of auto.AUTO_GPUS, also when ``num_nodes`` was pinned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from vramplan.gpus import GPU
+from vramplan.params import ParamCounts
+from vramplan.setup import Setup
+
+
+class CardEstimate(BaseModel):
+    """One GPU of a ``device_map`` split: what it holds and its own peak."""
+
+    model_config = ConfigDict(frozen=True)
+    index: int
+    holds: str  # "embed, layers 0-17"
+    layers: int
+    phase: str
+    terms: dict[str, int]
+    allocated_bytes: int
+    reserved_bytes: int
+    device_bytes: int
+
+
+class Estimate(BaseModel):
+    """Memory of one setup: terms at the peak phase (bytes; they sum to ``device_bytes``).
+    Under ``device_map`` these are the fullest card's, and ``cards`` has every card."""
+
+    model_config = ConfigDict(frozen=True)
+    phase: str
+    terms: dict[str, int]
+    phases: dict[str, int]
+    allocated_bytes: int
+    reserved_bytes: int
+    device_bytes: int
+    total_params: int
+    trainable_params: int
+    cards: list[CardEstimate] = []
+
+
+class Peak(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    phase: str
+    allocated_bytes: int
+    reserved_bytes: int
+    device_bytes: int
+
+
+#: a value a note's data holds: numbers (bytes as ints), names, flags, or a list of them.
+Scalar = bool | int | float | str | None
+#: (Mapping and Sequence in the annotations so that a ``dict[str, int]`` or a ``list[str]`` type-checks
+#: as note data; pydantic validates the mapping into a dict.)
+NoteValue = Scalar | Sequence[Scalar]
+
+
+class Note(BaseModel):
+    """One thing the plan says: a stable dotted ``code``, its numbers in ``data`` and the sentence
+    ``text`` the CLI prints (see the module docstring for every code and its data)."""
+
+    model_config = ConfigDict(frozen=True)
+    code: str
+    data: Mapping[str, NoteValue]
+    text: str
+
+
+#: an Alternative's verdict: the one chosen; one that does not fit the card; one of the chosen
+#: setup's method, precision and quantization that fits but is slower; one of a method or precision
+#: the search prefers less that fits; one that fits and that the search prefers (weighed, not taken).
+Verdict = Literal["chosen", "does_not_fit", "fits_slower", "ranks_below", "fits"]
+
+
+class Alternative(BaseModel):
+    """A setup that was weighed, whether it fits, and why it was or was not chosen."""
+
+    model_config = ConfigDict(frozen=True)
+    setup: Setup
+    fits: bool
+    device_bytes: int
+    chosen: bool
+    reason: str
+    verdict: Verdict  # why it was or was not chosen, as a code; ``reason`` says it in words
+    tokens_per_second: float | None = None  # the whole run's, from timing.py (training setups)
+    seconds_per_step: float | None = None
+
+
+class Plan(BaseModel):
+    """The answer for one model on one card."""
+
+    model_config = ConfigDict(frozen=True)
+    model: str
+    gpu: GPU
+    setup: Setup
+    fits: bool
+    headroom_bytes: int
+    peak: Peak
+    terms: dict[str, int]
+    phases: dict[str, int]
+    params: ParamCounts
+    total_params: int
+    trainable_params: int
+    alternatives: list[Alternative]
+    notes: list[Note]
+    source: str = ""  # the model as the user named it (catalog name, hub id or path)
+    cards: list[CardEstimate] = []  # device_map: every card's own peak
+    host_terms: dict[str, int] = {}  # CPU offload: host RAM per node, by what it holds
+    host_ram_bytes: int | None = None  # the host RAM the user has, when given
+
+    @property
+    def host_bytes(self) -> int:
+        """Host RAM one node needs for what is offloaded to it."""
+        return sum(self.host_terms.values())
+
+    def __rich__(self) -> Any:
+        from vramplan.render import plan_renderable
+
+        return plan_renderable(self)
+
+    def _repr_html_(self) -> str:
+        from vramplan.render import plan_html
+
+        return plan_html(self)
