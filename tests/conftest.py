@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -181,3 +185,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _FIRST_HEAVY = pytest.StashKey[str]()
+
+
+def _fresh(name: str) -> ModuleType:
+    """The module run afresh, so its ``register`` call runs against the registries as they are now."""
+    return importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
+
+
+@pytest.fixture
+def toy_family(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """tests/toy_family.py registered into a copy of the family registry, gone after the test."""
+    from vramplan.arch import registry
+
+    monkeypatch.setattr(registry, "_BY_TYPE", dict(registry._BY_TYPE))
+    yield _fresh("tests.toy_family")
+
+
+@pytest.fixture
+def toy_trainer(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """tests/toy_trainer.py registered into a copy of the trainer registry, gone after the test."""
+    from vramplan.frameworks import base
+
+    monkeypatch.setattr(base, "_registry", dict(base._registry))
+    yield _fresh("tests.toy_trainer")

@@ -5,10 +5,9 @@ toy family added as one module plus its ``register`` call is planned."""
 from __future__ import annotations
 
 import ast
-import importlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any, get_args
 
 import pytest
@@ -235,31 +234,23 @@ def test_a_model_type_read_by_another_family_is_refused() -> None:
 # -- (c) a toy family: one new module and its register() call -----------------------------
 
 
-@pytest.fixture
-def toy_family(monkeypatch: pytest.MonkeyPatch) -> Iterator[arch.Family]:
-    """tests/toy_family.py registered into a copy of the registry, dropped afterwards."""
-    monkeypatch.setattr(registry, "_BY_TYPE", dict(registry._BY_TYPE))
-    module = importlib.reload(importlib.import_module("tests.toy_family"))
-    yield module.FAMILY
-
-
 def test_the_toy_family_is_one_module_with_one_register_call() -> None:
     tree = ast.parse((Path(__file__).parent / "toy_family.py").read_text())
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "register"]
     assert len(calls) == 1
 
 
-def test_a_toy_family_is_planned(toy_family: arch.Family, tmp_path: Path) -> None:
+def test_a_toy_family_is_planned(toy_family: ModuleType, tmp_path: Path) -> None:
     cfg = dict(CATALOG["llama-3.2-1b"])
     paths = {}
     for model_type in ("llama", "toyllama"):
         (tmp_path / model_type).mkdir()
         paths[model_type] = tmp_path / model_type / "config.json"
         paths[model_type].write_text(json.dumps({**cfg, "model_type": model_type}))
-    assert arch.family("toyllama") is toy_family
+    assert arch.family("toyllama") is toy_family.FAMILY
     fields = dict(method="lora", precision="bf16", grad_checkpointing=False, seq_len=512, micro_batch=1)
     toy, llama = (plan(str(paths[mt]), "4090", **fields) for mt in ("toyllama", "llama"))
-    spec: ModelSpec = toy_family.read("toy", {**cfg, "model_type": "toyllama"}, "config.json")
+    spec: ModelSpec = toy_family.FAMILY.read("toy", {**cfg, "model_type": "toyllama"}, "config.json")
     assert spec.qkv_split_views and spec.decoder_layer == "LlamaDecoderLayer"
     # the one capability it declares: attention keeps the fused buffer's q and k parts, A·t·(q + k)
     # bytes a layer (memory/activations.py attention_core_bytes), bf16 (A = 2), t = 512 tokens

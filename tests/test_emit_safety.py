@@ -24,8 +24,8 @@ import yaml
 from tests.conftest import TINY_CONFIG
 from vramplan import plan
 from vramplan.emit import emit
-from vramplan.emit.common import printable, py_literal, sh_quote, yaml_quote, yaml_scalar
 from vramplan.errors import VramplanError
+from vramplan.frameworks.files.common import printable, py_literal, sh_quote, yaml_quote, yaml_scalar
 
 HOSTILE = {
     "newline_code": "m\nimport os; os.system('touch pwned')\n#",

@@ -19,7 +19,7 @@ import yaml
 
 from vramplan import plan
 from vramplan.emit import emit
-from vramplan.emit.schema import check, option_table
+from vramplan.frameworks.files.schema import check, option_table
 from vramplan.setup import Setup, make_setup
 
 HF_OPTIM_BACK = {

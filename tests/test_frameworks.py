@@ -1,8 +1,10 @@
 """The trainers as a registry: the five built in, their refusals as data (the texts emit()
-gave before, vramplan/emit/common.py at d470588), their policies (today's default), and a
+gave before, vramplan/frameworks/files/common.py at d470588), their policies (today's default), and a
 toy trainer added as one module whose policy moves the estimate as its field says."""
 
 from __future__ import annotations
+
+from types import ModuleType
 
 import pytest
 
@@ -191,12 +193,10 @@ def test_each_policy_estimates_as_today(name: str) -> None:
         assert estimate(spec, setup, policy=fw.policy(setup)) == estimate(spec, setup)
 
 
-def test_a_toy_trainer_is_one_module() -> None:
+def test_a_toy_trainer_is_one_module(toy_trainer: ModuleType) -> None:
     """tests/toy_trainer.py registers a trainer whose LoRA adapters are bf16 (2 bytes, not
     PEFT's fp32 4): a plan's adapters, their AdamW moments (torch keeps them in the param's
     dtype) and their gradients each take half the bytes, and nothing else moves."""
-    import tests.toy_trainer  # noqa: F401  (registers "toy")
-
     toy = framework("toy")
     assert "toy" in names() and "toy" not in TARGETS
     p = plan("qwen2.5-0.5b", "a100-80g", method="lora", lora_rank=64, grad_accum=2)

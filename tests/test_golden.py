@@ -52,6 +52,7 @@ RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
 #: field -> why it was added
 ADDED: dict[str, str] = {
     "verdict": "an Alternative's reason as a code (chosen, does_not_fit, fits_slower, ranks_below, fits)",
+    "trainer": "a plan names the trainer whose policy it was estimated under (plan(trainer=...); hf by default)",
 }
 #: field -> why it was removed
 REMOVED: dict[str, str] = {

@@ -3,15 +3,19 @@
 Every ``import`` and ``from ... import`` in every module file is an edge, at any depth (inside
 functions too), relative imports resolved; imports under ``if TYPE_CHECKING:`` are not. Importing
 a package is an edge to its ``__init__``; ``from pkg import name`` where ``name`` is a submodule
-is an edge to that submodule, and any other name is an edge to ``pkg``'s ``__init__``. The
-parent packages Python runs on the way are not edges: by then they are imported or being
-imported, and counting them would tie every submodule to its package's ``__init__``.
+is an edge to that submodule, and any other name is an edge to ``pkg``'s ``__init__``.
+Importing a module runs its parent packages' ``__init__`` first, so each of them is an edge
+too, except the importer's own packages (a submodule importing a sibling while its package
+initializes is what packages do): ``frameworks.axolotl`` importing ``emit.axolotl`` depends on
+``emit/__init__`` and all it imports.
 """
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 import vramplan
 
@@ -69,8 +73,21 @@ def edges(modules: dict[str, Path]) -> dict[str, set[str]]:
                     source = node.module or ""
                 subs = [f"{source}.{a.name}" for a in node.names if f"{source}.{a.name}" in modules]
                 targets = subs + ([source] if len(subs) < len(node.names) else [])
-            graph[name] |= {t for t in targets if t in modules and t != name}
+            found = {t for t in targets if t in modules}
+            graph[name] |= {p for t in found for p in _parents(t) if p in modules and not _within(name, p)}
+            graph[name] |= found - {name}
     return graph
+
+
+def _parents(module: str) -> list[str]:
+    """The packages Python imports before ``module``: ``a.b.c`` -> ``a``, ``a.b``."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _within(module: str, package: str) -> bool:
+    """``module`` is ``package`` or inside it."""
+    return module == package or module.startswith(package + ".")
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -124,7 +141,7 @@ def test_the_walker_reads_every_kind_of_import(tmp_path: Path) -> None:
         (tmp_path / "pkg" / name).write_text(text)
     graph = edges(module_files(tmp_path / "pkg"))
     assert graph == {
-        "pkg": {"pkg.sub.leaf"},
+        "pkg": {"pkg.sub.leaf", "pkg.sub"},
         "pkg.sub": set(),
         "pkg.sub.leaf": {"pkg.typed"},
         "pkg.sub.inner": {"pkg.sub.leaf", "pkg.other"},
@@ -132,6 +149,32 @@ def test_the_walker_reads_every_kind_of_import(tmp_path: Path) -> None:
         "pkg.typed": {"pkg"},
     }
     assert find_cycle(graph) == ["pkg", "pkg.sub.leaf", "pkg.typed", "pkg"]
+
+
+CROSSED = {
+    "__init__.py": "",
+    "emit/__init__.py": "from pkg.emit.emitter import emit\n",
+    "emit/emitter.py": "from pkg.trainers import NAMES\n\ndef emit():\n    return NAMES\n",
+    "emit/files.py": "FILES = 1\n",
+    "trainers/__init__.py": "from pkg.trainers import one\n\nNAMES = ('one',)\n",
+    "trainers/one.py": "from pkg.emit import files\n",
+}
+
+
+@pytest.mark.e2e
+def test_a_cycle_through_a_package_init_is_a_cycle(tmp_path: Path) -> None:
+    """A module that imports a submodule of another package runs that package's ``__init__``
+    first: a cycle through it fails at import, and the walker sees it."""
+    import subprocess
+    import sys
+
+    for name, text in CROSSED.items():
+        (tmp_path / "pkg" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pkg" / name).write_text(text)
+    run = subprocess.run([sys.executable, "-c", "import pkg.trainers"], cwd=tmp_path, capture_output=True, text=True)
+    assert "ImportError" in run.stderr  # partially initialized module 'pkg.trainers'
+    cycle = find_cycle(edges(module_files(tmp_path / "pkg")))
+    assert cycle is not None and {"pkg.emit", "pkg.trainers"} <= set(cycle)
 
 
 def test_the_package_is_walked() -> None:

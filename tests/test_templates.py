@@ -1,4 +1,4 @@
-"""The emitted scripts' templates (vramplan/emit/templates/*.py) pass ruff (lint and format,
+"""The emitted scripts' templates (vramplan/frameworks/files/templates/*.py) pass ruff (lint and format,
 with the project's configuration in pyproject.toml) and mypy (``check_untyped_defs`` for them,
 from pyproject.toml), both with torch, transformers, peft and trl's own types and without them
 (``--no-site-packages``: every third-party name is Any). A lint or type error added to a
@@ -34,7 +34,7 @@ def mypy(*extra: str, cwd: Path = ROOT, files: list[str] = FILES) -> subprocess.
 
 
 def test_there_are_templates() -> None:
-    assert FILES == ["vramplan/emit/templates/grpo.py", "vramplan/emit/templates/sft.py"]
+    assert FILES == ["vramplan/frameworks/files/templates/grpo.py", "vramplan/frameworks/files/templates/sft.py"]
 
 
 def test_ruff_checks_the_templates() -> None:
@@ -61,17 +61,22 @@ def test_mypy_passes_the_templates(site_packages: bool) -> None:
 def test_a_template_error_fails_the_checkers(tmp_path: Path) -> None:
     """A copy of the tree with one lint error and one type error inside a template's function
     (an unannotated one, as they all are): ruff and mypy report both."""
-    for part in ("pyproject.toml", "vramplan/__init__.py", "vramplan/emit/__init__.py"):
+    for part in (
+        "pyproject.toml",
+        "vramplan/__init__.py",
+        "vramplan/frameworks/__init__.py",
+        "vramplan/frameworks/files/__init__.py",
+    ):
         (tmp_path / part).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / part).write_text("" if part.endswith("__init__.py") else (ROOT / part).read_text())
-    shutil.copytree(TEMPLATES, tmp_path / "vramplan/emit/templates")
-    sft = tmp_path / "vramplan/emit/templates/sft.py"
+    shutil.copytree(TEMPLATES, tmp_path / "vramplan/frameworks/files/templates")
+    sft = tmp_path / "vramplan/frameworks/files/templates/sft.py"
     text = sft.read_text()
     line = "    args = parser.parse_args()\n"
     broken = text.replace(line, line + '    steps: int = "3"\n', 1)
     assert broken != text
     sft.write_text(broken)
-    lint = run("ruff", "check", "--no-cache", "vramplan/emit/templates", cwd=tmp_path)
+    lint = run("ruff", "check", "--no-cache", "vramplan/frameworks/files/templates", cwd=tmp_path)
     assert lint.returncode == 1 and "F841" in lint.stdout, lint.stdout
-    types = mypy("--no-site-packages", cwd=tmp_path, files=["vramplan/emit/templates/sft.py"])
+    types = mypy("--no-site-packages", cwd=tmp_path, files=["vramplan/frameworks/files/templates/sft.py"])
     assert types.returncode == 1 and re.search(r"sft\.py:\d+: error: Incompatible types", types.stdout), types.stdout

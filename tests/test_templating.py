@@ -1,5 +1,5 @@
-"""The emitted scripts' templates (vramplan/emit/templates/) and their renderer
-(vramplan/emit/templating.py): every marker a renderer fills is in its template and every
+"""The emitted scripts' templates (vramplan/frameworks/files/templates/) and their renderer
+(vramplan/frameworks/files/templating.py): every marker a renderer fills is in its template and every
 marker in a template is filled, every block has a choice, a renamed marker or block fails
 loudly, values are written in one pass, and no directive reaches an emitted file.
 tests/test_templates.py runs ruff and mypy on the templates."""
@@ -15,7 +15,8 @@ import pytest
 
 import vramplan
 from vramplan import plan
-from vramplan.emit import emit, templating
+from vramplan.emit import emit
+from vramplan.frameworks.files import templating
 
 TEMPLATES = Path(templating.__file__).parent / "templates"
 NAMES = ["grpo.py", "sft.py"]

@@ -34,9 +34,9 @@ def test_wheel_holds_the_tables(wheel: Path) -> None:
     assert "vramplan/tables/overheads.json" in names
     assert "vramplan/tables/models/qwen2.5-7b/config.json" in names
     assert "vramplan/tables/models/qwen2.5-7b/source.json" in names
-    # the emitted scripts' templates, read by vramplan.emit.templating
-    assert "vramplan/emit/templates/sft.py" in names
-    assert "vramplan/emit/templates/grpo.py" in names
+    # the emitted scripts' templates, read by vramplan.frameworks.files.templating
+    assert "vramplan/frameworks/files/templates/sft.py" in names
+    assert "vramplan/frameworks/files/templates/grpo.py" in names
 
 
 def test_installed_wheel_runs_the_main_job(wheel: Path, tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_installed_wheel_runs_the_main_job(wheel: Path, tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["model"] == "qwen2.5-7b"
-    # the trl script's template, read from the installed package (vramplan.emit.templating)
+    # the trl script's template, read from the installed package (vramplan.frameworks.files.templating)
     emitted = subprocess.run(
         [str(venv / "bin" / "vramplan"), "qwen2.5-0.5b", "--gpu", "4090", "--method", "lora", "--emit", "trl"],
         cwd=tmp_path,

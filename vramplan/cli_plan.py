@@ -151,7 +151,7 @@ def _emit(result: Any, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vramplan.emit import emit
-    from vramplan.emit.common import printable, sh_quote
+    from vramplan.frameworks.files.common import printable, sh_quote
 
     data = str(Path(args.data).resolve()) if args.out and Path(args.data).exists() else args.data
     out = emit(result, args.emit, data=data, force=args.force)

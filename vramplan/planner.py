@@ -9,16 +9,20 @@ fits, :func:`_suggestions` plans again with one choice changed.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 from vramplan import advice, auto, search
 from vramplan.errors import VramplanError, shown
+from vramplan.frameworks import framework
 from vramplan.gpus import GPU, resolve_gpu
 from vramplan.limits import MAX_HOST_RAM_GIB, said
 from vramplan.memory.host import host_terms
+from vramplan.memory.policy import with_policy
 from vramplan.models import load_model
 from vramplan.params import param_counts
+from vramplan.policy import PolicyOf
 from vramplan.results import Alternative, Note, NoteValue, Peak, Plan
 from vramplan.setup import Setup, check_fields, make_setup
 from vramplan.setup_rules import check_against_gpu
@@ -39,7 +43,7 @@ def _value(v: Any) -> NoteValue:
     return v if isinstance(v, (bool, int, float, str)) or v is None else str(v)
 
 
-def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | None = None) -> list[Note]:
+def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | None, policy: PolicyOf) -> list[Note]:
     """The cheapest changes that make it fit: release one pinned choice and search again,
     switch to an 8-bit optimizer, or shorten the sequence (``fit.suggestion`` notes)."""
     tries: list[tuple[str, dict[str, NoteValue], dict[str, Any]]] = []
@@ -62,7 +66,7 @@ def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | 
         seq //= 2
     out = []
     for label, change, fields in tries:
-        found = search.first_fit(spec, gpu, family_defaults(spec, fields)[0], host)
+        found = search.first_fit(spec, gpu, family_defaults(spec, fields)[0], host, policy)
         if found:
             setup, est = found
             text = f"would fit {label}: {search.label(setup)}, {advice.gib(est.device_bytes)} on the device"
@@ -120,18 +124,25 @@ def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, 
     return pinned, notes
 
 
-def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **pinned: Any) -> Plan:
+def plan(
+    model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, trainer: str = "hf", **pinned: Any
+) -> Plan:
     """Plan fine-tuning ``model`` on ``gpu``. Any Setup field can be pinned by keyword; the
     rest are searched. With more than one GPU and no ``parallel``, the layouts are weighed
     too and the fastest that fits is chosen; ``num_gpus="auto"`` finds the fewest cards that
     fit. ``host_ram_gib``: the RAM of each node, checked against what CPU offload puts there.
+    ``trainer``: the registered trainer (vramplan.frameworks) whose policy every setup is
+    estimated under; ``hf``, the plain transformers Trainer loop, by default.
     Bad input raises :class:`vramplan.errors.VramplanError`."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
+    if not isinstance(trainer, str):
+        raise VramplanError("trainer", f"name a trainer, got {shown(trainer)}")
+    policy = framework(trainer).policy
     fewest = pinned.get("num_gpus") == "auto"
     pinned = check_fields({k: v for k, v in pinned.items() if v is not None and not (fewest and k == "num_gpus")})
     if fewest:
-        return auto.auto_gpus(plan, model, gpu, host_ram_gib, pinned)
+        return auto.auto_gpus(functools.partial(plan, trainer=trainer), model, gpu, host_ram_gib, pinned)
     if pinned.get("rl", "none") == "none":
         grpo_only = ("num_generations", "completion_len", "beta", "vllm")
         loose = sorted(k for k in grpo_only if k in pinned and pinned[k] != Setup.model_fields[k].default)
@@ -170,11 +181,11 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     pinned, notes = family_defaults(spec, pinned)
     notes += advice.gpu_notes(card, pinned)
 
-    evaluated = search.weigh(spec, card, search.candidates(pinned, card), host)
+    evaluated = search.weigh(spec, card, search.candidates(pinned, card), host, policy)
     fitting = [e for e in evaluated if e[2]]
     chosen = fitting[0] if fitting else min(evaluated, key=lambda e: (e[1].device_bytes, e[0].micro_batch))
     if fitting and chosen[0].method != "inference" and chosen[0].rl == "none":
-        ranked = search.rank_class(spec, card, pinned, chosen[0], host)
+        ranked = search.rank_class(spec, card, pinned, chosen[0], host, policy)
         chosen = ranked[0]
         evaluated = [e for e in evaluated if e[0] not in {r[0] for r in ranked}] + ranked
         if len(ranked) > 1:
@@ -182,7 +193,8 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     setup, est, fits = chosen
     if setup.parallel == "zero3" and setup.world_size == 1 and setup.offload == "none":
         notes.append(advice.zero3_one_gpu_note())
-    host_need = host_terms(spec, setup)
+    run = with_policy(setup, policy(setup))  # the setup as the trainer runs it
+    host_need = host_terms(spec, run)
     if host_need:
         need = sum(host_need.values())
         notes.append(advice.host_note(need, host))
@@ -196,13 +208,14 @@ def plan(model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, **
     if setup.rl != "none":
         notes.append(advice.rl_note(setup, est))
     if setup.vllm != "none":
-        notes.append(advice.vllm_note(spec, setup, card.memory_bytes))
+        notes.append(advice.vllm_note(spec, run, card.memory_bytes))
     if not fits:
         notes.append(advice.short_by_note(card, est))
         if not auto.PROBING.get():  # --gpus auto weighing a count: no suggestions needed
-            notes += _suggestions(spec, card, pinned, host)
+            notes += _suggestions(spec, card, pinned, host, policy)
     return Plan(
         model=spec.name,
+        trainer=trainer,
         gpu=card,
         setup=setup,
         fits=fits,

@@ -23,6 +23,7 @@ optimizer states are fp32 too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Literal
 
@@ -140,6 +141,10 @@ def _default(precision: str, method: str, quant: str) -> Policy:
         residual=residual,
         pointwise="fp32" if upcast else act,
     )
+
+
+#: a trainer's policy for a Setup (``Framework.policy``)
+PolicyOf = Callable[[Setup], Policy]
 
 
 def default_policy(setup: Setup) -> Policy:

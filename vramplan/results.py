@@ -136,6 +136,8 @@ class Plan(BaseModel):
     setup: Setup
     fits: bool
     headroom_bytes: int
+    #: the trainer (vramplan.frameworks) whose policy the estimates are made under
+    trainer: str = "hf"
     peak: Peak
     terms: dict[str, int]
     phases: dict[str, int]

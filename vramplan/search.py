@@ -14,6 +14,8 @@ from vramplan.errors import VramplanError
 from vramplan.gpus import GPU
 from vramplan.memory import estimate, rl, vision
 from vramplan.memory.host import host_terms
+from vramplan.memory.policy import with_policy
+from vramplan.policy import PolicyOf, default_policy
 from vramplan.results import Estimate
 from vramplan.setup import Setup, make_setup
 from vramplan.spec import ModelSpec
@@ -120,16 +122,18 @@ def candidates(pinned: dict[str, Any], gpu: GPU) -> list[dict[str, Any]]:
 
 
 def evaluate(
-    spec: ModelSpec, gpu: GPU, fields: dict[str, Any], host: int | None = None
+    spec: ModelSpec, gpu: GPU, fields: dict[str, Any], host: int | None = None, policy: PolicyOf = default_policy
 ) -> tuple[Setup, Estimate, bool]:
-    """The setup, its estimate, and whether it fits the card (and the host RAM, when given)."""
+    """The setup, its estimate as the trainer whose ``policy`` it is runs it, and whether it
+    fits the card (and the host RAM, when given)."""
     setup = make_setup(**fields)
-    est = estimate(spec, setup, card_bytes=gpu.memory_bytes)
+    run = with_policy(setup, policy(setup))
+    est = estimate(spec, run, card_bytes=gpu.memory_bytes)
     fits = est.device_bytes <= gpu.memory_bytes
     if fits and host is not None and setup.offload != "none":
-        fits = sum(host_terms(spec, setup).values()) <= host
+        fits = sum(host_terms(spec, run).values()) <= host
     if fits and setup.vllm != "none":
-        fits = rl.vllm_concurrent_sequences(spec, setup, gpu.memory_bytes, vision.image_tokens(spec, setup)) >= 1
+        fits = rl.vllm_concurrent_sequences(spec, run, gpu.memory_bytes, vision.image_tokens(spec, setup)) >= 1
     return setup, est, fits
 
 
@@ -160,7 +164,11 @@ def groups(fields_list: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 def weigh(
-    spec: ModelSpec, gpu: GPU, fields_list: list[dict[str, Any]], host: int | None = None
+    spec: ModelSpec,
+    gpu: GPU,
+    fields_list: list[dict[str, Any]],
+    host: int | None = None,
+    policy: PolicyOf = default_policy,
 ) -> list[tuple[Setup, Estimate, bool]]:
     """Weigh candidates group by group (one method and precision), most preferred first.
 
@@ -170,12 +178,12 @@ def weigh(
     to its first fit, its best."""
     out: list[tuple[Setup, Estimate, bool]] = []
     for group in groups(fields_list):
-        smallest = evaluate(spec, gpu, group[-1], host)
+        smallest = evaluate(spec, gpu, group[-1], host, policy)
         if not smallest[2]:
             out.append(smallest)
             continue
         for fields in group[:-1]:
-            item = evaluate(spec, gpu, fields, host)
+            item = evaluate(spec, gpu, fields, host, policy)
             out.append(item)
             if item[2]:
                 break
@@ -185,7 +193,7 @@ def weigh(
 
 
 def first_fit(
-    spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | None = None
+    spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | None = None, policy: PolicyOf = default_policy
 ) -> tuple[Setup, Estimate] | None:
     """The first candidate that fits, in the search's order (None when none does or the
     fields are refused). Memory never falls as the micro-batch grows, so a group (one method,
@@ -200,11 +208,11 @@ def first_fit(
         try:
             for i, fields in enumerate(group):
                 if fields["micro_batch"] == smallest:
-                    weighed[i] = evaluate(spec, gpu, fields, host)
+                    weighed[i] = evaluate(spec, gpu, fields, host, policy)
             if not any(e[2] for e in weighed.values()):
                 continue
             for i, fields in enumerate(group):
-                setup, est, fits = weighed[i] if i in weighed else evaluate(spec, gpu, fields, host)
+                setup, est, fits = weighed[i] if i in weighed else evaluate(spec, gpu, fields, host, policy)
                 if fits:
                     return setup, est
         except VramplanError:
@@ -218,7 +226,12 @@ def throughput(spec: ModelSpec, gpu: GPU, setup: Setup) -> float:
 
 
 def rank_class(
-    spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], first: Setup, host: int | None
+    spec: ModelSpec,
+    gpu: GPU,
+    pinned: dict[str, Any],
+    first: Setup,
+    host: int | None,
+    policy: PolicyOf = default_policy,
 ) -> list[tuple[Setup, Estimate, bool]]:
     """Every fitting setup of the preferred method, precision and quantization (each
     micro-batch, checkpointing and layout the search weighs), fastest first by the time
@@ -228,5 +241,5 @@ def rank_class(
         for f in candidates(pinned, gpu)
         if (f["method"], f["precision"], f.get("quant", "none")) == (first.method, first.precision, first.quant)
     ]
-    fitting = [e for e in (evaluate(spec, gpu, f, host) for f in same) if e[2]]
+    fitting = [e for e in (evaluate(spec, gpu, f, host, policy) for f in same) if e[2]]
     return sorted(fitting, key=lambda e: (-throughput(spec, gpu, e[0]), -e[0].micro_batch))

@@ -12,8 +12,11 @@ Targets: ``trl`` (a self-contained Python script: TRL ``SFTTrainer`` + PEFT + bi
 
 On several GPUs the trl target also writes the launch: ``accelerate_config.yaml`` for DDP,
 DeepSpeed ZeRO-1/2/3 (with ``ds_config.json``) and FSDP2, or a single process with
-``device_map="auto"`` and a ``max_memory`` per card (:mod:`vramplan.emit.launch`); the other
-targets emit one GPU or DDP.
+``device_map="auto"`` and a ``max_memory`` per card (:mod:`vramplan.frameworks.files.launch`);
+the other targets emit one GPU or DDP.
+
+Each target is a trainer in :mod:`vramplan.frameworks` (what it refuses, adapts and runs) whose
+files :mod:`vramplan.frameworks.files` writes; this package sits above both.
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.emit.common import Context, gib, model_path
-from vramplan.emit.escape import check_module_names, check_text
-from vramplan.emit.reasons import reasons
 from vramplan.errors import DoesNotFit, VramplanError
 from vramplan.frameworks import TARGETS, framework
 from vramplan.frameworks.base import PLAN_REFUSALS
+from vramplan.frameworks.files.common import Context, gib, model_path
+from vramplan.frameworks.files.escape import check_module_names, check_text
+from vramplan.frameworks.files.reasons import reasons
 from vramplan.memory import estimate
 from vramplan.models import load_model
 from vramplan.setup import Setup

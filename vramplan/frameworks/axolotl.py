@@ -1,10 +1,10 @@
-"""axolotl: ``config.yml`` for ``axolotl train`` (vramplan/emit/axolotl.py)."""
+"""axolotl: ``config.yml`` for ``axolotl train`` (vramplan/frameworks/files/axolotl.py)."""
 
 from __future__ import annotations
 
-from vramplan.emit import axolotl
-from vramplan.emit.common import Context, integral_alpha
 from vramplan.frameworks.base import Framework, register
+from vramplan.frameworks.files import axolotl
+from vramplan.frameworks.files.common import Context, integral_alpha
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 

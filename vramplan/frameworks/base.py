@@ -19,7 +19,7 @@ from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from vramplan.emit.common import Context
+    from vramplan.frameworks.files.common import Context
 
 
 class Refusal(BaseModel):

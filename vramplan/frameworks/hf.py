@@ -12,7 +12,7 @@ from vramplan.setup import PARALLELS, Setup
 from vramplan.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from vramplan.emit.common import Context
+    from vramplan.frameworks.files.common import Context
 
 
 class HfTrainer(Framework):

@@ -1,11 +1,11 @@
 """LLaMA-Factory: ``train.yaml`` for ``llamafactory-cli train`` and its ``dataset_info.json``
-(vramplan/emit/llamafactory.py)."""
+(vramplan/frameworks/files/llamafactory.py)."""
 
 from __future__ import annotations
 
-from vramplan.emit import llamafactory
-from vramplan.emit.common import Context, integral_alpha
 from vramplan.frameworks.base import Framework, register
+from vramplan.frameworks.files import llamafactory
+from vramplan.frameworks.files.common import Context, integral_alpha
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 

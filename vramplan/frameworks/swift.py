@@ -1,10 +1,10 @@
-"""ms-swift: the ``swift sft`` command line in ``run.sh`` (vramplan/emit/swift.py)."""
+"""ms-swift: the ``swift sft`` command line in ``run.sh`` (vramplan/frameworks/files/swift.py)."""
 
 from __future__ import annotations
 
-from vramplan.emit import swift
-from vramplan.emit.common import Context, integral_alpha
 from vramplan.frameworks.base import Framework, register
+from vramplan.frameworks.files import swift
+from vramplan.frameworks.files.common import Context, integral_alpha
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 

@@ -1,11 +1,11 @@
 """TRL: a self-contained ``train.py`` (``SFTTrainer``, or ``GRPOTrainer`` for GRPO plans) with
-PEFT and bitsandbytes, and its launch on several GPUs (vramplan/emit/trl.py, emit/launch.py)."""
+PEFT and bitsandbytes, and its launch on several GPUs (vramplan/frameworks/files/trl.py, files/launch.py)."""
 
 from __future__ import annotations
 
-from vramplan.emit import launch, trl
-from vramplan.emit.common import Context
 from vramplan.frameworks.base import Framework, Refusal, register
+from vramplan.frameworks.files import launch, trl
+from vramplan.frameworks.files.common import Context
 from vramplan.setup import DEEPSPEED, PARALLELS, Setup
 from vramplan.spec import ModelSpec
 

@@ -14,7 +14,7 @@ GPTQ/AWQ bases (``gptq: true`` needs a GPTQ checkpoint) are emitted as bitsandby
 
 from __future__ import annotations
 
-from vramplan.emit.common import (
+from vramplan.frameworks.files.common import (
     HF_ATTN,
     HF_OPTIM,
     Context,

@@ -1,13 +1,13 @@
 """What every target's renderer shares: the Context it reads, the header and reasons
-lines, the model path, option names. The escapers live in :mod:`vramplan.emit.escape`
-(re-exported here), the reasons in :mod:`vramplan.emit.reasons`, ``emit()`` in
+lines, the model path, option names. The escapers live in :mod:`vramplan.frameworks.files.escape`
+(re-exported here), the reasons in :mod:`vramplan.frameworks.files.reasons`, ``emit()`` in
 :mod:`vramplan.emit.emitter`."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.emit.escape import (
+from vramplan.frameworks.files.escape import (
     MODULE_NAME,
     YAML_RESOLVED,
     check_module_names,
@@ -30,7 +30,7 @@ from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 from vramplan.units import GIB
 
-#: the escapers are re-exported: their old import path (vramplan.emit.common) keeps working
+#: the escapers are re-exported: their old import path (vramplan.frameworks.files.common) keeps working
 __all__ = [
     "Context",
     "HF_ATTN",

@@ -1,4 +1,4 @@
-"""The emitted Python scripts' templates (``vramplan/emit/templates/*.py``): real Python files,
+"""The emitted Python scripts' templates (``vramplan/frameworks/files/templates/*.py``): real Python files,
 which ruff and mypy check, rendered by keeping or dropping their marked blocks and writing each
 value at its marker. They ship in the wheel and are read as data (:func:`source`); nothing
 imports them (they import torch and trl) and their folder has no ``__init__.py``.
@@ -40,8 +40,8 @@ _FILL = re.compile(r"^ *\*\*(__[A-Z][A-Z0-9_]*__),\n|__[A-Z][A-Z0-9_]*__", re.MU
 
 @cache
 def source(name: str) -> str:
-    """The template file ``name`` as shipped (``vramplan/emit/templates/<name>``)."""
-    return (resources.files("vramplan.emit") / "templates" / name).read_text(encoding="utf-8")
+    """The template file ``name`` as shipped (``vramplan/frameworks/files/templates/<name>``)."""
+    return (resources.files("vramplan.frameworks.files") / "templates" / name).read_text(encoding="utf-8")
 
 
 def _lines(text: str) -> list[str]:

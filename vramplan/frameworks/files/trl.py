@@ -14,19 +14,19 @@ process per GPU on every node); ZeRO adds ``ds_config.json`` (stage, CPU offload
 sizes the memory model counts, bf16/fp16, batch sizes), which the script hands to its
 SFTConfig before loading the model so that ZeRO-3 loads each GPU's partition only.
 ``device_map`` is one ``python train.py`` process that splits the layers across its GPUs
-(``device_map="auto"`` with a ``max_memory`` per card). See :mod:`vramplan.emit.launch`.
+(``device_map="auto"`` with a ``max_memory`` per card). See :mod:`vramplan.frameworks.files.launch`.
 
 The script is ``templates/sft.py`` (``templates/grpo.py`` for ``--rl grpo``), rendered by
-:mod:`vramplan.emit.templating`: the values below are written at its markers and the layout
-keeps or drops its blocks (:func:`vramplan.emit.launch.script_blocks`).
+:mod:`vramplan.frameworks.files.templating`: the values below are written at its markers and the layout
+keeps or drops its blocks (:func:`vramplan.frameworks.files.launch.script_blocks`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from vramplan.emit import launch, templating
-from vramplan.emit.common import (
+from vramplan.frameworks.files import launch, templating
+from vramplan.frameworks.files.common import (
     HF_ATTN,
     HF_OPTIM,
     Context,
@@ -169,7 +169,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     }
     values = {"__IMAGES__": _py(ctx.images)}
     if s.rl == "grpo":
-        from vramplan.emit import grpo
+        from vramplan.frameworks.files import grpo
 
         values["__PROMPT__"] = _py(prompt)
         t = grpo.grpo_training(ctx, t)

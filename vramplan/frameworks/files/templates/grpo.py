@@ -27,8 +27,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
 # <template-only>
 import typing
 
-# what vramplan/emit/trl.py's render writes at each marker, typed for the checkers; the
-# directives (# <...>) and the rendering: vramplan/emit/templating.py
+# what vramplan/frameworks/files/trl.py's render writes at each marker, typed for the checkers; the
+# directives (# <...>) and the rendering: vramplan/frameworks/files/templating.py
 __MODEL__: str = ""
 __AUTO__: str = ""
 __METHOD__: str = ""

@@ -3,20 +3,16 @@ on the same card, in device-tier GiB."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from vramplan.emit.common import gib
 from vramplan.errors import VramplanError
+from vramplan.frameworks.files.common import gib
 from vramplan.gpus import GPU
 from vramplan.memory import Estimate, estimate, vision
-from vramplan.policy import Policy, default_policy
+from vramplan.policy import PolicyOf, default_policy
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 from vramplan.units import GIB
-
-#: the trainer's policy for a Setup (``Framework.policy``)
-PolicyOf = Callable[[Setup], Policy]
 
 
 def _dev(spec: ModelSpec, setup: Setup, policy: PolicyOf, card_bytes: int, **change: Any) -> int | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from vramplan.emit.common import (
+from vramplan.frameworks.files.common import (
     HF_OPTIM,
     Context,
     comment_block,

@@ -32,8 +32,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vramplan.emit.common import Context, comment_block, printable, py_literal, yaml_scalar
 from vramplan.errors import VramplanError
+from vramplan.frameworks.files.common import Context, comment_block, printable, py_literal, yaml_scalar
 from vramplan.memory.overhead import overhead_constants
 from vramplan.setup import DEEPSPEED, Setup
 
@@ -371,7 +371,7 @@ def launcher(ctx: Context) -> tuple[str, str]:
     return prelude, base + multi
 
 
-# -- the script's layout-dependent blocks (vramplan/emit/templates/sft.py) -------------------
+# -- the script's layout-dependent blocks (vramplan/frameworks/files/templates/sft.py) -------------------
 
 
 def parallel_entries(ctx: Context, value: dict[str, Any]) -> str:

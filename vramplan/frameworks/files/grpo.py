@@ -16,14 +16,14 @@ processor loads them with ``max_pixels = W x H``, so no image yields more tokens
 counts; the prompt is a user message with the images ahead of its text, as TRL builds it.
 
 The script is ``templates/grpo.py`` (its model loading and image reading are the SFT script's,
-included from ``templates/sft.py``), rendered by :mod:`vramplan.emit.trl`.
+included from ``templates/sft.py``), rendered by :mod:`vramplan.frameworks.files.trl`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from vramplan.emit.common import Context
+from vramplan.frameworks.files.common import Context
 
 
 def grpo_training(ctx: Context, sft: dict[str, Any]) -> dict[str, Any]:

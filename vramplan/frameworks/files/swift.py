@@ -14,7 +14,8 @@ transformers' (gradient accumulation, checkpointing, lora_alpha). ms-swift 4.x r
 
 from __future__ import annotations
 
-from vramplan.emit.common import (
+from vramplan.errors import VramplanError
+from vramplan.frameworks.files.common import (
     HF_OPTIM,
     Context,
     comment_block,
@@ -22,7 +23,6 @@ from vramplan.emit.common import (
     sh_quote,
     why_lines,
 )
-from vramplan.errors import VramplanError
 
 ATTN = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attn"}
 TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "amp-bf16": "float32", "amp-fp16": "float32"}
