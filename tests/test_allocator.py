@@ -133,7 +133,7 @@ def test_trace_result_and_its_rendering_carry_the_replay(tiny_config_file: str) 
 
     from vramplan.render import trace_renderable
     from vramplan.setup import make_setup
-    from vramplan.trace import allocator
+    from vramplan.trace import allocator, run
     from vramplan.trace.run import trace
 
     seen: list[list[tuple[int, int]]] = []
@@ -143,11 +143,11 @@ def test_trace_result_and_its_rendering_carry_the_replay(tiny_config_file: str) 
         seen.append(list(events))
         return original(events)
 
-    allocator.replay = spy
+    run.replay = spy  # the name trace() calls
     try:
         result = trace(tiny_config_file, make_setup(method="lora", seq_len=64), steps=1, keep_timeline=False)
     finally:
-        allocator.replay = original
+        run.replay = original
     assert len(seen) == 1 and seen[0]
     made = sum(1 for _, n in seen[0] if n >= 0)
     assert made > 10 and sum(1 for _, n in seen[0] if n < 0) < made  # weights stay alive
