@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.e2e  # ruff and mypy as subprocesses
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "vramplan" / "emit" / "templates"
+TEMPLATES = ROOT / "vramplan" / "frameworks" / "files" / "templates"
 FILES = sorted(str(p.relative_to(ROOT)) for p in TEMPLATES.glob("*.py"))
 
 
