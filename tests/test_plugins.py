@@ -45,7 +45,7 @@ def test_a_plan_with_the_toy_family_and_the_toy_trainer(
         paths[model_type].write_text(json.dumps({**cfg, "model_type": model_type}))
     fields = dict(method="lora", precision="bf16", grad_checkpointing=False, seq_len=512, micro_batch=1)
     toy = plan(str(paths["toyllama"]), "4090", trainer="toy", **fields)
-    both = plan(str(paths["llama"]), "4090", **fields)
+    both = plan(str(paths["llama"]), "4090", trainer="hf", **fields)  # the loop the toy policy builds on
     assert (toy.trainer, both.trainer) == ("toy", "hf")
     assert toy.setup == both.setup
     assert toy.peak.phase == both.peak.phase == "backward_start"

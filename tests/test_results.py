@@ -55,7 +55,11 @@ NOTED = [
 
 @pytest.fixture(scope="module")
 def noted_plans() -> list[Plan]:
-    return [plan(m, g, **f) for m, g, f in NOTED]
+    """The plans of NOTED, the first of them also with another trl release installed (trainer.version)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("vramplan.advice.installed_version", lambda package: "0.1.0")
+        other_release = plan(*NOTED[0][:2], **NOTED[0][2])
+    return [plan(m, g, **f) for m, g, f in NOTED] + [other_release]
 
 
 def test_every_note_has_a_documented_code_and_plain_data(noted_plans: list[Plan]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from vramplan import search
+from vramplan.frameworks.base import Framework, installed_version, outside_established
 from vramplan.gpus import GPU
 from vramplan.memory import rl, vision
 from vramplan.results import Alternative, Estimate, Note, NoteValue, Verdict
@@ -48,6 +49,22 @@ def gpu_notes(card: GPU, pinned: dict[str, Any]) -> list[Note]:
     if not card.bf16_supported and "precision" not in pinned:
         text = f"{card.name} has no bf16: 16-bit work runs in fp16"
         notes.append(Note(code="gpu.no_bf16", data={"gpu": card.name, "precision": "fp16"}, text=text))
+    return notes
+
+
+def trainer_notes(fw: Framework) -> list[Note]:
+    """Which trainer's run the numbers describe, and (``trainer.version``) a warning when the
+    installed release is not the series its policy was read from."""
+    data: dict[str, NoteValue] = {"trainer": fw.name, "package": fw.package, "established": fw.established}
+    text = f"trainer: {fw.name}, {fw.title}; its memory behaviour as read from {fw.package} {fw.established}"
+    notes = [Note(code="trainer.policy", data=data, text=text)]
+    installed = installed_version(fw.package)
+    if outside_established(fw, installed):
+        text = (
+            f"{fw.package} {installed} is installed; the {fw.name} policy was read from {fw.package}"
+            f" {fw.established}.x, so its memory behaviour may differ"
+        )
+        notes.append(Note(code="trainer.version", data={**data, "installed": installed}, text=text))
     return notes
 
 

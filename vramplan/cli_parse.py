@@ -121,6 +121,11 @@ def plan_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="catalog name or hub id (qwen2.5-7b, Qwen/Qwen2.5-7B-Instruct) or a config.json path")
     p.add_argument("--gpu", default="4090", help="card name (4090, a100-80g, h100, ...) or auto")
+    p.add_argument(
+        "--trainer",
+        help="the trainer whose run is planned: trl, swift, llamafactory, axolotl, or hf (your own transformers"
+        " Trainer script); default: the --emit target, else trl",
+    )
     add_setup_flags(p)
     p.add_argument(
         "--host-ram", type=parse_float, help="GiB of RAM per node, checked against what CPU offload puts there"

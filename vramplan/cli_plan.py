@@ -74,8 +74,13 @@ def cmd_plan(argv: list[str]) -> int:
 
         if args.emit not in TARGETS:
             raise VramplanError("emit", f"unknown target {shown(args.emit)}; targets: {', '.join(TARGETS)}")
-    fields = {k: v for k, v in vars(args).items() if k not in ("model", "gpu", "json", "host_ram", *emit_flags)}
-    result = plan(args.model, gpu=args.gpu, host_ram_gib=args.host_ram, **fields)
+    trainer = _trainer(args.trainer, args.emit)
+    skip = ("model", "gpu", "json", "host_ram", "trainer", *emit_flags)
+    fields = {k: v for k, v in vars(args).items() if k not in skip}
+    result = plan(args.model, gpu=args.gpu, host_ram_gib=args.host_ram, trainer=trainer, **fields)
+    for note in result.notes:
+        if note.code == "trainer.version":
+            sys.stderr.write(f"vramplan: warning: {note.text}\n")
     if args.emit is not None:
         return _emit(result, args)
     timing, line, cost = _run_time(result, args)
@@ -93,6 +98,19 @@ def cmd_plan(argv: list[str]) -> int:
             if path:
                 print(f"wrote {path}")
     return EXIT_FITS if result.fits else EXIT_NO_FIT
+
+
+def _trainer(trainer: str | None, target: str | None) -> str:
+    """The trainer planned for: ``--trainer``, else the ``--emit`` target (the files are that
+    trainer's, so its run is the one planned), else trl. ``--emit`` for another trainer than
+    ``--trainer`` names is refused: the files would describe a run the plan did not."""
+    if trainer is not None and target is not None and trainer != target:
+        raise VramplanError(
+            "trainer",
+            f"--trainer {shown(trainer)} and --emit {target} disagree: --emit writes the planned trainer's files;"
+            f" drop --trainer, or use --trainer {target}",
+        )
+    return trainer or target or "trl"
 
 
 def _write_pictures(result: Any, report: str | None, plot: str | None, line: str | None) -> None:

@@ -125,20 +125,22 @@ def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, 
 
 
 def plan(
-    model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, trainer: str = "hf", **pinned: Any
+    model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, trainer: str = "trl", **pinned: Any
 ) -> Plan:
     """Plan fine-tuning ``model`` on ``gpu``. Any Setup field can be pinned by keyword; the
     rest are searched. With more than one GPU and no ``parallel``, the layouts are weighed
     too and the fastest that fits is chosen; ``num_gpus="auto"`` finds the fewest cards that
     fit. ``host_ram_gib``: the RAM of each node, checked against what CPU offload puts there.
     ``trainer``: the registered trainer (vramplan.frameworks) whose policy every setup is
-    estimated under; ``hf``, the plain transformers Trainer loop, by default.
+    estimated under: ``trl`` (TRL's SFTTrainer/GRPOTrainer) by default; ``hf`` is the plain
+    transformers Trainer loop of a user's own script.
     Bad input raises :class:`vramplan.errors.VramplanError`."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     if not isinstance(trainer, str):
         raise VramplanError("trainer", f"name a trainer, got {shown(trainer)}")
-    policy = framework(trainer).policy
+    fw = framework(trainer)
+    policy = fw.policy
     fewest = pinned.get("num_gpus") == "auto"
     pinned = check_fields({k: v for k, v in pinned.items() if v is not None and not (fewest and k == "num_gpus")})
     if fewest:
@@ -180,6 +182,7 @@ def plan(
     check_against_gpu(pinned, card)  # setup_rules.GPU_RULES
     pinned, notes = family_defaults(spec, pinned)
     notes += advice.gpu_notes(card, pinned)
+    notes += advice.trainer_notes(fw)
 
     evaluated = search.weigh(spec, card, search.candidates(pinned, card), host, policy)
     fitting = [e for e in evaluated if e[2]]

@@ -12,6 +12,9 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
   ``model_type``, ``attention`` (taken), ``refused`` (the default), ``others`` (other attentions it runs).
 - ``moe.lora_targets``: LoRA on an MoE's attention only: ``targets`` (module names).
 - ``moe.lora_dropout``: LoRA on an MoE's experts (all-linear) runs without dropout: ``lora_dropout`` (0.0).
+- ``trainer.policy``: the trainer whose run the numbers describe: ``trainer``, ``package`` (what users
+  install), ``established`` (the release series its policy was read from).
+- ``trainer.version``: the installed release of ``package`` is not that series: as above, and ``installed``.
 - ``gpu.resolved``: the card's name was resolved: ``name`` (as given), ``gpu``, ``memory_mib``.
 - ``gpu.no_bf16``: the card has no bf16: ``gpu``, ``precision`` (fp16).
 - ``rank.fitting``: the fitting setups of the chosen method, fastest first, as many as shown:

@@ -29,8 +29,8 @@ PINNED = dict(
 
 
 def emitted() -> dict[str, dict[str, str]]:
-    p = plan("Qwen/Qwen2.5-7B-Instruct", gpu="4090d", **PINNED)
-    return {t: emit(p, t, data="self_cognition.jsonl").files for t in TARGETS}
+    plans = {t: plan("Qwen/Qwen2.5-7B-Instruct", gpu="4090d", trainer=t, **PINNED) for t in TARGETS}
+    return {t: emit(p, t, data="self_cognition.jsonl").files for t, p in plans.items()}
 
 
 def main() -> None:

@@ -303,7 +303,7 @@ def run(kind: str, args: dict[str, Any]) -> Any:
         return {"exit": code, "stdout": buf.getvalue(), "stderr": err.getvalue()}
     model, gpu, target = args.pop("model"), args.pop("gpu"), args.pop("target", None)
     try:
-        p = plan(model, gpu, **args)
+        p = plan(model, gpu, **({"trainer": target} if kind == "emit" else {}), **args)
         if kind == "emit":
             return json.loads(emit(p, target, force=True).model_dump_json())
         if kind == "plan":

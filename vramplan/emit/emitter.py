@@ -67,6 +67,11 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
     if refusals:
         raise refusals[0].error()
     setup, adjustments = fw.adapt(plan.setup, spec)
+    if plan.trainer != target:
+        adjustments = [
+            f"planned for {plan.trainer}; these files run {target}: re-estimated as {target} runs it",
+            *adjustments,
+        ]
     policy = fw.policy(setup)
     est = estimate(spec, setup, policy=policy, card_bytes=plan.gpu.memory_bytes)
     fits = est.device_bytes <= plan.gpu.memory_bytes

@@ -12,6 +12,8 @@ from vramplan.spec import ModelSpec
 class Axolotl(Framework):
     name = "axolotl"
     title = "axolotl YAML (axolotl train)"
+    package = "axolotl"
+    established = "0.19"
 
     def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
         notes: list[str] = []

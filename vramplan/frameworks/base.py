@@ -48,6 +48,11 @@ class Framework:
     name: str = ""
     #: one line naming the program and how it starts
     title: str = ""
+    #: the distribution users install (``pip install <package>``), whose version is checked
+    package: str = ""
+    #: the release series its policy was read from (``"1.16"``: every 1.16.x); another installed
+    #: series gets a warning, since the trainer's memory behaviour may have moved
+    established: str = ""
     #: trains on images (a VLM's processor feeds them)
     images: bool = False
     #: runs GRPO (a trainer with generation)
@@ -163,3 +168,25 @@ def framework(name: str) -> Framework:
 def names() -> tuple[str, ...]:
     """Every registered framework's name, sorted."""
     return tuple(sorted(_registry))
+
+
+def installed_version(package: str) -> str | None:
+    """The version of ``package`` installed beside vramplan, or None (read from its metadata:
+    nothing is imported)."""
+    from importlib import metadata
+
+    if not package:
+        return None
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def outside_established(fw: Framework, version: str | None) -> bool:
+    """``version`` is not of the release series ``fw``'s policy was read from (a missing
+    version is not: the user may plan before installing)."""
+    if version is None or not fw.established:
+        return False
+    series = fw.established.split(".")
+    return version.split(".")[: len(series)] != series

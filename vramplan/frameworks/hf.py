@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 class HfTrainer(Framework):
     name = "hf"
     title = "transformers Trainer (your own script)"
+    package = "transformers"
+    established = "5.25"
     images = True
     moe_all_linear = True
     vision_models = True

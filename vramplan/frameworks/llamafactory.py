@@ -13,6 +13,8 @@ from vramplan.spec import ModelSpec
 class LlamaFactory(Framework):
     name = "llamafactory"
     title = "LLaMA-Factory YAML (llamafactory-cli train)"
+    package = "llamafactory"
+    established = "0.9.5"
 
     def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
         notes: list[str] = []

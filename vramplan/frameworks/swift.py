@@ -12,6 +12,8 @@ from vramplan.spec import ModelSpec
 class Swift(Framework):
     name = "swift"
     title = "ms-swift command line (swift sft)"
+    package = "ms-swift"
+    established = "4.6"
 
     def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
         notes: list[str] = []

@@ -13,6 +13,8 @@ from vramplan.spec import ModelSpec
 class Trl(Framework):
     name = "trl"
     title = "TRL SFTTrainer/GRPOTrainer script (python train.py, accelerate launch on several GPUs)"
+    package = "trl"
+    established = "1.16"
     images = True
     grpo = True
     moe_all_linear = True
