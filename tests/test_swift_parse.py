@@ -196,3 +196,50 @@ def test_scenario_3_command_is_accepted_by_swift(tmp_path: Path) -> None:
         "nproc_per_node": 1,
     }
     assert {k: o[k] for k in expect} == expect
+
+
+TINY = """
+import sys
+from pathlib import Path
+from transformers import AutoConfig, AutoModelForCausalLM
+from tests.conftest import TINY_CONFIG, write_samples
+root, folder = Path(sys.argv[1]), Path(sys.argv[2])
+turns = [("what is %d plus %d" % (i, i), "it is %d" % (2 * i)) for i in range(8)]
+samples = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in turns]
+write_samples(samples, root)
+folder.parent.mkdir(parents=True, exist_ok=True)
+(root / "model").rename(folder)
+AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY_CONFIG)).save_pretrained(folder)
+"""
+
+
+@pytest.mark.parametrize("fields", [dict(method="lora"), dict(method="full", precision="bf16")], ids=["lora", "full"])
+def test_two_real_steps_on_a_tiny_model(fields: dict, tmp_path: Path) -> None:
+    """The emitted command, with a tiny Qwen2-shaped model (tests/conftest.py TINY_CONFIG) for --model, runs two
+    real optimizer steps of ``swift sft`` on the CPU. Added for this machine only: --max_steps 2 --use_cpu true
+    --save_strategy no --report_to none."""
+    words = command_words(emit(plan(MODEL, gpu="a100-80g", seq_len=256, **fields), "swift").files["run.sh"])
+    folder = tmp_path / words[words.index("--model") + 1]
+    made = subprocess.run(
+        [sys.executable, "-c", TINY, str(tmp_path), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])),
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    argv = words[2:]
+    argv[argv.index("--model") + 1] = str(folder)
+    argv += ["--max_steps", "2", "--use_cpu", "true", "--save_strategy", "no", "--report_to", "none"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    run = subprocess.run(
+        [swift_python(), "-m", "swift.cli.sft", *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+        env=env,
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert "'global_step/max_steps': '2/2'" in log and "train_loss" in log
