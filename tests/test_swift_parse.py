@@ -180,8 +180,16 @@ def test_scenario_3_command_is_accepted_by_swift(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     words = command_words((tmp_path / "out" / "run.sh").read_text())
-    (o,) = swift_parse([{"words": words, "model_dir": model_dir(tmp_path, words, "qwen2.5-7b")}], tmp_path)
+    # and the shipped example of that case (examples/scenario3/swift/run.sh, trained on self_cognition.jsonl)
+    shipped = command_words((Path(__file__).parents[1] / "examples/scenario3/swift/run.sh").read_text())
+    (tmp_path / "self_cognition.jsonl").write_text("{}\n")
+    jobs = [{"words": w, "model_dir": model_dir(tmp_path, w, "qwen2.5-7b")} for w in (words, shipped)]
+    o, o_shipped = swift_parse(jobs, tmp_path)
     assert "error" not in o, o["error"]
+    assert "error" not in o_shipped, o_shipped["error"]
+    assert {k: v for k, v in o_shipped.items() if k not in ("dataset", "model_type")} == {
+        k: v for k, v in o.items() if k not in ("dataset", "model_type")
+    }
     expect = {
         "tuner_type": "lora",
         "torch_dtype": "bfloat16",
