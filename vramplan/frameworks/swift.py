@@ -48,9 +48,14 @@ class Swift(Framework):
           one-token prompt, or pretraining-style data), so the full-logits count is the only bound the plan has
           without the dataset's label fraction; the loss after it is the model's own ``ForCausalLMLoss``.
           ``SwiftMixin._compute_acc`` (called from ``Seq2SeqTrainer.compute_loss``) takes ``logits.argmax(-1)``,
-          an int64 per kept position (8 bytes a token against the loss chain's >= 6 x vocab bytes), not counted.
-        - Samples longer than ``--max_length`` are dropped (``truncation_strategy`` 'delete'), not truncated:
-          every sample kept is at most ``seq_len`` tokens, which the fixed padding counts.
+          an int64 per kept position (8 bytes a token against the loss chain's >= 6 x vocab bytes), not counted:
+          ``compute_acc`` (``metrics/acc.py``) moves it to the host at once; the 16 KiB of Qwen2.5-7B at 2048
+          tokens sit below the estimate's resolution.
+        - **Padding: to the longest sample of the batch** (``SwiftMixin._get_data_collator`` passes
+          ``padding_to=None`` except for longlora; ``template/base.py`` ``Template._data_collator``), and samples
+          longer than ``--max_length`` are dropped (``truncation_strategy`` 'delete', not truncated). Every batch is
+          at most ``micro_batch x seq_len`` tokens, so ``fixed`` (what the terms count) stays the bound: ``longest``
+          would need the dataset's length distribution.
         """
         base = default_policy(setup)
         if setup.method != "qlora" or setup.quant == "gptq-int4":
