@@ -1,10 +1,12 @@
-"""ms-swift: the ``swift sft`` command line in ``run.sh`` (vramplan/frameworks/files/swift.py)."""
+"""ms-swift: the ``swift sft`` command line in ``run.sh`` (vramplan/frameworks/files/swift.py), and what
+ms-swift 4.x runs for it (read from ms-swift 4.6.0; file paths below are inside the ``swift`` package)."""
 
 from __future__ import annotations
 
 from vramplan.frameworks.base import Framework, register
 from vramplan.frameworks.files import swift
 from vramplan.frameworks.files.common import Context, integral_alpha
+from vramplan.policy import Policy, default_policy
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
@@ -22,6 +24,53 @@ class Swift(Framework):
                 f"{setup.quant}: point --model at a {setup.quant.split('-')[0].upper()} checkpoint (detected on load)"
             )
         return integral_alpha(setup, notes), notes
+
+    def policy(self, setup: Setup) -> Policy:
+        """ms-swift 4.x's ``swift sft`` step, where it differs from the generic loop (default_policy):
+
+        - **QLoRA keeps no k-bit upcast.** swift never calls PEFT's ``prepare_model_for_kbit_training``
+          (no call anywhere in the package; the model is built by ``model/register.py`` ``get_model_processor``
+          with ``torch_dtype`` and the ``BitsAndBytesConfig`` of ``arguments/base_args/quant_args.py``
+          ``QuantizeArguments.get_quantization_config``, and the adapters added by ``tuners/peft.py``). So what
+          bitsandbytes leaves unquantized (embeddings, lm_head, norms) stays in ``--torch_dtype``, the
+          residual stream and the MLP intermediates run in the 16-bit activation dtype (no fp32 promotion),
+          and ``modules_to_save`` copies train in the weights' dtype.
+        - **Adapters stay fp32**: ``--lora_dtype`` defaults to None (``arguments/tuner_args.py``), and
+          ``tuners/peft.py`` ``_cast_adapter_dtype_hook`` then leaves PEFT's ``autocast_adapter_dtype`` upcast on.
+        - **Reentrant checkpointing**: ``trainers/mixin.py`` ``SwiftMixin._fix_gradient_checkpointing`` patches
+          ``torch.utils.checkpoint.checkpoint`` to ``use_reentrant=True`` unless ``gradient_checkpointing_kwargs``
+          says otherwise — except under plain DDP (``is_dist()`` without DeepSpeed/FSDP), where it is False.
+          The field stays True here: a policy is made from method/precision/quant only (POLICY_INPUTS), and no
+          term reads the flag yet (the DDP difference is not counted).
+        - **Loss chain: full logits, as the bound.** ``trainers/seq2seq_trainer.py`` ``Seq2SeqTrainer._prepare_inputs``
+          turns ``use_logits_to_keep`` on (``trainers/mixin.py`` ``get_use_logits_to_keep``: True when the model's
+          forward takes ``logits_to_keep``, as every text decoder in transformers 5 does) and
+          ``SwiftMixin.prepare_logits_to_keep`` keeps the labelled positions (micro-batch 1) or the suffix from the
+          batch's earliest label (micro-batch > 1). Both reach every position when every token is labelled (a
+          one-token prompt, or pretraining-style data), so the full-logits count is the only bound the plan has
+          without the dataset's label fraction; the loss after it is the model's own ``ForCausalLMLoss``.
+          ``SwiftMixin._compute_acc`` (called from ``Seq2SeqTrainer.compute_loss``) takes ``logits.argmax(-1)``,
+          an int64 per kept position (8 bytes a token against the loss chain's >= 6 x vocab bytes), not counted:
+          ``compute_acc`` (``metrics/acc.py``) moves it to the host at once; the 16 KiB of Qwen2.5-7B at 2048
+          tokens sit below the estimate's resolution.
+        - **Padding: to the longest sample of the batch** (``SwiftMixin._get_data_collator`` passes
+          ``padding_to=None`` except for longlora; ``template/base.py`` ``Template._data_collator``), and samples
+          longer than ``--max_length`` are dropped (``truncation_strategy`` 'delete', not truncated). Every batch is
+          at most ``micro_batch x seq_len`` tokens, so ``fixed`` (what the terms count) stays the bound: ``longest``
+          would need the dataset's length distribution.
+        """
+        base = default_policy(setup)
+        if setup.method != "qlora" or setup.quant == "gptq-int4":
+            return base
+        return base.model_copy(
+            update=dict(
+                kbit_upcast=False,
+                kbit_modules=base.weights,
+                residual=base.activations if base.weights != "fp32" else "fp32",
+                pointwise=base.activations,
+                extra_trainable=base.weights,
+            )
+        )
 
     def render(self, ctx: Context) -> tuple[dict[str, str], str]:
         return swift.render(ctx)

@@ -4,7 +4,7 @@
 # headroom: 3.47 GiB of 23.99 GiB
 # setup: lora, bf16, adamw, seq 2048, micro-batch 1, grad-accum 16, gradient checkpointing, sdpa, LoRA r8 alpha 32 on all-linear
 # why each memory-relevant setting:
-#   --train_type lora  # lora: 20,185,088 trainable; full fine-tuning would need 72.49 GiB, does not fit
+#   --tuner_type lora  # lora: 20,185,088 trainable; full fine-tuning would need 72.49 GiB, does not fit
 #   --torch_dtype bfloat16 --bf16 true  # bf16 weights under autocast; fp32 master weights (AMP) would need 36.10 GiB, does not fit
 #   --gradient_checkpointing true  # saves 14.59 GiB at seq 2048 x micro-batch 1 (off: 35.10 GiB, does not fit)
 #   --per_device_train_batch_size 1  # one more sample per step adds 4.47 GiB (24.99 GiB, does not fit)
@@ -12,13 +12,13 @@
 #   --max_length 2048  # the estimate counts every sample at this length: shorter samples need less
 #   --optim adamw_torch  # adamw: 8-bit AdamW would save 0.11 GiB
 #   --attn_impl sdpa  # sdpa: eager attention would peak about the same here
-# ms-swift 3.x options; on ms-swift 4.x write --tuner_type for --train_type
+# ms-swift 4.x options (--tuner_type; ms-swift 3.x spelled it --train_type)
 set -euo pipefail
 swift sft \
     --model Qwen/Qwen2.5-7B-Instruct \
     --use_hf true \
     --dataset self_cognition.jsonl \
-    --train_type lora \
+    --tuner_type lora \
     --torch_dtype bfloat16 \
     --bf16 true \
     --fp16 false \

@@ -1,15 +1,17 @@
 """ms-swift target: the ``swift sft`` command line, in ``run.sh``.
 
-Setup -> ms-swift 3.x (tables/emit/swift_sft.json, from its argument dataclasses):
-``--train_type`` lora/full (QLoRA: lora + ``--quant_method bnb --quant_bits 4|8``; a
+Setup -> ms-swift 4.x (``swift sft``; its argument dataclasses ``swift/arguments/sft_args.py``
+``SftArguments``, ``tuner_args.py``, ``base_args/*.py``; the command is parsed by swift's own parser in
+tests/test_swift_parse.py): ``--tuner_type`` lora/full (QLoRA: lora + ``--quant_method bnb --quant_bits 4|8``; a
 GPTQ/AWQ checkpoint is detected from the model and needs no quant options); freeze: full
 with ``--freeze_parameters_ratio 1`` and the top layers re-activated by
 ``--trainable_parameters_regex``; ``--torch_dtype`` with ``--bf16``/``--fp16`` spelled out
 (ms-swift turns fp16 on for float32 weights unless told otherwise; AMP = float32 weights +
 a 16-bit flag); ``--attn_impl``; ``--gradient_checkpointing``; ``--optim`` (transformers
 names); ``--max_length``. Every option is given explicitly: ms-swift's defaults differ from
-transformers' (gradient accumulation, checkpointing, lora_alpha). ms-swift 4.x renamed
-``--train_type`` to ``--tuner_type`` (said in the header).
+transformers' (gradient accumulation, checkpointing, lora_alpha). ms-swift 4.0 renamed 3.x's
+``--train_type`` to ``--tuner_type`` (3.x rejects the 4.x spelling and 4.x the 3.x one); of the other
+options written here none was renamed or dropped in 4.x (checked against 4.6.0's dataclasses).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
     """(option, values) in command-line order."""
     s = ctx.setup
     if ctx.data != ctx.data.strip():
-        # ms-swift 3.x swift/llm/dataset/loader.py DatasetSyntax.parse: an existing file is taken as it is
+        # ms-swift 4.x swift/dataset/dataset_syntax.py DatasetSyntax.parse: an existing file is taken as it is
         # (so '#' and ':' in its name are safe), but the value is strip()ped on the way
         raise VramplanError("data", f"{ctx.data!r}: ms-swift strips spaces around --dataset; rename the file")
     args: list[tuple[str, list[str]]] = [("model", [ctx.model_path])]
@@ -40,7 +42,7 @@ def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
         args.append(("use_hf", ["true"]))
     args += [
         ("dataset", [ctx.data]),
-        ("train_type", ["lora" if s.is_lora else "full"]),
+        ("tuner_type", ["lora" if s.is_lora else "full"]),
         ("torch_dtype", [TORCH_DTYPE[s.precision]]),
         ("bf16", ["true" if s.precision in ("bf16", "amp-bf16") else "false"]),
         ("fp16", ["true" if s.precision in ("fp16", "amp-fp16") else "false"]),
@@ -90,7 +92,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     args = arguments(ctx)
     spell = {k: f"--{k} {' '.join(v)}" for k, v in args}
     by_field = {
-        "method": spell["train_type"],
+        "method": spell["tuner_type"],
         "quant": spell.get("quant_bits", ""),
         "precision": spell["torch_dtype"] + " " + (spell["bf16"] if "bf16" in ctx.setup.precision else spell["fp16"]),
         "grad_checkpointing": spell["gradient_checkpointing"],
@@ -101,7 +103,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "attention": spell["attn_impl"],
     }
     lines = header_lines(ctx, "swift") + why_lines(ctx, by_field)
-    lines.append("ms-swift 3.x options; on ms-swift 4.x write --tuner_type for --train_type")
+    lines.append("ms-swift 4.x options (--tuner_type; ms-swift 3.x spelled it --train_type)")
     head = comment_block(lines)
     env = f"NPROC_PER_NODE={ctx.setup.num_gpus} " if ctx.setup.num_gpus > 1 else ""
     parts = [env + "swift sft"] + [f"--{k} " + " ".join(sh_quote(v) for v in vals) for k, vals in args]
