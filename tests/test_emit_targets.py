@@ -2,16 +2,13 @@
 exactly the Setup that was estimated.
 
 Validation source, per target (printed by the tests' ids and asserted in each test):
-- llamafactory: SCHEMA (tables/emit/llamafactory.json, from its hparams dataclasses). The
-  package cannot be installed beside this project's stack: llamafactory 0.9.5 pins
-  transformers<=5.6.0, peft<=0.18.1, trl<=0.24.
+- llamafactory: its own parser, in its own venv (tests/test_llamafactory_parse.py).
 - axolotl: SCHEMA (tables/emit/axolotl.json, from its pydantic config). axolotl 0.19.0 pins
   transformers==5.16.1 and GPU-only kernels.
 """
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -50,77 +47,6 @@ SETUPS = {
 
 def _plan(fields: dict) -> object:
     return plan("qwen2.5-0.5b", gpu="a100-80g", **fields)
-
-
-# -- LLaMA-Factory ---------------------------------------------------------------------
-
-
-def llamafactory_setup(y: dict) -> Setup:
-    ft = y["finetuning_type"]
-    bf16, fp16, pure = y.get("bf16", False), y.get("fp16", False), y.get("pure_bf16", False)
-    if ft == "lora":
-        precision = "bf16" if bf16 else "fp16" if fp16 else "fp32"
-    elif pure:
-        precision = "bf16"
-    else:
-        precision = "amp-bf16" if bf16 else "amp-fp16" if fp16 else "fp32"
-    fields: dict = dict(
-        precision=precision,
-        seq_len=y["cutoff_len"],
-        micro_batch=y["per_device_train_batch_size"],
-        grad_accum=y["gradient_accumulation_steps"],
-        grad_checkpointing=not y["disable_gradient_checkpointing"],
-        attention={"disabled": "eager", "sdpa": "sdpa", "fa2": "flash-attn-2"}[y["flash_attn"]],
-        optimizer=HF_OPTIM_BACK[y["optim"]],
-    )
-    if ft == "lora":
-        bits = y.get("quantization_bit")
-        if bits == 8:
-            fields.update(method="qlora", quant="bnb-int8")
-        elif bits == 4:
-            dq = y.get("double_quantization", True)
-            quant = "bnb-fp4" if y.get("quantization_type") == "fp4" else ("bnb-nf4-dq" if dq else "bnb-nf4")
-            fields.update(method="qlora", quant=quant)
-        else:
-            fields.update(method="lora")
-        target = y["lora_target"]
-        extra = [t for t in (y.get("additional_target") or "").split(",") if t]
-        fields.update(
-            lora_rank=y["lora_rank"],
-            lora_alpha=y["lora_alpha"],
-            lora_dropout=y["lora_dropout"],
-            lora_targets="all-linear" if target == "all" else target,
-            trainable_extra=tuple("lm_head" if t == "lm_head" else "embeddings" for t in extra),
-        )
-    else:
-        fields["method"] = ft
-        if ft == "freeze":
-            fields["freeze_trainable_layers"] = y["freeze_trainable_layers"]
-    return make_setup(**fields)
-
-
-@pytest.mark.parametrize("name", list(SETUPS))
-def test_llamafactory_yaml_validates_against_schema(name: str) -> None:
-    """Validated against: SCHEMA (see the module docstring)."""
-    assert option_table("llamafactory")["source"], "schema without sources"
-    p = _plan(SETUPS[name])
-    out = emit(p, "llamafactory")
-    text = out.files["train.yaml"]
-    assert text.startswith("# vramplan plan for llamafactory:")
-    y = yaml.safe_load(text)
-    assert check("llamafactory", y) == []
-    if "quantization_bit" in y:  # LLaMA-Factory: quantization only with lora/oft
-        assert y["finetuning_type"] in ("lora", "oft")
-    info = json.loads(out.files["dataset_info.json"])
-    assert y["dataset"] in info and info[y["dataset"]]["file_name"] == "data.jsonl"
-    assert llamafactory_setup(y) == out.setup
-    assert out.setup.model_copy(update={"lora_dropout": p.setup.lora_dropout}) == p.setup or out.adjustments
-
-
-def test_llamafactory_pure_fp16_full_is_adjusted_and_said() -> None:
-    out = emit(_plan(dict(method="full", precision="fp16", seq_len=256)), "llamafactory")
-    assert out.setup.precision == "amp-fp16"
-    assert "CHANGED FOR llamafactory: no pure fp16" in out.files["train.yaml"]
 
 
 # -- axolotl ---------------------------------------------------------------------------
@@ -194,8 +120,7 @@ def test_axolotl_amp_is_adjusted_and_said() -> None:
 
 
 def test_schema_check_catches_mistakes() -> None:
-    assert check("llamafactory", {"finetuning_type": "qlora"})  # not a choice
-    assert check("llamafactory", {"lora_rank": "8"})  # wrong type
+    assert check("axolotl", {"lora_r": "8"})  # wrong type
     assert check("axolotl", {"lora_rnk": 8})  # unknown key
 
 
