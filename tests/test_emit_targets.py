@@ -3,8 +3,7 @@ exactly the Setup that was estimated.
 
 Validation source, per target (printed by the tests' ids and asserted in each test):
 - llamafactory: its own parser, in its own venv (tests/test_llamafactory_parse.py).
-- axolotl: SCHEMA (tables/emit/axolotl.json, from its pydantic config). axolotl 0.19.0 pins
-  transformers==5.16.1 and GPU-only kernels.
+- axolotl: its own config validation, in its own venv (tests/test_axolotl_parse.py).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import re
 
 import pytest
-import yaml
 
 from vramplan import plan
 from vramplan.emit import emit
@@ -49,79 +47,10 @@ def _plan(fields: dict) -> object:
     return plan("qwen2.5-0.5b", gpu="a100-80g", **fields)
 
 
-# -- axolotl ---------------------------------------------------------------------------
-
-
-def axolotl_setup(y: dict, num_layers: int) -> Setup:
-    precision = "bf16" if y.get("bf16") is True else "fp16" if y.get("fp16") is True else "fp32"
-    fields: dict = dict(
-        precision=precision,
-        seq_len=y["sequence_len"],
-        micro_batch=y["micro_batch_size"],
-        grad_accum=y["gradient_accumulation_steps"],
-        grad_checkpointing=y["gradient_checkpointing"],
-        attention={"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash-attn-2"}[y["attn_implementation"]],
-        optimizer=HF_OPTIM_BACK[y["optimizer"]],
-    )
-    adapter = y.get("adapter")
-    if adapter:
-        if y.get("load_in_8bit"):
-            fields.update(method="qlora", quant="bnb-int8")
-        elif adapter == "qlora":
-            kw = y.get("bnb_config_kwargs") or {}
-            dq = kw.get("bnb_4bit_use_double_quant", True)
-            qt = kw.get("bnb_4bit_quant_type", "nf4")
-            fields.update(method="qlora", quant="bnb-fp4" if qt == "fp4" else ("bnb-nf4-dq" if dq else "bnb-nf4"))
-        else:
-            fields.update(method="lora")
-        targets = "all-linear" if y.get("lora_target_linear") else ",".join(y["lora_target_modules"])
-        fields.update(
-            lora_rank=y["lora_r"],
-            lora_alpha=y["lora_alpha"],
-            lora_dropout=y["lora_dropout"],
-            lora_targets=targets,
-            trainable_extra=tuple(
-                "lm_head" if t == "lm_head" else "embeddings" for t in (y.get("lora_modules_to_save") or [])
-            ),
-        )
-    elif y.get("unfrozen_parameters"):
-        layers = re.findall(r"\d+", y["unfrozen_parameters"][0])
-        assert [int(x) for x in layers] == list(range(num_layers - len(layers), num_layers))
-        fields.update(method="freeze", freeze_trainable_layers=len(layers))
-    else:
-        fields["method"] = "full"
-    return make_setup(**fields)
-
-
-@pytest.mark.parametrize("name", list(SETUPS))
-def test_axolotl_yaml_validates_against_schema(name: str) -> None:
-    """Validated against: SCHEMA (see the module docstring)."""
-    p = _plan(SETUPS[name])
-    out = emit(p, "axolotl")
-    text = out.files["config.yml"]
-    assert text.startswith("# vramplan plan for axolotl:")
-    y = yaml.safe_load(text)
-    assert check("axolotl", y) == []
-    if y.get("adapter") == "qlora":  # axolotl validate_qlora
-        assert y.get("load_in_4bit") is True and not y.get("load_in_8bit")
-    if y.get("load_in_8bit") or y.get("load_in_4bit"):  # validate_adapter
-        assert y.get("adapter")
-    ds = y["datasets"][0]
-    assert ds == {"path": "data.jsonl", "type": "alpaca", "ds_type": "json"}
-    assert axolotl_setup(y, 24) == out.setup
-    if not out.adjustments:
-        assert out.setup.model_copy(update={"lora_dropout": p.setup.lora_dropout}) == p.setup
-
-
-def test_axolotl_amp_is_adjusted_and_said() -> None:
-    out = emit(_plan(SETUPS["full-amp"]), "axolotl")
-    assert out.setup.precision == "bf16" and "CHANGED FOR axolotl" in out.files["config.yml"]
-    assert out.allocated_bytes != _plan(SETUPS["full-amp"]).peak.allocated_bytes  # re-estimated
-
-
 def test_schema_check_catches_mistakes() -> None:
-    assert check("axolotl", {"lora_r": "8"})  # wrong type
-    assert check("axolotl", {"lora_rnk": 8})  # unknown key
+    assert check("swift_sft", {"train_type": "qlora"})  # not a choice
+    assert check("swift_sft", {"lora_rank": "8"})  # wrong type
+    assert check("swift_sft", {"lora_rnk": 8})  # unknown key
 
 
 # -- ms-swift --------------------------------------------------------------------------
