@@ -9,13 +9,16 @@ Outside CI the tests skip without it; in CI they fail."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_CONFIG, requires, write_samples
 from vramplan import plan
+from vramplan.cli import write_files
 from vramplan.emit import emit
 from vramplan.setup import Setup, make_setup
 
@@ -155,3 +158,45 @@ def test_pure_fp16_full_is_adjusted_and_said() -> None:
     out = emit(plan("qwen2.5-0.5b", gpu="a100-80g", method="full", precision="fp16", seq_len=256), "llamafactory")
     assert out.setup.precision == "amp-fp16"
     assert "CHANGED FOR llamafactory: no pure fp16" in out.files["train.yaml"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A random-weight tiny qwen2 (tests/conftest.py TINY_CONFIG), a word tokenizer and alpaca records."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("lf-tiny")
+    samples = [{"instruction": f"Add {i} and {i + 1}.", "input": "", "output": f"It is {2 * i + 1}."} for i in range(8)]
+    data, size = write_samples(samples, root)
+    assert size < TINY_CONFIG["vocab_size"]
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY_CONFIG)).save_pretrained(root / "model")
+    return root / "model", data
+
+
+@requires("torch", "transformers")
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_emitted_yaml_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: Path, method: str) -> None:
+    """``llamafactory-cli train train.yaml`` as emitted (fp32: no bf16 on this CPU), with two
+    overrides on its command line: ``max_steps=2`` and the output folder."""
+    model, data = tiny_model
+    p = plan(str(model / "config.json"), gpu="4090", seq_len=64, micro_batch=2, method=method, precision="fp32")
+    out = emit(p, "llamafactory", data=str(data))
+    write_files(str(tmp_path / "run"), out.files, overwrite=False)
+    if not PYTHON:
+        pytest.fail("CI runs these tests: .ci/run sets VRAMPLAN_LLAMAFACTORY_PYTHON")
+    cli = Path(PYTHON).with_name("llamafactory-cli")
+    proc = subprocess.run(
+        [str(cli), "train", "train.yaml", "max_steps=2", f"output_dir={tmp_path / 'o'}"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path / "run",
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((tmp_path / "o" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert math.isfinite(state["log_history"][-1]["train_loss"])
+    assert f"Fine-tuning method: {'LoRA' if method == 'lora' else 'Full'}" in proc.stderr + proc.stdout
