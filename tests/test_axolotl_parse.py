@@ -9,6 +9,7 @@ CI they fail."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, requires, write_samples
 from vramplan import plan
+from vramplan.cli import write_files
 from vramplan.emit import emit
 from vramplan.setup import Setup, make_setup
 
@@ -166,3 +168,58 @@ def test_amp_is_adjusted_and_said() -> None:
     out = emit(p, "axolotl")
     assert out.setup.precision == "bf16" and "CHANGED FOR axolotl" in out.files["config.yml"]
     assert out.allocated_bytes != p.peak.allocated_bytes  # re-estimated
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A random-weight tiny qwen2 (tests/conftest.py TINY_CONFIG), a word tokenizer and alpaca records."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("ax-tiny")
+    samples = [{"instruction": f"Add {i} and {i + 1}.", "input": "", "output": f"It is {2 * i + 1}."} for i in range(8)]
+    data, size = write_samples(samples, root)
+    assert size < TINY_CONFIG["vocab_size"]
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY_CONFIG)).save_pretrained(root / "model")
+    return root / "model", data
+
+
+@requires("torch", "transformers")
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_emitted_config_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: Path, method: str) -> None:
+    """``axolotl train config.yml`` as emitted (fp32: no bf16 on this CPU), with three
+    overrides on its command line: ``--max-steps=2``, a log line each step and the output folder."""
+    model, data = tiny_model
+    p = plan(str(model / "config.json"), gpu="4090", seq_len=64, micro_batch=2, method=method, precision="fp32")
+    out = emit(p, "axolotl", data=str(data))
+    write_files(str(tmp_path / "run"), out.files, overwrite=False)
+    if not PYTHON:
+        pytest.fail("CI runs these tests: .ci/run sets VRAMPLAN_AXOLOTL_PYTHON")
+    out_dir = tmp_path / "o"
+    bin_dir = Path(PYTHON).parent  # axolotl train starts `accelerate launch` from PATH
+    proc = subprocess.run(
+        [
+            str(bin_dir / "axolotl"),
+            "train",
+            "config.yml",
+            "--max-steps=2",
+            "--logging-steps=1",
+            f"--output-dir={tmp_path / 'o'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path / "run",
+        env={
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "HF_HUB_OFFLINE": "1",
+            "AXOLOTL_DO_NOT_TRACK": "1",
+        },
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((out_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    losses = [row["loss"] for row in state["log_history"] if "loss" in row]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
