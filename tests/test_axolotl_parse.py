@@ -186,12 +186,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @requires("torch", "transformers")
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", ["lora", "full", "qlora"])
 def test_emitted_config_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: Path, method: str) -> None:
     """``axolotl train config.yml`` as emitted (fp32: no bf16 on this CPU), with three
     overrides on its command line: ``--max-steps=2``, a log line each step and the output folder."""
     model, data = tiny_model
-    p = plan(str(model / "config.json"), gpu="4090", seq_len=64, micro_batch=2, method=method, precision="fp32")
+    fields: dict = dict(seq_len=64, micro_batch=2, method=method, precision="fp32")
+    if method == "qlora":
+        fields["quant"] = "bnb-nf4"  # bitsandbytes' CPU 4-bit
+    p = plan(str(model / "config.json"), gpu="4090", **fields)
     out = emit(p, "axolotl", data=str(data))
     write_files(str(tmp_path / "run"), out.files, overwrite=False)
     if not PYTHON:
@@ -223,3 +226,5 @@ def test_emitted_config_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path
     assert state["global_step"] == 2
     losses = [row["loss"] for row in state["log_history"] if "loss" in row]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    if method == "qlora":
+        assert "prepare_model_for_kbit_training" in proc.stdout + proc.stderr
