@@ -11,7 +11,8 @@ if ! "$VENV/bin/python" -m pip freeze 2>/dev/null | grep -v '^-e' | diff -q - <(
     # torch first, at the pinned version: llamafactory needs torchvision and torchaudio, which come only
     # beside torch 2.14.1 (the build on this machine's disk, which runs on the CPU), not the project's 2.13.0
     "$VENV/bin/python" -m pip install -q -c constraints-llamafactory.txt torch >&2
-    "$VENV/bin/python" -m pip install -q -c constraints-llamafactory.txt llamafactory==0.9.5 >&2
+    # bitsandbytes (not one of its requirements) for the QLoRA steps
+    "$VENV/bin/python" -m pip install -q -c constraints-llamafactory.txt llamafactory==0.9.5 bitsandbytes >&2
     echo "llamafactory venv installed in $(( $(date +%s) - start )) s" >&2
 fi
 echo "$VENV/bin/python"

@@ -176,12 +176,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @requires("torch", "transformers")
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", ["lora", "full", "qlora"])
 def test_emitted_yaml_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: Path, method: str) -> None:
     """``llamafactory-cli train train.yaml`` as emitted (fp32: no bf16 on this CPU), with two
     overrides on its command line: ``max_steps=2`` and the output folder."""
     model, data = tiny_model
-    p = plan(str(model / "config.json"), gpu="4090", seq_len=64, micro_batch=2, method=method, precision="fp32")
+    fields: dict = dict(seq_len=64, micro_batch=2, method=method, precision="fp32")
+    if method == "qlora":
+        fields["quant"] = "bnb-nf4"  # bitsandbytes' CPU 4-bit
+    p = plan(str(model / "config.json"), gpu="4090", **fields)
     out = emit(p, "llamafactory", data=str(data))
     write_files(str(tmp_path / "run"), out.files, overwrite=False)
     if not PYTHON:
@@ -199,4 +202,7 @@ def test_emitted_yaml_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: 
     state = json.loads((tmp_path / "o" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert math.isfinite(state["log_history"][-1]["train_loss"])
-    assert f"Fine-tuning method: {'LoRA' if method == 'lora' else 'Full'}" in proc.stderr + proc.stdout
+    log = proc.stderr + proc.stdout
+    assert f"Fine-tuning method: {'Full' if method == 'full' else 'LoRA'}" in log
+    if method == "qlora":
+        assert "Quantizing model to 4 bit with bitsandbytes" in log
