@@ -5,6 +5,7 @@ from __future__ import annotations
 from vramplan.frameworks.base import Framework, register
 from vramplan.frameworks.files import axolotl
 from vramplan.frameworks.files.common import Context, integral_alpha
+from vramplan.policy import Policy, default_policy
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
@@ -27,6 +28,46 @@ class Axolotl(Framework):
             )
             setup = setup.model_copy(update={"quant": "bnb-nf4"})
         return integral_alpha(setup, notes), notes
+
+    def policy(self, setup: Setup) -> Policy:
+        """axolotl 0.19.0's run of the emitted config (axolotl/ in the 0.19.0 wheel):
+
+        - QLoRA and LoRA on LLM.int8 (``load_in_4bit``/``load_in_8bit``): loaders/model.py
+          ``ModelLoader._prepare_model_for_quantization`` runs PEFT's
+          ``prepare_model_for_kbit_training`` (fp32 norms, embeddings, lm_head), then
+          ``_apply_post_model_load_setup``'s "Converting modules to {torch_dtype}"
+          (``_convert_embedding_modules_dtype``, for every LoRA/QLoRA adapter) casts the norms,
+          ``embed_tokens`` and ``lm_head`` back to the 16-bit dtype. So no k-bit upcast remains:
+          those modules, and the ``lora_modules_to_save`` copies PEFT makes of them, are 16-bit,
+          and the residual stream and MLP intermediates stay 16-bit. (Biases, few, stay fp32.)
+        - LoRA adapters stay fp32 (PEFT's ``autocast_adapter_dtype``; axolotl passes
+          ``peft_autocast_adapter_dtype`` only when set, loaders/adapter.py).
+        - Fused LoRA kernels: utils/schemas/config.py ``check_auto_enable_lora_kernels`` turns
+          ``lora_mlp_kernel``/``lora_qkv_kernel``/``lora_o_kernel``/``lora_embedding_kernel`` on
+          when none is set; the emitted config sets all four false
+          (frameworks/files/axolotl.py), so PEFT's LoRA forward runs, which the terms count.
+        - Checkpointing: utils/config/__init__.py ``normalize_config`` sets
+          ``gradient_checkpointing_kwargs={"use_reentrant": True}`` unless
+          ``unfrozen_parameters`` is set; with it (the emitted freeze) the trainer builder
+          passes ``{"use_reentrant": False}`` (core/builders/base.py
+          ``_configure_gradient_checkpointing``). No term reads the difference yet: both paths save
+          each checkpointed layer's input and recompute one layer at a time in backward.
+        - Padding: ``pad_to_sequence_len: true`` in the emitted config, every batch at
+          ``sequence_len`` (``fixed``).
+        """
+        base = default_policy(setup)
+        update: dict[str, object] = {}
+        if setup.method == "qlora" and base.weights != "fp32":
+            update.update(
+                kbit_upcast=False,
+                kbit_modules=base.weights,
+                extra_trainable=base.weights,
+                residual=base.activations,
+                pointwise=base.activations,
+            )
+        if setup.method == "freeze":  # (read only where layers are checkpointed)
+            update["reentrant_checkpointing"] = False
+        return base.model_copy(update=update)
 
     def render(self, ctx: Context) -> tuple[dict[str, str], str]:
         return axolotl.render(ctx)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from vramplan.frameworks.base import Framework, register
 from vramplan.frameworks.files import llamafactory
 from vramplan.frameworks.files.common import Context, integral_alpha
+from vramplan.policy import Policy, default_policy
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
@@ -24,6 +25,42 @@ class LlamaFactory(Framework):
         if setup.quant in ("gptq-int4", "awq-int4"):
             notes.append(f"{setup.quant}: point model_name_or_path at a {setup.quant.split('-')[0].upper()} checkpoint")
         return integral_alpha(setup, notes), notes
+
+    def policy(self, setup: Setup) -> Policy:
+        """LLaMA-Factory 0.9.5's run of ``setup`` (llamafactory/ in the 0.9.5 wheel):
+
+        - No k-bit upcast: it never calls PEFT's ``prepare_model_for_kbit_training``; norms are
+          cast to fp32 only with ``upcast_layernorm`` and lm_head's output only with
+          ``upcast_lmhead_output``, both false by default (hparams/model_args.py ``ModelArguments``;
+          model/model_utils/checkpointing.py ``prepare_model_for_training``; hparams/parser.py
+          ``get_train_args`` only warns). So a quantized base keeps embeddings, lm_head and norms
+          in the compute dtype (bf16/fp16: ``compute_dtype``, hparams/parser.py ``get_train_args``;
+          ``bnb_4bit_compute_dtype``, model/model_utils/quantization.py ``configure_quantization``)
+          and the residual stream and MLP intermediates stay 16-bit.
+        - Trainable parameters are cast to fp32 unless ``pure_bf16`` (model/adapter.py
+          ``init_adapter``: ``cast_trainable_params_to_fp32``): LoRA adapters and the
+          ``additional_target`` modules LoRA trains beside them (``_setup_lora_tuning``), so
+          their gradients and optimizer states are fp32 for LoRA as for QLoRA. (The copies'
+          own weights are counted in the base dtype by weights.trainable_weight_bytes.)
+        - Reentrant checkpointing: ``use_reentrant_gc`` defaults to true and is passed to
+          ``gradient_checkpointing_enable`` (model_args.py; checkpointing.py
+          ``prepare_model_for_training``), the path the terms count.
+        - Padding: ``SFTDataCollatorWith4DAttentionMask`` (data/collator.py, built in
+          train/sft/workflow.py ``run_sft``) is transformers' ``DataCollatorForSeq2Seq``
+          with ``padding=True``: each batch is padded to its longest sample (to a multiple of 8),
+          never past ``cutoff_len``. The policy keeps ``fixed``: every sample at ``cutoff_len``
+          is the bound of that, the batch whose samples all reach the cap.
+        """
+        base = default_policy(setup)
+        update: dict[str, object] = {"extra_trainable": "fp32"} if setup.is_lora else {}
+        if setup.method == "qlora":
+            update.update(
+                kbit_upcast=False,
+                kbit_modules=base.weights,
+                residual=base.activations if base.weights != "fp32" else "fp32",
+                pointwise=base.activations,
+            )
+        return base.model_copy(update=update)
 
     def render(self, ctx: Context) -> tuple[dict[str, str], str]:
         return llamafactory.render(ctx)

@@ -1,15 +1,17 @@
 """axolotl target: ``config.yml`` for ``axolotl train``.
 
-Setup -> axolotl (tables/emit/axolotl.json, from its pydantic config schema): ``adapter``
-lora/qlora (qlora = 4-bit bitsandbytes; LoRA on LLM.int8 is ``adapter: lora`` +
-``load_in_8bit``); axolotl's QLoRA defaults to nf4 with double quantization, so plain
-nf4 and fp4 are set through ``bnb_config_kwargs``; ``lora_target_linear`` for all-linear,
+Setup -> axolotl 0.19.0 (its config validation reads the file back: tests/test_axolotl_parse.py):
+``adapter`` lora/qlora (qlora = 4-bit bitsandbytes; LoRA on LLM.int8 is ``adapter: lora`` +
+``load_in_8bit``); axolotl's QLoRA defaults to nf4 with double quantization, so plain nf4 and
+fp4 are set through ``bnb_config_kwargs``; ``lora_target_linear`` for all-linear,
 ``lora_modules_to_save`` for extra trained embeddings/lm_head; freeze keeps the top layers
 trainable through ``unfrozen_parameters`` regexes; ``bf16``/``fp16`` load 16-bit weights;
 ``attn_implementation``; ``gradient_checkpointing``; ``optimizer`` (transformers names);
-``pad_to_sequence_len`` so every batch has the planned length. Not expressible: fp32
-master weights under 16-bit autocast (AMP), emitted as the 16-bit run and re-estimated;
-GPTQ/AWQ bases (``gptq: true`` needs a GPTQ checkpoint) are emitted as bitsandbytes nf4.
+``pad_to_sequence_len`` so every batch has the planned length; its fused LoRA kernels
+(``lora_*_kernel``, on by default for LoRA/QLoRA) off, so PEFT's LoRA path runs, which the
+estimate counts. Not expressible: fp32 master weights under 16-bit autocast (AMP), emitted as
+the 16-bit run and re-estimated; GPTQ/AWQ bases (``gptq: true`` needs a GPTQ checkpoint) are
+emitted as bitsandbytes nf4.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from vramplan.frameworks.files.common import (
     yaml_scalar,
     yaml_text,
 )
+
+#: axolotl's fused LoRA kernels, which its schema turns on for every LoRA/QLoRA config that sets
+#: none of them (utils/schemas/config.py ``check_auto_enable_lora_kernels``)
+KERNEL_KEYS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+KERNELS = "PEFT's LoRA forward, the one the estimate counts (axolotl's fused kernels save other activations)"
 
 
 def options(ctx: Context) -> list[tuple[str, object, str]]:
@@ -56,6 +63,7 @@ def options(ctx: Context) -> list[tuple[str, object, str]]:
         if s.trainable_extra:
             extra = [ctx.spec.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
             items.append(("lora_modules_to_save", extra, "trained in full beside the adapters"))
+        items += [(key, False, KERNELS if key == "lora_mlp_kernel" else "") for key in KERNEL_KEYS]
     elif s.method == "freeze":
         top = range(max(0, ctx.spec.num_layers - s.freeze_trainable_layers), ctx.spec.num_layers)
         pattern = r"^model\.layers\.(" + "|".join(str(i) for i in top) + r")\..*"

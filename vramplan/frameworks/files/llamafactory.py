@@ -1,7 +1,7 @@
 """LLaMA-Factory target: ``train.yaml`` for ``llamafactory-cli train`` and the
 ``dataset_info.json`` that registers the local dataset (alpaca columns).
 
-Setup -> LLaMA-Factory (tables/emit/llamafactory.json, from its hparams dataclasses):
+Setup -> LLaMA-Factory 0.9.5 (its parser reads the file back: tests/test_llamafactory_parse.py):
 finetuning_type lora/freeze/full (QLoRA: lora + quantization_bit); ``bf16``/``fp16`` load
 16-bit weights and upcast what trains to fp32 (LoRA adapters; full/freeze: fp32 master =
 our amp-*), ``pure_bf16`` keeps trained weights bf16 (our bf16 for full/freeze);
