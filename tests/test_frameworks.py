@@ -182,10 +182,10 @@ SETUPS = [
 ]
 
 
-@pytest.mark.parametrize("name", ["trl", "swift", "llamafactory", "axolotl", "hf"])
+@pytest.mark.parametrize("name", ["swift", "llamafactory", "axolotl", "hf"])
 def test_each_policy_estimates_as_today(name: str) -> None:
-    """In this issue every trainer runs the generic loop: its policy is the default one and
-    its estimate today's, term by term."""
+    """A trainer without a policy of its own runs the generic loop: its policy is the default
+    one and its estimate today's, term by term (trl's own: tests/test_trl_policy.py)."""
     spec = load_model("qwen2.5-0.5b")
     fw = framework(name)
     for setup in SETUPS:
