@@ -71,3 +71,18 @@ def test_trl_plans_less_than_the_full_logits_loop_on_a_large_vocabulary(method: 
     logits = hf.terms.get("loss/log_softmax", 0) + hf.terms.get("loss/backward_temporaries", 0)
     assert logits > 2**30  # the chain TRL never builds: 152k vocabulary x 2048 tokens
     assert trl.allocated_bytes < hf.allocated_bytes
+
+
+def test_the_recorded_trl_grid_holds_the_bounds() -> None:
+    """tables/measured/trl_traces.jsonl (benchmarks/trl_trace_grid.py): every traced SFTTrainer
+    step within 3% over and 2% under the estimate under TRL's policy, the median within 1%."""
+    import statistics
+
+    from vramplan.trace.trl_grid import error_pct, read_rows
+
+    rows = read_rows()
+    assert len(rows) >= 40
+    errors = {f"{r['model']} {r['setup']}": error_pct(r) for r in rows}
+    bad = {k: round(v, 2) for k, v in errors.items() if not -2.0 <= v <= 3.0}
+    assert not bad, bad
+    assert statistics.median(abs(v) for v in errors.values()) <= 1.0

@@ -66,7 +66,10 @@ class Policy(BaseModel):
     """Optimizer states as FSDP offloads them to the host: host.host_terms."""
     adapter: DType
     """LoRA adapters, and so their gradients and optimizer states: weights.trainable_weight_bytes,
-    optimizer._by_dtype (gradient_bytes, optimizer_state_bytes), optimizer.layer_gradient_kind_bytes."""
+    optimizer._by_dtype (gradient_bytes, optimizer_state_bytes), optimizer.layer_gradient_kind_bytes;
+    autocast's copies of them (weights.forward_autocast_copy_bytes, none when they already are in
+    the activations' dtype) and the grad of the widest adapter input
+    (activations.backward_transient_bytes)."""
     extra_trainable: DType
     """Embeddings/lm_head trained beside the adapters (``modules_to_save``): their gradients and
     optimizer states (optimizer._by_dtype, optimizer.embedding_gradient_bytes)."""
@@ -99,7 +102,8 @@ class Policy(BaseModel):
     the log-softmax (loss.py, phases.phase_terms' ``loss/*``). ``fused_head``: TRL's
     ``add_fused_lm_head``, which scores the labelled positions tile by tile and never builds the
     logits (memory/fused_head.py; phases.phase_terms' ``loss/fused_head*`` over
-    phases.sft_scored_tokens). GRPO's fused head is rl.py's own (over the completions), whatever
+    phases.sft_scored_tokens; lm_head then never runs as a module, so autocast makes no copy of
+    it: weights.head_autocast_copy_bytes). GRPO's fused head is rl.py's own (over the completions), whatever
     this says."""
     padding: Padding = "fixed"
     """``fixed``: every sample at ``seq_len`` (``Setup.tokens`` = micro_batch x seq_len, read by

@@ -39,36 +39,56 @@ def tile_bytes(spec: ModelSpec, setup: Setup, n: int) -> int:
     return min(n, TOKEN_CHUNK) * VOCAB_CHUNK * act_bytes(setup)
 
 
+def chunk_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """One vocabulary chunk of an fp32 lm_head cast to the compute dtype
+    (``weight[start:end].to(compute_dtype)``); 0 when lm_head already is 16-bit."""
+    return min(spec.vocab_size, VOCAB_CHUNK) * spec.hidden_size * act_bytes(setup) if head_fp32(setup) else 0
+
+
+def saved_bytes(spec: ModelSpec, setup: Setup, n: int) -> int:
+    """What the forward leaves for backward: the scored positions' hidden states (in the
+    residual stream's dtype) and their fp32 statistics."""
+    return n * spec.hidden_size * residual_bytes(setup) + STAT_VECTORS * 4 * n
+
+
 def forward_bytes(spec: ModelSpec, setup: Setup, n: int) -> int:
-    """Hidden states of the scored positions (saved for backward, in the residual stream's
-    dtype), their fp32 statistics, one projection tile, and the chunk's 16-bit weight copy
-    when lm_head is fp32."""
-    a = act_bytes(setup)
-    chunk = min(spec.vocab_size, VOCAB_CHUNK) * spec.hidden_size * a if head_fp32(setup) else 0
-    return n * spec.hidden_size * residual_bytes(setup) + STAT_VECTORS * 4 * n + tile_bytes(spec, setup, n) + chunk
+    """The forward at work: what it saves, one projection tile, and the chunk's 16-bit weight
+    copy when lm_head is fp32 (made for one ``mm`` and freed)."""
+    return saved_bytes(spec, setup, n) + tile_bytes(spec, setup, n) + chunk_copy_bytes(spec, setup)
 
 
-def backward_bytes(spec: ModelSpec, setup: Setup, n: int) -> int:
-    """The backward's fp32 gradient of the hidden states and its cast back, its tile (the
-    forward's is freed by then, so it is not counted twice), and, when lm_head trains, an
-    fp32 gradient of its weight plus its cast to the weight's dtype."""
+def backward_bytes(spec: ModelSpec, setup: Setup, n: int, *, chunks: bool = True) -> int:
+    """The backward's fp32 gradient of the hidden states and its cast back, its own tile,
+    and, when lm_head is fp32, two chunk copies (``w_chunk`` of the last chunk is still held
+    while the next one is cast: with more than one chunk); when lm_head trains, an fp32
+    gradient of its weight plus its cast to the weight's dtype. ``chunks=False``: without the
+    chunk copies (GRPO's recorded form, see :func:`in_phases`)."""
     head_trains = setup.method == "full" or "lm_head" in setup.trainable_extra
     vh = spec.vocab_size * spec.hidden_size
     weight_grad = (4 + (0 if head_fp32(setup) else 2)) * vh if head_trains else 0
-    return (4 + residual_bytes(setup)) * n * spec.hidden_size + tile_bytes(spec, setup, n) + weight_grad
+    copies = (2 if spec.vocab_size > VOCAB_CHUNK else 1) * chunk_copy_bytes(spec, setup) if chunks else 0
+    hidden = (4 + residual_bytes(setup)) * n * spec.hidden_size
+    return hidden + tile_bytes(spec, setup, n) + copies + weight_grad
 
 
-def in_phases(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]], n: int) -> dict[str, dict[str, int]]:
+def in_phases(
+    spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]], n: int, *, grpo: bool = False
+) -> dict[str, dict[str, int]]:
     """``phases`` (phases.phase_terms) with the fused head in place of the logits chain: its
-    forward at the end of forward; at the start of backward its saved part (the forward's tile
-    is freed before the backward allocates its own) beside its backward."""
+    forward at the end of forward; at the start of backward what it saved beside its backward.
+
+    ``grpo``: the form GRPO's estimates were recorded with (rl.py), which counts the forward's
+    chunk copy at the start of backward instead of the backward's own two; the same for a
+    16-bit lm_head, one chunk lower with an fp32 one (AMP, QLoRA). SFT's trace
+    (tests/test_trl_trace.py) measured the two copies; GRPO's trace covers 16-bit heads only."""
     out: dict[str, dict[str, int]] = {}
     for name, terms in phases.items():
         t = {k: v for k, v in terms.items() if not k.startswith("loss/")}
         if name == "forward_end":
             t["loss/fused_head"] = forward_bytes(spec, setup, n)
-        elif name == "backward_start":
-            t["loss/fused_head"] = forward_bytes(spec, setup, n) - tile_bytes(spec, setup, n)
-            t["loss/fused_head_backward"] = backward_bytes(spec, setup, n)
+        elif name == "backward_start":  # the forward's tile and chunk copy are freed by then
+            kept = saved_bytes(spec, setup, n) + (chunk_copy_bytes(spec, setup) if grpo else 0)
+            t["loss/fused_head"] = kept
+            t["loss/fused_head_backward"] = backward_bytes(spec, setup, n, chunks=not grpo)
         out[name] = t
     return out

@@ -74,7 +74,7 @@ def fused_head_forward_bytes(spec: ModelSpec, setup: Setup) -> int:
 
 def fused_head_backward_bytes(spec: ModelSpec, setup: Setup) -> int:
     """The fused head's backward over the completion positions (fused_head.backward_bytes)."""
-    return fused_head.backward_bytes(spec, setup, completion_tokens(setup))
+    return fused_head.backward_bytes(spec, setup, completion_tokens(setup), chunks=False)
 
 
 def reference_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -171,7 +171,7 @@ def reference_terms(spec: ModelSpec, setup: Setup, static: dict[str, int], promp
 def with_fused_head(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     """The training phases with TRL's fused LM head over the completion positions in place of
     the logits chain (fused_head.in_phases), and the reference copy (if any) resident."""
-    out = fused_head.in_phases(spec, setup, phases, completion_tokens(setup))
+    out = fused_head.in_phases(spec, setup, phases, completion_tokens(setup), grpo=True)
     ref = reference_weight_bytes(spec, setup)
     if ref:
         for terms in out.values():
