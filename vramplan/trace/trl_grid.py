@@ -32,19 +32,17 @@ GRID: list[tuple[str, dict[str, Any]]] = [
 ]
 #: beyond the square grid: AMP (an fp32 lm_head in the fused head), no LoRA dropout, 4096
 #: tokens, other families (Llama's untied 128k head, Gemma-2's soft-capped 256k one, eager)
-GRID += [
-    (model, {**fields, **extra})
-    for model, fields, extra in [
-        ("qwen2.5-0.5b", GRID[4][1], {"precision": "amp-bf16"}),
-        ("qwen2.5-0.5b", GRID[5][1], {"precision": "amp-bf16"}),
-        ("qwen2.5-7b", GRID[28][1], {"lora_dropout": 0.0}),
-        ("qwen2.5-7b", GRID[28][1], {"seq_len": 4096}),
-        ("qwen2.5-7b", GRID[32][1], {"seq_len": 4096}),
-        ("llama-3.1-8b", GRID[28][1], {}),
-        ("llama-3.1-8b", GRID[32][1], {}),
-        ("gemma-2-9b", GRID[28][1], {"attention": "eager"}),  # transformers refuses sdpa for Gemma-2
-    ]
+_EXTRA: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("qwen2.5-0.5b", GRID[4][1], {"precision": "amp-bf16"}),
+    ("qwen2.5-0.5b", GRID[5][1], {"precision": "amp-bf16"}),
+    ("qwen2.5-7b", GRID[28][1], {"lora_dropout": 0.0}),
+    ("qwen2.5-7b", GRID[28][1], {"seq_len": 4096}),
+    ("qwen2.5-7b", GRID[32][1], {"seq_len": 4096}),
+    ("llama-3.1-8b", GRID[28][1], {}),
+    ("llama-3.1-8b", GRID[32][1], {}),
+    ("gemma-2-9b", GRID[28][1], {"attention": "eager"}),  # transformers refuses sdpa for Gemma-2
 ]
+GRID += [(model, {**fields, **extra}) for model, fields, extra in _EXTRA]
 #: where the traced grid is recorded
 ROWS_FILE = "trl_traces.jsonl"
 
