@@ -182,11 +182,11 @@ SETUPS = [
 ]
 
 
-@pytest.mark.parametrize("name", ["trl", "hf"])
+@pytest.mark.parametrize("name", ["hf"])
 def test_each_policy_estimates_as_today(name: str) -> None:
-    """A trainer without a policy of its own runs the generic loop: its policy is the default
-    one and its estimate today's, term by term (the others' own: tests/test_swift_policy.py,
-    tests/test_llamafactory_policy.py, tests/test_axolotl_policy.py)."""
+    """The plain Trainer loop is the generic one: its policy is the default one and its
+    estimate today's, term by term (the trainers' own: tests/test_trl_policy.py,
+    tests/test_swift_policy.py, tests/test_llamafactory_policy.py, tests/test_axolotl_policy.py)."""
     spec = load_model("qwen2.5-0.5b")
     fw = framework(name)
     for setup in SETUPS:

@@ -92,5 +92,7 @@ def test_estimate_refuses_what_it_does_not_count(tiny) -> None:
     from vramplan.memory import estimate
 
     setup = Setup()
-    with pytest.raises(ValueError, match="fused_head"):
-        estimate(tiny, setup, policy=default_policy(setup).model_copy(update={"loss_chain": "fused_head"}))
+    with pytest.raises(ValueError, match="kept_positions"):
+        estimate(tiny, setup, policy=default_policy(setup).model_copy(update={"loss_chain": "kept_positions"}))
+    with pytest.raises(ValueError, match="packed"):
+        estimate(tiny, setup, policy=default_policy(setup).model_copy(update={"padding": "packed"}))

@@ -32,9 +32,9 @@ from pydantic import BaseModel, ConfigDict
 from vramplan.setup import Setup
 
 DType = Literal["fp32", "bf16", "fp16"]
-#: how the loss is computed from the last hidden states (only ``full_logits`` is counted today).
+#: how the loss is computed from the last hidden states (``kept_positions`` is not counted yet).
 LossChain = Literal["full_logits", "fused_head", "kept_positions"]
-#: how a batch's samples are padded (only ``fixed`` is counted today).
+#: how a batch's samples are padded (``packed`` is not counted yet).
 Padding = Literal["fixed", "longest", "packed"]
 #: the Setup fields :func:`default_policy` reads: a Setup copied with another value of one of
 #: them needs its policy made again.
@@ -53,7 +53,7 @@ class Policy(BaseModel):
     weights autocast copies (weights._autocast_casts), the folded weights of LoRA on fused experts
     (activations' parameter-target term), device_map._weight_dtype, parallel.gathered_bytes,
     host.host_terms' parameters, and GRPO's reference copy, head chunks and generation (rl.reference_weight_bytes,
-    rl._head_fp32, rl.amp_copy_bytes, rl.generation_scale)."""
+    fused_head.head_fp32, rl.amp_copy_bytes, rl.generation_scale)."""
     master: DType
     """Trainable weights of full/freeze (the master copy), and so their gradients and optimizer
     state (``param.grad`` and torch's ``zeros_like(p)`` moments match ``param.dtype``):
@@ -66,7 +66,10 @@ class Policy(BaseModel):
     """Optimizer states as FSDP offloads them to the host: host.host_terms."""
     adapter: DType
     """LoRA adapters, and so their gradients and optimizer states: weights.trainable_weight_bytes,
-    optimizer._by_dtype (gradient_bytes, optimizer_state_bytes), optimizer.layer_gradient_kind_bytes."""
+    optimizer._by_dtype (gradient_bytes, optimizer_state_bytes), optimizer.layer_gradient_kind_bytes;
+    autocast's copies of them (weights.forward_autocast_copy_bytes, none when they already are in
+    the activations' dtype) and the grad of the widest adapter input
+    (activations.backward_transient_bytes)."""
     extra_trainable: DType
     """Embeddings/lm_head trained beside the adapters (``modules_to_save``): their gradients and
     optimizer states (optimizer._by_dtype, optimizer.embedding_gradient_bytes)."""
@@ -79,7 +82,7 @@ class Policy(BaseModel):
     activations (an fp32 residual meets 16-bit outputs), rl.amp_copy_bytes, rl.generation_scale."""
     kbit_upcast: bool
     """PEFT ``prepare_model_for_kbit_training`` ran: embeddings, norms and lm_head are fp32 (not on
-    GPTQ models): rl._head_fp32, rl.generation_scale (memory/policy.py ``upcast_kbit``); the
+    GPTQ models): fused_head.head_fp32, rl.generation_scale (memory/policy.py ``upcast_kbit``); the
     defaults of ``residual``, ``pointwise``, ``extra_trainable`` and ``kbit_modules`` follow it."""
     kbit_modules: DType
     """Parameters a k-bit quantizer leaves alone (embeddings, lm_head, norms, biases):
@@ -96,14 +99,23 @@ class Policy(BaseModel):
     MLP terms."""
     loss_chain: LossChain = "full_logits"
     """``full_logits``: transformers ``ForCausalLMLoss`` over every position, the fp32 copy and
-    the log-softmax (loss.py, phases.phase_terms' ``loss/*``). GRPO's fused head is rl.py's own."""
+    the log-softmax (loss.py, phases.phase_terms' ``loss/*``). ``fused_head``: TRL's
+    ``add_fused_lm_head``, which scores the labelled positions tile by tile and never builds the
+    logits (memory/fused_head.py; phases.phase_terms' ``loss/fused_head*`` over
+    phases.sft_scored_tokens; lm_head then never runs as a module, so autocast makes no copy of
+    it: weights.head_autocast_copy_bytes). GRPO's fused head is rl.py's own (over the completions), whatever
+    this says."""
     padding: Padding = "fixed"
     """``fixed``: every sample at ``seq_len`` (``Setup.tokens`` = micro_batch x seq_len, read by
-    every activation and loss term)."""
+    every activation and loss term). ``longest``: the collator pads to the batch's longest sample,
+    truncated at ``seq_len``: counted at its worst batch, every sample at the cap, which is the
+    same ``Setup.tokens`` (a step's peak is its largest batch's)."""
     reentrant_checkpointing: bool = True
     """transformers ``gradient_checkpointing_enable()`` defaults to ``use_reentrant=True``: the
     checkpointed layers' terms (activations.checkpoint_bytes, the backward sweep's recompute)
-    describe that path, as the trace runs it (trace/build.py)."""
+    describe that path, as the trace runs it (trace/build.py). ``False`` (torch's non-reentrant
+    checkpoint, which TRL's emitted script asks for) is counted by the same terms: it saves the
+    same layer inputs and recomputes one layer at a time (tests/test_trl_trace.py traces it)."""
     grads_set_to_none: bool = True
     """``optimizer.zero_grad(set_to_none=True)`` frees the gradients after each step: without
     accumulation none exist when forward runs (phases.phase_terms)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from vramplan.frameworks.base import Framework, Refusal, register
 from vramplan.frameworks.files import launch, trl
 from vramplan.frameworks.files.common import Context
+from vramplan.policy import Policy, default_policy
 from vramplan.setup import DEEPSPEED, PARALLELS, Setup
 from vramplan.spec import ModelSpec
 
@@ -55,6 +56,50 @@ class Trl(Framework):
         setup = launch.adapt_precision(setup, notes)
         setup = launch.adapt_optimizer(setup, notes)
         return setup, notes
+
+    def policy(self, setup: Setup) -> Policy:
+        """What the emitted ``train.py`` runs under TRL 1.16.0 (``SFTTrainer``); GRPO plans keep
+        the generic policy, whose fused head rl.py models on its own. From the generic loop
+        (:func:`~vramplan.policy.default_policy`: transformers ``Trainer``, accelerate's
+        autocast, PEFT, and the script's own ``prepare_model_for_kbit_training`` under QLoRA),
+        TRL changes:
+
+        - ``loss_chain="fused_head"``: ``SFTTrainer.__init__`` calls ``add_fused_lm_head(...,
+          outputs=("log_probs", "entropy", "is_top1"))`` (trl/trainer/sft_trainer.py; the head in
+          trl/trainer/utils.py ``add_fused_lm_head``) and ``SFTTrainer.compute_loss`` calls
+          ``model(**inputs, fused_lm_head=True)``: the loss, the ``entropy`` and
+          ``mean_token_accuracy`` metrics come from the chunked kernel
+          (trl/kernels/chunked_logprob.py ``ChunkedLogProbFunction``), no logits are built. The
+          script sets neither ``label_smoothing_factor`` nor ``compute_loss_func``, the two
+          paths that run a second, full-logits forward.
+        - ``adapter="bf16"`` (and ``extra_trainable``, the ``modules_to_save`` copies) under
+          QLoRA: ``SFTTrainer.__init__``, ``if _is_quantized_model``, casts every parameter that
+          requires grad (but DoRA's magnitude) with ``param.data.to(torch.bfloat16)``, after
+          ``get_peft_model``; whatever the run's 16-bit dtype. Under LoRA PEFT's fp32 adapters
+          stay (``autocast_adapter_dtype=True``), except with DeepSpeed ZeRO-3, where
+          ``SFTTrainer.__init__`` passes ``autocast_adapter_dtype=False``: the adapters keep the
+          base weights' dtype.
+        - ``reentrant_checkpointing=False``: the script's SFTConfig sets
+          ``gradient_checkpointing_kwargs={"use_reentrant": False}`` (files/trl.py
+          ``trl_settings``; TRL's own default only applies below transformers 5), except PEFT under
+          ZeRO-3, where ``SFTTrainer.__init__`` forces ``use_reentrant=True``.
+        - ``padding="longest"``: the script passes no collator, so SFTTrainer builds
+          ``DataCollatorForLanguageModeling`` (``torch_call``: ``pad`` to the batch's longest
+          sample, ``pad_to_multiple_of`` ``"auto"`` is off outside Neuron) with ``packing=False``
+          and ``padding_free=False``; ``max_length`` truncates each sample to ``seq_len``
+          (``SFTTrainer._prepare_dataset``).
+        """
+        base = default_policy(setup)
+        if setup.rl != "none":
+            return base
+        update: dict[str, object] = {"loss_chain": "fused_head", "padding": "longest"}
+        if setup.method == "qlora":
+            update["adapter"] = update["extra_trainable"] = "bf16"
+        elif setup.is_lora and setup.parallel == "zero3":
+            update["adapter"] = base.weights
+        if setup.parallel != "fsdp":  # under FSDP the checkpointing is FSDP's own (files/trl.py)
+            update["reentrant_checkpointing"] = setup.is_lora and setup.parallel == "zero3"
+        return base.model_copy(update=update)
 
     def render(self, ctx: Context) -> tuple[dict[str, str], str]:
         return trl.render(ctx)

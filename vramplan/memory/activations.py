@@ -248,8 +248,8 @@ def recompute_bytes(spec: ModelSpec, setup: Setup) -> int:
 def backward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Gradient buffers inside one layer's backward: incoming and outgoing residual grads
     (2·R·t·h), the MLP intermediates' grads (3·A·t·I, or for eager attention the fp32
-    probability grad and its 16-bit copy if larger), and the fp32 grad of the widest LoRA
-    input (4·t·in)."""
+    probability grad and its 16-bit copy if larger), and the grad of the widest LoRA input
+    in the adapters' dtype (4·t·in for PEFT's fp32 adapters, 2·t·in for TRL's bf16 QLoRA ones)."""
     if not len(saving_layers(spec, setup)):
         return 0
     t, A, R = setup.tokens, act_bytes(setup), residual_bytes(setup)
@@ -261,4 +261,5 @@ def backward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
         b, s, a = setup.micro_batch, setup.seq_len, spec.num_heads
         inner = max(inner, (4 + A) * b * a * s * s)
     widest = max((lin.in_features for group, _ in spec.layer_groups for lin in lora_group(group, setup)), default=0)
-    return 2 * R * t * spec.hidden_size + inner + 4 * t * widest
+    lora_grad = nbytes(t * widest, policy_of(setup).adapter)
+    return 2 * R * t * spec.hidden_size + inner + lora_grad

@@ -18,7 +18,7 @@ the Estimate.
 from __future__ import annotations
 
 from vramplan.memory import activations as act
-from vramplan.memory import loss, optimizer, overhead, parallel, rl, vision, weights
+from vramplan.memory import fused_head, loss, optimizer, overhead, parallel, rl, vision, weights
 from vramplan.memory.inference import inference_estimate
 from vramplan.memory.layers import layer_runs
 from vramplan.memory.peak import peak_estimate, split_estimate
@@ -58,7 +58,7 @@ def phase_terms(spec: ModelSpec, setup: Setup) -> dict[str, dict[str, int]]:
     dequant = overhead.dequant_workspace_bytes(spec, setup)
     saved = act.saved_activation_bytes(spec, setup)
     sweep = backward_sweep(spec, setup, grads)
-    return {
+    out = {
         "forward_end": {
             **static,
             "weights/autocast_copies": weights.forward_autocast_copy_bytes(spec, setup),
@@ -89,6 +89,17 @@ def phase_terms(spec: ModelSpec, setup: Setup) -> dict[str, dict[str, int]]:
             "optimizer/step_temporaries": optimizer.optimizer_step_temp_bytes(spec, setup),
         },
     }
+    if policy_of(setup).loss_chain == "fused_head" and setup.rl == "none":
+        # GRPO scores its completions only: grpo_estimate puts rl.py's head in
+        return fused_head.in_phases(spec, setup, out, sft_scored_tokens(setup))
+    return out
+
+
+def sft_scored_tokens(setup: Setup) -> int:
+    """Positions TRL's fused head scores in one SFT micro-batch: every one with a next-token
+    label, ``micro_batch x (seq_len - 1)`` at the cap (``add_fused_lm_head`` drops each sample's
+    last position, ``last_hidden_state[:, :-1]``; the collator labels every real token)."""
+    return setup.micro_batch * (setup.seq_len - 1)
 
 
 def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, int]:
@@ -192,6 +203,12 @@ def forget_estimates() -> None:
     _made.clear()
 
 
+#: the loss chains the terms count (loss.py's full logits, fused_head.py's TRL head)
+COUNTED_LOSS_CHAINS = frozenset({"full_logits", "fused_head"})
+#: the paddings the terms count: ``longest`` at its worst batch, every sample at the cap (Policy.padding)
+COUNTED_PADDING = frozenset({"fixed", "longest"})
+
+
 def estimate(spec: ModelSpec, setup: Setup, *, policy: Policy | None = None, card_bytes: int | None = None) -> Estimate:
     """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU
     (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``),
@@ -206,8 +223,8 @@ def estimate(spec: ModelSpec, setup: Setup, *, policy: Policy | None = None, car
     if policy is None:
         policy = policy_of(setup)
     setup = plain(setup)
-    if (policy.loss_chain, policy.padding) != ("full_logits", "fixed"):
-        # the terms count these two only (loss.py; Setup.tokens): refuse rather than misestimate
+    if policy.loss_chain not in COUNTED_LOSS_CHAINS or policy.padding not in COUNTED_PADDING:
+        # the terms count these only (loss.py, fused_head.py; Setup.tokens): refuse rather than misestimate
         raise ValueError(f"no memory terms yet for the {policy.loss_chain} loss with {policy.padding} padding")
     key = (spec, setup, policy, card_bytes)
     est = _made.get(key)

@@ -39,18 +39,17 @@ The training phases are checked against TRL's own trainer stepping on the CPU
 from __future__ import annotations
 
 from vramplan.errors import VramplanError
-from vramplan.memory import inference, vision
-from vramplan.memory.policy import act_bytes, plain, policy_of, residual_bytes, upcast_kbit
+from vramplan.memory import fused_head, inference, vision
+from vramplan.memory.policy import plain, policy_of, upcast_kbit
 from vramplan.params import param_counts
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 from vramplan.units import nbytes
 
-#: trl/kernels/chunked_logprob.py: tokens and vocabulary entries per projection tile.
-TOKEN_CHUNK = 4096
-VOCAB_CHUNK = 32768
-#: per-token fp32 statistics the fused forward keeps (running max, sums, target logit, ...).
-STAT_VECTORS = 7
+#: trl/kernels/chunked_logprob.py's tiles (memory/fused_head.py), kept here for their readers.
+TOKEN_CHUNK = fused_head.TOKEN_CHUNK
+VOCAB_CHUNK = fused_head.VOCAB_CHUNK
+STAT_VECTORS = fused_head.STAT_VECTORS
 
 
 def generation_batch(setup: Setup) -> int:
@@ -63,40 +62,19 @@ def completion_tokens(setup: Setup) -> int:
     return setup.micro_batch * setup.completion_len
 
 
-def _head_fp32(setup: Setup) -> bool:
-    """lm_head's weight is fp32 (AMP masters, or after PEFT's k-bit upcast): each vocabulary
-    chunk is cast to the 16-bit compute dtype on the fly."""
-    return policy_of(setup).weights == "fp32" or upcast_kbit(setup)
-
-
 def head_tile_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """The projection buffer each pass allocates: ``min(N, 4096) x chunk_size`` in the compute
-    dtype, 32768 columns even when the vocabulary is smaller (the last chunk uses a slice)."""
-    return min(completion_tokens(setup), TOKEN_CHUNK) * VOCAB_CHUNK * act_bytes(setup)
+    """The fused head's projection tile over the completion positions (fused_head.tile_bytes)."""
+    return fused_head.tile_bytes(spec, setup, completion_tokens(setup))
 
 
 def fused_head_forward_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """Hidden states of the scored positions (saved for backward, in the residual stream's
-    dtype), their fp32 statistics, one projection tile, and the chunk's 16-bit weight copy
-    when lm_head is fp32."""
-    n = completion_tokens(setup)
-    a = act_bytes(setup)
-    tile = head_tile_bytes(spec, setup)
-    chunk = min(spec.vocab_size, VOCAB_CHUNK) * spec.hidden_size * a if _head_fp32(setup) else 0
-    return n * spec.hidden_size * residual_bytes(setup) + STAT_VECTORS * 4 * n + tile + chunk
+    """The fused head's forward over the completion positions (fused_head.forward_bytes)."""
+    return fused_head.forward_bytes(spec, setup, completion_tokens(setup))
 
 
 def fused_head_backward_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """The backward's fp32 gradient of the hidden states and its cast back, its tile (the
-    forward's is freed by then, so it is not counted twice: see :func:`with_fused_head`),
-    and, when lm_head trains, an fp32 gradient of its weight plus its cast to the weight's
-    dtype."""
-    n = completion_tokens(setup)
-    tile = head_tile_bytes(spec, setup)
-    head_trains = setup.method == "full" or "lm_head" in setup.trainable_extra
-    vh = spec.vocab_size * spec.hidden_size
-    weight_grad = (4 + (0 if _head_fp32(setup) else 2)) * vh if head_trains else 0
-    return (4 + residual_bytes(setup)) * n * spec.hidden_size + tile + weight_grad
+    """The fused head's backward over the completion positions (fused_head.backward_bytes)."""
+    return fused_head.backward_bytes(spec, setup, completion_tokens(setup), chunks=False)
 
 
 def reference_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -191,22 +169,13 @@ def reference_terms(spec: ModelSpec, setup: Setup, static: dict[str, int], promp
 
 
 def with_fused_head(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    """The training phases with TRL's fused LM head in place of the logits chain, and the
-    reference copy (if any) resident."""
+    """The training phases with TRL's fused LM head over the completion positions in place of
+    the logits chain (fused_head.in_phases), and the reference copy (if any) resident."""
+    out = fused_head.in_phases(spec, setup, phases, completion_tokens(setup), grpo=True)
     ref = reference_weight_bytes(spec, setup)
-    out: dict[str, dict[str, int]] = {}
-    for name, terms in phases.items():
-        t = {k: v for k, v in terms.items() if not k.startswith("loss/")}
-        if name == "forward_end":
-            t["loss/fused_head"] = fused_head_forward_bytes(spec, setup)
-        elif name == "backward_start":
-            # the forward's tile is freed before the backward allocates its own
-            tile = head_tile_bytes(spec, setup)
-            t["loss/fused_head"] = fused_head_forward_bytes(spec, setup) - tile
-            t["loss/fused_head_backward"] = fused_head_backward_bytes(spec, setup)
-        if ref:
-            t["weights/reference"] = ref
-        out[name] = t
+    if ref:
+        for terms in out.values():
+            terms["weights/reference"] = ref
     return out
 
 

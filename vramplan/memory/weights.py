@@ -139,7 +139,11 @@ def _autocast_casts(setup: Setup) -> tuple[bool, bool]:
 def head_autocast_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
     """lm_head's 16-bit copy under autocast (2·V·h), saved by its matmul until lm_head's
     backward: with AMP, and with QLoRA, whose lm_head ``prepare_model_for_kbit_training``
-    made fp32. torch ``cached_cast``; the matmul keeps the cast weight for its input's grad."""
+    made fp32. torch ``cached_cast``; the matmul keeps the cast weight for its input's grad.
+    0 under TRL's fused head (``loss_chain="fused_head"``): lm_head never runs as a module, the
+    kernel casts one vocabulary chunk at a time (fused_head.forward_bytes counts it)."""
+    if policy_of(setup).loss_chain == "fused_head":
+        return 0
     return nbytes(spec.vocab_size * spec.hidden_size, "bf16") if _autocast_casts(setup)[1] else 0
 
 
@@ -174,10 +178,12 @@ def forward_autocast_copy_bytes(spec: ModelSpec, setup: Setup) -> int:
     """16-bit weight copies alive at the end of forward, inside the autocast region: those
     autograd saved, and those autocast's cache keeps for trainable fp32 leaves until the region
     exits (all of a full/freeze AMP model's trained linears even under checkpointing; LoRA's
-    fp32 adapters, 2 B per adapter weight, whatever the base)."""
+    adapters, 2 B per adapter weight, whatever the base, unless they already are in autocast's
+    dtype, as TRL's bf16 QLoRA adapters under bf16)."""
     total = autocast_copy_bytes(spec, setup)
     if setup.grad_checkpointing and setup.method in ("full", "freeze"):
         total += _all_layer_copies(spec, setup)
-    if setup.is_lora and policy_of(setup).autocast:
+    p = policy_of(setup)
+    if setup.is_lora and p.autocast and p.adapter != p.activations:
         total += nbytes(lora_params(spec, setup), "bf16")
     return total

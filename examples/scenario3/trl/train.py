@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # vramplan plan for trl: qwen2.5-7b (Qwen/Qwen2.5-7B-Instruct), 7,615,616,512 params, on RTX 4090 D (24,564 MiB as the driver reports it)
-# estimated peak per GPU (backward_start): allocated 18.39 GiB (torch.cuda.max_memory_allocated), reserved 20.02 GiB (max_memory_reserved), device 20.52 GiB (nvidia-smi)
-# headroom: 3.47 GiB of 23.99 GiB
+# estimated peak per GPU (backward): allocated 15.80 GiB (torch.cuda.max_memory_allocated), reserved 16.85 GiB (max_memory_reserved), device 17.35 GiB (nvidia-smi)
+# headroom: 6.64 GiB of 23.99 GiB
 # setup: lora, bf16, adamw, seq 2048, micro-batch 1, grad-accum 16, gradient checkpointing, sdpa, LoRA r8 alpha 32 on all-linear
 # why each memory-relevant setting:
 #   METHOD = 'lora'; LORA r=8  # lora: 20,185,088 trainable; full fine-tuning would need 72.49 GiB, does not fit
-#   DTYPE = 'bfloat16', bf16=True, fp16=False  # bf16 weights under autocast; fp32 master weights (AMP) would need 36.10 GiB, does not fit
-#   gradient_checkpointing=True  # saves 14.59 GiB at seq 2048 x micro-batch 1 (off: 35.10 GiB, does not fit)
-#   per_device_train_batch_size=1  # one more sample per step adds 4.47 GiB (24.99 GiB, does not fit)
+#   DTYPE = 'bfloat16', bf16=True, fp16=False  # bf16 weights under autocast; fp32 master weights (AMP) would need 32.38 GiB, does not fit
+#   gradient_checkpointing=True  # saves 14.05 GiB at seq 2048 x micro-batch 1 (off: 31.40 GiB, does not fit)
+#   per_device_train_batch_size=1  # one more sample per step adds 1.31 GiB (18.66 GiB, fits)
 #   gradient_accumulation_steps=16  # effective batch 16 without its activations; gradients are kept between micro-batches
 #   max_length=2048  # the estimate counts every sample at this length: shorter samples need less
 #   optim='adamw_torch'  # adamw: 8-bit AdamW would save 0.11 GiB
-#   ATTN_IMPLEMENTATION = 'sdpa'  # sdpa: eager attention would peak about the same here
+#   ATTN_IMPLEMENTATION = 'sdpa'  # sdpa: eager attention would add 1.11 GiB
 
 """Fine-tune with TRL's SFTTrainer, as planned by vramplan (see the comment block above).
 
@@ -43,13 +43,13 @@ FREEZE_TOP_LAYERS = None  # freeze: only the top N decoder layers train
 FREEZE_VISION = None  # VLM full fine-tuning: [tower, projector] kept frozen, or None
 IMAGES = None  # images per sample and the pixels the plan counts per image (larger ones are shrunk), or None
 TRAINING = {
-    'per_device_train_batch_size': 1,  # one more sample per step adds 4.47 GiB (24.99 GiB, does not fit)
+    'per_device_train_batch_size': 1,  # one more sample per step adds 1.31 GiB (18.66 GiB, fits)
     'gradient_accumulation_steps': 16,  # effective batch 16 without its activations; gradients are kept between micro-batches
     'max_length': 2048,  # the estimate counts every sample at this length: shorter samples need less
-    'gradient_checkpointing': True,  # saves 14.59 GiB at seq 2048 x micro-batch 1 (off: 35.10 GiB, does not fit)
+    'gradient_checkpointing': True,  # saves 14.05 GiB at seq 2048 x micro-batch 1 (off: 31.40 GiB, does not fit)
     'gradient_checkpointing_kwargs': {'use_reentrant': False},
     'optim': 'adamw_torch',  # adamw: 8-bit AdamW would save 0.11 GiB
-    'bf16': True,  # bf16 weights under autocast; fp32 master weights (AMP) would need 36.10 GiB, does not fit
+    'bf16': True,  # bf16 weights under autocast; fp32 master weights (AMP) would need 32.38 GiB, does not fit
     'fp16': False,
     'learning_rate': 0.0001,
     'num_train_epochs': 3,
