@@ -208,3 +208,33 @@ def toy_trainer(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
 
     monkeypatch.setattr(base, "_registry", dict(base._registry))
     yield _fresh("tests.toy_trainer")
+
+
+#: transformers ``OptimizerNames`` read back to Setup's optimizer names: the tests' own table
+#: (not the emitters' HF_OPTIM inverted), so an emitter that writes the wrong name is caught.
+OPTIM_BACK = {
+    "adamw_torch": "adamw",
+    "adamw_torch_fused": "adamw-fused",
+    "adamw_bnb_8bit": "adamw-8bit",
+    "paged_adamw_8bit": "paged-adamw-8bit",
+    "paged_adamw_32bit": "paged-adamw-32bit",
+    "adafactor": "adafactor",
+    "sgd": "sgd",
+    "lion_32bit": "lion",
+}
+
+
+def tiny_causal_lm(root: Path, samples: int = 8) -> tuple[Path, Path]:
+    """A random-weight tiny qwen2 (TINY_CONFIG) with a word tokenizer in ``root/model``, and
+    ``samples`` alpaca records the tokenizer covers: (model folder, data file)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    records = [
+        {"instruction": f"Add {i} and {i + 1}.", "input": "", "output": f"It is {2 * i + 1}."} for i in range(samples)
+    ]
+    data, size = write_samples(records, root)
+    assert size < TINY_CONFIG["vocab_size"]
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY_CONFIG)).save_pretrained(root / "model")
+    return root / "model", data

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CONFIG, requires, write_samples
+from tests.conftest import OPTIM_BACK, TINY_CONFIG, requires, tiny_causal_lm
 from vramplan import plan
 from vramplan.cli import write_files
 from vramplan.emit import emit
@@ -32,16 +32,6 @@ if not PYTHON and not os.environ.get("CI"):
 READBACK = Path(__file__).with_name("axolotl_readback.py")
 NUM_LAYERS = 24  # qwen2.5-0.5b
 
-OPTIM_BACK = {
-    "adamw_torch": "adamw",
-    "adamw_torch_fused": "adamw-fused",
-    "adamw_bnb_8bit": "adamw-8bit",
-    "paged_adamw_8bit": "paged-adamw-8bit",
-    "paged_adamw_32bit": "paged-adamw-32bit",
-    "adafactor": "adafactor",
-    "sgd": "sgd",
-    "lion_32bit": "lion",
-}
 
 PLANS = {
     "lora": dict(
@@ -172,17 +162,7 @@ def test_amp_is_adjusted_and_said() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A random-weight tiny qwen2 (tests/conftest.py TINY_CONFIG), a word tokenizer and alpaca records."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    root = tmp_path_factory.mktemp("ax-tiny")
-    samples = [{"instruction": f"Add {i} and {i + 1}.", "input": "", "output": f"It is {2 * i + 1}."} for i in range(8)]
-    data, size = write_samples(samples, root)
-    assert size < TINY_CONFIG["vocab_size"]
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY_CONFIG)).save_pretrained(root / "model")
-    return root / "model", data
+    return tiny_causal_lm(tmp_path_factory.mktemp("ax-tiny"))
 
 
 @requires("torch", "transformers")

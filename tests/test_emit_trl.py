@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_CONFIG, requires, write_samples
+from tests.conftest import OPTIM_BACK, TINY_CONFIG, requires, write_samples
 from vramplan import plan
 from vramplan.cli import write_files
 from vramplan.emit import emit
@@ -99,16 +99,6 @@ def test_emitted_trl_script_trains(tiny: tuple[Path, Path], tmp_path: Path, meth
 
 # -- the emitted settings map back to the Setup that was estimated ----------------------
 
-OPTIM_BACK = {
-    "adamw_torch": "adamw",
-    "adamw_torch_fused": "adamw-fused",
-    "adamw_bnb_8bit": "adamw-8bit",
-    "paged_adamw_8bit": "paged-adamw-8bit",
-    "paged_adamw_32bit": "paged-adamw-32bit",
-    "adafactor": "adafactor",
-    "sgd": "sgd",
-    "lion_32bit": "lion",
-}
 ATTN_BACK = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash-attn-2"}
 
 

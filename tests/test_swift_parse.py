@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import OPTIM_BACK
 from vramplan import plan
 from vramplan.emit import emit
 from vramplan.setup import Setup, make_setup
@@ -32,16 +33,6 @@ if not SWIFT_PYTHON and not os.environ.get("CI"):
 
 PROBE = Path(__file__).with_name("swift_probe.py")
 
-HF_OPTIM_BACK = {
-    "adamw_torch": "adamw",
-    "adamw_torch_fused": "adamw-fused",
-    "adamw_bnb_8bit": "adamw-8bit",
-    "paged_adamw_8bit": "paged-adamw-8bit",
-    "paged_adamw_32bit": "paged-adamw-32bit",
-    "adafactor": "adafactor",
-    "sgd": "sgd",
-    "lion_32bit": "lion",
-}
 
 MODEL = "qwen2.5-0.5b"
 GRID = {
@@ -104,7 +95,7 @@ def setup_from_swift(o: dict, num_layers: int) -> Setup:
         grad_accum=o["gradient_accumulation_steps"],
         grad_checkpointing=o["gradient_checkpointing"],
         attention={"eager": "eager", "sdpa": "sdpa", "flash_attn": "flash-attn-2"}[o["attn_impl"]],
-        optimizer=HF_OPTIM_BACK[o["optim"]],
+        optimizer=OPTIM_BACK[o["optim"]],
         num_gpus=o["nproc_per_node"],
     )
     if o["nproc_per_node"] > 1:

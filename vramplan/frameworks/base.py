@@ -9,6 +9,7 @@ it (:meth:`~Framework.render`). A trainer is one module that defines its Framewo
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
@@ -170,6 +171,7 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(_registry))
 
 
+@cache
 def installed_version(package: str) -> str | None:
     """The version of ``package`` installed beside vramplan, or None (read from its metadata:
     nothing is imported)."""
