@@ -14,6 +14,7 @@ class Axolotl(Framework):
     name = "axolotl"
     title = "axolotl YAML (axolotl train)"
     package = "axolotl"
+    python_env = "VRAMPLAN_AXOLOTL_PYTHON"
     established = "0.19"
 
     def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:

@@ -64,6 +64,12 @@ class Framework:
     vision_models: bool = False
     #: the parallel layouts it is emitted for
     layouts: tuple[str, ...] = ("none", "ddp")
+    #: the module whose ``trace_sft(model, setup, steps) -> TraceResult`` traces this trainer's own
+    #: training step under fake tensors (``vramplan trace --trainer NAME``); empty: none yet
+    tracer: str = ""
+    #: the environment variable naming a Python that has this trainer installed, when its pins
+    #: clash with the planner's (its own venv: ``.ci/venv-<name>.sh``); the trace runs there
+    python_env: str = ""
 
     def supports(self, setup: Setup, spec: ModelSpec) -> list[Refusal]:
         """What of ``setup`` on ``spec`` this trainer is not emitted for, first refusal first."""

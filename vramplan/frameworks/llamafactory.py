@@ -15,6 +15,7 @@ class LlamaFactory(Framework):
     name = "llamafactory"
     title = "LLaMA-Factory YAML (llamafactory-cli train)"
     package = "llamafactory"
+    python_env = "VRAMPLAN_LLAMAFACTORY_PYTHON"
     established = "0.9.5"
 
     def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:

@@ -15,6 +15,7 @@ class Swift(Framework):
     name = "swift"
     title = "ms-swift command line (swift sft)"
     package = "ms-swift"
+    python_env = "VRAMPLAN_SWIFT_PYTHON"
     established = "4.6"
 
     def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:

@@ -15,6 +15,7 @@ class Trl(Framework):
     name = "trl"
     title = "TRL SFTTrainer/GRPOTrainer script (python train.py, accelerate launch on several GPUs)"
     package = "trl"
+    tracer = "vramplan.trace.trl_sft"
     established = "1.16"
     images = True
     grpo = True
