@@ -48,3 +48,15 @@ def test_no_logits_are_built() -> None:
     assert not big, big
     hf = estimate(load_model("qwen2.5-0.5b"), setup)  # the generic full-logits loop
     assert r.peak_bytes < traceable_bytes(hf)
+
+
+def test_the_cli_traces_trls_own_step(capsys) -> None:
+    """``vramplan trace --trainer trl`` runs trl_sft's trace (TRL is installed here) and says so."""
+    import json
+
+    from vramplan.cli import main
+
+    assert main(["trace", "qwen2.5-0.5b", "--trainer", "trl", "--method", "lora", "--seq-len", "128", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["trainer"] == "trl" and "TRL SFTTrainer (trace/trl_sft.py)" in data["notes"]
+    assert any(n.startswith("the plan under trl's policy") for n in data["notes"])

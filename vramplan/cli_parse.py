@@ -173,6 +173,11 @@ def run_parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--gpu", default="4090", help="card the --report plans for (default 4090)")
     if command == "trace":
         p.add_argument("--real-cpu", action="store_true", help="run the steps for real on the CPU (tiny models)")
+        p.add_argument(
+            "--trainer",
+            help="trace this trainer's own step as its emitted config runs it: trl, swift, llamafactory, axolotl"
+            " (default: vramplan's generic loop, what --trainer hf plans)",
+        )
     return p
 
 

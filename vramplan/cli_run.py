@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 from typing import Any
 
 from vramplan.cli_parse import EXIT_FITS, EXIT_NO_FIT, SETUP_FLAGS, run_parser
@@ -34,9 +36,12 @@ def run_command(command: str, argv: list[str]) -> int:
             raise VramplanError("report", "--report and --plot name the same file: give each its own")
     if command == "measure" and args.plot:
         raise VramplanError("plot", "measure reads torch's peak counters, which keep no timeline: --plot is for trace")
+    fw = _trainer(args) if command == "trace" else None
     if args.record:
         _check_record_folder()
     setup, notes = _setup_from_args(args, command)
+    if fw is not None:
+        setup, notes = _adapted(fw, args.model, setup, notes)
     if command == "trace" and args.real_cpu:
         from vramplan.trace.preflight import refuse_if_too_big
 
@@ -61,10 +66,21 @@ def run_command(command: str, argv: list[str]) -> int:
     try:
         from vramplan.trace import run
 
-        if command == "measure":
-            result = run.measure(args.model, setup, args.steps, progress=progress)
+        # what libraries print on stdout while they run (DeepSpeed's accelerator line on import) goes to
+        # stderr: stdout is the result's alone (--json is read by programs)
+        if fw is not None:
+            from vramplan.trace.trainer import trace_trainer
+
+            progress(f"tracing {fw.name}'s own step")
+            with contextlib.redirect_stdout(sys.stderr):
+                result = trace_trainer(fw, args.model, setup, args.steps)
+            notes = [*notes, _against_estimate(fw, args.model, result)]
+        elif command == "measure":
+            with contextlib.redirect_stdout(sys.stderr):
+                result = run.measure(args.model, setup, args.steps, progress=progress)
         else:
-            result = run.trace(args.model, setup, args.steps, fake=not args.real_cpu, progress=progress)
+            with contextlib.redirect_stdout(sys.stderr):
+                result = run.trace(args.model, setup, args.steps, fake=not args.real_cpu, progress=progress)
     finally:
         if status:
             status.stop()
@@ -82,6 +98,56 @@ def run_command(command: str, argv: list[str]) -> int:
 
         console.print(trace_renderable(result))
     return EXIT_FITS if result.outcome == "ok" else EXIT_NO_FIT
+
+
+def _trainer(args: argparse.Namespace) -> Any:
+    """The trainer whose own step ``trace --trainer`` runs, or None for the generic loop
+    (``hf``: the loop trace/run.py traces is the plain transformers one); the flags its
+    traces cannot serve are refused first."""
+    if args.trainer in (None, "hf"):
+        return None
+    from vramplan.frameworks import framework
+    from vramplan.trace.trainer import where
+
+    fw = framework(args.trainer)
+    for flag, given in (("real_cpu", args.real_cpu), ("plot", args.plot), ("record", args.record)):
+        if given:
+            why = {
+                "real_cpu": "it is traced with fake tensors only",
+                "plot": "it is traced without a timeline",
+                "record": f"its grid is recorded by benchmarks/{fw.name}_trace_grid.py",
+            }[flag]
+            raise VramplanError(flag.replace("_", "-"), f"not with --trainer {fw.name}: {why}")
+    where(fw)  # refused now, before the model is read, if no Python here has the trainer
+    return fw
+
+
+def _adapted(fw: Any, model: str, setup: Any, notes: list[str]) -> tuple[Any, list[str]]:
+    """The Setup the trainer's emitted config runs (``Framework.adapt``), refused in one
+    line where the trainer cannot run it."""
+    from vramplan.models import load_model
+
+    spec = load_model(model)
+    refusals = fw.supports(setup, spec)
+    if refusals:
+        raise refusals[0].error()
+    adapted, changes = fw.adapt(setup, spec)
+    return adapted, [*notes, *(f"{fw.name}: {c}" for c in changes)]
+
+
+def _against_estimate(fw: Any, model: str, result: Any) -> str:
+    """The plan's figure for what was traced: the estimate under ``fw``'s policy, less what
+    only CUDA spends, and its error against the traced peak."""
+    from vramplan.memory import estimate
+    from vramplan.memory.phases import traceable_bytes
+    from vramplan.models import load_model
+
+    est = traceable_bytes(estimate(load_model(model), result.setup, policy=fw.policy(result.setup)))
+    err = 100 * (est - result.peak_bytes) / result.peak_bytes
+    return (
+        f"the plan under {fw.name}'s policy: {est / 2**30:.2f} GiB allocated without CUDA's workspaces,"
+        f" {err:+.1f}% against this trace"
+    )
 
 
 def _check_record_folder() -> None:

@@ -230,7 +230,8 @@ def trace_renderable(result: TraceResult) -> Group:
     }[result.backend]
     head = Text.assemble(
         (result.model, "bold"),
-        f" {what}: {result.steps} step(s) in {result.seconds:.1f} s\n",
+        f" {what}: " + (f"{result.trainer}'s own training step, " if result.trainer else ""),
+        f"{result.steps} step(s) in {result.seconds:.1f} s\n",
         f"setup: {s.method}{' ' + s.quant if s.method == 'qlora' else ''}, {s.precision}, {s.optimizer}, "
         f"seq {s.seq_len}, micro-batch {s.micro_batch}, "
         f"{'gradient checkpointing' if s.grad_checkpointing else 'no gradient checkpointing'}, {s.attention}\n",

@@ -17,7 +17,17 @@ import os
 import warnings
 
 #: libraries whose warnings and log records below ERROR are dropped in a trace's process.
-LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "kernels", "huggingface_hub")
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "bitsandbytes",
+    "kernels",
+    "huggingface_hub",
+    "DeepSpeed",
+    "trl",
+)
 
 
 def quiet_libraries() -> None:

@@ -44,6 +44,9 @@ class TraceResult(BaseModel):
     model: str
     setup: Setup
     backend: str  # trace | cpu | cuda
+    #: whose training step ran: a trainer's own (``trl``, ``swift``, ...: trace/trainer.py), or
+    #: empty for vramplan's generic loop (trace/run.py)
+    trainer: str = ""
     steps: int
     outcome: str = "ok"  # ok | oom
     peak_bytes: int
