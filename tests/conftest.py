@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -10,6 +12,12 @@ from types import ModuleType
 import pytest
 
 from vramplan.spec import ModelSpec, spec_from_config
+
+# No test reaches the Hub: an id outside the catalog is answered from an empty cache of the
+# session's own (tests/test_hub.py serves a stand-in Hub on localhost and lifts this itself).
+# Set at import, before any test runs, so subprocesses inherit it too.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["VRAMPLAN_CACHE"] = tempfile.mkdtemp(prefix="vramplan-test-cache-")
 
 TINY_CONFIG = {
     "model_type": "qwen2",

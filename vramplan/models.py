@@ -3,7 +3,8 @@
 Names resolve case-insensitively: the catalog name (``qwen2.5-7b``), its hub id
 (``Qwen/Qwen2.5-7B``), any alias from ``source.json`` (``Qwen/Qwen2.5-7B-Instruct``), the
 alias without its organisation (``qwen2.5-7b-instruct``), and a path to a local
-``config.json`` or to a folder holding one.
+``config.json`` or to a folder holding one. Any other Hub id (``Org/Name``) is read from its
+``config.json`` on the Hub (hub.py: fetched once, cached, never weights or code).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vramplan.arch import spec_from_config
 from vramplan.errors import VramplanError, closest, shown
+from vramplan.hub import config_bytes, is_repo_id
 from vramplan.limits import MAX_CONFIG_BYTES, MAX_PATH_CHARS
 from vramplan.spec import ModelSpec
 from vramplan.tables import tables_dir
@@ -91,6 +93,11 @@ def _read_config(path: Path, where: str) -> dict[str, Any]:
             raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise VramplanError(where, f"cannot read {name}: {exc.strerror or exc}") from None
+    return _parse_config(raw, name, where)
+
+
+def _parse_config(raw: bytes, name: str, where: str) -> dict[str, Any]:
+    """The JSON object in ``raw`` (the bytes of the config.json ``name``)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -141,8 +148,9 @@ def _local_path(query: str) -> Path | None:
     return path if query.endswith(".json") else None
 
 
-def load_config(query: str) -> tuple[str, dict[str, Any]]:
-    """``(name, config dict)`` for a catalog name/alias or a local config path."""
+def load_config(query: str, *, hub: bool = True) -> tuple[str, dict[str, Any]]:
+    """``(name, config dict)`` for a catalog name/alias, a local config path, or (``hub``) a
+    Hub id outside the catalog, whose config.json hub.py fetches."""
     if isinstance(query, os.PathLike):
         query = os.fspath(query)
     if not isinstance(query, str) or not query.strip():
@@ -158,20 +166,25 @@ def load_config(query: str) -> tuple[str, dict[str, Any]]:
         if not found:
             raise VramplanError("model", f"no config.json at {shown(str(cfg_path))}")
         return cfg_path.parent.name or "model", _read_config(cfg_path, "model")
+    if hub and query.strip().lower() not in _index() and is_repo_id(query.strip()):
+        repo_id = query.strip()
+        return repo_id, _parse_config(config_bytes(repo_id), f"{repo_id}'s config.json", "model")
     name = resolve_model_name(query)
     return name, _read_config(models_dir() / name / "config.json", "model")
 
 
-def load_model(query: str) -> ModelSpec:
-    """ModelSpec for a catalog name/alias or a path to a config.json (or its folder)."""
+def load_model(query: str, *, hub: bool = True) -> ModelSpec:
+    """ModelSpec for a catalog name/alias, a path to a config.json (or its folder), or (``hub``)
+    a Hub id outside the catalog. ``hub=False`` answers from this machine alone (validate's
+    rows: a gate gives the same answer everywhere)."""
     if isinstance(query, os.PathLike):
         query = os.fspath(query)
     if not isinstance(query, str):
         raise VramplanError("model", f"name a model or a config.json path, got {shown(query)}")
-    return _load_model(query)
+    return _load_model(query, hub)
 
 
 @lru_cache(maxsize=64)
-def _load_model(query: str) -> ModelSpec:
-    name, cfg = load_config(query)
+def _load_model(query: str, hub: bool = True) -> ModelSpec:
+    name, cfg = load_config(query, hub=hub)
     return spec_from_config(cfg, name=name, where="model config.json")

@@ -231,7 +231,7 @@ def _model(row: dict[str, str], base: Path) -> str:
 
 def row_estimate(row: dict[str, str], base: Path) -> Estimate:
     try:
-        spec = load_model(_model(row, base))
+        spec = load_model(_model(row, base), hub=False)  # a gate answers the same on every machine
     except OSError as exc:  # probing the name as a path: too long, not a directory, ...
         raise VramplanError("model", f"unknown model {shown(row['model'])}: {exc.strerror or exc}") from None
     setup = row_setup(row)
