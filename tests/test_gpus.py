@@ -119,3 +119,23 @@ def test_auto_without_a_gpu_says_so() -> None:
         resolve_gpu("auto")
     assert err.value.field == "gpu"
     assert "auto" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("alias", "key"),
+    [
+        ("v100-32g", "v100-sxm2-32gb"),
+        ("V100 16G", "v100-sxm2-16gb"),
+        ("a100-40g", "a100-sxm-40gb"),
+        ("a800-80g", "a800-sxm-80gb"),
+        ("rtx-3090", "rtx-3090"),
+        ("a10g", "a10g"),
+        ("l40s", "l40s"),
+        ("h20", "h20"),
+        ("b200", "b200"),
+        ("mi300x", "mi300x"),
+    ],
+)
+def test_names_users_write_resolve(alias: str, key: str) -> None:
+    """Cards as real reports and trainers' READMEs name them (memory as "32g")."""
+    assert resolve_gpu(alias).key == key

@@ -8,6 +8,7 @@ short name (``h100``, ``a100``) resolves to the most common variant and says so.
 from __future__ import annotations
 
 import csv
+import re
 from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
@@ -114,7 +115,12 @@ def resolve_gpu(query: str) -> GPU:
         return detect_gpu()
     exact, short = _index()
     catalog = gpu_catalog()
-    for probe in (q, q.replace(" ", ""), q.replace("-", " "), q.replace("-", "")):
+    # memory written "32g" (as in "v100-32g", the way trainers' READMEs and users name cards) is "32gb"
+    spelled = re.sub(r"(\d+)g\b", r"\1gb", q)
+    probes = dict.fromkeys(
+        p for w in (q, spelled) for p in (w, w.replace(" ", ""), w.replace("-", " "), w.replace("-", ""))
+    )
+    for probe in probes:
         if probe in exact:
             return catalog[exact[probe]]
         if probe in short:
