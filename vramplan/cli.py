@@ -37,20 +37,37 @@ from vramplan.errors import DoesNotFit, VramplanError, cut, one_line, shown
 __all__ = ["COMMANDS", "EXIT_BAD_INPUT", "EXIT_FITS", "EXIT_NO_FIT", "main", "plan_parser", "run_parser", "write_files"]
 
 
+def _listing(rows: list[dict[str, object]], columns: dict[str, str], table: object, as_json: bool) -> None:
+    """A catalog listing: ``--json`` a list of objects; on a terminal the rich table; piped, one
+    tab-separated line a row with a header (whole names, one row a line, for grep and cut)."""
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    elif sys.stdout.isatty():
+        console().print(table)
+    else:
+        print("\t".join(columns.values()))
+        for row in rows:
+            print("\t".join("" if row[k] is None else str(row[k]) for k in columns))
+
+
 def _cmd_gpus(argv: list[str]) -> int:
     from vramplan.gpus import gpu_catalog
     from vramplan.render import gpus_table
 
     p = Parser(prog="vramplan gpus", description="List the GPU catalog.")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print every card's figures as JSON")
     args = p.parse_args(argv)
     gpus = list(gpu_catalog().values())
-    if args.json:
-        import json
-
-        print(json.dumps([g.model_dump() for g in gpus], indent=1))
-    else:
-        console().print(gpus_table(gpus))
+    columns = {
+        "key": "key",
+        "name": "name",
+        "memory_mib": "MiB",
+        "bf16_tflops_dense": "bf16 TFLOPs",
+        "memory_bandwidth_gb_s": "GB/s",
+        "architecture": "arch",
+    }
+    rows: list[dict[str, object]] = [{**g.model_dump(), "memory_mib": g.memory_mib} for g in gpus]
+    _listing(rows, columns, gpus_table(gpus, console().width), args.json)
     return EXIT_FITS
 
 
@@ -60,20 +77,41 @@ def _cmd_models(argv: list[str]) -> int:
     from vramplan.render import models_table
 
     p = Parser(prog="vramplan models", description="List catalog models matching QUERY.")
-    p.add_argument("query", nargs="?", default="")
+    p.add_argument("query", nargs="?", default="", help="part of a name, hub id or alias (default: every model)")
+    p.add_argument("--json", action="store_true", help="print the matching models as JSON")
     args = p.parse_args(argv)
     q = args.query.lower()
     sources = catalog_sources()
-    rows = []
+    rows: list[dict[str, object]] = []
+    shown_rows: list[tuple[str, str, str, int, str]] = []
     for name in catalog_names():
         src = sources[name]
         if q and not any(q in k.lower() for k in [name, src.hub_id, *src.aliases]):
             continue
         spec = load_model(name)
-        rows.append((name, src.hub_id, spec.model_type, param_counts(spec).total, src.published_params_text or ""))
+        total, published = param_counts(spec).total, src.published_params_text or ""
+        shown_rows.append((name, src.hub_id, spec.model_type, total, published))
+        rows.append(
+            {
+                "name": name,
+                "hub_id": src.hub_id,
+                "aliases": src.aliases,
+                "model_type": spec.model_type,
+                "params": total,
+                "published_params": published,
+            }
+        )
     if not rows:
         raise VramplanError("query", f"no catalog model matches {shown(args.query)}")
-    console().print(models_table(rows))
+    table = models_table(shown_rows)
+    columns = {
+        "name": "name",
+        "hub_id": "hub id",
+        "model_type": "type",
+        "params": "params",
+        "published_params": "published",
+    }
+    _listing(rows, columns, table, args.json)
     return EXIT_FITS
 
 

@@ -116,11 +116,17 @@ def plan_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="vramplan",
         description="Plan GPU memory for fine-tuning MODEL on GPU.",
-        epilog="Exit 0 fits, 1 does not fit, 2 bad input, 3 internal error (add --debug, with any"
+        epilog="Other commands (each with --help): 'vramplan trace MODEL' traces training steps with fake"
+        " tensors; 'vramplan measure MODEL' runs them on this machine's GPU; 'vramplan validate' compares"
+        " estimates with traces or measured runs; 'vramplan models [QUERY]' and 'vramplan gpus' list the"
+        " catalogs. Exit 0 fits, 1 does not fit, 2 bad input, 3 internal error (add --debug, with any"
         " command, for its traceback).",
     )
+    from vramplan import __version__
+
+    p.add_argument("--version", action="version", version=f"vramplan {__version__}")
     p.add_argument("model", help="catalog name or hub id (qwen2.5-7b, Qwen/Qwen2.5-7B-Instruct) or a config.json path")
-    p.add_argument("--gpu", default="4090", help="card name (4090, a100-80g, h100, ...) or auto")
+    p.add_argument("--gpu", default="4090", help="card name (4090, a100-80g, h100, ...) or auto (default: 4090)")
     p.add_argument(
         "--trainer",
         help="the trainer whose run is planned: trl, swift, llamafactory, axolotl, or hf (your own transformers"

@@ -194,12 +194,16 @@ def plan_html(plan: Plan) -> str:
     )
 
 
-def gpus_table(gpus: list[GPU]) -> Table:
+def gpus_table(gpus: list[GPU], width: int = 120) -> Table:
+    """The GPU catalog; narrower than 100 columns, without bandwidth, architecture and the bf16
+    and FlashAttention-2 flags (``--json`` has them), so that every row fits."""
     table = Table(title="GPU catalog")
-    for col in ("key", "name", "MiB", "bf16 TFLOPs", "GB/s", "arch", "bf16", "FA2"):
-        table.add_column(col)
+    cols = ["key", "name", "MiB", "bf16 TFLOPs"] + (["GB/s", "arch", "bf16", "FA2"] if width >= 100 else [])
+    for col in cols:
+        # keys whole, however narrow the terminal (what --gpu takes); the rest folds rather than cuts
+        table.add_column(col, min_width=max(len(g.key) for g in gpus) if col == "key" else None, overflow="fold")
     for g in gpus:
-        table.add_row(
+        cells = [
             g.key,
             g.name,
             f"{g.memory_mib:,}",
@@ -208,14 +212,16 @@ def gpus_table(gpus: list[GPU]) -> Table:
             g.architecture,
             "yes" if g.bf16_supported else "no",
             "yes" if g.flash_attn2_supported else "no",
-        )
+        ]
+        table.add_row(*cells[: len(cols)])
     return table
 
 
 def models_table(rows: list[tuple[str, str, str, int, str]]) -> Table:
     table = Table(title="model catalog")
-    for col in ("name", "hub id", "type", "params (counted)", "published"):
-        table.add_column(col)
+    for i, col in enumerate(("name", "hub id", "type", "params", "published")):
+        # names whole, however narrow the terminal (what MODEL takes); the rest folds rather than cuts
+        table.add_column(col, min_width=max(len(r[0]) for r in rows) if i == 0 else None, overflow="fold")
     for name, hub_id, model_type, total, published in rows:
         table.add_row(name, hub_id, model_type, f"{total:,}", published)
     return table
