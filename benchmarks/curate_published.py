@@ -23,9 +23,9 @@ OUT = ROOT / "tables" / "measured" / "published.csv"
 DEFAULT_SRC = ROOT.parent / "shared" / "data" / "published_measurements.csv"
 
 COLUMNS = (
-    "id source model method quant precision lora_rank lora_alpha lora_targets trainable_extra optimizer seq_len "
-    "micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu measured_value "
-    "measured_unit measurement outcome notes"
+    "id source trainer trainer_version model method quant precision lora_rank lora_alpha lora_targets trainable_extra "
+    "optimizer seq_len micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu "
+    "measured_value measured_unit measurement outcome notes"
 ).split()
 
 KIND = {"max_memory_allocated": "allocated", "max_memory_reserved": "reserved", "nvidia-smi": "device"}
@@ -57,6 +57,8 @@ def _base(r: dict[str, str]) -> dict[str, Any]:
     return {
         "id": r["id"],
         "source": f"{r['source_repo_or_url']} {r['source_path_or_section']}",
+        "trainer": "",
+        "trainer_version": "",
         "lora_rank": r["lora_rank"],
         "lora_alpha": "",
         "lora_targets": "",
@@ -92,8 +94,14 @@ def _note(*parts: str) -> str:
 
 
 def qwen1(r: dict[str, str]) -> dict[str, Any]:
-    """QwenLM/Qwen README profiling (finetune.py + finetune/*.sh, A100-SXM4-80G)."""
+    """QwenLM/Qwen README profiling (finetune.py + finetune/*.sh, A100-SXM4-80G).
+
+    Trainer: ``hf``. finetune.py builds ``transformers.Trainer`` and calls ``trainer.train()``
+    (its ``train()``, with PEFT's LoRA/Q-LoRA and DeepSpeed through the Trainer); the inference
+    rows come from profile.py, transformers' ``model.generate``. The README's requirements ask
+    for transformers 4.32 or later; the profiling table does not state the version."""
     d = _base(r)
+    d["trainer"] = "hf"
     size = re.match(r"Qwen-(\d+(?:\.\d+)?B)", r["model"]).group(1)  # type: ignore[union-attr]
     d["model"] = QWEN1[f"Qwen-{size}"]
     int4 = "Int4" in r["model"]
@@ -144,8 +152,12 @@ def qwen1(r: dict[str, str]) -> dict[str, Any]:
 
 
 def qwen_vl(r: dict[str, str]) -> dict[str, Any]:
-    """QwenLM/Qwen-VL README profiling: one 448x448 image (256 visual tokens) per sample."""
+    """QwenLM/Qwen-VL README profiling: one 448x448 image (256 visual tokens) per sample.
+
+    Trainer: ``hf``. Qwen-VL's finetune.py is Qwen's: ``transformers.Trainer`` built in its
+    ``train()``; the inference rows come from profile_mm.py (transformers' ``generate``)."""
     d = _base(r)
+    d["trainer"] = "hf"
     d["model"] = "qwen-vl-chat"
     int4 = "Int4" in r["model"]
     base = "(base)" in r["model"]
@@ -175,10 +187,16 @@ def qwen_vl(r: dict[str, str]) -> dict[str, Any]:
 
 
 def qwen25(r: dict[str, str]) -> dict[str, Any]:
-    """QwenLM/Qwen2.5: LLaMA-Factory example table and the transformers speed benchmark."""
+    """QwenLM/Qwen2.5: LLaMA-Factory example table and the transformers speed benchmark.
+
+    Trainer: ``llamafactory`` for the training rows (examples/llama-factory/finetune-zh.md runs
+    ``llamafactory-cli train qwen2-7b-*-sft.yaml``; the source names LLaMA-Factory 0.8.x), ``hf``
+    for the inference rows (speed_benchmark.rst: transformers 4.46.0 ``generate``)."""
     d = _base(r)
     d["model"] = LLAMA[r["model"]]
+    d.update(trainer="llamafactory", trainer_version="0.8")
     if r["method"] == "inference":
+        d.update(trainer="hf", trainer_version="4.46.0")
         m = re.match(r"input (\d+) \+ generate (\d+)", r["seq_len"])
         assert m, r["seq_len"]
         quant = {"GPTQ-Int4": "gptq-int4", "AWQ": "awq-int4"}.get(r["precision"], "none")
@@ -210,8 +228,13 @@ def qwen25(r: dict[str, str]) -> dict[str, Any]:
 
 
 def torchtune(r: dict[str, str]) -> dict[str, Any]:
-    """pytorch/torchtune READMEs and tutorials (torchtune's own Llama, not transformers)."""
+    """pytorch/torchtune READMEs and tutorials (torchtune's own Llama, not transformers).
+
+    Trainer: ``torchtune``: its recipes (recipes/full_finetune_single_device.py,
+    lora_finetune_single_device.py, ...) run torchtune's own model code, loss and loop; the
+    tables name the recipe configs, not a torchtune release."""
     d = _base(r)
+    d["trainer"] = "torchtune"
     d["model"] = LLAMA[r["model"]]
     d.update(precision="bf16", attention="sdpa", quant="none", lora_alpha="")
     i = int(r["id"])
@@ -312,9 +335,20 @@ def torchtune(r: dict[str, str]) -> dict[str, Any]:
 
 
 def peft(r: dict[str, str]) -> dict[str, Any]:
-    """huggingface/peft README, accelerate docs and MetaMathQA method comparison."""
+    """huggingface/peft README, accelerate docs and MetaMathQA method comparison.
+
+    Trainer, read from each row's script: the README's table (rows 259-265) comes from
+    examples/*/peft_lora_*_accelerate_ds_zero3_offload.py, a loop written out with accelerate
+    (``model(**batch).loss``, ``accelerator.backward``, ``optimizer.step``); the MetaMathQA rows
+    (271-275) from method_comparison/MetaMathQA/run.py ``train()``, a loop written out with torch
+    (``model(**batch).loss``, ``backward``, ``optimizer.step``; transformers 5.13.1). Both step
+    the model exactly as the Trainer's ``training_step`` does (the model's own full-logits loss,
+    nothing kept beside it), so they are ``hf``. The accelerate docs' rows (266-270) run
+    examples/sft/train.py, TRL's ``SFTTrainer`` (``trl``); its requirements.txt installs TRL
+    from the main branch, so the version is not stated."""
     d = _base(r)
     i = int(r["id"])
+    d["trainer"] = "hf"
     if i <= 265:
         d.update(model="", method=r["method"], quant="none", precision="fp32", optimizer="adamw")
         d.update(seq_len="", grad_checkpointing="false", attention="eager", measured_unit="GB")
@@ -329,6 +363,7 @@ def peft(r: dict[str, str]) -> dict[str, Any]:
         )
         return d
     if i <= 270:
+        d["trainer"] = "trl"
         d.update(model="llama-2-70b", method=r["method"], seq_len="2048", grad_checkpointing="true")
         d.update(attention="flash-attn-2", lora_alpha="16", lora_targets="all-linear", measured_unit="GB")
         d["num_gpus"] = r["num_gpus"]
@@ -351,6 +386,7 @@ def peft(r: dict[str, str]) -> dict[str, Any]:
             d["measurement"] = "unknown"
         return d
     d.update(model="llama-3.2-3b", method=r["method"], quant="none", precision="bf16", seq_len="768")
+    d["trainer_version"] = "5.13.1"
     d.update(grad_checkpointing="false", attention="sdpa", measurement="reserved")
     m = re.search(r"r(?:ank)?(\d+) a(\d+)", r["notes"])
     if r["method"] == "lora":
@@ -371,9 +407,26 @@ def peft(r: dict[str, str]) -> dict[str, Any]:
 
 
 def unsloth(r: dict[str, str]) -> dict[str, Any]:
-    """unslothai/unsloth README benchmark tables."""
+    """unslothai/unsloth README benchmark tables.
+
+    Trainer, by the column the row was read from: 'Hugging Face' and '+ Flash Attention 2'
+    (rows 293-295) are TRL's ``SFTTrainer`` without Unsloth (huggingface/blog unsloth-trl.md,
+    'Unsloth + TRL integration' and its notebooks; transformers 4.36); the 'Llama-Factory 3rd
+    party benchmarking' rows (296-300) are LLaMA-Factory runs (its wiki's Performance
+    Comparison), the Unsloth+FA2 ones through its ``use_unsloth`` (``unsloth``); the context
+    length table's 'Hugging Face + FA2' rows are transformers without Unsloth (``hf``: the
+    README names no trainer), its Unsloth rows ``unsloth``."""
     d = _base(r)
     i = int(r["id"])
+    unsloth_kernels = "Unsloth" in r["attention_impl"]
+    if i <= 295:
+        d["trainer"] = "trl"
+    elif i <= 300:
+        d["trainer"] = "llamafactory"
+    else:
+        d["trainer"] = "hf"
+    if unsloth_kernels:
+        d["trainer"] = "unsloth"
     d["model"] = {"CodeLlama-34B": "", "Mistral-7B": "mistral-7b-v0.3"}.get(r["model"], LLAMA.get(r["model"], ""))
     d["method"] = r["method"]
     d["quant"] = "bnb-nf4" if r["method"] == "qlora" else "none"
@@ -396,7 +449,9 @@ def unsloth(r: dict[str, str]) -> dict[str, Any]:
 
 
 def hf_blog(r: dict[str, str]) -> dict[str, Any]:
+    """huggingface/blog optimize-llm.md: transformers' pipeline generation (``hf``)."""
     d = _base(r)
+    d["trainer"] = "hf"
     quant = {"bnb int8 (load_in_8bit)": "bnb-int8", "bnb 4-bit (load_in_4bit)": "bnb-fp4"}.get(r["precision"], "none")
     d.update(model="", method="inference", quant=quant, precision="bf16", seq_len="80", micro_batch="1")
     d.update(optimizer="", grad_checkpointing="false", attention="eager", lora_rank="", parallel="device_map")
@@ -421,6 +476,8 @@ SOURCES = {
 OOM_ZERO2 = {
     "id": "q72-lora-zero2-oom",
     "source": "github.com/QwenLM/Qwen README.md @2df8e8ac 'Finetuning > Profiling of Memory and Speed'",
+    "trainer": "hf",
+    "trainer_version": "",
     "model": "qwen-72b",
     "method": "lora",
     "quant": "none",

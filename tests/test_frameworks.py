@@ -32,8 +32,9 @@ VLM = (
 )
 TEXT_ONLY = "its trainer loads text models"
 QWEN1 = (
-    "qwen-7b is a remote-code architecture (Qwen v1): the emitted trainers load transformers' own models; plan it,"
-    " then set the trainer by hand"
+    "{t}: qwen-7b is a remote-code architecture (Qwen v1) and the emitted {t} run loads transformers' own model"
+    " classes: --emit swift or llamafactory (their model loaders run the repository's code), or plan it, then set"
+    " the trainer by hand"
 )
 QLORA_SHARDED = (
     "trl: QLoRA under zero3 is not emitted: sharding 4-bit weights needs bnb_4bit_quant_storage and no"
@@ -73,7 +74,7 @@ REFUSED = [
         dict(method="lora", rl="grpo", seq_len=1024),
         {t: f"{t}: GRPO plans are emitted for trl only (--emit trl: GRPOTrainer)" for t in TARGETS if t != "trl"},
     ),
-    ("qwen-7b", "a100-80g", dict(method="lora"), dict.fromkeys(TARGETS, QWEN1)),
+    ("qwen-7b", "a100-80g", dict(method="lora"), {t: QWEN1.format(t=t) for t in ("trl", "axolotl")}),
     (
         "qwen2.5-vl-3b",
         "a100-80g",

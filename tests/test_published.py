@@ -98,7 +98,7 @@ def test_gate_holds(compared) -> None:
     """The issue's CI gate over complete rows: median |error| <= 8%, p90 <= 18%, no oom row
     called a fit and no row underestimated by more than 15%."""
     s = summarize(compared)
-    assert s.compared >= 120
+    assert s.compared >= 115  # 126 before each row named its trainer; torchtune's 7 have no policy
     assert s.overall.median_abs_pct is not None and s.overall.median_abs_pct <= 8.0
     assert s.oom_rows >= 1 and s.oom_predicted_fit == []
     assert s.overall.p90_abs_pct is not None and s.overall.p90_abs_pct <= 18.0

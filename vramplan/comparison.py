@@ -18,6 +18,9 @@ class Comparison(BaseModel):
     id: str
     line: int | None = None
     source: str
+    #: the program that ran the measured step (``hf`` for a blank column) and its version as stated
+    trainer: str = "hf"
+    trainer_version: str = ""
     model: str
     method: str
     outcome: str
@@ -61,6 +64,9 @@ class Summary(BaseModel):
     overall: Stats
     by_source: dict[str, Stats]
     by_method: dict[str, Stats]
+    #: every row's trainer: how many rows name it, of them compared
+    by_trainer: dict[str, Stats] = {}
+    rows_by_trainer: dict[str, int] = {}
     oom_rows: int
     oom_predicted_fit: list[str]
     unknown_vs_reserved: int
@@ -105,6 +111,8 @@ def summarize(rows: list[Comparison]) -> Summary:
         overall=stats(counted),
         by_source=by_source,
         by_method=by_method,
+        by_trainer={t: stats([r for r in counted if r.trainer == t]) for t in sorted({r.trainer for r in counted})},
+        rows_by_trainer=dict(sorted(Counter(r.trainer for r in rows).items())),
         oom_rows=len(ooms),
         oom_predicted_fit=[r.id for r in ooms if r.fits],
         unknown_vs_reserved=sum(1 for r in counted if r.measurement == "unknown"),

@@ -2,12 +2,18 @@
 
 The schema (``tables/measured/published.csv`` and a user's own runs):
 
-    id, source, model, method, quant, precision, lora_rank, lora_alpha, lora_targets,
-    trainable_extra, optimizer, seq_len, micro_batch, grad_accum, grad_checkpointing,
-    attention, num_gpus, parallel, offload, gpu, measured_value, measured_unit,
-    measurement, outcome, notes
+    id, source, trainer, trainer_version, model, method, quant, precision, lora_rank,
+    lora_alpha, lora_targets, trainable_extra, optimizer, seq_len, micro_batch, grad_accum,
+    grad_checkpointing, attention, num_gpus, parallel, offload, gpu, measured_value,
+    measured_unit, measurement, outcome, notes
 
-``model`` is a catalog name or a path to a config.json relative to the CSV. ``measurement``
+``trainer`` names the program that ran the measured step (blank: the plain transformers
+Trainer loop, ``hf``); each row is estimated under that trainer's policy
+(``framework(trainer).policy(setup)``, as ``vramplan plan --trainer`` does), and a row from a
+program vramplan has no policy for (torchtune, Unsloth) is excluded with that reason, never
+estimated under another trainer's. ``trainer_version`` is the version the source states
+(blank when it does not); it is shown, not used. The two columns may be absent from a
+user's CSV (read as blank). ``model`` is a catalog name or a path to a config.json relative to the CSV. ``measurement``
 picks the tier compared: allocated, reserved, device; ``unknown`` is compared against
 reserved (and says so). An ``oom`` row is checked the other way: the estimate must not call
 it a fit on its ``gpu``. A ``device_map`` row whose value is a published total divided by
@@ -34,6 +40,7 @@ from typing import Any, NamedTuple
 
 from vramplan.comparison import Comparison, Stats, Summary, stats, summarize
 from vramplan.errors import VramplanError, closest, cut, one_line, shown
+from vramplan.frameworks import framework, names
 from vramplan.gpus import gpu_catalog, resolve_gpu
 from vramplan.memory import estimate
 from vramplan.memory.phases import Estimate
@@ -46,10 +53,19 @@ from vramplan.units import GB, GIB
 __all__ = ["COLUMNS", "Comparison", "Stats", "Summary", "compare", "compare_csv", "read_rows", "stats", "summarize"]
 
 COLUMNS = (
-    "id source model method quant precision lora_rank lora_alpha lora_targets trainable_extra optimizer seq_len "
-    "micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu measured_value "
-    "measured_unit measurement outcome notes"
+    "id source trainer trainer_version model method quant precision lora_rank lora_alpha lora_targets trainable_extra "
+    "optimizer seq_len micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu "
+    "measured_value measured_unit measurement outcome notes"
 ).split()
+#: columns a user's CSV may leave out (read as blank: the plain transformers Trainer loop)
+OPTIONAL_COLUMNS = ("trainer", "trainer_version")
+#: programs a published row may come from that vramplan has no policy for, and what they run
+#: instead of a transformers model's own step (a row naming one is excluded, never estimated
+#: under another trainer's policy)
+NO_POLICY = {
+    "torchtune": "torchtune's own recipes and model code (torchtune.modules), not transformers' models",
+    "unsloth": "Unsloth's patched model forward and its own kernels (fused LoRA MLP, chunked cross-entropy)",
+}
 #: fields every row needs before it can be estimated.
 REQUIRED = ("model", "method", "precision", "seq_len", "micro_batch", "num_gpus", "attention")
 UNITS = {"GiB": GIB, "GB": GB}
@@ -130,8 +146,8 @@ def read_records(path: Path) -> list[Record]:
         header = reader.fieldnames or []
     except csv.Error as exc:
         raise VramplanError("csv", f"{where} is not a readable CSV (its header: {one_line(str(exc))})") from None
-    missing = [c for c in COLUMNS if c not in header]
-    if len(missing) == len(COLUMNS):
+    missing = [c for c in COLUMNS if c not in header and c not in OPTIONAL_COLUMNS]
+    if len(missing) == len(COLUMNS) - len(OPTIONAL_COLUMNS):
         raise VramplanError(
             "csv", f"{where} is not a CSV of the published-measurements schema: its header must be {schema}"
         )
@@ -229,13 +245,41 @@ def _model(row: dict[str, str], base: Path) -> str:
     return m
 
 
-def row_estimate(row: dict[str, str], base: Path) -> Estimate:
+def row_trainer(row: dict[str, str]) -> str:
+    """The trainer whose policy estimates ``row``: its ``trainer`` column, blank meaning ``hf``
+    (the plain transformers Trainer loop)."""
+    return (row.get("trainer") or "").strip() or "hf"
+
+
+def trainer_exclusion(row: dict[str, str]) -> Excluded | None:
+    """Why ``row`` cannot be estimated for the program that produced it (None when it can): a
+    program vramplan has no policy for, or a name it does not know."""
+    name = row_trainer(row)
+    if name in names():
+        return None
+    known = ", ".join(names())
+    if name.lower() in NO_POLICY:
+        return Excluded(
+            "no trainer policy",
+            f"trainer {name}: no policy for it ({NO_POLICY[name.lower()]}); policies exist for {known}",
+        )
+    hint = closest(name, [*names(), *NO_POLICY])
+    near = f"; closest: {', '.join(hint)}" if hint else ""
+    return Excluded("unknown trainer", f"unknown trainer {shown(name)}{near}; trainers with a policy: {known}")
+
+
+def row_estimate(row: dict[str, str], base: Path, trainer: str | None = None) -> Estimate:
+    """The estimate of ``row`` under the policy of the trainer that ran it; ``trainer`` names
+    another policy in its place (calibrate.py's one stated approximation)."""
+    why = trainer_exclusion(row) if trainer is None else None
+    if why is not None:
+        raise VramplanError("trainer", why.reason)
     try:
         spec = load_model(_model(row, base), hub=False)  # a gate answers the same on every machine
     except OSError as exc:  # probing the name as a path: too long, not a directory, ...
         raise VramplanError("model", f"unknown model {shown(row['model'])}: {exc.strerror or exc}") from None
     setup = row_setup(row)
-    return estimate(spec, setup)
+    return estimate(spec, setup, policy=framework(trainer or row_trainer(row)).policy(setup))
 
 
 def _unknown(field: str, value: str) -> Excluded:
@@ -266,9 +310,9 @@ def _measured_bytes(row: dict[str, str]) -> int | None:
     return int(measured)
 
 
-def _check(row: dict[str, str]) -> None:
-    """The checks that need no model: notes, blanks, enumerated values, the measured number.
-    Raises Excluded for the first one that fails."""
+def _check(row: dict[str, str], trainer: bool = True) -> None:
+    """The checks that need no model: notes, blanks, enumerated values, the measured number,
+    and (``trainer``) a trainer with a policy. Raises Excluded for the first one that fails."""
     for field in COLUMNS:
         value = row.get(field, "")
         if field not in ("source", "notes") and not value.isprintable():
@@ -293,12 +337,16 @@ def _check(row: dict[str, str]) -> None:
     if outcome == "ok" and not row.get("measured_value"):
         raise Excluded("no measured value", "no measured value")
     _measured_bytes(row)
+    why = trainer_exclusion(row) if trainer else None
+    if why is not None:
+        raise why
 
 
-def exclusion(row: dict[str, str]) -> str:
-    """Why a row is left out of the statistics before any model is loaded ('' when it may be counted)."""
+def exclusion(row: dict[str, str], trainer: bool = True) -> str:
+    """Why a row is left out of the statistics before any model is loaded ('' when it may be
+    counted); ``trainer=False`` leaves out the check that its trainer has a policy."""
     try:
-        _check(row)
+        _check(row, trainer)
     except Excluded as exc:
         return exc.reason
     return ""
@@ -349,6 +397,8 @@ def compare(row: dict[str, str], base: Path, line: int | None = None) -> Compari
         id=row.get("id", ""),
         line=line,
         source=row.get("source", "").split(" ")[0],
+        trainer=row_trainer(row),
+        trainer_version=row.get("trainer_version", ""),
         model=row.get("model", ""),
         method=row.get("method", ""),
         outcome=outcome,

@@ -392,6 +392,8 @@ def published_summary_lines(summary: PublishedSummary) -> list[str]:
     ]
     lines += [stats_line(f"source {k}", v) for k, v in summary.by_source.items()]
     lines += [stats_line(f"method {k}", v) for k, v in summary.by_method.items()]
+    lines += [stats_line(f"trainer {k}", v) for k, v in summary.by_trainer.items()]
+    lines.append("rows by trainer: " + ", ".join(f"{k} {n}" for k, n in summary.rows_by_trainer.items()))
     return [_printable(line) for line in lines]  # sources and methods come from a user's file
 
 

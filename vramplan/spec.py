@@ -138,6 +138,13 @@ class ModelSpec(BaseModel):
     remote_code: bool = False
     #: (trainer, its chat template name), e.g. ("llamafactory", "llama3")
     chat_templates: tuple[tuple[str, str], ...] = ()
+    #: (trainer, the model type its registry gives the family) where the trainer must be told
+    #: because the config does not say (ms-swift's ``--model_type`` for Qwen v1 and Qwen-VL, whose
+    #: configs share ``architectures: QWenLMHeadModel``)
+    trainer_model_types: tuple[tuple[str, str], ...] = ()
+    #: dotted path of the decoder layers' container (``transformer.h``) where an emitted config must
+    #: name a layer's module in full (a LoRA target whose short name a vision tower shares); empty: unknown
+    layer_module: str = ""
 
     @property
     def q_dim(self) -> int:

@@ -1,6 +1,9 @@
 """Qwen (v1) and Qwen-VL: the publisher's remote code (``modeling_qwen.py``, ``visual.py``),
-read, never run. transformers ships neither, so a trace cannot build them and the emitted
-trainers (which load transformers' own classes) refuse them."""
+read, never run by vramplan. transformers ships neither, so a trace cannot build them; trl and
+axolotl (emitted around transformers' own classes) refuse them, while ms-swift (model types
+``qwen`` and ``qwen_vl``, swift/model/models/qwen.py) and LLaMA-Factory (``trust_remote_code``,
+template ``qwen``; model/patcher.py ``patch_config`` handles model_type ``qwen``) are emitted
+for them: the user's trainer runs the repository's code."""
 
 from __future__ import annotations
 
@@ -66,6 +69,9 @@ def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         fused_qkv=True,
         remote_code=True,
         chat_templates=(("llamafactory", "qwen"),),
+        # ms-swift 4.6 registers both under architectures ['QWenLMHeadModel'] (swift/model/models/qwen.py)
+        trainer_model_types=(("swift", "qwen_vl" if vision is not None else "qwen"),),
+        layer_module="transformer.h",
         max_position_embeddings=integer(
             cfg,
             "seq_length",

@@ -62,6 +62,10 @@ class Framework:
     moe_all_linear: bool = False
     #: loads vision-language models (the language model trained on text)
     vision_models: bool = False
+    #: loads remote-code families (Qwen v1, Qwen-VL) with the repository's own modeling code, through
+    #: its own model loader; the emitted files tell it to trust that code where it asks (vramplan
+    #: never runs it). Vision-language ones among them are emitted for text-only LoRA/QLoRA.
+    remote_code: bool = False
     #: the parallel layouts it is emitted for
     layouts: tuple[str, ...] = ("none", "ddp")
     #: the module whose ``trace_sft(model, setup, steps) -> TraceResult`` traces this trainer's own
@@ -124,16 +128,26 @@ def plan_refusals(fw: Framework, setup: Setup, spec: ModelSpec) -> list[Refusal]
 
 
 def model_refusals(fw: Framework, setup: Setup, spec: ModelSpec) -> list[Refusal]:
-    """Models the emitted trainers do not load: remote-code architectures, and vision-language
-    models where the trainer loads text models only (or under FSDP)."""
+    """Models the emitted trainers do not load: remote-code architectures where the trainer's emitted
+    run loads transformers' own classes, full/freeze of a remote-code vision-language model, and
+    vision-language models where the trainer loads text models only (or under FSDP)."""
     out = []
-    if spec.remote_code:
+    if spec.remote_code and not fw.remote_code:
         text = (
-            f"{spec.name} is a remote-code architecture (Qwen v1): the emitted trainers load transformers' own"
-            " models; plan it, then set the trainer by hand"
+            f"{fw.name}: {spec.name} is a remote-code architecture (Qwen v1) and the emitted {fw.name} run loads"
+            " transformers' own model classes: --emit swift or llamafactory (their model loaders run the"
+            " repository's code), or plan it, then set the trainer by hand"
         )
         out.append(Refusal(field="emit", code="remote_code", text=text))
-    if spec.vision is not None and (not fw.vision_models or setup.parallel == "fsdp"):
+        return out
+    remote_vlm = spec.remote_code and spec.vision is not None
+    if remote_vlm and not setup.is_lora:
+        text = (
+            f"{fw.name}: {spec.name}'s vision tower is part of the repository's one model, and which of it"
+            f" {fw.name} trains in a {setup.method} run is not mapped: emitted for LoRA/QLoRA (text only)"
+        )
+        out.append(Refusal(field="emit", code="remote_code_vlm_method", text=text))
+    if spec.vision is not None and not remote_vlm and (not fw.vision_models or setup.parallel == "fsdp"):
         why = "FSDP wrapping of a vision tower is not planned" if fw.vision_models else "its trainer loads text models"
         text = (
             f"{spec.name} is a vision-language model and {why}: --emit trl writes its text-only training"

@@ -17,6 +17,7 @@ class LlamaFactory(Framework):
     package = "llamafactory"
     python_env = "VRAMPLAN_LLAMAFACTORY_PYTHON"
     established = "0.9.5"
+    remote_code = True
 
     def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
         notes: list[str] = []

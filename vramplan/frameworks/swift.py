@@ -17,6 +17,7 @@ class Swift(Framework):
     package = "ms-swift"
     python_env = "VRAMPLAN_SWIFT_PYTHON"
     established = "4.6"
+    remote_code = True
 
     def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
         notes: list[str] = []

@@ -48,6 +48,7 @@ __all__ = [
     "model_path",
     "printable",
     "py_literal",
+    "remote_code_lines",
     "sh_quote",
     "why_lines",
     "yaml_quote",
@@ -160,6 +161,20 @@ def header_lines(ctx: Context, target: str) -> list[str]:
         )
     for note in ctx.adjustments:
         lines.append(f"CHANGED FOR {target}: {note}")
+    return lines
+
+
+def remote_code_lines(ctx: Context, how: str) -> list[str]:
+    """What a run of a remote-code family executes, for the emitted file's header: the trainer runs
+    the model repository's own Python code (``how`` it is told to); vramplan read the config only."""
+    lines = [
+        f"REMOTE CODE: {ctx.spec.name} is built by the Python files in its model repository (not by"
+        " transformers); the trainer runs that code: "
+        + how
+        + ". Read the repository, or pin its revision, before you run this; vramplan never ran it",
+    ]
+    if ctx.spec.vision is not None:
+        lines.append("text-only training: the vision tower stays frozen and no images are fed")
     return lines
 
 

@@ -8,6 +8,16 @@ our amp-*), ``pure_bf16`` keeps trained weights bf16 (our bf16 for full/freeze);
 ``flash_attn`` disabled/sdpa/fa2; ``disable_gradient_checkpointing``; ``cutoff_len``;
 ``optim`` (transformers names). Not expressible: pure fp16 full/freeze (no ``pure_fp16``:
 emitted as AMP fp16, re-estimated); a fractional lora_alpha (integer option).
+
+Remote-code families (Qwen v1, Qwen-VL): ``trust_remote_code: true`` (hparams/model_args.py
+``ModelArguments.trust_remote_code``, default false, passed to every from_pretrained by model/loader.py
+``_get_init_kwargs``), template ``qwen`` (chatml, as Qwen's chat models), and LLaMA-Factory's own
+handling of model_type ``qwen`` (model/patcher.py ``patch_config`` sets ``use_flash_attn`` and the
+bf16/fp16/fp32 flags). Qwen-VL is not one of LLaMA-Factory's composite models
+(model/model_utils/visual.py ``COMPOSITE_MODELS``), so neither ``lora_target: all``
+(model/model_utils/misc.py ``find_all_linear_modules`` collects every Linear's last name) nor a short
+name its tower shares (``mlp.c_proj``) keeps LoRA off the tower: such targets are written as the
+language model's full module names, layer by layer.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from vramplan.frameworks.files.common import (
     Context,
     comment_block,
     header_lines,
+    remote_code_lines,
     why_lines,
     yaml_scalar,
     yaml_text,
@@ -33,23 +44,45 @@ def template_for(ctx: Context) -> str:
     return dict(ctx.spec.chat_templates).get("llamafactory", "default")
 
 
+def lora_target(ctx: Context) -> str:
+    """``lora_target``: ``all``, or the planned targets; on a model whose vision tower shares a
+    target's short name and is not frozen by LLaMA-Factory (Qwen-VL), the language model's modules
+    that target reaches, each by its full name (PEFT matches a name equal to the module's)."""
+    s, spec = ctx.setup, ctx.spec
+    targets = s.lora_target_list()
+    if spec.vision is None or not spec.remote_code or not spec.layer_module:
+        return "all" if targets is None else ",".join(targets)
+    tower = [lin.name for lin in spec.vision.blocks]
+    lm = [lin for lin in spec.attention + spec.mlp if lin.nn_linear]
+    wanted = [lin.name for lin in lm] if targets is None else targets
+    out: list[str] = []
+    for t in wanted:
+        if not any(n == t or n.endswith("." + t) for n in tower):
+            out.append(t)
+            continue
+        hits = [lin.name for lin in lm if lin.name == t or lin.name.endswith("." + t)]
+        out += [f"{spec.layer_module}.{i}.{name}" for i in range(spec.num_layers) for name in hits]
+    return ",".join(out)
+
+
 def options(ctx: Context) -> list[tuple[str, object, str]]:
     """(key, value, reason) in file order."""
     s = ctx.setup
     r = ctx.reasons
-    items: list[tuple[str, object, str]] = [
-        ("model_name_or_path", ctx.model_path, ""),
+    items: list[tuple[str, object, str]] = [("model_name_or_path", ctx.model_path, "")]
+    if ctx.spec.remote_code:
+        items.append(("trust_remote_code", True, "the model is built by its repository's own code (see above)"))
+    items += [
         ("stage", "sft", ""),
         ("do_train", True, ""),
         ("finetuning_type", "lora" if s.is_lora else s.method, r.get("method", "")),
     ]
     if s.is_lora:
-        targets = s.lora_target_list()
         items += [
             ("lora_rank", s.lora_rank, r.get("lora_rank", "")),
             ("lora_alpha", int(s.lora_alpha), ""),
             ("lora_dropout", s.lora_dropout, ""),
-            ("lora_target", "all" if targets is None else ",".join(targets), ""),
+            ("lora_target", lora_target(ctx), ""),
         ]
         if s.trainable_extra:
             extra = [ctx.spec.embedding_name if m == "embeddings" else "lm_head" for m in s.trainable_extra]
@@ -111,7 +144,10 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "optimizer": spell["optim"],
         "attention": spell["flash_attn"],
     }
-    head = comment_block(header_lines(ctx, "llamafactory") + why_lines(ctx, by_field))
+    lines = header_lines(ctx, "llamafactory") + why_lines(ctx, by_field)
+    if ctx.spec.remote_code:
+        lines += remote_code_lines(ctx, "trust_remote_code: true below tells LLaMA-Factory to")
+    head = comment_block(lines)
     yaml = head + "\n" + yaml_text(items)
     info = {DATASET: {"file_name": ctx.data}}
     command = "llamafactory-cli train train.yaml"

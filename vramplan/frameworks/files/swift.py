@@ -12,9 +12,21 @@ names); ``--max_length``. Every option is given explicitly: ms-swift's defaults 
 transformers' (gradient accumulation, checkpointing, lora_alpha). ms-swift 4.0 renamed 3.x's
 ``--train_type`` to ``--tuner_type`` (3.x rejects the 4.x spelling and 4.x the 3.x one); of the other
 options written here none was renamed or dropped in 4.x (checked against 4.6.0's dataclasses).
+
+Remote-code families (Qwen v1, Qwen-VL): ``--model_type qwen|qwen_vl`` names swift's registry entry
+(swift/model/models/qwen.py registers both under ``architectures ['QWenLMHeadModel']``, so a local
+folder's config does not say which). swift needs no option to run the repository's code: its
+``ModelLoader.default_trust_remote_code`` is True (swift/model/register.py), and model_meta.py
+``_get_model_info`` reads the config with ``trust_remote_code`` on while parsing, so it loads config,
+tokenizer and model trusting the repository's code whatever the command says; ``run.sh`` says so in
+its header. Qwen-VL trains as text only (no images: refused before), its tower frozen by swift's
+``freeze_vit`` default, and ``all-linear`` reaches the language model only (swift's
+``get_multimodal_target_regex`` over model_arch qwen_vl's ``transformer.h``).
 """
 
 from __future__ import annotations
+
+import re
 
 from vramplan.errors import VramplanError
 from vramplan.frameworks.files.common import (
@@ -22,6 +34,7 @@ from vramplan.frameworks.files.common import (
     Context,
     comment_block,
     header_lines,
+    remote_code_lines,
     sh_quote,
     why_lines,
 )
@@ -38,6 +51,9 @@ def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
         # (so '#' and ':' in its name are safe), but the value is strip()ped on the way
         raise VramplanError("data", f"{ctx.data!r}: ms-swift strips spaces around --dataset; rename the file")
     args: list[tuple[str, list[str]]] = [("model", [ctx.model_path])]
+    model_type = dict(ctx.spec.trainer_model_types).get("swift")
+    if model_type:
+        args.append(("model_type", [model_type]))
     if "/" in ctx.model_path and not ctx.model_path.startswith((".", "/")):
         args.append(("use_hf", ["true"]))
     args += [
@@ -69,9 +85,10 @@ def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
             args.append(("modules_to_save", extra))
     if s.method == "freeze":
         top = range(max(0, ctx.spec.num_layers - s.freeze_trainable_layers), ctx.spec.num_layers)
+        layers = re.escape(ctx.spec.layer_module or "model.layers")
         args += [
             ("freeze_parameters_ratio", ["1"]),
-            ("trainable_parameters_regex", [r"^model\.layers\.(" + "|".join(str(i) for i in top) + r")\."]),
+            ("trainable_parameters_regex", ["^" + layers + r"\.(" + "|".join(str(i) for i in top) + r")\."]),
         ]
     args += [
         ("attn_impl", [ATTN[s.attention]]),
@@ -104,6 +121,8 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     }
     lines = header_lines(ctx, "swift") + why_lines(ctx, by_field)
     lines.append("ms-swift 4.x options (--tuner_type; ms-swift 3.x spelled it --train_type)")
+    if ctx.spec.remote_code:
+        lines += remote_code_lines(ctx, "ms-swift loads every model with trust_remote_code on (its default)")
     head = comment_block(lines)
     env = f"NPROC_PER_NODE={ctx.setup.num_gpus} " if ctx.setup.num_gpus > 1 else ""
     parts = [env + "swift sft"] + [f"--{k} " + " ".join(sh_quote(v) for v in vals) for k, vals in args]
