@@ -26,7 +26,7 @@ OOM = dict(outcome="oom", measured_value="", gpu="rtx-4090", seq_len="32768", mi
 BAD = [
     ("gptq-int8", dict(method="qlora", quant="gptq-int8"), "unknown quant", "unknown quant 'gptq-int8'; allowed: none"),
     ("chatglm", dict(model="glm/config.json"), "bad model config", "model_type: 'chatglm' is not supported"),
-    ("unknown-gpu", OOM | dict(gpu="v100-32g"), "unknown gpu", "unknown gpu 'v100-32g'"),
+    ("unknown-gpu", OOM | dict(gpu="tpu-v5e"), "unknown gpu", "unknown gpu 'tpu-v5e'"),
     ("blank-field", dict(seq_len=""), "not stated", "not stated: seq_len"),
     ("zero", dict(measured_value="0"), "invalid measured_value", "invalid measured_value '0'"),
     ("inf", dict(measured_value="inf"), "invalid measured_value", "invalid measured_value 'inf'"),
@@ -144,7 +144,7 @@ def test_table_lists_reasons_and_summary(folder: Path, capsys, monkeypatch) -> N
     monkeypatch.setenv("COLUMNS", "400")
     assert main(["validate", "--csv", str(mixed_csv(folder))]) == 0
     out = capsys.readouterr().out
-    assert "excluded: unknown gpu 'v100-32g'" in out
+    assert "excluded: unknown gpu 'tpu-v5e'" in out
     assert "excluded: unknown quant 'gptq-int8'" in out
     assert "excluded: invalid measured_value '1e400'" in out
     assert f"{len(BAD) + 2} rows: 2 compared, {len(BAD)} excluded (invalid measured_value 9," in out
@@ -234,7 +234,7 @@ FIELD_VALUES = {
     "parallel": ["none", "ddp", "zero3", "fsdp", "device_map", "tp"],
     "offload": ["none", "optimizer", "optimizer+params", "nvme"],
     "grad_checkpointing": ["true", "false", "TRUE", "yes", ""],
-    "gpu": ["rtx-4090", "a100-80g", "v100-32g", "auto", ""],
+    "gpu": ["rtx-4090", "a100-80g", "tpu-v5e", "auto", ""],
     "measured_value": ["4.5", "80", "0", "-1", "inf", "1e400", "1e-9", "x", ""],
     "measured_unit": ["GiB", "GB", "MB", ""],
     "measurement": ["allocated", "reserved", "device", "unknown", "peak", ""],
@@ -376,7 +376,7 @@ def test_shared_real_reports_run_on(capsys) -> None:
     assert code == 0
     s = data["summary"]
     assert s["compared"] >= 10 and s["excluded"] >= 5
-    assert {"unknown model", "unknown gpu", "not stated"} <= set(s["exclusions"])
+    assert "not stated" in s["exclusions"]  # (every card the reports name now resolves: "v100-32g" too)
 
 
 # ---- validate --traced: records it cannot compare are skipped and counted ----
