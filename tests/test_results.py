@@ -54,12 +54,19 @@ NOTED = [
 
 
 @pytest.fixture(scope="module")
-def noted_plans() -> list[Plan]:
-    """The plans of NOTED, the first of them also with another trl release installed (trainer.version)."""
+def noted_plans(tmp_path_factory: pytest.TempPathFactory) -> list[Plan]:
+    """The plans of NOTED, the first of them also with another trl release installed (trainer.version),
+    and a model no family module reads (model.approximate)."""
+    import json
+
+    from tests.conftest import TINY_CONFIG
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("vramplan.advice.installed_version", lambda package: "0.1.0")
         other_release = plan(*NOTED[0][:2], **NOTED[0][2])
-    return [plan(m, g, **f) for m, g, f in NOTED] + [other_release]
+    unread = tmp_path_factory.mktemp("olmo2") / "config.json"
+    unread.write_text(json.dumps({**TINY_CONFIG, "model_type": "olmo2"}))
+    return [plan(m, g, **f) for m, g, f in NOTED] + [other_release, plan(str(unread), "4090")]
 
 
 def test_every_note_has_a_documented_code_and_plain_data(noted_plans: list[Plan]) -> None:

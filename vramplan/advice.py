@@ -52,6 +52,20 @@ def gpu_notes(card: GPU, pinned: dict[str, Any]) -> list[Note]:
     return notes
 
 
+def model_notes(spec: ModelSpec) -> list[Note]:
+    """``model.approximate``: no family module reads the model (arch/generic.py)."""
+    if not spec.approximate:
+        return []
+    from vramplan.arch.generic import MARGIN_PCT
+
+    text = (
+        f"approximate: {spec.approximate}; read as a Llama-style decoder (q/k/v/o attention, gated MLP, RMSNorm,"
+        f" embeddings untied unless the config ties them) with {MARGIN_PCT}% added to every phase"
+        " (overhead/approximation); 'vramplan trace MODEL' runs transformers' own code for it"
+    )
+    return [Note(code="model.approximate", data={"model_type": spec.model_type, "margin_pct": MARGIN_PCT}, text=text)]
+
+
 def trainer_notes(fw: Framework) -> list[Note]:
     """Which trainer's run the numbers describe, and (``trainer.version``) a warning when the
     installed release is not the series its policy was read from."""

@@ -64,8 +64,6 @@ def run_command(command: str, argv: list[str]) -> int:
             status.update(f"{command}: {message}")
 
     try:
-        from vramplan.trace import run
-
         # what libraries print on stdout while they run (DeepSpeed's accelerator line on import) goes to
         # stderr: stdout is the result's alone (--json is read by programs)
         if fw is not None:
@@ -76,9 +74,13 @@ def run_command(command: str, argv: list[str]) -> int:
                 result = trace_trainer(fw, args.model, setup, args.steps)
             notes = [*notes, _against_estimate(fw, args.model, result)]
         elif command == "measure":
+            from vramplan.trace import run
+
             with contextlib.redirect_stdout(sys.stderr):
                 result = run.measure(args.model, setup, args.steps, progress=progress)
         else:
+            from vramplan.trace import run
+
             with contextlib.redirect_stdout(sys.stderr):
                 result = run.trace(args.model, setup, args.steps, fake=not args.real_cpu, progress=progress)
     finally:

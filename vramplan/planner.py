@@ -181,6 +181,7 @@ def plan(
     make_setup(**check)
     check_against_gpu(pinned, card)  # setup_rules.GPU_RULES
     pinned, notes = family_defaults(spec, pinned)
+    notes += advice.model_notes(spec)
     notes += advice.gpu_notes(card, pinned)
     notes += advice.trainer_notes(fw)
 

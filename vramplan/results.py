@@ -12,6 +12,8 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
   ``model_type``, ``attention`` (taken), ``refused`` (the default), ``others`` (other attentions it runs).
 - ``moe.lora_targets``: LoRA on an MoE's attention only: ``targets`` (module names).
 - ``moe.lora_dropout``: LoRA on an MoE's experts (all-linear) runs without dropout: ``lora_dropout`` (0.0).
+- ``model.approximate``: no family module reads the model's type (arch/generic.py): ``model_type``,
+  ``margin_pct`` (added to every phase as ``overhead/approximation``).
 - ``trainer.policy``: the trainer whose run the numbers describe: ``trainer``, ``package`` (what users
   install), ``established`` (the release series its policy was read from).
 - ``trainer.version``: the installed release of ``package`` is not that series: as above, and ``installed``.

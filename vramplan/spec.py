@@ -145,6 +145,9 @@ class ModelSpec(BaseModel):
     #: dotted path of the decoder layers' container (``transformer.h``) where an emitted config must
     #: name a layer's module in full (a LoRA target whose short name a vision tower shares); empty: unknown
     layer_module: str = ""
+    #: why this spec is an approximation (``no family module for X``: arch/generic.py read it as
+    #: a Llama-style decoder); empty when the family's own module read it
+    approximate: str = ""
 
     @property
     def q_dim(self) -> int:

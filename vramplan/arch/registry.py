@@ -74,8 +74,12 @@ def spec_from_config(config: dict[str, Any], name: str = "model", where: str = "
     mt = config.get("model_type")
     fam = family(mt)
     if fam is None:
-        raise VramplanError(
-            "model_type",
-            f"{shown(mt)} is not supported ({where}); supported: {', '.join(supported_model_types())}",
-        )
+        if not isinstance(mt, str) or not mt:
+            raise VramplanError(
+                "model_type",
+                f"{shown(mt)} is not supported ({where}); supported: {', '.join(supported_model_types())}",
+            )
+        from vramplan.arch import generic  # (generic reads through decoder.py, which imports nothing of this)
+
+        return generic.read(name, config, where, supported_model_types())
     return fam.read(name, config, where)

@@ -257,9 +257,26 @@ def _estimate(spec: ModelSpec, user: Setup, policy: Policy, card_bytes: int | No
         per_phase = parallel.per_gpu(spec, llm, phase_terms(spec, llm))
     if setup.has_media:
         per_phase = with_vision(spec, setup, per_phase)
+    per_phase = with_approximation(spec, per_phase)
     if split:
         return split_estimate(spec, setup, per_phase, llm)
     return peak_estimate(spec, setup, per_phase, llm)
+
+
+def with_approximation(spec: ModelSpec, phases: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """A model no family module reads (``spec.approximate``: arch/generic.py) gets, in every
+    phase, ``overhead/approximation``: generic.MARGIN_PCT of what the phase holds (the
+    CUDA-only workspaces aside), the most the generic reading fell short of the family
+    modules' own on the catalog, so that its plan is not the one that runs out of memory."""
+    if not spec.approximate:
+        return phases
+    from vramplan.arch.generic import MARGIN_PCT
+
+    out = {}
+    for name, terms in phases.items():
+        held = sum(v for k, v in terms.items() if k not in CUDA_ONLY)
+        out[name] = {**terms, "overhead/approximation": -(-held * MARGIN_PCT // 100)}
+    return out
 
 
 def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup, card_bytes: int | None = None) -> Estimate:
@@ -268,6 +285,7 @@ def grpo_estimate(spec: ModelSpec, setup: Setup, llm: Setup, card_bytes: int | N
     per_phase = rl.with_fused_head(spec, llm, phase_terms(spec, llm))
     if setup.has_media:
         per_phase = with_vision(spec, setup, per_phase)
+    per_phase = with_approximation(spec, per_phase)
     static = {
         k: v
         for k, v in per_phase["optimizer_step"].items()
