@@ -131,3 +131,20 @@ def test_no_trust_remote_code_anywhere() -> None:
     pkg = Path(vramplan.__file__).parent
     for py in pkg.rglob("*.py"):
         assert "trust_remote_code=True" not in py.read_text(), py
+
+
+@pytest.mark.parametrize(
+    ("query", "first", "absent"),
+    [
+        ("deepseek-r1-distill-qwen-7b", "deepseek-r1-distill-qwen-32b (qwen2,", "qwen-7b (qwen,"),  # not Qwen v1
+        ("gemma-3-12b", "gemma-2-9b (gemma2,", "llama"),  # "3" is no family
+        ("qwen2.5-8b", "qwen2.5-7b (qwen2,", "qwen2.5-vl"),  # a VLM adds a word
+        ("olmo-2-7b", None, "llama-2-7b"),  # no family in common, no near spelling: nothing offered
+    ],
+)
+def test_unknown_names_are_answered_by_family_and_size(query: str, first: str | None, absent: str) -> None:
+    from vramplan.models import nearest_models
+
+    near = nearest_models(query)
+    assert near[0].startswith(first) if first else near == [], near
+    assert not any(absent in n for n in near[:2]), near

@@ -9,8 +9,10 @@ alias without its organisation (``qwen2.5-7b-instruct``), and a path to a local
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 import stat
 import sys
 from functools import lru_cache
@@ -20,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from vramplan.arch import spec_from_config
-from vramplan.errors import VramplanError, closest, shown
+from vramplan.errors import VramplanError, shown
 from vramplan.hub import config_bytes, is_repo_id
 from vramplan.limits import MAX_CONFIG_BYTES, MAX_PATH_CHARS
 from vramplan.spec import ModelSpec
@@ -117,16 +119,66 @@ def _parse_config(raw: bytes, name: str, where: str) -> dict[str, Any]:
 
 
 def resolve_model_name(query: str) -> str:
-    """Catalog name for what a user typed; unknown names raise with the closest entries."""
+    """Catalog name for what a user typed; unknown names raise with the nearest entries by
+    family and size (:func:`nearest_models`)."""
     name = _index().get(query.strip().lower())
     if name is None:
-        near = closest(query, sorted(set(_index())))
-        hint = f"; closest: {', '.join(near)}" if near else ""
+        near = nearest_models(query)
+        hint = f"; nearest by family and size: {', '.join(near)}" if near else ""
         raise VramplanError(
             "model",
-            f"unknown model {shown(query)}{hint} (or pass a path to a config.json; 'vramplan models' lists all)",
+            f"unknown model {shown(query)}{hint} (or its hub id, Org/Name, to read its config.json from the Hub,"
+            " or a path to a config.json; 'vramplan models' lists all)",
         )
     return name
+
+
+#: a size in a model's name: 7b, 0.5b, 135m, 8x7b (experts x size)
+_SIZE = re.compile(r"^(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])$")
+#: name parts that say nothing of the family
+_NOISE = {"instruct", "chat", "hf", "it", "base", "model", "v0", "v1", "v2", "v3", "hub"}
+
+
+def _parts(text: str) -> tuple[set[str], float | None]:
+    """The family words of a model name and its size in billions of parameters (None: unsaid)."""
+    words, size = set(), None
+    for part in re.split(r"[-_/ ]+", text.lower()):
+        m = _SIZE.match(part)
+        if m and size is None:
+            size = float(m[2]) * (1e-3 if m[3] == "m" else 1.0) * (int(m[1]) if m[1] else 1)
+        elif part not in _NOISE and re.search("[a-z]", part):  # "3" in gemma-3 is no family of its own
+            words.add(part)
+            words.update(re.findall(r"[a-z]+", part))  # qwen2.5 -> qwen, llama3 -> llama
+    return words, size
+
+
+def nearest_models(query: str, n: int = 3) -> list[str]:
+    """The catalog entries nearest to an unknown ``query``: most family words in common (from
+    the names, hub ids and aliases), then the nearest size (from the name, else the counted
+    parameters), each shown with its model_type and size so that a different architecture under
+    a similar name shows. With no family word in common, only a near spelling is offered."""
+    import math
+
+    from vramplan.params import param_counts
+
+    words, size = _parts(query.strip()[:200])
+    scored = []
+    for name, src in catalog_sources().items():
+        theirs: set[str] = set()
+        for key in (name, src.hub_id, *src.aliases):
+            theirs |= _parts(key)[0]
+        common = len(words & theirs)
+        if not common:
+            continue
+        # what the entry's own name adds (vl, coder, ...; not a version: qwen2.5 is qwen) counts against it
+        mine = {w for w in _parts(name)[0] if w.isalpha()}
+        spec = load_model(name)
+        billions = param_counts(spec).total / 1e9
+        gap = abs(math.log(size / billions)) if size else 0.0
+        scored.append((-common, len(mine - words), gap, name, f"{name} ({spec.model_type}, {billions:.1f}B)"))
+    if not scored:  # no family word in common: a misspelling, if anything
+        return difflib.get_close_matches(query.strip().lower()[:100], catalog_names(), n, cutoff=0.8)
+    return [shown for *_, shown in sorted(scored)[:n]]
 
 
 def _local_path(query: str) -> Path | None:
