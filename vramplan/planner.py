@@ -74,6 +74,63 @@ def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | 
             out.append(Note(code="fit.suggestion", data=data, text=text))
             if change["field"] == "seq_len":
                 break  # the longest sequence that fits is the cheapest cut
+    return out + _more_cards(spec, gpu, pinned, host, policy)
+
+
+#: the GPU counts per node weighed for "how many of this card" (one node)
+CARD_COUNTS = (2, 4, 8)
+
+
+def _more_cards(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | None, policy: PolicyOf) -> list[Note]:
+    """What hardware makes the pinned setup fit: the fewest of this card under each layout
+    that splits the model (ZeRO-3, FSDP; one node), and the smallest catalog card that holds
+    it alone (``fit.suggestion`` notes with ``field`` num_gpus or gpu)."""
+    out = []
+    if pinned.get("num_gpus", 1) == 1 and pinned.get("num_nodes", 1) == 1 and "parallel" not in pinned:
+        for layout in ("zero3", "fsdp"):
+            for n in CARD_COUNTS:
+                fields = family_defaults(spec, {**pinned, "num_gpus": n, "parallel": layout})[0]
+                found = search.first_fit(spec, gpu, fields, host, policy)
+                if found:
+                    setup, est = found
+                    text = (
+                        f"would fit on {n} x {gpu.name} with --parallel {layout}: {search.label(setup)},"
+                        f" {advice.gib(est.device_bytes)} on each"
+                    )
+                    data: dict[str, NoteValue] = {
+                        "change": "set",
+                        "field": "num_gpus",
+                        "value": n,
+                        "parallel": layout,
+                        "setup": search.label(setup),
+                        "device_bytes": est.device_bytes,
+                    }
+                    out.append(Note(code="fit.suggestion", data=data, text=text))
+                    break
+    if pinned.get("num_gpus", 1) == 1 and pinned.get("num_nodes", 1) == 1:
+        from vramplan.gpus import gpu_catalog
+
+        bigger = sorted(
+            (c for c in gpu_catalog().values() if c.memory_bytes > gpu.memory_bytes and c.vendor == gpu.vendor),
+            key=lambda c: (c.memory_bytes, c.key),
+        )
+        for card in bigger:
+            found = search.first_fit(spec, card, family_defaults(spec, pinned)[0], host, policy)
+            if found:
+                setup, est = found
+                text = (
+                    f"would fit on one {card.name} ({advice.gib(card.memory_bytes)}), the smallest card in the"
+                    f" catalog that holds it: {search.label(setup)}, {advice.gib(est.device_bytes)}"
+                )
+                data = {
+                    "change": "set",
+                    "field": "gpu",
+                    "value": card.key,
+                    "setup": search.label(setup),
+                    "device_bytes": est.device_bytes,
+                }
+                out.append(Note(code="fit.suggestion", data=data, text=text))
+                break
     return out
 
 

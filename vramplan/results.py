@@ -37,8 +37,9 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
 - ``fit.short_by``: nothing weighed fits the card: ``gpu``, ``device_bytes`` (the smallest),
   ``memory_bytes``, ``short_bytes``.
 - ``fit.suggestion``: a change that makes it fit: ``change`` (``release``: drop the pinned ``field``
-  whose value was ``value``; ``set``: set ``field`` to ``value``), ``setup`` (the label of what then
-  fits) and its ``device_bytes``.
+  whose value was ``value``; ``set``: set ``field`` to ``value``: ``optimizer``, ``seq_len``,
+  ``num_gpus`` with its ``parallel`` layout, or ``gpu``, the smallest catalog card that holds it),
+  ``setup`` (the label of what then fits) and its ``device_bytes``.
 - ``gpus.auto_fewest``: ``--gpus auto`` found the fewest GPUs that fit: ``num_gpus`` (per node),
   ``num_nodes``, ``world_size``.
 - ``gpus.auto_none``: no GPU count ``--gpus auto`` weighs fits: ``max_world_size`` (the largest weighed;
