@@ -66,6 +66,18 @@ def model_notes(spec: ModelSpec) -> list[Note]:
     return [Note(code="model.approximate", data={"model_type": spec.model_type, "margin_pct": MARGIN_PCT}, text=text)]
 
 
+def context_notes(spec: ModelSpec, setup: Setup) -> list[Note]:
+    """``model.context``: a sequence past the context the model's config declares."""
+    limit = spec.max_position_embeddings
+    if not limit or setup.seq_len <= limit:
+        return []
+    text = (
+        f"--seq-len {setup.seq_len:,} is past {spec.name}'s context of {limit:,} tokens (max_position_embeddings):"
+        " it was not trained on such lengths; extend it with rope scaling in the config, or shorten the sequence"
+    )
+    return [Note(code="model.context", data={"seq_len": setup.seq_len, "max_position_embeddings": limit}, text=text)]
+
+
 def trainer_notes(fw: Framework) -> list[Note]:
     """Which trainer's run the numbers describe, and (``trainer.version``) a warning when the
     installed release is not the series its policy was read from."""

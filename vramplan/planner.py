@@ -264,6 +264,7 @@ def plan(
             notes.append(advice.host_short_note(need, host))
     # --gpus auto weighing a count that does not fit drops the plan: nothing to compare
     alternatives = [] if auto.PROBING.get() and not fits else advice.alternatives(evaluated, chosen, card, spec)
+    notes += advice.context_notes(spec, setup)
     if setup.has_media:
         notes.append(advice.media_note(spec, setup, est))
     if setup.rl != "none":

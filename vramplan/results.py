@@ -12,6 +12,7 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
   ``model_type``, ``attention`` (taken), ``refused`` (the default), ``others`` (other attentions it runs).
 - ``moe.lora_targets``: LoRA on an MoE's attention only: ``targets`` (module names).
 - ``moe.lora_dropout``: LoRA on an MoE's experts (all-linear) runs without dropout: ``lora_dropout`` (0.0).
+- ``model.context``: the sequence is longer than the config's context: ``seq_len``, ``max_position_embeddings``.
 - ``model.approximate``: no family module reads the model's type (arch/generic.py): ``model_type``,
   ``margin_pct`` (added to every phase as ``overhead/approximation``).
 - ``trainer.policy``: the trainer whose run the numbers describe: ``trainer``, ``package`` (what users
