@@ -363,7 +363,7 @@ def peft(r: dict[str, str]) -> dict[str, Any]:
         )
         return d
     if i <= 270:
-        d["trainer"] = "trl"
+        d.update(trainer="trl", trainer_version="0")  # PEFT's docs of 2024: a TRL before 1.0
         d.update(model="llama-2-70b", method=r["method"], seq_len="2048", grad_checkpointing="true")
         d.update(attention="flash-attn-2", lora_alpha="16", lora_targets="all-linear", measured_unit="GB")
         d["num_gpus"] = r["num_gpus"]
@@ -420,7 +420,7 @@ def unsloth(r: dict[str, str]) -> dict[str, Any]:
     i = int(r["id"])
     unsloth_kernels = "Unsloth" in r["attention_impl"]
     if i <= 295:
-        d["trainer"] = "trl"
+        d.update(trainer="trl", trainer_version="0")  # the README before 2025-01-14: a TRL before 1.0
     elif i <= 300:
         d["trainer"] = "llamafactory"
     else:

@@ -108,3 +108,17 @@ def test_the_published_gate_holds_with_rows_under_their_trainers() -> None:
     assert s.overall.rows >= 115
     assert s.overall.median_abs_pct is not None and s.overall.median_abs_pct <= 5.0
     assert s.overall.p90_abs_pct is not None and s.overall.p90_abs_pct <= 15.0
+
+
+def test_trl_before_1_0_is_estimated_as_the_transformers_step(tmp_path: Path) -> None:
+    """TRL 0.x's SFTTrainer is the transformers Trainer's step (full logits): a row marked trl 0
+    is estimated under hf's policy, one marked trl 1.16 under trl's fused head (less, for Qwen's
+    152k vocabulary); both stay trl rows in the comparison."""
+    from vramplan.memory import estimate
+
+    over = dict(method="lora", model="qwen2.5-7b", seq_len="2048", micro_batch="1", trainer="trl")
+    old, new = measured_row(id="a", trainer_version="0", **over), measured_row(id="b", trainer_version="1.16", **over)
+    spec, setup = load_model("qwen2.5-7b"), row_setup(old)
+    assert row_estimate(old, tmp_path) == estimate(spec, setup, policy=framework("hf").policy(setup))
+    assert row_estimate(new, tmp_path).allocated_bytes < row_estimate(old, tmp_path).allocated_bytes
+    assert compare(old, tmp_path).trainer == compare(new, tmp_path).trainer == "trl"

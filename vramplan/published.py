@@ -11,8 +11,10 @@ The schema (``tables/measured/published.csv`` and a user's own runs):
 Trainer loop, ``hf``); each row is estimated under that trainer's policy
 (``framework(trainer).policy(setup)``, as ``vramplan plan --trainer`` does), and a row from a
 program vramplan has no policy for (torchtune, Unsloth) is excluded with that reason, never
-estimated under another trainer's. ``trainer_version`` is the version the source states
-(blank when it does not); it is shown, not used. The two columns may be absent from a
+estimated under another trainer's. ``trainer_version`` is the version the source states, or
+the release series its date implies (``0`` for TRL before 2025), blank when neither is known;
+it is used where a trainer's step changed across releases (:func:`policy_trainer`: TRL 0.x ran
+the transformers Trainer's step). The two columns may be absent from a
 user's CSV (read as blank). ``model`` is a catalog name or a path to a config.json relative to the CSV. ``measurement``
 picks the tier compared: allocated, reserved, device; ``unknown`` is compared against
 reserved (and says so). An ``oom`` row is checked the other way: the estimate must not call
@@ -251,6 +253,19 @@ def row_trainer(row: dict[str, str]) -> str:
     return (row.get("trainer") or "").strip() or "hf"
 
 
+def policy_trainer(row: dict[str, str]) -> str:
+    """The trainer whose policy describes the step ``row`` measured: its own, except TRL before
+    1.0 (``trainer_version`` 0 or 0.x), whose SFTTrainer is the transformers Trainer's step:
+    trl 0.9.6 ``trl/trainer/sft_trainer.py`` ``class SFTTrainer(Trainer)`` defines no
+    ``compute_loss``, so the model returns full logits and its own loss, as under ``hf`` (the
+    fused LM head the trl policy counts came with TRL 1.x)."""
+    name = row_trainer(row)
+    version = (row.get("trainer_version") or "").strip()
+    if name == "trl" and (version == "0" or version.startswith("0.")):
+        return "hf"
+    return name
+
+
 def trainer_exclusion(row: dict[str, str]) -> Excluded | None:
     """Why ``row`` cannot be estimated for the program that produced it (None when it can): a
     program vramplan has no policy for, or a name it does not know."""
@@ -279,7 +294,7 @@ def row_estimate(row: dict[str, str], base: Path, trainer: str | None = None) ->
     except OSError as exc:  # probing the name as a path: too long, not a directory, ...
         raise VramplanError("model", f"unknown model {shown(row['model'])}: {exc.strerror or exc}") from None
     setup = row_setup(row)
-    return estimate(spec, setup, policy=framework(trainer or row_trainer(row)).policy(setup))
+    return estimate(spec, setup, policy=framework(trainer or policy_trainer(row)).policy(setup))
 
 
 def _unknown(field: str, value: str) -> Excluded:
