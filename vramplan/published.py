@@ -42,11 +42,13 @@ from typing import Any, NamedTuple
 
 from vramplan.comparison import Comparison, Stats, Summary, stats, summarize
 from vramplan.errors import VramplanError, closest, cut, one_line, shown
-from vramplan.frameworks import framework, names
+from vramplan.frameworks import framework
 from vramplan.gpus import gpu_catalog, resolve_gpu
 from vramplan.memory import estimate
 from vramplan.memory.phases import Estimate
 from vramplan.models import load_model
+from vramplan.row_trainer import NO_POLICY as NO_POLICY  # re-exported
+from vramplan.row_trainer import policy_trainer, row_trainer, trainer_problem
 from vramplan.setup import ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PARALLELS, PRECISIONS, QUANTS, Setup, make_setup
 from vramplan.tables import tables_dir
 from vramplan.units import GB, GIB
@@ -61,13 +63,6 @@ COLUMNS = (
 ).split()
 #: columns a user's CSV may leave out (read as blank: the plain transformers Trainer loop)
 OPTIONAL_COLUMNS = ("trainer", "trainer_version")
-#: programs a published row may come from that vramplan has no policy for, and what they run
-#: instead of a transformers model's own step (a row naming one is excluded, never estimated
-#: under another trainer's policy)
-NO_POLICY = {
-    "torchtune": "torchtune's own recipes and model code (torchtune.modules), not transformers' models",
-    "unsloth": "Unsloth's patched model forward and its own kernels (fused LoRA MLP, chunked cross-entropy)",
-}
 #: fields every row needs before it can be estimated.
 REQUIRED = ("model", "method", "precision", "seq_len", "micro_batch", "num_gpus", "attention")
 UNITS = {"GiB": GIB, "GB": GB}
@@ -247,40 +242,10 @@ def _model(row: dict[str, str], base: Path) -> str:
     return m
 
 
-def row_trainer(row: dict[str, str]) -> str:
-    """The trainer whose policy estimates ``row``: its ``trainer`` column, blank meaning ``hf``
-    (the plain transformers Trainer loop)."""
-    return (row.get("trainer") or "").strip() or "hf"
-
-
-def policy_trainer(row: dict[str, str]) -> str:
-    """The trainer whose policy describes the step ``row`` measured: its own, except TRL before
-    1.0 (``trainer_version`` 0 or 0.x), whose SFTTrainer is the transformers Trainer's step:
-    trl 0.9.6 ``trl/trainer/sft_trainer.py`` ``class SFTTrainer(Trainer)`` defines no
-    ``compute_loss``, so the model returns full logits and its own loss, as under ``hf`` (the
-    fused LM head the trl policy counts came with TRL 1.x)."""
-    name = row_trainer(row)
-    version = (row.get("trainer_version") or "").strip()
-    if name == "trl" and (version == "0" or version.startswith("0.")):
-        return "hf"
-    return name
-
-
 def trainer_exclusion(row: dict[str, str]) -> Excluded | None:
-    """Why ``row`` cannot be estimated for the program that produced it (None when it can): a
-    program vramplan has no policy for, or a name it does not know."""
-    name = row_trainer(row)
-    if name in names():
-        return None
-    known = ", ".join(names())
-    if name.lower() in NO_POLICY:
-        return Excluded(
-            "no trainer policy",
-            f"trainer {name}: no policy for it ({NO_POLICY[name.lower()]}); policies exist for {known}",
-        )
-    hint = closest(name, [*names(), *NO_POLICY])
-    near = f"; closest: {', '.join(hint)}" if hint else ""
-    return Excluded("unknown trainer", f"unknown trainer {shown(name)}{near}; trainers with a policy: {known}")
+    """Why ``row`` cannot be estimated for the program that produced it (None when it can)."""
+    problem = trainer_problem(row)
+    return Excluded(*problem) if problem else None
 
 
 def row_estimate(row: dict[str, str], base: Path, trainer: str | None = None) -> Estimate:
