@@ -32,18 +32,22 @@ def ranking_note(spec: ModelSpec, gpu: GPU, ranked: list[tuple[Setup, Estimate, 
     more = max(0, len(ranked) - RANKED_SHOWN)
     tail = f" (+{more} more)" if more else ""
     labels = [search.label(e[0]) for e in top]
-    data: dict[str, NoteValue] = {"setups": labels, "device_bytes": [e[1].device_bytes for e in top], "more": more}
     missing = missing_figure(gpu, top[0][0]) if top else None
+    speeds = [] if missing else [search.throughput(spec, gpu, e[0]) for e in top]
+    data: dict[str, NoteValue] = {
+        "setups": labels,
+        "tokens_per_second": speeds,
+        "device_bytes": [e[1].device_bytes for e in top],
+        "more": more,
+    }
     if missing:
-        text = f"fitting setups, ranked by the relative time model: no published TFLOPs for {gpu.name}: "
-        if missing == "memory_bandwidth_gb_s":
-            text = f"fitting setups, ranked by the relative time model: no published bandwidth for {gpu.name}: "
-        data.update(tokens_per_second=[], missing_figure=missing)
+        what = "bandwidth" if missing == "memory_bandwidth_gb_s" else "TFLOPs"
+        data["missing_figure"] = missing
+        text = f"fitting setups, ranked by the relative time model: no published {what} for {gpu.name}: "
         return Note(code="rank.fitting", data=data, text=text + "; ".join(labels) + tail)
-    speeds = [search.throughput(spec, gpu, e[0]) for e in top]
     parts = [f"{label} {speed:,.0f} tok/s" for label, speed in zip(labels, speeds, strict=True)]
-    data["tokens_per_second"] = speeds
-    return Note(code="rank.fitting", data=data, text="fitting setups, fastest first (estimated): " + "; ".join(parts) + tail)
+    text = "fitting setups, fastest first (estimated): " + "; ".join(parts) + tail
+    return Note(code="rank.fitting", data=data, text=text)
 
 
 def gpu_notes(card: GPU, pinned: dict[str, Any]) -> list[Note]:
