@@ -13,7 +13,7 @@ from vramplan.memory import rl, vision
 from vramplan.results import Alternative, Estimate, Note, NoteValue, Verdict
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
-from vramplan.timing import data_parallel_replicas, step_time
+from vramplan.timing import data_parallel_replicas, missing_figure, step_time
 from vramplan.units import GIB
 
 
@@ -26,16 +26,27 @@ RANKED_SHOWN = 5
 
 
 def ranking_note(spec: ModelSpec, gpu: GPU, ranked: list[tuple[Setup, Estimate, bool]]) -> Note:
-    shown = [(search.label(e[0]), search.throughput(spec, gpu, e[0]), e[1].device_bytes) for e in ranked[:RANKED_SHOWN]]
+    """``rank.fitting``: the fitting setups, fastest first, each with its tok/s; on a card
+    without the published figures the time model needs, the order only, and why no speed."""
+    top = ranked[:RANKED_SHOWN]
     more = max(0, len(ranked) - RANKED_SHOWN)
-    parts = [f"{label} {speed:,.0f} tok/s" for label, speed, _ in shown]
-    text = "fitting setups, fastest first (estimated): " + "; ".join(parts) + (f" (+{more} more)" if more else "")
+    tail = f" (+{more} more)" if more else ""
+    labels = [search.label(e[0]) for e in top]
+    missing = missing_figure(gpu, top[0][0]) if top else None
+    speeds = [] if missing else [search.throughput(spec, gpu, e[0]) for e in top]
     data: dict[str, NoteValue] = {
-        "setups": [label for label, _, _ in shown],
-        "tokens_per_second": [speed for _, speed, _ in shown],
-        "device_bytes": [n for _, _, n in shown],
+        "setups": labels,
+        "tokens_per_second": speeds,
+        "device_bytes": [e[1].device_bytes for e in top],
         "more": more,
     }
+    if missing:
+        what = "bandwidth" if missing == "memory_bandwidth_gb_s" else "TFLOPs"
+        data["missing_figure"] = missing
+        text = f"fitting setups, ranked by the relative time model: no published {what} for {gpu.name}: "
+        return Note(code="rank.fitting", data=data, text=text + "; ".join(labels) + tail)
+    parts = [f"{label} {speed:,.0f} tok/s" for label, speed in zip(labels, speeds, strict=True)]
+    text = "fitting setups, fastest first (estimated): " + "; ".join(parts) + tail
     return Note(code="rank.fitting", data=data, text=text)
 
 
@@ -271,7 +282,7 @@ def alternatives(
             verdict = "fits"
             reason = f"fits ({gib(est.device_bytes)})"
         speed = step = None
-        if s.method != "inference" and s.rl == "none":
+        if s.method != "inference" and s.rl == "none" and not missing_figure(gpu, s):
             t = step_time(spec, s, gpu)
             speed, step = t.tokens_per_second * data_parallel_replicas(s), t.seconds_per_step
         out.append(

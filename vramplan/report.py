@@ -21,7 +21,7 @@ from vramplan.files import write_file_atomically
 from vramplan.memory import estimate
 from vramplan.models import load_model
 from vramplan.results import Alternative
-from vramplan.timing import data_parallel_replicas, step_time
+from vramplan.timing import data_parallel_replicas, missing_figure, step_time
 from vramplan.units import GIB
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def variants(plan: Plan) -> list[Any]:
             if v == s or any(a.setup == v for a in plan.alternatives):
                 continue
             est = estimate(spec, v)
-            t = step_time(spec, v, plan.gpu)
+            t = None if missing_figure(plan.gpu, v) else step_time(spec, v, plan.gpu)
             fits = est.device_bytes <= plan.gpu.memory_bytes
             label = f"mb{mb} {'GC' if gc else 'no GC'}"
             out.append(
@@ -125,8 +125,8 @@ def variants(plan: Plan) -> list[Any]:
                     chosen=False,
                     reason=f"{label}: {'fits' if fits else 'does not fit'}",
                     verdict="fits" if fits else "does_not_fit",
-                    tokens_per_second=t.tokens_per_second * data_parallel_replicas(v),
-                    seconds_per_step=t.seconds_per_step,
+                    tokens_per_second=t.tokens_per_second * data_parallel_replicas(v) if t else None,
+                    seconds_per_step=t.seconds_per_step if t else None,
                 )
             )
     return out
@@ -137,6 +137,10 @@ def alternatives_svg(plan: Plan) -> str:
     device memory (x) against tokens per second (y)."""
     pts = [a for a in [*plan.alternatives, *variants(plan)] if a.tokens_per_second]
     if not pts:
+        missing = missing_figure(plan.gpu, plan.setup)
+        if missing and plan.setup.method != "inference" and plan.setup.rl == "none":
+            why = f"{html.escape(plan.gpu.name)} has no published {missing}, so the time model gives it no speed"
+            return f'<p class="muted">No speeds to chart: {why}.</p>'
         return '<p class="muted">No training alternatives to chart (generation plans have no time model).</p>'
     w, h, pad = 960, 380, 60
     xmax = max([plan.gpu.memory_bytes] + [a.device_bytes for a in pts]) * 1.1

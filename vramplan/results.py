@@ -22,7 +22,9 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
 - ``gpu.no_bf16``: the card has no bf16: ``gpu``, ``precision`` (fp16).
 - ``rank.fitting``: the fitting setups of the chosen method, fastest first, as many as shown:
   ``setups`` (labels), ``tokens_per_second``, ``device_bytes`` (lists in the same order), ``more``
-  (how many fitting setups are not shown).
+  (how many fitting setups are not shown); on a card without the figure the time model needs, the
+  setups keep the relative model's order, ``tokens_per_second`` is empty and ``missing_figure``
+  names the tables/gpus.csv column.
 - ``parallel.zero3_one_gpu``: ZeRO-3 on one GPU shards nothing: ``parallel``, ``world_size``.
 - ``host.ram``: host RAM one node needs for offloaded state: ``host_bytes``, ``host_ram_bytes`` (given, or None).
 - ``fit.host_short``: the host RAM given is too small: ``host_bytes``, ``host_ram_bytes``, ``short_bytes``.

@@ -221,8 +221,9 @@ def first_fit(
 
 
 def throughput(spec: ModelSpec, gpu: GPU, setup: Setup) -> float:
-    """Tokens per second of the whole run (timing.py), to rank layouts that fit."""
-    return step_time(spec, setup, gpu).tokens_per_second * data_parallel_replicas(setup)
+    """Tokens per second of the whole run (timing.py), to rank layouts that fit. On a card
+    without published figures this is the relative model's: it orders setups, it is no speed."""
+    return step_time(spec, setup, gpu, relative=True).tokens_per_second * data_parallel_replicas(setup)
 
 
 def rank_class(

@@ -15,6 +15,9 @@ QLoRA adds a 16-bit read and write of every quantized weight per pass (dequantiz
 the optimizer step reads and writes weights, gradients and state once. Throughput is the
 catalog's dense bf16/fp16 TFLOPs times an efficiency fitted on published speeds
 (tables/measured/speeds.csv; ``benchmarks/timing_errors.py``); bandwidth is the catalog's.
+A card whose row lacks the figure the setup needs (its precision's dense TFLOPs, or the
+bandwidth) gets no time: :func:`step_time` refuses it in one line, and only the ranking of
+setups on that card (``relative=True``) runs at placeholder figures, printing no number.
 
 Across GPUs (:func:`communication_seconds`), ring collectives move ``(n-1)/n`` of a buffer
 through each GPU's link, one way at half the catalog's bidirectional figure: DDP all-reduces
@@ -36,6 +39,7 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
 
+from vramplan.errors import VramplanError
 from vramplan.gpus import GPU, resolve_gpu
 from vramplan.memory import estimate, optimizer, vision
 from vramplan.memory.host import host_terms
@@ -148,6 +152,41 @@ def constants() -> dict[str, float]:
     return {k: float(v["value"]) for k, v in data.items() if not k.startswith("_") and "value" in v}
 
 
+#: placeholders for a card without published figures, used only to order setups on that card
+#: (``step_time(..., relative=True)``): never printed as a speed or a time.
+RELATIVE_TFLOPS = 10.0
+RELATIVE_BANDWIDTH_GB_S = 500.0
+
+
+def tensor_tflops(gpu: GPU, setup: Setup) -> float | None:
+    """The card's dense tensor TFLOPs the setup's matmuls run at: bf16 or fp16 by its
+    precision; fp32 runs TF32 at half the 16-bit rate (halved in :func:`step_time`)."""
+    half = setup.precision.removeprefix("amp-")
+    if half == "bf16":
+        return gpu.bf16_tflops_dense
+    if half == "fp16":
+        return gpu.fp16_tflops_dense
+    return gpu.bf16_tflops_dense or gpu.fp16_tflops_dense
+
+
+def missing_figure(gpu: GPU, setup: Setup) -> str | None:
+    """The tables/gpus.csv column the time model needs for ``setup`` and ``gpu`` lacks, or None."""
+    if not tensor_tflops(gpu, setup):
+        half = setup.precision.removeprefix("amp-")
+        return "fp16_tflops_dense" if half == "fp16" else "bf16_tflops_dense"
+    if not gpu.memory_bandwidth_gb_s:
+        return "memory_bandwidth_gb_s"
+    return None
+
+
+def refusal(gpu: GPU, figure: str) -> str:
+    """The one line that refuses to time ``gpu``: the card and the figure it lacks."""
+    return (
+        f"{gpu.name} ({gpu.key}) has no published {figure} in tables/gpus.csv, so the time model gives no"
+        " tokens/s, wall time or cost on it; plan without --samples/--avg-tokens/--dataset-tokens/--price-per-hour"
+    )
+
+
 def dequant_weight_passes(spec: ModelSpec, setup: Setup) -> float:
     """Quantized weights dequantized in one step: every quantized weight, once per pass
     (forward, backward, and the recompute under checkpointing), per micro-batch."""
@@ -164,8 +203,14 @@ def step_time(
     efficiency: float | None = None,
     per_micro_batch: float | None = None,
     per_dequant: float | None = None,
+    *,
+    relative: bool = False,
 ) -> StepTime:
-    """One optimizer step: ``grad_accum`` micro-batches of ``micro_batch x seq_len`` tokens."""
+    """One optimizer step: ``grad_accum`` micro-batches of ``micro_batch x seq_len`` tokens.
+
+    A card without the published figures the setup needs (:func:`missing_figure`) is refused
+    (``VramplanError`` on ``gpu``); with ``relative`` it is timed at placeholder figures, which
+    orders setups on that one card and states no time."""
     c = constants() if efficiency is None or per_micro_batch is None or per_dequant is None else {}
     efficiency = c["matmul_efficiency"] if efficiency is None else efficiency
     per_micro_batch = c["seconds_per_micro_batch"] if per_micro_batch is None else per_micro_batch
@@ -174,12 +219,14 @@ def step_time(
     # the language model also runs the images' (and video's) tokens; the vision tower is not timed
     media = setup.micro_batch * setup.grad_accum * vision.image_tokens(spec, setup) if setup.has_media else 0
     flops = flops_per_token(spec, setup) * (tokens + media)
-    half = setup.precision.removeprefix("amp-")
-    peak = gpu.bf16_tflops_dense if half == "bf16" else gpu.fp16_tflops_dense
-    if setup.precision == "fp32" or not peak:
-        peak = (gpu.bf16_tflops_dense or gpu.fp16_tflops_dense or 10.0) / 2  # TF32 at half the 16-bit rate
+    missing = missing_figure(gpu, setup)
+    if missing and not relative:
+        raise VramplanError("gpu", refusal(gpu, missing))
+    peak = tensor_tflops(gpu, setup) or RELATIVE_TFLOPS
+    if setup.precision == "fp32":
+        peak /= 2  # TF32 at half the 16-bit rate
     compute = flops / (peak * 1e12 * efficiency)
-    bandwidth = (gpu.memory_bandwidth_gb_s or 500.0) * 1e9
+    bandwidth = (gpu.memory_bandwidth_gb_s or RELATIVE_BANDWIDTH_GB_S) * 1e9
     moved = 0.0
     dequant = dequant_weight_passes(spec, setup) * per_dequant
     est = estimate(spec, setup)
