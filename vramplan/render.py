@@ -10,6 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from vramplan import glossary
 from vramplan.errors import cut, one_line
 from vramplan.units import GIB
 
@@ -135,11 +136,14 @@ def plan_renderable(plan: Plan) -> Group:
         verdict,
     )
     where = f" (card {max(plan.cards, key=lambda c: c.device_bytes).index})" if plan.cards else ""
-    terms = Table(title=f"peak at {plan.peak.phase}{where}", title_justify="left")
+    when = glossary.phase(plan.peak.phase)
+    terms = Table(title=f"peak at {plan.peak.phase}{where}" + (f": {when}" if when else ""), title_justify="left")
     terms.add_column("term")
     terms.add_column("GiB", justify="right")
+    terms.add_column("what it is")
     for name, value in sorted(plan.terms.items(), key=lambda kv: -kv[1]):
-        terms.add_row(name, _gib(value))
+        terms.add_row(name, _gib(value), glossary.term(name))
+    terms.add_row("total", _gib(sum(plan.terms.values())), "the device tier", style="bold")
     tiers = Table(title="peak tiers", title_justify="left")
     tiers.add_column("tier")
     tiers.add_column("GiB", justify="right")
@@ -162,6 +166,9 @@ def plan_renderable(plan: Plan) -> Group:
             [f"{alt.tokens_per_second:,.0f}", f"{alt.seconds_per_step:.2f}"] if alt.tokens_per_second else ["-", "-"]
         )
         alts.add_row(mark, _gib(alt.device_bytes), *(speed if timed else []), alt.reason)
+    if plan.alternatives:
+        alts.caption = "* chosen, ok fits but ranks lower, x does not fit"
+        alts.caption_justify = "left"
     parts: list = [head]
     if plan.cards:
         parts.append(cards_table(plan))
