@@ -107,3 +107,18 @@ def test_alternatives_carry_a_verdict(noted_plans: list[Plan]) -> None:
         assert [a.verdict == "chosen" for a in p.alternatives] == [a.chosen for a in p.alternatives]
         for a in p.alternatives:
             assert (a.verdict == "does_not_fit") == (not a.fits and not a.chosen)
+
+
+def test_a_plan_and_its_alternatives_print_as_one_line_each() -> None:
+    """repr in a notebook or a log: the verdict and the numbers, not the whole model."""
+    p = plan("qwen2.5-7b", "4090")
+    text = repr(p)
+    assert "\n" not in text and len(text) < 200
+    assert text.startswith(f"Plan(qwen2.5-7b on {p.gpu.name}, trl: fits, ")
+    assert f"{p.peak.device_bytes / 2**30:.2f} of {p.gpu.memory_bytes / 2**30:.2f} GiB" in text
+    alts = repr(p.alternatives)
+    assert (
+        alts.count("Alternative(") == len(p.alternatives)
+        and "does_not_fit" in alts
+        and len(alts) < 150 * len(p.alternatives)
+    )

@@ -135,6 +135,12 @@ class Alternative(BaseModel):
     tokens_per_second: float | None = None  # the whole run's, from timing.py (training setups)
     seconds_per_step: float | None = None
 
+    def __repr__(self) -> str:
+        from vramplan.setup import label
+
+        speed = f", {self.tokens_per_second:,.0f} tok/s" if self.tokens_per_second else ""
+        return f"Alternative({label(self.setup)}: {self.device_bytes / 2**30:.2f} GiB{speed}, {self.verdict})"
+
 
 class Plan(BaseModel):
     """The answer for one model on one card."""
@@ -174,3 +180,13 @@ class Plan(BaseModel):
         from vramplan.render import plan_html
 
         return plan_html(self)
+
+    def __repr__(self) -> str:
+        """One line (the whole plan is ``print(plan)`` in rich, or the notebook's HTML view)."""
+        from vramplan.setup import label
+
+        verdict = "fits" if self.fits else "does not fit"
+        return (
+            f"Plan({self.model} on {self.gpu.name}, {self.trainer}: {verdict}, {label(self.setup)},"
+            f" {self.peak.device_bytes / 2**30:.2f} of {self.gpu.memory_bytes / 2**30:.2f} GiB at {self.peak.phase})"
+        )

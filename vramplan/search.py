@@ -18,6 +18,7 @@ from vramplan.memory.policy import with_policy
 from vramplan.policy import PolicyOf, default_policy
 from vramplan.results import Estimate
 from vramplan.setup import Setup, make_setup
+from vramplan.setup import label as setup_label
 from vramplan.spec import ModelSpec
 from vramplan.timing import data_parallel_replicas, step_time
 
@@ -138,14 +139,8 @@ def evaluate(
 
 
 def label(s: Setup) -> str:
-    if s.method == "inference":
-        return f"inference{' ' + s.quant if s.quant != 'none' else ''} {s.precision} batch {s.micro_batch}"
-    method = s.method if s.method != "qlora" else f"qlora {s.quant}"
-    gc = "GC" if s.grad_checkpointing else "no GC"
-    layout = ""
-    if s.parallel != "none":
-        layout = f" {s.parallel}" + (f"+offload {s.offload}" if s.offload != "none" else "")
-    return f"{method} {s.precision}{layout} mb{s.micro_batch} {gc}"
+    """The short name of a setup (setup.label)."""
+    return setup_label(s)
 
 
 def groups(fields_list: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -402,3 +402,15 @@ def make_setup(**fields: Any) -> Setup:
     except ValidationError as exc:
         field, text = _field_message(exc.errors()[0])
         raise VramplanError(field, text) from None
+
+
+def label(s: Setup) -> str:
+    """The short name of a setup, as the alternatives list it: ``lora bf16 mb4 GC``."""
+    if s.method == "inference":
+        return f"inference{' ' + s.quant if s.quant != 'none' else ''} {s.precision} batch {s.micro_batch}"
+    method = s.method if s.method != "qlora" else f"qlora {s.quant}"
+    gc = "GC" if s.grad_checkpointing else "no GC"
+    layout = ""
+    if s.parallel != "none":
+        layout = f" {s.parallel}" + (f"+offload {s.offload}" if s.offload != "none" else "")
+    return f"{method} {s.precision}{layout} mb{s.micro_batch} {gc}"
