@@ -111,10 +111,16 @@ def lora_saved_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
     through ``lora_dropout`` and into ``lora_A``, which under autocast saves its own 16-bit
     cast of it (A·t·in; 4·t·in without autocast); with dropout > 0 the fused CUDA dropout
     kernel also saves a bool mask (1·t·in; a CPU run saves an fp32 noise tensor instead);
-    ``lora_B`` saves ``lora_A``'s output (A·t·r)."""
+    ``lora_B`` saves ``lora_A``'s output (A·t·r). Routed experts' adapters (transformers 4's
+    per-expert ``nn.Linear``, ``Linear.routed``) see only the tokens routed to them: t·k over
+    all ``count`` experts together."""
     t, r, A = setup.tokens, setup.lora_rank, act_bytes(setup)
     per_in = A + (1 if setup.lora_dropout > 0 else 0)
-    return sum(lin.count * t * (per_in * lin.in_features + A * r) for lin in lora_linears(spec, setup, layer))
+    k = spec.moe.experts_per_token if spec.moe is not None else 1
+    return sum(
+        (t * k if lin.routed else lin.count * t) * (per_in * lin.in_features + A * r)
+        for lin in lora_linears(spec, setup, layer)
+    )
 
 
 def int8_kept_input_bytes(spec: ModelSpec, setup: Setup) -> int:
