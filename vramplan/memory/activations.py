@@ -76,7 +76,8 @@ def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) ->
     saved by ``down_proj`` when it trains. MoE layers (transformers ``Qwen3MoeExperts``, one
     expert at a time): per routed token (t·k) the gate/up output, the activation and the
     expert output the routing-weight product saves, the gathered inputs when experts train,
-    and the fp32 router softmax (4·t·E)."""
+    and the fp32 router softmax (4·t·E). transformers 4 (``Linear.routed`` experts) also keeps
+    the weighted expert output that ``index_add_`` adds into the layer's output (A·t·k·h)."""
     t, A = setup.tokens, pointwise_bytes(setup)
     moe = spec.moe
     if moe is not None and layer in moe.layers:
@@ -87,6 +88,10 @@ def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) ->
         routed = 3 * A * tk * inter + A * tk * spec.hidden_size
         if weight_trains:
             routed += A * tk * inter + A * tk * spec.hidden_size
+        if any(lin.routed for lin in spec.moe_mlp):
+            # transformers 4's loop over per-expert modules adds each expert's weighted output into
+            # the layer's output with ``index_add_``, whose backward keeps that source tensor too
+            routed += A * tk * spec.hidden_size
         return routed + 4 * t * moe.num_experts
     inter = spec.intermediate_size
     return 3 * A * t * inter + (A * t * inter if weight_trains else 0)
