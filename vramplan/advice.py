@@ -89,6 +89,20 @@ def context_notes(spec: ModelSpec, setup: Setup) -> list[Note]:
     return [Note(code="model.context", data={"seq_len": setup.seq_len, "max_position_embeddings": limit}, text=text)]
 
 
+def stack_note(spec: ModelSpec, source: str) -> Note:
+    """``stack.transformers``: the transformers major version whose modules the plan describes
+    (a family whose modules differ between versions: vramplan/stack.py)."""
+    why = {"given": "as given", "installed": "the installed release's", "default": "transformers is not installed"}
+    if spec.transformers == 4:
+        how = "experts as per-expert nn.Linear layers: bitsandbytes quantizes them, all-linear adapts each"
+    else:
+        how = "experts fused into two parameters per layer: bitsandbytes leaves them unquantized"
+    other = 5 if spec.transformers == 4 else 4
+    text = f"transformers {spec.transformers} ({why[source]}): {how}; --transformers {other} plans the other"
+    data: dict[str, NoteValue] = {"transformers": spec.transformers, "source": source}
+    return Note(code="stack.transformers", data=data, text=text)
+
+
 def trainer_notes(fw: Framework) -> list[Note]:
     """Which trainer's run the numbers describe, and (``trainer.version``) a warning when the
     installed release is not the series its policy was read from."""

@@ -134,6 +134,12 @@ def plan_parser() -> argparse.ArgumentParser:
     )
     add_setup_flags(p)
     p.add_argument(
+        "--transformers",
+        metavar="4|5",
+        help="the transformers major version the run uses, where it changes memory (a mixture of experts'"
+        " modules); default: the installed one, else 5",
+    )
+    p.add_argument(
         "--host-ram", type=parse_float, help="GiB of RAM per node, checked against what CPU offload puts there"
     )
     p.add_argument("--json", action="store_true", help="print plan(...).model_dump_json()")

@@ -75,9 +75,11 @@ def cmd_plan(argv: list[str]) -> int:
         if args.emit not in TARGETS:
             raise VramplanError("emit", f"unknown target {shown(args.emit)}; targets: {', '.join(TARGETS)}")
     trainer = _trainer(args.trainer, args.emit)
-    skip = ("model", "gpu", "json", "host_ram", "trainer", *emit_flags)
+    skip = ("model", "gpu", "json", "host_ram", "trainer", "transformers", *emit_flags)
     fields = {k: v for k, v in vars(args).items() if k not in skip}
-    result = plan(args.model, gpu=args.gpu, host_ram_gib=args.host_ram, trainer=trainer, **fields)
+    result = plan(
+        args.model, gpu=args.gpu, host_ram_gib=args.host_ram, trainer=trainer, transformers=args.transformers, **fields
+    )
     for note in result.notes:
         if note.code == "trainer.version":
             sys.stderr.write(f"vramplan: warning: {note.text}\n")

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from vramplan import advice, auto, search
+from vramplan.arch import for_transformers
 from vramplan.errors import VramplanError, shown
 from vramplan.frameworks import framework
 from vramplan.gpus import GPU, resolve_gpu
@@ -27,6 +28,7 @@ from vramplan.results import Alternative, Note, NoteValue, Peak, Plan
 from vramplan.setup import Setup, check_fields, make_setup
 from vramplan.setup_rules import check_against_gpu
 from vramplan.spec import ModelSpec
+from vramplan.stack import transformers_major
 from vramplan.units import GIB
 
 #: Alternative, Peak and Plan live in results.py; imported from here too by code written before.
@@ -164,17 +166,23 @@ def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, 
             "others": also,
         }
         notes.append(Note(code="family.attention", data=data, text=text))
+    # transformers 5's fused experts: PEFT adapts them through ParamWrapper (transformers 4: nn.Linear)
+    wrapped = any(lin.param_target_rank for group, _ in spec.layer_groups for lin in group)
     if spec.moe is not None and "lora_targets" not in pinned and pinned.get("method") in (None, "lora", "qlora"):
         targets = [lin.name for lin in spec.attention if lin.nn_linear]
         pinned["lora_targets"] = ",".join(targets)
+        how = (
+            "PEFT's ParamWrapper: far more trainable parameters and a folded copy of each layer's expert weights"
+            if wrapped
+            else "an adapter on each expert's nn.Linear: far more trainable parameters"
+        )
         text = (
             f"MoE: LoRA on the attention ({pinned['lora_targets']}); --lora-targets all-linear also adapts the"
-            " router and every expert (PEFT's ParamWrapper: far more trainable parameters and a folded copy of"
-            " each layer's expert weights)"
+            f" router and every expert ({how})"
         )
         notes.append(Note(code="moe.lora_targets", data={"targets": list(targets)}, text=text))
     moe_all_linear = str(pinned.get("lora_targets", "")).strip().lower() == "all-linear"
-    if spec.moe is not None and moe_all_linear and "lora_dropout" not in pinned:
+    if wrapped and moe_all_linear and "lora_dropout" not in pinned:
         pinned["lora_dropout"] = 0.0
         text = "MoE all-linear: lora_dropout 0, as PEFT's ParamWrapper on the experts requires"
         notes.append(Note(code="moe.lora_dropout", data={"lora_dropout": 0.0}, text=text))
@@ -182,7 +190,13 @@ def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, 
 
 
 def plan(
-    model: str, gpu: str = "4090", *, host_ram_gib: float | None = None, trainer: str = "trl", **pinned: Any
+    model: str,
+    gpu: str = "4090",
+    *,
+    host_ram_gib: float | None = None,
+    trainer: str = "trl",
+    transformers: int | None = None,
+    **pinned: Any,
 ) -> Plan:
     """Plan fine-tuning ``model`` on ``gpu``. Any Setup field can be pinned by keyword; the
     rest are searched. With more than one GPU and no ``parallel``, the layouts are weighed
@@ -191,6 +205,8 @@ def plan(
     ``trainer``: the registered trainer (vramplan.frameworks) whose policy every setup is
     estimated under: ``trl`` (TRL's SFTTrainer/GRPOTrainer) by default; ``hf`` is the plain
     transformers Trainer loop of a user's own script.
+    ``transformers``: the transformers major version (4 or 5) the run uses, where it changes memory
+    (a mixture of experts' modules, vramplan/stack.py); default: the installed one, else 5.
     Bad input raises :class:`vramplan.errors.VramplanError`."""
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
@@ -198,10 +214,12 @@ def plan(
         raise VramplanError("trainer", f"name a trainer, got {shown(trainer)}")
     fw = framework(trainer)
     policy = fw.policy
+    major, major_source = transformers_major(transformers)
     fewest = pinned.get("num_gpus") == "auto"
     pinned = check_fields({k: v for k, v in pinned.items() if v is not None and not (fewest and k == "num_gpus")})
     if fewest:
-        return auto.auto_gpus(functools.partial(plan, trainer=trainer), model, gpu, host_ram_gib, pinned)
+        again = functools.partial(plan, trainer=trainer, transformers=transformers)
+        return auto.auto_gpus(again, model, gpu, host_ram_gib, pinned)
     if pinned.get("rl", "none") == "none":
         grpo_only = ("num_generations", "completion_len", "beta", "vllm")
         loose = sorted(k for k in grpo_only if k in pinned and pinned[k] != Setup.model_fields[k].default)
@@ -219,7 +237,7 @@ def plan(
                 f"give the host RAM in GiB, above 0 and at most {said(MAX_HOST_RAM_GIB)}; got {shown(host_ram_gib)}",
             )
         host = int(host_ram_gib * GIB)
-    spec = load_model(model)
+    spec = for_transformers(load_model(model), major)
     card = resolve_gpu(gpu)
     if (pinned.get("freeze_vision") or pinned.get("freeze_projector")) and spec.vision is None:
         raise VramplanError(
@@ -239,6 +257,8 @@ def plan(
     check_against_gpu(pinned, card)  # setup_rules.GPU_RULES
     pinned, notes = family_defaults(spec, pinned)
     notes += advice.model_notes(spec)
+    if spec.transformers:
+        notes.append(advice.stack_note(spec, major_source))
     notes += advice.gpu_notes(card, pinned)
     notes += advice.trainer_notes(fw)
 

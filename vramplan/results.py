@@ -15,6 +15,9 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
 - ``model.context``: the sequence is longer than the config's context: ``seq_len``, ``max_position_embeddings``.
 - ``model.approximate``: no family module reads the model's type (arch/generic.py): ``model_type``,
   ``margin_pct`` (added to every phase as ``overhead/approximation``).
+- ``stack.transformers``: the transformers major version the plan assumed, for a model whose modules
+  differ between versions (a mixture of experts, vramplan/stack.py): ``transformers`` (4 or 5),
+  ``source`` (``given``, ``installed``, or ``default`` when transformers is not installed).
 - ``trainer.policy``: the trainer whose run the numbers describe: ``trainer``, ``package`` (what users
   install), ``established`` (the release series its policy was read from).
 - ``trainer.version``: the installed release of ``package`` is not that series: as above, and ``installed``.

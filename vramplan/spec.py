@@ -34,6 +34,9 @@ class Linear(BaseModel):
     #: PEFT adapts this weight through ``target_parameters`` under ``all-linear`` (a MoE's router
     #: and fused expert stacks), at this multiple of the LoRA rank; 0: not such a parameter
     param_target_rank: int = 0
+    #: one of ``count`` routed experts (transformers 4's per-expert ``nn.Linear``): the copies
+    #: together see each token ``experts_per_token`` times, not ``count`` times
+    routed: bool = False
 
     @property
     def weight_params(self) -> int:
@@ -148,6 +151,9 @@ class ModelSpec(BaseModel):
     #: why this spec is an approximation (``no family module for X``: arch/generic.py read it as
     #: a Llama-style decoder); empty when the family's own module read it
     approximate: str = ""
+    #: the transformers major version whose module layout this spec describes (vramplan/stack.py),
+    #: for a family whose layout differs between versions (mixtures of experts); 0: the same in all
+    transformers: int = 0
 
     @property
     def q_dim(self) -> int:

@@ -9,7 +9,15 @@ Llama-style decoder in :mod:`vramplan.arch.decoder`.
 from __future__ import annotations
 
 from vramplan.arch import gemma2, llama, moe, phi3, qwen, qwen2, qwen2_vl
-from vramplan.arch.registry import Family, families, family, register, spec_from_config, supported_model_types
+from vramplan.arch.registry import (
+    Family,
+    families,
+    family,
+    for_transformers,
+    register,
+    spec_from_config,
+    supported_model_types,
+)
 
 #: the built-in families' model types
 SUPPORTED_MODEL_TYPES = supported_model_types()
@@ -21,6 +29,7 @@ __all__ = [
     "Family",
     "families",
     "family",
+    "for_transformers",
     "register",
     "spec_from_config",
     "supported_model_types",

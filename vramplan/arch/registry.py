@@ -19,6 +19,8 @@ from vramplan.spec import ModelSpec
 
 #: ``read(name, config, where) -> ModelSpec``; ``where`` names the file in error messages.
 Reader = Callable[[str, dict[str, Any], str], ModelSpec]
+#: ``restack(spec, major) -> ModelSpec``: the spec as transformers ``major`` builds the family.
+Restack = Callable[[ModelSpec, int], ModelSpec]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class Family:
     read: Reader
     remote_code: str = ""
     title: str = ""  # how messages name the family (default: ``name``)
+    #: for a family whose modules differ between transformers major versions (vramplan/stack.py):
+    #: the spec its reader returned, rebuilt as that version builds it; None: the same in all
+    restack: Restack | None = None
 
     @property
     def label(self) -> str:
@@ -61,6 +66,15 @@ def family(model_type: object) -> Family | None:
 def families() -> tuple[Family, ...]:
     """Every registered family, once each, by name."""
     return tuple(sorted({f.name: f for f in _BY_TYPE.values()}.values(), key=lambda f: f.name))
+
+
+def for_transformers(spec: ModelSpec, major: int) -> ModelSpec:
+    """``spec`` as transformers ``major`` builds it: its family's ``restack``, or ``spec`` itself
+    when the family's modules are the same in every version (``spec.transformers`` stays 0)."""
+    fam = family(spec.model_type)
+    if fam is None or fam.restack is None or spec.transformers == major:
+        return spec
+    return fam.restack(spec, major)
 
 
 def supported_model_types() -> tuple[str, ...]:

@@ -76,7 +76,8 @@ def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) ->
     saved by ``down_proj`` when it trains. MoE layers (transformers ``Qwen3MoeExperts``, one
     expert at a time): per routed token (t·k) the gate/up output, the activation and the
     expert output the routing-weight product saves, the gathered inputs when experts train,
-    and the fp32 router softmax (4·t·E)."""
+    and the fp32 router softmax (4·t·E). transformers 4 (``Linear.routed`` experts) also keeps
+    the weighted expert output that ``index_add_`` adds into the layer's output (A·t·k·h)."""
     t, A = setup.tokens, pointwise_bytes(setup)
     moe = spec.moe
     if moe is not None and layer in moe.layers:
@@ -87,6 +88,10 @@ def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) ->
         routed = 3 * A * tk * inter + A * tk * spec.hidden_size
         if weight_trains:
             routed += A * tk * inter + A * tk * spec.hidden_size
+        if any(lin.routed for lin in spec.moe_mlp):
+            # transformers 4's loop over per-expert modules adds each expert's weighted output into
+            # the layer's output with ``index_add_``, whose backward keeps that source tensor too
+            routed += A * tk * spec.hidden_size
         return routed + 4 * t * moe.num_experts
     inter = spec.intermediate_size
     return 3 * A * t * inter + (A * t * inter if weight_trains else 0)
@@ -111,10 +116,16 @@ def lora_saved_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
     through ``lora_dropout`` and into ``lora_A``, which under autocast saves its own 16-bit
     cast of it (A·t·in; 4·t·in without autocast); with dropout > 0 the fused CUDA dropout
     kernel also saves a bool mask (1·t·in; a CPU run saves an fp32 noise tensor instead);
-    ``lora_B`` saves ``lora_A``'s output (A·t·r)."""
+    ``lora_B`` saves ``lora_A``'s output (A·t·r). Routed experts' adapters (transformers 4's
+    per-expert ``nn.Linear``, ``Linear.routed``) see only the tokens routed to them: t·k over
+    all ``count`` experts together."""
     t, r, A = setup.tokens, setup.lora_rank, act_bytes(setup)
     per_in = A + (1 if setup.lora_dropout > 0 else 0)
-    return sum(lin.count * t * (per_in * lin.in_features + A * r) for lin in lora_linears(spec, setup, layer))
+    k = spec.moe.experts_per_token if spec.moe is not None else 1
+    return sum(
+        (t * k if lin.routed else lin.count * t) * (per_in * lin.in_features + A * r)
+        for lin in lora_linears(spec, setup, layer)
+    )
 
 
 def int8_kept_input_bytes(spec: ModelSpec, setup: Setup) -> int:

@@ -59,7 +59,8 @@ def param_target_params(linears: tuple[Linear, ...], setup: Setup) -> int:
 def check_lora_targets(spec: ModelSpec, setup: Setup) -> None:
     """Every named target must match a linear of the model."""
     targets = setup.lora_target_list()
-    if setup.is_lora and targets is None and spec.moe is not None and setup.lora_dropout:
+    wrapped = any(lin.param_target_rank for group, _ in spec.layer_groups for lin in group)
+    if setup.is_lora and targets is None and wrapped and setup.lora_dropout:
         raise VramplanError(
             "lora_dropout",
             f"on {spec.name} all-linear also adapts the router and the fused experts through PEFT's ParamWrapper,"
