@@ -16,6 +16,7 @@ class LlamaFactory(Framework):
     title = "LLaMA-Factory YAML (llamafactory-cli train)"
     package = "llamafactory"
     python_env = "VRAMPLAN_LLAMAFACTORY_PYTHON"
+    tracer = "vramplan.trace.llamafactory_sft"
     established = "0.9.5"
 
     def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
