@@ -24,14 +24,20 @@ tensors (counter.py), as trl_sft.py does for TRL.
   is LLaMA-Factory's own, fixed on it. Token values do not change memory.
 - The batch: the collator's worst one, every sample at ``cutoff_len`` and every token labelled,
   made by LLaMA-Factory's collator from such samples for real (small integer tensors), then
-  turned into fake tensors. Its ``attention_mask`` is all ones and is dropped (transformers treats
-  a fake mask as tracing and would build an explicit one; on CUDA an all-ones mask takes the
-  mask-free path).
+  turned into fake tensors. Its ``attention_mask`` is dropped: it is all ones (but for the VLM
+  dummy image's few tokens, below), transformers treats a fake mask as tracing and would build an
+  explicit one, and on CUDA an all-ones mask takes the mask-free path.
 - AdamW is the trainer's own (``Trainer.create_optimizer``: LLaMA-Factory's
   ``create_custom_optimizer`` returns None for plain AdamW) set to ``foreach``, torch's default on
   CUDA; dropout as on CUDA (run.cuda_dropout); autocast as accelerate wraps the forward.
-- The VLM rows are traced on text-only batches: the Qwen2-VL template's collator would add a
-  dummy image through the model's processor, which needs the checkpoint's processor files.
+- The processor of a Qwen2-VL / Qwen2.5-VL model: made from transformers' processor classes with
+  their default settings around the stand-in tokenizer (:func:`vision_processor`), then patched by
+  LLaMA-Factory's ``patch_processor``. The VLM rows are traced on text batches: for a batch
+  without images the collator adds its own dummy 64x64 image (``MultiModalDataCollatorForSeq2Seq``
+  ``__call__``: 4 masked tokens, 16 patches) and computes the mrope ``position_ids``. The dummy's
+  pixels are dropped from the traced batch (its tokens are then embedded as text): the vision
+  tower reads the image grid's values (``.tolist()``, ``.item()``), which fake tensors do not
+  have, and 16 patches through it keep well under 1 MiB. The tower's weights are counted.
 """
 
 from __future__ import annotations
@@ -142,6 +148,29 @@ def write_config(model: str, setup: Setup, directory: str) -> None:
     (Path(directory) / "config.json").write_text(json.dumps(saved))
 
 
+#: what the trace leaves out of the collator's batch (module docstring)
+DROPPED = ("attention_mask", "pixel_values", "image_grid_thw")
+#: the Qwen-VL processors' special tokens (their tokenizer files declare them)
+VISION_TOKENS = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
+
+
+def vision_processor(model_type: str, tokenizer: Any) -> Any:
+    """Qwen2-VL / Qwen2.5-VL: the model's processor made from its classes' defaults around the
+    stand-in tokenizer (given the vision tokens), as ``load_tokenizer`` loads it from the
+    checkpoint; None for a text model. Other VLMs are not traced."""
+    import transformers
+
+    names = {
+        "qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
+        "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
+    }
+    if model_type not in names:
+        return None
+    proc, image, video = (getattr(transformers, n) for n in names[model_type])
+    tokenizer.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
+    return proc(image_processor=image(), video_processor=video(), tokenizer=tokenizer)
+
+
 def worst_batch(collator: Any, setup: Setup, vocab: int) -> dict[str, Any]:
     """The collator's batch of ``micro_batch`` samples at ``cutoff_len``, every token labelled."""
     s = setup.seq_len
@@ -155,6 +184,7 @@ def build(model: str, setup: Setup, fake_mode: Any, workdir: str) -> tuple[Any, 
     from llamafactory.data import SFTDataCollatorWith4DAttentionMask, get_template_and_fix_tokenizer
     from llamafactory.extras.constants import IGNORE_INDEX
     from llamafactory.model import load_model as lf_load_model
+    from llamafactory.model.patcher import patch_processor, patch_tokenizer
     from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
 
     model_dir, out_dir = f"{workdir}/model", f"{workdir}/out"
@@ -162,6 +192,11 @@ def build(model: str, setup: Setup, fake_mode: Any, workdir: str) -> tuple[Any, 
     write_config(model, setup, model_dir)
     model_args, data_args, training_args, finetuning_args = parse(model, setup, model_dir, out_dir)
     tokenizer = _tokenizer()
+    patch_tokenizer(tokenizer, model_args)
+    _, config = load_config(model)
+    processor = vision_processor(config["model_type"], tokenizer)
+    if processor is not None:
+        patch_processor(processor, tokenizer, model_args)
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     with meta_loading():
         net = lf_load_model(tokenizer, model_args, finetuning_args, is_trainable=True)
@@ -175,9 +210,8 @@ def build(model: str, setup: Setup, fake_mode: Any, workdir: str) -> tuple[Any, 
         attn_implementation=getattr(net.config, "_attn_implementation", None),
         compute_dtype=model_args.compute_dtype,
         tokenizer=tokenizer,
-        processor=None,
+        processor=processor,
     )
-    _, config = load_config(model)
     vocab = int(config.get("vocab_size") or config["text_config"]["vocab_size"])
     batch = worst_batch(collator, setup, vocab)
     with model_stays_put():
@@ -186,7 +220,7 @@ def build(model: str, setup: Setup, fake_mode: Any, workdir: str) -> tuple[Any, 
             args=training_args,
             finetuning_args=finetuning_args,
             data_collator=collator,
-            processor=None,
+            processor=processor,
             tokenizer=tokenizer,
         )
     materialize_fake(net, fake_mode)
@@ -233,7 +267,7 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
             counter.track(b, "weights")
             counter.mark(b, "weights")
         baseline = counter.total
-        real = {k: v for k, v in batch.items() if k != "attention_mask"}
+        real = {k: v for k, v in batch.items() if k not in DROPPED}
 
         def inputs() -> dict[str, Any]:
             with fake_mode:
