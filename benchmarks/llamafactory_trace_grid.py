@@ -71,8 +71,10 @@ def main() -> int:
             print(m, f, f"{out['peak_bytes'] / 2**30:.3f} GiB in {out['seconds']} s", file=sys.stderr, flush=True)
     table = compare(read_rows())
     print(table)
-    if args.out:
-        Path(args.out).write_text(table + "\n")
+    if args.out:  # the file's preamble (what the table is, versions) is kept
+        out = Path(args.out)
+        old = out.read_text().split("| model |")[0] if out.exists() else ""
+        out.write_text(old + table + "\n")
     return 0
 
 
