@@ -154,21 +154,29 @@ DROPPED = ("attention_mask", "pixel_values", "image_grid_thw")
 VISION_TOKENS = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]
 
 
-def vision_processor(model_type: str, tokenizer: Any) -> Any:
-    """Qwen2-VL / Qwen2.5-VL: the model's processor made from its classes' defaults around the
-    stand-in tokenizer (given the vision tokens), as ``load_tokenizer`` loads it from the
-    checkpoint; None for a text model. Other VLMs are not traced."""
-    import transformers
+def vision_processor(config: Any, tokenizer: Any) -> Any:
+    """A VLM's processor (transformers' auto classes for ``config``'s class: processor, image
+    and video processors) made with their default settings around the stand-in tokenizer, given
+    the Qwen-VL vision tokens, as ``load_tokenizer`` loads it from the checkpoint; None for a
+    text model. Traced on Qwen2-VL; another VLM's processor may want other tokens."""
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+    from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
-    names = {
-        "qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
-        "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
-    }
-    if model_type not in names:
+    def first(found: Any) -> Any:  # a class, or the classes by backend (a dict, or a tuple in newer releases)
+        if isinstance(found, dict):
+            found = [found.get("torchvision"), *found.values()]
+        return next((c for c in found if c is not None), None) if isinstance(found, (tuple, list)) else found
+
+    key = type(config)
+    proc: Any = PROCESSOR_MAPPING.get(key, None)
+    image = first(IMAGE_PROCESSOR_MAPPING.get(key, None))
+    video = first(VIDEO_PROCESSOR_MAPPING.get(key, None))
+    if getattr(config, "vision_config", None) is None or proc is None or image is None:
         return None
-    proc, image, video = (getattr(transformers, n) for n in names[model_type])
     tokenizer.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
-    return proc(image_processor=image(), video_processor=video(), tokenizer=tokenizer)
+    parts = {"image_processor": image(), **({"video_processor": video()} if video is not None else {})}
+    return proc(**parts, tokenizer=tokenizer)
 
 
 def worst_batch(collator: Any, setup: Setup, vocab: int) -> dict[str, Any]:
@@ -193,8 +201,9 @@ def build(model: str, setup: Setup, fake_mode: Any, workdir: str) -> tuple[Any, 
     model_args, data_args, training_args, finetuning_args = parse(model, setup, model_dir, out_dir)
     tokenizer = _tokenizer()
     patch_tokenizer(tokenizer, model_args)
-    _, config = load_config(model)
-    processor = vision_processor(config["model_type"], tokenizer)
+    from transformers import AutoConfig
+
+    processor = vision_processor(AutoConfig.from_pretrained(model_dir), tokenizer)
     if processor is not None:
         patch_processor(processor, tokenizer, model_args)
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
@@ -212,7 +221,7 @@ def build(model: str, setup: Setup, fake_mode: Any, workdir: str) -> tuple[Any, 
         tokenizer=tokenizer,
         processor=processor,
     )
-    vocab = int(config.get("vocab_size") or config["text_config"]["vocab_size"])
+    vocab = load_model(model).vocab_size
     batch = worst_batch(collator, setup, vocab)
     with model_stays_put():
         trainer = CustomSeq2SeqTrainer(
