@@ -73,6 +73,10 @@ class Policy(BaseModel):
     extra_trainable: DType
     """Embeddings/lm_head trained beside the adapters (``modules_to_save``): their gradients and
     optimizer states (optimizer._by_dtype, optimizer.embedding_gradient_bytes)."""
+    extra_weights: DType | None = None
+    """LoRA's ``modules_to_save`` copies' own weights (weights.trainable_weight_bytes). None: the
+    dtype of the module they copy (PEFT deep-copies it; under QLoRA that is ``kbit_modules``); a
+    trainer that casts its trainable parameters names the dtype it casts them to."""
     activations: DType
     """Activations saved for backward and the logits (memory/policy.py ``act_bytes``):
     activations.*, loss.*, vision.*, rl.head_tile_bytes and the fused head."""

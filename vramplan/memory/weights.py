@@ -118,11 +118,12 @@ def frozen_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
 def trainable_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Trainable weights: full/freeze in the master dtype; LoRA adapters in fp32 (PEFT
     ``autocast_adapter_dtype``) plus ``modules_to_save`` copies of embeddings/lm_head,
-    which keep the dtype of the module they copy."""
+    which keep the dtype of the module they copy unless the trainer casts them
+    (:attr:`Policy.extra_weights`)."""
     d = policy_of(setup)
     if not setup.is_lora:
         return nbytes(full_trainable_params(spec, setup), d.master)
-    extra_dtype = unquantized_dtype(setup) if setup.method == "qlora" else d.weights
+    extra_dtype = d.extra_weights or (unquantized_dtype(setup) if setup.method == "qlora" else d.weights)
     return nbytes(lora_params(spec, setup), d.adapter) + nbytes(extra_trainable_params(spec, setup), extra_dtype)
 
 
