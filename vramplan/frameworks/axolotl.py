@@ -15,6 +15,7 @@ class Axolotl(Framework):
     title = "axolotl YAML (axolotl train)"
     package = "axolotl"
     python_env = "VRAMPLAN_AXOLOTL_PYTHON"
+    tracer = "vramplan.trace.axolotl_sft"
     established = "0.19"
 
     def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
