@@ -29,10 +29,33 @@ def test_fp32_qlora_stays_the_generic_loop() -> None:
 
 
 def test_freeze_checkpoints_without_reentrancy() -> None:
-    s = Setup(method="freeze", precision="bf16", grad_checkpointing=True)
+    s = Setup(method="freeze", precision="bf16", attention="flash-attn-2", grad_checkpointing=True)
     assert AX.policy(s) == default_policy(s).model_copy(update={"reentrant_checkpointing": False})
     s = Setup(method="lora", precision="bf16")
     assert AX.policy(s) == default_policy(s)
+
+
+@pytest.mark.parametrize("method", ["full", "freeze"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "flash-attn-2"])
+def test_no_adapter_keeps_embeddings_head_and_norms_in_fp32(method: str, attention: str) -> None:
+    """``_configure_embedding_dtypes`` upcasts them without an adapter and casts them back only
+    for an attention that needs 16-bit inputs (``attn_needs_dtype_cast``: flash attention)."""
+    p = AX.policy(Setup(method=method, precision="bf16", attention=attention))
+    upcast = attention != "flash-attn-2"
+    assert (p.upcast_modules, p.residual) == (("fp32", "fp32") if upcast else (None, "bf16"))
+    assert p.master == "bf16" and p.pointwise == "bf16"
+    assert AX.policy(Setup(method=method, precision="fp32", attention="sdpa")).upcast_modules is None
+
+
+def test_full_7b_trains_its_embeddings_in_fp32() -> None:
+    """Qwen2.5-7B full at 2048 under axolotl: the untied embedding and lm_head (2 x 152k x 3584)
+    in fp32 add 2 B each to the weights and grads, 4 B to the AdamW moments."""
+    kw = dict(method="full", precision="bf16", attention="sdpa", seq_len=2048, micro_batch=1, grad_checkpointing=True)
+    hf = plan("qwen2.5-7b", gpu="h100", trainer="hf", **kw)
+    ax = plan("qwen2.5-7b", gpu="h100", trainer="axolotl", **kw)
+    n = 2 * 152064 * 3584
+    assert ax.terms["weights/trainable"] - hf.terms["weights/trainable"] == pytest.approx(2 * n, rel=0.01)
+    assert ax.terms["optimizer/adamw"] - hf.terms["optimizer/adamw"] == pytest.approx(4 * n, rel=0.01)
 
 
 def test_lora_7b_estimates_as_the_generic_loop_and_qlora_below_it() -> None:
