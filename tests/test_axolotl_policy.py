@@ -4,6 +4,8 @@ adapters, reentrant checkpointing except under ``unfrozen_parameters``, fixed-le
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from vramplan import plan
@@ -68,3 +70,25 @@ def test_lora_7b_estimates_as_the_generic_loop_and_qlora_below_it() -> None:
     ax = plan("qwen2.5-7b", gpu="a100-80g", trainer="axolotl", method="qlora", quant="bnb-nf4", **kw)
     assert ax.terms["weights/frozen"] < hf.terms["weights/frozen"]
     assert ax.peak.allocated_bytes < hf.peak.allocated_bytes
+
+
+def test_vlm_adapters_name_the_language_models_linears() -> None:
+    """On Qwen2-VL, axolotl's ``lora_target_linear`` would wrap the vision tower too and name the
+    merger's ``Sequential`` indices, which PEFT refuses: the config's options name the language
+    model's linears instead (what the plan counts). ``emit`` refuses VLMs for axolotl; the traced
+    VLM rows (vramplan/trace/axolotl_sft.py) load these options."""
+    from vramplan.frameworks.files.axolotl import options
+    from vramplan.frameworks.files.common import Context
+    from vramplan.models import load_model
+
+    setup = Setup(method="lora", lora_rank=8, lora_alpha=16, lora_targets="all-linear", precision="bf16")
+    spec = load_model("qwen2-vl-2b")
+    ctx = Context.model_construct(
+        model_name="qwen2-vl-2b", model_path="x", spec=spec, setup=setup, data="d.jsonl", reasons={}
+    )
+    got = {k: v for k, v, _ in options(ctx)}
+    assert "lora_target_linear" not in got
+    regex = got["lora_target_modules"]
+    assert re.fullmatch(regex, "model.language_model.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(regex, "model.visual.blocks.0.attn.qkv")
+    assert not re.fullmatch(regex, "model.visual.blocks.0")

@@ -31,9 +31,9 @@ GRID: list[tuple[str, dict[str, Any]]] = [
     for gc in (True, False)
     for mb in (1, 2)
 ]
-#: the language model's linears by name: axolotl's ``lora_target_linear`` on Qwen2-VL also
-#: names the vision merger's ``Sequential`` indices ("0", "2"), which PEFT then matches against
-#: the vision blocks and refuses (loaders/adapter.py ``find_all_linear_names``)
+#: the language model's linears by name (the emitter writes them as a regular expression over
+#: ``language_model`` for a VLM, all-linear or not: axolotl's ``lora_target_linear`` would also
+#: name the vision merger's ``Sequential`` indices, which PEFT refuses; frameworks/files/axolotl.py)
 _TEXT_LINEARS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 #: beyond the square grid: a VLM on text-only batches (Qwen2-VL-2B), Llama's untied 128k head,
 #: no LoRA dropout, 4096 tokens
