@@ -5,6 +5,7 @@ Outside CI the tests skip without the venv; in CI they fail."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from vramplan.memory import estimate
 from vramplan.memory.phases import traceable_bytes
 from vramplan.models import load_model
 from vramplan.setup import make_setup
+from vramplan.trace.axolotl_grid import GRID
 
 pytestmark = pytest.mark.e2e
 
@@ -26,6 +28,10 @@ if not PYTHON and not os.environ.get("CI"):
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_UNDER_PCT, MAX_OVER_PCT = 2.0, 3.0
+_SMALL = [(m, f) for m, f in GRID if m == "qwen2.5-0.5b"]
+_DAY = datetime.date.today().toordinal()
+#: the CI re-trace: two of the 0.5B configurations, another two each day
+SAMPLE = [_SMALL[(_DAY * 7 + k * 11) % len(_SMALL)] for k in range(2)]
 LORA_512 = dict(
     method="lora",
     lora_rank=8,
@@ -71,4 +77,17 @@ def test_lora_step_is_axolotls_and_matches_its_estimate() -> None:
     assert "AxolotlTrainer" in notes and "'use_reentrant': True" in notes, notes
     assert r["peak_phase"] == "backward"
     err = error_pct("qwen2.5-0.5b", LORA_512, r["peak_bytes"])
+    assert -MAX_UNDER_PCT <= err <= MAX_OVER_PCT, f"{err:+.2f}% of {r['peak_bytes'] / 2**30:.3f} GiB"
+
+
+@pytest.mark.parametrize(
+    ("model", "fields"),
+    SAMPLE,
+    ids=[f"{f['method']}-{f['seq_len']}-gc{int(f['grad_checkpointing'])}-mb{f['micro_batch']}" for _, f in SAMPLE],
+)
+def test_a_recorded_configuration_traces_within_bounds(model: str, fields: dict) -> None:
+    """A rotating sample of the recorded grid traced again (tests/test_axolotl_grid.py holds the
+    recorded rows)."""
+    r = trace(model, fields)
+    err = error_pct(model, fields, r["peak_bytes"])
     assert -MAX_UNDER_PCT <= err <= MAX_OVER_PCT, f"{err:+.2f}% of {r['peak_bytes'] / 2**30:.3f} GiB"

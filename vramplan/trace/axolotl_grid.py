@@ -35,17 +35,20 @@ GRID: list[tuple[str, dict[str, Any]]] = [
 #: ``language_model`` for a VLM, all-linear or not: axolotl's ``lora_target_linear`` would also
 #: name the vision merger's ``Sequential`` indices, which PEFT refuses; frameworks/files/axolotl.py)
 _TEXT_LINEARS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-#: beyond the square grid: a VLM on text-only batches (Qwen2-VL-2B), Llama's untied 128k head,
-#: no LoRA dropout, 4096 tokens
+#: beyond the square grid: a VLM on text-only batches (Qwen2-VL-2B: LoRA and QLoRA on its language
+#: model; not full fine-tuning, whose vision tower gets no gradient without images), Llama's untied 128k head,
+#: no LoRA dropout, 4096 tokens, ``lora_modules_to_save`` copies
 _EXTRA: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("qwen2-vl-2b", GRID[0][1], {"lora_targets": _TEXT_LINEARS}),
     ("qwen2-vl-2b", GRID[4][1], {"lora_targets": _TEXT_LINEARS}),
     ("qwen2-vl-2b", GRID[12][1], {"lora_targets": _TEXT_LINEARS}),
-    ("qwen2-vl-2b", GRID[20][1], {}),
+    ("qwen2-vl-2b", GRID[6][1], {"lora_targets": _TEXT_LINEARS}),
     ("llama-3.1-8b", GRID[28][1], {}),
     ("llama-3.1-8b", GRID[36][1], {}),
     ("qwen2.5-7b", GRID[28][1], {"lora_dropout": 0.0}),
     ("qwen2.5-7b", GRID[36][1], {"seq_len": 4096}),
+    ("qwen2.5-0.5b", GRID[0][1], {"trainable_extra": ["embeddings", "lm_head"]}),  # modules_to_save, tied
+    ("qwen2.5-7b", GRID[36][1], {"trainable_extra": ["lm_head"]}),  # a QLoRA modules_to_save copy
 ]
 GRID += [(model, {**fields, **extra}) for model, fields, extra in _EXTRA]
 #: where the traced grid is recorded

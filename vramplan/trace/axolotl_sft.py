@@ -32,6 +32,15 @@ What stands in, and why:
   dropout as on CUDA (run.cuda_dropout); autocast as accelerate wraps the forward.
 - axolotl's fused LoRA kernels need Triton on CUDA; the emitted config turns them off
   (``lora_*_kernel: false``), so PEFT's LoRA forward runs, as on the GPU.
+- A VLM (Qwen2-VL) gets text-only batches (no ``pixel_values``): its vision tower runs no forward,
+  so under full fine-tuning it would get no gradients (the grid traces its LoRA and QLoRA only).
+
+What the trace runs is axolotl's: the loss is transformers' ``ForCausalLMLoss`` over the full
+logits (``AxolotlTrainer.compute_loss`` adds only token counts; its own losses come with
+``orpo_alpha``, ``use_eaft`` or a plugin such as cut_cross_entropy/liger, none of which the emitted
+config sets), checkpointing is reentrant (``normalize_config``), and the dtypes are those its
+loader leaves (fp32 embedding, lm_head and norms without an adapter; bf16 after k-bit
+preparation under QLoRA).
 """
 
 from __future__ import annotations
