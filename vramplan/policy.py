@@ -36,9 +36,10 @@ DType = Literal["fp32", "bf16", "fp16"]
 LossChain = Literal["full_logits", "fused_head", "kept_positions"]
 #: how a batch's samples are padded (``packed`` is not counted yet).
 Padding = Literal["fixed", "longest", "packed"]
-#: the Setup fields :func:`default_policy` reads: a Setup copied with another value of one of
-#: them needs its policy made again.
-POLICY_INPUTS = frozenset({"method", "precision", "quant"})
+#: the Setup fields a policy is made from (:func:`default_policy` reads the first three; axolotl's
+#: also reads ``attention``): a Setup copied with another value of one of them needs its policy
+#: made again.
+POLICY_INPUTS = frozenset({"method", "precision", "quant", "attention"})
 
 
 class Policy(BaseModel):
@@ -120,6 +121,14 @@ class Policy(BaseModel):
     describe that path, as the trace runs it (trace/build.py). ``False`` (torch's non-reentrant
     checkpoint, which TRL's emitted script asks for) is counted by the same terms: it saves the
     same layer inputs and recomputes one layer at a time (tests/test_trl_trace.py traces it)."""
+    upcast_modules: DType | None = None
+    """Full/freeze: the dtype the input embedding, lm_head and norms are loaded in when the
+    trainer keeps them apart from the other weights (axolotl's loader upcasts them to fp32
+    without an adapter); ``None``: with the others (``weights``, trained in ``master``). Read by
+    trainable.upcast_params' users: weights.frozen_weight_bytes, weights.trainable_weight_bytes,
+    optimizer._by_dtype (gradient_bytes, optimizer_state_bytes, optimizer_step_temp_bytes),
+    optimizer.embedding_gradient_bytes, optimizer.tied_embedding_backward_bytes, and
+    weights._autocast_casts (lm_head's 16-bit copy under autocast)."""
     grads_set_to_none: bool = True
     """``optimizer.zero_grad(set_to_none=True)`` frees the gradients after each step: without
     accumulation none exist when forward runs (phases.phase_terms)."""

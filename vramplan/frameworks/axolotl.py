@@ -15,6 +15,7 @@ class Axolotl(Framework):
     title = "axolotl YAML (axolotl train)"
     package = "axolotl"
     python_env = "VRAMPLAN_AXOLOTL_PYTHON"
+    tracer = "vramplan.trace.axolotl_sft"
     established = "0.19"
 
     def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
@@ -53,6 +54,15 @@ class Axolotl(Framework):
           passes ``{"use_reentrant": False}`` (core/builders/base.py
           ``_configure_gradient_checkpointing``). No term reads the difference yet: both paths save
           each checkpointed layer's input and recompute one layer at a time in backward.
+        - Full and freeze in 16 bits (no adapter) under sdpa/eager: ``_configure_embedding_dtypes``
+          first runs ``_convert_embedding_modules_dtype(..., dist_dtype=torch.float32,
+          before_kbit_train_or_finetune=True)``: every module with "norm" in its name and
+          ``embed_tokens``/``lm_head`` go to fp32; the pass back to the 16-bit dtype runs only for
+          an adapter, FSDP, ``cut_cross_entropy`` or an attention that ``attn_needs_dtype_cast``
+          (utils/schemas/config.py: all but ``sdpa``/``eager``; flash attention needs 16-bit
+          inputs). So the embedding, lm_head and norms train in fp32 (their grads and AdamW
+          moments too: ``upcast_modules``), the fp32 embedding output keeps the residual stream in
+          fp32, and autocast makes a 16-bit copy of lm_head for its matmul.
         - Padding: ``pad_to_sequence_len: true`` in the emitted config, every batch at
           ``sequence_len`` (``fixed``).
         """
@@ -66,6 +76,8 @@ class Axolotl(Framework):
                 residual=base.activations,
                 pointwise=base.activations,
             )
+        if setup.method in ("full", "freeze") and base.weights != "fp32" and setup.attention != "flash-attn-2":
+            update.update(upcast_modules="fp32", residual="fp32")
         if setup.method == "freeze":  # (read only where layers are checkpointed)
             update["reentrant_checkpointing"] = False
         return base.model_copy(update=update)

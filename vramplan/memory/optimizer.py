@@ -16,6 +16,7 @@ from vramplan.memory.trainable import (
     param_target_params,
     trainable_layers,
     trainable_shapes,
+    upcast_params,
 )
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
@@ -28,11 +29,14 @@ BNB_MIN_8BIT_SIZE = 4096
 
 
 def _by_dtype(spec: ModelSpec, setup: Setup) -> list[tuple[int, str]]:
-    """(trainable elements, dtype) pairs: full/freeze in the master dtype, LoRA adapters fp32,
-    modules_to_save copies in the base weight dtype (fp32 after k-bit preparation)."""
+    """(trainable elements, dtype) pairs: full/freeze in the master dtype (the embedding, lm_head
+    and norms in ``upcast_modules`` when the policy sets it), LoRA adapters fp32, modules_to_save
+    copies in the base weight dtype (fp32 after k-bit preparation)."""
     p = policy_of(setup)
     if not setup.is_lora:
-        return [(full_trainable_params(spec, setup), p.master)]
+        up, _ = upcast_params(spec, setup)
+        pairs: list[tuple[int, str]] = [(full_trainable_params(spec, setup) - up, p.master)]
+        return pairs + [(up, p.upcast_modules)] if up and p.upcast_modules else pairs
     return [(lora_params(spec, setup), p.adapter), (extra_trainable_params(spec, setup), p.extra_trainable)]
 
 
@@ -83,7 +87,7 @@ def embedding_gradient_bytes(spec: ModelSpec, setup: Setup) -> int:
     """The input embedding's gradient, written last in backward (full, or an extra module)."""
     n = spec.vocab_size * spec.hidden_size
     if setup.method == "full" and not spec.tie_word_embeddings:
-        return nbytes(n, policy_of(setup).master)
+        return nbytes(n, _head_master(setup))
     if setup.is_lora and "embeddings" in setup.trainable_extra:
         return nbytes(n, policy_of(setup).extra_trainable)
     return 0
@@ -96,7 +100,13 @@ def tied_embedding_backward_bytes(spec: ModelSpec, setup: Setup) -> int:
     2·V·h beyond the gradient itself, in the gradient's dtype."""
     if setup.method != "full" or not spec.tie_word_embeddings:
         return 0
-    return 2 * nbytes(spec.vocab_size * spec.hidden_size, policy_of(setup).master)
+    return 2 * nbytes(spec.vocab_size * spec.hidden_size, _head_master(setup))
+
+
+def _head_master(setup: Setup) -> str:
+    """The dtype full fine-tuning trains the embedding and lm_head in."""
+    p = policy_of(setup)
+    return p.upcast_modules or p.master
 
 
 def optimizer_state_bytes(spec: ModelSpec, setup: Setup) -> int:

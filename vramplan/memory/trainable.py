@@ -191,6 +191,20 @@ def full_trainable_params(spec: ModelSpec, setup: Setup) -> int:
     return 0
 
 
+def upcast_params(spec: ModelSpec, setup: Setup) -> tuple[int, int]:
+    """(trained, frozen) elements of the input embedding, lm_head and norms a full/freeze run
+    keeps in :attr:`~vramplan.policy.Policy.upcast_modules` (none when that is unset): full
+    trains them all; freeze keeps them frozen (the norms of its trained layers, h each, are left
+    with the layers)."""
+    from vramplan.memory.policy import policy_of
+
+    if policy_of(setup).upcast_modules is None or setup.method not in ("full", "freeze"):
+        return 0, 0
+    counts = param_counts(spec)
+    n = counts.embeddings + counts.lm_head + counts.norms
+    return (n, 0) if setup.method == "full" else (0, n)
+
+
 def trainable_params(spec: ModelSpec, setup: Setup) -> int:
     """All parameters the optimizer steps."""
     if setup.is_lora:

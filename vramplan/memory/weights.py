@@ -10,6 +10,7 @@ from vramplan.memory.trainable import (
     extra_trainable_params,
     full_trainable_params,
     lora_params,
+    upcast_params,
 )
 from vramplan.params import param_counts
 from vramplan.setup import Setup
@@ -108,7 +109,9 @@ def frozen_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
     total = param_counts(spec).total
     w = policy_of(setup).weights
     if setup.method in ("full", "freeze"):
-        return nbytes(total - full_trainable_params(spec, setup), w)
+        _, up = upcast_params(spec, setup)
+        up_dtype = policy_of(setup).upcast_modules or w
+        return nbytes(total - full_trainable_params(spec, setup) - up, w) + nbytes(up, up_dtype)
     if setup.method == "lora":
         return nbytes(total, w)
     rest = total - quantized_weight_params(spec, setup.quant)
@@ -122,7 +125,8 @@ def trainable_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
     (:attr:`Policy.extra_weights`)."""
     d = policy_of(setup)
     if not setup.is_lora:
-        return nbytes(full_trainable_params(spec, setup), d.master)
+        up, _ = upcast_params(spec, setup)
+        return nbytes(full_trainable_params(spec, setup) - up, d.master) + nbytes(up, d.upcast_modules or d.master)
     extra_dtype = d.extra_weights or (unquantized_dtype(setup) if setup.method == "qlora" else d.weights)
     return nbytes(lora_params(spec, setup), d.adapter) + nbytes(extra_trainable_params(spec, setup), extra_dtype)
 
@@ -134,7 +138,8 @@ def _autocast_casts(setup: Setup) -> tuple[bool, bool]:
         return False, False
     if setup.method == "qlora":
         return False, unquantized_dtype(setup) == "fp32"
-    return d.weights == "fp32", d.weights == "fp32"
+    head_fp32 = d.upcast_modules == "fp32" and setup.method in ("full", "freeze")
+    return d.weights == "fp32", d.weights == "fp32" or head_fp32
 
 
 def head_autocast_copy_bytes(spec: ModelSpec, setup: Setup) -> int:

@@ -4,7 +4,7 @@
 # headroom: 3.47 GiB of 23.99 GiB
 # setup: lora, bf16, adamw, seq 2048, micro-batch 1, grad-accum 16, gradient checkpointing, sdpa, LoRA r8 alpha 32 on all-linear
 # why each memory-relevant setting:
-#   adapter: lora  # lora: 20,185,088 trainable; full fine-tuning would need 72.49 GiB, does not fit
+#   adapter: lora  # lora: 20,185,088 trainable; full fine-tuning would need 82.64 GiB, does not fit
 #   bf16: true  # bf16 weights under autocast; fp32 master weights (AMP) would need 36.10 GiB, does not fit
 #   gradient_checkpointing: true  # saves 14.59 GiB at seq 2048 x micro-batch 1 (off: 35.10 GiB, does not fit)
 #   micro_batch_size: 1  # one more sample per step adds 4.47 GiB (24.99 GiB, does not fit)

@@ -3,7 +3,8 @@
 Setup -> axolotl 0.19.0 (its config validation reads the file back: tests/test_axolotl_parse.py):
 ``adapter`` lora/qlora (qlora = 4-bit bitsandbytes; LoRA on LLM.int8 is ``adapter: lora`` +
 ``load_in_8bit``); axolotl's QLoRA defaults to nf4 with double quantization, so plain nf4 and
-fp4 are set through ``bnb_config_kwargs``; ``lora_target_linear`` for all-linear,
+fp4 are set through ``bnb_config_kwargs``; ``lora_target_linear`` for all-linear (on a VLM, a
+regular expression naming the language model's linears),
 ``lora_modules_to_save`` for extra trained embeddings/lm_head; freeze keeps the top layers
 trainable through ``unfrozen_parameters`` regexes; ``bf16``/``fp16`` load 16-bit weights;
 ``attn_implementation``; ``gradient_checkpointing``; ``optimizer`` (transformers names);
@@ -56,7 +57,17 @@ def options(ctx: Context) -> list[tuple[str, object, str]]:
             ("lora_alpha", int(s.lora_alpha), ""),
             ("lora_dropout", s.lora_dropout, ""),
         ]
-        if targets is None:
+        if ctx.spec.vision is not None:
+            # lora_target_linear would wrap the vision tower's linears too (and name the vision
+            # merger's Sequential indices "0"/"2", which PEFT matches against the vision blocks and
+            # refuses: loaders/adapter.py find_all_linear_names); the plan trains the language
+            # model's only: a regular expression PEFT matches against module names
+            names = [t for t in (targets or ctx.lm_linears) if t != "lm_head"]
+            regex = r".*language_model.*\.(" + "|".join(names) + r")$"
+            if targets and "lm_head" in targets:
+                regex = regex[:-1] + r"|lm_head)$"
+            items.append(("lora_target_modules", regex, "the language model's linear layers"))
+        elif targets is None:
             items.append(("lora_target_linear", True, "all linear layers"))
         else:
             items.append(("lora_target_modules", targets, ""))
