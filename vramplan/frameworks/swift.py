@@ -16,6 +16,7 @@ class Swift(Framework):
     title = "ms-swift command line (swift sft)"
     package = "ms-swift"
     python_env = "VRAMPLAN_SWIFT_PYTHON"
+    tracer = "vramplan.trace.swift_sft"
     established = "4.6"
 
     def adapt(self, setup: Setup, spec: ModelSpec) -> tuple[Setup, list[str]]:
