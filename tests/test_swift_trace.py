@@ -6,6 +6,7 @@ in tests/test_swift_grid.py."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from vramplan.memory import estimate
 from vramplan.memory.phases import traceable_bytes
 from vramplan.models import load_model
 from vramplan.setup import make_setup
+from vramplan.trace.swift_grid import GRID, read_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +33,7 @@ RUN = """
 import json, sys, warnings
 warnings.filterwarnings("ignore")
 from vramplan.setup import make_setup
+from vramplan.trace.swift_grid import GRID, read_rows
 from vramplan.trace.swift_sft import trace_sft
 model, fields = json.loads(sys.stdin.read())
 r = trace_sft(model, make_setup(**fields))
@@ -70,3 +73,26 @@ def test_lora_step_matches_the_swift_estimate() -> None:
     assert ["_log_softmax", [512, vocab], "float32"] in out["largest"], out["largest"]
     err = error_pct("qwen2.5-0.5b", fields, out["peak_bytes"])
     assert -MAX_UNDER_PCT <= err <= MAX_OVER_PCT, f"{err:+.2f}%"
+
+
+_DAY = datetime.date.today().toordinal()
+_SMALL = [(m, f) for m, f in GRID if m == "qwen2.5-0.5b"]
+SAMPLE = [_SMALL[(_DAY * 7 + k * 23) % len(_SMALL)] for k in range(2)]
+
+
+@pytest.mark.parametrize(
+    ("model", "fields"),
+    SAMPLE,
+    ids=[
+        f"{m}-{f['method']}-{f['precision']}-{f['seq_len']}-gc{int(f['grad_checkpointing'])}-mb{f['micro_batch']}"
+        for m, f in SAMPLE
+    ],
+)
+def test_a_rotating_sample_of_the_grid_is_traced_again(model: str, fields: dict) -> None:
+    """Two of the grid's Qwen2.5-0.5B configurations a day, traced again with today's ms-swift venv: within
+    the bounds of the estimate, and equal to the recorded peak where one is recorded."""
+    traced = swift_trace(model, fields)["peak_bytes"]
+    err = error_pct(model, fields, traced)
+    assert -MAX_UNDER_PCT <= err <= MAX_OVER_PCT, f"{err:+.2f}%"
+    recorded = [r["peak_bytes"] for r in read_rows() if r["model"] == model and r["setup"] == fields]
+    assert not recorded or traced in recorded, (recorded, traced)

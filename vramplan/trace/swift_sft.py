@@ -31,6 +31,8 @@ What stands in, and why:
   ``model_info``/``model_meta`` attached as ``ModelLoader._postprocess_model`` does; then
   materialised under fake mode (parts.materialize_fake) and the 4-bit weights quantized with
   bitsandbytes' fake kernels (kbit.py).
+- ``--model_type llama`` is added for Llama-3.1-8B (:data:`MODEL_TYPE`): swift cannot match the
+  emitted hub id by name.
 - ``check_model`` is turned off (``SwiftMixin.__init__`` would ask ModelScope's hub whether the
   local model is its latest; no network, no memory).
 - ``Trainer.__init__`` moving the model to its device is skipped (a meta model cannot move).
@@ -48,6 +50,15 @@ What stands in, and why:
   int64 tensors (3 x micro-batch x tokens x 8 bytes) are host tensors and not counted.
 - ``_compute_acc``'s ``compute_acc`` (``metrics/acc.py``) moves the argmax to the host at once
   (``.cpu().numpy()``): the argmax is counted, the host part is replaced by a no-op.
+- A VLM (Qwen2-VL) is traced on text-only batches: ``SwiftMixin.train`` registers the template's
+  post-encode hook (``Template.register_post_encode_hook``), whose ``Qwen2VLTemplate._post_encode``
+  embeds the tokens and, for a batch with no image, runs the vision tower on a dummy 32x32 image
+  and adds ``0 * mean`` of it (``Template._get_inputs_embeds_hf``, so DeepSpeed sees the tower
+  used). That dummy pass (a few patches through the frozen tower, kilobytes) needs the image
+  processor and value-dependent grid sizes: it is left out, the add of a zero kept. The batch
+  then carries what ``Qwen2VLTemplate._data_collator`` adds for text: 3-row mrope
+  ``position_ids`` (every row ``arange``: no image), ``text_position_ids`` and an all-zero
+  ``mm_token_type_ids``; flash-attention's ``cu_seq_lens`` (micro-batch 1) are not passed (sdpa).
 - AdamW set to ``foreach`` (torch's default on CUDA); dropout as on CUDA (run.cuda_dropout);
   autocast as accelerate wraps the forward (``Accelerator.prepare_model``).
 """
@@ -92,6 +103,13 @@ class AllTrueMasks(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+#: catalog models whose hub id swift 4.6.0's registry does not know by name (``model/model_meta.py``
+#: ``get_matched_model_meta`` matches the last part of the path; it registers meta-llama/Meta-Llama-3.1-8B,
+#: not the renamed meta-llama/Llama-3.1-8B, and the config's architecture matches several types): the
+#: trace adds the ``--model_type`` the emitted command lacks (swift refuses that command as it is)
+MODEL_TYPE = {"llama-3.1-8b": "llama"}
+
+
 def emitted_argv(model: str, setup: Setup) -> list[str]:
     """The options of the ``swift sft`` command the swift emitter writes for ``setup``."""
     from vramplan.frameworks.files.common import Context
@@ -132,6 +150,8 @@ def parse_command(model: str, setup: Setup, root: Path) -> Any:
     name, _ = load_config(model)
     argv[i + 1] = _model_dir(root, name, argv[i + 1])
     argv += ["--output_dir", str(root / "output")]
+    if name in MODEL_TYPE:
+        argv += ["--model_type", MODEL_TYPE[name]]
     saved = dict(os.environ)
     try:
         args, rest = parse_args(SftArguments, argv)
@@ -159,13 +179,23 @@ def load_meta(config: dict[str, Any], setup: Setup, args: Any) -> Any:
         from transformers.integrations.bitsandbytes import replace_with_bnb_linear
         from transformers.quantizers import AutoHfQuantizer
 
-        keep = ["lm_head"] + (["visual", "vision_tower", "multi_modal_projector"] if "vision_config" in config else [])
+        quantizer = AutoHfQuantizer.from_config(quant)
+        # what the 4-bit quantizer's _process_model_before_weight_loading keeps: swift's llm_int8_skip_modules
+        # (QuantizeArguments.get_modules_to_not_convert: a VLM's vision tower and aligner, lm_head) or lm_head
+        keep = quantizer.get_modules_to_not_convert(model, quant.llm_int8_skip_modules, model._keep_in_fp32_modules)
         model = replace_with_bnb_linear(model, modules_to_not_convert=keep, quantization_config=quant)
-        model.hf_quantizer = AutoHfQuantizer.from_config(quant)
+        model.hf_quantizer = quantizer
         model.is_loaded_in_4bit = bool(quant.load_in_4bit)
         model.is_loaded_in_8bit = bool(quant.load_in_8bit)
         model.is_quantized = True
         model.quantization_method = "bitsandbytes"
+    loader = args.model_meta.loader.__new__(args.model_meta.loader)  # its transformers-5 properties (visual, ...)
+    loader.model_meta = args.model_meta
+    loader._compat_transformers5(model)
+    if hasattr(model, "visual"):  # Qwen2VLLoader.get_model
+        from swift.model.patcher import patch_get_input_embeddings
+
+        patch_get_input_embeddings(model.visual, "patch_embed")
     model.model_info = args.model_info
     model.model_meta = args.model_meta
     model.model_dir = args.model_dir
@@ -185,6 +215,25 @@ def host_metrics() -> Any:
         mixin.compute_acc = original
 
 
+@contextlib.contextmanager
+def text_only_images() -> Any:
+    """A text-only batch on a VLM: the dummy image's tower pass left out (module docstring)."""
+    from swift.template.base import Template
+
+    original = Template.__dict__["_get_inputs_embeds_hf"]
+
+    def embeds(inputs_embeds: Any, inputs: Any, visual: Any, processor: Any, config: Any) -> Any:
+        if inputs.get("pixel_values") is None and inputs.get("pixel_values_videos") is None:
+            return inputs_embeds + inputs_embeds.new_zeros(()) * 0.0
+        return original.__func__(inputs_embeds, inputs, visual, processor, config)
+
+    Template._get_inputs_embeds_hf = staticmethod(embeds)
+    try:
+        yield
+    finally:
+        Template._get_inputs_embeds_hf = original
+
+
 def build_trainer(model: str, setup: Setup, fake_mode: Any, root: Path) -> tuple[Any, Any]:
     """swift's Seq2SeqTrainer as ``swift sft`` builds it, materialised under ``fake_mode``; and
     its optimizer."""
@@ -198,9 +247,9 @@ def build_trainer(model: str, setup: Setup, fake_mode: Any, root: Path) -> tuple
     processor.model_info, processor.model_meta = args.model_info, args.model_meta
     template = args.get_template(processor)
     template.set_mode("train")
-    if template.use_model:
-        template.model = None
     base = load_meta(config, setup, args)
+    if template.use_model:
+        template.model = base
     net = SwiftSft.prepare_model(args, base, template=template)
     trainer_cls = TrainerFactory.get_trainer_cls(args)
     with model_stays_put():
@@ -222,6 +271,8 @@ def build_trainer(model: str, setup: Setup, fake_mode: Any, root: Path) -> tuple
             quant = _quantize_linears(net, setup, fake=True)
     net._vramplan_quant_tensors = quant
     # what SwiftMixin.train does before the loop
+    if trainer.model_meta.is_multimodal:
+        template.register_post_encode_hook([trainer.accelerator.unwrap_model(net)])
     trainer._prepare_gradient_checkpointing(template.get_base_model(trainer.accelerator.unwrap_model(net)))
     net.train()
     with fake_mode:
@@ -250,13 +301,22 @@ def _restore_checkpoint() -> Any:
             mu.checkpoint = saved[1]
 
 
-def worst_batch(setup: Setup, vocab: int) -> dict[str, Any]:
+def worst_batch(setup: Setup, vocab: int, multimodal: bool = False) -> dict[str, Any]:
     """Every sample at the cap, every token but the first labelled (module docstring)."""
     b, s = setup.micro_batch, setup.seq_len
     ids = torch.randint(0, vocab, (b, s))
     labels = ids.clone()
     labels[:, 0] = -100
-    return {"input_ids": ids, "labels": labels, "position_ids": torch.arange(s).expand(b, s).clone()}
+    positions = torch.arange(s).expand(b, s).clone()
+    if not multimodal:
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "position_ids": positions.expand(3, b, s).clone(),
+        "text_position_ids": positions,
+        "mm_token_type_ids": torch.zeros(b, s, dtype=torch.int64),
+    }
 
 
 def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
@@ -270,10 +330,11 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
     vocab = int(config.get("vocab_size") or config["text_config"]["vocab_size"])
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        for ctx in (unpacked_batches(), cuda_dropout(), host_metrics(), _restore_checkpoint()):
+        for ctx in (unpacked_batches(), cuda_dropout(), host_metrics(), _restore_checkpoint(), text_only_images()):
             stack.enter_context(ctx)
         trainer, optimizer = build_trainer(model, setup, fake_mode, root)
         net = trainer.model
+        multimodal = bool(trainer.model_meta.is_multimodal)
         if setup.precision != "fp32":  # accelerate wraps the model's forward in autocast, in place
             trainer.accelerator.prepare_model(net, device_placement=False)
         counter = Counter(keep_timeline=False)
@@ -287,7 +348,8 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
         baseline = counter.total
         # _prepare_inputs reads the labels' values: run on the real host batch first (module docstring)
         rounds = [
-            [trainer._prepare_inputs(worst_batch(setup, vocab)) for _ in range(setup.grad_accum)] for _ in range(steps)
+            [trainer._prepare_inputs(worst_batch(setup, vocab, multimodal)) for _ in range(setup.grad_accum)]
+            for _ in range(steps)
         ]
         num_items = torch.tensor(setup.grad_accum * setup.micro_batch * (setup.seq_len - 1))
         with fake_mode, CountingMode(counter), counted_rng_state(counter), AllTrueMasks():
@@ -314,6 +376,7 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
                             counter.mark(v, "optimizer_state")
                 optimizer.zero_grad(set_to_none=True)
                 counter.set_phase("between", step)
+        trainer.template.remove_post_encode_hook()
     built = Built(model=net, optimizer=optimizer, autocast_dtype=None, notes=["ms-swift Seq2SeqTrainer (swift_sft)"])
     result = _result(name, setup, "trace", steps, counter, built, time.perf_counter() - t0)
     return result.model_copy(update={"baseline_bytes": baseline})
