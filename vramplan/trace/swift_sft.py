@@ -31,7 +31,7 @@ What stands in, and why:
   ``model_info``/``model_meta`` attached as ``ModelLoader._postprocess_model`` does; then
   materialised under fake mode (parts.materialize_fake) and the 4-bit weights quantized with
   bitsandbytes' fake kernels (kbit.py).
-- ``--model_type llama`` is added for Llama-3.1-8B (:data:`MODEL_TYPE`): swift cannot match the
+- ``--model_type llama --template llama3_2`` are added for Llama-3.1-8B (:data:`MODEL_TYPE`): swift cannot match the
   emitted hub id by name.
 - ``check_model`` is turned off (``SwiftMixin.__init__`` would ask ModelScope's hub whether the
   local model is its latest; no network, no memory).
@@ -106,8 +106,9 @@ class AllTrueMasks(TorchDispatchMode):
 #: catalog models whose hub id swift 4.6.0's registry does not know by name (``model/model_meta.py``
 #: ``get_matched_model_meta`` matches the last part of the path; it registers meta-llama/Meta-Llama-3.1-8B,
 #: not the renamed meta-llama/Llama-3.1-8B, and the config's architecture matches several types): the
-#: trace adds the ``--model_type`` the emitted command lacks (swift refuses that command as it is)
-MODEL_TYPE = {"llama-3.1-8b": "llama"}
+#: trace adds the ``--model_type`` and ``--template`` the emitted command lacks (swift refuses that command
+#: as it is; the template is the one swift registers for the Llama-3.1 group, ``model/models/llama.py``)
+MODEL_TYPE = {"llama-3.1-8b": ["--model_type", "llama", "--template", "llama3_2"]}
 
 
 def emitted_argv(model: str, setup: Setup) -> list[str]:
@@ -151,7 +152,7 @@ def parse_command(model: str, setup: Setup, root: Path) -> Any:
     argv[i + 1] = _model_dir(root, name, argv[i + 1])
     argv += ["--output_dir", str(root / "output")]
     if name in MODEL_TYPE:
-        argv += ["--model_type", MODEL_TYPE[name]]
+        argv += MODEL_TYPE[name]
     saved = dict(os.environ)
     try:
         args, rest = parse_args(SftArguments, argv)
