@@ -28,7 +28,7 @@ def test_the_recorded_swift_grid_holds_the_bounds() -> None:
 
 def test_the_rows_are_the_grid_traced_by_swift() -> None:
     """Every recorded row is a grid configuration traced by ms-swift 4.6 (no stray or stale rows), and the
-    grid's kinds are all there: both Qwen2.5 sizes, LoRA / QLoRA / full."""
+    grid's kinds are all there: both Qwen2.5 sizes, LoRA / QLoRA / full, the VLM and Llama-3.1-8B."""
     import json
 
     grid = {(m, json.dumps(f, sort_keys=True)) for m, f in GRID}
@@ -39,3 +39,4 @@ def test_the_rows_are_the_grid_traced_by_swift() -> None:
     seen = {(r["model"], r["setup"]["method"]) for r in rows}
     for want in [(m, k) for m in ("qwen2.5-0.5b", "qwen2.5-7b") for k in ("lora", "qlora", "full")]:
         assert want in seen, want
+    assert {"qwen2-vl-2b", "llama-3.1-8b"} <= {r["model"] for r in rows}
