@@ -31,8 +31,8 @@ What stands in, and why:
   ``model_info``/``model_meta`` attached as ``ModelLoader._postprocess_model`` does; then
   materialised under fake mode (parts.materialize_fake) and the 4-bit weights quantized with
   bitsandbytes' fake kernels (kbit.py).
-- ``--model_type llama --template llama3_2`` are added for Llama-3.1-8B (:data:`MODEL_TYPE`): swift cannot match the
-  emitted hub id by name.
+- The local folder is named after a catalog alias swift's registry knows when it does not know the
+  emitted hub id (:func:`_registered_id`; Llama-3.1-8B: swift refuses ``meta-llama/Llama-3.1-8B``).
 - ``check_model`` is turned off (``SwiftMixin.__init__`` would ask ModelScope's hub whether the
   local model is its latest; no network, no memory).
 - ``Trainer.__init__`` moving the model to its device is skipped (a meta model cannot move).
@@ -103,14 +103,6 @@ class AllTrueMasks(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-#: catalog models whose hub id swift 4.6.0's registry does not know by name (``model/model_meta.py``
-#: ``get_matched_model_meta`` matches the last part of the path; it registers meta-llama/Meta-Llama-3.1-8B,
-#: not the renamed meta-llama/Llama-3.1-8B, and the config's architecture matches several types): the
-#: trace adds the ``--model_type`` and ``--template`` the emitted command lacks (swift refuses that command
-#: as it is; the template is the one swift registers for the Llama-3.1 group, ``model/models/llama.py``)
-MODEL_TYPE = {"llama-3.1-8b": ["--model_type", "llama", "--template", "llama3_2"]}
-
-
 def emitted_argv(model: str, setup: Setup) -> list[str]:
     """The options of the ``swift sft`` command the swift emitter writes for ``setup``."""
     from vramplan.frameworks.files.common import Context
@@ -138,6 +130,20 @@ def _model_dir(root: Path, catalog: str, hub_id: str) -> str:
     return str(folder)
 
 
+def _registered_id(name: str, hub_id: str) -> str:
+    """The hub id, or the first of the catalog's aliases swift's registry knows when it does not know the
+    hub id by name (``model/model_meta.py`` ``get_matched_model_meta`` matches the last part of the path:
+    swift 4.6.0 registers meta-llama/Meta-Llama-3.1-8B, not the renamed meta-llama/Llama-3.1-8B, and falls
+    back to the config's architecture, which matches several of its model types, and refuses the command)."""
+    from swift.model.model_meta import get_matched_model_meta
+
+    from vramplan.models import catalog_sources
+
+    if get_matched_model_meta(hub_id) is not None:
+        return hub_id
+    return next((a for a in catalog_sources()[name].aliases if get_matched_model_meta(a) is not None), hub_id)
+
+
 def parse_command(model: str, setup: Setup, root: Path) -> Any:
     """swift's ``SftArguments`` for the emitted command (its own ``parse_args``, as
     ``SwiftPipeline._parse_args`` does), ``--model`` pointed at a local folder."""
@@ -149,10 +155,8 @@ def parse_command(model: str, setup: Setup, root: Path) -> Any:
     argv = emitted_argv(model, setup)
     i = argv.index("--model")
     name, _ = load_config(model)
-    argv[i + 1] = _model_dir(root, name, argv[i + 1])
+    argv[i + 1] = _model_dir(root, name, _registered_id(name, argv[i + 1]))
     argv += ["--output_dir", str(root / "output")]
-    if name in MODEL_TYPE:
-        argv += MODEL_TYPE[name]
     saved = dict(os.environ)
     try:
         args, rest = parse_args(SftArguments, argv)
