@@ -10,7 +10,8 @@ if ! "$SWIFT_VENV/bin/python" -m pip freeze 2>/dev/null | grep -v '^-e' | diff -
     python3 -m venv --clear "$SWIFT_VENV"
     # torch first, alone: a plain resolve of ms-swift's "torch" would pull a CUDA build.
     "$SWIFT_VENV/bin/python" -m pip install -q -c constraints-swift.txt torch==2.13.0 >&2
-    "$SWIFT_VENV/bin/python" -m pip install -q -c constraints-swift.txt ms-swift==4.6.0 >&2
+    # bitsandbytes (not one of its requirements) for the traced QLoRA steps (vramplan/trace/swift_sft.py)
+    "$SWIFT_VENV/bin/python" -m pip install -q -c constraints-swift.txt ms-swift==4.6.0 bitsandbytes >&2
     echo "ms-swift venv installed in $(( $(date +%s) - start ))s" >&2
 else
     echo "ms-swift venv up to date ($SWIFT_VENV)" >&2

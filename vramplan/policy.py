@@ -94,6 +94,11 @@ class Policy(BaseModel):
     weights.unquantized_dtype, read by weights.frozen_weight_bytes, weights.trainable_weight_bytes,
     weights._autocast_casts (lm_head's copy) and, under QLoRA, the folded weights of LoRA on
     fused experts (activations' parameter-target term)."""
+    quantize_vision: bool = True
+    """A k-bit quantizer (bitsandbytes) replaces the vision tower's linears too: transformers'
+    default skip list (``get_keys_to_not_convert``) keeps only lm_head. ``False``: the trainer passes
+    the vision tower in ``llm_int8_skip_modules`` and it stays in the weights' dtype
+    (weights.quantized_linears, read by weights.frozen_weight_bytes and weights.quant_state_bytes)."""
     residual: DType
     """The residual stream: fp32 under AMP (fp32 embeddings plus 16-bit linear outputs promote),
     in fp32 and after k-bit upcasting, else 16-bit (memory/policy.py ``residual_bytes``):

@@ -16,6 +16,7 @@ class Swift(Framework):
     title = "ms-swift command line (swift sft)"
     package = "ms-swift"
     python_env = "VRAMPLAN_SWIFT_PYTHON"
+    tracer = "vramplan.trace.swift_sft"
     established = "4.6"
     remote_code = True
 
@@ -37,6 +38,11 @@ class Swift(Framework):
           bitsandbytes leaves unquantized (embeddings, lm_head, norms) stays in ``--torch_dtype``, the
           residual stream and the MLP intermediates run in the 16-bit activation dtype (no fp32 promotion),
           and ``modules_to_save`` copies train in the weights' dtype.
+        - **QLoRA leaves a VLM's vision tower unquantized.** ``QuantizeArguments.get_quantization_config`` passes
+          ``llm_int8_skip_modules`` from ``get_modules_to_not_convert``: the model_arch's ``vision_tower`` and
+          ``aligner`` plus lm_head, so bitsandbytes leaves the tower's linears in ``--torch_dtype``
+          (``quantize_vision`` False; Qwen2-VL-2B QLoRA: the trace held 0.84 GiB more than an estimate with a
+          4-bit tower).
         - **Adapters stay fp32**: ``--lora_dtype`` defaults to None (``arguments/tuner_args.py``), and
           ``tuners/peft.py`` ``_cast_adapter_dtype_hook`` then leaves PEFT's ``autocast_adapter_dtype`` upcast on.
         - **Reentrant checkpointing**: ``trainers/mixin.py`` ``SwiftMixin._fix_gradient_checkpointing`` patches
@@ -60,6 +66,16 @@ class Swift(Framework):
           longer than ``--max_length`` are dropped (``truncation_strategy`` 'delete', not truncated). Every batch is
           at most ``micro_batch x seq_len`` tokens, so ``fixed`` (what the terms count) stays the bound: ``longest``
           would need the dataset's length distribution.
+
+        Held to swift's own step: vramplan/trace/swift_sft.py traces the emitted command through swift's
+        ``SftArguments``, ``TunerMixin.prepare_model`` and ``Seq2SeqTrainer`` under fake tensors over the swift
+        grid (vramplan/trace/swift_grid.py, benchmarks/swift_trace_grid.md). With every token but the first
+        labelled, ``logits_to_keep`` keeps every position and the step holds the full chain the terms count
+        (bf16 logits, the fp32 upcast, log-softmax, its backward temporaries); at micro-batch 1 the boolean
+        ``logits_to_keep`` index copies the last hidden states (``b x s x h`` 16-bit bytes, 14 MiB for
+        Qwen2.5-7B at 2048) and the accuracy argmax adds 8 bytes a position: both inside the bounds, not
+        counted. Reentrant checkpointing (swift's patch in effect) holds the peak the terms count. The k-bit
+        dtypes above are what the QLoRA traces hold. Nothing else had to move.
         """
         base = default_policy(setup)
         if setup.method != "qlora" or setup.quant == "gptq-int4":
@@ -71,6 +87,7 @@ class Swift(Framework):
                 residual=base.activations if base.weights != "fp32" else "fp32",
                 pointwise=base.activations,
                 extra_trainable=base.weights,
+                quantize_vision=False,
             )
         )
 

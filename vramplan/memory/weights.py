@@ -30,30 +30,31 @@ BLOCK_QUANTS = ("gptq-int4", "awq-int4")
 
 
 @lru_cache(maxsize=256)
-def quantized_linears(spec: ModelSpec, quant: str = "bnb-nf4") -> tuple[Linear, ...]:
+def quantized_linears(spec: ModelSpec, quant: str = "bnb-nf4", vision: bool = True) -> tuple[Linear, ...]:
     """``nn.Linear`` modules a quantizer replaces. bitsandbytes: every one in the decoder
-    layers and the vision tower; transformers' ``get_keys_to_not_convert`` keeps lm_head
-    unquantized, and non-``nn.Linear`` weights (fused MoE experts, routers) are left as they
-    are. GPTQ/AWQ checkpoints quantize the decoder blocks only (optimum's
-    ``block_name_to_quantize``, AutoAWQ's ``get_model_layers``): a vision tower stays 16-bit."""
+    layers and, with ``vision`` (Policy.quantize_vision), the vision tower; transformers'
+    ``get_keys_to_not_convert`` keeps lm_head unquantized, and non-``nn.Linear`` weights (fused
+    MoE experts, routers) are left as they are. GPTQ/AWQ checkpoints quantize the decoder blocks
+    only (optimum's ``block_name_to_quantize``, AutoAWQ's ``get_model_layers``): a vision tower
+    stays 16-bit."""
     lins = [
         lin.model_copy(update={"count": lin.count * n})
         for group, n in spec.layer_groups
         for lin in group
         if lin.nn_linear
     ]
-    if spec.vision is not None and quant not in BLOCK_QUANTS:
+    if spec.vision is not None and vision and quant not in BLOCK_QUANTS:
         lins += [lin.model_copy(update={"count": lin.count * spec.vision.depth}) for lin in spec.vision.blocks]
     return tuple(lins)
 
 
-def quantized_weight_params(spec: ModelSpec, quant: str = "bnb-nf4") -> int:
-    return sum(lin.weight_params for lin in quantized_linears(spec, quant))
+def quantized_weight_params(spec: ModelSpec, quant: str = "bnb-nf4", vision: bool = True) -> int:
+    return sum(lin.weight_params for lin in quantized_linears(spec, quant, vision))
 
 
-def quant_weight_bytes(spec: ModelSpec, quant: str) -> int:
+def quant_weight_bytes(spec: ModelSpec, quant: str, vision: bool = True) -> int:
     """Packed quantized weights: 4 bits (nf4/fp4/gptq/awq) or 8 bits (LLM.int8) per weight."""
-    n = quantized_weight_params(spec, quant)
+    n = quantized_weight_params(spec, quant, vision)
     if quant == "none":
         return 0
     return nbytes(n, "int8" if quant == "bnb-int8" else "int4")
@@ -71,7 +72,7 @@ def quant_state_bytes(spec: ModelSpec, setup: Setup) -> int:
     """
     q = setup.quant
     total = 0
-    for lin in quantized_linears(spec, q):
+    for lin in quantized_linears(spec, q, policy_of(setup).quantize_vision):
         # ``count`` copies of one out x in weight, each with its own quantization state
         n, out, inp, k = lin.in_features * lin.out_features, lin.out_features, lin.in_features, lin.count
         if q in ("bnb-nf4", "bnb-fp4"):
@@ -114,8 +115,9 @@ def frozen_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
         return nbytes(total - full_trainable_params(spec, setup) - up, w) + nbytes(up, up_dtype)
     if setup.method == "lora":
         return nbytes(total, w)
-    rest = total - quantized_weight_params(spec, setup.quant)
-    return quant_weight_bytes(spec, setup.quant) + nbytes(rest, unquantized_dtype(setup))
+    vision = policy_of(setup).quantize_vision
+    rest = total - quantized_weight_params(spec, setup.quant, vision)
+    return quant_weight_bytes(spec, setup.quant, vision) + nbytes(rest, unquantized_dtype(setup))
 
 
 def trainable_weight_bytes(spec: ModelSpec, setup: Setup) -> int:

@@ -1,0 +1,93 @@
+"""The swift grid: the configurations ms-swift's ``swift sft`` step is traced for
+(benchmarks/swift_trace_grid.py, vramplan/trace/swift_sft.py), where they are recorded, and their
+comparison with the estimate under swift's policy. No torch import: the analytic tests read it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vramplan.models import load_model
+
+#: the swift grid: two Qwen2.5 sizes x LoRA r8 / QLoRA nf4 / full x seq 512, 2048 x checkpointing
+#: x micro-batch 1, 2 (bf16, sdpa, AdamW); benchmarks/swift_trace_grid.py traces it.
+GRID: list[tuple[str, dict[str, Any]]] = [
+    (
+        model,
+        {
+            "method": method,
+            "quant": "bnb-nf4" if method == "qlora" else "none",
+            "precision": "bf16",
+            "attention": "sdpa",
+            "seq_len": seq,
+            "grad_checkpointing": gc,
+            "micro_batch": mb,
+            **({"lora_rank": 8, "lora_alpha": 16, "lora_targets": "all-linear"} if method != "full" else {}),
+        },
+    )
+    for model in ("qwen2.5-0.5b", "qwen2.5-7b")
+    for method in ("lora", "qlora", "full")
+    for seq in (512, 2048)
+    for gc in (True, False)
+    for mb in (1, 2)
+]
+#: beyond the square grid: AMP (fp32 weights, bf16 autocast), no LoRA dropout, 4096 tokens,
+#: Llama-3.1-8B (untied 128k head), a VLM (Qwen2-VL-2B: text-only batches through its
+#: language model, its vision tower frozen and unused)
+_EXTRA: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("qwen2.5-0.5b", GRID[4][1], {"precision": "amp-bf16"}),
+    ("qwen2.5-0.5b", GRID[20][1], {"precision": "amp-bf16"}),
+    ("qwen2.5-7b", GRID[28][1], {"lora_dropout": 0.0}),
+    ("qwen2.5-7b", GRID[28][1], {"seq_len": 4096}),
+    ("qwen2.5-7b", GRID[36][1], {"seq_len": 4096}),
+    ("llama-3.1-8b", GRID[28][1], {}),
+    ("llama-3.1-8b", GRID[36][1], {}),
+    ("qwen2-vl-2b", GRID[4][1], {}),
+    ("qwen2-vl-2b", GRID[12][1], {}),
+]
+GRID += [(model, {**fields, **extra}) for model, fields, extra in _EXTRA]
+#: where the traced grid is recorded
+ROWS_FILE = "swift_traces.jsonl"
+
+
+def read_rows() -> list[dict[str, Any]]:
+    """The recorded swift traces (tables/measured/swift_traces.jsonl)."""
+    from vramplan.records import read_rows as read
+    from vramplan.records import records_path
+
+    return read(records_path(ROWS_FILE))
+
+
+def error_pct(row: dict[str, Any]) -> float:
+    """The estimate under swift's policy (less what only CUDA spends) against the traced peak, in %."""
+    from vramplan.frameworks import framework
+    from vramplan.memory import estimate
+    from vramplan.memory.phases import traceable_bytes
+    from vramplan.setup import make_setup
+
+    setup = make_setup(**row["setup"])
+    est = estimate(load_model(row["model"]), setup, policy=framework("swift").policy(setup))
+    return 100 * (traceable_bytes(est) - row["peak_bytes"]) / row["peak_bytes"]
+
+
+def compare(rows: list[dict[str, Any]]) -> str:
+    """The rows' estimate-vs-trace table (markdown) and its summary line."""
+    import statistics
+
+    lines = [
+        "| model | method | precision | seq | gc | mb | traced GiB | phase | error % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    errors = []
+    for r in rows:
+        s, err = r["setup"], error_pct(r)
+        errors.append(err)
+        lines.append(
+            f"| {r['model']} | {s['method']} | {s['precision']} | {s['seq_len']} | {s['grad_checkpointing']}"
+            f" | {s['micro_batch']} | {r['peak_bytes'] / 2**30:.3f} | {r['peak_phase']} | {err:+.2f} |"
+        )
+    if errors:
+        lines.append(
+            f"\n{len(errors)} configurations: median |error| {statistics.median(abs(e) for e in errors):.2f}%,"
+            f" worst over {max(errors):+.2f}%, worst under {min(errors):+.2f}%"
+        )
+    return "\n".join(lines)
