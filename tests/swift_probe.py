@@ -94,6 +94,7 @@ def _parsed(job: dict) -> dict:
         "gradient_checkpointing_kwargs": t.gradient_checkpointing_kwargs,
         "nproc_per_node": int(torchrun[torchrun.index("--nproc_per_node") + 1]) if torchrun else 1,
         "model_type": a.model_type,
+        "template": a.template,
         "dataset": a.dataset,
     }
     return out

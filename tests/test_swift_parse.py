@@ -178,8 +178,8 @@ def test_scenario_3_command_is_accepted_by_swift(tmp_path: Path) -> None:
     o, o_shipped = swift_parse(jobs, tmp_path)
     assert "error" not in o, o["error"]
     assert "error" not in o_shipped, o_shipped["error"]
-    assert {k: v for k, v in o_shipped.items() if k not in ("dataset", "model_type")} == {
-        k: v for k, v in o.items() if k not in ("dataset", "model_type")
+    assert {k: v for k, v in o_shipped.items() if k not in ("dataset", "model_type", "template")} == {
+        k: v for k, v in o.items() if k not in ("dataset", "model_type", "template")
     }
     expect = {
         "tuner_type": "lora",
@@ -195,6 +195,23 @@ def test_scenario_3_command_is_accepted_by_swift(tmp_path: Path) -> None:
         "nproc_per_node": 1,
     }
     assert {k: o[k] for k in expect} == expect
+
+
+def test_llama_is_named_by_model_type_and_template(tmp_path: Path) -> None:
+    """Llama-3.1-8B: swift 4.6.0 registers it under its old hub id (Meta-Llama-3.1-8B) and several of
+    its model types share LlamaForCausalLM, so the command names the model type and template; without
+    them swift refuses the command."""
+    (tmp_path / "data.jsonl").write_text("{}\n")
+    words = command_words(emit(plan("llama-3.1-8b", gpu="a100-80g", method="lora"), "swift").files["run.sh"])
+    assert words[words.index("--model_type") + 1] == "llama" and words[words.index("--template") + 1] == "llama3_2"
+    i = words.index("--model_type")
+    bare = words[:i] + words[i + 4 :]  # without --model_type llama --template llama3_2
+    assert "--template" not in bare
+    jobs = [{"words": w, "model_dir": model_dir(tmp_path, w, "llama-3.1-8b")} for w in (words, bare)]
+    o, o_bare = swift_parse(jobs, tmp_path)
+    assert "error" not in o, o["error"]
+    assert (o["model_type"], o["template"], o["tuner_type"]) == ("llama", "llama3_2", "lora")
+    assert "error" in o_bare
 
 
 TINY = """

@@ -21,11 +21,29 @@ def llamafactory_template(vocab_size: int) -> str:
     return "llama3" if vocab_size >= 128000 else "llama2"
 
 
+def swift_template(cfg: dict[str, Any], vocab_size: int) -> str:
+    """ms-swift 4.6's template for a ``llama`` config (swift/model/models/llama.py registers
+    Llama-2 with ``llama``, Llama-3 with ``llama3``, Llama-3.1 to 3.3 with ``llama3_2``, 3.1 on
+    told apart by its ``rope_scaling`` of ``rope_type`` llama3; swift/model/models/yi.py registers
+    Yi under model type ``yi`` with ``chatml``)."""
+    if vocab_size < 128000:
+        return "chatml" if vocab_size == 64000 else "llama"  # Yi: model type yi, template chatml
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    return "llama3_2" if isinstance(rope, dict) and rope.get("rope_type") == "llama3" else "llama3"
+
+
 def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     layer, template = NAMES[cfg["model_type"]]
     spec = llama_like(name, cfg, where, decoder_layer=layer)
-    template = template or llamafactory_template(spec.vocab_size)
-    return spec.model_copy(update={"chat_templates": (("llamafactory", template),)})
+    templates: tuple[tuple[str, str], ...] = (("llamafactory", template or llamafactory_template(spec.vocab_size)),)
+    if cfg["model_type"] != "llama":
+        return spec.model_copy(update={"chat_templates": templates})
+    # swift resolves a model by its hub id, else by the config's architecture, which several of its
+    # llama model types share (swift 4.6.0 refuses meta-llama/Llama-3.1-8B, registered under its old
+    # id Meta-Llama-3.1-8B): the emitted command names its model type and template
+    templates += (("swift", swift_template(cfg, spec.vocab_size)),)
+    model_type = "yi" if spec.vocab_size == 64000 else "llama"
+    return spec.model_copy(update={"chat_templates": templates, "trainer_model_types": (("swift", model_type),)})
 
 
 FAMILY = register(Family("llama", tuple(NAMES), read))

@@ -13,6 +13,11 @@ transformers' (gradient accumulation, checkpointing, lora_alpha). ms-swift 4.0 r
 ``--train_type`` to ``--tuner_type`` (3.x rejects the 4.x spelling and 4.x the 3.x one); of the other
 options written here none was renamed or dropped in 4.x (checked against 4.6.0's dataclasses).
 
+Llama (and Yi, a ``llama`` config): ``--model_type llama|yi --template ...`` (arch/llama.py): swift resolves
+a model by its hub id, else by its config's architecture, which several of its llama model types share, and
+4.6.0 registers Llama-3.1 only under its old id (Meta-Llama-3.1-8B), so ``meta-llama/Llama-3.1-8B`` alone is
+refused (tests/test_swift_parse.py).
+
 Remote-code families (Qwen v1, Qwen-VL): ``--model_type qwen|qwen_vl`` names swift's registry entry
 (swift/model/models/qwen.py registers both under ``architectures ['QWenLMHeadModel']``, so a local
 folder's config does not say which). swift needs no option to run the repository's code: its
@@ -54,6 +59,9 @@ def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
     model_type = dict(ctx.spec.trainer_model_types).get("swift")
     if model_type:
         args.append(("model_type", [model_type]))
+    template = dict(ctx.spec.chat_templates).get("swift")
+    if template:
+        args.append(("template", [template]))
     if "/" in ctx.model_path and not ctx.model_path.startswith((".", "/")):
         args.append(("use_hf", ["true"]))
     args += [
