@@ -204,7 +204,10 @@ def detect_gpu() -> GPU:
         )
     # NVML's total is nvidia-smi's: the catalog's measured capacity holds when the totals agree
     seen = gpu.capacity_kind == "measured" and gpu.driver_memory_bytes == total
-    update = {"memory_bytes": gpu.memory_bytes if seen else unseen_capacity(total), "driver_memory_bytes": total}
+    update: dict[str, object] = {
+        "memory_bytes": gpu.memory_bytes if seen else unseen_capacity(total),
+        "driver_memory_bytes": total,
+    }
     if not seen:
         update.update(capacity_kind="estimated", capacity_source="")
     return gpu.model_copy(update={**update, "memory_mib_kind": "nvml", "resolved_from": "auto"})
