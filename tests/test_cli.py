@@ -35,7 +35,7 @@ def test_json_is_the_model_dump() -> None:
     for key in ("fits", "setup", "terms"):
         assert key in data
     assert data["peak"]["allocated_bytes"] <= data["peak"]["reserved_bytes"] <= data["peak"]["device_bytes"]
-    assert data["gpu"]["memory_bytes"] == 24564 * 2**20
+    assert data["gpu"]["driver_memory_bytes"] == 24564 * 2**20 > data["gpu"]["memory_bytes"]  # what torch can use
 
 
 @pytest.mark.e2e

@@ -55,7 +55,9 @@ def test_required_cards_resolve(name: str) -> None:
 
 
 def test_rtx_4090_reports_driver_memory() -> None:
-    assert resolve_gpu("4090").memory_bytes == 24564 * MIB
+    g = resolve_gpu("4090")
+    assert g.driver_memory_bytes == 24564 * MIB and g.memory_mib == 24564
+    assert g.memory_bytes == int(23.514 * 2**30) and g.capacity_kind == "measured"
 
 
 @pytest.mark.parametrize("alias", ["4090", "rtx4090", "RTX 4090", "rtx-4090", "NVIDIA GeForce RTX 4090"])

@@ -1,4 +1,11 @@
-"""The GPU catalog (``tables/gpus.csv``): memory as the driver reports it, speeds, features.
+"""The GPU catalog (``tables/gpus.csv``): memory, speeds, features.
+
+A card's ``memory_bytes`` is what torch can allocate into, ``total_memory`` of
+``torch.cuda.get_device_properties`` — the "total capacity" its out-of-memory message prints —,
+which is less than the total nvidia-smi shows (``driver_memory_bytes``): the driver keeps the
+rest. Plans compare with it (the CUDA context comes out of it too). ``tables/gpu_capacity.csv``
+holds what real cards reported; a card with no report gets nvidia-smi's total less
+:data:`UNSEEN_GAP_GIB` and :data:`UNSEEN_GAP_FRACTION` of it, above every gap reported.
 
 Names resolve case-insensitively through the key, the display name and the aliases; a
 short name (``h100``, ``a100``) resolves to the most common variant and says so.
@@ -15,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vramplan.errors import VramplanError, closest, shown
 from vramplan.tables import tables_dir
-from vramplan.units import MIB
+from vramplan.units import GIB, MIB
 
 
 def _opt_float(text: str) -> float | None:
@@ -29,7 +36,13 @@ class GPU(BaseModel):
     key: str
     name: str
     vendor: str
+    #: what torch can allocate into (torch's total_memory); plans compare with it
     memory_bytes: int
+    #: the total nvidia-smi (or rocm-smi) shows
+    driver_memory_bytes: int
+    #: ``measured`` (a real card reported it: gpu_capacity.csv) or ``estimated`` (the unseen rule)
+    capacity_kind: str = "estimated"
+    capacity_source: str = ""
     memory_mib_kind: str
     memory_gb_marketed: float
     bf16_tflops_dense: float | None = None
@@ -48,15 +61,38 @@ class GPU(BaseModel):
 
     @property
     def memory_mib(self) -> int:
-        return self.memory_bytes // MIB
+        """The total as the driver shows it (nvidia-smi), in MiB."""
+        return self.driver_memory_bytes // MIB
+
+
+#: a card no one has reported: torch sees nvidia-smi's total less this and UNSEEN_GAP_FRACTION of it
+#: (the gaps reported run from 0.25 GiB, V100 32GB, to 0.85 GiB, A100 80GB: 0.5 GiB + 0.5% is above each)
+UNSEEN_GAP_GIB = 0.5
+UNSEEN_GAP_FRACTION = 0.005
+
+
+def unseen_capacity(driver_bytes: int) -> int:
+    """What torch is taken to see on a card no one has reported (see UNSEEN_GAP_GIB)."""
+    return driver_bytes - int(UNSEEN_GAP_GIB * GIB) - int(driver_bytes * UNSEEN_GAP_FRACTION)
+
+
+@lru_cache(maxsize=1)
+def _capacities() -> dict[str, tuple[int, str]]:
+    with open(tables_dir() / "gpu_capacity.csv", newline="") as fh:
+        return {r["key"]: (int(float(r["torch_total_gib"]) * GIB), r["source"]) for r in csv.DictReader(fh)}
 
 
 def _row_to_gpu(row: dict[str, str]) -> GPU:
+    driver = int(float(row["memory_mib"])) * MIB
+    seen = _capacities().get(row["key"])
     return GPU(
         key=row["key"],
         name=row["name"],
         vendor=row["vendor"],
-        memory_bytes=int(float(row["memory_mib"])) * MIB,
+        memory_bytes=seen[0] if seen else unseen_capacity(driver),
+        driver_memory_bytes=driver,
+        capacity_kind="measured" if seen else "estimated",
+        capacity_source=seen[1] if seen else "",
         memory_mib_kind=row["memory_mib_kind"],
         memory_gb_marketed=float(row["memory_gb_marketed"]),
         bf16_tflops_dense=_opt_float(row["bf16_tflops_dense"]),
@@ -160,9 +196,18 @@ def detect_gpu() -> GPU:
             key="local",
             name=name,
             vendor="NVIDIA",
-            memory_bytes=total,
+            memory_bytes=unseen_capacity(total),
+            driver_memory_bytes=total,
             memory_mib_kind="nvml",
             memory_gb_marketed=round(total / 1e9),
             source="NVML on this machine",
         )
-    return gpu.model_copy(update={"memory_bytes": total, "memory_mib_kind": "nvml", "resolved_from": "auto"})
+    # NVML's total is nvidia-smi's: the catalog's measured capacity holds when the totals agree
+    seen = gpu.capacity_kind == "measured" and gpu.driver_memory_bytes == total
+    update: dict[str, object] = {
+        "memory_bytes": gpu.memory_bytes if seen else unseen_capacity(total),
+        "driver_memory_bytes": total,
+    }
+    if not seen:
+        update.update(capacity_kind="estimated", capacity_source="")
+    return gpu.model_copy(update={**update, "memory_mib_kind": "nvml", "resolved_from": "auto"})

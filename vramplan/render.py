@@ -151,7 +151,12 @@ def plan_renderable(plan: Plan) -> Group:
     tiers.add_row("allocated", _gib(plan.peak.allocated_bytes), "torch.cuda.max_memory_allocated")
     tiers.add_row("reserved", _gib(plan.peak.reserved_bytes), "torch.cuda.max_memory_reserved")
     tiers.add_row("device", _gib(plan.peak.device_bytes), "nvidia-smi (whole process)")
-    tiers.add_row("card", _gib(gpu.memory_bytes), f"{gpu.name}, as the driver reports it")
+    seen = "as cards report it" if gpu.capacity_kind == "measured" else "estimated"
+    tiers.add_row(
+        "card",
+        _gib(gpu.memory_bytes),
+        f"{gpu.name}: what torch can use, {seen} (nvidia-smi shows {_gib(gpu.driver_memory_bytes)})",
+    )
     alts = Table(title="alternatives", title_justify="left")
     alts.add_column("")
     alts.add_column("device GiB", justify="right")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vramplan plan for swift: qwen2.5-7b (Qwen/Qwen2.5-7B-Instruct), 7,615,616,512 params, on RTX 4090 D (24,564 MiB as the driver reports it)
 # estimated peak per GPU (backward_start): allocated 18.39 GiB (torch.cuda.max_memory_allocated), reserved 20.02 GiB (max_memory_reserved), device 20.52 GiB (nvidia-smi)
-# headroom: 3.47 GiB of 23.99 GiB
+# headroom: 2.85 GiB of the 23.37 GiB torch can use
 # setup: lora, bf16, adamw, seq 2048, micro-batch 1, grad-accum 16, gradient checkpointing, sdpa, LoRA r8 alpha 32 on all-linear
 # why each memory-relevant setting:
 #   --tuner_type lora  # lora: 20,185,088 trainable; full fine-tuning would need 72.49 GiB, does not fit

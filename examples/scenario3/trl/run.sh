@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vramplan plan for trl: qwen2.5-7b (Qwen/Qwen2.5-7B-Instruct), 7,615,616,512 params, on RTX 4090 D (24,564 MiB as the driver reports it)
 # estimated peak per GPU (backward): allocated 15.80 GiB (torch.cuda.max_memory_allocated), reserved 16.85 GiB (max_memory_reserved), device 17.35 GiB (nvidia-smi)
-# headroom: 6.64 GiB of 23.99 GiB
+# headroom: 6.02 GiB of the 23.37 GiB torch can use
 # setup: lora, bf16, adamw, seq 2048, micro-batch 1, grad-accum 16, gradient checkpointing, sdpa, LoRA r8 alpha 32 on all-linear
 # why each memory-relevant setting:
 #   METHOD = 'lora'; LORA r=8  # lora: 20,185,088 trainable; full fine-tuning would need 72.49 GiB, does not fit

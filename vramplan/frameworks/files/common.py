@@ -140,10 +140,10 @@ def header_lines(ctx: Context, target: str) -> list[str]:
         f" (max_memory_reserved), device {gib(est.device_bytes)} (nvidia-smi)",
     ]
     if ctx.fits:
-        lines.append(f"headroom: {gib(ctx.headroom_bytes)} of {gib(ctx.gpu.memory_bytes)}")
+        lines.append(f"headroom: {gib(ctx.headroom_bytes)} of the {gib(ctx.gpu.memory_bytes)} torch can use")
     else:
         lines.append(
-            f"WILL NOT FIT: needs {gib(est.device_bytes)}, the card has {gib(ctx.gpu.memory_bytes)}"
+            f"WILL NOT FIT: needs {gib(est.device_bytes)}, torch can use {gib(ctx.gpu.memory_bytes)} of the card"
             f" ({gib(-ctx.headroom_bytes)} over); emitted on request (--force)"
         )
     lines.append(
