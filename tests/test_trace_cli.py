@@ -147,3 +147,13 @@ def test_trace_report_of_a_plain_setup(tiny: str, tmp_path) -> None:
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.stat().st_size > 10_000
+
+
+@pytest.mark.e2e
+@needs_torch
+def test_trace_says_what_it_wrote_and_which_card_the_report_plans_for(tiny: str, tmp_path) -> None:
+    png, page = tmp_path / "t.png", tmp_path / "t.html"
+    out = run("trace", tiny, "--method", "lora", "--seq-len", "32", "--plot", str(png), "--report", str(page))
+    assert out.returncode == 0, out.stderr
+    assert f"wrote {png}" in out.stdout and f"wrote {page}" in out.stdout
+    assert "(--gpu's default): pass --gpu for your card" in " ".join(out.stdout.split())

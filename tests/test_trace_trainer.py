@@ -104,3 +104,15 @@ class TestInItsOwnPython:
     def test_the_childs_crash_is_a_bug(self, venv, capsys) -> None:
         assert main(["trace", MODEL, "--trainer", "toy", "--method", "lora", "--seq-len", "17"]) == 3
         assert "ZeroDivisionError" in capsys.readouterr().err
+
+
+def test_a_missing_trace_extra_is_named_with_its_install(monkeypatch, capsys) -> None:
+    """After a plain ``pip install vramplan``, trace names what it needs instead of a traceback."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    assert main(["trace", MODEL, *LORA]) == 2
+    assert error(capsys.readouterr().err) == (
+        "trace: needs peft: pip install 'vramplan[trace]' (install the torch build you want first)"
+    )

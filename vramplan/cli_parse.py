@@ -182,7 +182,7 @@ def run_parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--plot", help="draw the live-memory timeline to FILE.png or FILE.html")
     p.add_argument("--record", action="store_true", help="append the result to tables/measured/traces.jsonl")
     p.add_argument("--report", metavar="FILE.html", help="write the plan for --gpu with this timeline as a page")
-    p.add_argument("--gpu", default="4090", help="card the --report plans for (default 4090)")
+    p.add_argument("--gpu", help="card the --report plans for (default 4090, said in the output)")
     if command == "trace":
         p.add_argument("--real-cpu", action="store_true", help="run the steps for real on the CPU (tiny models)")
         p.add_argument(

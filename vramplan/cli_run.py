@@ -39,6 +39,8 @@ def run_command(command: str, argv: list[str]) -> int:
     fw = _trainer(args) if command == "trace" else None
     if args.record:
         _check_record_folder()
+    if fw is None:
+        _require_trace_extra(command)
     setup, notes = _setup_from_args(args, command)
     if fw is not None:
         setup, notes = _adapted(fw, args.model, setup, notes)
@@ -50,7 +52,12 @@ def run_command(command: str, argv: list[str]) -> int:
     if args.report:
         from vramplan.planner import plan
 
-        traced_plan = plan(args.model, args.gpu, **setup.model_dump())  # the traced setup, every field pinned
+        traced_plan = plan(args.model, args.gpu or "4090", **setup.model_dump())  # the traced setup, every field pinned
+        if args.gpu is None:
+            notes = [
+                *notes,
+                f"the report plans for the {traced_plan.gpu.name} (--gpu's default): pass --gpu for your card",
+            ]
     from vramplan.trace.quiet import quiet_libraries
 
     quiet_libraries()
@@ -99,7 +106,27 @@ def run_command(command: str, argv: list[str]) -> int:
         from vramplan.render import trace_renderable
 
         console.print(trace_renderable(result))
+        for path in (args.plot, args.report):
+            if path:
+                print(f"wrote {path}")
     return EXIT_FITS if result.outcome == "ok" else EXIT_NO_FIT
+
+
+#: what trace and measure import to build and run a step (the ``trace`` extra)
+TRACE_MODULES = ("torch", "transformers", "accelerate", "peft")
+
+
+def _require_trace_extra(command: str) -> None:
+    """The generic loop needs the ``trace`` extra: a missing module is named with the install
+    command before anything runs (found without importing it)."""
+    from importlib.util import find_spec
+
+    missing = [m for m in TRACE_MODULES if find_spec(m) is None]
+    if missing:
+        raise VramplanError(
+            command,
+            f"needs {', '.join(missing)}: pip install 'vramplan[trace]' (install the torch build you want first)",
+        )
 
 
 def _trainer(args: argparse.Namespace) -> Any:
