@@ -1,5 +1,5 @@
 """The recorded axolotl grid (tables/measured/axolotl_traces.jsonl, made by
-benchmarks/axolotl_trace_grid.py from axolotl 0.19.0's own SFT step, vramplan/trace/axolotl_sft.py)
+benchmarks/trainer_trace_grid.py --trainer axolotl from axolotl 0.19.0's own SFT step, vramplan/trace/axolotl_sft.py)
 against the estimate under axolotl's policy: every configuration within 3% over and 2% under
 its trace, the median within 1%."""
 

@@ -1,5 +1,5 @@
 """The recorded llamafactory grid (tables/measured/llamafactory_traces.jsonl, made by
-benchmarks/llamafactory_trace_grid.py from LLaMA-Factory 0.9.5's own traced SFT step) against the
+benchmarks/trainer_trace_grid.py --trainer llamafactory from LLaMA-Factory 0.9.5's own traced SFT step) against the
 estimate under LLaMA-Factory's policy (vramplan/frameworks/llamafactory.py)."""
 
 from __future__ import annotations

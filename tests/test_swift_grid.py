@@ -1,6 +1,6 @@
-"""The recorded swift grid (tables/measured/swift_traces.jsonl, benchmarks/swift_trace_grid.py): ms-swift's own
-``swift sft`` step traced under fake tensors (vramplan/trace/swift_sft.py), held against the estimate under
-swift's policy (vramplan/frameworks/swift.py)."""
+"""The recorded swift grid (tables/measured/swift_traces.jsonl, by benchmarks/trainer_trace_grid.py --trainer swift):
+ms-swift's own ``swift sft`` step traced under fake tensors (vramplan/trace/swift_sft.py), held against the
+estimate under swift's policy (vramplan/frameworks/swift.py)."""
 
 from __future__ import annotations
 

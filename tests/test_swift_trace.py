@@ -1,7 +1,7 @@
 """ms-swift's own ``swift sft`` step traced (vramplan/trace/swift_sft.py, run in ms-swift's venv,
 VRAMPLAN_SWIFT_PYTHON) against the estimate under swift's policy: Qwen2.5-0.5B LoRA at 512
 tokens, and a rotating sample of the recorded grid's Qwen2.5-0.5B rows re-traced (two
-configurations a day). The whole grid is recorded by benchmarks/swift_trace_grid.py and checked
+configurations a day). The whole grid is recorded by benchmarks/trainer_trace_grid.py --trainer swift and checked
 in tests/test_swift_grid.py."""
 
 from __future__ import annotations

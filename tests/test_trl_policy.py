@@ -74,7 +74,7 @@ def test_trl_plans_less_than_the_full_logits_loop_on_a_large_vocabulary(method: 
 
 
 def test_the_recorded_trl_grid_holds_the_bounds() -> None:
-    """tables/measured/trl_traces.jsonl (benchmarks/trl_trace_grid.py): every traced SFTTrainer
+    """tables/measured/trl_traces.jsonl (benchmarks/trainer_trace_grid.py --trainer trl): every traced SFTTrainer
     step within 3% over and 2% under the estimate under TRL's policy, the median within 1%."""
     import statistics
 

@@ -1,7 +1,7 @@
 """TRL's own SFTTrainer step traced (vramplan/trace/trl_sft.py) against the estimate under
 TRL's policy: a rotating sample of the grid re-traced (two configurations a day), and the
 fused head checked to be what ran (no tokens x vocabulary tensor anywhere in the step).
-The whole grid is recorded by benchmarks/trl_trace_grid.py and checked in
+The whole grid is recorded by benchmarks/trainer_trace_grid.py --trainer trl and checked in
 tests/test_trl_policy.py."""
 
 from __future__ import annotations

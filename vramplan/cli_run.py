@@ -144,7 +144,7 @@ def _trainer(args: argparse.Namespace) -> Any:
             why = {
                 "real_cpu": "it is traced with fake tensors only",
                 "plot": "it is traced without a timeline",
-                "record": f"its grid is recorded by benchmarks/{fw.name}_trace_grid.py",
+                "record": f"its grid is recorded by benchmarks/trainer_trace_grid.py --trainer {fw.name}",
             }[flag]
             raise VramplanError(flag.replace("_", "-"), f"not with --trainer {fw.name}: {why}")
     where(fw)  # refused now, before the model is read, if no Python here has the trainer

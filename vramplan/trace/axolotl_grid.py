@@ -1,5 +1,5 @@
 """The axolotl grid: the configurations axolotl's own SFT step is traced for
-(benchmarks/axolotl_trace_grid.py, vramplan/trace/axolotl_sft.py), where they are recorded, and
+(benchmarks/trainer_trace_grid.py --trainer axolotl, vramplan/trace/axolotl_sft.py), where they are recorded, and
 their comparison with the estimate under axolotl's policy. No torch import: the analytic tests
 read it."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from vramplan.models import load_model
+from vramplan.trace import grids
 
 #: the axolotl grid: two Qwen2.5 sizes x LoRA r8 / QLoRA nf4 / full x seq 512, 2048 x
-#: checkpointing x micro-batch 1, 2 (bf16, sdpa, AdamW); benchmarks/axolotl_trace_grid.py traces it.
+#: checkpointing x micro-batch 1, 2 (bf16, sdpa, AdamW); benchmarks/trainer_trace_grid.py --trainer axolotl traces it.
 GRID: list[tuple[str, dict[str, Any]]] = [
     (
         model,
@@ -57,43 +57,14 @@ ROWS_FILE = "axolotl_traces.jsonl"
 
 def read_rows() -> list[dict[str, Any]]:
     """The recorded axolotl traces (tables/measured/axolotl_traces.jsonl)."""
-    from vramplan.records import read_rows as read
-    from vramplan.records import records_path
-
-    return read(records_path(ROWS_FILE))
+    return grids.read_rows(ROWS_FILE)
 
 
 def error_pct(row: dict[str, Any]) -> float:
-    """The estimate under axolotl's policy (less what only CUDA spends) against the traced peak, in %."""
-    from vramplan.frameworks import framework
-    from vramplan.memory import estimate
-    from vramplan.memory.phases import traceable_bytes
-    from vramplan.setup import make_setup
-
-    setup = make_setup(**row["setup"])
-    est = estimate(load_model(row["model"]), setup, policy=framework("axolotl").policy(setup))
-    return 100 * (traceable_bytes(est) - row["peak_bytes"]) / row["peak_bytes"]
+    """The estimate under axolotl's policy against the traced peak, in % (grids.error_pct)."""
+    return grids.error_pct(row, "axolotl")
 
 
 def compare(rows: list[dict[str, Any]]) -> str:
     """The rows' estimate-vs-trace table (markdown) and its summary line."""
-    import statistics
-
-    lines = [
-        "| model | method | seq | gc | mb | traced GiB | phase | error % |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    errors = []
-    for r in rows:
-        s, err = r["setup"], error_pct(r)
-        errors.append(err)
-        lines.append(
-            f"| {r['model']} | {s['method']} | {s['seq_len']} | {s['grad_checkpointing']} | {s['micro_batch']}"
-            f" | {r['peak_bytes'] / 2**30:.3f} | {r['peak_phase']} | {err:+.2f} |"
-        )
-    if errors:
-        lines.append(
-            f"\n{len(errors)} configurations: median |error| {statistics.median(abs(e) for e in errors):.2f}%,"
-            f" worst over {max(errors):+.2f}%, worst under {min(errors):+.2f}%"
-        )
-    return "\n".join(lines)
+    return grids.compare(rows, "axolotl")

@@ -281,7 +281,8 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m vramplan.trace.axolotl_sft MODEL SETUP_JSON [STEPS]``: the TraceResult as one JSON
-    line on stdout (run in axolotl's venv; tests/test_axolotl_trace.py, benchmarks/axolotl_trace_grid.py)."""
+    line on stdout (run in axolotl's venv; tests/test_axolotl_trace.py, benchmarks/trainer_trace_grid.py
+    --trainer axolotl)."""
     import sys
 
     from vramplan.setup import make_setup
