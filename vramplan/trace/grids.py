@@ -8,6 +8,32 @@ import statistics
 from typing import Any
 
 
+def square() -> list[tuple[str, dict[str, Any]]]:
+    """The grid every trainer is traced over before its own extras: Qwen2.5-0.5B and 7B x LoRA r8 /
+    QLoRA nf4 / full x 512, 2048 tokens x checkpointing on/off x micro-batch 1, 2 (bf16, sdpa, AdamW);
+    48 configurations, in this order (the extras name theirs by index)."""
+    return [
+        (
+            model,
+            {
+                "method": method,
+                "quant": "bnb-nf4" if method == "qlora" else "none",
+                "precision": "bf16",
+                "attention": "sdpa",
+                "seq_len": seq,
+                "grad_checkpointing": gc,
+                "micro_batch": mb,
+                **({"lora_rank": 8, "lora_alpha": 16, "lora_targets": "all-linear"} if method != "full" else {}),
+            },
+        )
+        for model in ("qwen2.5-0.5b", "qwen2.5-7b")
+        for method in ("lora", "qlora", "full")
+        for seq in (512, 2048)
+        for gc in (True, False)
+        for mb in (1, 2)
+    ]
+
+
 def read_rows(rows_file: str) -> list[dict[str, Any]]:
     """The rows recorded in ``tables/measured/<rows_file>``."""
     from vramplan.records import read_rows as read

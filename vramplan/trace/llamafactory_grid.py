@@ -11,26 +11,7 @@ from vramplan.trace import grids
 
 #: two Qwen2.5 sizes x LoRA r8 / QLoRA nf4 / full x seq 512, 2048 x checkpointing x micro-batch
 #: 1, 2 (bf16: full is LLaMA-Factory's ``pure_bf16``; sdpa, AdamW)
-GRID: list[tuple[str, dict[str, Any]]] = [
-    (
-        model,
-        {
-            "method": method,
-            "quant": "bnb-nf4" if method == "qlora" else "none",
-            "precision": "bf16",
-            "attention": "sdpa",
-            "seq_len": seq,
-            "grad_checkpointing": gc,
-            "micro_batch": mb,
-            **({"lora_rank": 8, "lora_alpha": 16, "lora_targets": "all-linear"} if method != "full" else {}),
-        },
-    )
-    for model in ("qwen2.5-0.5b", "qwen2.5-7b")
-    for method in ("lora", "qlora", "full")
-    for seq in (512, 2048)
-    for gc in (True, False)
-    for mb in (1, 2)
-]
+GRID: list[tuple[str, dict[str, Any]]] = grids.square()
 #: beyond the square grid: full fine-tuning with LLaMA-Factory's default fp32 master weights
 #: (``bf16`` without ``pure_bf16``), LoRA training the embeddings beside the adapters (an fp32
 #: ``modules_to_save`` copy), no LoRA dropout, 4096 tokens, double quantization, Llama's untied

@@ -10,26 +10,7 @@ from vramplan.trace import grids
 
 #: the swift grid: two Qwen2.5 sizes x LoRA r8 / QLoRA nf4 / full x seq 512, 2048 x checkpointing
 #: x micro-batch 1, 2 (bf16, sdpa, AdamW); benchmarks/trainer_trace_grid.py --trainer swift traces it.
-GRID: list[tuple[str, dict[str, Any]]] = [
-    (
-        model,
-        {
-            "method": method,
-            "quant": "bnb-nf4" if method == "qlora" else "none",
-            "precision": "bf16",
-            "attention": "sdpa",
-            "seq_len": seq,
-            "grad_checkpointing": gc,
-            "micro_batch": mb,
-            **({"lora_rank": 8, "lora_alpha": 16, "lora_targets": "all-linear"} if method != "full" else {}),
-        },
-    )
-    for model in ("qwen2.5-0.5b", "qwen2.5-7b")
-    for method in ("lora", "qlora", "full")
-    for seq in (512, 2048)
-    for gc in (True, False)
-    for mb in (1, 2)
-]
+GRID: list[tuple[str, dict[str, Any]]] = grids.square()
 #: beyond the square grid: AMP (fp32 weights, bf16 autocast), no LoRA dropout, 4096 tokens,
 #: Llama-3.1-8B (untied 128k head), a VLM (Qwen2-VL-2B: text-only batches through its
 #: language model, its vision tower frozen and unused)
