@@ -120,11 +120,15 @@ def host_table(plan: Plan) -> Table:
 
 def plan_renderable(plan: Plan) -> Group:
     gpu = plan.gpu
-    verdict = (
-        Text(f"FITS with {_gib(plan.headroom_bytes)} GiB headroom", style="bold green")
-        if plan.fits
-        else Text(f"DOES NOT FIT: {_gib(-plan.headroom_bytes)} GiB over", style="bold red")
-    )
+    if plan.verdict == "tight":
+        verdict = Text(
+            f"TIGHT: fits with {_gib(plan.headroom_bytes)} GiB headroom, less than runs like it need",
+            style="bold yellow",
+        )
+    elif plan.fits:
+        verdict = Text(f"FITS with {_gib(plan.headroom_bytes)} GiB headroom", style="bold green")
+    else:
+        verdict = Text(f"DOES NOT FIT: {_gib(-plan.headroom_bytes)} GiB over", style="bold red")
     head = Text.assemble(
         (f"{plan.model}", "bold"),
         f" ({plan.total_params / 1e9:.2f}B params"
@@ -192,7 +196,9 @@ def plan_html(plan: Plan) -> str:
         for k, v in sorted(plan.terms.items(), key=lambda kv: -kv[1])
     )
     verdict = (
-        f"<b style='color:green'>fits</b>, {_gib(plan.headroom_bytes)} GiB headroom"
+        f"<b style='color:#b58900'>tight</b>, {_gib(plan.headroom_bytes)} GiB headroom, less than runs like it need"
+        if plan.verdict == "tight"
+        else f"<b style='color:green'>fits</b>, {_gib(plan.headroom_bytes)} GiB headroom"
         if plan.fits
         else f"<b style='color:red'>does not fit</b>, {_gib(-plan.headroom_bytes)} GiB over"
     )
