@@ -406,8 +406,14 @@ def published_summary_lines(summary: PublishedSummary) -> list[str]:
         f"{summary.rows} rows: {summary.compared} compared, {summary.excluded} excluded"
         + (f" ({why}; reasons in the table)" if why else "")
         + f"; {summary.unknown_vs_reserved} of unknown measurement kind compared against reserved",
-        f"oom rows: {summary.oom_rows}; predicted to fit: {', '.join(summary.oom_predicted_fit) or 'none'}",
+        f"oom rows: {summary.oom_rows}; predicted to fit: {', '.join(summary.oom_predicted_fit) or 'none'};"
+        f" tight: {', '.join(summary.oom_predicted_tight) or 'none'}",
     ]
+    if summary.ran_on_a_card:
+        lines.append(
+            f"rows that ran on a named card: {summary.ran_on_a_card}; predicted not to fit:"
+            f" {', '.join(summary.ran_predicted_no_fit) or 'none'}"
+        )
     lines += [stats_line(f"source {k}", v) for k, v in summary.by_source.items()]
     lines += [stats_line(f"method {k}", v) for k, v in summary.by_method.items()]
     lines += [stats_line(f"trainer {k}", v) for k, v in summary.by_trainer.items()]
@@ -418,8 +424,9 @@ def published_summary_lines(summary: PublishedSummary) -> list[str]:
 def published_note(r: PublishedComparison) -> str:
     """The note column: why a row is excluded, and what an oom row was predicted to do."""
     note = f"excluded: {r.reason}" if r.excluded else ""
-    if r.outcome == "oom" and r.fits is not None:
-        oom = "oom: " + ("predicted to FIT" if r.fits else "predicted not to fit")
+    if r.outcome == "oom" and r.verdict is not None:
+        said = {"fits": "predicted to FIT", "tight": "predicted tight", "does not fit": "predicted not to fit"}
+        oom = f"oom: {said[r.verdict]} (peak at {r.phase})"
         note = f"{oom}; {note}" if note else oom
     elif r.outcome == "oom":
         note = f"oom; {note}" if note else "oom"
