@@ -25,7 +25,7 @@ DEFAULT_SRC = ROOT.parent / "shared" / "data" / "published_measurements.csv"
 COLUMNS = (
     "id source trainer trainer_version model method quant precision lora_rank lora_alpha lora_targets trainable_extra "
     "optimizer seq_len micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu "
-    "measured_value measured_unit measurement outcome notes"
+    "measured_value measured_unit measurement outcome settings notes"
 ).split()
 
 KIND = {"max_memory_allocated": "allocated", "max_memory_reserved": "reserved", "nvidia-smi": "device"}
@@ -522,6 +522,7 @@ def curate(src: Path) -> list[dict[str, Any]]:
     out = [SOURCES[r["source_repo_or_url"]](r) for r in rows]
     out += OOM_ROWS
     for row in out:
+        row.setdefault("settings", "")  # nothing the published rows state lies beyond the columns
         missing = set(COLUMNS) - set(row)
         assert not missing, (row["id"], missing)
     return [{k: row[k] for k in COLUMNS} for row in out]

@@ -1,5 +1,5 @@
 """When nothing fits: the hardware that would hold it (more of this card under ZeRO-3 or FSDP,
-or the smallest catalog card), each suggestion planned again to show it really fits."""
+or the smallest catalog card), each suggestion planned again to show it really fits, safely."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ def test_each_hardware_suggestion_fits_when_planned(model: str, pinned: dict) ->
         else:
             again = plan(model, "4090", **pinned, num_gpus=d["value"], parallel=d["parallel"])
             fewer = d["value"] // 2
-            if fewer > 1:  # the fewest of the counts weighed
-                assert not plan(model, "4090", **pinned, num_gpus=fewer, parallel=d["parallel"]).fits
-        assert again.fits, d
+            if fewer > 1:  # the fewest of the counts weighed that fits safely
+                assert plan(model, "4090", **pinned, num_gpus=fewer, parallel=d["parallel"]).verdict != "fits"
+        assert again.verdict == "fits", d  # with the margin measured runs ask for (vramplan/verdict.py)
         assert again.peak.device_bytes <= again.gpu.memory_bytes
 
 

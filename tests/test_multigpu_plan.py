@@ -17,7 +17,7 @@ from vramplan.memory.host import host_terms
 from vramplan.memory.trainable import trainable_params
 from vramplan.models import load_model
 from vramplan.params import param_counts
-from vramplan.setup import make_setup
+from vramplan.setup import label, make_setup
 from vramplan.units import GIB
 
 
@@ -75,9 +75,13 @@ def test_layout_search_prefers_the_fastest_that_fits() -> None:
     p = plan("qwen2.5-7b", "a100-80g", method="full", num_gpus=4, precision="amp-bf16")
     assert p.fits and p.setup.parallel in ("zero2", "zero3", "fsdp") and p.setup.offload == "none"
     assert any(n.text.startswith("fitting setups, fastest first") for n in p.notes)
-    # LoRA of 7B fits each card whole: data parallel, no sharding needed
+    # LoRA of 7B fits each card whole: data parallel is among the setups that fit safely (at
+    # micro-batch 4 without checkpointing it is only tight: 77.5 of 79.2 GiB), and the one chosen
+    # is the fastest of them
     q = plan("qwen2.5-7b", "a100-80g", method="lora", num_gpus=4)
-    assert q.setup.parallel in ("ddp", "zero2")
+    assert q.verdict == "fits"
+    ranked = next(n for n in q.notes if n.code == "rank.fitting")
+    assert "ddp" in ranked.text and ranked.text.index(label(q.setup)) < ranked.text.index("ddp")
 
 
 def test_gpus_auto_finds_the_fewest() -> None:

@@ -110,17 +110,21 @@ def reference_auto(model: str, gpu: str, **pinned: Any):
     counts = auto.AUTO_GPUS
     if "num_nodes" in pinned:
         counts = [(n, pinned["num_nodes"]) for n in range(1, 9)]
+    planned = []
     for n, nodes in counts:
         fields = {**pinned, "num_gpus": n, "num_nodes": nodes}
         if n * nodes == 1:
             fields.pop("parallel", None)
             fields.pop("offload", None)
         try:
-            last = plan(model, gpu, **fields)
+            planned.append((n, nodes, plan(model, gpu, **fields)))
         except VramplanError as exc:
             if exc.field in auto.AUTO_SKIPS:
                 continue
             raise
+    # the fewest that fits safely, else the fewest that fits at all (tight)
+    safe = [(n, nodes, p) for n, nodes, p in planned if p.verdict == "fits"]
+    for n, nodes, last in safe or planned:
         if last.fits:
             count = (
                 "1 GPU" if n * nodes == 1 else f"{n * nodes} GPUs" + (f" ({nodes} nodes of {n})" if nodes > 1 else "")

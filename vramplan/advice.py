@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vramplan import search
+from vramplan import search, verdict
 from vramplan.frameworks.base import Framework, installed_version, outside_established
 from vramplan.gpus import GPU
 from vramplan.memory import rl, vision
@@ -151,6 +151,25 @@ def short_by_note(card: GPU, est: Estimate) -> Note:
         "short_bytes": est.device_bytes - card.memory_bytes,
     }
     return Note(code="fit.short_by", data=data, text=text)
+
+
+def tight_note(card: GPU, est: Estimate) -> Note:
+    """The plan fits the card but not with the margin measured runs ask for (verdict.py)."""
+    pct = verdict.margin_pct()
+    safe = verdict.safe_bytes(est.device_bytes)
+    text = (
+        f"tight: needs {gib(est.device_bytes)} of {gib(card.memory_bytes)}, but one measured run in ten went"
+        f" {pct:.1f}% above its estimate, {gib(safe)} here: {gib(safe - card.memory_bytes)} more than the card"
+    )
+    data: dict[str, NoteValue] = {
+        "gpu": card.name,
+        "device_bytes": est.device_bytes,
+        "memory_bytes": card.memory_bytes,
+        "margin_pct": pct,
+        "safe_bytes": safe,
+        "short_bytes": safe - card.memory_bytes,
+    }
+    return Note(code="fit.tight", data=data, text=text)
 
 
 def rl_note(setup: Setup, est: Estimate) -> Note:

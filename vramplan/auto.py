@@ -40,10 +40,15 @@ def auto_gpus(plan: PlanOne, model: str, gpu: str, host_ram_gib: float | None, p
             planned[i, probe] = _plan_count(plan, model, gpu, host_ram_gib, pinned, counts[i], probe)
         return planned[i, probe]
 
-    found, last = fewest(counts, at)
+    # the fewest that fits safely (vramplan/verdict.py), else the fewest that fits at all (tight)
+    found, last = fewest(counts, at, ok=lambda p: p.verdict == "fits")
+    if found is None:
+        found, last = fewest(counts, at)
     if found is not None:
         n, nodes = counts[found]
-        p = cast(Plan, at(found))  # a plan that fits is the same probed or not
+        p = cast(Plan, at(found))  # a plan that fits safely is the same probed or not
+        if p.verdict != "fits":  # tight: with its suggestions of what fits safely
+            p = cast(Plan, at(found, probe=False))
         return p.model_copy(update={"notes": [auto_fewest_note(n, nodes), *p.notes]})
     if last is None:
         raise VramplanError("num_gpus", "auto: no GPU count could run the pinned layout")
@@ -92,7 +97,9 @@ def _plan_count(
         PROBING.reset(token)
 
 
-def fewest(counts: list[tuple[int, int]], at: Callable[[int], Plan | None]) -> tuple[int | None, int | None]:
+def fewest(
+    counts: list[tuple[int, int]], at: Callable[[int], Plan | None], ok: Callable[[Plan], bool] = lambda p: p.fits
+) -> tuple[int | None, int | None]:
     """``(first count that fits, last count that runs)`` as indices of ``counts`` (GPUs per
     node, nodes), the same as weighing every count in order, where ``at(i)`` plans count i
     (None: the layout cannot run there; an error raised is raised as in order).
@@ -118,7 +125,7 @@ def fewest(counts: list[tuple[int, int]], at: Callable[[int], Plan | None]) -> t
             p = plan_at(i)
             if isinstance(p, VramplanError):
                 raise p
-            if p is not None and p.fits:
+            if p is not None and ok(p):
                 return i
         return None
 
@@ -128,7 +135,7 @@ def fewest(counts: list[tuple[int, int]], at: Callable[[int], Plan | None]) -> t
             p = plan_at(i)
             if p is None or isinstance(p, VramplanError):
                 return in_order(lo, hi)
-            if p.fits:
+            if ok(p):
                 break
             if i == hi:
                 return None
@@ -138,7 +145,7 @@ def fewest(counts: list[tuple[int, int]], at: Callable[[int], Plan | None]) -> t
             p = plan_at(mid)
             if p is None or isinstance(p, VramplanError):
                 return in_order(lo, hi)
-            below, i = (below, mid) if p.fits else (mid, i)
+            below, i = (below, mid) if ok(p) else (mid, i)
         return i
 
     lo = 0

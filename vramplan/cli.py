@@ -32,6 +32,7 @@ from vramplan.cli_plan import cmd_plan as _cmd_plan  # the default command (test
 from vramplan.cli_plan import write_files
 from vramplan.cli_run import run_command
 from vramplan.errors import DoesNotFit, VramplanError, cut, one_line, shown
+from vramplan.limits import MAX_SEQ_LEN
 
 #: re-exported: the parsers, and write_files (the emitted set written all or nothing)
 __all__ = ["COMMANDS", "EXIT_BAD_INPUT", "EXIT_FITS", "EXIT_NO_FIT", "main", "plan_parser", "run_parser", "write_files"]
@@ -171,7 +172,47 @@ def _validate_csv(path: str, as_json: bool) -> int:
     return EXIT_FITS
 
 
+def _cmd_fit(argv: list[str]) -> int:
+    from vramplan.fit_table import CARDS, SEQ_LENS, fit_renderable, fit_table
+
+    p = Parser(
+        prog="vramplan fit",
+        description="What fits MODEL on GPU by method and sequence length (micro-batch 1, checkpointing), and the"
+        " longest context each method fits on each of several cards.",
+    )
+    p.add_argument("model", help="catalog name, hub id or path to a config.json")
+    p.add_argument("--gpu", default="4090", help="the card of the method table (default: 4090)")
+    p.add_argument("--trainer", default="trl", help="the trainer whose run the numbers describe (default: trl)")
+    p.add_argument(
+        "--seq-lens",
+        default=",".join(map(str, SEQ_LENS)),
+        help=f"comma-separated sequence lengths of the method table (default: {','.join(map(str, SEQ_LENS))})",
+    )
+    p.add_argument(
+        "--cards",
+        default=",".join(CARDS),
+        help=f"comma-separated cards of the context table (default: {','.join(CARDS)})",
+    )
+    p.add_argument("--json", action="store_true", help="print the tables as JSON")
+    args = p.parse_args(argv)
+    seqs: list[int] = []
+    for part in (s.strip() for s in args.seq_lens.split(",") if s.strip()):
+        if not part.isdigit() or not 1 <= int(part) <= MAX_SEQ_LEN:
+            raise VramplanError("seq_lens", f"{shown(part)}: give whole token counts from 1 to {MAX_SEQ_LEN:,}")
+        seqs.append(int(part))
+    if not seqs:
+        raise VramplanError("seq_lens", "give at least one sequence length")
+    cards = tuple(c.strip() for c in args.cards.split(",") if c.strip())
+    table = fit_table(args.model, args.gpu, trainer=args.trainer, seq_lens=tuple(sorted(set(seqs))), cards=cards)
+    if args.json:
+        print(table.model_dump_json())
+    else:
+        console().print(fit_renderable(table))
+    return EXIT_FITS
+
+
 COMMANDS = {
+    "fit": _cmd_fit,
     "validate": _cmd_validate,
     "gpus": _cmd_gpus,
     "models": _cmd_models,

@@ -118,9 +118,10 @@ def plan_parser() -> argparse.ArgumentParser:
         description="Plan GPU memory for fine-tuning MODEL on GPU.",
         epilog="Other commands (each with --help): 'vramplan trace MODEL' traces training steps with fake"
         " tensors; 'vramplan measure MODEL' runs them on this machine's GPU; 'vramplan validate' compares"
-        " estimates with traces or measured runs; 'vramplan models [QUERY]' and 'vramplan gpus' list the"
-        " catalogs. Exit 0 fits, 1 does not fit, 2 bad input, 3 internal error (add --debug, with any"
-        " command, for its traceback).",
+        " estimates with traces or measured runs; 'vramplan fit MODEL' tables what fits by method and"
+        " sequence length, and the longest context per card; 'vramplan models [QUERY]' and 'vramplan gpus'"
+        " list the catalogs. Exit 0 fits (or tight: fits, not the margin measured runs ask for), 1 does not"
+        " fit, 2 bad input, 3 internal error (add --debug, with any command, for its traceback).",
     )
     from vramplan import __version__
 

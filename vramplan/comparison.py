@@ -30,6 +30,10 @@ class Comparison(BaseModel):
     estimate_bytes: int | None
     error_pct: float | None
     fits: bool | None = None
+    #: the verdict on the row's card (vramplan/verdict.py): fits, tight or does not fit (None without a card)
+    verdict: str | None = None
+    #: the phase whose peak the estimate is (the step's, or loading, evaluation, saving)
+    phase: str = ""
     code: str = ""
     reason: str = ""
     notes: str = ""
@@ -68,7 +72,12 @@ class Summary(BaseModel):
     by_trainer: dict[str, Stats] = {}
     rows_by_trainer: dict[str, int] = {}
     oom_rows: int
+    #: out-of-memory rows the estimate calls fits (the worst error), and calls tight
     oom_predicted_fit: list[str]
+    oom_predicted_tight: list[str] = []
+    #: rows that ran (outcome ok, on a named card) that the estimate calls does not fit
+    ran_predicted_no_fit: list[str] = []
+    ran_on_a_card: int = 0
     unknown_vs_reserved: int
 
 
@@ -103,6 +112,7 @@ def summarize(rows: list[Comparison]) -> Summary:
     by_source = {s: stats([r for r in counted if r.source == s]) for s in sorted({r.source for r in counted})}
     by_method = {m: stats([r for r in counted if r.method == m]) for m in sorted({r.method for r in counted})}
     ooms = [r for r in rows if r.outcome == "oom" and not r.excluded]
+    ran = [r for r in rows if r.outcome == "ok" and not r.excluded and r.verdict is not None]
     return Summary(
         rows=len(rows),
         compared=len(counted),
@@ -114,6 +124,9 @@ def summarize(rows: list[Comparison]) -> Summary:
         by_trainer={t: stats([r for r in counted if r.trainer == t]) for t in sorted({r.trainer for r in counted})},
         rows_by_trainer=dict(sorted(Counter(r.trainer for r in rows).items())),
         oom_rows=len(ooms),
-        oom_predicted_fit=[r.id for r in ooms if r.fits],
+        oom_predicted_fit=[r.id for r in ooms if r.verdict == "fits"],
+        oom_predicted_tight=[r.id for r in ooms if r.verdict == "tight"],
+        ran_predicted_no_fit=[r.id for r in ran if r.verdict == "does not fit"],
+        ran_on_a_card=len(ran),
         unknown_vs_reserved=sum(1 for r in counted if r.measurement == "unknown"),
     )

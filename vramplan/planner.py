@@ -13,7 +13,7 @@ import functools
 import os
 from typing import Any
 
-from vramplan import advice, auto, search
+from vramplan import advice, auto, search, verdict
 from vramplan.arch import for_transformers
 from vramplan.errors import VramplanError, shown
 from vramplan.frameworks import framework
@@ -24,7 +24,7 @@ from vramplan.memory.policy import with_policy
 from vramplan.models import load_model
 from vramplan.params import param_counts
 from vramplan.policy import PolicyOf
-from vramplan.results import Alternative, Note, NoteValue, Peak, Plan
+from vramplan.results import Alternative, Estimate, Note, NoteValue, Peak, Plan
 from vramplan.setup import Setup, check_fields, make_setup
 from vramplan.setup_rules import check_against_gpu
 from vramplan.spec import ModelSpec
@@ -189,6 +189,31 @@ def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, 
     return pinned, notes
 
 
+Weighed = tuple[Setup, Estimate, bool]
+
+
+def _chosen(
+    spec: ModelSpec,
+    card: GPU,
+    pinned: dict[str, Any],
+    evaluated: list[Weighed],
+    host: int | None,
+    policy: PolicyOf,
+    notes: list[Note],
+) -> tuple[Weighed, list[Weighed]]:
+    """The setup chosen among the weighed ones (the fastest of the preferred class that fits,
+    else the smallest) and every setup weighed, with the ranking's note when it ranked several."""
+    fitting = [e for e in evaluated if e[2]]
+    chosen = fitting[0] if fitting else min(evaluated, key=lambda e: (e[1].device_bytes, e[0].micro_batch))
+    if fitting and chosen[0].method != "inference" and chosen[0].rl == "none":
+        ranked = search.rank_class(spec, card, pinned, chosen[0], host, policy)
+        chosen = ranked[0]
+        evaluated = [e for e in evaluated if e[0] not in {r[0] for r in ranked}] + ranked
+        if len(ranked) > 1:
+            notes.append(advice.ranking_note(spec, card, ranked))
+    return chosen, evaluated
+
+
 def plan(
     model: str,
     gpu: str = "4090",
@@ -262,15 +287,16 @@ def plan(
     notes += advice.gpu_notes(card, pinned)
     notes += advice.trainer_notes(fw)
 
-    evaluated = search.weigh(spec, card, search.candidates(pinned, card), host, policy)
-    fitting = [e for e in evaluated if e[2]]
-    chosen = fitting[0] if fitting else min(evaluated, key=lambda e: (e[1].device_bytes, e[0].micro_batch))
-    if fitting and chosen[0].method != "inference" and chosen[0].rl == "none":
-        ranked = search.rank_class(spec, card, pinned, chosen[0], host, policy)
-        chosen = ranked[0]
-        evaluated = [e for e in evaluated if e[0] not in {r[0] for r in ranked}] + ranked
-        if len(ranked) > 1:
-            notes.append(advice.ranking_note(spec, card, ranked))
+    listed = search.candidates(pinned, card)
+    evaluated = search.weigh(spec, card, listed, host, policy)
+    tight = not any(e[2] for e in evaluated)
+    safe = search.SAFE.set(not tight)  # nothing fits safely: the best that fits at all, tight
+    try:
+        if tight:
+            evaluated = search.weigh(spec, card, listed, host, policy)
+        chosen, evaluated = _chosen(spec, card, pinned, evaluated, host, policy, notes)
+    finally:
+        search.SAFE.reset(safe)
     setup, est, fits = chosen
     if setup.parallel == "zero3" and setup.world_size == 1 and setup.offload == "none":
         notes.append(advice.zero3_one_gpu_note())
@@ -291,16 +317,20 @@ def plan(
         notes.append(advice.rl_note(setup, est))
     if setup.vllm != "none":
         notes.append(advice.vllm_note(spec, run, card.memory_bytes))
+    answer = verdict.verdict(est.device_bytes, card.memory_bytes) if fits else "does not fit"
     if not fits:
         notes.append(advice.short_by_note(card, est))
-        if not auto.PROBING.get():  # --gpus auto weighing a count: no suggestions needed
-            notes += _suggestions(spec, card, pinned, host, policy)
+    elif answer == "tight":
+        notes.append(advice.tight_note(card, est))
+    if answer != "fits" and not auto.PROBING.get():  # --gpus auto weighing a count: no suggestions needed
+        notes += _suggestions(spec, card, pinned, host, policy)  # what fits safely
     return Plan(
         model=spec.name,
         trainer=trainer,
         gpu=card,
         setup=setup,
         fits=fits,
+        verdict=answer,
         headroom_bytes=card.memory_bytes - est.device_bytes,
         peak=Peak(
             phase=est.phase,

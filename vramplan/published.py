@@ -5,7 +5,7 @@ The schema (``tables/measured/published.csv`` and a user's own runs):
     id, source, trainer, trainer_version, model, method, quant, precision, lora_rank,
     lora_alpha, lora_targets, trainable_extra, optimizer, seq_len, micro_batch, grad_accum,
     grad_checkpointing, attention, num_gpus, parallel, offload, gpu, measured_value,
-    measured_unit, measurement, outcome, notes
+    measured_unit, measurement, outcome, settings, notes
 
 ``trainer`` names the program that ran the measured step (blank: the plain transformers
 Trainer loop, ``hf``); each row is estimated under that trainer's policy
@@ -15,12 +15,16 @@ estimated under another trainer's. ``trainer_version`` is the version the source
 the release series its date implies (``0`` for TRL before 2025), blank when neither is known;
 it is used where a trainer's step changed across releases (:func:`policy_trainer`: TRL 0.x ran
 the transformers Trainer's step). The two columns may be absent from a
-user's CSV (read as blank). ``model`` is a catalog name or a path to a config.json relative to the CSV. ``measurement``
+user's CSV (read as blank), as may ``settings``: Setup fields the other columns do not hold,
+as ``field=value`` pairs separated by ``;`` (``zero3_init=false;eval_batch=8``;
+:func:`row_settings`). ``model`` is a catalog name or a path to a config.json relative to the
+CSV. ``measurement``
 picks the tier compared: allocated, reserved, device; ``unknown`` is compared against
 reserved (and says so). An ``oom`` row is checked the other way: the estimate must not call
-it a fit on its ``gpu``. A ``device_map`` row whose value is a published total divided by
-the GPU count (``DERIVED`` in its notes) is compared with the mean of the cards' estimates,
-not the fullest card's.
+it a fit on its ``gpu`` (``tight`` is allowed: vramplan/verdict.py), and each row on a named
+card gets the verdict, with the phase the estimate's peak is in. A ``device_map`` row whose
+value is a published total divided by the GPU count (``DERIVED`` in its notes) is compared
+with the mean of the cards' estimates, not the fullest card's.
 
 A row that cannot be compared stays in the result, left out of the statistics with a short
 code and a reason naming the field (``unknown gpu 'v100-32g'``): its notes start with
@@ -52,6 +56,7 @@ from vramplan.row_trainer import policy_trainer, row_trainer, trainer_problem
 from vramplan.setup import ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PARALLELS, PRECISIONS, QUANTS, Setup, make_setup
 from vramplan.tables import tables_dir
 from vramplan.units import GB, GIB
+from vramplan.verdict import verdict
 
 #: the comparison's data and statistics live in vramplan.comparison; validate reads them from here too
 __all__ = ["COLUMNS", "Comparison", "Stats", "Summary", "compare", "compare_csv", "read_rows", "stats", "summarize"]
@@ -59,10 +64,10 @@ __all__ = ["COLUMNS", "Comparison", "Stats", "Summary", "compare", "compare_csv"
 COLUMNS = (
     "id source trainer trainer_version model method quant precision lora_rank lora_alpha lora_targets trainable_extra "
     "optimizer seq_len micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu "
-    "measured_value measured_unit measurement outcome notes"
+    "measured_value measured_unit measurement outcome settings notes"
 ).split()
 #: columns a user's CSV may leave out (read as blank: the plain transformers Trainer loop)
-OPTIONAL_COLUMNS = ("trainer", "trainer_version")
+OPTIONAL_COLUMNS = ("trainer", "trainer_version", "settings")
 #: fields every row needs before it can be estimated.
 REQUIRED = ("model", "method", "precision", "seq_len", "micro_batch", "num_gpus", "attention")
 UNITS = {"GiB": GIB, "GB": GB}
@@ -213,7 +218,7 @@ def row_setup(row: dict[str, str]) -> Setup:
     }
     if method == "inference":
         fields.update(method="inference", quant=quant, grad_checkpointing=False)
-        return make_setup(**fields)
+        return make_setup(**fields, **row_settings(row))
     gc = row["grad_checkpointing"].lower()
     if gc not in ("true", "false"):
         raise VramplanError("grad_checkpointing", f"{row['grad_checkpointing']!r}: use true or false")
@@ -232,7 +237,24 @@ def row_setup(row: dict[str, str]) -> Setup:
             fields["lora_rank"] = row["lora_rank"]
         if row.get("lora_alpha"):
             fields["lora_alpha"] = row["lora_alpha"]
-    return make_setup(**fields)
+    return make_setup(**fields, **row_settings(row))
+
+
+def row_settings(row: dict[str, str]) -> dict[str, str]:
+    """The ``settings`` column: Setup fields the other columns do not hold, as ``field=value``
+    pairs separated by ``;`` (``zero3_init=false;eval_batch=8``), validated as the CLI's flags are."""
+    out: dict[str, str] = {}
+    for pair in (p.strip() for p in (row.get("settings") or "").split(";") if p.strip()):
+        name, eq, value = pair.partition("=")
+        name = name.strip()
+        if not eq or name not in Setup.model_fields:
+            near = closest(name, list(Setup.model_fields))
+            hint = f" (closest: {', '.join(near)})" if near else ""
+            raise VramplanError("settings", f"{pair!r}: use field=value with a Setup field{hint}")
+        if name in COLUMNS:
+            raise VramplanError("settings", f"{name} has its own column")
+        out[name] = value.strip()
+    return out
 
 
 def _model(row: dict[str, str], base: Path) -> str:
@@ -394,7 +416,8 @@ def compare(row: dict[str, str], base: Path, line: int | None = None) -> Compari
             est = row_estimate(row, base)
         except VramplanError as exc:
             raise _from_error(exc, row) from None
-        fits = est.device_bytes <= _gpu_bytes(row) if outcome == "oom" else None
+        card = _gpu_bytes(row) if outcome == "oom" or row.get("gpu") else None
+        said = verdict(est.device_bytes, card) if card is not None else None
     except Excluded as exc:
         return Comparison(
             **common,
@@ -408,7 +431,15 @@ def compare(row: dict[str, str], base: Path, line: int | None = None) -> Compari
     if est.cards and "DERIVED" in row.get("notes", ""):
         value = sum(_tier(card, tier) for card in est.cards) // len(est.cards)
     err = None if measured is None or outcome != "ok" else 100.0 * (value - measured) / measured
-    return Comparison(**common, measured_bytes=measured, estimate_bytes=value, error_pct=err, fits=fits)
+    return Comparison(
+        **common,
+        measured_bytes=measured,
+        estimate_bytes=value,
+        error_pct=err,
+        fits=None if said is None else said != "does not fit",
+        verdict=said,
+        phase=est.phase,
+    )
 
 
 def _tier(est: Any, tier: str) -> int:

@@ -120,11 +120,15 @@ def host_table(plan: Plan) -> Table:
 
 def plan_renderable(plan: Plan) -> Group:
     gpu = plan.gpu
-    verdict = (
-        Text(f"FITS with {_gib(plan.headroom_bytes)} GiB headroom", style="bold green")
-        if plan.fits
-        else Text(f"DOES NOT FIT: {_gib(-plan.headroom_bytes)} GiB over", style="bold red")
-    )
+    if plan.verdict == "tight":
+        verdict = Text(
+            f"TIGHT: fits with {_gib(plan.headroom_bytes)} GiB headroom, less than runs like it need",
+            style="bold yellow",
+        )
+    elif plan.fits:
+        verdict = Text(f"FITS with {_gib(plan.headroom_bytes)} GiB headroom", style="bold green")
+    else:
+        verdict = Text(f"DOES NOT FIT: {_gib(-plan.headroom_bytes)} GiB over", style="bold red")
     head = Text.assemble(
         (f"{plan.model}", "bold"),
         f" ({plan.total_params / 1e9:.2f}B params"
@@ -192,7 +196,9 @@ def plan_html(plan: Plan) -> str:
         for k, v in sorted(plan.terms.items(), key=lambda kv: -kv[1])
     )
     verdict = (
-        f"<b style='color:green'>fits</b>, {_gib(plan.headroom_bytes)} GiB headroom"
+        f"<b style='color:#b58900'>tight</b>, {_gib(plan.headroom_bytes)} GiB headroom, less than runs like it need"
+        if plan.verdict == "tight"
+        else f"<b style='color:green'>fits</b>, {_gib(plan.headroom_bytes)} GiB headroom"
         if plan.fits
         else f"<b style='color:red'>does not fit</b>, {_gib(-plan.headroom_bytes)} GiB over"
     )
@@ -400,8 +406,14 @@ def published_summary_lines(summary: PublishedSummary) -> list[str]:
         f"{summary.rows} rows: {summary.compared} compared, {summary.excluded} excluded"
         + (f" ({why}; reasons in the table)" if why else "")
         + f"; {summary.unknown_vs_reserved} of unknown measurement kind compared against reserved",
-        f"oom rows: {summary.oom_rows}; predicted to fit: {', '.join(summary.oom_predicted_fit) or 'none'}",
+        f"oom rows: {summary.oom_rows}; predicted to fit: {', '.join(summary.oom_predicted_fit) or 'none'};"
+        f" tight: {', '.join(summary.oom_predicted_tight) or 'none'}",
     ]
+    if summary.ran_on_a_card:
+        lines.append(
+            f"rows that ran on a named card: {summary.ran_on_a_card}; predicted not to fit:"
+            f" {', '.join(summary.ran_predicted_no_fit) or 'none'}"
+        )
     lines += [stats_line(f"source {k}", v) for k, v in summary.by_source.items()]
     lines += [stats_line(f"method {k}", v) for k, v in summary.by_method.items()]
     lines += [stats_line(f"trainer {k}", v) for k, v in summary.by_trainer.items()]
@@ -412,8 +424,9 @@ def published_summary_lines(summary: PublishedSummary) -> list[str]:
 def published_note(r: PublishedComparison) -> str:
     """The note column: why a row is excluded, and what an oom row was predicted to do."""
     note = f"excluded: {r.reason}" if r.excluded else ""
-    if r.outcome == "oom" and r.fits is not None:
-        oom = "oom: " + ("predicted to FIT" if r.fits else "predicted not to fit")
+    if r.outcome == "oom" and r.verdict is not None:
+        said = {"fits": "predicted to FIT", "tight": "predicted tight", "does not fit": "predicted not to fit"}
+        oom = f"oom: {said[r.verdict]} (peak at {r.phase})"
         note = f"{oom}; {note}" if note else oom
     elif r.outcome == "oom":
         note = f"oom; {note}" if note else "oom"

@@ -40,6 +40,9 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
 - ``rl.vllm``: vLLM colocated: ``share_bytes``, ``gpu_memory_utilization``, ``sleep``, ``weights_bytes``,
   ``activations_bytes``, ``kv_one_sequence_bytes``, ``sequence_tokens``, ``concurrent_sequences``
   (below 1: vLLM cannot start), ``generation_batch``, ``waves`` (None when it cannot start).
+- ``fit.tight``: the plan fits the card but not with the margin measured runs ask for
+  (vramplan/verdict.py): ``gpu``, ``device_bytes``, ``memory_bytes``, ``margin_pct``, ``safe_bytes``
+  (the estimate grown by the margin), ``short_bytes`` (how far that is beyond the card).
 - ``fit.short_by``: nothing weighed fits the card: ``gpu``, ``device_bytes`` (the smallest),
   ``memory_bytes``, ``short_bytes``.
 - ``fit.suggestion``: a change that makes it fit: ``change`` (``release``: drop the pinned ``field``
@@ -154,6 +157,9 @@ class Plan(BaseModel):
     setup: Setup
     fits: bool
     headroom_bytes: int
+    #: fits (with the margin measured runs ask for, vramplan/verdict.py), tight (fits, not the margin),
+    #: or does not fit; ``fits`` is true for the first two
+    verdict: Literal["fits", "tight", "does not fit"] = "fits"
     #: the trainer (vramplan.frameworks) whose policy the estimates are made under
     trainer: str = "hf"
     peak: Peak
@@ -188,8 +194,7 @@ class Plan(BaseModel):
         """One line (the whole plan is ``print(plan)`` in rich, or the notebook's HTML view)."""
         from vramplan.setup import label
 
-        verdict = "fits" if self.fits else "does not fit"
         return (
-            f"Plan({self.model} on {self.gpu.name}, {self.trainer}: {verdict}, {label(self.setup)},"
+            f"Plan({self.model} on {self.gpu.name}, {self.trainer}: {self.verdict}, {label(self.setup)},"
             f" {self.peak.device_bytes / 2**30:.2f} of {self.gpu.memory_bytes / 2**30:.2f} GiB at {self.peak.phase})"
         )

@@ -8,8 +8,10 @@ checkpointing and (with several GPUs) layout by the time model (timing.py).
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
+from vramplan import verdict
 from vramplan.errors import VramplanError
 from vramplan.gpus import GPU
 from vramplan.memory import estimate, rl, vision
@@ -23,6 +25,11 @@ from vramplan.spec import ModelSpec
 from vramplan.timing import data_parallel_replicas, step_time
 
 MICRO_BATCHES = (8, 4, 2, 1)
+
+#: the search weighs setups against the card less the margin measured runs ask for (verdict.py:
+#: a setup fits only when it fits safely); the planner clears it to find a *tight* setup when
+#: nothing fits safely.
+SAFE: ContextVar[bool] = ContextVar("vramplan_safe", default=True)
 
 
 def _precisions(method: str, gpu: GPU) -> list[str]:
@@ -126,11 +133,13 @@ def evaluate(
     spec: ModelSpec, gpu: GPU, fields: dict[str, Any], host: int | None = None, policy: PolicyOf = default_policy
 ) -> tuple[Setup, Estimate, bool]:
     """The setup, its estimate as the trainer whose ``policy`` it is runs it, and whether it
-    fits the card (and the host RAM, when given)."""
+    fits the card (safely, with the verdict's margin, unless :data:`SAFE` is cleared; and the
+    host RAM, when given)."""
     setup = make_setup(**fields)
     run = with_policy(setup, policy(setup))
     est = estimate(spec, run, card_bytes=gpu.memory_bytes)
-    fits = est.device_bytes <= gpu.memory_bytes
+    budget = verdict.safe_capacity(gpu.memory_bytes) if SAFE.get() else gpu.memory_bytes
+    fits = est.device_bytes <= budget
     if fits and host is not None and setup.offload != "none":
         fits = sum(host_terms(spec, run).values()) <= host
     if fits and setup.vllm != "none":
