@@ -42,7 +42,8 @@ RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 #: field -> why it was added (emptied when the recording is made again)
 ADDED: dict[str, str] = {
-    "capacity_source": "a card's capacity source was rewritten (tables/gpu_capacity.csv: every thread quoted, every card a row), so the text is compared by tests/test_gpu_capacity.py, not here; the card's numbers still are",
+    "capacity_source": "a card's capacity source was rewritten (tables/gpu_capacity.csv: every thread quoted,"
+    " every card a row), so the text is compared by tests/test_gpu_capacity.py, not here; the card's numbers still are",
 }
 #: field -> why it was removed (emptied when the recording is made again)
 REMOVED: dict[str, str] = {
