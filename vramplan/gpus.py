@@ -12,7 +12,8 @@ card comes out of it, the CUDA context included: the same message counts the con
 14.56 GiB in use, 13.86 allocated and 0.21 reserved by PyTorch, 3DTopia/Phidias-Diffusion#8). So the verdict
 compares the device tier (``Estimate.device_bytes``: the allocator's reserved peak plus
 ``overhead/cuda_context`` plus paged optimizer state, peak.py) with ``memory_bytes``; the context
-is not taken off the capacity a second time.
+is not taken off the capacity a second time. What one process held outside the allocator on real
+cards (0.21-0.60 GiB, median 0.44) is in ``tables/measured/cuda_context.csv``.
 
 ``tables/gpu_capacity.csv`` holds, for every card, what real cards printed with the threads that
 show it (``measured``: the least where reports disagree, ECC on or off, driver and torch versions)
