@@ -127,7 +127,12 @@ def plan_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--version", action="version", version=f"vramplan {__version__}")
     p.add_argument("model", help="catalog name or hub id (qwen2.5-7b, Qwen/Qwen2.5-7B-Instruct) or a config.json path")
-    p.add_argument("--gpu", default="4090", help="card name (4090, a100-80g, h100, ...) or auto (default: 4090)")
+    p.add_argument(
+        "--gpu",
+        default="4090",
+        help="card name (4090, a100-80g, h100, ...) or auto: this machine's first visible GPU with the capacity torch"
+        " reads on it, else nvidia-smi's card (default: 4090)",
+    )
     p.add_argument(
         "--trainer",
         help="the trainer whose run is planned: trl, swift, llamafactory, axolotl, or hf (your own transformers"

@@ -1,22 +1,39 @@
 """The GPU catalog (``tables/gpus.csv``): memory, speeds, features.
 
-A card's ``memory_bytes`` is what torch can allocate into, ``total_memory`` of
-``torch.cuda.get_device_properties`` — the "total capacity" its out-of-memory message prints —,
-which is less than the total nvidia-smi shows (``driver_memory_bytes``): the driver keeps the
-rest. Plans compare with it (the CUDA context comes out of it too). ``tables/gpu_capacity.csv``
-holds what real cards reported; a card with no report gets nvidia-smi's total less
-:data:`UNSEEN_GAP_GIB` and :data:`UNSEEN_GAP_FRACTION` of it, above every gap reported.
+A card's ``memory_bytes`` is torch's total capacity: the total its caching allocator runs against,
+which its out-of-memory message prints ("GPU 0 has a total capacity of X GiB": ``device_total`` of
+``cudaMemGetInfo`` in ``c10/cuda/CUDACachingAllocator.cpp``, torch 2.x) and which
+``torch.cuda.get_device_properties(i).total_memory`` (``cudaDeviceProp.totalGlobalMem``,
+``torch/csrc/cuda/Module.cpp``) reads within about 0.1 GiB of it (H100: 79.19 by Unsloth's banner,
+79.11 in an out-of-memory message). It is less than the total nvidia-smi shows
+(``driver_memory_bytes``) by 0.2-0.9 GiB that the driver keeps. Everything the process puts on the
+card comes out of it, the CUDA context included: the same message counts the context in
+"this process has X memory in use" beside what PyTorch allocated and reserved (RTX 4090:
+14.56 GiB in use, 13.86 allocated and 0.21 reserved by PyTorch, 3DTopia/Phidias-Diffusion#8). So the verdict
+compares the device tier (``Estimate.device_bytes``: the allocator's reserved peak plus
+``overhead/cuda_context`` plus paged optimizer state, peak.py) with ``memory_bytes``; the context
+is not taken off the capacity a second time. What one process held outside the allocator on real
+cards (0.21-0.60 GiB, median 0.44) is in ``tables/measured/cuda_context.csv``.
+
+``tables/gpu_capacity.csv`` holds, for every card, what real cards printed with the threads that
+show it (``measured``: the least where reports disagree, ECC on or off, driver and torch versions)
+or, where no report was found, the :func:`unseen_capacity` rule (``estimated``).
 
 Names resolve case-insensitively through the key, the display name and the aliases; a
 short name (``h100``, ``a100``) resolves to the most common variant and says so.
-``auto`` reads the local card through NVML.
+``auto`` reads the local card (:func:`detect_gpu`).
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+import os
 import re
+import shutil
+import subprocess
 from functools import lru_cache
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -65,8 +82,10 @@ class GPU(BaseModel):
         return self.driver_memory_bytes // MIB
 
 
-#: a card no one has reported: torch sees nvidia-smi's total less this and UNSEEN_GAP_FRACTION of it
-#: (the gaps reported run from 0.25 GiB, V100 32GB, to 0.85 GiB, A100 80GB: 0.5 GiB + 0.5% is above each)
+#: a card no one has reported: torch sees nvidia-smi's total less this and UNSEEN_GAP_FRACTION of it.
+#: On the 22 cards reported (tables/gpu_capacity.csv) torch saw 0.22 (RTX 3080) to 0.85 GiB (A100 80GB)
+#: less than nvidia-smi's total; the rule stays below every one of them, by 0.05 (A100 80GB) to 0.52 GiB
+#: (H200), median 0.21, and is kept: a tighter constant would meet the A100 80GB's 0.85 GiB gap.
 UNSEEN_GAP_GIB = 0.5
 UNSEEN_GAP_FRACTION = 0.005
 
@@ -76,23 +95,41 @@ def unseen_capacity(driver_bytes: int) -> int:
     return driver_bytes - int(UNSEEN_GAP_GIB * GIB) - int(driver_bytes * UNSEEN_GAP_FRACTION)
 
 
+class Capacity(NamedTuple):
+    """One row of tables/gpu_capacity.csv: torch's total capacity and the nvidia-smi total of the
+    cards that printed it (46068 MiB for a 48 GB workstation card with ECC on)."""
+
+    bytes: int
+    driver_bytes: int
+    kind: str  # measured | estimated
+    source: str
+
+
 @lru_cache(maxsize=1)
-def _capacities() -> dict[str, tuple[int, str]]:
+def capacities() -> dict[str, Capacity]:
+    """tables/gpu_capacity.csv by card key; an estimated row's bytes are the rule's, exactly."""
+    out: dict[str, Capacity] = {}
     with open(tables_dir() / "gpu_capacity.csv", newline="") as fh:
-        return {r["key"]: (int(float(r["torch_total_gib"]) * GIB), r["source"]) for r in csv.DictReader(fh)}
+        for r in csv.DictReader(fh):
+            driver = int(r["driver_mib"]) * MIB
+            seen = r["kind"] == "measured"
+            total = int(float(r["torch_total_gib"]) * GIB) if seen else unseen_capacity(driver)
+            out[r["key"]] = Capacity(total, driver, r["kind"], r["source"])
+    return out
 
 
 def _row_to_gpu(row: dict[str, str]) -> GPU:
     driver = int(float(row["memory_mib"])) * MIB
-    seen = _capacities().get(row["key"])
+    cap = capacities().get(row["key"])
+    seen = cap if cap and cap.kind == "measured" else None
     return GPU(
         key=row["key"],
         name=row["name"],
         vendor=row["vendor"],
-        memory_bytes=seen[0] if seen else unseen_capacity(driver),
+        memory_bytes=seen.bytes if seen else unseen_capacity(driver),
         driver_memory_bytes=driver,
         capacity_kind="measured" if seen else "estimated",
-        capacity_source=seen[1] if seen else "",
+        capacity_source=cap.source if cap else "",
         memory_mib_kind=row["memory_mib_kind"],
         memory_gb_marketed=float(row["memory_gb_marketed"]),
         bf16_tflops_dense=_opt_float(row["bf16_tflops_dense"]),
@@ -143,7 +180,7 @@ def gpu_names() -> list[str]:
 
 
 def resolve_gpu(query: str) -> GPU:
-    """The catalog card for what a user typed (``auto`` reads the local card via NVML)."""
+    """The catalog card for what a user typed (``auto`` reads the local card: :func:`detect_gpu`)."""
     if not isinstance(query, str) or not query.strip() or len(query) > 200:
         raise VramplanError("gpu", f"name a card ('vramplan gpus' lists all) or auto, got {shown(query)}")
     q = _norm(query)
@@ -166,48 +203,125 @@ def resolve_gpu(query: str) -> GPU:
     raise VramplanError("gpu", f"unknown GPU {shown(query)}{hint} ('vramplan gpus' lists all, or use auto)")
 
 
-def detect_gpu() -> GPU:
-    """The first local NVIDIA card, through NVML (nvidia-ml-py, the ``gpu`` extra)."""
+#: how long nvidia-smi may take to answer (it can stall while the driver wakes a card)
+NVIDIA_SMI_TIMEOUT_S = 30
+
+
+def _from_torch() -> tuple[str, int] | None:
+    """(name, total_memory) of torch's device 0, or None when torch is absent or sees no GPU."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
     try:
-        import pynvml  # type: ignore[import-not-found]
-    except ImportError:
-        raise VramplanError(
-            "gpu", "auto needs nvidia-ml-py (pip install 'vramplan[gpu]'); name a card instead"
-        ) from None
+        if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+            return None
+        props = torch.cuda.get_device_properties(0)
+        return str(props.name), int(props.total_memory)
+    except (RuntimeError, AssertionError, AttributeError):
+        return None
+
+
+def _first_visible_index() -> int:
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return int(first) if first.isdigit() else 0
+
+
+def parse_nvidia_smi(text: str, index: int = 0) -> tuple[str, int] | None:
+    """(name, total bytes) of the ``index``-th line of ``--query-gpu=name,memory.total
+    --format=csv,noheader`` ("NVIDIA GeForce RTX 4090, 24564 MiB"), or None when absent or unreadable."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if index >= len(lines):
+        return None
+    name, _, memory = lines[index].rpartition(",")
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(MiB)?\s*", memory)
+    if not name.strip() or not found:
+        return None
+    return name.strip(), int(float(found.group(1)) * MIB)
+
+
+def _from_nvidia_smi() -> tuple[str, int] | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
     try:
-        pynvml.nvmlInit()
-    except Exception:
-        raise VramplanError(
-            "gpu", "auto found no NVIDIA GPU on this machine (NVML unavailable); name a card instead"
-        ) from None
-    try:
-        if pynvml.nvmlDeviceGetCount() == 0:
-            raise VramplanError("gpu", "auto found no NVIDIA GPU on this machine; name a card instead")
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        name = pynvml.nvmlDeviceGetName(handle)
-        name = name.decode() if isinstance(name, bytes) else name
-        total = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-    finally:
-        pynvml.nvmlShutdown()
-    try:
-        gpu = resolve_gpu(name)
-    except VramplanError:
-        return GPU(
-            key="local",
-            name=name,
-            vendor="NVIDIA",
-            memory_bytes=unseen_capacity(total),
-            driver_memory_bytes=total,
-            memory_mib_kind="nvml",
-            memory_gb_marketed=round(total / 1e9),
-            source="NVML on this machine",
+        done = subprocess.run(
+            [exe, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=NVIDIA_SMI_TIMEOUT_S,
+            check=False,
         )
-    # NVML's total is nvidia-smi's: the catalog's measured capacity holds when the totals agree
-    seen = gpu.capacity_kind == "measured" and gpu.driver_memory_bytes == total
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_nvidia_smi(done.stdout, _first_visible_index()) if done.returncode == 0 else None
+
+
+def _catalog_card(name: str) -> GPU | None:
+    """The catalog card a device name is (a MIG slice's name carries the card's, then 'MIG ...')."""
+    try:
+        return resolve_gpu(re.sub(r"\s+MIG\s.*$", "", name))
+    except VramplanError:
+        return None
+
+
+def _local(name: str, total: int, torch_total: bool) -> GPU:
+    return GPU(
+        key="local",
+        name=name,
+        vendor="AMD" if "amd" in name.lower() else "NVIDIA",
+        memory_bytes=total if torch_total else unseen_capacity(total),
+        driver_memory_bytes=total,
+        capacity_kind="measured" if torch_total else "estimated",
+        capacity_source=_TORCH_SOURCE if torch_total else "",
+        memory_mib_kind="torch" if torch_total else "nvidia-smi",
+        memory_gb_marketed=round(total / 1e9),
+        source="read on this machine",
+    )
+
+
+_TORCH_SOURCE = "torch.cuda.get_device_properties(0).total_memory on this machine"
+
+
+def detect_gpu() -> GPU:
+    """The card ``--gpu auto`` plans for: this machine's, read from torch when it sees one, else
+    from nvidia-smi.
+
+    torch (CUDA or ROCm builds) gives the first visible device's name and
+    ``get_device_properties(0).total_memory``: the capacity torch itself will run against, ECC setting,
+    driver and MIG slice included, so it replaces the catalog's number. Without torch or without a GPU
+    torch can see, ``nvidia-smi --query-gpu=name,memory.total --format=csv,noheader`` gives the driver's
+    total: the catalog's measured capacity holds when its cards printed it at that same total (ECC off
+    and on differ by 1/16 of the memory), else the unseen-card rule (:func:`unseen_capacity`) is
+    applied to it. nvidia-smi lists physical cards, not MIG slices, and takes the first of
+    ``CUDA_VISIBLE_DEVICES`` when that names indices. No GPU either way is bad input (exit 2).
+    """
+    found = _from_torch()
+    if found is not None:
+        name, total = found
+        card = _catalog_card(name)
+        if card is None:
+            return _local(name, total, torch_total=True)
+        device = {"memory_bytes": total, "capacity_kind": "measured", "capacity_source": _TORCH_SOURCE}
+        return card.model_copy(update={**device, "resolved_from": "auto"})
+    found = _from_nvidia_smi()
+    if found is None:
+        raise VramplanError(
+            "gpu",
+            "auto found no GPU on this machine (torch sees none, nvidia-smi is absent or lists none); name a card",
+        )
+    name, driver = found
+    card = _catalog_card(name)
+    if card is None:
+        return _local(name, driver, torch_total=False)
+    cap = capacities().get(card.key)
+    seen = cap is not None and cap.kind == "measured" and cap.driver_bytes == driver
     update: dict[str, object] = {
-        "memory_bytes": gpu.memory_bytes if seen else unseen_capacity(total),
-        "driver_memory_bytes": total,
+        "memory_bytes": card.memory_bytes if seen else unseen_capacity(driver),
+        "driver_memory_bytes": driver,
+        "memory_mib_kind": "nvidia-smi",
+        "resolved_from": "auto",
     }
     if not seen:
         update.update(capacity_kind="estimated", capacity_source="")
-    return gpu.model_copy(update={**update, "memory_mib_kind": "nvml", "resolved_from": "auto"})
+    return card.model_copy(update=update)
