@@ -13,6 +13,8 @@ import functools
 import os
 from typing import Any
 
+from typing_extensions import Unpack  # typing's from Python 3.11; pydantic depends on typing_extensions
+
 from vramplan import advice, auto, search, verdict
 from vramplan.arch import for_transformers
 from vramplan.errors import VramplanError, shown
@@ -23,8 +25,9 @@ from vramplan.memory.host import host_terms
 from vramplan.memory.policy import with_policy
 from vramplan.models import load_model
 from vramplan.params import param_counts
+from vramplan.plan_fields import PlanFields
 from vramplan.policy import PolicyOf
-from vramplan.results import Alternative, Estimate, Note, NoteValue, Peak, Plan
+from vramplan.results import PLAN_ACTIONS, Alternative, Estimate, Note, NoteValue, Peak, Plan
 from vramplan.setup import Setup, check_fields, make_setup
 from vramplan.setup_rules import check_against_gpu
 from vramplan.spec import ModelSpec
@@ -221,12 +224,13 @@ def plan(
     host_ram_gib: float | None = None,
     trainer: str = "trl",
     transformers: int | None = None,
-    **pinned: Any,
+    **fields: Unpack[PlanFields],
 ) -> Plan:
-    """Plan fine-tuning ``model`` on ``gpu``. Any Setup field can be pinned by keyword; the
-    rest are searched. With more than one GPU and no ``parallel``, the layouts are weighed
-    too and the fastest that fits is chosen; ``num_gpus="auto"`` finds the fewest cards that
-    fit. ``host_ram_gib``: the RAM of each node, checked against what CPU offload puts there.
+    """Plan fine-tuning ``model`` on ``gpu``. Any Setup field can be pinned by keyword (typed:
+    vramplan/plan_fields.py ``PlanFields``); the rest are searched. With more than one GPU and
+    no ``parallel``, the layouts are weighed too and the fastest that fits is chosen;
+    ``num_gpus="auto"`` finds the fewest cards that fit. ``host_ram_gib``: the RAM of each
+    node, checked against what CPU offload puts there.
     ``trainer``: the registered trainer (vramplan.frameworks) whose policy every setup is
     estimated under: ``trl`` (TRL's SFTTrainer/GRPOTrainer) by default; ``hf`` is the plain
     transformers Trainer loop of a user's own script.
@@ -240,8 +244,9 @@ def plan(
     fw = framework(trainer)
     policy = fw.policy
     major, major_source = transformers_major(transformers)
-    fewest = pinned.get("num_gpus") == "auto"
-    pinned = check_fields({k: v for k, v in pinned.items() if v is not None and not (fewest and k == "num_gpus")})
+    given: dict[str, Any] = dict(fields)
+    fewest = given.get("num_gpus") == "auto"
+    pinned = check_fields({k: v for k, v in given.items() if v is not None and not (fewest and k == "num_gpus")})
     if fewest:
         again = functools.partial(plan, trainer=trainer, transformers=transformers)
         return auto.auto_gpus(again, model, gpu, host_ram_gib, pinned)
@@ -350,3 +355,43 @@ def plan(
         host_terms=host_need,
         host_ram_bytes=host,
     )
+
+
+def _what_if(p: Plan, changes: dict[str, Any]) -> Plan:
+    """Plan.what_if: ``p``'s setup with ``changes``, every other field pinned, on the same card,
+    trainer, host RAM and transformers version."""
+    fields = {**p.setup.model_dump(), **changes}
+    if "rl" in changes and changes["rl"] == "none":  # GRPO's own fields go with it
+        for k in ("num_generations", "completion_len", "beta", "vllm", "vllm_gpu_memory_utilization", "vllm_sleep"):
+            fields.pop(k, None)
+    major = next((n.data["transformers"] for n in p.notes if n.code == "stack.transformers"), None)
+    host = None if p.host_ram_bytes is None else p.host_ram_bytes / GIB
+    return plan(
+        p.source or p.model,
+        p.gpu.key,
+        host_ram_gib=host,
+        trainer=p.trainer,
+        transformers=major if isinstance(major, int) else None,
+        **fields,
+    )
+
+
+def _report(p: Plan, path: Any) -> Any:
+    from vramplan.report import write_report
+
+    return write_report(p, path)
+
+
+def _plot(p: Plan, path: Any) -> Any:
+    from vramplan.report import plot_plan_png
+
+    return plot_plan_png(p, path)
+
+
+def _chart(p: Plan) -> str:
+    from vramplan.report import peak_bars_svg
+
+    return peak_bars_svg(p)
+
+
+PLAN_ACTIONS.update(what_if=_what_if, report=_report, plot=_plot, chart=_chart)

@@ -3,7 +3,6 @@ that imports rich."""
 
 from __future__ import annotations
 
-import html
 from typing import TYPE_CHECKING
 
 from rich.console import Group
@@ -190,26 +189,11 @@ def plan_renderable(plan: Plan) -> Group:
     return Group(*parts)
 
 
-def plan_html(plan: Plan) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{_gib(v)}</td></tr>"
-        for k, v in sorted(plan.terms.items(), key=lambda kv: -kv[1])
-    )
-    verdict = (
-        f"<b style='color:#b58900'>tight</b>, {_gib(plan.headroom_bytes)} GiB headroom, less than runs like it need"
-        if plan.verdict == "tight"
-        else f"<b style='color:green'>fits</b>, {_gib(plan.headroom_bytes)} GiB headroom"
-        if plan.fits
-        else f"<b style='color:red'>does not fit</b>, {_gib(-plan.headroom_bytes)} GiB over"
-    )
-    return (
-        f"<div><p><b>{html.escape(plan.model)}</b> on <b>{html.escape(plan.gpu.name)}</b>: {verdict}<br>"
-        f"{html.escape(_setup_line(plan))}</p>"
-        f"<table><tr><th>term (peak at {html.escape(plan.peak.phase)})</th><th>GiB</th></tr>{rows}"
-        f"<tr><td><i>allocated / reserved / device</i></td><td style='text-align:right'>"
-        f"{_gib(plan.peak.allocated_bytes)} / {_gib(plan.peak.reserved_bytes)} / {_gib(plan.peak.device_bytes)}"
-        f"</td></tr></table></div>"
-    )
+def plan_html(plan: Plan, chart: str = "") -> str:
+    """The notebook's view of ``plan`` (vramplan/notebook.py), with ``chart`` (the peak's SVG bars)."""
+    from vramplan.notebook import plan_html as view
+
+    return view(plan, _setup_line(plan), chart)
 
 
 def gpus_table(gpus: list[GPU], width: int = 120) -> Table:

@@ -57,14 +57,31 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from vramplan.gpus import GPU
 from vramplan.params import ParamCounts
 from vramplan.setup import Setup
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from vramplan.plan_fields import PlanFields
+
+#: what a Plan's own methods run (``report``, ``plot``, ``what_if``, ``chart``), registered by
+#: vramplan.planner when it is imported: the planner and the report writer read this module, so
+#: it names no module of theirs (tests/test_imports.py).
+PLAN_ACTIONS: dict[str, Callable[..., Any]] = {}
+
+
+def _action(name: str) -> Callable[..., Any]:
+    if name not in PLAN_ACTIONS:
+        raise RuntimeError(f"Plan.{name} needs the planner loaded: from vramplan import plan")
+    return PLAN_ACTIONS[name]
 
 
 class CardEstimate(BaseModel):
@@ -186,9 +203,25 @@ class Plan(BaseModel):
         return plan_renderable(self)
 
     def _repr_html_(self) -> str:
+        """The notebook's view: the verdict, the peak by term against the card, the terms, the
+        alternatives weighed and the advice."""
         from vramplan.render import plan_html
 
-        return plan_html(self)
+        chart = PLAN_ACTIONS["chart"](self) if "chart" in PLAN_ACTIONS else ""
+        return plan_html(self, chart=chart)
+
+    def report(self, path: str | Path) -> Path:
+        """Write the plan's HTML page (what ``--report`` writes) to ``path``; returns the path."""
+        return _action("report")(self, path)  # type: ignore[no-any-return]
+
+    def plot(self, path: str | Path) -> Path:
+        """Write the plan's charts as a PNG (``--plot``; the ``plot`` extra) to ``path``."""
+        return _action("plot")(self, path)  # type: ignore[no-any-return]
+
+    def what_if(self, **changes: Unpack[PlanFields]) -> Plan:
+        """The same setup with ``changes`` (``p.what_if(seq_len=8192)``), planned again on the same
+        card for the same trainer: every field of this plan's setup pinned but those changed."""
+        return _action("what_if")(self, changes)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         """One line (the whole plan is ``print(plan)`` in rich, or the notebook's HTML view)."""
