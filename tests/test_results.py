@@ -52,6 +52,7 @@ NOTED = [
     ("qwen2.5-0.5b", "a100-80g", {"rl": "grpo", "vllm": "colocate"}),  # rl.phases, rl.vllm
     ("llama-2-7b", "a100-80g", {"method": "qlora", "seq_len": 16384}),  # model.context
     ("qwen2.5-7b", "4090", {"method": "lora", "seq_len": 5000, "micro_batch": 2}),  # fit.tight
+    ("qwen2.5-7b", "4090", {"method": "full", "num_gpus": 4}),  # rank.offload
 ]
 
 

@@ -50,6 +50,32 @@ def ranking_note(spec: ModelSpec, gpu: GPU, ranked: list[tuple[Setup, Estimate, 
     return Note(code="rank.fitting", data=data, text=text)
 
 
+def offload_trade_note(
+    spec: ModelSpec,
+    gpu: GPU,
+    offloaded: tuple[Setup, Estimate, bool],
+    taken: tuple[Setup, Estimate, bool],
+    host: dict[str, int],
+) -> Note:
+    """``rank.offload``: the preferred precision fits only with CPU offload, which needs pinned host
+    RAM the user did not state; a faster setup without offload was taken instead."""
+    slow, fast = search.throughput(spec, gpu, offloaded[0]), search.throughput(spec, gpu, taken[0])
+    need = sum(host.values())
+    text = (
+        f"took {search.label(taken[0])} ({fast:,.0f} tok/s) over {search.label(offloaded[0])} ({slow:,.0f} tok/s,"
+        f" {gib(need)} of pinned host RAM per node): faster, and no host RAM to provide; pin --offload"
+        f" {offloaded[0].offload} --precision {offloaded[0].precision} (and --host-ram) to take the other"
+    )
+    data: dict[str, NoteValue] = {
+        "taken": search.label(taken[0]),
+        "taken_tokens_per_second": fast,
+        "offloaded": search.label(offloaded[0]),
+        "offloaded_tokens_per_second": slow,
+        "host_bytes": need,
+    }
+    return Note(code="rank.offload", data=data, text=text)
+
+
 def gpu_notes(card: GPU, pinned: dict[str, Any]) -> list[Note]:
     """What the card changes: a name resolved to a catalog card, 16-bit work in fp16 without bf16."""
     notes: list[Note] = []

@@ -74,6 +74,13 @@ def _suggestions(spec: ModelSpec, gpu: GPU, pinned: dict[str, Any], host: int | 
         found = search.first_fit(spec, gpu, family_defaults(spec, fields)[0], host, policy)
         if found:
             setup, est = found
+            field = str(change["field"])
+            if change["change"] == "release" and getattr(setup, field) == pinned[field]:
+                # the released choice came back: what made it fit is what else the search changed
+                if setup.offload == pinned.get("offload", "none"):
+                    continue
+                label = f"with --offload {setup.offload}"
+                change = {"change": "set", "field": "offload", "value": setup.offload}
             text = f"would fit {label}: {search.label(setup)}, {advice.gib(est.device_bytes)} on the device"
             data = {**change, "setup": search.label(setup), "device_bytes": est.device_bytes}
             out.append(Note(code="fit.suggestion", data=data, text=text))
@@ -212,9 +219,40 @@ def _chosen(
         ranked = search.rank_class(spec, card, pinned, chosen[0], host, policy)
         chosen = ranked[0]
         evaluated = [e for e in evaluated if e[0] not in {r[0] for r in ranked}] + ranked
+        unpinned_offload = "offload" not in pinned and host is None
+        if unpinned_offload and chosen[0].offload != "none":
+            instead = _faster_without_offload(spec, card, pinned, evaluated, chosen, host, policy)
+            if instead is not None:
+                notes.append(advice.offload_trade_note(spec, card, chosen, instead[0], host_terms(spec, chosen[0])))
+                chosen, ranked = instead[0], instead[1]
+                evaluated = [e for e in evaluated if e[0] not in {r[0] for r in ranked}] + ranked
         if len(ranked) > 1:
             notes.append(advice.ranking_note(spec, card, ranked))
     return chosen, evaluated
+
+
+def _faster_without_offload(
+    spec: ModelSpec,
+    card: GPU,
+    pinned: dict[str, Any],
+    evaluated: list[Weighed],
+    chosen: Weighed,
+    host: int | None,
+    policy: PolicyOf,
+) -> tuple[Weighed, list[Weighed]] | None:
+    """The fastest setup of the same method that fits without CPU offload, with its class ranked
+    (no offload only), when it is faster than ``chosen``: offload needs pinned host RAM the user
+    has not stated, so a faster layout without it is taken first (None when there is none)."""
+    method = chosen[0].method
+    plain = [e for e in evaluated if e[2] and e[0].offload == "none" and e[0].method == method]
+    if not plain:
+        return None
+    ranked = [e for e in search.rank_class(spec, card, pinned, plain[0][0], host, policy) if e[0].offload == "none"]
+    if not ranked:
+        return None
+    if search.throughput(spec, card, ranked[0][0]) <= search.throughput(spec, card, chosen[0]):
+        return None
+    return ranked[0], ranked
 
 
 def plan(

@@ -28,6 +28,9 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
   (how many fitting setups are not shown); on a card without the figure the time model needs, the
   setups keep the relative model's order, ``tokens_per_second`` is empty and ``missing_figure``
   names the tables/gpus.csv column.
+- ``rank.offload``: the preferred precision fits only with CPU offload (pinned host RAM not stated);
+  a faster setup of the method without offload was taken: ``taken``, ``taken_tokens_per_second``,
+  ``offloaded``, ``offloaded_tokens_per_second``, ``host_bytes`` (what the offloaded one needs per node).
 - ``parallel.zero3_one_gpu``: ZeRO-3 on one GPU shards nothing: ``parallel``, ``world_size``.
 - ``host.ram``: host RAM one node needs for offloaded state: ``host_bytes``, ``host_ram_bytes`` (given, or None).
 - ``fit.host_short``: the host RAM given is too small: ``host_bytes``, ``host_ram_bytes``, ``short_bytes``.
