@@ -180,7 +180,9 @@ def plan_renderable(plan: Plan) -> Group:
     parts: list = [head]
     if plan.cards:
         parts.append(cards_table(plan))
-    parts += [terms, tiers]
+    from vramplan.render_phases import phases_table
+
+    parts += [terms, phases_table(plan), tiers]
     if plan.host_terms:
         parts.append(host_table(plan))
     parts.append(alts)
