@@ -185,6 +185,9 @@ def run_parser(command: str) -> argparse.ArgumentParser:
         help="optimizer steps to run, 1 to 1000 (default 2: the second is steady)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--verbose", action="store_true", help="show the libraries' own warnings and logs (silenced by default)"
+    )
     p.add_argument("--plot", help="draw the live-memory timeline to FILE.png or FILE.html")
     p.add_argument("--record", action="store_true", help="append the result to tables/measured/traces.jsonl")
     p.add_argument("--report", metavar="FILE.html", help="write the plan for --gpu with this timeline as a page")

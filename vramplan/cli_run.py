@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from typing import Any
 
 from vramplan.cli_parse import EXIT_FITS, EXIT_NO_FIT, SETUP_FLAGS, run_parser
@@ -58,17 +59,20 @@ def run_command(command: str, argv: list[str]) -> int:
                 *notes,
                 f"the report plans for the {traced_plan.gpu.name} (--gpu's default): pass --gpu for your card",
             ]
-    from vramplan.trace.quiet import quiet_libraries
+    if not args.verbose:
+        from vramplan.trace.quiet import quiet_libraries
 
-    quiet_libraries()
+        quiet_libraries()
     console = rich_console() if not args.json else None
     status = console.status(f"{command}: importing torch") if console else None
     if status:
         status.start()
+    started = time.perf_counter()
 
     def progress(message: str) -> None:
+        """The status line: what runs (the phase and step, once steps run) and the time so far."""
         if status:
-            status.update(f"{command}: {message}")
+            status.update(f"{command}: {message} ({time.perf_counter() - started:,.0f} s)")
 
     try:
         # what libraries print on stdout while they run (DeepSpeed's accelerator line on import) goes to

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -84,7 +85,12 @@ class Counter:
         if self.keep_timeline:
             self.timeline.append((self.step, self.ops, self.phase, dict(self.creator_totals)))
 
+    #: told each phase as it starts (``on_phase(phase, step)``): the trace's progress line
+    on_phase: Callable[[str, int], None] | None = None
+
     def set_phase(self, phase: str, step: int) -> None:
+        if self.on_phase is not None and (phase, step) != (self.phase, self.step):
+            self.on_phase(phase, step)
         self.phase, self.step = phase, step
 
 

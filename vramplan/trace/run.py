@@ -277,6 +277,7 @@ def trace(
             make_ids = lambda: batch.inputs(fake_mode)  # noqa: E731
         baseline = counter.total
         say(f"running {steps} step(s)")
+        counter.on_phase = lambda phase, step: say(f"step {step + 1} of {steps}: {phase}")
         mode_ctx = fake_mode if fake_mode is not None else contextlib.nullcontext()
         with layout, mode_ctx, CountingMode(counter), counted_rng_state(counter):
             _run_with_bookkeeping(built, setup, steps, counter, make_ids)
