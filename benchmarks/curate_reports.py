@@ -68,7 +68,13 @@ ROWS: dict[str, dict[str, str]] = {
         " maintainer's reply in the thread: fixed in the nightlies of July 2023), so every frozen layer stayed"
         " gathered; vramplan counts FSDP as torch 2.1 and later runs it",
     },
-    "swift-1859-full-a800": {"trainer": "swift", "trainer_version": "2"},
+    # MAX_PIXELS=602112 caps each image at 602112 / 28^2 = 768 visual tokens (784x768); one image a
+    # sample, the least the custom dataset can hold
+    "swift-1859-full-a800": {
+        "trainer": "swift",
+        "trainer_version": "2",
+        "settings": "images_per_sample=1;image_size=784x768",
+    },
     "swift-2010": {"trainer": "swift", "trainer_version": "2"},
     "swift-5199": {"trainer": "swift", "trainer_version": "3"},
     "unsloth-pr428-r8-unsloth": {"trainer": "unsloth"},

@@ -9,8 +9,8 @@ bytes after any op. Works the same on real tensors and on fake ones.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
