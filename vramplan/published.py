@@ -438,6 +438,7 @@ def compare(row: dict[str, str], base: Path, line: int | None = None) -> Compari
         error_pct=err,
         fits=None if said is None else said != "does not fit",
         verdict=said,
+        device_bytes=est.device_bytes,
         phase=est.phase,
     )
 
