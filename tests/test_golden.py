@@ -31,7 +31,13 @@ def _cli_json(stdout: str) -> str:
     except ValueError:
         return stdout
     recorded = _recorded_shape(value)
-    return stdout if recorded == value else json.dumps(recorded) + "\n"
+    if recorded == value:
+        return stdout
+    # written as the CLI wrote it: json.dumps (a plan) or pydantic's compact dump (emit, measure)
+    for seps, ascii_only in (((", ", ": "), True), ((",", ":"), False), ((",", ":"), True)):
+        if json.dumps(value, separators=seps, ensure_ascii=ascii_only) == stdout.rstrip("\n"):
+            return json.dumps(recorded, separators=seps, ensure_ascii=ascii_only) + "\n"
+    return json.dumps(recorded) + "\n"
 
 
 #: field -> (why it changed, new -> recorded). Emptied when the recording is made again (the
@@ -41,7 +47,14 @@ RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "stdout": ("a plan's --json line: the renamed fields inside it are mapped back too", _cli_json),
 }
 #: field -> why it was added (emptied when the recording is made again)
-ADDED: dict[str, str] = {}
+ADDED: dict[str, str] = {
+    # the phases of a run (vramplan/memory/run.py): Setup fields whose "auto"/0 default is the trainer's
+    "zero3_init": "Setup field: ZeRO-3 zero.Init at load, default the trainer's (no plan moves)",
+    "evaluation": "Setup field: evaluation during training, default the trainer's (none: no plan moves)",
+    "eval_batch": "Setup field: evaluation batch, default the trainer's (read only with evaluation on)",
+    "load": "phase (an Estimate's phases): bitsandbytes loading, below the step's peak in every recorded plan",
+    "save": "phase (an Estimate's phases): a ZeRO-3/FSDP checkpoint save, below the step's peak in every recorded plan",
+}
 #: field -> why it was removed (emptied when the recording is made again)
 REMOVED: dict[str, str] = {}
 

@@ -1,0 +1,197 @@
+"""The phases of a run around its training steps: loading the model, evaluating during
+training, saving a checkpoint. Each is a phase beside the step's (phases.py), per GPU, with
+its own peak; the Estimate's peak is the largest of all, named (``Estimate.phase``).
+
+- ``load`` (:func:`load_terms`): what a rank holds while the model loads, where that is more
+  than the step's weights: under ZeRO-3 without ``deepspeed.zero.Init`` (``Setup.zero3_init``,
+  default :attr:`~vramplan.policy.Policy.zero3_init`) the whole 16-bit model on every rank
+  before DeepSpeed partitions it; with a bitsandbytes base, the packed weights loaded so far
+  beside the linear being quantized, in 16 bits. Data-parallel layouts (DDP, ZeRO-1/2) load
+  the full 16-bit weights the step already holds, and ``device_map`` each card's share: no
+  phase of their own.
+- ``evaluate`` (:func:`eval_terms`): ``Trainer.evaluate`` between optimizer steps: the
+  training state (weights, optimizer state; the gradients freed by ``zero_grad(set_to_none=
+  True)``) beside a ``no_grad`` forward of ``eval_batch`` sequences and its loss chain, the
+  logits kept for ``compute_metrics``, or a generation's KV cache (``Setup.evaluation``,
+  default :attr:`~vramplan.policy.Policy.evaluation`).
+- ``save`` (:func:`save_terms`): under ZeRO-3 and FSDP, what the checkpoint gathers on the
+  card (one module or unit at a time, moved to the host); plain and LoRA saves copy nothing
+  onto the card.
+
+Terms keep the step's prefixes, so that device_map.card_terms and the glossary read them as
+the step's: ``weights/unpartitioned``, ``weights/load_unquantized``, ``activations/eval_forward``,
+``loss/eval_chain``, ``loss/eval_predictions``, ``inference/kv_cache``, ``parallel/save_gathered``.
+"""
+
+from __future__ import annotations
+
+from vramplan.errors import VramplanError
+from vramplan.memory import fused_head, inference, loss, weights
+from vramplan.memory.policy import act_bytes, pointwise_bytes, policy_of, residual_bytes
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+from vramplan.units import nbytes
+
+RUN_PHASES = ("load", "evaluate", "save")
+#: the step's terms that stay through a whole run (weights, optimizer state, layout buffers, CUDA's)
+_KEPT = ("weights/", "optimizer/", "parallel/", "overhead/")
+#: bitsandbytes quantizes at load (transformers integrations/bitsandbytes.py); GPTQ/AWQ load packed
+_BNB = ("bnb-int8", "bnb-nf4", "bnb-nf4-dq", "bnb-fp4")
+
+
+def zero3_init(setup: Setup) -> bool:
+    """``Setup.zero3_init``, or the trainer's (:attr:`Policy.zero3_init`) when ``auto``."""
+    return policy_of(setup).zero3_init if setup.zero3_init == "auto" else setup.zero3_init == "on"
+
+
+def evaluation(setup: Setup) -> str:
+    """``Setup.evaluation``, or the trainer's (:attr:`Policy.evaluation`) when ``auto``; a
+    generation the trainer cannot run is refused, naming the field."""
+    mode = policy_of(setup).evaluation if setup.evaluation == "auto" else setup.evaluation
+    if mode == "generate" and not policy_of(setup).eval_generate:
+        raise VramplanError("evaluation", "this trainer does not generate at evaluation: none, loss or logits")
+    return mode
+
+
+def eval_batch(setup: Setup) -> int:
+    """``Setup.eval_batch``, or the trainer's (:attr:`Policy.eval_batch`; None: the micro-batch)."""
+    if setup.eval_batch:
+        return setup.eval_batch
+    return policy_of(setup).eval_batch or setup.micro_batch
+
+
+def _kept(step: dict[str, int]) -> dict[str, int]:
+    """What a rank holds between optimizer steps: the step's weights, optimizer state, layout
+    buffers and CUDA workspaces, without the gradients (``zero_grad(set_to_none=True)``) and the
+    optimizer step's temporaries."""
+    return {k: v for k, v in step.items() if k.startswith(_KEPT) and k != "optimizer/step_temporaries"}
+
+
+def load_terms(spec: ModelSpec, setup: Setup, llm: Setup, step: dict[str, int]) -> dict[str, int] | None:
+    """The load phase where it holds more than the step's weights, else None.
+
+    ZeRO-3 without ``zero.Init``: the whole model, cast to DeepSpeed's 16-bit dtype, on every
+    rank (deepspeed 0.19.8 runtime/engine.py ``_configure_distributed_model`` casts the module,
+    then ``self.module.to(self.device)`` unless it was zero-initialised; the stage-3 optimizer
+    partitions it afterwards). ``llm`` is the run in that dtype (phases._estimate).
+
+    bitsandbytes: each weight arrives on the card in the checkpoint's dtype and is packed there
+    (transformers 5.25 integrations/bitsandbytes.py ``Bnb4bitQuantize.convert``:
+    ``Params4bit(value, ...).to(value.device)``; ``Bnb8bitQuantize`` alike), beside the weights
+    packed before it: the step's weights plus the largest quantized linear in 16 bits (a lower
+    bound: tensors the loader materialises ahead are not counted)."""
+    if setup.parallel == "zero3" and not zero3_init(setup):
+        full = weights.frozen_weight_bytes(spec, llm) + weights.trainable_weight_bytes(spec, llm)
+        return {"weights/unpartitioned": full + weights.quant_state_bytes(spec, llm)}
+    if setup.quant in _BNB and setup.parallel in ("none", "ddp", "zero1", "zero2"):
+        vision = policy_of(llm).quantize_vision
+        widest = max(lin.in_features * lin.out_features for lin in weights.quantized_linears(spec, setup.quant, vision))
+        loaded = {k: v for k, v in step.items() if k in ("weights/frozen", "weights/quant_state")}
+        return {**loaded, "weights/load_unquantized": nbytes(widest, "bf16")}
+    return None
+
+
+def eval_forward_bytes(spec: ModelSpec, ev: Setup) -> int:
+    """The largest temporary of one layer's ``no_grad`` forward at the evaluation batch ``ev``:
+    the layer's input and output in the residual stream, and a gated MLP's three intermediates
+    (act(gate), up, their product: 3·t·I) or eager attention's scores and softmax; nothing is
+    saved for backward."""
+    t = ev.tokens
+    inter = spec.intermediate_size
+    if spec.moe is not None:
+        inter = max(inter, spec.moe.expert_intermediate_size * spec.moe.experts_per_token)
+    mlp = (3 if spec.gated_mlp else 2) * t * inter * pointwise_bytes(ev)
+    if ev.attention == "eager":
+        mlp = max(mlp, (4 + act_bytes(ev)) * ev.micro_batch * spec.num_heads * ev.seq_len**2)
+    return 2 * t * spec.hidden_size * residual_bytes(ev) + mlp
+
+
+def eval_terms(
+    spec: ModelSpec, setup: Setup, llm: Setup, step: dict[str, int], forward: dict[str, int]
+) -> dict[str, int] | None:
+    """The evaluate phase (None when the run does not evaluate): the training state
+    (:func:`_kept`) and autocast's weight copies made in forward (``forward``: the step's
+    ``forward_end`` terms; autocast caches casts of parameters that require grad whatever the
+    grad mode), with the larger of a layer's ``no_grad`` forward and the loss chain at the
+    evaluation batch (transformers ``Trainer.prediction_step``: ``compute_loss`` under
+    ``torch.no_grad()``; the trainer's own chain, the full logits or TRL's fused head).
+
+    ``logits``: ``prediction_step`` returns the logits, kept for ``compute_metrics``
+    (``EvalLoopContainer`` on the card until ``eval_accumulation_steps`` moves them): one
+    earlier batch's beside this one's chain, the least they hold (each further batch adds as
+    much without ``eval_accumulation_steps``); an int64 per position when the trainer's
+    ``preprocess_logits_for_metrics`` takes the argmax.
+
+    ``generate``: ``Seq2SeqTrainer.prediction_step`` runs ``model.generate`` (KV cache of the
+    prompt and the new tokens, inference.kv_cache_bytes, beside the prompt's forward,
+    inference.prefill_transient_bytes), then the loss forward where the trainer runs one
+    (:attr:`Policy.eval_generate_loss`); the larger of the two."""
+    mode = evaluation(setup)
+    if mode == "none":
+        return None
+    b = eval_batch(setup)
+    ev = llm.model_copy(update={"micro_batch": b})
+    kept = _kept(step)
+    kept["weights/autocast_copies"] = forward.get("weights/autocast_copies", 0)
+    if "parallel/gathered_weights" in forward:  # ZeRO-3/FSDP gather as the step's forward does
+        kept["parallel/gathered_weights"] = forward["parallel/gathered_weights"]
+    if "overhead/dequant_workspace" in forward:
+        kept["overhead/dequant_workspace"] = forward["overhead/dequant_workspace"]
+    if policy_of(llm).loss_chain == "fused_head":
+        n = b * (llm.seq_len - 1)  # phases.sft_scored_tokens at the evaluation batch
+        chain = fused_head.forward_bytes(spec, ev, n)
+    else:
+        chain = loss.forward_chain_bytes(spec, ev) + loss.softcap_bytes(spec, ev)
+    chain += nbytes(ev.tokens * spec.hidden_size, policy_of(ev).residual)  # the last hidden states
+    scored = {"loss/eval_chain": chain}
+    if mode == "logits":
+        per_batch = 8 * ev.tokens if policy_of(llm).eval_argmax else act_bytes(ev) * ev.tokens * spec.vocab_size
+        scored["loss/eval_predictions"] = per_batch
+    forward_layer = {"activations/eval_forward": eval_forward_bytes(spec, ev)}
+    best = max((scored, forward_layer), key=lambda t: sum(t.values()))
+    if mode == "generate" and not policy_of(llm).eval_generate_loss:
+        best = {}
+        new = policy_of(llm).eval_new_tokens
+        gen = ev.model_copy(update={"seq_len": llm.seq_len + new})
+        generation = {
+            "inference/kv_cache": inference.kv_cache_bytes(spec, gen),
+            "inference/transient": inference.prefill_transient_bytes(spec, gen),
+        }
+        best = max((best, generation), key=lambda t: sum(t.values()))
+    return {**kept, **best}
+
+
+def save_terms(spec: ModelSpec, setup: Setup, step: dict[str, int]) -> dict[str, int] | None:
+    """The save phase under ZeRO-3 and FSDP (None otherwise: a plain or LoRA save reads the
+    tensors where they are and safetensors copies each to the host on its own).
+
+    ZeRO-3 with ``stage3_gather_16bit_weights_on_model_save`` (the emitted configs set it,
+    frameworks/files/launch.py; LLaMA-Factory's ds_z3_config.json too): deepspeed 0.19.8
+    runtime/engine.py ``_zero3_consolidated_16bit_state_dict`` gathers one module's parameters
+    at a time (``GatheredParameters(..., modifier_rank=0)``) and keeps ``param.detach().cpu()``:
+    the largest module, the embedding (V·h in 16 bits), is what lands on the card. FSDP: accelerate
+    ``Accelerator.get_state_dict`` asks for a full state dict with ``offload_to_cpu=True,
+    rank0_only=True``; FSDP2's ``get_model_state_dict(full_state_dict=True, cpu_offload=True)`` alike:
+    one parameter (FSDP1: one unit) gathered at a time, the root's embedding at most. Beside the
+    training state, between optimizer steps (:func:`_kept`)."""
+    if setup.parallel not in ("zero3", "fsdp"):
+        return None
+    dt = "fp32" if setup.parallel == "fsdp" and policy_of(setup).weights == "fp32" else "bf16"
+    kept = {k: v for k, v in _kept(step).items() if k != "parallel/gathered_weights"}  # no layer runs
+    return {**kept, "parallel/save_gathered": nbytes(spec.vocab_size * spec.hidden_size, dt)}
+
+
+def with_run_phases(
+    spec: ModelSpec, setup: Setup, llm: Setup, per_phase: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    """``per_phase`` (the step's phases, per GPU) with the run's: ``load``, ``evaluate`` and
+    ``save`` where the run has them (see the module docstring). ``setup`` is the user's run with
+    the trainer's policy, ``llm`` the language model's (in DeepSpeed's 16 bits, image tokens in)."""
+    step = per_phase["optimizer_step"]
+    forward = per_phase.get("forward_end", {})
+    made = {
+        "load": load_terms(spec, setup, llm, step),
+        "evaluate": eval_terms(spec, setup, llm, step, forward),
+        "save": save_terms(spec, setup, step),
+    }
+    return {**per_phase, **{name: terms for name, terms in made.items() if terms is not None}}
