@@ -141,3 +141,21 @@ def test_saving_gathers_the_embedding_once_below_the_step(layout: str) -> None:
     assert est.phases["save"] < est.allocated_bytes
     plain = _est(spec, "trl", method="full")
     assert "save" not in plain.phases  # a plain save copies nothing onto the card
+
+
+@pytest.mark.parametrize("layout", ["ddp", "zero1", "zero2"])
+def test_data_parallel_loads_nothing_beyond_the_steps_full_16bit_weights(layout: str) -> None:
+    """Every rank loads the whole model, which the step already holds in full (DeepSpeed casts an
+    AMP model to 16 bits before moving it: the step's weights are 16-bit too)."""
+    spec = load_model("qwen2.5-7b")
+    est = _est(spec, "trl", method="lora", num_gpus=4, parallel=layout, precision="amp-bf16")
+    assert "load" not in est.phases
+    weights = est.terms["weights/frozen"]
+    full = param_counts(spec).total
+    assert weights == (4 if layout == "ddp" else 2) * full  # DDP keeps AMP's fp32 weights; DeepSpeed 16-bit ones
+
+
+def test_device_map_loads_each_cards_share_only() -> None:
+    spec = load_model("qwen2.5-7b")
+    est = _est(spec, "trl", method="lora", num_gpus=2, parallel="device_map", zero3_init="off")
+    assert "load" not in est.phases and len(est.cards) == 2
