@@ -159,3 +159,17 @@ def test_device_map_loads_each_cards_share_only() -> None:
     spec = load_model("qwen2.5-7b")
     est = _est(spec, "trl", method="lora", num_gpus=2, parallel="device_map", zero3_init="off")
     assert "load" not in est.phases and len(est.cards) == 2
+
+
+def test_swift_gathers_the_whole_model_to_generate_under_zero3() -> None:
+    spec = load_model("qwen2.5-7b")
+    kw = dict(method="lora", num_gpus=4, parallel="zero3", evaluation="generate", seq_len=512)
+    swift = _est(spec, "swift", **kw)
+    assert swift.phase == "evaluate"
+    assert swift.terms["parallel/gathered_weights"] >= 2 * param_counts(spec).total  # bf16, whole
+    setup = Setup(precision="bf16", attention="sdpa", **kw)
+    layerwise = framework("swift").policy(setup).model_copy(update={"eval_generate_gathers": False})
+    hooks = estimate(spec, setup, policy=layerwise)  # generating through ZeRO-3's per-layer gathering
+    step_gathered = _est(spec, "swift", method="lora", num_gpus=4, parallel="zero3").terms["parallel/gathered_weights"]
+    gap = swift.phases["evaluate"] - hooks.phases["evaluate"]
+    assert gap == swift.terms["parallel/gathered_weights"] - step_gathered

@@ -45,7 +45,16 @@ Evaluation = Literal["none", "loss", "logits", "generate"]
 POLICY_INPUTS = frozenset({"method", "precision", "quant", "attention"})
 #: the fields only the run's phases beside the step read (memory/run.py: load, evaluate, save)
 RUN_FIELDS = frozenset(
-    {"zero3_init", "evaluation", "eval_batch", "eval_argmax", "eval_generate", "eval_generate_loss", "eval_new_tokens"}
+    {
+        "zero3_init",
+        "evaluation",
+        "eval_batch",
+        "eval_argmax",
+        "eval_generate",
+        "eval_generate_loss",
+        "eval_generate_gathers",
+        "eval_new_tokens",
+    }
 )
 
 
@@ -176,6 +185,10 @@ class Policy(BaseModel):
     """Evaluating with generation also runs the loss forward: transformers ``Seq2SeqTrainer.prediction_step``
     calls ``model(**inputs)`` under ``no_grad`` after ``generate`` when the batch has labels; ``False``: the
     trainer drops the labels first (run.eval_terms)."""
+    eval_generate_gathers: bool = False
+    """Under ZeRO-3 the trainer gathers the whole model on every rank to generate at evaluation;
+    ``False``: transformers ``Seq2SeqTrainer.prediction_step`` generates with ``synced_gpus``
+    (trainer_seq2seq.py), through ZeRO-3's per-layer gathering (run.eval_terms)."""
     eval_new_tokens: int = 0
     """Tokens generated beyond the prompt at evaluation (``generation_config.max_new_tokens``; the
     HF default ``max_length`` 20 is within any prompt): run.eval_terms' KV cache."""

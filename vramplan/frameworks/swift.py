@@ -85,10 +85,19 @@ class Swift(Framework):
         (``eval_metric`` None for causal_lm, ``_init_metric``); the ``acc`` metric keeps the argmax
         (metrics/acc.py ``preprocess_logits_for_metrics``); ``predict_with_generate`` generates up to
         ``max_new_tokens`` 64 (sft_args.py) through its infer engine, with no loss forward
-        (trainers/seq2seq_trainer.py ``Seq2SeqTrainer.prediction_step``; ``eval_generate_loss``).
+        (trainers/seq2seq_trainer.py ``Seq2SeqTrainer.prediction_step``; ``eval_generate_loss``), inside
+        ``unwrap_model_for_generation(..., gather_deepspeed3_params=args.ds3_gather_for_generation)``, True by
+        default (trainers/arguments.py): under ZeRO-3 the whole model is gathered on every rank
+        (utils/transformers_utils.py, ``deepspeed.zero.GatheredParameters``; ``eval_generate_gathers``).
         """
         base = default_policy(setup).model_copy(
-            update={"eval_batch": 1, "eval_argmax": True, "eval_new_tokens": 64, "eval_generate_loss": False}
+            update={
+                "eval_batch": 1,
+                "eval_argmax": True,
+                "eval_new_tokens": 64,
+                "eval_generate_loss": False,
+                "eval_generate_gathers": True,
+            }
         )
         if setup.method != "qlora" or setup.quant == "gptq-int4":
             return base

@@ -67,6 +67,12 @@ def _kept(step: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in step.items() if k.startswith(_KEPT) and k != "optimizer/step_temporaries"}
 
 
+def unpartitioned_weight_bytes(spec: ModelSpec, llm: Setup) -> int:
+    """The whole model's weights as one process holds them (frozen, trainable, k-bit state)."""
+    frozen = weights.frozen_weight_bytes(spec, llm) + weights.trainable_weight_bytes(spec, llm)
+    return frozen + weights.quant_state_bytes(spec, llm)
+
+
 def load_terms(spec: ModelSpec, setup: Setup, llm: Setup, step: dict[str, int]) -> dict[str, int] | None:
     """The load phase where it holds more than the step's weights, else None.
 
@@ -81,8 +87,7 @@ def load_terms(spec: ModelSpec, setup: Setup, llm: Setup, step: dict[str, int]) 
     packed before it: the step's weights plus the largest quantized linear in 16 bits (a lower
     bound: tensors the loader materialises ahead are not counted)."""
     if setup.parallel == "zero3" and not zero3_init(setup):
-        full = weights.frozen_weight_bytes(spec, llm) + weights.trainable_weight_bytes(spec, llm)
-        return {"weights/unpartitioned": full + weights.quant_state_bytes(spec, llm)}
+        return {"weights/unpartitioned": unpartitioned_weight_bytes(spec, llm)}
     if setup.quant in _BNB and setup.parallel in ("none", "ddp", "zero1", "zero2"):
         vision = policy_of(llm).quantize_vision
         widest = max(lin.in_features * lin.out_features for lin in weights.quantized_linears(spec, setup.quant, vision))
@@ -125,7 +130,8 @@ def eval_terms(
     ``generate``: ``Seq2SeqTrainer.prediction_step`` runs ``model.generate`` (KV cache of the
     prompt and the new tokens, inference.kv_cache_bytes, beside the prompt's forward,
     inference.prefill_transient_bytes), then the loss forward where the trainer runs one
-    (:attr:`Policy.eval_generate_loss`); the larger of the two."""
+    (:attr:`Policy.eval_generate_loss`); the larger of the two. Under ZeRO-3 a trainer that
+    gathers the model to generate (:attr:`Policy.eval_generate_gathers`) holds it whole meanwhile."""
     mode = evaluation(setup)
     if mode == "none":
         return None
@@ -157,6 +163,8 @@ def eval_terms(
             "inference/kv_cache": inference.kv_cache_bytes(spec, gen),
             "inference/transient": inference.prefill_transient_bytes(spec, gen),
         }
+        if setup.parallel == "zero3" and policy_of(llm).eval_generate_gathers:  # the whole model, on every rank
+            generation["parallel/gathered_weights"] = unpartitioned_weight_bytes(spec, llm)
         best = max((best, generation), key=lambda t: sum(t.values()))
     return {**kept, **best}
 
