@@ -3,6 +3,8 @@ checked against the hand-computed value for a real catalog spec, and the trainer
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 
 from vramplan import plan
@@ -173,3 +175,39 @@ def test_swift_gathers_the_whole_model_to_generate_under_zero3() -> None:
     step_gathered = _est(spec, "swift", method="lora", num_gpus=4, parallel="zero3").terms["parallel/gathered_weights"]
     gap = swift.phases["evaluate"] - hooks.phases["evaluate"]
     assert gap == swift.terms["parallel/gathered_weights"] - step_gathered
+
+
+def test_measured_rows_may_state_the_runs_phases(tmp_path) -> None:
+    """The published-measurements schema's optional zero3_init / evaluation / eval_batch columns
+    (published.py RUN_COLUMNS): lf-3035 as its thread ran it, LLaMA-Factory through accelerate with
+    zero3_init_flag false, is an out-of-memory the plan now calls; blank keeps the trainer's default."""
+    from vramplan.published import COLUMNS, RUN_COLUMNS, compare_csv
+
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(
+        source="https://github.com/hiyouga/LlamaFactory/issues/3035",
+        trainer="llamafactory",
+        model="qwen1.5-14b",
+        method="lora",
+        precision="bf16",
+        lora_targets="q_proj,v_proj",
+        optimizer="adamw",
+        seq_len="1024",
+        micro_batch="1",
+        grad_accum="6",
+        grad_checkpointing="true",
+        attention="sdpa",
+        num_gpus="2",
+        parallel="zero3",
+        gpu="4090",
+        measurement="unknown",
+        outcome="oom",
+    )
+    path = tmp_path / "rows.csv"
+    with path.open("w", newline="") as fh:
+        out = csv.DictWriter(fh, fieldnames=[*COLUMNS, *RUN_COLUMNS])
+        out.writeheader()
+        for rid, init in (("stated", "off"), ("blank", "")):
+            out.writerow({**row, "id": rid, "zero3_init": init, "evaluation": "", "eval_batch": ""})
+    got = {c.id: c.fits for c in compare_csv(path)}
+    assert got == {"stated": False, "blank": True}

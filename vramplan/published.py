@@ -15,7 +15,9 @@ estimated under another trainer's. ``trainer_version`` is the version the source
 the release series its date implies (``0`` for TRL before 2025), blank when neither is known;
 it is used where a trainer's step changed across releases (:func:`policy_trainer`: TRL 0.x ran
 the transformers Trainer's step). The two columns may be absent from a
-user's CSV (read as blank). ``model`` is a catalog name or a path to a config.json relative to the CSV. ``measurement``
+user's CSV (read as blank), as may ``zero3_init``, ``evaluation`` and ``eval_batch`` (the run's
+phases beside the step, memory/run.py; blank: the trainer's default). ``model`` is a catalog
+name or a path to a config.json relative to the CSV. ``measurement``
 picks the tier compared: allocated, reserved, device; ``unknown`` is compared against
 reserved (and says so). An ``oom`` row is checked the other way: the estimate must not call
 it a fit on its ``gpu``. A ``device_map`` row whose value is a published total divided by
@@ -63,6 +65,9 @@ COLUMNS = (
 ).split()
 #: columns a user's CSV may leave out (read as blank: the plain transformers Trainer loop)
 OPTIONAL_COLUMNS = ("trainer", "trainer_version")
+#: columns a CSV may add after the schema's: the run's phases beside the step (memory/run.py), as the
+#: Setup fields of the same names; absent or blank: the trainer's default
+RUN_COLUMNS = ("zero3_init", "evaluation", "eval_batch")
 #: fields every row needs before it can be estimated.
 REQUIRED = ("model", "method", "precision", "seq_len", "micro_batch", "num_gpus", "attention")
 UNITS = {"GiB": GIB, "GB": GB}
@@ -223,6 +228,7 @@ def row_setup(row: dict[str, str]) -> Setup:
         grad_checkpointing=gc == "true",
         optimizer=row.get("optimizer") or "adamw",
         grad_accum=row.get("grad_accum") or "1",
+        **{name: row[name] for name in RUN_COLUMNS if row.get(name)},
     )
     if method in ("lora", "qlora"):
         fields.update(
