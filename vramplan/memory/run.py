@@ -83,7 +83,10 @@ def load_terms(spec: ModelSpec, setup: Setup, llm: Setup, step: dict[str, int]) 
 
     bitsandbytes: each weight arrives on the card in the checkpoint's dtype and is packed there
     (transformers 5.25 integrations/bitsandbytes.py ``Bnb4bitQuantize.convert``:
-    ``Params4bit(value, ...).to(value.device)``; ``Bnb8bitQuantize`` alike), beside the weights
+    ``Params4bit(value, ...).to(value.device)``; ``Bnb8bitQuantize`` alike; transformers 4.57
+    quantizers/quantizer_bnb_4bit.py ``create_quantized_param``: ``param_value.to("cpu")``, then
+    ``Params4bit(...).to(target_device)``, whose ``_quantize`` (bitsandbytes 0.50 nn/modules.py)
+    moves the 16-bit weight to the card and packs it with ``quantize_4bit``), beside the weights
     packed before it: the step's weights plus the largest quantized linear in 16 bits (a lower
     bound: tensors the loader materialises ahead are not counted)."""
     if setup.parallel == "zero3" and not zero3_init(setup):
