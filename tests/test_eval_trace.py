@@ -66,11 +66,17 @@ def traced_eval_peak(setup: Setup, steps: int = 2) -> int:
         with fake_mode:
             batch_ids = torch.randint(0, vocab, (b, s))
             batch = {"input_ids": batch_ids, "labels": batch_ids.clone()}
+        loss_only = setup.evaluation == "loss"
+        kept = None
+        if not loss_only:  # an earlier batch's logits, kept for compute_metrics (EvalLoopContainer)
+            with fake_mode, CountingMode(counter):
+                _, kept, _ = trainer.prediction_step(net, dict(batch), prediction_loss_only=False)
         counter.set_phase("evaluate", steps)
         with fake_mode, CountingMode(counter), contextlib.suppress(StopIteration):
-            loss, logits, _ = trainer.prediction_step(net, batch, prediction_loss_only=True)
-            assert logits is None  # loss only: nothing kept for metrics
-            del loss, batch
+            loss, logits, _ = trainer.prediction_step(net, batch, prediction_loss_only=loss_only)
+            assert (logits is None) is loss_only  # loss only: nothing kept for metrics
+            del loss, batch, logits
+        assert kept is None or kept.shape == (b, s, vocab)
         return counter.phase_peaks[f"step{steps}/evaluate"]
 
 
@@ -79,11 +85,12 @@ def traced_eval_peak(setup: Setup, steps: int = 2) -> int:
     [
         {"method": "lora", "precision": "bf16", "seq_len": 512, "eval_batch": 4},
         {"method": "full", "precision": "amp-bf16", "seq_len": 256, "eval_batch": 2},
+        {"method": "lora", "precision": "bf16", "seq_len": 512, "eval_batch": 2, "evaluation": "logits"},
     ],
-    ids=["lora-bf16-eval4x512", "full-amp-eval2x256"],
+    ids=["lora-bf16-eval4x512", "full-amp-eval2x256", "lora-bf16-logits2x512"],
 )
 def test_evaluate_phase_matches_the_traced_prediction_step(fields: dict) -> None:
-    setup = Setup(attention="sdpa", grad_checkpointing=False, evaluation="loss", **fields)
+    setup = Setup(**{"attention": "sdpa", "grad_checkpointing": False, "evaluation": "loss", **fields})
     est = estimate(load_model(MODEL), setup)  # the generic loop: transformers Trainer
     planned = est.phases["evaluate"] - cublas_workspace_bytes()  # CUDA's workspace: no CPU trace sees it
     traced = traced_eval_peak(setup)

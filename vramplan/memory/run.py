@@ -127,7 +127,9 @@ def eval_terms(
     ``logits``: ``prediction_step`` returns the logits, kept for ``compute_metrics``
     (``EvalLoopContainer`` on the card until ``eval_accumulation_steps`` moves them): one
     earlier batch's beside this one's chain, the least they hold (each further batch adds as
-    much without ``eval_accumulation_steps``); an int64 per position when the trainer's
+    much without ``eval_accumulation_steps``), in fp32 under accelerate's autocast wrapper
+    (accelerate 1.16 ``Accelerator.prepare_model``: ``convert_outputs_to_fp32``; DeepSpeed runs
+    its own 16-bit model, unwrapped); an int64 per position when the trainer's
     ``preprocess_logits_for_metrics`` takes the argmax.
 
     ``generate``: ``Seq2SeqTrainer.prediction_step`` runs ``model.generate`` (KV cache of the
@@ -154,7 +156,11 @@ def eval_terms(
     chain += nbytes(ev.tokens * spec.hidden_size, policy_of(ev).residual)  # the last hidden states
     scored = {"loss/eval_chain": chain}
     if mode == "logits":
-        per_batch = 8 * ev.tokens if policy_of(llm).eval_argmax else act_bytes(ev) * ev.tokens * spec.vocab_size
+        # kept as the model returned them: fp32 where accelerate wrapped the forward for autocast
+        # (``convert_outputs_to_fp32``), else in the activations' dtype
+        wrapped = policy_of(llm).autocast and setup.parallel not in ("zero1", "zero2", "zero3")
+        kept_bytes = 4 if wrapped else act_bytes(ev)
+        per_batch = 8 * ev.tokens if policy_of(llm).eval_argmax else kept_bytes * ev.tokens * spec.vocab_size
         scored["loss/eval_predictions"] = per_batch
     forward_layer = {"activations/eval_forward": eval_forward_bytes(spec, ev)}
     best = max((scored, forward_layer), key=lambda t: sum(t.values()))
