@@ -182,15 +182,19 @@ def save_terms(spec: ModelSpec, setup: Setup, step: dict[str, int]) -> dict[str,
     """The save phase under ZeRO-3 and FSDP (None otherwise: a plain or LoRA save reads the
     tensors where they are and safetensors copies each to the host on its own).
 
-    ZeRO-3 with ``stage3_gather_16bit_weights_on_model_save`` (the emitted configs set it,
-    frameworks/files/launch.py; LLaMA-Factory's ds_z3_config.json too): deepspeed 0.19.8
-    runtime/engine.py ``_zero3_consolidated_16bit_state_dict`` gathers one module's parameters
-    at a time (``GatheredParameters(..., modifier_rank=0)``) and keeps ``param.detach().cpu()``:
-    the largest module, the embedding (V·h in 16 bits), is what lands on the card. FSDP: accelerate
-    ``Accelerator.get_state_dict`` asks for a full state dict with ``offload_to_cpu=True,
-    rank0_only=True``; FSDP2's ``get_model_state_dict(full_state_dict=True, cpu_offload=True)`` alike:
-    one parameter (FSDP1: one unit) gathered at a time, the root's embedding at most. Beside the
-    training state, between optimizer steps (:func:`_kept`)."""
+    transformers 5.25 ``Trainer.save_model``: under ZeRO-3 ``accelerator.get_state_dict(self.deepspeed)``
+    (PEFT: ``_zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True)``), which needs
+    ``stage3_gather_16bit_weights_on_model_save`` (the emitted configs set it, frameworks/files/launch.py;
+    LLaMA-Factory's ds_z3_config.json too). deepspeed 0.19.8 runtime/engine.py
+    ``_zero3_consolidated_16bit_state_dict`` gathers one module's parameters at a time
+    (``GatheredParameters(module.parameters(recurse=False), modifier_rank=0)``, frozen ones too: the
+    filter applies to what is copied) and keeps ``param.detach().cpu()``: the largest module, the
+    embedding (V·h in 16 bits), is what lands on the card. FSDP: with ``FULL_STATE_DICT`` (accelerate
+    1.16's default for FSDP1; FSDP2's is ``SHARDED_STATE_DICT``, saved shard by shard)
+    ``Accelerator.get_state_dict`` asks FSDP1 for ``offload_to_cpu=True, rank0_only=True`` (one unit
+    gathered at a time) and FSDP2's ``get_model_state_dict`` for ``cpu_offload=True`` (one parameter
+    at a time): the embedding at most. Beside the training state, between optimizer steps
+    (:func:`_kept`), no layer gathered for compute."""
     if setup.parallel not in ("zero3", "fsdp"):
         return None
     dt = "fp32" if setup.parallel == "fsdp" and policy_of(setup).weights == "fp32" else "bf16"
