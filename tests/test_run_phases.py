@@ -211,3 +211,10 @@ def test_measured_rows_may_state_the_runs_phases(tmp_path) -> None:
             out.writerow({**row, "id": rid, "zero3_init": init, "evaluation": "", "eval_batch": ""})
     got = {c.id: c.fits for c in compare_csv(path)}
     assert got == {"stated": False, "blank": True}
+
+
+def test_an_evaluation_batch_without_an_evaluation_is_refused_naming_the_field() -> None:
+    spec = load_model("qwen2.5-0.5b")
+    with pytest.raises(VramplanError) as err:
+        _est(spec, method="lora", eval_batch=4)  # LLaMA-Factory evaluates only with val_size
+    assert err.value.field == "eval_batch"

@@ -139,6 +139,8 @@ def eval_terms(
     gathers the model to generate (:attr:`Policy.eval_generate_gathers`) holds it whole meanwhile."""
     mode = evaluation(setup)
     if mode == "none":
+        if setup.eval_batch:
+            raise VramplanError("eval_batch", "no evaluation runs: set --evaluation loss, logits or generate")
         return None
     b = eval_batch(setup)
     ev = llm.model_copy(update={"micro_batch": b})
