@@ -52,6 +52,7 @@ ADDED: dict[str, str] = {
     "zero3_init": "Setup field: ZeRO-3 zero.Init at load, default the trainer's (no plan moves)",
     "evaluation": "Setup field: evaluation during training, default the trainer's (none: no plan moves)",
     "eval_batch": "Setup field: evaluation batch, default the trainer's (read only with evaluation on)",
+    "eval_samples": "Setup field: evaluation set size (read only with evaluation logits)",
     "load": "phase (an Estimate's phases): bitsandbytes loading, below the step's peak in every recorded plan",
     "save": "phase (an Estimate's phases): a ZeRO-3/FSDP checkpoint save, below the step's peak in every recorded plan",
 }

@@ -105,9 +105,16 @@ def test_evaluation_grows_with_its_batch_and_logits_cost_more_than_the_loss() ->
     logits = _est(spec, "hf", method="lora", evaluation="logits", eval_batch=2).phases["evaluate"]
     argmax = _est(spec, "llamafactory", method="lora", evaluation="logits", eval_batch=2).phases["evaluate"]
     t = 2 * 2048
-    assert logits - loss == 4 * t * spec.vocab_size  # one earlier batch's logits, kept whole, in fp32
+    # two steps' fp32 logits and int64 labels: concatenating them holds the kept step's, this one's
+    # and the result (4 x 4·t·V) where loss-only holds the chain (10·t·V) and the last hidden states
+    assert logits - loss == 16 * t * spec.vocab_size + 8 * t - (10 * t * spec.vocab_size + 2 * t * spec.hidden_size)
     lf_loss = _est(spec, "llamafactory", method="lora", evaluation="loss", eval_batch=2).phases["evaluate"]
-    assert argmax - lf_loss == 8 * t  # LLaMA-Factory's eval_logit_processor keeps the argmax
+    assert argmax - lf_loss == 16 * t  # LLaMA-Factory's eval_logit_processor keeps the argmax (and labels)
+    # the evaluation set's size: every step's logits stay until the end, gathered from each rank
+    ddp = dict(num_gpus=2, parallel="ddp")
+    whole = _est(spec, "hf", method="lora", evaluation="logits", eval_batch=2, eval_samples=16, **ddp)
+    steps = 16 // (2 * 2)
+    assert whole.terms["loss/eval_predictions"] == 2 * steps * 2 * 4 * t * spec.vocab_size + (steps - 1) * 2 * 8 * t
 
 
 def test_trl_evaluates_through_its_fused_head() -> None:

@@ -54,6 +54,7 @@ RUN_FIELDS = frozenset(
         "eval_generate_loss",
         "eval_generate_gathers",
         "eval_new_tokens",
+        "eval_accumulation_steps",
     }
 )
 
@@ -189,6 +190,9 @@ class Policy(BaseModel):
     """Under ZeRO-3 the trainer gathers the whole model on every rank to generate at evaluation;
     ``False``: transformers ``Seq2SeqTrainer.prediction_step`` generates with ``synced_gpus``
     (trainer_seq2seq.py), through ZeRO-3's per-layer gathering (run.eval_terms)."""
+    eval_accumulation_steps: int | None = None
+    """Evaluation steps after which the kept logits move to the host (``eval_accumulation_steps``, None
+    in TrainingArguments: they stay on the card to the end of the evaluation; run.kept_eval_steps)."""
     eval_new_tokens: int = 0
     """Tokens generated beyond the prompt at evaluation (``generation_config.max_new_tokens``; the
     HF default ``max_length`` 20 is within any prompt): run.eval_terms' KV cache."""

@@ -67,7 +67,7 @@ COLUMNS = (
 OPTIONAL_COLUMNS = ("trainer", "trainer_version")
 #: columns a CSV may add after the schema's: the run's phases beside the step (memory/run.py), as the
 #: Setup fields of the same names; absent or blank: the trainer's default
-RUN_COLUMNS = ("zero3_init", "evaluation", "eval_batch")
+RUN_COLUMNS = ("zero3_init", "evaluation", "eval_batch", "eval_samples")
 #: fields every row needs before it can be estimated.
 REQUIRED = ("model", "method", "precision", "seq_len", "micro_batch", "num_gpus", "attention")
 UNITS = {"GiB": GIB, "GB": GB}

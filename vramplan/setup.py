@@ -266,6 +266,13 @@ class Setup(BaseModel):
         le=MAX_MICRO_BATCH,
         description="sequences per GPU per evaluation forward (per_device_eval_batch_size); 0: the trainer's",
     )
+    eval_samples: int = Field(
+        0,
+        ge=0,
+        le=2**31,
+        description="evaluation set size: with --evaluation logits every batch's logits stay on the card until"
+        " eval_accumulation_steps; 0: two batches' worth",
+    )
 
     @model_validator(mode="after")
     def _combinations(self) -> Setup:

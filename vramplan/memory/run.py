@@ -99,6 +99,18 @@ def load_terms(spec: ModelSpec, setup: Setup, llm: Setup, step: dict[str, int]) 
     return None
 
 
+def kept_eval_steps(setup: Setup, batch: int) -> int:
+    """Evaluation steps whose logits are on the card at once: the evaluation set's steps
+    (``Setup.eval_samples`` over ``batch`` sequences on each rank), at most
+    :attr:`Policy.eval_accumulation_steps`; 2 when the set's size is not given."""
+    if not setup.eval_samples:
+        return 2
+    ranks = 1 if setup.parallel == "device_map" else setup.world_size
+    steps = -(-setup.eval_samples // (batch * ranks))
+    every = policy_of(setup).eval_accumulation_steps
+    return max(1, min(steps, every or steps))
+
+
 def eval_forward_bytes(spec: ModelSpec, ev: Setup) -> int:
     """The largest temporary of one layer's ``no_grad`` forward at the evaluation batch ``ev``:
     the layer's input and output in the residual stream, and a gated MLP's three intermediates
@@ -124,13 +136,17 @@ def eval_terms(
     evaluation batch (transformers ``Trainer.prediction_step``: ``compute_loss`` under
     ``torch.no_grad()``; the trainer's own chain, the full logits or TRL's fused head).
 
-    ``logits``: ``prediction_step`` returns the logits, kept for ``compute_metrics``
-    (``EvalLoopContainer`` on the card until ``eval_accumulation_steps`` moves them): one
-    earlier batch's beside this one's chain, the least they hold (each further batch adds as
-    much without ``eval_accumulation_steps``), in fp32 under accelerate's autocast wrapper
-    (accelerate 1.16 ``Accelerator.prepare_model``: ``convert_outputs_to_fp32``; DeepSpeed runs
-    its own 16-bit model, unwrapped); an int64 per position when the trainer's
-    ``preprocess_logits_for_metrics`` takes the argmax.
+    ``logits``: ``prediction_step`` returns the logits and labels, kept for ``compute_metrics``:
+    transformers 5.25 ``Trainer.evaluation_loop`` gathers them from every rank
+    (``gather_for_metrics``) and ``EvalLoopContainer.add`` concatenates them with the earlier
+    steps' (``nested_concat``: ``torch.cat``, a new tensor) on the card until
+    ``eval_accumulation_steps`` moves them to the host (:func:`kept_eval_steps`). The logits are
+    fp32 under accelerate's autocast wrapper (accelerate 1.16 ``Accelerator.prepare_model``:
+    ``convert_outputs_to_fp32``; DeepSpeed runs its own 16-bit model, unwrapped), an int64 per
+    position when the trainer's ``preprocess_logits_for_metrics`` takes the argmax; labels an int64
+    per position. The worst of the last kept step: the earlier steps' beside this one's loss
+    chain, or the concatenation (the earlier steps, this one's and the result: twice the kept
+    logits).
 
     ``generate``: ``Seq2SeqTrainer.prediction_step`` runs ``model.generate`` (KV cache of the
     prompt and the new tokens, inference.kv_cache_bytes, beside the prompt's forward,
@@ -157,15 +173,21 @@ def eval_terms(
         chain = loss.forward_chain_bytes(spec, ev) + loss.softcap_bytes(spec, ev)
     chain += nbytes(ev.tokens * spec.hidden_size, policy_of(ev).residual)  # the last hidden states
     scored = {"loss/eval_chain": chain}
+    forward_layer = {"activations/eval_forward": eval_forward_bytes(spec, ev)}
+    candidates = [scored, forward_layer]
     if mode == "logits":
         # kept as the model returned them: fp32 where accelerate wrapped the forward for autocast
-        # (``convert_outputs_to_fp32``), else in the activations' dtype
+        # (``convert_outputs_to_fp32``), else in the activations' dtype; gathered from every rank
         wrapped = policy_of(llm).autocast and setup.parallel not in ("zero1", "zero2", "zero3")
         kept_bytes = 4 if wrapped else act_bytes(ev)
         per_batch = 8 * ev.tokens if policy_of(llm).eval_argmax else kept_bytes * ev.tokens * spec.vocab_size
-        scored["loss/eval_predictions"] = per_batch
-    forward_layer = {"activations/eval_forward": eval_forward_bytes(spec, ev)}
-    best = max((scored, forward_layer), key=lambda t: sum(t.values()))
+        ranks = 1 if setup.parallel == "device_map" else setup.world_size
+        preds, labels = ranks * per_batch, ranks * 8 * ev.tokens
+        k = kept_eval_steps(setup, b)
+        scored["loss/eval_predictions"] = (k - 1) * (preds + labels)
+        if k > 1:  # nested_concat: the kept steps, this one's and their concatenation at once
+            candidates.append({"loss/eval_predictions": 2 * k * preds + (k - 1) * labels})
+    best = max(candidates, key=lambda t: sum(t.values()))
     if mode == "generate" and not policy_of(llm).eval_generate_loss:
         best = {}
         new = policy_of(llm).eval_new_tokens
