@@ -225,3 +225,27 @@ def test_an_evaluation_batch_without_an_evaluation_is_refused_naming_the_field()
     with pytest.raises(VramplanError) as err:
         _est(spec, method="lora", eval_batch=4)  # LLaMA-Factory evaluates only with val_size
     assert err.value.field == "eval_batch"
+
+
+def test_a_quantized_model_loads_whole_on_every_zero3_rank() -> None:
+    """transformers builds no quantized model under zero.Init: QLoRA under ZeRO-3 loads the packed
+    model whole on each rank, whatever zero3_init says."""
+    spec = load_model("qwen2.5-7b")
+    kw = dict(method="qlora", quant="bnb-nf4", num_gpus=4, parallel="zero3")
+    est = _est(spec, "trl", **kw)
+    single = _est(spec, "trl", method="qlora", quant="bnb-nf4")
+    adapters = single.terms["weights/trainable"]  # on the card too when DeepSpeed takes the module
+    assert est.phases["load"] == single.phases["load"] + adapters  # the packed model and one 16-bit linear
+    assert est.phases["load"] > est.phases["optimizer_step"]
+
+
+def test_llama2_70b_qlora_zero3_holds_the_whole_packed_model_per_gpu() -> None:
+    """PEFT's guide (docs/source/accelerate/deepspeed.md, "Use PEFT QLoRA and DeepSpeed with ZeRO3",
+    https://github.com/huggingface/peft/blob/main/docs/source/accelerate/deepspeed.md): Llama-2-70B
+    QLoRA (nf4, double quant, bf16 storage) under ZeRO-3 on 2 GPUs, "the memory consumed per GPU is
+    36.6 GB": the whole packed model on each GPU, not half of it."""
+    spec = load_model("llama-2-70b")
+    kw = dict(method="qlora", quant="bnb-nf4-dq", num_gpus=2, parallel="zero3", micro_batch=2, grad_accum=2)
+    est = _est(spec, "hf", attention="flash-attn-2", **kw)
+    assert est.phase == "load"
+    assert abs(est.reserved_bytes / GIB - 36.6) / 36.6 < 0.05  # read as GiB: 36.72

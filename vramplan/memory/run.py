@@ -88,14 +88,24 @@ def load_terms(spec: ModelSpec, setup: Setup, llm: Setup, step: dict[str, int]) 
     ``Params4bit(...).to(target_device)``, whose ``_quantize`` (bitsandbytes 0.50 nn/modules.py)
     moves the 16-bit weight to the card and packs it with ``quantize_4bit``), beside the weights
     packed before it: the step's weights plus the largest quantized linear in 16 bits (a lower
-    bound: tensors the loader materialises ahead are not counted)."""
-    if setup.parallel == "zero3" and not zero3_init(setup):
-        return {"weights/unpartitioned": unpartitioned_weight_bytes(spec, llm)}
-    if setup.quant in _BNB and setup.parallel in ("none", "ddp", "zero1", "zero2"):
+    bound: tensors the loader materialises ahead are not counted).
+
+    A quantized model is never built under ``zero.Init`` (transformers 5.25 modeling_utils:
+    ``needs_zero3_init = is_deepspeed_zero3_enabled() and not _is_quantized``; 4.57: ``if
+    is_deepspeed_zero3_enabled() and not is_quantized``): under ZeRO-3 every rank loads it whole,
+    counted in the step's dtypes (PEFT's guide measured 36.6 GB per GPU for Llama-2-70B QLoRA under
+    ZeRO-3 on two GPUs, docs/source/accelerate/deepspeed.md "Memory usage": the whole packed model)."""
+    bnb = setup.quant in _BNB and setup.parallel in ("none", "ddp", "zero1", "zero2", "zero3")
+    unquantized = {}
+    if bnb:
         vision = policy_of(llm).quantize_vision
         widest = max(lin.in_features * lin.out_features for lin in weights.quantized_linears(spec, setup.quant, vision))
+        unquantized = {"weights/load_unquantized": nbytes(widest, "bf16")}
+    if setup.parallel == "zero3" and (setup.quant != "none" or not zero3_init(setup)):
+        return {"weights/unpartitioned": unpartitioned_weight_bytes(spec, llm), **unquantized}
+    if bnb:
         loaded = {k: v for k, v in step.items() if k in ("weights/frozen", "weights/quant_state")}
-        return {**loaded, "weights/load_unquantized": nbytes(widest, "bf16")}
+        return {**loaded, **unquantized}
     return None
 
 
