@@ -5,8 +5,9 @@ its own peak; the Estimate's peak is the largest of all, named (``Estimate.phase
 - ``load`` (:func:`load_terms`): what a rank holds while the model loads, where that is more
   than the step's weights: under ZeRO-3 without ``deepspeed.zero.Init`` (``Setup.zero3_init``,
   default :attr:`~vramplan.policy.Policy.zero3_init`) the whole 16-bit model on every rank
-  before DeepSpeed partitions it; with a bitsandbytes base, the packed weights loaded so far
-  beside the linear being quantized, in 16 bits. Data-parallel layouts (DDP, ZeRO-1/2) load
+  before DeepSpeed partitions it (a quantized model too: transformers never builds one under
+  ``zero.Init``); with a bitsandbytes base, the packed weights loaded so far beside the linear
+  being quantized, in 16 bits. Data-parallel layouts (DDP, ZeRO-1/2) load
   the full 16-bit weights the step already holds, and ``device_map`` each card's share: no
   phase of their own.
 - ``evaluate`` (:func:`eval_terms`): ``Trainer.evaluate`` between optimizer steps: the
@@ -60,11 +61,14 @@ def eval_batch(setup: Setup) -> int:
     return policy_of(setup).eval_batch or setup.micro_batch
 
 
-def _kept(step: dict[str, int]) -> dict[str, int]:
+def _kept(step: dict[str, int], setup: Setup) -> dict[str, int]:
     """What a rank holds between optimizer steps: the step's weights, optimizer state, layout
-    buffers and CUDA workspaces, without the gradients (``zero_grad(set_to_none=True)``) and the
-    optimizer step's temporaries."""
-    return {k: v for k, v in step.items() if k.startswith(_KEPT) and k != "optimizer/step_temporaries"}
+    buffers and CUDA workspaces, without the optimizer step's temporaries and, after
+    ``zero_grad(set_to_none=True)`` (:attr:`Policy.grads_set_to_none`), the gradients."""
+    kept = {k: v for k, v in step.items() if k.startswith(_KEPT) and k != "optimizer/step_temporaries"}
+    if not policy_of(setup).grads_set_to_none and "gradients" in step:
+        kept["gradients"] = step["gradients"]
+    return kept
 
 
 def unpartitioned_weight_bytes(spec: ModelSpec, llm: Setup) -> int:
@@ -170,7 +174,7 @@ def eval_terms(
         return None
     b = eval_batch(setup)
     ev = llm.model_copy(update={"micro_batch": b})
-    kept = _kept(step)
+    kept = _kept(step, setup)
     kept["weights/autocast_copies"] = forward.get("weights/autocast_copies", 0)
     if "parallel/gathered_weights" in forward:  # ZeRO-3/FSDP gather as the step's forward does
         kept["parallel/gathered_weights"] = forward["parallel/gathered_weights"]
@@ -232,7 +236,7 @@ def save_terms(spec: ModelSpec, setup: Setup, step: dict[str, int]) -> dict[str,
     if setup.parallel not in ("zero3", "fsdp"):
         return None
     dt = "fp32" if setup.parallel == "fsdp" and policy_of(setup).weights == "fp32" else "bf16"
-    kept = {k: v for k, v in _kept(step).items() if k != "parallel/gathered_weights"}  # no layer runs
+    kept = {k: v for k, v in _kept(step, setup).items() if k != "parallel/gathered_weights"}  # no layer runs
     return {**kept, "parallel/save_gathered": nbytes(spec.vocab_size * spec.hidden_size, dt)}
 
 
