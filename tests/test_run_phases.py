@@ -133,6 +133,14 @@ def test_generation_at_evaluation_counts_the_kv_cache() -> None:
     assert "loss/eval_chain" not in est.terms  # LLaMA-Factory pops the labels: no loss forward
     hf = _est(spec, "hf", method="lora", evaluation="generate", eval_batch=64, seq_len=1024)
     assert hf.terms["loss/eval_chain"] > 0  # Seq2SeqTrainer's loss forward after generating is the larger
+    # generating many tokens, the KV cache is the larger of Seq2SeqTrainer's two
+    setup = Setup(method="lora", precision="bf16", attention="sdpa", evaluation="generate", eval_batch=8, seq_len=1024)
+    long = framework("hf").policy(setup).model_copy(update={"eval_new_tokens": 30000})
+    est = estimate(spec, setup, policy=long)
+    assert est.phase == "evaluate" and est.terms["inference/kv_cache"] >= 2 * 28 * 4 * 128 * 8 * 31024 * 2
+    hf_gen = dict(method="lora", evaluation="generate", eval_batch=8, seq_len=1024)
+    loss_only = _est(spec, "hf", **{**hf_gen, "evaluation": "loss"})
+    assert _est(spec, "hf", **hf_gen).phases["evaluate"] >= loss_only.phases["evaluate"]
 
 
 @pytest.mark.parametrize("trainer", ["trl", "axolotl"])

@@ -202,8 +202,9 @@ def eval_terms(
         if k > 1:  # nested_concat: the kept steps, this one's and their concatenation at once
             candidates.append({"loss/eval_predictions": 2 * k * preds + (k - 1) * labels})
     best = max(candidates, key=lambda t: sum(t.values()))
-    if mode == "generate" and not policy_of(llm).eval_generate_loss:
-        best = {}
+    if mode == "generate":
+        if not policy_of(llm).eval_generate_loss:
+            best = {}  # the labels are dropped before generating: no loss forward
         new = policy_of(llm).eval_new_tokens
         gen = ev.model_copy(update={"seq_len": llm.seq_len + new})
         generation = {
