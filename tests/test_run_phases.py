@@ -259,3 +259,20 @@ def test_llama2_70b_qlora_zero3_holds_the_whole_packed_model_per_gpu() -> None:
     assert est.phase == "load"
     assert est.terms["weights/unpartitioned"] > 2 * 0.9 * 35e9 / 2  # 69B at 4 bits, and the 16-bit rest
     assert abs(est.reserved_bytes / 36.6e9 - 1) < 0.10  # 39.43 GB: +7.7%
+
+
+def test_every_run_phase_and_term_is_explained() -> None:
+    from vramplan import glossary
+
+    spec = load_model("qwen2.5-7b")
+    made = [
+        _est(spec, method="lora", num_gpus=2, parallel="zero3", zero3_init="off"),
+        _est(spec, "trl", method="qlora", quant="bnb-nf4"),
+        _est(spec, "hf", method="lora", evaluation="logits", eval_batch=8),
+        _est(spec, "hf", method="lora", evaluation="loss", eval_batch=1, seq_len=128),
+        _est(spec, method="lora", evaluation="generate", eval_batch=64, seq_len=1024),
+        _est(spec, "trl", method="full", num_gpus=4, parallel="zero3"),
+    ]
+    assert {"load", "evaluate", "save"} <= {p for est in made for p in est.phases}
+    assert all(glossary.phase(p) for est in made for p in est.phases)
+    assert all(glossary.term(t) for est in made for t in est.terms), [t for e in made for t in e.terms]
