@@ -60,3 +60,7 @@ class PlanFields(TypedDict, total=False):
     vllm: VLLM
     vllm_gpu_memory_utilization: float
     vllm_sleep: bool
+    zero3_init: Literal["auto", "on", "off"]
+    evaluation: Literal["auto", "none", "loss", "logits", "generate"]
+    eval_batch: int
+    eval_samples: int

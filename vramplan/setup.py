@@ -248,6 +248,31 @@ class Setup(BaseModel):
     vllm_sleep: bool = Field(
         False, description="GRPO + vLLM: free vLLM's share outside generation (TRL vllm_enable_sleep_mode)"
     )
+    # The phases of a run beyond the step (vramplan/memory/run.py): load, evaluation, saving; each
+    # default is the trainer's own (its policy), a value overrides it
+    zero3_init: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="ZeRO-3: partition while loading (deepspeed.zero.Init); off: every rank loads the whole"
+        " model first (accelerate zero3_init_flag false); auto: as the trainer launches",
+    )
+    evaluation: Literal["auto", "none", "loss", "logits", "generate"] = Field(
+        "auto",
+        description="evaluation during training: none, loss only, logits kept for metrics, or generation"
+        " (predict_with_generate); auto: the trainer's default",
+    )
+    eval_batch: int = Field(
+        0,
+        ge=0,
+        le=MAX_MICRO_BATCH,
+        description="sequences per GPU per evaluation forward (per_device_eval_batch_size); 0: the trainer's",
+    )
+    eval_samples: int = Field(
+        0,
+        ge=0,
+        le=2**31,
+        description="evaluation set size: with --evaluation logits every batch's logits stay on the card until"
+        " eval_accumulation_steps; 0: two batches' worth",
+    )
 
     @model_validator(mode="after")
     def _combinations(self) -> Setup:
