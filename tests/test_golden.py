@@ -41,7 +41,9 @@ RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "stdout": ("a plan's --json line: the renamed fields inside it are mapped back too", _cli_json),
 }
 #: field -> why it was added (emptied when the recording is made again)
-ADDED: dict[str, str] = {}
+ADDED: dict[str, str] = {
+    "deepspeed_config": "Setup field: the ds_config.json a ZeRO run uses (--deepspeed FILE); null in each recorded plan",
+}
 #: field -> why it was removed (emptied when the recording is made again)
 REMOVED: dict[str, str] = {}
 

@@ -137,6 +137,10 @@ class Policy(BaseModel):
     grads_set_to_none: bool = True
     """``optimizer.zero_grad(set_to_none=True)`` frees the gradients after each step: without
     accumulation none exist when forward runs (phases.phase_terms)."""
+    deepspeed_configs: str = "vramplan"
+    """Whose shipped ds_config.json a ZeRO plan runs when the user gives none (``--deepspeed``):
+    the set's key prefix in tables/deepspeed_configs.json (zero_config.shipped), read by
+    memory/zero.py's terms. ``vramplan``: the file vramplan emits (frameworks/files/launch.py)."""
 
 
 def _half(precision: str) -> DType:

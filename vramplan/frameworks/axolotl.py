@@ -65,9 +65,11 @@ class Axolotl(Framework):
           fp32, and autocast makes a 16-bit copy of lm_head for its matmul.
         - Padding: ``pad_to_sequence_len: true`` in the emitted config, every batch at
           ``sequence_len`` (``fixed``).
+        - ZeRO runs the repository's deepspeed_configs/zero2.json / zero3_bf16.json
+          (``deepspeed_configs`` "axolotl", tables/deepspeed_configs.json).
         """
         base = default_policy(setup)
-        update: dict[str, object] = {}
+        update: dict[str, object] = {"deepspeed_configs": "axolotl"}
         if setup.method == "qlora" and base.weights != "fp32":
             update.update(
                 kbit_upcast=False,

@@ -55,9 +55,12 @@ class LlamaFactory(Framework):
           with ``padding=True``: each batch is padded to its longest sample (to a multiple of 8),
           never past ``cutoff_len``. The policy keeps ``fixed``: every sample at ``cutoff_len``
           is the bound of that, the batch whose samples all reach the cap.
+        - ZeRO runs the examples' ds_config.json (``deepspeed: examples/deepspeed/ds_z{2,3}_config.json``
+          in examples/train_*/*_ds*.yaml): ``deepspeed_configs`` "llamafactory" (tables/deepspeed_configs.json).
         """
         base = default_policy(setup)
         update: dict[str, object] = {"extra_trainable": "fp32", "extra_weights": "fp32"} if setup.is_lora else {}
+        update["deepspeed_configs"] = "llamafactory"
         if setup.method == "qlora":
             update.update(
                 kbit_upcast=False,

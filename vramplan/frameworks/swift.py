@@ -76,8 +76,11 @@ class Swift(Framework):
         Qwen2.5-7B at 2048) and the accuracy argmax adds 8 bytes a position: both inside the bounds, not
         counted. Reentrant checkpointing (swift's patch in effect) holds the peak the terms count. The k-bit
         dtypes above are what the QLoRA traces hold. Nothing else had to move.
+
+        ZeRO runs ``--deepspeed default-zero2``/``default-zero3``: swift/llm/ds_config/zero{2,3}.json
+        (``deepspeed_configs`` "swift", tables/deepspeed_configs.json).
         """
-        base = default_policy(setup)
+        base = default_policy(setup).model_copy(update={"deepspeed_configs": "swift"})
         if setup.method != "qlora" or setup.quant == "gptq-int4":
             return base
         return base.model_copy(
