@@ -42,7 +42,7 @@ RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 #: field -> why it was added (emptied when the recording is made again)
 ADDED: dict[str, str] = {
-    "deepspeed_config": "Setup field: the ds_config.json a ZeRO run uses (--deepspeed FILE); null in each recorded plan",
+    "deepspeed_config": "Setup field: the ds_config.json of a ZeRO run (--deepspeed FILE); null in each recorded plan",
 }
 #: field -> why it was removed (emptied when the recording is made again)
 REMOVED: dict[str, str] = {}
