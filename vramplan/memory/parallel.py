@@ -119,6 +119,8 @@ def deepspeed_terms(spec: ModelSpec, setup: Setup, phase: str, terms: dict[str, 
     off_opt = setup.offload in ("optimizer", "optimizer+params")
     if phase in ("backward_start", "backward"):
         out["parallel/reduce_buckets"] = zero.reduce_bucket_bytes(spec, setup)
+    if phase == "backward":
+        out["parallel/averaged_gradients"] = zero.averaged_gradient_bytes(spec, setup)
     elif stage3:
         out["parallel/reduce_buckets"] = zero.persistent_bucket_bytes(spec, setup)
     if stage3 and not off_opt:

@@ -10,7 +10,8 @@ Stages 1-2
 - ``backward()`` allocates the reduce bucket ``ipg_buffer``, ``B`` 16-bit elements, and a second
   one with ``overlap_comm``, when ``contiguous_gradients`` (``backward``); the epilogue frees
   them (``independent_gradient_partition_epilogue`` -> ``_release_ipg_buffers``): backward only.
-- ``copy_grads_in_partition``: the rank's reduced gradients, ``grads_in_partition`` (P/N 16-bit).
+- ``copy_grads_in_partition``: the rank's reduced gradients, ``grads_in_partition`` (P/N 16-bit);
+  accumulating, the previous micro-batches' partition beside it in backward.
 - ``step``: ``flatten(averaged_gradients).to(fp32)`` makes a 16-bit flat copy and the fp32
   gradient partition (P/N each) while the 16-bit partition is still alive; then it frees the
   16-bit gradients and runs the optimizer on the fp32 partition: torch's AdamW (what the HF
@@ -93,6 +94,17 @@ def persistent_bucket_bytes(spec: ModelSpec, setup: Setup) -> int:
     if cfg.stage != 3 or not cfg.contiguous_gradients:
         return 0
     return nbytes(cfg.reduce_bucket_size or 0, _grad_dtype(setup))
+
+
+def averaged_gradient_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Stages 1-2 accumulating (``grad_accum`` > 1): the epilogue keeps each micro-batch's reduced
+    partition as ``averaged_gradients`` (views of its ``grads_in_partition``) and the next backward
+    copies into a new ``grads_in_partition`` before adding it in
+    (``independent_gradient_partition_epilogue``): one more 16-bit partition in backward (counted:
+    +P/N 16-bit at accumulation 2, benchmarks/zero_buffers.md)."""
+    if setup.grad_accum == 1 or setup.parallel == "zero3" or setup.offload != "none":
+        return 0
+    return nbytes(_ceil_div(trainable_params(spec, setup), setup.shard_count), _grad_dtype(setup))
 
 
 def _fp32(setup: Setup) -> Setup:
