@@ -26,11 +26,8 @@ HIDDEN, LAYERS, VOCAB, INTER = 256, 4, 4096, 688
 SEQ = 64
 
 
-def _model() -> Any:
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    cfg = Qwen2Config(
+def _model_kwargs() -> dict[str, Any]:
+    return dict(
         hidden_size=HIDDEN,
         intermediate_size=INTER,
         num_hidden_layers=LAYERS,
@@ -39,6 +36,13 @@ def _model() -> Any:
         vocab_size=VOCAB,
         tie_word_embeddings=False,
     )
+
+
+def _model() -> Any:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(**_model_kwargs())
     torch.manual_seed(0)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -76,6 +80,19 @@ def _dump(name: str, snapshot: dict[int, Any]) -> None:
 
 
 def _run(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
+    result = run_rank(rank, world, port, args)
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(result, f)
+
+
+def model_config() -> dict[str, Any]:
+    """The tiny model's config.json (for vramplan's own spec of it)."""
+    return dict(_model_kwargs(), model_type="qwen2", architectures=["Qwen2ForCausalLM"], max_position_embeddings=32768)
+
+
+def run_rank(rank: int, world: int, port: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One rank's run: ``{"params": ..., "marks": {phase mark: live bytes}}``."""
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
@@ -130,9 +147,7 @@ def _run(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -
             if args.dump and rank == 0:
                 _dump(f"step_peak{step}", counter.peak_snapshot)
             marks[f"after_step{step}"] = counter.total
-    if rank == 0:
-        with open(out, "w") as f:
-            json.dump({"params": params, "marks": marks}, f)
+    return {"params": params, "marks": marks}
 
 
 def measure(

@@ -19,7 +19,7 @@ from vramplan.memory.policy import with_policy
 from vramplan.memory.trainable import trainable_params
 from vramplan.memory.zero import (
     averaged_gradient_bytes,
-    kept_layers,
+    kept_params,
     reduce_bucket_bytes,
     step_terms,
     zero_config,
@@ -168,15 +168,19 @@ def test_stage3_keeps_layers_within_the_reuse_distance(spec) -> None:
     s = make_setup(method="lora", num_gpus=4, parallel="zero3")
     layer, head = 233_000_000, 545_000_000
     # 2 x head alone is past 1e9: only the output layer stays gathered through the loss
-    assert kept_layers(spec, s, layer, head) == 0
+    assert kept_params(spec, s, layer, head) == 0
     near = make_setup(
         method="lora",
         num_gpus=4,
         parallel="zero3",
         deepspeed_config={"zero_optimization": {"stage": 3, "stage3_max_reuse_distance": 2e9}},
     )
-    # 2 x 545M + 3 x 233M k < 2e9 for k = 0 and 1: two layers kept (checkpointed: 3 fetches a layer)
-    assert kept_layers(spec, near, layer, head) == 2
+    # (2e9 - 2 x 545M) / 3 (checkpointed: each layer fetched for its recompute and its backward)
+    assert kept_params(spec, near, layer, head) == (2 * 10**9 - 2 * head) // 3
+    far = near.model_copy(
+        update={"deepspeed_config": near.deepspeed_config.model_copy(update={"max_reuse_distance": 10**12})}
+    )
+    assert kept_params(spec, far, layer, head) == layer * spec.num_layers  # every layer
 
 
 def test_stage3_step_is_bounded_by_the_sub_group(spec) -> None:

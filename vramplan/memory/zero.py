@@ -157,19 +157,20 @@ def step_terms(spec: ModelSpec, setup: Setup) -> dict[str, int]:
     }
 
 
-def kept_layers(spec: ModelSpec, setup: Setup, layer_params: int, head_params: int) -> int:
-    """Stage 3: the decoder layers still gathered when the loss runs. The module order DeepSpeed
-    records (``record_module`` on every fetch, forward and backward) puts between the forward of
-    the layer ``k`` places from the top and its next use: the ``k`` layers above it, the output
-    layer twice (its forward, then its backward), and going down in backward the ``k`` layers
-    above again, each fetched twice with checkpointing (recompute, then backward). The layer is
-    kept while that stays under ``stage3_max_reuse_distance`` elements (``__params_to_release``)."""
+def kept_params(spec: ModelSpec, setup: Setup, layer_params: int, head_params: int) -> int:
+    """Stage 3: decoder-layer parameters still gathered when the loss runs. The module order
+    DeepSpeed records (``record_module`` on every fetch, forward and backward) puts between the
+    forward of a parameter ``x`` elements from the end of the layers and its next use: those ``x``
+    elements, the output layer twice (its forward, then its backward), and going down in backward
+    the same ``x`` again, fetched twice with checkpointing (recompute, then backward). It stays
+    gathered while that is under ``stage3_max_reuse_distance`` (``__params_to_release``), so
+    ``x < (distance - 2 head) / (2 or 3)``, at most every layer. On the engine (benchmarks/
+    zero_buffers.md): distance 2e6 keeps the output layer alone, 4e6 the output layer and 2.16 MB
+    of layers (this says 1.9 MB), 1e9 the whole model."""
     cfg = zero_config(spec, setup)
     per = 3 if setup.grad_checkpointing else 2
-    k = 0
-    while k < spec.num_layers and per * k * layer_params + 2 * head_params < cfg.max_reuse_distance:
-        k += 1
-    return k
+    room = max(0, cfg.max_reuse_distance - 2 * head_params) // per
+    return min(room, layer_params * spec.num_layers)
 
 
 def prefetch_params(spec: ModelSpec, setup: Setup, layer_params: int) -> int:
@@ -184,7 +185,7 @@ def prefetch_params(spec: ModelSpec, setup: Setup, layer_params: int) -> int:
 
 def gathered_bytes(spec: ModelSpec, setup: Setup, weights_total: int, phase: str) -> int:
     """Stage 3's gathered weights on a rank at ``phase`` (in the model's dtype): while the loss runs, the output
-    layer (lm_head; the embedding when tied) and the kept last layers (:func:`kept_layers`); in
+    layer (lm_head; the embedding when tied) and the kept last layers (:func:`kept_params`); in
     backward, those layers or the one running, and the prefetched parameters; none at the step,
     which releases every parameter first (``step`` -> ``_partition_all_parameters``)."""
     if phase == "optimizer_step":
@@ -194,16 +195,16 @@ def gathered_bytes(spec: ModelSpec, setup: Setup, weights_total: int, phase: str
     embed_bytes = nbytes(head * (1 if spec.tie_word_embeddings else 2), dt)
     layer_bytes = max(0, weights_total - embed_bytes) // max(1, spec.num_layers)
     layer_params = layer_bytes // nbytes(1, dt)
-    kept = kept_layers(spec, setup, layer_params, head)
+    kept = nbytes(kept_params(spec, setup, layer_params, head), dt)
     prefetch = nbytes(prefetch_params(spec, setup, layer_params), dt)
     if phase == "backward":
-        return max(kept, 1) * layer_bytes + prefetch
+        return max(kept, layer_bytes) + prefetch
     reuse = zero_config(spec, setup).max_reuse_distance
     # the output layer's backward is the next module: kept whenever any reuse distance is allowed
     head_kept = nbytes(head, dt) if reuse > 0 else 0
-    if kept == spec.num_layers and not spec.tie_word_embeddings:
+    if kept >= layer_bytes * spec.num_layers and not spec.tie_word_embeddings:
         # the whole trace comes back within the distance: the input embedding stays gathered too
         per = 3 if setup.grad_checkpointing else 2
         if per * spec.num_layers * layer_params + 2 * head < reuse:
             head_kept += nbytes(head, dt)
-    return head_kept + kept * layer_bytes + (prefetch if phase == "backward_start" else 0)
+    return head_kept + kept + (prefetch if phase == "backward_start" else 0)
