@@ -31,7 +31,11 @@ def _cli_json(stdout: str) -> str:
     except ValueError:
         return stdout
     recorded = _recorded_shape(value)
-    return stdout if recorded == value else json.dumps(recorded) + "\n"
+    if recorded == value:
+        return stdout
+    # printed as it was: compact (emit --json) or with json.dumps' default separators (a plan's --json)
+    compact = json.dumps(value, separators=(",", ":")) + "\n" == stdout
+    return json.dumps(recorded, separators=(",", ":") if compact else None) + "\n"
 
 
 #: field -> (why it changed, new -> recorded). Emptied when the recording is made again (the
