@@ -20,6 +20,7 @@ from vramplan.memory.trainable import trainable_params
 from vramplan.memory.zero import (
     averaged_gradient_bytes,
     kept_params,
+    pending_release_bytes,
     reduce_bucket_bytes,
     step_terms,
     zero_config,
@@ -197,3 +198,15 @@ def test_trainer_configs_move_the_plan(spec) -> None:
     sw = estimate(spec, s, policy=framework("swift").policy(s))
     # swift's zero2.json: DeepSpeed's fused AdamW, no sqrt copy; LLaMA-Factory: torch AdamW
     assert lf.phases["optimizer_step"] >= sw.phases["optimizer_step"]
+
+
+def test_stage3_on_a_gpu_holds_one_released_layer_more(spec) -> None:
+    """record_stream keeps the last released layer's blocks until the compute stream passes them."""
+    s = make_setup(method="lora", num_gpus=4, parallel="zero3")
+    whole = 2 * 7_615_616_512  # bf16 weights of the whole model
+    embed = 2 * 2 * spec.vocab_size * spec.hidden_size  # untied: embedding and lm_head
+    layer = (whole - embed) // spec.num_layers
+    assert pending_release_bytes(spec, s, whole, "backward") == layer
+    assert pending_release_bytes(spec, s, whole, "optimizer_step") == 0
+    back = per_gpu(spec, s, phase_terms(spec, s))["backward"]["parallel/gathered_weights"]
+    assert back >= 2 * layer  # the running layer and the one waiting for its kernels

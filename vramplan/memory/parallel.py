@@ -101,6 +101,7 @@ def per_gpu(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]) ->
                     t[k] = 0 if off_params else _ceil_div(t[k], n)
             t["parallel/gathered_weights"] = (
                 zero.gathered_bytes(spec, setup, weights_total, phase)
+                + zero.pending_release_bytes(spec, setup, weights_total, phase)
                 if layout == "zero3"
                 else gathered_bytes(spec, setup, weights_total)
             )

@@ -173,6 +173,21 @@ def kept_params(spec: ModelSpec, setup: Setup, layer_params: int, head_params: i
     return min(room, layer_params * spec.num_layers)
 
 
+def pending_release_bytes(spec: ModelSpec, setup: Setup, weights_total: int, phase: str) -> int:
+    """Stage 3 on a GPU: one decoder layer's gathered weights released but not yet reusable.
+    ``free_param`` (partition_parameters.py) calls ``record_stream`` on the compute stream before
+    dropping a gathered parameter, and the gathers are allocated on the all-gather stream
+    (``__all_gather_params_``): the caching allocator hands the block out again only once the
+    kernels queued behind it ran, while the CPU, running ahead, already gathers the next layer.
+    A CPU rank (a synchronized device) frees at once, so benchmarks/zero_buffers.md cannot show it;
+    none at the step (every parameter released, the compute stream drained by the norm)."""
+    if phase == "optimizer_step":
+        return 0
+    dt = _grad_dtype(setup)
+    embed_bytes = nbytes(spec.vocab_size * spec.hidden_size * (1 if spec.tie_word_embeddings else 2), dt)
+    return max(0, weights_total - embed_bytes) // max(1, spec.num_layers)
+
+
 def prefetch_params(spec: ModelSpec, setup: Setup, layer_params: int) -> int:
     """Stage 3: parameters fetched ahead of use: up to ``stage3_prefetch_bucket_size`` elements (the
     next module's whole, at least), none when ``stage3_max_live_parameters`` is 0
