@@ -5,9 +5,9 @@ Applied to each phase's terms of one process (``phases.phase_terms``). With ``N`
 | layout      | weights | gradients | optimizer state | added |
 |-------------|---------|-----------|-----------------|-------|
 | ddp         | full    | full      | full            | DDP's gradient buckets (a full gradient copy) |
-| zero1       | full    | full      | /N (fp32)       | fp32 master /N, reduce buckets |
-| zero2       | full    | /N        | /N (fp32)       | fp32 master /N, reduce buckets |
-| zero3       | /N      | /N        | /N (fp32)       | fp32 master /N, reduce buckets, gathered layers |
+| zero1       | full    | full      | /N (fp32)       | fp32 master /N, ZeRO's buffers (memory/zero.py) |
+| zero2       | full    | /N        | /N (fp32)       | fp32 master /N, ZeRO's buffers (memory/zero.py) |
+| zero3       | /N      | /N        | /N (fp32)       | fp32 master /N, ZeRO's buffers and gathered weights (zero.py) |
 | fsdp        | /N      | /N        | /N              | the root unit and two layers gathered |
 | fsdp shard_grad_op | full | /N   | /N              | (weights stay gathered from forward to backward) |
 | device_map  | /N      | /N        | /N              | the loss on the last GPU, in full |
@@ -15,8 +15,9 @@ Applied to each phase's terms of one process (``phases.phase_terms``). With ``N`
 DeepSpeed (``DeepSpeedZeroOptimizer``, ``DeepSpeedZeroOptimizer_Stage3``) runs the model in
 16 bits and keeps fp32 master weights and fp32 Adam moments for its partition (ZeRO paper,
 Rajbhandari et al. 2020, section 5: 2 + 2 + 12 bytes per parameter before partitioning);
-its fused Adam needs no step temporaries. Activations are per process: data-parallel ranks
-each run their own micro-batch. ``N`` is the ranks the state is sharded over
+ZeRO's own buffers (reduce buckets, the step's fp32 gradient partition, stage 3's gathered
+weights) come from the ds_config.json the run uses (memory/zero.py). Activations are per
+process: data-parallel ranks each run their own micro-batch. ``N`` is the ranks the state is sharded over
 (``Setup.shard_count``): every GPU of every node, or one node's GPUs under FSDP's
 ``hybrid_shard`` (sharded within a node, replicated across nodes). Offload moves the optimizer state and master weights
 (``optimizer``) and also the sharded weights (``optimizer+params``) to host memory.
