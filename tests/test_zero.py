@@ -210,3 +210,16 @@ def test_stage3_on_a_gpu_holds_one_released_layer_more(spec) -> None:
     assert pending_release_bytes(spec, s, whole, "optimizer_step") == 0
     back = per_gpu(spec, s, phase_terms(spec, s))["backward"]["parallel/gathered_weights"]
     assert back >= 2 * layer  # the running layer and the one waiting for its kernels
+
+
+def test_the_emitted_ds_config_says_the_users_buckets() -> None:
+    """--emit trl with --deepspeed: ds_config.json writes the buckets the plan counted."""
+    from vramplan import plan
+    from vramplan.emit import emit
+
+    ds = {"zero_optimization": {"stage": 2, "overlap_comm": False, "reduce_bucket_size": 3e7}}
+    p = plan("qwen2.5-0.5b", gpu="a100-80g", method="lora", num_gpus=2, parallel="zero2", deepspeed_config=ds)
+    written = json.loads(emit(p, "trl", force=True).files["ds_config.json"])
+    zero = written["zero_optimization"]
+    assert (zero["reduce_bucket_size"], zero["overlap_comm"]) == (30_000_000, False)
+    assert any("30,000,000 elements" in line and "one 16-bit buffer" in line for line in written["_comment"])

@@ -6,6 +6,12 @@ the model, read at DeepSpeed 0.15.4 (the 0.14-0.16 users ran) and counted on its
 ranks (benchmarks/zero_buffers.py; tests/test_zero_trace.py). ``P`` trainable parameters,
 ``N`` ranks, ``B`` the reduce bucket (elements), 16-bit gradients (bf16/fp16 runs):
 
+Which wrapper runs (engine.py ``_do_optimizer_sanity_check``): with ZeRO on, ``ZERO_OPTIMIZATION``
+(the classes below) for bf16, fp16 and fp32 alike; ``BF16_Optimizer`` only at stage 1 with an
+fp32 ``data_types.grad_accum_dtype``, which a ds_config must ask for (``get_data_types`` makes it
+the model's dtype whenever ZeRO is on). The trainer's torch optimizer, handed in when the file has
+no "optimizer" block (transformers ``deepspeed_optim_sched``), steps the fp32 partition.
+
 Stages 1-2
 - ``backward()`` allocates the reduce bucket ``ipg_buffer``, ``B`` 16-bit elements, and a second
   one with ``overlap_comm``, when ``contiguous_gradients`` (``backward``); the epilogue frees
