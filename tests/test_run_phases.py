@@ -189,7 +189,10 @@ def test_swift_gathers_the_whole_model_to_generate_under_zero3() -> None:
     hooks = estimate(spec, setup, policy=layerwise)  # generating through ZeRO-3's per-layer gathering
     step_gathered = _est(spec, "swift", method="lora", num_gpus=4, parallel="zero3").terms["parallel/gathered_weights"]
     gap = swift.phases["evaluate"] - hooks.phases["evaluate"]
-    assert gap == swift.terms["parallel/gathered_weights"] - step_gathered
+    # generating layer by layer holds what ZeRO-3 gathers per layer (memory/zero.py: at most what the
+    # step keeps gathered); gathering the whole model holds the rest of it too
+    layerwise_gathered = swift.terms["parallel/gathered_weights"] - gap
+    assert 0 < layerwise_gathered <= step_gathered
 
 
 def test_measured_rows_may_state_the_runs_phases(tmp_path) -> None:

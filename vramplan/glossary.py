@@ -31,6 +31,8 @@ TERMS = {
     "parallel/ddp_buckets": "DDP's gradient all-reduce buckets",
     "parallel/gathered_weights": "a layer's weights, gathered",
     "parallel/reduce_buckets": "gradient reduce buckets",
+    "parallel/fp32_grad_partition": "ZeRO's fp32 gradient partition in the step",
+    "parallel/averaged_gradients": "ZeRO's accumulated gradient partition",
     "vision/pixel_values": "the images' pixel tensors",
     "vision/saved": "vision tower, kept for backward",
     "vision/forward_transient": "a vision block's temporaries",

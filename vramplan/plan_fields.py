@@ -23,6 +23,7 @@ from vramplan.choices import (
     Precision,
     Quant,
 )
+from vramplan.zero_config import ZeroConfig
 
 
 class PlanFields(TypedDict, total=False):
@@ -64,3 +65,4 @@ class PlanFields(TypedDict, total=False):
     evaluation: Literal["auto", "none", "loss", "logits", "generate"]
     eval_batch: int
     eval_samples: int
+    deepspeed_config: ZeroConfig | dict[str, object] | str | None

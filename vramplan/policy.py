@@ -196,6 +196,10 @@ class Policy(BaseModel):
     eval_new_tokens: int = 0
     """Tokens generated beyond the prompt at evaluation (``generation_config.max_new_tokens``; the
     HF default ``max_length`` 20 is within any prompt): run.eval_terms' KV cache."""
+    deepspeed_configs: str = "vramplan"
+    """Whose shipped ds_config.json a ZeRO plan runs when the user gives none (``--deepspeed``):
+    the set's key prefix in tables/deepspeed_configs.json (zero_config.shipped), read by
+    memory/zero.py's terms. ``vramplan``: the file vramplan emits (frameworks/files/launch.py)."""
 
 
 def step_fields(policy: Policy) -> dict[str, object]:

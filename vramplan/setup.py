@@ -8,9 +8,9 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from vramplan import setup_rules
+from vramplan import setup_rules, zero_config
 from vramplan.choices import (
     ATTENTIONS,
     DEEPSPEED,
@@ -273,6 +273,16 @@ class Setup(BaseModel):
         description="evaluation set size: with --evaluation logits every batch's logits stay on the card until"
         " eval_accumulation_steps; 0: two batches' worth",
     )
+    # --- DeepSpeed as configured (zero_config.py): the user's ds_config.json
+    deepspeed_config: Annotated[zero_config.ZeroConfig | None, BeforeValidator(zero_config.load)] = Field(
+        None,
+        description="ZeRO: the ds_config.json the run uses (its buckets, overlap_comm, stage-3 limits)",
+        json_schema_extra={
+            "flag": "--deepspeed",
+            "metavar": "FILE",
+            "shown_default": "the trainer's shipped config for --parallel",
+        },
+    )
 
     @model_validator(mode="after")
     def _combinations(self) -> Setup:
@@ -373,6 +383,9 @@ def recorded_setup(fields: dict[str, Any]) -> Setup:
 
 
 def _field_message(err: Any) -> tuple[str, str]:
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, VramplanError):  # a field's own reader said what is wrong (zero_config.load)
+        return cause.field, cause.message
     loc = err.get("loc") or ()
     msg = str(err.get("msg", "invalid"))
     if msg.startswith("Value error, "):
@@ -411,6 +424,9 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
             out[name] = _field_adapter(name).validate_python(value)
         except ValidationError as exc:
             err = exc.errors()[0]
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, VramplanError):
+                raise cause from None
             raise VramplanError(name, f"{err.get('msg', 'invalid')} (got {shown(value)})") from None
     return out
 

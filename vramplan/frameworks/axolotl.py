@@ -71,9 +71,11 @@ class Axolotl(Framework):
           default (``val_set_size`` 0.0, utils/schemas/config.py); when on, ``eval_batch_size`` defaults
           to ``micro_batch_size`` (utils/config/__init__.py ``normalize_config``: ``eval_batch=None``).
           ``AxolotlTrainer`` is a ``Trainer`` (core/trainers/base.py), no ``predict_with_generate``.
+        - ZeRO runs the repository's deepspeed_configs/zero2.json / zero3_bf16.json
+          (``deepspeed_configs`` "axolotl", tables/deepspeed_configs.json).
         """
         base = default_policy(setup)
-        update: dict[str, object] = {"eval_batch": None, "eval_generate": False}
+        update: dict[str, object] = {"eval_batch": None, "eval_generate": False, "deepspeed_configs": "axolotl"}
         if setup.method == "qlora" and base.weights != "fp32":
             update.update(
                 kbit_upcast=False,

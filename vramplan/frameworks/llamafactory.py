@@ -66,9 +66,16 @@ class LlamaFactory(Framework):
           ``eval_argmax``); ``predict_with_generate`` generates up to ``max_new_tokens`` 1024
           (hparams/generating_args.py) with ``CustomSeq2SeqTrainer``, whose ``prediction_step`` pops the
           labels first: no loss forward (train/sft/trainer.py; ``eval_generate_loss``).
+        - ZeRO runs the examples' ds_config.json (``deepspeed: examples/deepspeed/ds_z{2,3}_config.json``
+          in examples/train_*/*_ds*.yaml): ``deepspeed_configs`` "llamafactory" (tables/deepspeed_configs.json).
         """
         base = default_policy(setup)
-        update: dict[str, object] = {"eval_argmax": True, "eval_new_tokens": 1024, "eval_generate_loss": False}
+        update: dict[str, object] = {
+            "eval_argmax": True,
+            "eval_new_tokens": 1024,
+            "eval_generate_loss": False,
+            "deepspeed_configs": "llamafactory",
+        }
         if setup.is_lora:
             update.update(extra_trainable="fp32", extra_weights="fp32")
         if setup.method == "qlora":

@@ -89,6 +89,8 @@ class Swift(Framework):
         ``unwrap_model_for_generation(..., gather_deepspeed3_params=args.ds3_gather_for_generation)``, True by
         default (trainers/arguments.py): under ZeRO-3 the whole model is gathered on every rank
         (utils/transformers_utils.py, ``deepspeed.zero.GatheredParameters``; ``eval_generate_gathers``).
+        ZeRO runs ``--deepspeed default-zero2``/``default-zero3``: swift/llm/ds_config/zero{2,3}.json
+        (``deepspeed_configs`` "swift", tables/deepspeed_configs.json).
         """
         base = default_policy(setup).model_copy(
             update={
@@ -97,6 +99,7 @@ class Swift(Framework):
                 "eval_new_tokens": 64,
                 "eval_generate_loss": False,
                 "eval_generate_gathers": True,
+                "deepspeed_configs": "swift",
             }
         )
         if setup.method != "qlora" or setup.quant == "gptq-int4":
