@@ -291,6 +291,10 @@ def plan(
         notes.append(advice.rl_note(setup, est))
     if setup.vllm != "none":
         notes.append(advice.vllm_note(spec, run, card.memory_bytes))
+    if setup.lengths == "variable":
+        from vramplan.memory.lengths import lengths_note
+
+        notes.append(lengths_note(est, setup, card.memory_bytes))
     if not fits:
         notes.append(advice.short_by_note(card, est))
         if not auto.PROBING.get():  # --gpus auto weighing a count: no suggestions needed
