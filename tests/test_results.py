@@ -51,6 +51,7 @@ NOTED = [
     ("qwen2-vl-7b", "a100-80g", {"method": "lora", "image_size": "1024x1024"}),  # media.tokens
     ("qwen2.5-0.5b", "a100-80g", {"rl": "grpo", "vllm": "colocate"}),  # rl.phases, rl.vllm
     ("llama-2-7b", "a100-80g", {"method": "qlora", "seq_len": 16384}),  # model.context
+    ("qwen2.5-7b", "a100-80g", {"method": "lora", "lengths": "variable"}),  # lengths.cache
 ]
 
 
