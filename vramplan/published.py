@@ -3,9 +3,9 @@
 The schema (``tables/measured/published.csv`` and a user's own runs):
 
     id, source, trainer, trainer_version, model, method, quant, precision, lora_rank,
-    lora_alpha, lora_targets, trainable_extra, optimizer, seq_len, micro_batch, grad_accum,
-    grad_checkpointing, attention, num_gpus, parallel, offload, gpu, measured_value,
-    measured_unit, measurement, outcome, notes
+    lora_alpha, lora_targets, trainable_extra, optimizer, seq_len, lengths, micro_batch,
+    grad_accum, grad_checkpointing, attention, num_gpus, parallel, offload, gpu,
+    measured_value, measured_unit, measurement, outcome, notes
 
 ``trainer`` names the program that ran the measured step (blank: the plain transformers
 Trainer loop, ``hf``); each row is estimated under that trainer's policy
@@ -14,7 +14,10 @@ program vramplan has no policy for (torchtune, Unsloth) is excluded with that re
 estimated under another trainer's. ``trainer_version`` is the version the source states, or
 the release series its date implies (``0`` for TRL before 2025), blank when neither is known;
 it is used where a trainer's step changed across releases (:func:`policy_trainer`: TRL 0.x ran
-the transformers Trainer's step). The two columns may be absent from a
+the transformers Trainer's step). ``lengths`` says how the batches' lengths ran: fixed (every
+sample at ``seq_len``), packed, or variable (padded to each batch's longest, ``seq_len`` the
+cap: the reserved and device tiers then hold the shorter batches' cached loss chains,
+memory/lengths.py); blank is fixed. The three columns may be absent from a
 user's CSV (read as blank). ``model`` is a catalog name or a path to a config.json relative to the CSV. ``measurement``
 picks the tier compared: allocated, reserved, device; ``unknown`` is compared against
 reserved (and says so). An ``oom`` row is checked the other way: the estimate must not call
@@ -45,6 +48,7 @@ from vramplan.errors import VramplanError, closest, cut, one_line, shown
 from vramplan.frameworks import framework
 from vramplan.gpus import gpu_catalog, resolve_gpu
 from vramplan.memory import estimate
+from vramplan.memory.lengths import LENGTHS
 from vramplan.memory.phases import Estimate
 from vramplan.models import load_model
 from vramplan.row_trainer import NO_POLICY as NO_POLICY  # re-exported
@@ -58,11 +62,11 @@ __all__ = ["COLUMNS", "Comparison", "Stats", "Summary", "compare", "compare_csv"
 
 COLUMNS = (
     "id source trainer trainer_version model method quant precision lora_rank lora_alpha lora_targets trainable_extra "
-    "optimizer seq_len micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu "
+    "optimizer seq_len lengths micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu "
     "measured_value measured_unit measurement outcome notes"
 ).split()
 #: columns a user's CSV may leave out (read as blank: the plain transformers Trainer loop)
-OPTIONAL_COLUMNS = ("trainer", "trainer_version")
+OPTIONAL_COLUMNS = ("trainer", "trainer_version", "lengths")
 #: fields every row needs before it can be estimated.
 REQUIRED = ("model", "method", "precision", "seq_len", "micro_batch", "num_gpus", "attention")
 UNITS = {"GiB": GIB, "GB": GB}
@@ -80,6 +84,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "parallel": PARALLELS,
     "offload": OFFLOADS,
     "grad_checkpointing": ("true", "false"),
+    "lengths": LENGTHS,
     "measured_unit": tuple(UNITS),
     "measurement": tuple(TIERS),
     "outcome": OUTCOMES,
@@ -211,6 +216,8 @@ def row_setup(row: dict[str, str]) -> Setup:
         "parallel": row.get("parallel") or "none",
         "offload": row.get("offload") or "none",
     }
+    if row.get("lengths"):
+        fields["lengths"] = row["lengths"]
     if method == "inference":
         fields.update(method="inference", quant=quant, grad_checkpointing=False)
         return make_setup(**fields)

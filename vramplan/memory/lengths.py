@@ -20,9 +20,9 @@ a run long enough to meet every length::
 
 (The first record's 16-bit logits take a segment of their own; every later batch's, the
 longest's too, take a cached fp32 block: the difference is within the fixed plan's
-``overhead/logits_segment``, which stays counted.) Replaying traced steps of one process through those rules (vramplan/trace/allocator.py,
-benchmarks/allocator_replay.py --lengths) shows exactly that: segments are taken at each new
-record and at no other batch.
+``overhead/logits_segment``, which stays counted.) Replaying traced steps of one process
+through those rules (vramplan/trace/allocator.py, benchmarks/allocator_replay.py --lengths)
+shows exactly that: segments are taken at each new record and at no other batch.
 
 The expected sum is taken over the lengths' distribution: micro-batch ``b`` samples padded to
 the longest, each sample's length drawn from the maximum-entropy distribution on ``1..seq_len``
