@@ -136,6 +136,7 @@ def test_default_and_packed_plans_do_not_move() -> None:
 
 
 def test_variable_lengths_move_reserved_and_device_not_allocated_nor_needed() -> None:
+    from vramplan.memory import loss
     from vramplan.memory.phases import estimate
     from vramplan.models import load_model
     from vramplan.setup import make_setup
@@ -153,6 +154,13 @@ def test_variable_lengths_move_reserved_and_device_not_allocated_nor_needed() ->
     # a mean nearer the cap: fewer records, less cache
     near = estimate(spec, make_setup(**base, lengths="variable", avg_tokens=3800))
     assert 0 < near.terms[lengths.CACHE_TERM] < cache
+    # four samples a batch, padded to the longest: the chain is the batch's (b·x tokens)
+    four = estimate(spec, make_setup(**base, micro_batch=4, lengths="variable", avg_tokens=1500))
+    fixed4 = estimate(spec, make_setup(**base, micro_batch=4))
+    assert four.allocated_bytes == fixed4.allocated_bytes
+    setup4 = make_setup(**base, micro_batch=4)
+    per_token = (loss.log_softmax_bytes(spec, setup4) + loss.loss_backward_temp_bytes(spec, setup4)) / (4 * 4096)
+    assert four.terms[lengths.CACHE_TERM] == lengths.records_cache_bytes(per_token, 4096, 4, 1500)[0]
 
 
 def test_the_plan_says_both_numbers() -> None:
@@ -160,4 +168,25 @@ def test_the_plan_says_both_numbers() -> None:
     (note,) = [n for n in p.notes if n.code == "lengths.cache"]
     assert note.data["device_bytes"] == p.peak.device_bytes
     assert note.data["needed_bytes"] < note.data["device_bytes"]
+    assert 4 < note.data["records"] < 8
     assert "nvidia-smi will read about" in note.text and "it runs on a card of" in note.text
+
+
+def test_on_a_card_too_small_for_the_cache_nvidia_smi_reads_the_card() -> None:
+    """torch frees wholly free segments when a cudaMalloc fails and retries: the cache never
+    holds more than the card, and the note says so."""
+    from vramplan import plan
+
+    p = plan(
+        "qwen2.5-7b",
+        "4090",
+        trainer="hf",
+        method="qlora",
+        seq_len=2048,
+        micro_batch=1,
+        grad_checkpointing=True,
+        lengths="variable",
+    )
+    (note,) = [n for n in p.notes if n.code == "lengths.cache"]
+    assert note.data["device_bytes"] > note.data["memory_bytes"] >= note.data["needed_bytes"]
+    assert f"up to the card's {p.gpu.memory_bytes / GIB:.1f} GiB" in note.text

@@ -294,7 +294,7 @@ def plan(
     if setup.lengths == "variable":
         from vramplan.memory.lengths import lengths_note
 
-        notes.append(lengths_note(est, setup, card.memory_bytes))
+        notes.append(lengths_note(est, spec, setup, card.memory_bytes))
     if not fits:
         notes.append(advice.short_by_note(card, est))
         if not auto.PROBING.get():  # --gpus auto weighing a count: no suggestions needed

@@ -44,10 +44,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from functools import cache
 from typing import Literal
 
+from vramplan.memory import loss
 from vramplan.results import Estimate, Note
 from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
 
 Lengths = Literal["fixed", "packed", "variable"]
 LENGTHS: tuple[str, ...] = ("fixed", "packed", "variable")
@@ -100,7 +103,8 @@ def length_cdf(cap: int, avg: float | None) -> list[float]:
     return [math.expm1(lam * x) / math.expm1(lam * cap) for x in range(cap + 1)]
 
 
-def expected_records(cap: int, avg: float | None, micro_batch: int, step_tokens: int) -> list[tuple[int, float]]:
+@cache
+def expected_records(cap: int, avg: float | None, micro_batch: int, step_tokens: int) -> tuple[tuple[int, float], ...]:
     """``(tokens, probability it is ever a record)`` per step of ``step_tokens`` lengths, for
     micro-batches of ``micro_batch`` samples padded to the longest (P(batch <= x) = F(x)^b)."""
     cdf = [f**micro_batch for f in length_cdf(cap, avg)]
@@ -113,7 +117,7 @@ def expected_records(cap: int, avg: float | None, micro_batch: int, step_tokens:
         if p > 0 and above > 0:
             out.append((hi, min(1.0, p / above)))
         lo = hi
-    return out
+    return tuple(out)
 
 
 def chain_bytes_per_token(backward_start: Mapping[str, int], tokens: int) -> float:
@@ -126,8 +130,8 @@ def records_cache_bytes(
     per_token: float, seq_len: int, micro_batch: int, avg: float | None, blocks: int = CHAIN_BLOCKS
 ) -> tuple[int, float]:
     """The expected bytes of the records' cached segments beyond the longest batch's own, and
-    the expected number of records, for a chain of ``per_token`` bytes a token (per sample of
-    ``seq_len`` tokens) made of ``blocks`` blocks."""
+    the expected number of records, for a chain of ``per_token`` bytes a token made of
+    ``blocks`` blocks (a batch of ``micro_batch`` samples padded to length x holds b·x tokens)."""
     per_sample_token = per_token * micro_batch  # a batch of b samples at length x holds b·x tokens
     block = per_sample_token / blocks
     if block * seq_len <= MIN_LARGE_ALLOC:
@@ -151,7 +155,7 @@ def with_lengths(est: Estimate, setup: Setup, backward_start: Mapping[str, int])
     cache = 0
     if setup.lengths == "variable":
         per_token = chain_bytes_per_token(backward_start, setup.tokens)
-        cache, _ = records_cache_bytes(per_token / setup.micro_batch, setup.seq_len, setup.micro_batch, mean_of(setup))
+        cache, _ = records_cache_bytes(per_token, setup.seq_len, setup.micro_batch, mean_of(setup))
     terms = dict(est.terms)
     if cache:
         terms[CACHE_TERM] = cache
@@ -171,27 +175,39 @@ def mean_of(setup: Setup) -> float | None:
     return min(setup.avg_tokens, setup.seq_len) if setup.avg_tokens else None
 
 
-def records_of(setup: Setup, backward_start: Mapping[str, int]) -> float:
-    """The expected number of records (batches longer than every one before)."""
-    per_token = chain_bytes_per_token(backward_start, setup.tokens)
-    return records_cache_bytes(per_token / setup.micro_batch, setup.seq_len, setup.micro_batch, mean_of(setup))[1]
+def records_of(spec: ModelSpec, setup: Setup) -> float:
+    """The expected number of records (batches longer than every one before, 2 MiB of the
+    full-logits chain apart) the run meets."""
+    per_token = (loss.log_softmax_bytes(spec, setup) + loss.loss_backward_temp_bytes(spec, setup)) / setup.tokens
+    return records_cache_bytes(per_token, setup.seq_len, setup.micro_batch, mean_of(setup))[1]
 
 
-def lengths_note(est: Estimate, setup: Setup, memory_bytes: int) -> Note:
+def lengths_note(est: Estimate, spec: ModelSpec, setup: Setup, memory_bytes: int) -> Note:
     """``lengths.cache``: what nvidia-smi will read, and the card the run needs."""
     gib = 2**30
     cache = est.terms.get(CACHE_TERM, 0)
     data = {
         "lengths": setup.lengths,
         "avg_tokens": mean_of(setup) or setup.seq_len / 2,
+        "records": round(records_of(spec, setup), 2),
         "cache_bytes": cache,
         "device_bytes": est.device_bytes,
         "needed_bytes": est.needed_bytes,
         "memory_bytes": memory_bytes,
     }
+    if est.device_bytes > memory_bytes >= est.needed_bytes:
+        # a cudaMalloc that fails frees the wholly free segments and retries: the cache stops at the card
+        smi = (
+            f"nvidia-smi will read up to the card's {memory_bytes / gib:.1f} GiB (the cache would reach"
+            f" {est.device_bytes / gib:.1f}; torch frees cached segments when the card is full)"
+        )
+    else:
+        smi = (
+            f"nvidia-smi will read about {est.device_bytes / gib:.1f} GiB ({cache / gib:.1f} GiB of it the"
+            " shorter batches' loss chains, cached)"
+        )
     text = (
-        f"variable lengths: nvidia-smi will read about {est.device_bytes / gib:.1f} GiB"
-        f" ({cache / gib:.1f} GiB of it the shorter batches' loss chains, cached); it runs on a card of"
-        f" {est.needed_bytes / gib:.1f} GiB (torch frees wholly free cached segments before out-of-memory)"
+        f"variable lengths: {smi}; it runs on a card of {est.needed_bytes / gib:.1f} GiB"
+        " (torch frees wholly free cached segments before out-of-memory)"
     )
     return Note(code="lengths.cache", data=data, text=text)
