@@ -31,7 +31,11 @@ def _cli_json(stdout: str) -> str:
     except ValueError:
         return stdout
     recorded = _recorded_shape(value)
-    return stdout if recorded == value else json.dumps(recorded) + "\n"
+    if recorded == value:
+        return stdout
+    text = stdout.rstrip("\n")
+    compact = json.dumps(value, separators=(",", ":")) == text  # the emit command prints compact JSON
+    return json.dumps(recorded, separators=(",", ":") if compact else None) + stdout[len(text) :]
 
 
 #: field -> (why it changed, new -> recorded). Emptied when the recording is made again (the
@@ -41,7 +45,10 @@ RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "stdout": ("a plan's --json line: the renamed fields inside it are mapped back too", _cli_json),
 }
 #: field -> why it was added (emptied when the recording is made again)
-ADDED: dict[str, str] = {}
+ADDED: dict[str, str] = {
+    "lengths": "Setup field: batch lengths (fixed by default; memory/lengths.py)",
+    "avg_tokens": "Setup field: the lengths' mean for --lengths variable (0 by default: none given)",
+}
 #: field -> why it was removed (emptied when the recording is made again)
 REMOVED: dict[str, str] = {}
 
