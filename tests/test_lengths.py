@@ -190,3 +190,64 @@ def test_on_a_card_too_small_for_the_cache_nvidia_smi_reads_the_card() -> None:
     (note,) = [n for n in p.notes if n.code == "lengths.cache"]
     assert note.data["device_bytes"] > note.data["memory_bytes"] >= note.data["needed_bytes"]
     assert f"up to the card's {p.gpu.memory_bytes / GIB:.1f} GiB" in note.text
+
+
+@pytest.mark.trace
+def test_a_traced_run_of_varied_lengths_grows_at_records(tmp_path: pytest.TempPathFactory) -> None:
+    """Micro-batches of different lengths traced in one process (a small model whose loss chain
+    dwarfs it) and replayed as one stream: reserved grows at the batches longer than every one
+    before and nowhere else, and the needed tier stays the longest batch's."""
+    import json
+
+    import torch
+
+    from tests.conftest import TINY_CONFIG
+    from vramplan.setup import make_setup
+    from vramplan.trace import allocator, run
+
+    config = tmp_path / "config.json"  # type: ignore[operator]
+    config.write_text(json.dumps({**TINY_CONFIG, "vocab_size": 32000, "max_position_embeddings": 4096}))
+    order = [700, 1500, 900, 1200, 2048, 1000, 1800, 600]
+
+    def replayed(order: list[int]) -> list[tuple[int, int]]:
+        it = iter(order)
+
+        def ids_maker(vocab: int, setup: object, device: str, fake_mode: object) -> object:
+            def make() -> object:
+                with fake_mode:  # type: ignore[attr-defined]
+                    return torch.randint(0, vocab, (1, next(it)), device=device)
+
+            return make
+
+        seen: list[list[tuple[int, int]]] = []
+        keep_ids, keep_replay = run._ids_maker, run.replay
+        run._ids_maker = ids_maker  # type: ignore[assignment]
+        run.replay = lambda ev: (seen.append(list(ev)), keep_replay(ev))[1]  # type: ignore[assignment]
+        try:
+            setup = make_setup(method="lora", seq_len=2048, grad_checkpointing=True, grad_accum=len(order))
+            run.trace(str(config), setup, steps=1, keep_timeline=False)
+        finally:
+            run._ids_maker, run.replay = keep_ids, keep_replay
+        return seen[0]
+
+    events = replayed(order)
+    a = allocator.CachingAllocator()
+    grown: list[int] = []
+    for key, nbytes in events:
+        if nbytes < 0:
+            a.free(key)
+            continue
+        before = a.reserved
+        a.malloc(key, nbytes)
+        if a.reserved - before > 50 * MiB:
+            grown.append(nbytes)
+    v = 32000
+    # every large new segment is a loss-chain block (t·V elements of 1, 2 or 4 bytes) of a record
+    records = (700, 1500, 2048)
+    of = {n: {t for t in order for k in (1, 2, 4) if n == k * t * v} for n in grown}
+    assert all(ts and ts <= set(records) for ts in of.values()), of
+    assert set().union(*of.values()) == set(records)
+    fixed = allocator.replay(replayed([2048] * len(order)))
+    # the two shorter records' fp32 chains (three blocks each) stay cached
+    assert a.peak_reserved - fixed.peak_reserved >= 0.95 * 3 * 4 * (700 + 1500) * v
+    assert a.peak_needed <= fixed.peak_needed + 64 * MiB
