@@ -25,9 +25,18 @@ Measured (``--lengths 8 --layers 2``): fixed 7.43 GiB replayed reserved (traced 
 14.01 GiB (traced 6.56), new segments only at the batches longer than every earlier one, three
 loss-chain blocks each; needed stays near the allocated peak (6.81 GiB). With 48 batches and 4
 layers (same draw): 8.19 vs 14.77 GiB, records 963, 1584, 1621, 2015. memory/lengths.py takes
-that rule in expectation. A replay of separate fixed-length traces, or of batches whose longest comes first,
-shows no growth: the cache grows only at records, so the order within one process is what
-matters.
+that rule in expectation.
+
+    python3 benchmarks/allocator_replay.py --trl
+
+is why a replay of varied lengths can show no growth at all: the cache grows only where a
+record's blocks fit no cached block, and TRL's own SFT step (its fused LM head, tiled) makes no
+t·V block; its length-shaped blocks fit the larger cached ones. Qwen2.5-0.5B LoRA, GC, 8
+micro-batches of 700..2048 tokens: the full-logits loop replays 8.95 GiB reserved against 5.34
+at 2048 (needed 4.77 against 4.63), TRL's step 1.45 against 1.40. The earlier 8.074 vs 8.072
+GiB (48 micro-batches, whose script is not kept) is that second case, a stream whose longest
+batch came first, or micro-batches replayed each through its own allocator: the cache grows
+only at records within one process.
 """
 
 from __future__ import annotations
@@ -42,7 +51,10 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=1)
     ap.add_argument("--lengths", type=int, default=0, help="trace this many variable-length micro-batches")
     ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--trl", action="store_true", help="the order 700..2048 through TRL's own step and the loop")
     args = ap.parse_args()
+    if args.trl:
+        return trl_against_loop()
     if args.lengths:
         return lengths_replay(args.lengths, args.layers)
     if args.every < 1 or args.limit < 0:
@@ -155,6 +167,65 @@ def lengths_replay(n: int, layers: int) -> int:
             f" {a.peak_reserved / gib:.2f}, needed {a.peak_needed / gib:.2f}",
             flush=True,
         )
+    return 0
+
+
+ORDER = [700, 1500, 900, 1200, 2048, 1000, 1800, 600]
+
+
+def trl_against_loop() -> int:
+    """Qwen2.5-0.5B LoRA, GC, 8 micro-batches of ORDER's lengths (records 700, 1500, 2048) and 8
+    at 2048, replayed: through vramplan's loop (the model's full-logits loss) and through TRL's
+    own SFT step (trace/trl_sft.py: its fused LM head never makes a t·V block). The TRL batch
+    is made inside trace_sft at ``seq_len``; its three length-shaped calls (the ids, the
+    positions and their expand) are given each micro-batch's length here."""
+    import contextlib
+
+    import torch
+
+    from vramplan.setup import make_setup
+    from vramplan.trace import run, trl_sft
+
+    gib = 2**30
+    setup = make_setup(method="lora", seq_len=2048, grad_checkpointing=True, grad_accum=4)
+
+    @contextlib.contextmanager
+    def lengths(order: list[int]) -> object:
+        it, last = iter(order), [2048]
+        randint, arange, expand = torch.randint, torch.arange, torch.Tensor.expand
+
+        def randint_(low: int, high: int, size: tuple[int, ...], **kw: object) -> torch.Tensor:
+            if tuple(size)[-1] == 2048:
+                size = (*tuple(size)[:-1], next(it))
+            last[0] = tuple(size)[-1]
+            return randint(low, high, size, **kw)  # type: ignore[call-overload]
+
+        def arange_(*a: object, **kw: object) -> torch.Tensor:
+            return arange(last[0], **kw) if a == (2048,) else arange(*a, **kw)  # type: ignore[call-overload]
+
+        def expand_(self: torch.Tensor, *sizes: int) -> torch.Tensor:
+            if len(sizes) == 2 and sizes[1] == 2048 and self.dim() == 1 and self.shape[0] != 2048:
+                sizes = (sizes[0], self.shape[0])
+            return expand(self, *sizes)
+
+        torch.randint, torch.arange, torch.Tensor.expand = randint_, arange_, expand_  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            torch.randint, torch.arange, torch.Tensor.expand = randint, arange, expand  # type: ignore[assignment]
+
+    for name in ("loop", "trl"):
+        for label, order in (("variable", ORDER), ("fixed", [2048] * len(ORDER))):
+            with lengths(order):
+                if name == "trl":
+                    r = trl_sft.trace_sft("qwen2.5-0.5b", setup, steps=2)
+                else:
+                    r = run.trace("qwen2.5-0.5b", setup, steps=2, keep_timeline=False)
+            print(
+                f"{name:5} {label:9} traced {r.peak_bytes / gib:.2f} GiB, replayed reserved"
+                f" {(r.simulated_reserved_bytes or 0) / gib:.2f}, needed {(r.simulated_needed_bytes or 0) / gib:.2f}",
+                flush=True,
+            )
     return 0
 
 
