@@ -48,6 +48,7 @@ RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
 ADDED: dict[str, str] = {
     "lengths": "Setup field: batch lengths (fixed by default; memory/lengths.py)",
     "avg_tokens": "Setup field: the lengths' mean for --lengths variable (0 by default: none given)",
+    "needed_bytes": "Peak: the least the card must offer, beside what nvidia-smi reads (memory/lengths.py)",
 }
 #: field -> why it was removed (emptied when the recording is made again)
 REMOVED: dict[str, str] = {}

@@ -167,6 +167,7 @@ def test_the_plan_says_both_numbers() -> None:
     p = swift_qwen7b(lengths="variable", avg_tokens=1347)
     (note,) = [n for n in p.notes if n.code == "lengths.cache"]
     assert note.data["device_bytes"] == p.peak.device_bytes
+    assert note.data["needed_bytes"] == p.peak.needed_bytes
     assert note.data["needed_bytes"] < note.data["device_bytes"]
     assert 4 < note.data["records"] < 8
     assert "nvidia-smi will read about" in note.text and "it runs on a card of" in note.text

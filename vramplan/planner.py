@@ -311,6 +311,7 @@ def plan(
             allocated_bytes=est.allocated_bytes,
             reserved_bytes=est.reserved_bytes,
             device_bytes=est.device_bytes,
+            needed_bytes=est.needed_bytes,
         ),
         terms=est.terms,
         phases=est.phases,

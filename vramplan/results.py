@@ -108,6 +108,9 @@ class Peak(BaseModel):
     allocated_bytes: int
     reserved_bytes: int
     device_bytes: int
+    #: the least the card must offer (Estimate.needed_bytes): the device tier without wholly free
+    #: cached segments
+    needed_bytes: int = 0
 
 
 #: a value a note's data holds: numbers (bytes as ints), names, flags, or a list of them.
