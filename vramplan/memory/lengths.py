@@ -36,6 +36,14 @@ before it raises out-of-memory torch frees every wholly free segment and retries
 fixed-length plan keeps (``overhead/logits_segment``, memory/loss.py). So ``needed`` is the
 device tier without either.
 
+Assumed: the allocator's defaults and a run that never empties the cache. Setting
+``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` (segments grow in place) or
+``garbage_collection_threshold`` (cached blocks reclaimed past a fraction of the card), or a
+loop that calls ``torch.cuda.empty_cache()`` (transformers' ``torch_empty_cache_steps``; PEFT's
+MetaMathQA harness every 10 steps), keeps most of this cache from building. A trainer whose loss
+makes no t·V block (TRL's fused LM head) grows nothing by records: its chain terms are absent
+and the cache is 0 (benchmarks/allocator_replay.py --trl).
+
 ``packed`` batches are every one at the cap (flash-attention's per-sample boundaries do not
 change a tensor's size): the fixed-length numbers.
 """
