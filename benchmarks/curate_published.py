@@ -24,7 +24,7 @@ DEFAULT_SRC = ROOT.parent / "shared" / "data" / "published_measurements.csv"
 
 COLUMNS = (
     "id source trainer trainer_version model method quant precision lora_rank lora_alpha lora_targets trainable_extra "
-    "optimizer seq_len micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu "
+    "optimizer seq_len lengths micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu "
     "measured_value measured_unit measurement outcome settings notes"
 ).split()
 
@@ -517,12 +517,43 @@ OOM_ROWS = [
 ]
 
 
+#: the ``lengths`` column, read from each row's source (blank: fixed, every sample at seq_len).
+#: packed: torchtune's 'Memory and training speed' table (dataset packed to 2048) and the
+#: 'Optimization flags' rows from '+ Packed Dataset' on; PEFT's accelerate docs (SFTTrainer,
+#: packed to 2048). variable: torchtune's unpacked row and its 2024 tables (batches padded to
+#: their longest sample), PEFT's README table (dynamic lengths). PEFT's MetaMathQA rows and
+#: Qwen2.5's LLaMA-Factory example stay blank: PEFT_BUCKETS, LF_UNSTATED.
+LENGTHS_BY_ID = {
+    **{i: "packed" for i in (*range(231, 239), *range(240, 244), *range(266, 271))},
+    **{i: "variable" for i in (239, *range(249, 266))},
+}
+LF_UNSTATED = (
+    "lengths: compared as fixed. cutoff_len is a cap and LLaMA-Factory pads each batch to its longest,"
+    " but neither the custom data's lengths nor the tool that measured ('实测') is stated; as variable"
+    " with lengths uniform up to the cap (memory/lengths.py) the reserved tier would read +35% (216)"
+    " and +61% (217)."
+)
+PEFT_BUCKETS = (
+    "lengths: compared as fixed. The batches' lengths vary, but method_comparison/MetaMathQA/run.py (@026d1e01)"
+    " batches samples of like length (BucketIterator) and empties the cache every 10 steps"
+    " (ACCELERATOR_EMPTY_CACHE_SCHEDULE), so the shorter batches' loss chains are never kept; the"
+    " peak is the longest batches'."
+)
+
+
 def curate(src: Path) -> list[dict[str, Any]]:
     rows = list(csv.DictReader(src.open(newline="")))
     out = [SOURCES[r["source_repo_or_url"]](r) for r in rows]
     out += OOM_ROWS
     for row in out:
+        rid = int(row["id"]) if row["id"].isdigit() else 0
+        row["lengths"] = LENGTHS_BY_ID.get(rid, "")
+        if 271 <= rid <= 275:
+            row["notes"] = _note(row["notes"], PEFT_BUCKETS)
+        if 215 <= rid <= 217:
+            row["notes"] = _note(row["notes"], LF_UNSTATED)
         row.setdefault("settings", "")  # nothing the published rows state lies beyond the columns
+    for row in out:
         missing = set(COLUMNS) - set(row)
         assert not missing, (row["id"], missing)
     return [{k: row[k] for k in COLUMNS} for row in out]

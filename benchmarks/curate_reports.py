@@ -28,7 +28,7 @@ DEFAULT_SRC = ROOT.parent / "shared" / "data" / "real_reports.csv"
 
 COLUMNS = (
     "id source trainer trainer_version model method quant precision lora_rank lora_alpha lora_targets trainable_extra "
-    "optimizer seq_len micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu "
+    "optimizer seq_len lengths micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu "
     "measured_value measured_unit measurement outcome settings notes"
 ).split()
 
@@ -83,6 +83,19 @@ ROWS: dict[str, dict[str, str]] = {
 }
 
 
+#: how each run's batch lengths ran, from its notes: every sample at seq_len (packed: packing or
+#: pre-training blocks). The runs whose seq_len is a cap over data of varied lengths are left fixed:
+#: none of their threads gives the lengths' mean, and without it memory/lengths.py takes them
+#: uniform, which its own check (the ms-swift pair, tests/test_lengths.py) does not support.
+PACKED = ("lf-2064-bs2", "lf-2064-bs1-256", "lf-5380", "llamarecipes-37")
+
+
+def lengths(row: dict[str, str]) -> str:
+    if row["id"] in PACKED or row["id"].startswith("fms-"):  # fms-acceleration: packing True, max_seq_len 4096
+        return "packed"
+    return ""
+
+
 #: configs shipped beside the source rows that are catalog models (the same config.json, key for key)
 CATALOG_CONFIGS = {"configs/mistral-7b-v0.1.json": "mistral-7b-v0.1"}
 
@@ -95,7 +108,7 @@ def curate(src: Path) -> list[dict[str, str]]:
             if row["model"] in CATALOG_CONFIGS:
                 change.setdefault("model", CATALOG_CONFIGS[row["model"]])
             why = change.pop("excluded", "")
-            row = {c: row.get(c, "") for c in COLUMNS} | change
+            row = {c: row.get(c, "") for c in COLUMNS} | {"lengths": lengths(row)} | change
             if why:
                 row["notes"] = f"excluded: {why}. {row['notes']}"
             out.append(row)

@@ -53,6 +53,7 @@ NOTED = [
     ("llama-2-7b", "a100-80g", {"method": "qlora", "seq_len": 16384}),  # model.context
     ("qwen2.5-7b", "4090", {"method": "lora", "seq_len": 5000, "micro_batch": 2}),  # fit.tight
     ("qwen2.5-7b", "4090", {"method": "full", "num_gpus": 4}),  # rank.offload
+    ("qwen2.5-7b", "a100-80g", {"method": "lora", "lengths": "variable"}),  # lengths.cache
 ]
 
 

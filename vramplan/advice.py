@@ -182,14 +182,15 @@ def short_by_note(card: GPU, est: Estimate) -> Note:
 def tight_note(card: GPU, est: Estimate) -> Note:
     """The plan fits the card but not with the margin measured runs ask for (verdict.py)."""
     pct = verdict.margin_pct()
-    safe = verdict.safe_bytes(est.device_bytes)
+    need = verdict.needed(est)
+    safe = verdict.safe_bytes(need)
     text = (
-        f"tight: needs {gib(est.device_bytes)} of {gib(card.memory_bytes)}, but one measured run in ten went"
+        f"tight: needs {gib(need)} of {gib(card.memory_bytes)}, but one measured run in ten went"
         f" {pct:.1f}% above its estimate, {gib(safe)} here: {gib(safe - card.memory_bytes)} more than the card"
     )
     data: dict[str, NoteValue] = {
         "gpu": card.name,
-        "device_bytes": est.device_bytes,
+        "device_bytes": need,
         "memory_bytes": card.memory_bytes,
         "margin_pct": pct,
         "safe_bytes": safe,

@@ -157,7 +157,6 @@ def plan_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="emit even when the plan does not fit")
     p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     p.add_argument("--samples", type=parse_int, help="training samples (with --avg-tokens): prints the wall time")
-    p.add_argument("--avg-tokens", type=parse_int, help="average tokens per sample")
     p.add_argument("--epochs", type=parse_float, default=1.0, help="passes over the samples (default 1)")
     p.add_argument(
         "--dataset-tokens", type=parse_int, help="tokens in the dataset: prints the wall time (packed to --seq-len)"

@@ -47,7 +47,6 @@ def cmd_plan(argv: list[str]) -> int:
         "force",
         "overwrite",
         "samples",
-        "avg_tokens",
         "epochs",
         "dataset_tokens",
         "price_per_hour",

@@ -86,7 +86,9 @@ def _cell(spec: ModelSpec, gpu: GPU, trainer: str, method: dict[str, Any], seq_l
     setup = make_setup(**_fields(spec, gpu, method, seq_len))
     est = estimate(spec, setup, policy=framework(trainer).policy(setup), card_bytes=gpu.memory_bytes)
     return FitCell(
-        seq_len=seq_len, device_bytes=est.device_bytes, verdict=verdict.verdict(est.device_bytes, gpu.memory_bytes)
+        seq_len=seq_len,
+        device_bytes=est.device_bytes,
+        verdict=verdict.verdict(verdict.needed(est), gpu.memory_bytes),
     )
 
 

@@ -65,4 +65,6 @@ class PlanFields(TypedDict, total=False):
     evaluation: Literal["auto", "none", "loss", "logits", "generate"]
     eval_batch: int
     eval_samples: int
+    lengths: Literal["fixed", "packed", "variable"]
+    avg_tokens: int
     deepspeed_config: ZeroConfig | dict[str, object] | str | None

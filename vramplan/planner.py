@@ -360,7 +360,11 @@ def plan(
         notes.append(advice.rl_note(setup, est))
     if setup.vllm != "none":
         notes.append(advice.vllm_note(spec, run, card.memory_bytes))
-    answer = verdict.verdict(est.device_bytes, card.memory_bytes) if fits else "does not fit"
+    if setup.lengths == "variable":
+        from vramplan.memory.lengths import lengths_note
+
+        notes.append(lengths_note(est, spec, setup, card.memory_bytes))
+    answer = verdict.verdict(verdict.needed(est), card.memory_bytes) if fits else "does not fit"
     if not fits:
         notes.append(advice.short_by_note(card, est))
     elif answer == "tight":
@@ -374,12 +378,13 @@ def plan(
         setup=setup,
         fits=fits,
         verdict=answer,
-        headroom_bytes=card.memory_bytes - est.device_bytes,
+        headroom_bytes=card.memory_bytes - verdict.needed(est),
         peak=Peak(
             phase=est.phase,
             allocated_bytes=est.allocated_bytes,
             reserved_bytes=est.reserved_bytes,
             device_bytes=est.device_bytes,
+            needed_bytes=est.needed_bytes,
         ),
         terms=est.terms,
         phases=est.phases,

@@ -3,9 +3,9 @@
 The schema (``tables/measured/published.csv`` and a user's own runs):
 
     id, source, trainer, trainer_version, model, method, quant, precision, lora_rank,
-    lora_alpha, lora_targets, trainable_extra, optimizer, seq_len, micro_batch, grad_accum,
-    grad_checkpointing, attention, num_gpus, parallel, offload, gpu, measured_value,
-    measured_unit, measurement, outcome, settings, notes
+    lora_alpha, lora_targets, trainable_extra, optimizer, seq_len, lengths, micro_batch,
+    grad_accum, grad_checkpointing, attention, num_gpus, parallel, offload, gpu,
+    measured_value, measured_unit, measurement, outcome, settings, notes
 
 ``trainer`` names the program that ran the measured step (blank: the plain transformers
 Trainer loop, ``hf``); each row is estimated under that trainer's policy
@@ -14,8 +14,11 @@ program vramplan has no policy for (torchtune, Unsloth) is excluded with that re
 estimated under another trainer's. ``trainer_version`` is the version the source states, or
 the release series its date implies (``0`` for TRL before 2025), blank when neither is known;
 it is used where a trainer's step changed across releases (:func:`policy_trainer`: TRL 0.x ran
-the transformers Trainer's step). The two columns may be absent from a user's CSV (read as
-blank), as may ``settings``: Setup fields the other columns do not hold (:func:`row_settings`).
+the transformers Trainer's step). ``lengths`` says how the batches' lengths ran: fixed (every
+sample at ``seq_len``), packed, or variable (padded to each batch's longest, ``seq_len`` the
+cap: the reserved and device tiers then hold the shorter batches' cached loss chains,
+memory/lengths.py); blank is fixed. The three columns may be absent from a user's CSV (read
+as blank), as may ``settings``: Setup fields the other columns do not hold (:func:`row_settings`).
 ``model`` is a catalog name or a path to a config.json relative to the CSV. ``measurement``
 picks the tier compared: allocated, reserved, device; ``unknown`` is compared against reserved.
 An ``oom`` row is checked the other way: the estimate must not call it a fit on its ``gpu``
@@ -46,32 +49,28 @@ from vramplan.errors import VramplanError, closest, cut, one_line, shown
 from vramplan.frameworks import framework
 from vramplan.gpus import gpu_catalog, resolve_gpu
 from vramplan.memory import estimate
+from vramplan.memory.lengths import LENGTHS
 from vramplan.memory.phases import Estimate
 from vramplan.models import load_model
+from vramplan.row_setup import COLUMNS, row_setup
+from vramplan.row_setup import row_settings as row_settings  # re-exported
 from vramplan.row_trainer import NO_POLICY as NO_POLICY  # re-exported
 from vramplan.row_trainer import policy_trainer, row_trainer, trainer_problem
-from vramplan.setup import ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PARALLELS, PRECISIONS, QUANTS, Setup, make_setup
+from vramplan.setup import ATTENTIONS, METHODS, OFFLOADS, OPTIMIZERS, PARALLELS, PRECISIONS, QUANTS
 from vramplan.tables import tables_dir
 from vramplan.units import GB, GIB
-from vramplan.verdict import verdict
+from vramplan.verdict import needed, verdict
 
 #: the comparison's data and statistics live in vramplan.comparison; validate reads them from here too
 __all__ = ["COLUMNS", "Comparison", "Stats", "Summary", "compare", "compare_csv", "read_rows", "stats", "summarize"]
 
-COLUMNS = (
-    "id source trainer trainer_version model method quant precision lora_rank lora_alpha lora_targets trainable_extra "
-    "optimizer seq_len micro_batch grad_accum grad_checkpointing attention num_gpus parallel offload gpu "
-    "measured_value measured_unit measurement outcome settings notes"
-).split()
 #: columns a user's CSV may leave out (read as blank: the plain transformers Trainer loop)
-OPTIONAL_COLUMNS = ("trainer", "trainer_version", "settings")
+OPTIONAL_COLUMNS = ("trainer", "trainer_version", "lengths", "settings")
 #: fields every row needs before it can be estimated.
 REQUIRED = ("model", "method", "precision", "seq_len", "micro_batch", "num_gpus", "attention")
 UNITS = {"GiB": GIB, "GB": GB}
 TIERS = {"allocated": "allocated", "reserved": "reserved", "device": "device", "unknown": "reserved"}
 OUTCOMES = ("ok", "oom")
-EMBEDDING_NAMES = {"embeddings", "embed_tokens", "wte", "word_embeddings", "tok_embeddings"}
-HEAD_NAMES = {"lm_head", "output"}
 #: the values each enumerated column allows (blank takes the default where one exists)
 ALLOWED: dict[str, tuple[str, ...]] = {
     "method": METHODS,
@@ -82,6 +81,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "parallel": PARALLELS,
     "offload": OFFLOADS,
     "grad_checkpointing": ("true", "false"),
+    "lengths": LENGTHS,
     "measured_unit": tuple(UNITS),
     "measurement": tuple(TIERS),
     "outcome": OUTCOMES,
@@ -182,76 +182,6 @@ def read_records(path: Path) -> list[Record]:
 def read_rows(path: Path) -> list[dict[str, str]]:
     """The CSV's rows; a missing column is an error naming it."""
     return [r.row for r in read_records(path)]
-
-
-def _extra(text: str) -> tuple[str, ...]:
-    out = []
-    for name in (t.strip() for t in text.split(",") if t.strip()):
-        if name in EMBEDDING_NAMES:
-            out.append("embeddings")
-        elif name in HEAD_NAMES:
-            out.append("lm_head")
-        else:
-            raise VramplanError(
-                "trainable_extra",
-                f"{name!r}: use embedding/lm_head module names ({', '.join(sorted(EMBEDDING_NAMES | HEAD_NAMES))})",
-            )
-    return tuple(out)
-
-
-def row_setup(row: dict[str, str]) -> Setup:
-    """The Setup a row describes. Inference rows become a LoRA-free Setup whose fields
-    carry precision, quantization, length, batch and layout."""
-    method = row["method"]
-    quant = row.get("quant") or "none"
-    fields: dict[str, Any] = {
-        "precision": row["precision"],
-        "seq_len": row["seq_len"],
-        "micro_batch": row["micro_batch"],
-        "attention": row["attention"],
-        "num_gpus": row["num_gpus"] or "1",
-        "parallel": row.get("parallel") or "none",
-        "offload": row.get("offload") or "none",
-    }
-    if method == "inference":
-        fields.update(method="inference", quant=quant, grad_checkpointing=False)
-        return make_setup(**fields, **row_settings(row))
-    gc = row["grad_checkpointing"].lower()
-    if gc not in ("true", "false"):
-        raise VramplanError("grad_checkpointing", f"{row['grad_checkpointing']!r}: use true or false")
-    fields.update(
-        method=method,
-        quant=quant,
-        grad_checkpointing=gc == "true",
-        optimizer=row.get("optimizer") or "adamw",
-        grad_accum=row.get("grad_accum") or "1",
-    )
-    if method in ("lora", "qlora"):
-        fields.update(
-            lora_targets=row.get("lora_targets") or "all-linear", trainable_extra=_extra(row.get("trainable_extra", ""))
-        )
-        if row.get("lora_rank"):
-            fields["lora_rank"] = row["lora_rank"]
-        if row.get("lora_alpha"):
-            fields["lora_alpha"] = row["lora_alpha"]
-    return make_setup(**fields, **row_settings(row))
-
-
-def row_settings(row: dict[str, str]) -> dict[str, str]:
-    """The ``settings`` column: Setup fields the other columns do not hold, as ``field=value``
-    pairs separated by ``;`` (``zero3_init=off;eval_batch=8``), validated as the CLI's flags are."""
-    out: dict[str, str] = {}
-    for pair in (p.strip() for p in (row.get("settings") or "").split(";") if p.strip()):
-        name, eq, value = pair.partition("=")
-        name = name.strip()
-        if not eq or name not in Setup.model_fields:
-            near = closest(name, list(Setup.model_fields))
-            hint = f" (closest: {', '.join(near)})" if near else ""
-            raise VramplanError("settings", f"{pair!r}: use field=value with a Setup field{hint}")
-        if name in COLUMNS:
-            raise VramplanError("settings", f"{name} has its own column")
-        out[name] = value.strip()
-    return out
 
 
 def _model(row: dict[str, str], base: Path) -> str:
@@ -414,7 +344,7 @@ def compare(row: dict[str, str], base: Path, line: int | None = None) -> Compari
         except VramplanError as exc:
             raise _from_error(exc, row) from None
         card = _gpu_bytes(row) if outcome == "oom" or row.get("gpu") else None
-        said = verdict(est.device_bytes, card) if card is not None else None
+        said = verdict(needed(est), card) if card is not None else None
     except Excluded as exc:
         return Comparison(
             **common,

@@ -54,6 +54,10 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
   ``setup`` (the label of what then fits) and its ``device_bytes``.
 - ``gpus.auto_fewest``: ``--gpus auto`` found the fewest GPUs that fit: ``num_gpus`` (per node),
   ``num_nodes``, ``world_size``.
+- ``lengths.cache``: variable batch lengths (memory/lengths.py): ``lengths``, ``avg_tokens`` (the mean the
+  lengths were drawn with), ``records`` (expected batches longer than every one before), ``cache_bytes``
+  (their loss chains' segments, cached), ``device_bytes`` (what nvidia-smi reads), ``needed_bytes`` (the
+  least the card must offer), ``memory_bytes`` (the card's).
 - ``gpus.auto_none``: no GPU count ``--gpus auto`` weighs fits: ``max_world_size`` (the largest weighed;
   the sentence says 512, the largest of auto.AUTO_GPUS, also when ``num_nodes`` was pinned).
 """
@@ -115,6 +119,10 @@ class Estimate(BaseModel):
     total_params: int
     trainable_params: int
     cards: list[CardEstimate] = []
+    #: the least the card must offer: ``device_bytes`` without the wholly free cached segments
+    #: (the 16-bit logits' block, the shorter batches' loss chains under variable lengths), which
+    #: torch frees and retries before it reports out-of-memory (memory/lengths.py)
+    needed_bytes: int = 0
 
 
 class Peak(BaseModel):
@@ -123,6 +131,9 @@ class Peak(BaseModel):
     allocated_bytes: int
     reserved_bytes: int
     device_bytes: int
+    #: the least the card must offer (Estimate.needed_bytes): the device tier without wholly free
+    #: cached segments
+    needed_bytes: int = 0
 
 
 #: a value a note's data holds: numbers (bytes as ints), names, flags, or a list of them.

@@ -139,7 +139,7 @@ def evaluate(
     run = with_policy(setup, policy(setup))
     est = estimate(spec, run, card_bytes=gpu.memory_bytes)
     budget = verdict.safe_capacity(gpu.memory_bytes) if SAFE.get() else gpu.memory_bytes
-    fits = est.device_bytes <= budget
+    fits = verdict.needed(est) <= budget
     if fits and host is not None and setup.offload != "none":
         fits = sum(host_terms(spec, run).values()) <= host
     if fits and setup.vllm != "none":

@@ -284,6 +284,21 @@ class Setup(BaseModel):
         },
     )
 
+    # --- batch lengths and the caching allocator (memory/lengths.py)
+    lengths: Literal["fixed", "packed", "variable"] = Field(
+        "fixed",
+        description="batch lengths: fixed (every sample at --seq-len), packed, or variable (padded to each"
+        " batch's longest: the allocator caches more, nvidia-smi reads more)",
+    )
+    avg_tokens: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEQ_LEN,
+        description="average tokens per sample: with --lengths variable, the lengths' mean (up to --seq-len);"
+        " with --samples, the wall time",
+        json_schema_extra={"shown_default": "--seq-len / 2 for variable lengths"},
+    )
+
     @model_validator(mode="after")
     def _combinations(self) -> Setup:
         """The combination rules (setup_rules.RULES), in order: the first one broken refuses."""

@@ -10,9 +10,10 @@ the estimate covered the run). A plan is
   more (the plan says how much room it lacks and the cheapest change that makes it safe);
 - **does not fit** when the estimate alone is beyond the card.
 
-The verdict weighs what the card must offer (the estimate's ``device`` tier: what torch's
-allocator reserves plus the CUDA context) with the margin of the ``reserved`` tier, the tier
-its uncertainty comes from. Torch-free.
+The verdict weighs what the card must offer (:func:`needed`: the ``device`` tier, what torch's
+allocator reserves plus the CUDA context, less the wholly free cached segments torch releases
+and retries with before it reports out of memory) with the margin of the ``reserved`` tier, the
+tier its uncertainty comes from. Torch-free.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from vramplan.tables import tables_dir
 
@@ -45,6 +46,18 @@ def margin_pct(tier: str = VERDICT_TIER) -> float:
 def safe_bytes(need: int, tier: str = VERDICT_TIER) -> int:
     """``need`` grown by the tier's margin: what a card must offer for the plan to be safe."""
     return math.ceil(need * (1 + margin_pct(tier) / 100))
+
+
+class _Sized(Protocol):
+    device_bytes: int
+    needed_bytes: int
+
+
+def needed(est: _Sized) -> int:
+    """What the card must offer for ``est`` (an Estimate or one card's): its ``needed_bytes``, the
+    device tier without the cached segments torch frees before it reports out of memory
+    (memory/lengths.py), or the device tier where an estimate has no such figure."""
+    return est.needed_bytes or est.device_bytes
 
 
 def verdict(need: int, capacity: int) -> Verdict:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from vramplan import verdict
 from vramplan.errors import DoesNotFit, VramplanError
 from vramplan.frameworks import TARGETS, framework
 from vramplan.frameworks.base import PLAN_REFUSALS
@@ -74,7 +75,7 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         ]
     policy = fw.policy(setup)
     est = estimate(spec, setup, policy=policy, card_bytes=plan.gpu.memory_bytes)
-    fits = est.device_bytes <= plan.gpu.memory_bytes
+    fits = verdict.needed(est) <= plan.gpu.memory_bytes
     if not fits and not force:
         raise DoesNotFit(
             "emit",

@@ -103,4 +103,5 @@ def inference_estimate(spec: ModelSpec, setup: Setup) -> Estimate:
         device_bytes=sum(terms.values()),
         total_params=param_counts(spec).total,
         trainable_params=0,
+        needed_bytes=sum(terms.values()),
     )

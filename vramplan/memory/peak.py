@@ -9,7 +9,7 @@ the allocator: the CUDA context and paged optimizer state (nvidia-smi).
 
 from __future__ import annotations
 
-from vramplan.memory import device_map, loss, optimizer, overhead
+from vramplan.memory import device_map, lengths, loss, optimizer, overhead
 from vramplan.memory.trainable import trainable_params
 from vramplan.params import param_counts
 from vramplan.results import CardEstimate, Estimate
@@ -52,7 +52,7 @@ def peak_estimate(
     peak, terms, allocated, slack, totals = _peak(per_phase, loss.logits_segment_bytes(spec, llm or setup))
     if optimizer.paged_optimizer(setup):
         terms["optimizer/paged_state"] = optimizer.optimizer_state_bytes(spec, setup)
-    return Estimate(
+    est = Estimate(
         phase=peak,
         terms=terms,
         phases=totals,
@@ -62,6 +62,7 @@ def peak_estimate(
         total_params=param_counts(spec).total,
         trainable_params=trainable_params(spec, setup),
     )
+    return lengths.with_lengths(est, llm or setup, per_phase.get("backward_start", {}))
 
 
 def card_estimate(
@@ -124,4 +125,5 @@ def split_estimate(
         total_params=param_counts(spec).total,
         trainable_params=trainable_params(spec, setup),
         cards=cards,
+        needed_bytes=top.device_bytes,
     )

@@ -22,6 +22,15 @@ one stream):
   card must offer for the same stream, counting only segments that hold a live block when a
   new one is needed.
 
+Checked against the allocator at torch 2.1 (what ms-swift's and Qwen's 2023-24 benchmarks ran)
+and today (pytorch/pytorch @001074d2: kMinBlockSize, kSmallSize, kSmallBuffer, kMinLargeAlloc,
+kRoundLarge, kLargeBuffer and the header comment's rules): the same constants and rules;
+``expandable_segments``, ``max_split_size_mb``, ``roundup_power2_divisions`` and
+``garbage_collection_threshold`` change them and are off by default. Replayed over
+micro-batches of different lengths in one process, the stream grows the cache at each batch
+longer than every earlier one (its loss chain fits no cached block) and at no other
+(benchmarks/allocator_replay.py --lengths; memory/lengths.py).
+
 Not modelled: what loading the checkpoint leaves cached, and kernels' own workspaces.
 """
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from vramplan import verdict
 from vramplan.frameworks.files.escape import (
     MODULE_NAME,
     YAML_RESOLVED,
@@ -75,11 +76,11 @@ class Context(BaseModel):
 
     @property
     def fits(self) -> bool:
-        return self.est.device_bytes <= self.gpu.memory_bytes
+        return verdict.needed(self.est) <= self.gpu.memory_bytes
 
     @property
     def headroom_bytes(self) -> int:
-        return self.gpu.memory_bytes - self.est.device_bytes
+        return self.gpu.memory_bytes - verdict.needed(self.est)
 
     @property
     def host_bytes(self) -> int:

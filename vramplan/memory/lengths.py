@@ -1,0 +1,222 @@
+"""Batches of different lengths and torch's caching allocator: what nvidia-smi reads, and what
+the card must offer.
+
+With dynamic padding (``--lengths variable``) every micro-batch has its own length. The
+allocated peak is the longest batch's: the terms, computed at ``seq_len``, are that batch.
+The reserved tier grows beyond it, by a rule of c10/cuda/CUDACachingAllocator.cpp (torch 2.1
+to today, default configuration: no ``expandable_segments``, no ``max_split_size_mb``, no
+``garbage_collection_threshold``): a request above 10 MiB gets a segment of its own, rounded
+up to 2 MiB (``get_allocation_size``); a cached block serves only a request no larger than
+itself (best fit, ``get_free_block``); segments are never merged and never returned while
+the card has room (``release_cached_blocks`` runs only when a ``cudaMalloc`` fails, or on
+``empty_cache``). The loss chain's blocks (the logits, their fp32 copy, the log-softmax and
+its backward buffers: ``t·V`` bytes each, hundreds of MiB) are such requests. A micro-batch
+longer than every one before it (a record) fits none of the chain's cached blocks, so its
+chain takes new segments, and the shorter records' segments stay cached, wholly free. Batches
+no longer than an earlier record reuse those blocks (split, merged back when freed). So after
+a run long enough to meet every length::
+
+    reserved = reserved(longest batch) + sum over the records but the last of chain(record)
+
+(The first record's 16-bit logits take a segment of their own; every later batch's, the
+longest's too, take a cached fp32 block: the difference is within the fixed plan's
+``overhead/logits_segment``, which stays counted.) Replaying traced steps of one process
+through those rules (vramplan/trace/allocator.py, benchmarks/allocator_replay.py --lengths)
+shows exactly that: segments are taken at each new record and at no other batch.
+
+The expected sum is taken over the lengths' distribution: micro-batch ``b`` samples padded to
+the longest, each sample's length drawn from the maximum-entropy distribution on ``1..seq_len``
+with mean ``avg_tokens`` (a truncated exponential; uniform when no mean is given). A length
+``x`` is a record with probability ``P(x) / P(L >= x)``, counted once per 2 MiB step of the
+chain's smallest block (two lengths in one step share their segments).
+
+What the card must offer (``needed``) is less: those cached segments are wholly free, and
+before it raises out-of-memory torch frees every wholly free segment and retries the
+``cudaMalloc`` (``release_cached_blocks``). So ``needed`` is the device tier without them. The
+16-bit logits' block a fixed-length plan keeps cached (``overhead/logits_segment``, memory/loss.py)
+is wholly free too, but it stays in ``needed``: the verdict's margin (vramplan/verdict.py) is
+measured on reserved peaks that hold it, and is applied to the same quantity.
+
+Assumed: the allocator's defaults and a run that never empties the cache. Setting
+``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` (segments grow in place) or
+``garbage_collection_threshold`` (cached blocks reclaimed past a fraction of the card), or a
+loop that calls ``torch.cuda.empty_cache()`` (transformers' ``torch_empty_cache_steps``; PEFT's
+MetaMathQA harness every 10 steps), keeps most of this cache from building. A trainer whose loss
+makes no t·V block (TRL's fused LM head) grows nothing by records: its chain terms are absent
+and the cache is 0 (benchmarks/allocator_replay.py --trl).
+
+``packed`` batches are every one at the cap (flash-attention's per-sample boundaries do not
+change a tensor's size): the fixed-length numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from functools import cache
+from typing import Literal
+
+from vramplan.memory import loss
+from vramplan.results import Estimate, Note
+from vramplan.setup import Setup
+from vramplan.spec import ModelSpec
+
+Lengths = Literal["fixed", "packed", "variable"]
+LENGTHS: tuple[str, ...] = ("fixed", "packed", "variable")
+
+#: CUDACachingAllocator.cpp: kMinLargeAlloc (a segment of its own above it), kRoundLarge
+MIN_LARGE_ALLOC = 10 << 20
+ROUND_LARGE = 2 << 20
+#: the term the cached records' segments are counted under
+CACHE_TERM = "overhead/length_cache"
+#: the loss chain's blocks the cache is made of: the terms alive at the start of backward
+CHAIN_TERMS = ("loss/log_softmax", "loss/backward_temporaries")
+#: the blocks of the chain at the start of backward (the log-softmax and its two backward buffers)
+CHAIN_BLOCKS = 3
+
+
+def max_entropy_rate(avg: float, cap: int) -> float:
+    """``lam`` of the density ``exp(lam·x)`` on ``[0, cap]`` whose mean is ``avg`` (0: uniform,
+    mean ``cap / 2``): the maximum-entropy distribution of a length with that mean."""
+    m = min(max(avg / cap, 1e-6), 1 - 1e-6)
+
+    def mean(k: float) -> float:  # mean / cap of exp(k·u) on [0, 1]; symmetric: mean(-k) = 1 - mean(k)
+        if abs(k) < 1e-9:
+            return 0.5
+        if k < 0:
+            return 1 - mean(-k)
+        return 1 / -math.expm1(-k) - 1 / k
+
+    lo, hi = -1e4, 1e4
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mean(mid) < m:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2 / cap
+
+
+def length_cdf(cap: int, avg: float | None) -> list[float]:
+    """``F[x]`` = P(a sample's length <= x) for x in 0..cap."""
+    if not avg or avg >= cap:
+        if avg and avg >= cap:
+            return [0.0] * cap + [1.0]
+        return [x / cap for x in range(cap + 1)]
+    lam = max_entropy_rate(avg, cap)
+    if abs(lam * cap) < 1e-9:
+        return [x / cap for x in range(cap + 1)]
+    # F(x) = (exp(lam·x) - 1) / (exp(lam·cap) - 1), written so that neither overflows
+    if lam > 0:
+        return [math.exp(lam * (x - cap)) * -math.expm1(-lam * x) / -math.expm1(-lam * cap) for x in range(cap + 1)]
+    return [math.expm1(lam * x) / math.expm1(lam * cap) for x in range(cap + 1)]
+
+
+@cache
+def expected_records(cap: int, avg: float | None, micro_batch: int, step_tokens: int) -> tuple[tuple[int, float], ...]:
+    """``(tokens, probability it is ever a record)`` per step of ``step_tokens`` lengths, for
+    micro-batches of ``micro_batch`` samples padded to the longest (P(batch <= x) = F(x)^b)."""
+    cdf = [f**micro_batch for f in length_cdf(cap, avg)]
+    out = []
+    lo = 0
+    while lo < cap:
+        hi = min(cap, lo + step_tokens)
+        p = cdf[hi] - cdf[lo]
+        above = 1 - cdf[lo]
+        if p > 0 and above > 0:
+            out.append((hi, min(1.0, p / above)))
+        lo = hi
+    return tuple(out)
+
+
+def chain_bytes_per_token(backward_start: Mapping[str, int], tokens: int) -> float:
+    """Bytes per token of the loss chain's blocks at the start of backward (its terms scale
+    with the tokens of the micro-batch: memory/loss.py)."""
+    return sum(backward_start.get(k, 0) for k in CHAIN_TERMS) / max(1, tokens)
+
+
+def records_cache_bytes(
+    per_token: float, seq_len: int, micro_batch: int, avg: float | None, blocks: int = CHAIN_BLOCKS
+) -> tuple[int, float]:
+    """The expected bytes of the records' cached segments beyond the longest batch's own, and
+    the expected number of records, for a chain of ``per_token`` bytes a token made of
+    ``blocks`` blocks (a batch of ``micro_batch`` samples padded to length x holds b·x tokens)."""
+    per_sample_token = per_token * micro_batch  # a batch of b samples at length x holds b·x tokens
+    block = per_sample_token / blocks
+    if block * seq_len <= MIN_LARGE_ALLOC:
+        return 0, 0.0  # the chain's blocks share the small segments: no growth by records
+    step = max(1, math.ceil(ROUND_LARGE / block))
+    records = expected_records(seq_len, avg, micro_batch, step)
+    total = sum(p * blocks * _segment(block * x) for x, p in records)
+    count = sum(p for _, p in records)
+    final = blocks * _segment(block * seq_len)
+    return max(0, round(total - final)), count
+
+
+def _segment(nbytes: float) -> int:
+    return -(-math.ceil(nbytes) // ROUND_LARGE) * ROUND_LARGE
+
+
+def with_lengths(est: Estimate, setup: Setup, backward_start: Mapping[str, int]) -> Estimate:
+    """``est`` with what the lengths add and what the card must offer: under ``variable``, the
+    records' cached chains (``overhead/length_cache``) on the reserved and device tiers; in
+    every case ``needed_bytes``, the device tier without the records' cached segments."""
+    cache = 0
+    if setup.lengths == "variable":
+        per_token = chain_bytes_per_token(backward_start, setup.tokens)
+        cache, _ = records_cache_bytes(per_token, setup.seq_len, setup.micro_batch, mean_of(setup))
+    terms = dict(est.terms)
+    if cache:
+        terms[CACHE_TERM] = cache
+    needed = est.device_bytes  # the reserved tier's quantity the verdict's margin is measured on
+    return est.model_copy(
+        update={
+            "terms": terms,
+            "reserved_bytes": est.reserved_bytes + cache,
+            "device_bytes": est.device_bytes + cache,
+            "needed_bytes": needed,
+        }
+    )
+
+
+def mean_of(setup: Setup) -> float | None:
+    """The lengths' mean: ``avg_tokens`` when given (at most the cap), else none (uniform)."""
+    return min(setup.avg_tokens, setup.seq_len) if setup.avg_tokens else None
+
+
+def records_of(spec: ModelSpec, setup: Setup) -> float:
+    """The expected number of records (batches longer than every one before, 2 MiB of the
+    full-logits chain apart) the run meets."""
+    per_token = (loss.log_softmax_bytes(spec, setup) + loss.loss_backward_temp_bytes(spec, setup)) / setup.tokens
+    return records_cache_bytes(per_token, setup.seq_len, setup.micro_batch, mean_of(setup))[1]
+
+
+def lengths_note(est: Estimate, spec: ModelSpec, setup: Setup, memory_bytes: int) -> Note:
+    """``lengths.cache``: what nvidia-smi will read, and the card the run needs."""
+    gib = 2**30
+    cache = est.terms.get(CACHE_TERM, 0)
+    data = {
+        "lengths": setup.lengths,
+        "avg_tokens": mean_of(setup) or setup.seq_len / 2,
+        "records": round(records_of(spec, setup), 2),
+        "cache_bytes": cache,
+        "device_bytes": est.device_bytes,
+        "needed_bytes": est.needed_bytes,
+        "memory_bytes": memory_bytes,
+    }
+    if est.device_bytes > memory_bytes >= est.needed_bytes:
+        # a cudaMalloc that fails frees the wholly free segments and retries: the cache stops at the card
+        smi = (
+            f"nvidia-smi will read up to the card's {memory_bytes / gib:.1f} GiB (the cache would reach"
+            f" {est.device_bytes / gib:.1f}; torch frees cached segments when the card is full)"
+        )
+    else:
+        smi = (
+            f"nvidia-smi will read about {est.device_bytes / gib:.1f} GiB ({cache / gib:.1f} GiB of it the"
+            " shorter batches' loss chains, cached)"
+        )
+    text = (
+        f"variable lengths: {smi}; it runs on a card of {est.needed_bytes / gib:.1f} GiB"
+        " (torch frees wholly free cached segments before out-of-memory)"
+    )
+    return Note(code="lengths.cache", data=data, text=text)
