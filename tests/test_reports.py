@@ -52,3 +52,20 @@ def test_every_report_on_a_named_card_gets_a_verdict_and_a_phase() -> None:
     assert all(r.phase for r in judged)
     s = summarize(rows)
     assert s.oom_rows >= 10 and s.ran_on_a_card >= 15
+
+
+#: out-of-memory reports the plan still calls fits, and why none of what vramplan counts explains
+#: them yet (benchmarks/reports.md); any other OOM row called a fit fails the test
+UNEXPLAINED_OOM = {
+    "lf-5070-atp": "Qwen2-7B LoRA r16 on 2 x 4090 under LLaMA-Factory's ZeRO-3 at a 2,048 cap: 15.0 GiB counted"
+    " with its shipped config, evaluation at batch 1 and loading under zero.Init; the thread gives no log",
+    "swift-1859-full-a800": "Qwen2-VL-7B full under ms-swift 2.x's ZeRO-2 on 4 x A800: 55.6 GiB counted with"
+    " swift's zero2 buckets and one 768-token image a sample; the thread gives no log or data shape",
+}
+
+
+def test_no_out_of_memory_report_is_called_a_fit_but_the_unexplained() -> None:
+    s = summarize(compare_csv(REPORTS))
+    assert set(s.oom_predicted_fit) <= set(UNEXPLAINED_OOM), s.oom_predicted_fit
+    # and the runs that ran are not called out of memory (at most one in ten)
+    assert len(s.ran_predicted_no_fit) <= s.ran_on_a_card // 10
