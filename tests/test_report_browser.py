@@ -97,8 +97,34 @@ def _not_blank(shot: Path) -> int:
     return sum(1 for r, g, b in zip(raw[0::3], raw[1::3], raw[2::3], strict=True) if abs(r - g) > 40 or abs(g - b) > 40)
 
 
+def traced_page(p) -> str:
+    """``p``'s page as ``trace --report`` writes it, for a made-up trace of two steps."""
+    from vramplan.plot import timeline_svg
+    from vramplan.report import report_page
+    from vramplan.trace.result import TimelinePoint, TraceResult
+
+    top = p.peak.allocated_bytes
+    points = [
+        TimelinePoint(
+            index=i,
+            step=i // 100,
+            phase=("forward", "backward", "optimizer")[min(i % 100 // 40, 2)],
+            by_creator={"weights": top // 2, "forward": (i % 100) * top // 250},
+        )
+        for i in range(200)
+    ]
+    phases = {f"step{s}/{ph}": int(v * top) for s in (0, 1) for ph, v in (("forward", 0.93), ("backward", 0.98))}
+    result = TraceResult(
+        model=p.model, setup=p.setup, backend="trace", steps=2, peak_bytes=phases["step0/backward"],
+        peak_phase="backward", peak_step=0, by_kind={}, phases=phases, largest=[], timeline=points, seconds=1.0,
+        versions={},
+    )  # fmt: skip
+    return report_page(p, timeline_svg=timeline_svg(result), traced_phases=result.phases)
+
+
 PAGES = {
     "example": None,  # examples/, the page of SCENARIOS.md case 3
+    "traced": dict(model="qwen2.5-0.5b", gpu="4090", method="lora", trace=True),
     "device_map": dict(model="qwen2.5-7b", gpu="4090", method="lora", num_gpus=3, parallel="device_map"),
     "full_over": dict(model="llama-3.1-8b", gpu="4090", method="full", seq_len=4096),
 }
@@ -113,7 +139,9 @@ def test_labels_clear_and_page_fits_the_width(name: str, width: int, tmp_path: P
         page.write_text(EXAMPLE.read_text())
     else:
         kwargs = dict(kwargs)
-        page.write_text(report_html(plan(kwargs.pop("model"), kwargs.pop("gpu"), **kwargs)))
+        traced = kwargs.pop("trace", False)
+        p = plan(kwargs.pop("model"), kwargs.pop("gpu"), **kwargs)
+        page.write_text(traced_page(p) if traced else report_html(p))
     target = _page_at(page, width, tmp_path)
     charts, scroll, window = _layout(target, width)
     assert len(charts) >= 3 and all(c["texts"] for c in charts)  # by term, by phase, alternatives

@@ -145,3 +145,12 @@ def test_png_legend_below_the_bars_lists_every_term(three_cards) -> None:
         assert box.y1 <= axes.y0  # below the bars, clear of every card
     finally:
         plt.close(fig)
+
+
+def test_trace_report_puts_the_estimate_beside_the_trace(case3) -> None:
+    from vramplan.report import report_html
+
+    page = report_html(case3, traced_phases={"step0/backward": 15 * GIB}, timeline_svg='<svg class="chart"></svg>')
+    beside = page.index("The trace beside the estimate")
+    assert page.index("Peak by phase") < beside < page.index("Alternatives: memory and speed")
+    assert page.index('aria-label="the estimate beside the trace"') > beside
