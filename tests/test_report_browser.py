@@ -80,9 +80,11 @@ def _problems(chart: dict) -> list[str]:
     """Labels that overlap another or leave the chart (half a pixel of rounding allowed)."""
     w, h = chart["chart"]
     out = []
-    for x0, y0, x1, y1, text in chart["texts"]:
+    for x0, y0, x1, y1, text, *bar in chart["texts"]:
         if x0 < -0.5 or y0 < -0.5 or x1 > w + 0.5 or y1 > h + 0.5:
             out.append(f"{text!r} leaves the {w:.0f}x{h:.0f} chart: {x0:.1f},{y0:.1f}..{x1:.1f},{y1:.1f}")
+        if bar and (x0 < bar[0][0] - 0.5 or x1 > bar[0][2] + 0.5):
+            out.append(f"{text!r} is cut by the end of its bar: {x1:.1f} > {bar[0][2]:.1f}")
     for a, b in combinations(chart["texts"], 2):
         if a[0] < b[2] - 0.5 and b[0] < a[2] - 0.5 and a[1] < b[3] - 0.5 and b[1] < a[3] - 0.5:
             out.append(f"{a[4]!r} overlaps {b[4]!r}")
@@ -146,6 +148,8 @@ def test_labels_clear_and_page_fits_the_width(name: str, width: int, tmp_path: P
     charts, scroll, window = _layout(target, width)
     assert len(charts) >= 3 and all(c["texts"] for c in charts)  # by term, by phase, alternatives
     assert scroll <= window, f"the page scrolls sideways at {width} px: {scroll} > {window}"
+    if width == 1280:  # the first screen (720 px) holds the verdict and the first chart
+        assert charts[0]["top"] < 720 - charts[0]["chart"][1]
     problems = [p for c in charts for p in _problems(c)]
     assert problems == []
     # the charts scale: each is no wider than the page's column
@@ -157,6 +161,15 @@ def test_labels_clear_and_page_fits_the_width(name: str, width: int, tmp_path: P
 
 def test_problems_finds_an_overlap_and_a_label_outside() -> None:
     """The checker itself: two crossing labels and one past the right edge are reported."""
-    chart = {"chart": [100, 50], "texts": [[0, 0, 40, 14, "a"], [30, 5, 60, 19, "b"], [90, 30, 120, 44, "c"]]}
+    chart = {
+        "chart": [100, 50],
+        "texts": [
+            [0, 0, 40, 14, "a"],
+            [30, 5, 60, 19, "b"],
+            [90, 30, 120, 44, "c"],
+            [0, 30, 30, 44, "d", [0, 28, 20, 46]],
+        ],
+    }
     found = _problems(chart)
     assert any("overlaps" in p for p in found) and any("'c' leaves" in p for p in found)
+    assert any("'d' is cut" in p for p in found)

@@ -101,7 +101,7 @@ def test_bar_labels_fit_their_segment_and_legend_has_every_term(three_cards) -> 
     svg = peak_bars_svg(three_cards)
     inside = 0
     for x, width in re.findall(r'<rect x="([\d.]+)" y="\d+" width="([\d.]+)"', svg):
-        inner = re.search(rf'<text x="{float(x) + 4:.1f}" y="[\d.]+" fill="white">([^<]*)</text>', svg)
+        inner = re.search(rf'<text x="{float(x) + 4:.1f}" y="[\d.]+" fill="white" class="in">([^<]*)</text>', svg)
         if inner:
             inside += 1
             assert text_width(inner.group(1), 12) + 8 <= float(width)

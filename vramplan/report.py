@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 #: checks each chart laid out and writes, for the browser test, the page's width against the
 #: window (``data-scroll``) and every SVG text's box relative to its chart (``data-boxes``:
-#: the chart's width and height, then ``[x0, y0, x1, y1, text]`` per label, CSS pixels)
+#: the chart's width and height, its top on the page, then ``[x0, y0, x1, y1, text]`` per label,
+#: with the box of the bar it is drawn on for a label inside a bar (class ``in``); CSS pixels)
 CHECK_SCRIPT = """<script>
 (function () {
   var charts = document.querySelectorAll("svg.chart");
@@ -40,11 +41,14 @@ CHECK_SCRIPT = """<script>
     var box = svg.getBBox();
     if (!(box.width > 0 && box.height > 0)) { throw new Error("a chart did not lay out"); }
     var c = svg.getBoundingClientRect(), texts = [];
+    function rel(r) { return [r.left - c.left, r.top - c.top, r.right - c.left, r.bottom - c.top]; }
     svg.querySelectorAll("text").forEach(function (t) {
-      var r = t.getBoundingClientRect();
-      texts.push([r.left - c.left, r.top - c.top, r.right - c.left, r.bottom - c.top, t.textContent]);
+      var box = rel(t.getBoundingClientRect()).concat([t.textContent]), on = t.previousElementSibling;
+      if (t.getAttribute("class") === "in" && on) { box.push(rel(on.getBoundingClientRect())); }
+      texts.push(box);
     });
-    svg.setAttribute("data-boxes", JSON.stringify({"chart": [c.width, c.height], "texts": texts}));
+    var top = c.top + window.scrollY;
+    svg.setAttribute("data-boxes", JSON.stringify({"chart": [c.width, c.height], "top": top, "texts": texts}));
   });
   document.body.setAttribute("data-charts", String(charts.length));
   document.body.setAttribute("data-scroll", document.documentElement.scrollWidth + " " + window.innerWidth);

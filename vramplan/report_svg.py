@@ -128,7 +128,7 @@ def peak_bars_svg(plan: Plan) -> str:
             )
             short = name.split("/")[-1]
             if text_width(short, FONT) + 8 <= width:
-                parts.append(_text(x + 4, y + bar_h / 2 + 4, short, extra=' fill="white"'))
+                parts.append(_text(x + 4, y + bar_h / 2 + 4, short, extra=' fill="white" class="in"'))
             x += width
     parts += _card_line(sx(card), top - 16, axis_y, f"{plan.gpu.name}: {_gib(plan.gpu.memory_bytes)} GiB", w)
     keys = "".join(
