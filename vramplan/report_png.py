@@ -40,9 +40,10 @@ def plan_figure(plan: Plan) -> Any:
     bars = [(f"card {c.index}", c.terms) for c in plan.cards] or [("peak", plan.terms)]
     colours = term_colours(bars)
     legend_rows = -(-len(colours) // 3)
-    heights = [0.7 * len(bars) + 0.9 + 0.22 * legend_rows, 0.3 * max(len(plan.phases), 1) + 0.8, 4.6]
-    fig, (ax1, ax3, ax2) = plt.subplots(
-        3, 1, figsize=(10, sum(heights) + 0.8), dpi=110, layout="constrained", height_ratios=heights
+    # the legend has a row of its own under the bars' axis label: it can never cover a card
+    heights = [0.45 * len(bars) + 0.9, 0.2 * legend_rows + 0.1, 0.3 * max(len(plan.phases), 1) + 0.8, 4.6]
+    fig, (ax1, key, ax3, ax2) = plt.subplots(
+        4, 1, figsize=(10, sum(heights) + 0.8), dpi=110, layout="constrained", height_ratios=heights
     )
     for row, (_, terms) in enumerate(bars):
         left = 0.0
@@ -56,7 +57,8 @@ def plan_figure(plan: Plan) -> Any:
     ax1.set_xlabel(f"GiB (dashed: {plan.gpu.name}, {plan.gpu.memory_bytes / GIB:.2f} GiB)")
     ax1.set_title(f"{plan.model} on {plan.gpu.name}: {'fits' if plan.fits else 'does not fit'}", fontsize=10)
     handles = [matplotlib.patches.Patch(color=c, label=n) for n, c in colours.items()]
-    ax1.legend(handles=handles, fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
+    key.axis("off")
+    key.legend(handles=handles, fontsize=7, ncol=3, loc="upper center", frameon=False)
     _phases(ax3, plan)
     _scatter(ax2, plan)
     return fig
