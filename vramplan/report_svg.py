@@ -75,7 +75,7 @@ def _svg(w: float, h: float, body: list[str], label: str) -> str:
     )
 
 
-def _x_axis(scale: Any, ticks: list[float], y: float, y_top: float, unit: str = "GiB") -> list[str]:
+def _x_axis(scale: Any, ticks: list[float], y: float, y_top: float) -> list[str]:
     """Tick lines and labels (GiB) along ``y``, grid lines up to ``y_top``."""
     step = ticks[1] - ticks[0]
     out = [f'<line x1="{scale(0):.1f}" x2="{scale(ticks[-1]):.1f}" y1="{y}" y2="{y}" stroke="#444"/>']
@@ -261,6 +261,7 @@ class Scatter:
     top: float = 30
     bottom: float = 52
     marks: list[tuple] = field(default_factory=list)  # (setup, x, y, radius)
+    card_x: float = 0.0  # the card's memory on the x axis
 
     @classmethod
     def of(cls, plan: Plan, pts: list[Any]) -> Scatter:
@@ -268,8 +269,6 @@ class Scatter:
         g.marks = [(a, g.sx(a.device_bytes / GIB), g.sy(a.tokens_per_second), 8 if a.chosen else 5) for a in pts]
         g.card_x = g.sx(plan.gpu.memory_bytes / GIB)
         return g
-
-    card_x: float = 0.0
 
     def sx(self, gib: float) -> float:
         return self.left + min(gib, self.xt[-1]) / self.xt[-1] * (self.w - self.left - self.right)
