@@ -45,10 +45,12 @@ ROWS: dict[str, dict[str, str]] = {
     # the OOM while loading shards), so the least setting is taken: micro-batch 1 at the then
     # default cutoff_len 1024
     "lf-3027": {"trainer": LF, "trainer_version": "0.6", "seq_len": "1024", "micro_batch": "1", "optimizer": "adamw"},
-    "lf-3035": {"trainer": LF, "trainer_version": "0.6"},
-    "lf-4133-a100-40g": {"trainer": LF, "trainer_version": "0.7.1"},
-    "lf-4311": {"trainer": LF, "trainer_version": "0.8.2"},
-    "lf-5070-atp": {"trainer": LF, "trainer_version": "0.9.3"},
+    # accelerate config: zero3_init_flag false (accelerate before 1.1.0 then loads the whole model on each
+    # rank); --evaluation_strategy steps with the then default eval batch (TrainingArguments: 8)
+    "lf-3035": {"trainer": LF, "trainer_version": "0.6", "settings": "zero3_init=off;evaluation=loss"},
+    "lf-4133-a100-40g": {"trainer": LF, "trainer_version": "0.7.1", "settings": "evaluation=loss"},  # val_size 0.1
+    "lf-4311": {"trainer": LF, "trainer_version": "0.8.2", "settings": "evaluation=loss"},  # val_size 0.1
+    "lf-5070-atp": {"trainer": LF, "trainer_version": "0.9.3", "settings": "evaluation=loss;eval_batch=1"},
     "lf-5380": {"trainer": LF, "trainer_version": "0.8.4"},
     "lf-5972-8k": {"trainer": LF, "trainer_version": "0.9.1"},
     "lf-6752": {"trainer": LF, "trainer_version": "0.9.1"},

@@ -10,12 +10,16 @@ import pytest
 
 from vramplan import plan
 from vramplan.frameworks import framework
-from vramplan.policy import default_policy
+from vramplan.policy import default_policy, step_fields
 from vramplan.setup import Setup
 
 pytestmark = pytest.mark.analytic
 
 AX = framework("axolotl")
+
+
+#: ZeRO runs axolotl's deepspeed_configs (tables/deepspeed_configs.json)
+AX_DS = {"deepspeed_configs": "axolotl"}
 
 
 @pytest.mark.parametrize("quant", ["bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "bnb-int8"])
@@ -27,14 +31,15 @@ def test_qlora_modules_are_converted_back_to_16_bit(quant: str) -> None:
 
 def test_fp32_qlora_stays_the_generic_loop() -> None:
     s = Setup(method="qlora", quant="bnb-nf4", precision="fp32")
-    assert AX.policy(s) == default_policy(s)
+    assert step_fields(AX.policy(s)) == step_fields(default_policy(s).model_copy(update=AX_DS))
 
 
 def test_freeze_checkpoints_without_reentrancy() -> None:
     s = Setup(method="freeze", precision="bf16", attention="flash-attn-2", grad_checkpointing=True)
-    assert AX.policy(s) == default_policy(s).model_copy(update={"reentrant_checkpointing": False})
+    generic = default_policy(s).model_copy(update={"reentrant_checkpointing": False, **AX_DS})
+    assert step_fields(AX.policy(s)) == step_fields(generic)
     s = Setup(method="lora", precision="bf16")
-    assert AX.policy(s) == default_policy(s)
+    assert step_fields(AX.policy(s)) == step_fields(default_policy(s).model_copy(update=AX_DS))
 
 
 @pytest.mark.parametrize("method", ["full", "freeze"])

@@ -33,10 +33,9 @@ from vramplan import plan
 from vramplan.cli import write_files
 from vramplan.emit import emit
 from vramplan.errors import VramplanError
-from vramplan.memory import estimate
-from vramplan.memory.overhead import overhead_constants
-from vramplan.memory.parallel import reduce_bucket_bytes
-from vramplan.memory.trainable import trainable_params
+from vramplan.memory.parallel import per_gpu
+from vramplan.memory.phases import phase_terms
+from vramplan.memory.zero import reduce_bucket_bytes
 from vramplan.models import catalog_names, load_model, models_dir
 from vramplan.setup import Setup, make_setup
 from vramplan.units import nbytes
@@ -111,17 +110,18 @@ def test_deepspeed_reads_the_planned_zero_config(pinned: dict, tmp_path: Path, m
     spec = load_model("qwen2.5-7b")
     h = spec.hidden_size
     if stage < 3:
-        bucket = int(overhead_constants()["deepspeed_reduce_bucket_elements"])
-        assert zero.reduce_bucket_size == zero.allgather_bucket_size == bucket == 200_000_000
-        per = bucket
+        assert zero.reduce_bucket_size == zero.allgather_bucket_size == 200_000_000  # vramplan/zero{1,2}
+        buffers = 2  # overlap_comm: DeepSpeedZeroOptimizer.backward's second buffer
     else:
         assert zero.reduce_bucket_size == h * h  # transformers' "auto"
         assert zero.prefetch_bucket_size == int(0.9 * h * h) and zero.param_persistence_threshold == 10 * h
         assert zero.max_live_parameters == zero.max_reuse_distance == 10**9
         assert zero.gather_16bit_weights_on_model_save
-        per = min(h * h, trainable_params(spec, s))
-    # the very buffers the estimate in the header counts: two 16-bit reduce buckets of that size
-    assert reduce_bucket_bytes(spec, s) == estimate(spec, s).terms["parallel/reduce_buckets"] == 2 * nbytes(per, "bf16")
+        buffers = 1  # stage 3's one __ipg_bucket_flat_buffer
+    # the very buffers the estimate in the header counts, of the size the file says
+    backward = per_gpu(spec, s, phase_terms(spec, s))["backward"]
+    per = zero.reduce_bucket_size
+    assert reduce_bucket_bytes(spec, s) == backward["parallel/reduce_buckets"] == buffers * nbytes(per, "bf16")
 
 
 def test_deepspeed_offload_optimizer_replacement_is_said(tmp_path: Path) -> None:

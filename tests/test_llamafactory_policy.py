@@ -9,7 +9,7 @@ import pytest
 from vramplan import plan
 from vramplan.frameworks import framework
 from vramplan.models import load_model
-from vramplan.policy import default_policy
+from vramplan.policy import default_policy, step_fields
 from vramplan.setup import Setup
 
 pytestmark = pytest.mark.analytic
@@ -27,9 +27,11 @@ def test_qlora_keeps_embeddings_norms_and_residual_16_bit(quant: str) -> None:
 
 def test_lora_trains_extra_modules_in_fp32_and_otherwise_runs_the_generic_loop() -> None:
     s = Setup(method="lora", precision="bf16")
-    assert LF.policy(s) == default_policy(s).model_copy(update={"extra_trainable": "fp32", "extra_weights": "fp32"})
+    lf_ds = {"deepspeed_configs": "llamafactory"}  # ZeRO runs its examples/deepspeed configs
+    generic = default_policy(s).model_copy(update={"extra_trainable": "fp32", "extra_weights": "fp32", **lf_ds})
+    assert step_fields(LF.policy(s)) == step_fields(generic)
     for s in (Setup(method="full", precision="amp-bf16"), Setup(method="freeze", precision="bf16")):
-        assert LF.policy(s) == default_policy(s)
+        assert step_fields(LF.policy(s)) == step_fields(default_policy(s).model_copy(update=lf_ds))
 
 
 def test_qlora_7b_weights_drop_by_the_16_bit_embeddings_and_lm_head() -> None:

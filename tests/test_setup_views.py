@@ -18,6 +18,7 @@ from vramplan.memory import estimate
 from vramplan.models import load_model
 from vramplan.setup import Setup, make_setup
 from vramplan.setup_rules import GPU_RULES, RULES, RUN_RULES, Rule, RunRule, Views, check_against_gpu, first_broken
+from vramplan.zero_config import parse
 
 SETUPS = [
     make_setup(),
@@ -81,6 +82,11 @@ TRIPS: dict[str, dict[str, Any]] = {
     "nodes_within_the_gpu_bound": {"num_nodes": MAX_GPUS, "num_gpus": 2, "parallel": "ddp"},
     "device_map_is_one_machine": {"num_nodes": 2, "num_gpus": 2, "parallel": "device_map"},
     "nodes_need_a_layout": {"num_nodes": 2},
+    "deepspeed_config_matches_layout": {
+        "num_gpus": 2,
+        "parallel": "zero2",
+        "deepspeed_config": parse({"zero_optimization": {"stage": 3}}, "ds.json"),
+    },
     "grpo_trains": {"rl": "grpo", "method": "inference"},
     "grpo_on_one_gpu": {"rl": "grpo", "parallel": "ddp", "num_gpus": 2},
     "grpo_takes_images_only": {"rl": "grpo", "video_frames": 4},

@@ -32,6 +32,8 @@ class Comparison(BaseModel):
     fits: bool | None = None
     #: the verdict on the row's card (vramplan/verdict.py): fits, tight or does not fit (None without a card)
     verdict: str | None = None
+    #: what the card must hold (the estimate's device tier), which the verdict weighs
+    device_bytes: int | None = None
     #: the phase whose peak the estimate is (the step's, or loading, evaluation, saving)
     phase: str = ""
     code: str = ""

@@ -31,6 +31,8 @@ TERMS = {
     "parallel/ddp_buckets": "DDP's gradient all-reduce buckets",
     "parallel/gathered_weights": "a layer's weights, gathered",
     "parallel/reduce_buckets": "gradient reduce buckets",
+    "parallel/fp32_grad_partition": "ZeRO's fp32 gradient partition in the step",
+    "parallel/averaged_gradients": "ZeRO's accumulated gradient partition",
     "vision/pixel_values": "the images' pixel tensors",
     "vision/saved": "vision tower, kept for backward",
     "vision/forward_transient": "a vision block's temporaries",
@@ -41,6 +43,12 @@ TERMS = {
     "rl/reference_forward": "the reference model's forward",
     "rl/autocast_copies": "16-bit weight copies, generating",
     "rl/vllm_share": "the share vLLM takes",
+    "weights/unpartitioned": "the whole model, before ZeRO-3 splits it",
+    "weights/load_unquantized": "a weight loaded, not yet k-bit",
+    "activations/eval_forward": "an evaluation layer's temporaries",
+    "loss/eval_chain": "the evaluation batch's loss chain",
+    "loss/eval_predictions": "logits kept for eval metrics",
+    "parallel/save_gathered": "a module gathered to save it",
     "host/params": "parameters in host RAM",
     "host/gradients": "gradients in host RAM",
     "host/optimizer_state": "optimizer state in host RAM",
@@ -56,6 +64,9 @@ PHASES = {
     "generate": "generating completions (GRPO)",
     "reference": "the reference model's log-probabilities (GRPO)",
     "old_logprobs": "the old policy's log-probabilities (GRPO with vLLM)",
+    "load": "loading the model, before training starts",
+    "evaluate": "an evaluation between optimizer steps",
+    "save": "saving a checkpoint",
 }
 
 

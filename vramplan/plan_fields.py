@@ -23,6 +23,7 @@ from vramplan.choices import (
     Precision,
     Quant,
 )
+from vramplan.zero_config import ZeroConfig
 
 
 class PlanFields(TypedDict, total=False):
@@ -60,3 +61,8 @@ class PlanFields(TypedDict, total=False):
     vllm: VLLM
     vllm_gpu_memory_utilization: float
     vllm_sleep: bool
+    zero3_init: Literal["auto", "on", "off"]
+    evaluation: Literal["auto", "none", "loss", "logits", "generate"]
+    eval_batch: int
+    eval_samples: int
+    deepspeed_config: ZeroConfig | dict[str, object] | str | None

@@ -36,10 +36,27 @@ DType = Literal["fp32", "bf16", "fp16"]
 LossChain = Literal["full_logits", "fused_head", "kept_positions"]
 #: how a batch's samples are padded (``packed`` is not counted yet).
 Padding = Literal["fixed", "longest", "packed"]
+#: what an evaluation during training runs (memory/run.py): nothing, the loss only, the loss with the
+#: logits kept for ``compute_metrics``, or generation (``predict_with_generate``).
+Evaluation = Literal["none", "loss", "logits", "generate"]
 #: the Setup fields a policy is made from (:func:`default_policy` reads the first three; axolotl's
 #: also reads ``attention``): a Setup copied with another value of one of them needs its policy
 #: made again.
 POLICY_INPUTS = frozenset({"method", "precision", "quant", "attention"})
+#: the fields only the run's phases beside the step read (memory/run.py: load, evaluate, save)
+RUN_FIELDS = frozenset(
+    {
+        "zero3_init",
+        "evaluation",
+        "eval_batch",
+        "eval_argmax",
+        "eval_generate",
+        "eval_generate_loss",
+        "eval_generate_gathers",
+        "eval_new_tokens",
+        "eval_accumulation_steps",
+    }
+)
 
 
 class Policy(BaseModel):
@@ -137,6 +154,57 @@ class Policy(BaseModel):
     grads_set_to_none: bool = True
     """``optimizer.zero_grad(set_to_none=True)`` frees the gradients after each step: without
     accumulation none exist when forward runs (phases.phase_terms)."""
+    # the phases of a run beyond the step (memory/run.py); defaults: transformers ``Trainer``
+    zero3_init: bool = True
+    """Under ZeRO-3, ``from_pretrained`` builds the model inside ``deepspeed.zero.Init``, each rank
+    holding its partition only: transformers modeling_utils ``PreTrainedModel`` loading checks
+    ``is_deepspeed_zero3_enabled()`` (integrations/deepspeed.py: a live ``HfDeepSpeedConfig`` of stage
+    3), which ``TrainingArguments(deepspeed=...)`` sets in ``__post_init__`` (``HfTrainerDeepSpeedConfig``)
+    before the script loads the model. ``False``: every rank loads the whole model, and DeepSpeed's
+    engine moves it, cast to 16 bits, onto the card before it partitions
+    (deepspeed 0.19.8 runtime/engine.py ``DeepSpeedEngine._configure_distributed_model``:
+    ``self.module.to(self.device)`` unless the model was zero-initialised), as with
+    ``accelerate launch`` and ``zero3_init_flag: false`` before accelerate 1.1.0 (utils/dataclasses.py
+    ``DeepSpeedPlugin.set_deepspeed_weakref`` set the weakref only under the flag; from 1.1.0,
+    huggingface/accelerate#3143, always). Read by run.load_terms."""
+    evaluation: Evaluation = "none"
+    """What an evaluation during training runs: ``TrainingArguments.eval_strategy`` defaults to "no"
+    (transformers 5.25 training_args.py). With evaluation on, ``Trainer.evaluate`` calls
+    ``evaluation_loop(prediction_loss_only=True if self.compute_metrics is None else None)``
+    (trainer.py): ``loss`` without ``compute_metrics``, ``logits`` with it, ``generate`` with
+    ``Seq2SeqTrainer``'s ``predict_with_generate``. Read by run.eval_terms."""
+    eval_batch: int | None = 8
+    """Sequences per GPU per evaluation forward (``per_device_eval_batch_size``, 8 in TrainingArguments);
+    ``None``: the training micro-batch. Read by run.eval_terms."""
+    eval_argmax: bool = False
+    """``preprocess_logits_for_metrics`` reduces each batch's logits to their argmax (an int64 per
+    position) before they are kept; ``False``: the logits are kept whole (run.eval_terms)."""
+    eval_generate: bool = True
+    """The trainer can generate at evaluation (``Seq2SeqTrainer`` ``predict_with_generate``); ``False``:
+    an ``evaluation="generate"`` plan is refused, naming the field."""
+    eval_generate_loss: bool = True
+    """Evaluating with generation also runs the loss forward: transformers ``Seq2SeqTrainer.prediction_step``
+    calls ``model(**inputs)`` under ``no_grad`` after ``generate`` when the batch has labels; ``False``: the
+    trainer drops the labels first (run.eval_terms)."""
+    eval_generate_gathers: bool = False
+    """Under ZeRO-3 the trainer gathers the whole model on every rank to generate at evaluation;
+    ``False``: transformers ``Seq2SeqTrainer.prediction_step`` generates with ``synced_gpus``
+    (trainer_seq2seq.py), through ZeRO-3's per-layer gathering (run.eval_terms)."""
+    eval_accumulation_steps: int | None = None
+    """Evaluation steps after which the kept logits move to the host (``eval_accumulation_steps``, None
+    in TrainingArguments: they stay on the card to the end of the evaluation; run.kept_eval_steps)."""
+    eval_new_tokens: int = 0
+    """Tokens generated beyond the prompt at evaluation (``generation_config.max_new_tokens``; the
+    HF default ``max_length`` 20 is within any prompt): run.eval_terms' KV cache."""
+    deepspeed_configs: str = "vramplan"
+    """Whose shipped ds_config.json a ZeRO plan runs when the user gives none (``--deepspeed``):
+    the set's key prefix in tables/deepspeed_configs.json (zero_config.shipped), read by
+    memory/zero.py's terms. ``vramplan``: the file vramplan emits (frameworks/files/launch.py)."""
+
+
+def step_fields(policy: Policy) -> dict[str, object]:
+    """What the training step's terms read of ``policy`` (all but :data:`RUN_FIELDS`)."""
+    return policy.model_dump(exclude=set(RUN_FIELDS))
 
 
 def _half(precision: str) -> DType:

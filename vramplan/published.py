@@ -14,17 +14,14 @@ program vramplan has no policy for (torchtune, Unsloth) is excluded with that re
 estimated under another trainer's. ``trainer_version`` is the version the source states, or
 the release series its date implies (``0`` for TRL before 2025), blank when neither is known;
 it is used where a trainer's step changed across releases (:func:`policy_trainer`: TRL 0.x ran
-the transformers Trainer's step). The two columns may be absent from a
-user's CSV (read as blank), as may ``settings``: Setup fields the other columns do not hold,
-as ``field=value`` pairs separated by ``;`` (``zero3_init=false;eval_batch=8``;
-:func:`row_settings`). ``model`` is a catalog name or a path to a config.json relative to the
-CSV. ``measurement``
-picks the tier compared: allocated, reserved, device; ``unknown`` is compared against
-reserved (and says so). An ``oom`` row is checked the other way: the estimate must not call
-it a fit on its ``gpu`` (``tight`` is allowed: vramplan/verdict.py), and each row on a named
-card gets the verdict, with the phase the estimate's peak is in. A ``device_map`` row whose
-value is a published total divided by the GPU count (``DERIVED`` in its notes) is compared
-with the mean of the cards' estimates, not the fullest card's.
+the transformers Trainer's step). The two columns may be absent from a user's CSV (read as
+blank), as may ``settings``: Setup fields the other columns do not hold (:func:`row_settings`).
+``model`` is a catalog name or a path to a config.json relative to the CSV. ``measurement``
+picks the tier compared: allocated, reserved, device; ``unknown`` is compared against reserved.
+An ``oom`` row is checked the other way: the estimate must not call it a fit on its ``gpu``
+(``tight`` is allowed: vramplan/verdict.py); each row on a named card gets the verdict and the
+phase of its peak. A ``device_map`` row whose value is a published total divided by the GPU
+count (``DERIVED`` in its notes) is compared with the mean of the cards' estimates.
 
 A row that cannot be compared stays in the result, left out of the statistics with a short
 code and a reason naming the field (``unknown gpu 'v100-32g'``): its notes start with
@@ -242,7 +239,7 @@ def row_setup(row: dict[str, str]) -> Setup:
 
 def row_settings(row: dict[str, str]) -> dict[str, str]:
     """The ``settings`` column: Setup fields the other columns do not hold, as ``field=value``
-    pairs separated by ``;`` (``zero3_init=false;eval_batch=8``), validated as the CLI's flags are."""
+    pairs separated by ``;`` (``zero3_init=off;eval_batch=8``), validated as the CLI's flags are."""
     out: dict[str, str] = {}
     for pair in (p.strip() for p in (row.get("settings") or "").split(";") if p.strip()):
         name, eq, value = pair.partition("=")
@@ -438,6 +435,7 @@ def compare(row: dict[str, str], base: Path, line: int | None = None) -> Compari
         error_pct=err,
         fits=None if said is None else said != "does not fit",
         verdict=said,
+        device_bytes=est.device_bytes,
         phase=est.phase,
     )
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from vramplan import setup_rules
+from vramplan import setup_rules, zero_config
 from vramplan.choices import (
     ATTENTIONS,
     DEEPSPEED,
@@ -248,6 +248,41 @@ class Setup(BaseModel):
     vllm_sleep: bool = Field(
         False, description="GRPO + vLLM: free vLLM's share outside generation (TRL vllm_enable_sleep_mode)"
     )
+    # The phases of a run beyond the step (vramplan/memory/run.py): load, evaluation, saving; each
+    # default is the trainer's own (its policy), a value overrides it
+    zero3_init: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="ZeRO-3: partition while loading (deepspeed.zero.Init); off: every rank loads the whole"
+        " model first (accelerate zero3_init_flag false); auto: as the trainer launches",
+    )
+    evaluation: Literal["auto", "none", "loss", "logits", "generate"] = Field(
+        "auto",
+        description="evaluation during training: none, loss only, logits kept for metrics, or generation"
+        " (predict_with_generate); auto: the trainer's default",
+    )
+    eval_batch: int = Field(
+        0,
+        ge=0,
+        le=MAX_MICRO_BATCH,
+        description="sequences per GPU per evaluation forward (per_device_eval_batch_size); 0: the trainer's",
+    )
+    eval_samples: int = Field(
+        0,
+        ge=0,
+        le=2**31,
+        description="evaluation set size: with --evaluation logits every batch's logits stay on the card until"
+        " eval_accumulation_steps; 0: two batches' worth",
+    )
+    # --- DeepSpeed as configured (zero_config.py): the user's ds_config.json
+    deepspeed_config: Annotated[zero_config.ZeroConfig | None, BeforeValidator(zero_config.load)] = Field(
+        None,
+        description="ZeRO: the ds_config.json the run uses (its buckets, overlap_comm, stage-3 limits)",
+        json_schema_extra={
+            "flag": "--deepspeed",
+            "metavar": "FILE",
+            "shown_default": "the trainer's shipped config for --parallel",
+        },
+    )
 
     @model_validator(mode="after")
     def _combinations(self) -> Setup:
@@ -348,6 +383,9 @@ def recorded_setup(fields: dict[str, Any]) -> Setup:
 
 
 def _field_message(err: Any) -> tuple[str, str]:
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, VramplanError):  # a field's own reader said what is wrong (zero_config.load)
+        return cause.field, cause.message
     loc = err.get("loc") or ()
     msg = str(err.get("msg", "invalid"))
     if msg.startswith("Value error, "):
@@ -386,6 +424,9 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
             out[name] = _field_adapter(name).validate_python(value)
         except ValidationError as exc:
             err = exc.errors()[0]
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, VramplanError):
+                raise cause from None
             raise VramplanError(name, f"{err.get('msg', 'invalid')} (got {shown(value)})") from None
     return out
 

@@ -302,6 +302,21 @@ def nodes_need_a_layout(s: Setup, v: Views) -> str | None:
     return None
 
 
+@rule("deepspeed_config")
+def deepspeed_config_matches_layout(s: Setup, v: Views) -> str | None:
+    """A ds_config.json (``--deepspeed``) is planned under the layout and offload it says."""
+    cfg = s.deepspeed_config
+    if cfg is None:
+        return None
+    want = f"zero{cfg.stage}"
+    if v.layout.parallel != want:
+        return f"{cfg.source} is ZeRO stage {cfg.stage}: plan it with --parallel {want}"
+    offload = "optimizer+params" if cfg.offload_param else "optimizer" if cfg.offload_optimizer else "none"
+    if v.layout.offload != offload:
+        return f"{cfg.source} offloads {offload}: plan it with --offload {offload}"
+    return None
+
+
 # --- GRPO and vLLM
 
 

@@ -65,9 +65,17 @@ class Axolotl(Framework):
           fp32, and autocast makes a 16-bit copy of lm_head for its matmul.
         - Padding: ``pad_to_sequence_len: true`` in the emitted config, every batch at
           ``sequence_len`` (``fixed``).
+        - The run's other phases (memory/run.py): ``setup_deepspeed_env`` (utils/trainer.py) sets
+          ``ACCELERATE_DEEPSPEED_ZERO3_INIT=true`` under stage 3 and makes an ``HfTrainerDeepSpeedConfig``
+          before the model loads: ZeRO-3 loads under ``zero.Init`` (``zero3_init``). No evaluation by
+          default (``val_set_size`` 0.0, utils/schemas/config.py); when on, ``eval_batch_size`` defaults
+          to ``micro_batch_size`` (utils/config/__init__.py ``normalize_config``: ``eval_batch=None``).
+          ``AxolotlTrainer`` is a ``Trainer`` (core/trainers/base.py), no ``predict_with_generate``.
+        - ZeRO runs the repository's deepspeed_configs/zero2.json / zero3_bf16.json
+          (``deepspeed_configs`` "axolotl", tables/deepspeed_configs.json).
         """
         base = default_policy(setup)
-        update: dict[str, object] = {}
+        update: dict[str, object] = {"eval_batch": None, "eval_generate": False, "deepspeed_configs": "axolotl"}
         if setup.method == "qlora" and base.weights != "fp32":
             update.update(
                 kbit_upcast=False,

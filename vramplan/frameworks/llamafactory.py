@@ -55,9 +55,29 @@ class LlamaFactory(Framework):
           with ``padding=True``: each batch is padded to its longest sample (to a multiple of 8),
           never past ``cutoff_len``. The policy keeps ``fixed``: every sample at ``cutoff_len``
           is the bound of that, the batch whose samples all reach the cap.
+        - The run's other phases (memory/run.py): ``llamafactory-cli train`` parses
+          ``Seq2SeqTrainingArguments`` with the YAML's ``deepspeed`` (train/tuner.py ``_training_function``:
+          ``get_train_args``) before ``run_sft`` calls ``load_model`` (train/sft/workflow.py), so ZeRO-3
+          loads under ``zero.Init`` (``zero3_init``; ``accelerate launch`` with the config in accelerate's file and
+          ``zero3_init_flag: false`` is the other launch: ``--zero3-init off``). No evaluation unless
+          ``val_size`` > 0 (hparams/data_args.py, default 0.0); then 8 sequences
+          (``per_device_eval_batch_size``, transformers' default), loss-only without
+          ``compute_accuracy``; with it ``eval_logit_processor`` keeps the argmax (train/sft/metric.py,
+          ``eval_argmax``); ``predict_with_generate`` generates up to ``max_new_tokens`` 1024
+          (hparams/generating_args.py) with ``CustomSeq2SeqTrainer``, whose ``prediction_step`` pops the
+          labels first: no loss forward (train/sft/trainer.py; ``eval_generate_loss``).
+        - ZeRO runs the examples' ds_config.json (``deepspeed: examples/deepspeed/ds_z{2,3}_config.json``
+          in examples/train_*/*_ds*.yaml): ``deepspeed_configs`` "llamafactory" (tables/deepspeed_configs.json).
         """
         base = default_policy(setup)
-        update: dict[str, object] = {"extra_trainable": "fp32", "extra_weights": "fp32"} if setup.is_lora else {}
+        update: dict[str, object] = {
+            "eval_argmax": True,
+            "eval_new_tokens": 1024,
+            "eval_generate_loss": False,
+            "deepspeed_configs": "llamafactory",
+        }
+        if setup.is_lora:
+            update.update(extra_trainable="fp32", extra_weights="fp32")
         if setup.method == "qlora":
             update.update(
                 kbit_upcast=False,

@@ -76,8 +76,32 @@ class Swift(Framework):
         Qwen2.5-7B at 2048) and the accuracy argmax adds 8 bytes a position: both inside the bounds, not
         counted. Reentrant checkpointing (swift's patch in effect) holds the peak the terms count. The k-bit
         dtypes above are what the QLoRA traces hold. Nothing else had to move.
+
+        The run's other phases (memory/run.py): ``SftArguments.__post_init__`` builds the training
+        arguments (with ``--deepspeed``) before the model loads, so ZeRO-3 loads under ``zero.Init``
+        (``zero3_init``). No evaluation by default: ``split_dataset_ratio`` is 0. (arguments/base_args/
+        data_args.py) and without a validation set ``eval_strategy`` becomes 'no' (arguments/sft_args.py);
+        when on, one sequence per GPU (``per_device_eval_batch_size`` 1, trainers/arguments.py), loss-only
+        (``eval_metric`` None for causal_lm, ``_init_metric``); the ``acc`` metric keeps the argmax
+        (metrics/acc.py ``preprocess_logits_for_metrics``); ``predict_with_generate`` generates up to
+        ``max_new_tokens`` 64 (sft_args.py) through its infer engine, with no loss forward
+        (trainers/seq2seq_trainer.py ``Seq2SeqTrainer.prediction_step``; ``eval_generate_loss``), inside
+        ``unwrap_model_for_generation(..., gather_deepspeed3_params=args.ds3_gather_for_generation)``, True by
+        default (trainers/arguments.py): under ZeRO-3 the whole model is gathered on every rank
+        (utils/transformers_utils.py, ``deepspeed.zero.GatheredParameters``; ``eval_generate_gathers``).
+        ZeRO runs ``--deepspeed default-zero2``/``default-zero3``: swift/llm/ds_config/zero{2,3}.json
+        (``deepspeed_configs`` "swift", tables/deepspeed_configs.json).
         """
-        base = default_policy(setup)
+        base = default_policy(setup).model_copy(
+            update={
+                "eval_batch": 1,
+                "eval_argmax": True,
+                "eval_new_tokens": 64,
+                "eval_generate_loss": False,
+                "eval_generate_gathers": True,
+                "deepspeed_configs": "swift",
+            }
+        )
         if setup.method != "qlora" or setup.quant == "gptq-int4":
             return base
         return base.model_copy(

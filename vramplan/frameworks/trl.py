@@ -89,11 +89,17 @@ class Trl(Framework):
           sample, ``pad_to_multiple_of`` ``"auto"`` is off outside Neuron) with ``packing=False``
           and ``padding_free=False``; ``max_length`` truncates each sample to ``seq_len``
           (``SFTTrainer._prepare_dataset``).
+        - The run's other phases (memory/run.py): the emitted script builds ``SFTConfig`` with the
+          DeepSpeed config before ``from_pretrained`` (files/templates/sft.py), so ZeRO-3 loads under
+          ``zero.Init`` (``zero3_init``); evaluation is off (``eval_strategy`` "no"), at 8 sequences when
+          on (``per_device_eval_batch_size``), and loss-only (no ``compute_metrics``): the
+          TrainingArguments defaults. ``eval_generate=False``: ``SFTTrainer`` is a ``Trainer``
+          (trl/trainer/sft_trainer.py ``class SFTTrainer(_BaseTrainer)``), not a ``Seq2SeqTrainer``.
         """
         base = default_policy(setup)
         if setup.rl != "none":
             return base
-        update: dict[str, object] = {"loss_chain": "fused_head", "padding": "longest"}
+        update: dict[str, object] = {"loss_chain": "fused_head", "padding": "longest", "eval_generate": False}
         if setup.method == "qlora":
             update["adapter"] = update["extra_trainable"] = "bf16"
         elif setup.is_lora and setup.parallel == "zero3":

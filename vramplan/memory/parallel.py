@@ -5,9 +5,9 @@ Applied to each phase's terms of one process (``phases.phase_terms``). With ``N`
 | layout      | weights | gradients | optimizer state | added |
 |-------------|---------|-----------|-----------------|-------|
 | ddp         | full    | full      | full            | DDP's gradient buckets (a full gradient copy) |
-| zero1       | full    | full      | /N (fp32)       | fp32 master /N, reduce buckets |
-| zero2       | full    | /N        | /N (fp32)       | fp32 master /N, reduce buckets |
-| zero3       | /N      | /N        | /N (fp32)       | fp32 master /N, reduce buckets, gathered layers |
+| zero1       | full    | full      | /N (fp32)       | fp32 master /N, ZeRO's buffers (memory/zero.py) |
+| zero2       | full    | /N        | /N (fp32)       | fp32 master /N, ZeRO's buffers (memory/zero.py) |
+| zero3       | /N      | /N        | /N (fp32)       | fp32 master /N, ZeRO's buffers and gathered weights (zero.py) |
 | fsdp        | /N      | /N        | /N              | the root unit and two layers gathered |
 | fsdp shard_grad_op | full | /N   | /N              | (weights stay gathered from forward to backward) |
 | device_map  | /N      | /N        | /N              | the loss on the last GPU, in full |
@@ -15,8 +15,9 @@ Applied to each phase's terms of one process (``phases.phase_terms``). With ``N`
 DeepSpeed (``DeepSpeedZeroOptimizer``, ``DeepSpeedZeroOptimizer_Stage3``) runs the model in
 16 bits and keeps fp32 master weights and fp32 Adam moments for its partition (ZeRO paper,
 Rajbhandari et al. 2020, section 5: 2 + 2 + 12 bytes per parameter before partitioning);
-its fused Adam needs no step temporaries. Activations are per process: data-parallel ranks
-each run their own micro-batch. ``N`` is the ranks the state is sharded over
+ZeRO's own buffers (reduce buckets, the step's fp32 gradient partition, stage 3's gathered
+weights) come from the ds_config.json the run uses (memory/zero.py). Activations are per
+process: data-parallel ranks each run their own micro-batch. ``N`` is the ranks the state is sharded over
 (``Setup.shard_count``): every GPU of every node, or one node's GPUs under FSDP's
 ``hybrid_shard`` (sharded within a node, replicated across nodes). Offload moves the optimizer state and master weights
 (``optimizer``) and also the sharded weights (``optimizer+params``) to host memory.
@@ -25,9 +26,8 @@ each run their own micro-batch. ``N`` is the ranks the state is sharded over
 from __future__ import annotations
 
 from vramplan.memory import activations as act
-from vramplan.memory import optimizer
+from vramplan.memory import optimizer, zero
 from vramplan.memory.layers import layer_runs
-from vramplan.memory.overhead import overhead_constants
 from vramplan.memory.policy import policy_of, with_policy
 from vramplan.memory.sweep import At, Descent, sweep
 from vramplan.memory.trainable import trainable_params
@@ -52,19 +52,6 @@ def deepspeed_state_bytes(spec: ModelSpec, setup: Setup) -> int:
     state = optimizer.optimizer_state_bytes(spec, fp32)
     master = nbytes(trainable_params(spec, setup), "fp32") if policy_of(setup).master != "fp32" else 0
     return state + master
-
-
-def reduce_bucket_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """ZeRO's gradient reduce buffers, 16-bit, two of them with ``overlap_comm``. Stages 1-2
-    (``DeepSpeedZeroOptimizer.backward`` with ``contiguous_gradients``) allocate them at the
-    configured ``reduce_bucket_size`` whatever the trainable count (tables/overheads.json:
-    the published configs' 2e8); stage 3 sizes its bucket by transformers' ``"auto"``,
-    hidden², and never beyond the trainable gradients."""
-    if setup.parallel == "zero3":
-        per = min(spec.hidden_size**2, trainable_params(spec, setup))
-    else:
-        per = int(overhead_constants()["deepspeed_reduce_bucket_elements"])
-    return 2 * nbytes(per, "bf16")
 
 
 def gathered_bytes(spec: ModelSpec, setup: Setup, weights_total: int) -> int:
@@ -101,11 +88,6 @@ def per_gpu(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]) ->
         if layout in DEEPSPEED:
             if opt_key in t:
                 t[opt_key] = 0 if off_opt else _ceil_div(deepspeed_state_bytes(spec, setup), n)
-            if "optimizer/step_temporaries" in t:
-                # the fp32 gradient partition the fused step reads
-                grads = nbytes(trainable_params(spec, setup), "fp32")
-                t["optimizer/step_temporaries"] = 0 if off_opt else _ceil_div(grads, n)
-            t["parallel/reduce_buckets"] = reduce_bucket_bytes(spec, setup)
         elif layout == "fsdp" and opt_key in t:
             t[opt_key] = 0 if off_opt else _ceil_div(t[opt_key], n)
             if "optimizer/step_temporaries" in t:
@@ -118,8 +100,40 @@ def per_gpu(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]) ->
             for k in WEIGHT_TERMS:
                 if k in t:
                     t[k] = 0 if off_params else _ceil_div(t[k], n)
-            t["parallel/gathered_weights"] = gathered_bytes(spec, setup, weights_total)
+            t["parallel/gathered_weights"] = (
+                zero.gathered_bytes(spec, setup, weights_total, phase)
+                + zero.pending_release_bytes(spec, setup, weights_total, phase)
+                if layout == "zero3"
+                else gathered_bytes(spec, setup, weights_total)
+            )
+        if layout in DEEPSPEED:
+            t.update(deepspeed_terms(spec, setup, phase, t))
         out[phase] = t
+    return out
+
+
+def deepspeed_terms(spec: ModelSpec, setup: Setup, phase: str, terms: dict[str, int]) -> dict[str, int]:
+    """ZeRO's own buffers at ``phase``, from the config the run uses (memory/zero.py): the reduce
+    buckets in backward (stage 3's persistent one in every phase), stage 3's gradient partition
+    from the start, and the step's fp32 gradient partition and temporaries."""
+    out: dict[str, int] = {}
+    stage3 = setup.parallel == "zero3"
+    off_opt = setup.offload in ("optimizer", "optimizer+params")
+    if phase in ("backward_start", "backward"):
+        out["parallel/reduce_buckets"] = zero.reduce_bucket_bytes(spec, setup)
+    if phase == "backward":
+        out["parallel/averaged_gradients"] = zero.averaged_gradient_bytes(spec, setup)
+    elif stage3:
+        out["parallel/reduce_buckets"] = zero.persistent_bucket_bytes(spec, setup)
+    if stage3 and not off_opt:
+        # grad_partitions_flat_buffer is allocated in __init__: the partition exists in every phase
+        grads16 = zero.step_terms(spec, setup)["gradients"] if phase != "optimizer_step" else 0
+        out["gradients"] = max(terms.get("gradients", 0), grads16)
+    if phase == "optimizer_step" and "optimizer/step_temporaries" in terms:
+        out.update(zero.step_terms(spec, setup))
+        if off_opt:  # the fp32 partition, its gradient and the step live on the host
+            out.update({"parallel/fp32_grad_partition": 0, "optimizer/step_temporaries": 0})
+            out["gradients"] = terms.get("gradients", 0)
     return out
 
 

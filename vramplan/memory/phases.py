@@ -23,6 +23,7 @@ from vramplan.memory.inference import inference_estimate
 from vramplan.memory.layers import layer_runs
 from vramplan.memory.peak import peak_estimate, split_estimate
 from vramplan.memory.policy import plain, policy_of, with_policy
+from vramplan.memory.run import with_run_phases
 from vramplan.memory.sweep import At, Descent, sweep
 from vramplan.memory.trainable import check_lora_targets
 from vramplan.policy import Policy, recast
@@ -257,6 +258,7 @@ def _estimate(spec: ModelSpec, user: Setup, policy: Policy, card_bytes: int | No
         per_phase = parallel.per_gpu(spec, llm, phase_terms(spec, llm))
     if setup.has_media:
         per_phase = with_vision(spec, setup, per_phase)
+    per_phase = with_run_phases(spec, setup, llm, per_phase)
     per_phase = with_approximation(spec, per_phase)
     if split:
         return split_estimate(spec, setup, per_phase, llm)

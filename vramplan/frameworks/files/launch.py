@@ -13,11 +13,11 @@ Setup -> launch:
 
 ``num_processes`` is the world size (GPUs per node x nodes), one process per GPU; with
 several nodes run.sh takes the machine rank and the main machine's address from the
-environment. DeepSpeed's buckets are the ones the memory model counts
-(:func:`vramplan.memory.parallel.reduce_bucket_bytes`): stages 1-2 reduce in buckets of
-``deepspeed_reduce_bucket_elements`` (tables/overheads.json, 2e8), stage 3 in hidden²
-elements (the value transformers gives ``"auto"``), prefetching 0.9·hidden² and keeping
-parameters under 10·hidden elements gathered (transformers' ``"auto"`` too). Offload sends
+environment. ds_config.json's ZeRO block is the config the memory model counts
+(:mod:`vramplan.memory.zero`): the user's ``--deepspeed`` file, else vramplan's own
+(tables/deepspeed_configs.json ``vramplan/zero{1,2,3}``: stages 1-2 reduce in buckets of 2e8
+with ``overlap_comm``, stage 3 in hidden² elements, prefetching 0.9·hidden² and keeping
+parameters under 10·hidden elements gathered, transformers' ``"auto"`` values). Offload sends
 the optimizer state (and with ``optimizer+params`` the parameters) to pinned CPU memory,
 stepped by DeepSpeed's CPU Adam, as :mod:`vramplan.memory.host` counts it. FSDP is FSDP2
 (``fully_shard``) wrapping each decoder layer; ``full_shard`` re-shards after forward,
@@ -34,8 +34,8 @@ from typing import Any
 
 from vramplan.errors import VramplanError
 from vramplan.frameworks.files.common import Context, comment_block, printable, py_literal, yaml_scalar
-from vramplan.memory.overhead import overhead_constants
 from vramplan.setup import DEEPSPEED, Setup
+from vramplan.zero_config import ZeroConfig, shipped
 
 ACCELERATE_CONFIG = "accelerate_config.yaml"
 DEEPSPEED_CONFIG = "ds_config.json"
@@ -43,10 +43,6 @@ DEEPSPEED_CONFIG = "ds_config.json"
 BNB_OPTIMIZERS = ("adamw-8bit", "paged-adamw-8bit", "paged-adamw-32bit")
 #: DeepSpeed's optimizer for each Setup optimizer it can run on the CPU (offload).
 DS_CPU_OPTIMIZER = {"adamw": "AdamW", "lion": "Lion"}
-#: ZeRO-3 knobs that do not move memory in the plan: the HF docs' template values.
-STAGE3_MAX_LIVE = 10**9
-STAGE3_MAX_REUSE = 10**9
-SUB_GROUP_SIZE = 10**9
 
 
 def adapt_precision(setup: Setup, notes: list[str]) -> Setup:
@@ -144,21 +140,7 @@ def deepspeed_config(ctx: Context, comment: list[str]) -> dict[str, Any]:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if s.offload == "optimizer+params":
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    zero["overlap_comm"] = True
-    zero["contiguous_gradients"] = True
-    if stage < 3:
-        bucket = int(overhead_constants()["deepspeed_reduce_bucket_elements"])
-        zero.update(allgather_partitions=True, allgather_bucket_size=bucket, reduce_scatter=True)
-        zero["reduce_bucket_size"] = bucket
-    else:
-        h = ctx.spec.hidden_size
-        zero["reduce_bucket_size"] = h * h
-        zero["stage3_prefetch_bucket_size"] = int(0.9 * h * h)
-        zero["stage3_param_persistence_threshold"] = 10 * h
-        zero["stage3_max_live_parameters"] = STAGE3_MAX_LIVE
-        zero["stage3_max_reuse_distance"] = STAGE3_MAX_REUSE
-        zero["sub_group_size"] = SUB_GROUP_SIZE
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    zero.update(planned_zero(ctx).zero_block())
     out: dict[str, Any] = {"_comment": comment + _ds_notes(ctx)}
     out["train_micro_batch_size_per_gpu"] = s.micro_batch
     out["gradient_accumulation_steps"] = s.grad_accum
@@ -182,25 +164,29 @@ def deepspeed_config(ctx: Context, comment: list[str]) -> dict[str, Any]:
     return out
 
 
+def planned_zero(ctx: Context) -> ZeroConfig:
+    """The ZeRO config the plan counted (memory/zero.py): the user's ``--deepspeed`` file, else
+    vramplan's (tables/deepspeed_configs.json ``vramplan/zero{1,2,3}``), ``"auto"`` filled."""
+    s = ctx.setup
+    cfg = s.deepspeed_config or shipped("vramplan", int(s.parallel[-1]))
+    return cfg.resolved(ctx.spec.hidden_size)
+
+
 def _ds_notes(ctx: Context) -> list[str]:
     s = ctx.setup
     stage = int(s.parallel[-1])
     notes = ["ds_config.json (read by train.py's SFTConfig and named in accelerate_config.yaml):"]
-    if stage < 3:
-        bucket = int(overhead_constants()["deepspeed_reduce_bucket_elements"])
+    cfg = planned_zero(ctx)
+    buffers = "two 16-bit buffers with overlap_comm" if stage < 3 and cfg.overlap_comm else "one 16-bit buffer"
+    notes.append(
+        f"  reduce_bucket_size {cfg.reduce_bucket_size:,} elements ({cfg.source}), {buffers}: the"
+        " parallel/reduce_buckets the estimate counts (vramplan/memory/zero.py)"
+    )
+    if stage == 3:
         notes.append(
-            f"  reduce_bucket_size {bucket:.0e} elements, two 16-bit buffers with overlap_comm: the"
-            " parallel/reduce_buckets the estimate counts (tables/overheads.json deepspeed_reduce_bucket_elements)"
-        )
-    else:
-        h = ctx.spec.hidden_size
-        notes.append(
-            f"  reduce_bucket_size hidden^2 = {h * h:,} elements (transformers' 'auto'; the estimate counts two 16-bit"
-            " buffers of it, never more than the trainable gradients)"
-        )
-        notes.append(
-            "  stage3_prefetch_bucket_size 0.9 hidden^2, stage3_param_persistence_threshold 10 hidden (transformers'"
-            " 'auto'): the running layer and a prefetch stay gathered, within the two layers the estimate counts"
+            f"  stage3_prefetch_bucket_size {cfg.prefetch_bucket_size:,}, stage3_max_reuse_distance"
+            f" {cfg.max_reuse_distance:,}: the output layer (and the last layers fetched again within that"
+            " distance) stay gathered through the loss, as parallel/gathered_weights counts them"
         )
     if s.offload != "none":
         what = "optimizer state and fp32 master weights" + (" and the parameters" if "params" in s.offload else "")
