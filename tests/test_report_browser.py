@@ -129,6 +129,7 @@ PAGES = {
     "traced": dict(model="qwen2.5-0.5b", gpu="4090", method="lora", trace=True),
     "device_map": dict(model="qwen2.5-7b", gpu="4090", method="lora", num_gpus=3, parallel="device_map"),
     "full_over": dict(model="llama-3.1-8b", gpu="4090", method="full", seq_len=4096),
+    "evaluates": dict(model="qwen2.5-7b", gpu="4090d", method="lora", evaluation="loss"),  # a fifth phase
 }
 
 

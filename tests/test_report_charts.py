@@ -155,3 +155,9 @@ def test_trace_report_puts_the_estimate_beside_the_trace(case3) -> None:
     beside = page.index("The trace beside the estimate")
     assert page.index("Peak by phase") < beside < page.index("Alternatives: memory and speed")
     assert page.index('aria-label="the estimate beside the trace"') > beside
+
+
+def test_phases_chart_shows_every_phase_a_plan_has_in_run_order() -> None:
+    p = plan("qwen2.5-7b", "4090d", method="lora", evaluation="loss")
+    names = [t for t in _texts(phases_svg(p)) if t in p.phases]
+    assert names == ["forward_end", "backward_start", "backward", "optimizer_step", "evaluate"]
