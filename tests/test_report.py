@@ -55,8 +55,10 @@ def test_page_has_the_verdict_charts_and_config(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     page = (tmp_path / "r.html").read_text()
     assert "FITS" in page and "RTX 4090 D" in page
-    assert page.count('<svg class="chart"') == 2
+    assert page.count('<svg class="chart"') == 3  # by term, by phase, alternatives
     assert "weights/frozen" in page and "SFTTrainer" in page  # a term and the trl script
+    # the script is folded away, after the charts
+    assert page.index("<details><summary>train.py") > page.rindex('<svg class="chart"')
     assert "0:22:" in page and "cost 0.18" in page  # wall time and cost (22 min at 0.5/h)
     # self-contained: nothing to fetch
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
@@ -156,7 +158,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert 'data-charts="2"' in dom.stdout, dom.stderr[-2000:]
+    assert 'data-charts="3"' in dom.stdout, dom.stderr[-2000:]
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == []
     shot = tmp_path / "shot.png"

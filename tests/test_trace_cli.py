@@ -147,6 +147,7 @@ def test_trace_report_of_a_plain_setup(tiny: str, tmp_path) -> None:
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.stat().st_size > 10_000
+    assert 'aria-label="the estimate beside the trace"' in out.read_text()  # the estimate by phase beside the trace
 
 
 @pytest.mark.e2e

@@ -215,5 +215,5 @@ def _write_trace_pictures(result: Any, plot: str | None, report: str | None, tra
         from vramplan.report import report_page
 
         svg = timeline_svg(result) if result.timeline else None
-        pairs.append((report, report_page(traced_plan, timeline_svg=svg)))
+        pairs.append((report, report_page(traced_plan, timeline_svg=svg, traced_phases=result.phases)))
     write_files_atomically(pairs, field="plot" if plot else "report")

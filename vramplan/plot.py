@@ -109,7 +109,9 @@ def timeline_svg(result: TraceResult) -> str:
         base = upper
     legend = "".join(f'<span style="color:{COLOURS[c]}">&#9632;</span> {html.escape(LABELS[c])} &nbsp; ' for c in ys)
     peak_y = py(result.peak_bytes / GIB)
-    head = f'<svg class="chart" width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg"'
+    # scales with the page (viewBox, width 100%): the report shows it at 390 px too
+    head = f'<svg class="chart" viewBox="0 0 {w} {h}" width="100%" style="max-width:{w}px;height:auto"'
+    head += ' xmlns="http://www.w3.org/2000/svg"'
     return f"""{head} font-family="sans-serif" font-size="11">
 {"".join(polys)}
 <line x1="{pad}" x2="{w - pad}" y1="{peak_y:.1f}" y2="{peak_y:.1f}" stroke="black" stroke-dasharray="4 3"/>
