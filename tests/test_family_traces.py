@@ -30,7 +30,13 @@ SETUPS = (
     dict(method="qlora", quant="bnb-nf4"),
 )
 FAMILY_MODELS = ("olmo-2-13b", "smollm3-3b", "granite-3.3-8b", "gemma-3-1b", "glm-4-9b-0414")
-FAMILY_GRID = [(model, fields) for model in FAMILY_MODELS for fields in SETUPS]
+FAMILY_GRID = [(model, fields) for model in FAMILY_MODELS for fields in SETUPS] + [
+    # Gemma 3's sliding-window layers under eager attention (the window masks an s x s score
+    # matrix each layer keeps whole), and full fine-tuning of the two small models
+    ("gemma-3-1b", dict(method="lora", grad_checkpointing=False, seq_len=1024, attention="eager")),
+    ("gemma-3-1b", dict(method="full", precision="bf16", seq_len=1024)),
+    ("smollm3-3b", dict(method="full", precision="bf16", seq_len=1024)),
+]
 
 
 def _family_rows() -> list[dict]:
