@@ -34,6 +34,9 @@ FAMILY_GRID = [(model, fields) for model in FAMILY_MODELS for fields in SETUPS] 
     # Gemma 3's sliding-window layers under eager attention (the window masks an s x s score
     # matrix each layer keeps whole), and full fine-tuning of the two small models
     ("gemma-3-1b", dict(method="lora", grad_checkpointing=False, seq_len=1024, attention="eager")),
+    # and under sdpa past the window, where each sliding layer keeps its mask as a bias (A·b·s²)
+    ("gemma-3-1b", dict(method="lora", grad_checkpointing=False, seq_len=4096)),
+    ("gemma-3-1b", dict(method="lora", grad_checkpointing=False, seq_len=2048, micro_batch=2)),
     ("gemma-3-1b", dict(method="full", precision="bf16", seq_len=1024)),
     ("smollm3-3b", dict(method="full", precision="bf16", seq_len=1024)),
 ]
@@ -82,6 +85,21 @@ def test_gemma3_text_has_per_head_qk_norms_four_fp32_norms_and_sdpa() -> None:
     assert spec.norms_per_layer == 4 and spec.norm_scale_fp32 and spec.tie_word_embeddings
     assert spec.attn_logit_softcapping is None and spec.final_logit_softcapping is None
     assert "sdpa" in spec.attentions and spec.hidden_act == "gelu_pytorch_tanh"
+
+
+def test_gemma3_sliding_layers_keep_their_mask_as_a_bias_under_sdpa_only() -> None:
+    from vramplan.arch import gemma3
+    from vramplan.memory.activations import window_mask_bytes
+
+    spec = load_model("gemma-3-1b")
+    assert (spec.sliding_layers, spec.sliding_window) == (22, 512)  # 26 layers, every sixth global
+    types = ["sliding_attention", "full_attention"] * 13
+    assert gemma3.sliding_layers({"layer_types": types}, "config.json", 26) == 13
+    long = make_setup(method="lora", grad_checkpointing=False, seq_len=4096, micro_batch=2)
+    assert window_mask_bytes(spec, long) == 2 * 2 * 4096 * 4096 * 22 // 26
+    for other in (dict(attention="eager"), dict(attention="flash-attn-2"), dict(seq_len=512)):
+        assert window_mask_bytes(spec, long.model_copy(update=other)) == 0
+    assert window_mask_bytes(load_model("smollm3-3b"), long) == 0  # no window: nothing, as before
 
 
 def test_glm4_fuses_only_the_mlp_and_biases_only_qkv() -> None:

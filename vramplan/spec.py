@@ -135,6 +135,10 @@ class ModelSpec(BaseModel):
     #: q_norm/k_norm normalize the whole projection (OLMo-2 ``Olmo2RMSNorm(num_heads * head_dim)``),
     #: not each head (Qwen3 ``Qwen3RMSNorm(head_dim)``): their weights are q_dim and kv_dim wide
     qk_norm_over_projection: bool = False
+    #: layers whose attention sees only the last ``sliding_window`` tokens (Gemma 3's
+    #: ``sliding_attention`` layer_types); 0: every layer attends to the whole sequence
+    sliding_layers: int = 0
+    sliding_window: int = 0
     #: the transformers class FSDP wraps one unit of (``_no_split_modules`` of its
     #: ``AutoModelForCausalLM`` class); empty when not known
     decoder_layer: str = ""
