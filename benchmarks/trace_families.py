@@ -2,9 +2,10 @@
 recorded for the installed libraries, one at a time, append the results to
 tables/measured/traces.jsonl, and print each against the estimate.
 
-    python benchmarks/trace_families.py [--model NAME]
+    python benchmarks/trace_families.py [--model NAME] [--out benchmarks/family_traces.md]
 
-The rows are held by tests/test_family_traces.py (and tests/test_estimate_vs_traces.py).
+The rows are held by tests/test_family_traces.py (and tests/test_estimate_vs_traces.py);
+``--out`` writes every recorded row of these models against the estimate as a table.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", help="only this catalog model")
+    ap.add_argument("--out", help="also write the comparison table of every family row (markdown) to this file")
     args = ap.parse_args()
 
     from tests.test_family_traces import FAMILY_GRID
@@ -45,6 +47,18 @@ def main() -> int:
             f" estimate {est / 2**30:.3f} GiB ({err:+.2f}%) in {time.perf_counter() - t0:.0f} s",
             flush=True,
         )
+    if args.out:
+        from tests.test_family_traces import FAMILY_MODELS
+        from vramplan.arch.registry import family
+        from vramplan.render import validation_markdown
+        from vramplan.validate import summarize, traced_rows
+
+        head = "Each family's catalog model traced with fake tensors against the estimate"
+        head += " (benchmarks/trace_families.py).\n\n"
+        fams = ", ".join(f"{m}: {getattr(family(load_model(m).model_type), 'label', '-')}" for m in FAMILY_MODELS)
+        rows = [r for r in traced_rows() if r["model"] in FAMILY_MODELS]
+        with open(args.out, "w") as fh:
+            fh.write(head + f"Families: {fams}.\n\n" + validation_markdown(summarize(rows)))
     return 0
 
 
