@@ -139,7 +139,7 @@ def test_no_trust_remote_code_anywhere() -> None:
         ("deepseek-r1-distill-qwen-7b", "deepseek-r1-distill-qwen-32b (qwen2,", "qwen-7b (qwen,"),  # not Qwen v1
         ("gemma-3-12b", "gemma-2-9b (gemma2,", "llama"),  # "3" is no family
         ("qwen2.5-8b", "qwen2.5-7b (qwen2,", "qwen2.5-vl"),  # a VLM adds a word
-        ("olmo-2-7b", "olmo-2-13b (olmo2,", "llama-2-7b"),  # the family's other size, not Llama's 7B
+        ("olmo-2-1b", "olmo-2-7b (olmo2,", "llama"),  # the family's nearest size, not another family's
         ("falcon-7b", None, "llama-2-7b"),  # no family in common, no near spelling: nothing offered
     ],
 )
