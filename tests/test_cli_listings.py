@@ -18,10 +18,10 @@ from vramplan.render import gpus_table, models_table
 def test_models_piped_are_one_whole_row_a_line(capsys) -> None:
     assert main(["models", "vl"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split("\t") == ["name", "hub id", "type", "params", "published"]
+    assert lines[0].split("\t") == ["name", "hub id", "type", "family", "params", "published"]
     names = [line.split("\t")[0] for line in lines[1:]]
     assert names == [n for n in catalog_names() if "vl" in n]  # every VL entry matches "vl" by its name
-    assert all(len(line.split("\t")) == 5 for line in lines)
+    assert all(len(line.split("\t")) == 6 for line in lines)
 
 
 def test_models_json(capsys) -> None:
@@ -29,6 +29,8 @@ def test_models_json(capsys) -> None:
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == catalog_names()
     assert all(isinstance(r["params"], int) and r["params"] > 0 and "/" in r["hub_id"] for r in rows)
+    family = {r["name"]: r["family"] for r in rows}
+    assert family["qwen3-30b-a3b"] == "moe" and family["qwen3-8b"] == "qwen2" and family["olmo-2-13b"] == "olmo2"
 
 
 def test_gpus_piped_and_json(capsys) -> None:
@@ -43,7 +45,7 @@ def test_gpus_piped_and_json(capsys) -> None:
 @pytest.mark.parametrize("width", [60, 80, 120])
 def test_a_narrow_terminal_keeps_names_whole(width: int) -> None:
     console = Console(width=width, record=True)
-    rows = [(n, "Org/" + n, "t", 1, "") for n in catalog_names()]
+    rows = [(n, "Org/" + n, "t", "f", 1, "") for n in catalog_names()]
     console.print(models_table(rows))
     text = console.export_text()
     assert all(f" {n} " in text for n in catalog_names())

@@ -139,7 +139,8 @@ def test_no_trust_remote_code_anywhere() -> None:
         ("deepseek-r1-distill-qwen-7b", "deepseek-r1-distill-qwen-32b (qwen2,", "qwen-7b (qwen,"),  # not Qwen v1
         ("gemma-3-12b", "gemma-2-9b (gemma2,", "llama"),  # "3" is no family
         ("qwen2.5-8b", "qwen2.5-7b (qwen2,", "qwen2.5-vl"),  # a VLM adds a word
-        ("olmo-2-7b", None, "llama-2-7b"),  # no family in common, no near spelling: nothing offered
+        ("olmo-2-1b", "olmo-2-7b (olmo2,", "llama"),  # the family's nearest size, not another family's
+        ("falcon-7b", None, "llama-2-7b"),  # no family in common, no near spelling: nothing offered
     ],
 )
 def test_unknown_names_are_answered_by_family_and_size(query: str, first: str | None, absent: str) -> None:

@@ -68,8 +68,8 @@ def noted_plans(tmp_path_factory: pytest.TempPathFactory) -> list[Plan]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("vramplan.advice.installed_version", lambda package: "0.1.0")
         other_release = plan(*NOTED[0][:2], **NOTED[0][2])
-    unread = tmp_path_factory.mktemp("olmo2") / "config.json"
-    unread.write_text(json.dumps({**TINY_CONFIG, "model_type": "olmo2"}))
+    unread = tmp_path_factory.mktemp("helium") / "config.json"
+    unread.write_text(json.dumps({**TINY_CONFIG, "model_type": "helium"}))
     return [plan(m, g, **f) for m, g, f in NOTED] + [other_release, plan(str(unread), "4090")]
 
 

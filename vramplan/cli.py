@@ -73,6 +73,7 @@ def _cmd_gpus(argv: list[str]) -> int:
 
 
 def _cmd_models(argv: list[str]) -> int:
+    from vramplan.arch.registry import family
     from vramplan.models import catalog_names, catalog_sources, load_model
     from vramplan.params import param_counts
     from vramplan.render import models_table
@@ -84,20 +85,23 @@ def _cmd_models(argv: list[str]) -> int:
     q = args.query.lower()
     sources = catalog_sources()
     rows: list[dict[str, object]] = []
-    shown_rows: list[tuple[str, str, str, int, str]] = []
+    shown_rows: list[tuple[str, str, str, str, int, str]] = []
     for name in catalog_names():
         src = sources[name]
         if q and not any(q in k.lower() for k in [name, src.hub_id, *src.aliases]):
             continue
         spec = load_model(name)
         total, published = param_counts(spec).total, src.published_params_text or ""
-        shown_rows.append((name, src.hub_id, spec.model_type, total, published))
+        fam = family(spec.model_type)  # the arch/ module that reads it (catalog types all have one)
+        fam_name = fam.name if fam is not None else "-"
+        shown_rows.append((name, src.hub_id, spec.model_type, fam_name, total, published))
         rows.append(
             {
                 "name": name,
                 "hub_id": src.hub_id,
                 "aliases": src.aliases,
                 "model_type": spec.model_type,
+                "family": fam_name,
                 "params": total,
                 "published_params": published,
             }
@@ -109,6 +113,7 @@ def _cmd_models(argv: list[str]) -> int:
         "name": "name",
         "hub_id": "hub id",
         "model_type": "type",
+        "family": "family",
         "params": "params",
         "published_params": "published",
     }

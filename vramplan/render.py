@@ -221,13 +221,13 @@ def gpus_table(gpus: list[GPU], width: int = 120) -> Table:
     return table
 
 
-def models_table(rows: list[tuple[str, str, str, int, str]]) -> Table:
+def models_table(rows: list[tuple[str, str, str, str, int, str]]) -> Table:
     table = Table(title="model catalog")
-    for i, col in enumerate(("name", "hub id", "type", "params", "published")):
+    for i, col in enumerate(("name", "hub id", "type", "family", "params", "published")):
         # names whole, however narrow the terminal (what MODEL takes); the rest folds rather than cuts
         table.add_column(col, min_width=max(len(r[0]) for r in rows) if i == 0 else None, overflow="fold")
-    for name, hub_id, model_type, total, published in rows:
-        table.add_row(name, hub_id, model_type, f"{total:,}", published)
+    for name, hub_id, model_type, fam, total, published in rows:
+        table.add_row(name, hub_id, model_type, fam, f"{total:,}", published)
     return table
 
 

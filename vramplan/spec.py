@@ -132,6 +132,13 @@ class ModelSpec(BaseModel):
     #: the norm multiplies by its weight in fp32 (Gemma's ``x * (1 + w.float())``), so the
     #: normalized tensor that product saves is fp32
     norm_scale_fp32: bool = False
+    #: q_norm/k_norm normalize the whole projection (OLMo-2 ``Olmo2RMSNorm(num_heads * head_dim)``),
+    #: not each head (Qwen3 ``Qwen3RMSNorm(head_dim)``): their weights are q_dim and kv_dim wide
+    qk_norm_over_projection: bool = False
+    #: layers whose attention sees only the last ``sliding_window`` tokens (Gemma 3's
+    #: ``sliding_attention`` layer_types); 0: every layer attends to the whole sequence
+    sliding_layers: int = 0
+    sliding_window: int = 0
     #: the transformers class FSDP wraps one unit of (``_no_split_modules`` of its
     #: ``AutoModelForCausalLM`` class); empty when not known
     decoder_layer: str = ""
@@ -162,6 +169,13 @@ class ModelSpec(BaseModel):
     @property
     def kv_dim(self) -> int:
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def qk_norm_shapes(self) -> tuple[int, ...]:
+        """The widths of one layer's q_norm and k_norm weights (none without q/k norms)."""
+        if not self.qk_norm:
+            return ()
+        return (self.q_dim, self.kv_dim) if self.qk_norm_over_projection else (self.head_dim, self.head_dim)
 
     def __hash__(self) -> int:  # frozen: hash once (specs key the term caches)
         cached = self.__dict__.get("_hash_value")

@@ -8,7 +8,7 @@ Llama-style decoder in :mod:`vramplan.arch.decoder`.
 
 from __future__ import annotations
 
-from vramplan.arch import gemma2, llama, moe, phi3, qwen, qwen2, qwen2_vl
+from vramplan.arch import gemma2, gemma3, glm4, granite, llama, moe, olmo2, phi3, qwen, qwen2, qwen2_vl, smollm3
 from vramplan.arch.registry import (
     Family,
     families,
@@ -21,7 +21,20 @@ from vramplan.arch.registry import (
 
 #: the built-in families' model types
 SUPPORTED_MODEL_TYPES = supported_model_types()
-BUILT_IN = (gemma2.FAMILY, llama.FAMILY, moe.FAMILY, phi3.FAMILY, qwen.FAMILY, qwen2.FAMILY, qwen2_vl.FAMILY)
+BUILT_IN = (
+    gemma2.FAMILY,
+    gemma3.FAMILY,
+    glm4.FAMILY,
+    granite.FAMILY,
+    llama.FAMILY,
+    moe.FAMILY,
+    olmo2.FAMILY,
+    phi3.FAMILY,
+    qwen.FAMILY,
+    qwen2.FAMILY,
+    qwen2_vl.FAMILY,
+    smollm3.FAMILY,
+)
 
 __all__ = [
     "BUILT_IN",

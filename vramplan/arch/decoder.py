@@ -23,15 +23,18 @@ def llama_like(
     qkv_bias: bool | None = None,
     o_bias: bool | None = None,
     fused: bool = False,
+    fused_mlp: bool | None = None,
     tied_default: bool = False,
     attn_softcap: bool = False,
     moe: MoEReader | None = None,
     **capabilities: Any,
 ) -> ModelSpec:
     """A gated-MLP decoder read from ``cfg``. ``qkv_bias``/``o_bias`` None: the config's
-    ``attention_bias``; ``fused``: Phi-3's ``qkv_proj`` and ``gate_up_proj``; ``attn_softcap``:
+    ``attention_bias``; ``fused``: Phi-3's ``qkv_proj`` and ``gate_up_proj`` (``fused_mlp``: the
+    MLP's alone when it differs, GLM-4's ``gate_up_proj`` beside separate q/k/v); ``attn_softcap``:
     read ``attn_logit_softcapping``; ``capabilities``: further ModelSpec fields the family sets."""
     c = common(cfg, where, tied_default=tied_default)
+    fused_up = fused if fused_mlp is None else fused_mlp
     if qkv_bias is None or o_bias is None:
         qkv_bias = o_bias = flag(cfg, "attention_bias", where, False)
     attn, mlp = decoder_linears(
@@ -43,7 +46,7 @@ def llama_like(
         o_bias=o_bias,
         mlp_bias=flag(cfg, "mlp_bias", where, False),
         fused_qkv=fused,
-        fused_gate_up=fused,
+        fused_gate_up=fused_up,
     )
     experts, moe_mlp = moe(cfg, where, c) if moe is not None else (None, ())
     return ModelSpec(
@@ -59,7 +62,7 @@ def llama_like(
         if attn_softcap
         else None,
         fused_qkv=fused,
-        fused_gate_up=fused,
+        fused_gate_up=fused_up,
         **{"transformers_module": cfg["model_type"], **capabilities},
         **c,
     )

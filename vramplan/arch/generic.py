@@ -1,7 +1,8 @@
 """A model_type no family module reads: planned approximately as a Llama-style decoder.
 
-Most decoders transformers ships since Llama (OLMo-2, Granite, GLM-4, SmolLM3, Gemma 3's text
-model, ...) are a stack of q/k/v/o attention and a gated MLP between RMSNorms, under the same
+Most decoders transformers ships since Llama (Helium, EXAONE 4, Seed-OSS, ...; OLMo-2, Granite,
+GLM-4, SmolLM3 and Gemma 3's text model have family modules now) are a stack of q/k/v/o
+attention and a gated MLP between RMSNorms, under the same
 config keys (transformers ``LlamaConfig`` names: ``hidden_size``, ``num_hidden_layers``,
 ``num_attention_heads``, ``num_key_value_heads``, ``head_dim``, ``intermediate_size``,
 ``vocab_size``). Such a config is read with :func:`~vramplan.arch.decoder.llama_like`, untied
@@ -43,9 +44,9 @@ _NEEDED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermedi
 #: ``with_approximation``), in %: above the most this reading fell short of the family modules'
 #: own estimate on the catalog's dense decoders (Gemma-2 9B, LoRA without checkpointing, 4096
 #: tokens, micro-batch 2: -16.4%, its fp32 norm products and soft-capped eager attention unseen).
-#: Traced steps of OLMo-2, Granite, GLM-4, SmolLM3 and Gemma 3 (text) decoders, which no family
-#: module reads, came within -4.6% to +1.3% of the reading without it. tests/test_generic_family.py
-#: holds both.
+#: Traced steps of small OLMo-2, Granite, GLM-4, SmolLM3 and Gemma 3 (text) decoders, read this way
+#: (they have family modules now), came within -4.6% to +1.3% of the reading without it.
+#: tests/test_generic_family.py holds both.
 MARGIN_PCT = 20
 
 

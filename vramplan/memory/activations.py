@@ -70,6 +70,21 @@ def qk_norm_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
     return norm_saved_bytes(spec, setup, spec.q_dim + spec.kv_dim, weight_trains)
 
 
+def window_mask_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """sdpa on a sliding-window layer (``spec.sliding_layers``) longer than its window: transformers
+    passes a boolean (b, 1, s, s) mask (``create_sliding_window_causal_mask``), which
+    ``scaled_dot_product_attention`` turns into a float bias of the query's dtype
+    (``convert_boolean_attn_mask``) that the kernel saves for backward: A·b·s² per such layer.
+    Global layers pass no mask (``is_causal``), flash-attn-2 windows without one and eager adds
+    the mask to the scores it keeps anyway. Spread evenly over the layers (the layer runs do not
+    tell sliding layers from global ones): a recomputed layer under checkpointing is short by the
+    global layers' share. Traced on Gemma 3 1B (tests/test_family_traces.py)."""
+    if not spec.sliding_layers or setup.attention != "sdpa" or setup.seq_len <= spec.sliding_window:
+        return 0
+    b, s = setup.micro_batch, setup.seq_len
+    return act_bytes(setup) * b * s * s * spec.sliding_layers // spec.num_layers
+
+
 def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) -> int:
     """Gated MLP ``down(act(gate(x)) * up(x))``: gate output (saved by the activation),
     activation output and up output (saved by the product): 3·A·t·I, plus the product
@@ -167,6 +182,7 @@ def _layer_saved(spec: ModelSpec, setup: Setup, trains: bool, moe: bool) -> int:
         + linear_input_bytes(spec, setup, trains)
         + qk_norm_bytes(spec, setup, trains)
         + attention_core_bytes(spec, setup, trains)
+        + window_mask_bytes(spec, setup)
         + mlp_bytes(spec, setup, layer, trains)
         + lora_saved_bytes(spec, setup, layer)
         + int8_kept_input_bytes(spec, setup)

@@ -1,0 +1,131 @@
+"""The dense text families added for issue 20 (arch/olmo2.py, arch/smollm3.py, ...): what each
+reader takes from its config, and the estimate against fake-tensor traces of the family's
+catalog model on LoRA with and without checkpointing and QLoRA or full training.
+
+The traces are recorded by ``python benchmarks/trace_families.py`` into
+tables/measured/traces.jsonl; the analytic tests hold every recorded row of these models
+within the grid's bounds, and the trace tier re-traces a rotating one a day."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from tests.conftest import requires
+from vramplan.memory import estimate
+from vramplan.memory.phases import traceable_bytes
+from vramplan.models import load_model
+from vramplan.setup import make_setup, recorded_setup
+from vramplan.validate import compare_row, traced_rows
+
+#: underestimates crash a run: the tighter bound (tests/test_estimate_vs_traces.py's)
+MAX_UNDER_PCT = 1.0
+MAX_OVER_PCT = 3.0
+
+#: each family's catalog model, traced on these setups
+SETUPS = (
+    dict(method="lora"),
+    dict(method="lora", grad_checkpointing=False, seq_len=1024),
+    dict(method="qlora", quant="bnb-nf4"),
+)
+FAMILY_MODELS = ("olmo-2-13b", "smollm3-3b", "granite-3.3-8b", "gemma-3-1b", "glm-4-9b-0414")
+FAMILY_GRID = [(model, fields) for model in FAMILY_MODELS for fields in SETUPS] + [
+    # Gemma 3's sliding-window layers under eager attention (the window masks an s x s score
+    # matrix each layer keeps whole), and full fine-tuning of the two small models
+    ("gemma-3-1b", dict(method="lora", grad_checkpointing=False, seq_len=1024, attention="eager")),
+    # and under sdpa past the window, where each sliding layer keeps its mask as a bias (A·b·s²)
+    ("gemma-3-1b", dict(method="lora", grad_checkpointing=False, seq_len=4096)),
+    ("gemma-3-1b", dict(method="lora", grad_checkpointing=False, seq_len=2048, micro_batch=2)),
+    ("gemma-3-1b", dict(method="full", precision="bf16", seq_len=1024)),
+    ("smollm3-3b", dict(method="full", precision="bf16", seq_len=1024)),
+]
+
+
+def _family_rows() -> list[dict]:
+    return [r for r in traced_rows() if r["model"] in FAMILY_MODELS]
+
+
+def test_every_family_configuration_is_recorded() -> None:
+    recorded = {(r["model"], recorded_setup(r["setup"])) for r in _family_rows()}
+    missing = [(m, f) for m, f in FAMILY_GRID if (m, make_setup(**f)) not in recorded]
+    assert not missing, f"trace them: python benchmarks/trace_families.py ({missing})"
+
+
+@pytest.mark.parametrize("row", _family_rows(), ids=lambda r: f"{r['model']}-{r['key']}")
+def test_recorded_family_trace_within_bounds(row: dict) -> None:
+    c = compare_row(row)
+    assert -MAX_UNDER_PCT <= c.error_pct <= MAX_OVER_PCT, (
+        f"estimate {c.estimate_bytes / 2**30:.3f} GiB vs traced {c.traced_bytes / 2**30:.3f} GiB"
+    )
+
+
+def test_olmo2_norms_the_whole_projections_after_the_blocks() -> None:
+    spec = load_model("olmo-2-13b")
+    assert spec.qk_norm and spec.qk_norm_over_projection and spec.qk_norm_shapes == (5120, 5120)
+    assert spec.norm_scale_fp32 and spec.norms_per_layer == 2 and not spec.tie_word_embeddings
+    assert spec.decoder_layer == "Olmo2DecoderLayer" and spec.model_type == "olmo2"
+
+
+def test_smollm3_ties_embeddings_by_its_config_class_default() -> None:
+    spec = load_model("smollm3-3b")
+    assert spec.tie_word_embeddings and not spec.qk_norm and spec.decoder_layer == "SmolLM3DecoderLayer"
+
+
+def test_granite_reads_as_llama_with_its_multipliers_saving_nothing() -> None:
+    spec = load_model("granite-3.3-8b")
+    assert spec.tie_word_embeddings and not spec.qk_norm and spec.norms_per_layer == 2
+    assert not spec.norm_scale_fp32 and not any(lin.bias for lin in spec.attention + spec.mlp)
+    assert ("llamafactory", "granite3") in spec.chat_templates
+
+
+def test_gemma3_text_has_per_head_qk_norms_four_fp32_norms_and_sdpa() -> None:
+    spec = load_model("gemma-3-1b")
+    assert spec.qk_norm and not spec.qk_norm_over_projection and spec.qk_norm_shapes == (256, 256)
+    assert spec.norms_per_layer == 4 and spec.norm_scale_fp32 and spec.tie_word_embeddings
+    assert spec.attn_logit_softcapping is None and spec.final_logit_softcapping is None
+    assert "sdpa" in spec.attentions and spec.hidden_act == "gelu_pytorch_tanh"
+
+
+def test_gemma3_sliding_layers_keep_their_mask_as_a_bias_under_sdpa_only() -> None:
+    from vramplan.arch import gemma3
+    from vramplan.memory.activations import window_mask_bytes
+
+    spec = load_model("gemma-3-1b")
+    assert (spec.sliding_layers, spec.sliding_window) == (22, 512)  # 26 layers, every sixth global
+    types = ["sliding_attention", "full_attention"] * 13
+    assert gemma3.sliding_layers({"layer_types": types}, "config.json", 26) == 13
+    long = make_setup(method="lora", grad_checkpointing=False, seq_len=4096, micro_batch=2)
+    assert window_mask_bytes(spec, long) == 2 * 2 * 4096 * 4096 * 22 // 26
+    for other in (dict(attention="eager"), dict(attention="flash-attn-2"), dict(seq_len=512)):
+        assert window_mask_bytes(spec, long.model_copy(update=other)) == 0
+    assert window_mask_bytes(load_model("smollm3-3b"), long) == 0  # no window: nothing, as before
+
+
+def test_glm4_fuses_only_the_mlp_and_biases_only_qkv() -> None:
+    spec = load_model("glm-4-9b-0414")
+    assert spec.fused_gate_up and not spec.fused_qkv and spec.norms_per_layer == 4
+    assert [lin.name for lin in spec.mlp] == ["gate_up_proj", "down_proj"]
+    assert {lin.name: lin.bias for lin in spec.attention} == {
+        "q_proj": True,
+        "k_proj": True,
+        "v_proj": True,
+        "o_proj": False,
+    }
+
+
+_DAY = datetime.date.today().toordinal()
+
+
+@pytest.mark.trace
+@requires("torch", "transformers", "peft")
+@pytest.mark.parametrize(("model", "fields"), [FAMILY_GRID[_DAY % len(FAMILY_GRID)]])
+def test_a_rotating_family_configuration_traced_again(model: str, fields: dict) -> None:
+    """One configuration of FAMILY_GRID a day, traced anew against the estimate."""
+    from vramplan.trace.run import trace
+
+    setup = make_setup(**fields)
+    traced = trace(model, setup, steps=2, keep_timeline=False).peak_bytes
+    est = traceable_bytes(estimate(load_model(model), setup))
+    err = 100 * (est - traced) / traced
+    assert -MAX_UNDER_PCT <= err <= MAX_OVER_PCT, f"{model} {fields}: {err:+.2f}%"
