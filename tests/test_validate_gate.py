@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 from vramplan.cli import main
+from vramplan.comparison import Comparison, summarize
+from vramplan.gate import Bounds, check
 from vramplan.testing import assert_within_bounds, gate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,3 +247,61 @@ def test_traced_reads_the_records_at_a_path(tmp_path, capsys) -> None:
     (tmp_path / "empty.jsonl").write_text("")
     code, _, err = run(["validate", "--traced", str(tmp_path / "empty.jsonl")], capsys)
     assert code == 2 and "--record PATH" in err
+
+
+def _row(rid: str, err: float | None, outcome: str = "ok", verdict: str | None = "fits") -> Comparison:
+    return Comparison(
+        id=rid,
+        line=None,
+        source="s",
+        model="m",
+        method="lora",
+        outcome=outcome,
+        measurement="reserved",
+        tier="reserved",
+        measured_bytes=None if err is None else 100,
+        estimate_bytes=None if err is None else int(100 + err),
+        error_pct=err,
+        verdict=verdict,
+    )
+
+
+def test_a_row_at_a_bound_passes_and_one_beyond_fails() -> None:
+    rows = [_row("a", -10.0), _row("b", 4.0), _row("c", -10.5), _row("d", 3.0), _row("e", None, "oom", "tight")]
+    result = check(rows, summarize(rows), Bounds(max_median_error_pct=4.0, max_underestimate_pct=10.0))
+    assert result.median_abs_pct == 7.0 and not result.median_ok  # |errors| 3, 4, 10, 10.5
+    assert {c.id: c.status for c in result.cases} == {
+        "a": "failed",  # the median fails: rows above 4% are listed
+        "b": "passed",
+        "c": "failed",
+        "d": "passed",
+        "e": "passed",  # an OOM the estimate calls tight is not a miss
+    }
+    assert "under" in result.cases[2].message and "median" in result.cases[0].message
+    loose = check(rows, summarize(rows), Bounds(max_median_error_pct=7.0, max_underestimate_pct=10.5))
+    assert loose.ok and loose.summary_line().endswith(
+        "median 7.0% (bound 7%), worst underestimate -10.5% (bound 10.5%): ok"
+    )
+
+
+@pytest.mark.e2e
+def test_the_workflow_validate_step_as_a_ci_runner_runs_it(tmp_path) -> None:
+    """The step's command in a subprocess, in a copy of examples/ci: its exit status is what the
+    runner acts on; then the same command with a bound the data breaks exits 1."""
+    import os
+    import subprocess
+    import sys
+
+    shutil.copytree(EXAMPLE, tmp_path / "repo")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = workflow_validate_argv()
+
+    def step(args: list[str]) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "vramplan", *args]
+        return subprocess.run(cmd, cwd=tmp_path / "repo", env=env, capture_output=True, text=True, timeout=300)
+
+    ok = step(argv)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[-1].endswith(": ok") and (tmp_path / "repo" / "vramplan-junit.xml").is_file()
+    tight = step([*argv[: argv.index("--max-underestimate")], "--max-underestimate", "0"])
+    assert tight.returncode == 1 and tight.stdout.splitlines()[-1].endswith(": FAILED")

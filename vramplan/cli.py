@@ -1,8 +1,9 @@
 """The command line: parse, call the library, render.
 
-Exit 0 fits, 1 does not fit, 2 bad input (one line on stderr naming the field), 3 an internal
-error (a bug: one line asking for a report; ``--debug`` anywhere in the arguments adds the
-traceback), 130 interrupted, 141 stdout closed early (piped into ``head``).
+Exit 0 fits, 1 does not fit (``validate`` with bounds: a bound broken), 2 bad input (one line
+on stderr naming the field), 3 an internal error (a bug: one line asking for a report;
+``--debug`` anywhere in the arguments adds the traceback), 130 interrupted, 141 stdout closed
+early (piped into ``head``).
 """
 
 from __future__ import annotations
