@@ -25,7 +25,7 @@ def main() -> int:
     from vramplan.memory import estimate
     from vramplan.memory.phases import traceable_bytes
     from vramplan.models import load_model
-    from vramplan.records import append_row, make_row, read_rows, record_key
+    from vramplan.records import append_row, make_row, read_rows, record_key, records_path
     from vramplan.setup import make_setup
     from vramplan.trace.run import trace, versions
 
@@ -39,7 +39,7 @@ def main() -> int:
             continue
         t0 = time.perf_counter()
         result = trace(model, setup, steps=2, keep_timeline=False)
-        append_row(make_row(result))
+        append_row(make_row(result), records_path())
         est = traceable_bytes(estimate(load_model(model), setup))
         err = 100 * (est - result.peak_bytes) / result.peak_bytes
         print(

@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 
 def _trace_one(model: str, fields: dict) -> tuple[str, str]:
-    from vramplan.records import append_row, make_row
+    from vramplan.records import append_row, make_row, records_path
     from vramplan.setup import make_setup
     from vramplan.trace.run import trace
 
@@ -24,7 +24,7 @@ def _trace_one(model: str, fields: dict) -> tuple[str, str]:
         result = trace(model, make_setup(**fields), steps=2, keep_timeline=False)
     except Exception as exc:  # reported, never recorded
         return model, f"FAILED {type(exc).__name__}: {str(exc)[:200]}"
-    append_row(make_row(result))
+    append_row(make_row(result), records_path())
     return model, f"{result.peak_bytes / 2**30:.3f} GiB at {result.peak_phase} in {result.seconds:.1f} s"
 
 

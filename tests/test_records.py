@@ -1,5 +1,6 @@
-"""Records (tables/measured/*.jsonl): an append writes the whole line or nothing, a run
-killed mid-append never costs an earlier line, and readers skip what is not a JSON object."""
+"""Records (a user's --record file, the project's tables/measured/*.jsonl): an append writes
+the whole line or nothing, never inside the installed package, a run killed mid-append never
+costs an earlier line, and readers skip what is not a JSON object."""
 
 from __future__ import annotations
 
@@ -243,8 +244,39 @@ def test_concurrent_appends_stay_whole(tmp_path: Path) -> None:
     assert all(r["blob"] == r["key"][0] * 200_000 for r in rows)
 
 
-def test_records_path_default_is_the_table(monkeypatch, tmp_path: Path) -> None:
+def test_reading_defaults_to_the_table(monkeypatch, tmp_path: Path) -> None:
     target = tmp_path / "t.jsonl"
+    append_row({"key": "x"}, target)
     monkeypatch.setattr(records, "records_path", lambda name=records.DEFAULT_FILE: target)
-    append_row({"key": "x"})
     assert read_rows() == [{"key": "x"}]
+
+
+def test_user_records_default_to_the_working_directory(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert records.user_records_path() == tmp_path / "vramplan-runs.jsonl"
+    assert records.user_records_path("") == tmp_path / "vramplan-runs.jsonl"
+    assert records.user_records_path("runs/mine.jsonl") == Path("runs/mine.jsonl")
+
+
+def test_a_record_never_goes_into_the_installed_package(monkeypatch, tmp_path: Path) -> None:
+    """A wheel keeps its tables inside the package folder: an append there is refused, and the
+    file is not created; a checkout's tables/ (beside the package) stays writable for benchmarks."""
+    package = tmp_path / "site-packages" / "vramplan"
+    (package / "tables" / "measured").mkdir(parents=True)
+    monkeypatch.setattr(records, "package_dir", lambda: package.resolve())
+    inside = package / "tables" / "measured" / "traces.jsonl"
+    for target in (inside, package / "x.jsonl", package / ".." / "vramplan" / "y.jsonl"):
+        with pytest.raises(VramplanError) as err:
+            append_row({"key": "x"}, target)
+        assert err.value.field == "record" and "inside the installed vramplan package" in str(err.value)
+        assert not target.exists()
+    beside = tmp_path / "site-packages" / "vramplan-runs.jsonl"
+    append_row({"key": "x"}, beside)
+    assert read_rows(beside) == [{"key": "x"}]
+
+
+def test_the_checkout_table_is_not_inside_the_package() -> None:
+    """In this source tree the tables sit beside the package, so the benchmarks' appends are allowed."""
+    records.refuse_package_path(records.records_path())
+    with pytest.raises(VramplanError):
+        records.refuse_package_path(records.package_dir() / "tables" / "measured" / "traces.jsonl")

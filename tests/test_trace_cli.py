@@ -107,17 +107,34 @@ def test_record_key_is_stable() -> None:
 
 @pytest.mark.trace
 @needs_torch
-def test_trace_record_flag_appends(tiny: str, tmp_path, monkeypatch) -> None:
+def test_trace_record_flag_appends(tiny: str, tmp_path) -> None:
     from vramplan import records
 
     target = tmp_path / "rows.jsonl"
-    monkeypatch.setattr(records, "records_path", lambda name=records.DEFAULT_FILE: target)
+    table = records.records_path()
+    before = table.read_bytes()
     from vramplan.cli import main
 
-    assert main(["trace", tiny, "--seq-len", "16", "--steps", "1", "--record", "--json"]) == 0
+    assert main(["trace", tiny, "--seq-len", "16", "--steps", "1", "--record", str(target), "--json"]) == 0
+    assert table.read_bytes() == before  # the project's table is never appended to
     rows = read_rows(target)
     assert len(rows) == 1
     assert rows[0]["backend"] == "trace" and rows[0]["key"] and rows[0]["date"] and rows[0]["machine"]
+
+
+@pytest.mark.trace
+@needs_torch
+def test_trace_record_defaults_to_the_working_directory(tiny: str, tmp_path, monkeypatch, capsys) -> None:
+    """``--record`` alone appends to ./vramplan-runs.jsonl and says so (on stderr under --json)."""
+    from vramplan.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["trace", tiny, "--seq-len", "16", "--steps", "1", "--record", "--json"]) == 0
+    out = capsys.readouterr()
+    target = tmp_path / "vramplan-runs.jsonl"
+    assert json.loads(out.out)["backend"] == "trace"  # stdout is the result alone
+    assert f"recorded in {target}" in out.err
+    assert [r["backend"] for r in read_rows(target)] == ["trace"]
 
 
 @pytest.mark.e2e

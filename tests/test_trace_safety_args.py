@@ -104,14 +104,12 @@ def test_measure_refuses_plot_before_torch(tmp_path: Path) -> None:
     assert got["code"] == 2 and "plot" in got["stderr"] and got["heavy"] == []
 
 
-def test_record_to_an_unwritable_place_is_refused_before_the_run(tmp_path: Path, monkeypatch, capsys) -> None:
-    from vramplan import records
+def test_record_to_an_unwritable_place_is_refused_before_the_run(tmp_path: Path, capsys) -> None:
     from vramplan.cli import main
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    monkeypatch.setattr(records, "records_path", lambda name=records.DEFAULT_FILE: blocker / "measured" / name)
-    assert main(["trace", "qwen2.5-0.5b", "--record"]) == 2
+    assert main(["trace", "qwen2.5-0.5b", "--record", str(blocker / "measured" / "runs.jsonl")]) == 2
     assert "record" in capsys.readouterr().err
 
 

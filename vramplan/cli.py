@@ -1,8 +1,9 @@
 """The command line: parse, call the library, render.
 
-Exit 0 fits, 1 does not fit, 2 bad input (one line on stderr naming the field), 3 an internal
-error (a bug: one line asking for a report; ``--debug`` anywhere in the arguments adds the
-traceback), 130 interrupted, 141 stdout closed early (piped into ``head``).
+Exit 0 fits, 1 does not fit (``validate`` with bounds: a bound broken), 2 bad input (one line
+on stderr naming the field), 3 an internal error (a bug: one line asking for a report;
+``--debug`` anywhere in the arguments adds the traceback), 130 interrupted, 141 stdout closed
+early (piped into ``head``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 # A command-line run needs no pydantic plugins; skipping their discovery (an entry-point scan
 # of every installed distribution) saves a noticeable part of start-up.
@@ -124,32 +126,80 @@ def _cmd_models(argv: list[str]) -> int:
 def _cmd_validate(argv: list[str]) -> int:
     p = Parser(
         prog="vramplan validate",
-        description="Compare the analytic estimate with recorded traces (--traced) or measured GPU runs (--csv FILE).",
+        description="Compare the analytic estimate with recorded traces (--traced) or measured GPU runs (--csv FILE);"
+        " with --max-median-error or --max-underestimate, exit 1 when the runs break a bound (a CI gate).",
     )
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--traced", action="store_true", help="against traced steps in tables/measured/traces.jsonl")
+    what.add_argument(
+        "--traced",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="against traced steps: the package's tables/measured/traces.jsonl, or the records at PATH"
+        " ('vramplan trace ... --record PATH')",
+    )
     what.add_argument(
         "--csv",
         metavar="FILE",
         help="against measured runs in the published-measurements schema (tables/measured/published.csv, or your own)",
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--max-median-error",
+        metavar="P",
+        help="with --csv: fail (exit 1) when the median |error| of the compared rows is above P%%",
+    )
+    p.add_argument(
+        "--max-underestimate",
+        metavar="P",
+        help="with --csv: fail (exit 1) when a row's estimate is more than P%% under its measurement",
+    )
+    p.add_argument(
+        "--junit",
+        metavar="FILE",
+        help="with a bound: write the result as JUnit XML, one testcase a row (failed, passed or skipped)",
+    )
     args = p.parse_args(argv)
-    if args.csv:
-        return _validate_csv(args.csv, args.json)
+    from vramplan.gate import Bounds, parse_bound
+
+    bounds = Bounds(
+        max_median_error_pct=None
+        if args.max_median_error is None
+        else parse_bound(args.max_median_error, "max_median_error"),
+        max_underestimate_pct=None
+        if args.max_underestimate is None
+        else parse_bound(args.max_underestimate, "max_underestimate"),
+    )
+    if args.junit is not None and not bounds.given:
+        raise VramplanError("junit", "it records the gate's result: give --max-median-error and/or --max-underestimate")
+    if args.csv is not None:
+        return _validate_csv(args.csv, args.json, bounds, args.junit)
+    if bounds.given:
+        raise VramplanError("traced", "the bounds apply to measured runs: give them with --csv FILE")
+    return _validate_traced(args.traced, args.json)
+
+
+def _validate_traced(given: str, as_json: bool) -> int:
+    """Traced steps against the estimate: the package's own table, or the records at ``given``."""
+    from pathlib import Path
+
     from vramplan.validate import summarize, traced_records
 
-    rows, skipped = traced_records()
+    path = Path(given) if given else None
+    if path is not None and not path.is_file():
+        raise VramplanError("traced", f"{one_line(given)} is not a file: give the records 'trace --record PATH' wrote")
+    rows, skipped = traced_records(path)
     summary = summarize(rows, skipped)
     if not summary.count:
         why = ", ".join(f"{reason} {n}" for reason, n in summary.skipped.items())
         raise VramplanError(
             "traced",
             "no recorded trace to compare"
+            + (f" in {one_line(given)}" if given else "")
             + (f" ({sum(summary.skipped.values())} records skipped: {why})" if why else "")
-            + ": run benchmarks/trace_grid.py or 'vramplan trace ... --record'",
+            + (": 'vramplan trace ... --record PATH' appends one" if given else ": run benchmarks/trace_grid.py"),
         )
-    if args.json:
+    if as_json:
         print(summary.model_dump_json())
     else:
         from vramplan.render import validation_table
@@ -158,23 +208,58 @@ def _cmd_validate(argv: list[str]) -> int:
     return EXIT_FITS
 
 
-def _validate_csv(path: str, as_json: bool) -> int:
+def _validate_csv(path: str, as_json: bool, bounds: Any = None, junit: str | None = None) -> int:
     """Every row compared or listed as excluded with its reason; only a problem with the
-    file as a whole (or no row that can be compared) is bad input."""
+    file as a whole (or no row that can be compared) is bad input. With bounds (vramplan/gate.py):
+    the rows that break them, one line each, the summary line, exit 1 when a bound fails, and
+    the JUnit file written whole or not at all."""
     from pathlib import Path
 
     from vramplan.published import compare_csv, require_usable, summarize
 
+    if junit is not None:
+        _check_junit_target(junit)
     rows = compare_csv(Path(path))
     require_usable(rows, Path(path))
     summary = summarize(rows)
+    result = None
+    if bounds is not None and bounds.given:
+        from vramplan.gate import check
+
+        result = check(rows, summary, bounds)
     if as_json:
-        print(json.dumps({"rows": [r.model_dump() for r in rows], "summary": summary.model_dump()}))
+        data = {"rows": [r.model_dump() for r in rows], "summary": summary.model_dump()}
+        if result is not None:
+            data["gate"] = result.model_dump()
+        print(json.dumps(data))
     else:
         from vramplan.render import published_table
 
         console().print(published_table(rows, summary))
-    return EXIT_FITS
+    if result is None:
+        return EXIT_FITS
+    from vramplan.gate import failure_lines, junit_xml
+
+    if junit is not None:
+        from vramplan.files import write_file_atomically
+
+        write_file_atomically(junit, junit_xml(result, f"vramplan validate {Path(path).name}"), field="junit")
+    # the CI log's lines: on stderr under --json, whose stdout is the JSON alone
+    out = sys.stderr if as_json else sys.stdout
+    for line in failure_lines(result):
+        print(line, file=out)
+    return EXIT_FITS if result.ok else EXIT_NO_FIT
+
+
+def _check_junit_target(junit: str) -> None:
+    """The JUnit file's folder must exist and the path must not be a folder: refused before the comparison."""
+    from pathlib import Path
+
+    target = Path(junit)
+    if target.is_dir():
+        raise VramplanError("junit", f"{one_line(junit)} is a folder: give the file to write")
+    if not target.parent.is_dir():
+        raise VramplanError("junit", f"{one_line(str(target.parent))} is not a folder")
 
 
 def _cmd_fit(argv: list[str]) -> int:

@@ -188,7 +188,13 @@ def run_parser(command: str) -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="show the libraries' own warnings and logs (silenced by default)"
     )
     p.add_argument("--plot", help="draw the live-memory timeline to FILE.png or FILE.html")
-    p.add_argument("--record", action="store_true", help="append the result to tables/measured/traces.jsonl")
+    p.add_argument(
+        "--record",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="append the result to PATH (default ./vramplan-runs.jsonl in the working directory; never the package)",
+    )
     p.add_argument("--report", metavar="FILE.html", help="write the plan for --gpu with this timeline as a page")
     p.add_argument("--gpu", help="card the --report plans for (default 4090, said in the output)")
     if command == "trace":

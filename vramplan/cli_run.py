@@ -38,8 +38,7 @@ def run_command(command: str, argv: list[str]) -> int:
     if command == "measure" and args.plot:
         raise VramplanError("plot", "measure reads torch's peak counters, which keep no timeline: --plot is for trace")
     fw = _trainer(args) if command == "trace" else None
-    if args.record:
-        _check_record_folder()
+    record = None if args.record is None else _check_record_folder(args.record)
     if fw is None:
         _require_trace_extra(command)
     setup, notes = _setup_from_args(args, command)
@@ -100,10 +99,10 @@ def run_command(command: str, argv: list[str]) -> int:
     if notes:
         result = result.model_copy(update={"notes": [*notes, *result.notes]})
     _write_trace_pictures(result, args.plot, args.report, traced_plan)
-    if args.record:
+    if record is not None:
         from vramplan.records import append_row, make_row
 
-        append_row(make_row(result))
+        append_row(make_row(result), record)
     if console is None:
         print(result.model_dump_json(exclude={"timeline"}))
     else:
@@ -113,6 +112,8 @@ def run_command(command: str, argv: list[str]) -> int:
         for path in (args.plot, args.report):
             if path:
                 print(f"wrote {path}")
+    if record is not None:  # on stderr under --json, whose stdout is the result alone
+        print(f"recorded in {record}", file=sys.stderr if console is None else sys.stdout)
     return EXIT_FITS if result.outcome == "ok" else EXIT_NO_FIT
 
 
@@ -143,7 +144,7 @@ def _trainer(args: argparse.Namespace) -> Any:
     from vramplan.trace.trainer import where
 
     fw = framework(args.trainer)
-    for flag, given in (("real_cpu", args.real_cpu), ("plot", args.plot), ("record", args.record)):
+    for flag, given in (("real_cpu", args.real_cpu), ("plot", args.plot), ("record", args.record is not None)):
         if given:
             why = {
                 "real_cpu": "it is traced with fake tensors only",
@@ -183,20 +184,25 @@ def _against_estimate(fw: Any, model: str, result: Any) -> str:
     )
 
 
-def _check_record_folder() -> None:
-    """--record appends to tables/measured/traces.jsonl: refuse before the run if it cannot."""
+def _check_record_folder(given: str) -> Any:
+    """The file --record appends to (``given``, or ./vramplan-runs.jsonl): refused before the
+    run if it is inside the installed package or cannot be written."""
     from pathlib import Path
 
-    from vramplan.records import records_path
+    from vramplan.records import refuse_package_path, user_records_path
 
-    target = records_path()
+    target = user_records_path(given)
+    refuse_package_path(target)
+    if target.is_dir():
+        raise VramplanError("record", f"{target} is a folder: give the file to append to")
     if target.exists():
         if not os.access(target, os.W_OK):
             raise VramplanError("record", f"cannot append to {target}: it is not writable")
-        return
+        return target
     folder = next(p for p in [target.parent, *target.parent.parents] if p.exists())
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise VramplanError("record", f"cannot create {target}: {Path(folder)} is not writable")
+    return target
 
 
 def _write_trace_pictures(result: Any, plot: str | None, report: str | None, traced_plan: Any) -> None:

@@ -1,4 +1,11 @@
-"""Append-only records of traced and measured runs (``tables/measured/*.jsonl``).
+"""Append-only records of traced and measured runs: the user's file, or the project's own tables.
+
+``vramplan trace/measure --record [PATH]`` appends to PATH, by default ``./vramplan-runs.jsonl``
+in the working directory (:func:`user_records_path`); a record never goes into the installed
+package (a wheel's ``vramplan/tables/``, in site-packages for a pip user): :func:`append_row`
+refuses any path inside the package's folder. The project's own traced grids live in
+``tables/measured/*.jsonl`` of a source checkout (:func:`records_path`, which the benchmarks
+pass explicitly and ``vramplan validate --traced`` reads).
 
 One JSON object a line; a record is committed by its newline. An append holds an exclusive
 lock on the file (``flock``, where the platform and the filesystem have it), writes the
@@ -32,11 +39,38 @@ try:
 except ImportError:  # not on Windows: appends there are not locked
     fcntl = None  # type: ignore[assignment]
 
+#: the project's table of traced steps (tables/measured/), read by ``vramplan validate --traced``
 DEFAULT_FILE = "traces.jsonl"
+#: where ``--record`` appends when no path is given: this file in the working directory
+RUNS_FILE = "vramplan-runs.jsonl"
 
 
 def records_path(name: str = DEFAULT_FILE) -> Path:
+    """The project's own table ``tables/measured/<name>`` (read it; a checkout's benchmarks append to it)."""
     return tables_dir() / "measured" / name
+
+
+def package_dir() -> Path:
+    """The folder of the installed ``vramplan`` package (site-packages/vramplan for a pip user)."""
+    return Path(__file__).resolve().parent
+
+
+def user_records_path(given: str | Path | None = None) -> Path:
+    """Where ``--record`` appends: ``given``, else ``./vramplan-runs.jsonl`` in the working directory."""
+    return Path(given) if given else Path.cwd() / RUNS_FILE
+
+
+def refuse_package_path(target: Path) -> None:
+    """A record inside the installed package would be lost on upgrade and shared by every user
+    of the environment: refused (field ``record``). A source checkout keeps its tables beside the
+    package (``<repo>/tables``), which is not inside it."""
+    resolved = target.resolve()
+    if resolved == package_dir() or package_dir() in resolved.parents:
+        raise VramplanError(
+            "record",
+            f"{one_line(str(target))} is inside the installed vramplan package: give a path of your own"
+            f" (default ./{RUNS_FILE})",
+        )
 
 
 def record_key(model: str, setup: dict[str, Any], backend: str, versions: dict[str, str]) -> str:
@@ -54,10 +88,12 @@ def make_row(result: Any) -> dict[str, Any]:
     return data
 
 
-def append_row(row: dict[str, Any], path: Path | None = None) -> Path:
-    """Append one row as one whole line, or nothing; returns the file written. A failed
-    write raises VramplanError (field ``record``) naming the file and the reason."""
-    target = path or records_path()
+def append_row(row: dict[str, Any], path: Path) -> Path:
+    """Append one row to ``path`` as one whole line, or nothing; returns the file written. A
+    failed write, or a path inside the installed package, raises VramplanError (field
+    ``record``) naming the file and the reason."""
+    target = Path(path)
+    refuse_package_path(target)
     line = (json.dumps(row, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode()
     where = one_line(str(target))
     try:
