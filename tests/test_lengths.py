@@ -109,24 +109,38 @@ def swift_qwen7b(**extra: object) -> object:
 def test_published_fixed_and_variable_pair() -> None:
     """ms-swift's benchmark (docs/source/LLM/Benchmark.md; scripts/benchmark/test_memory_time/
     run_single.py prints torch.cuda.max_memory_reserved), qwen-7b-chat LoRA r8 on c_attn, GC,
-    flash-attn, batch 1, max_length 2048, torch 2.1.1, A100, cls-fudan-news-zh (3234 +- 2547
-    tokens a sample, min 91): with ``truncation_strategy truncation_left`` (every sample cut to
-    2048; ms-swift @cfcb67265, 2023-12-14) 19362 MiB = 18.9 GiB; with the default ``delete``
+    flash-attn, batch 1, max_length 2048, torch 2.1.1, A100, cls-fudan-news-zh (3234.4 +- 2547.5
+    tokens a sample, min 91, max 19548): with ``truncation_strategy truncation_left`` (every sample
+    cut to 2048; ms-swift @cfcb67265, 2023-12-14) 19362 MiB = 18.9 GiB; with the default ``delete``
     (longer samples dropped, lengths vary; @a5cea9453, 2024-01-03) 27.74 GiB.
 
-    The kept lengths' mean, 1347, is that of a log-normal with the dataset's mean and spread
-    cut at 91..2048. Qwen(1)'s own modeling_qwen.py (``QWenLMHeadModel.forward``) takes the
-    cross-entropy of the bf16 logits with no fp32 copy: its chain at the start of backward is
-    three bf16 blocks, 6·t·V, where the plan counts transformers' fp32 chain (12·t·V)."""
+    The kept lengths' mean, 1347, is that of a log-normal with the dataset's mean and spread cut at
+    91..2048 (38% of the samples kept). Qwen (v1)'s own loss (modeling_qwen.py
+    ``QWenLMHeadModel.forward``) makes no ``.float()`` copy, but ms-swift trains it with ``bf16=True``
+    (swift/llm/utils/argument.py ``select_dtype``, passed to the training arguments by
+    swift/llm/sft.py, at both commits), so accelerate runs the forward under autocast and the
+    log-softmax is fp32 (memory/loss.py ``chain_bytes``): the chain at the start of backward is
+    12·t'·V, three fp32 blocks, as for transformers' loss. A 16-bit chain (6·t·V) would halve the
+    cache and land near 27.74 GiB, but this run does not compute one."""
+    from vramplan.memory import loss
+    from vramplan.models import load_model
+    from vramplan.setup import make_setup
+
     fixed = swift_qwen7b()
     assert fixed.peak.reserved_bytes / GIB == pytest.approx(18.9, rel=0.10)
-    cache, records = lengths.records_cache_bytes(6 * V, 2048, 1, 1347)
-    assert 5 < records < 7
-    variable = fixed.peak.reserved_bytes + cache
-    assert variable / GIB == pytest.approx(27.74, rel=0.10), variable / GIB
-    # through the plan, with its fp32 chain, the cache is twice that (recorded, not hidden)
+    assert loss.chain_bytes(load_model("qwen-7b"), make_setup(method="lora", precision="bf16")) == 4
     planned = swift_qwen7b(lengths="variable", avg_tokens=1347)
-    assert planned.terms[lengths.CACHE_TERM] == pytest.approx(2 * cache, rel=0.1)
+    cache, records = lengths.records_cache_bytes(12 * V * 2047 / 2048, 2048, 1, 1347)
+    assert 5 < records < 7
+    assert planned.terms[lengths.CACHE_TERM] == pytest.approx(cache, rel=0.01)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 19: the variable run comes out +30% through the plan (35.9 GiB)")
+def test_published_variable_run_within_10pct() -> None:
+    """The pair's variable run through the plan (the fp32 chain ms-swift's autocast runs): 35.9 GiB
+    against 27.74. Not the lengths' mean: a mean of 1950 of 2048 would still leave +10%."""
+    planned = swift_qwen7b(lengths="variable", avg_tokens=1347)
+    assert planned.peak.reserved_bytes / GIB == pytest.approx(27.74, rel=0.10)
 
 
 def test_default_and_packed_plans_do_not_move() -> None:

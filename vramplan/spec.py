@@ -124,6 +124,11 @@ class ModelSpec(BaseModel):
     # and the emitters read instead of testing a model_type
     #: q, k and v come out of one projection (Phi-3 ``qkv_proj``, Qwen v1 ``c_attn``)
     fused_qkv: bool = False
+    #: the model's own forward takes the loss, ``CrossEntropyLoss`` on a ``.contiguous()`` copy of the
+    #: shifted logits with no ``.float()`` (Qwen v1 and Qwen-VL ``QWenLMHeadModel.forward``): the chain
+    #: runs in the logits' dtype unless autocast casts its log-softmax (memory/loss.py); False:
+    #: transformers' ``ForCausalLMLoss``, which upcasts the logits itself
+    loss_without_upcast: bool = False
     #: gate and up come out of one projection (Phi-3 ``gate_up_proj``)
     fused_gate_up: bool = False
     #: attention keeps q/k/v as views of the fused projection's output, so the whole buffer stays

@@ -67,6 +67,9 @@ def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         mlp=mlp,
         vision=vision,
         fused_qkv=True,
+        # modeling_qwen.py (Qwen-7B-Chat, Qwen-VL-Chat) ``QWenLMHeadModel.forward``: ``shift_logits =
+        # lm_logits[..., :-1, :].contiguous()``, ``CrossEntropyLoss()(shift_logits.view(-1, V), ...)``
+        loss_without_upcast=True,
         remote_code=True,
         chat_templates=(("llamafactory", "qwen"),),
         # ms-swift 4.6 registers both under architectures ['QWenLMHeadModel'] (swift/model/models/qwen.py)
