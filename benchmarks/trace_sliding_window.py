@@ -1,5 +1,5 @@
 """Trace each sliding-window configuration of tests/test_sliding_window_traces.py
-(SLIDING_GRID: Mistral-7B-v0.1 LoRA at 1024, 4096, 8192 tokens) not yet recorded for the
+(SLIDING_GRID: Mistral-7B-v0.1 LoRA at 1024, 4096, 8192 tokens; Phi-3-mini past its window) not yet recorded for the
 installed libraries, one at a time, append the results to tables/measured/traces.jsonl, and
 print each against the estimate.
 

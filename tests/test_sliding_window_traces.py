@@ -1,8 +1,9 @@
 """Sliding-window attention under sdpa in the Llama family (Mistral-7B-v0.1, config
-``sliding_window`` 4096): what arch/llama.py reads, what the mask and the grouped-query
-key/value copies add to a layer (memory/activations.py ``window_mask_bytes``,
+``sliding_window`` 4096; Phi-3-mini, 2047): what arch/llama.py and arch/phi3.py read, what the
+mask and the grouped-query key/value copies add to a layer (memory/activations.py ``window_mask_bytes``,
 ``window_kv_repeat_bytes``), and the estimate against fake-tensor traces of the catalog model
-on LoRA at 1024, 4096 and 8192 tokens, with and without checkpointing, micro-batch 1 and 2.
+on LoRA at 1024, 4096 and 8192 tokens, with and without checkpointing, micro-batch 1 and 2
+(and Phi-3-mini's past its window).
 
 The traces are recorded by ``python benchmarks/trace_sliding_window.py`` into
 tables/measured/traces.jsonl; the analytic tests hold every recorded row within the bounds,
@@ -40,11 +41,16 @@ SLIDING_GRID = [
     for gc in (True, False)
     for mb in (1, 2)
     if not (seq == 8192 and gc and mb == 2)
+] + [
+    # Phi-3-mini: window 2047 on every layer, one key/value head per query head (the mask only)
+    ("phi-3-mini", dict(method="lora", seq_len=2048, grad_checkpointing=False, micro_batch=2)),
+    ("phi-3-mini", dict(method="lora", seq_len=4096, grad_checkpointing=False)),
+    ("phi-3-mini", dict(method="lora", seq_len=4096)),
 ]
 
 
 def _rows() -> list[dict]:
-    return [r for r in traced_rows() if r["model"] == MODEL]
+    return [r for r in traced_rows() if r["model"] in {m for m, _ in SLIDING_GRID}]
 
 
 def test_every_sliding_window_configuration_is_recorded() -> None:
@@ -66,6 +72,15 @@ def test_mistral_v01_reads_its_window_and_every_layer_slides() -> None:
     assert (spec.sliding_layers, spec.sliding_window) == (32, 4096)
     # v0.3 writes "sliding_window": null: no window, as Llama
     assert (load_model("mistral-7b-v0.3").sliding_layers, load_model("mistral-7b-v0.3").sliding_window) == (0, 0)
+
+
+def test_phi3_reads_its_window_and_repeats_nothing() -> None:
+    spec = load_model("phi-3-mini")
+    assert (spec.sliding_layers, spec.sliding_window) == (32, 2047)
+    assert load_model("phi-4").sliding_layers == 0  # phi-4 writes null
+    setup = make_setup(method="lora", grad_checkpointing=False, seq_len=2047)
+    assert window_mask_bytes(spec, setup) == 2 * 2047 * 2047 * 32 // 32
+    assert window_kv_repeat_bytes(spec, setup) == 0  # 32 key/value heads for 32 query heads
 
 
 def test_llama_reader_takes_mistral_config_default_window() -> None:
