@@ -312,7 +312,8 @@ def backward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Gradient buffers inside one layer's backward: incoming and outgoing residual grads
     (2·R·t·h), the MLP intermediates' grads (3·A·t·I, or for eager attention the fp32
     probability grad and its 16-bit copy if larger), and the grad of the widest LoRA input
-    in the adapters' dtype (4·t·in for PEFT's fp32 adapters, 2·t·in for TRL's bf16 QLoRA ones)."""
+    in the adapters' dtype (4·t·in for PEFT's fp32 adapters, 2·t·in for TRL's bf16 QLoRA ones),
+    and under checkpointing the sliding-window mask the checkpoints hold (:func:`window_mask_held_bytes`)."""
     if not len(saving_layers(spec, setup)):
         return 0
     t, A, R = setup.tokens, act_bytes(setup), residual_bytes(setup)
@@ -325,4 +326,5 @@ def backward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
         inner = max(inner, (4 + A) * b * a * s * s)
     widest = max((lin.in_features for group, _ in spec.layer_groups for lin in lora_group(group, setup)), default=0)
     lora_grad = nbytes(t * widest, policy_of(setup).adapter)
-    return 2 * R * t * spec.hidden_size + inner + lora_grad
+    # the checkpoints' shared window mask stays held through every layer's backward
+    return 2 * R * t * spec.hidden_size + inner + lora_grad + window_mask_held_bytes(spec, setup)
