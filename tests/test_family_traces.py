@@ -97,8 +97,10 @@ def test_gemma3_sliding_layers_keep_their_mask_as_a_bias_under_sdpa_only() -> No
     assert gemma3.sliding_layers({"layer_types": types}, "config.json", 26) == 13
     long = make_setup(method="lora", grad_checkpointing=False, seq_len=4096, micro_batch=2)
     assert window_mask_bytes(spec, long) == 2 * 2 * 4096 * 4096 * 22 // 26
-    for other in (dict(attention="eager"), dict(attention="flash-attn-2"), dict(seq_len=512)):
+    for other in (dict(attention="eager"), dict(attention="flash-attn-2"), dict(seq_len=511)):
         assert window_mask_bytes(spec, long.model_copy(update=other)) == 0
+    # at the window's own length the mask is built (kv_length >= window; traced on Mistral-7B-v0.1)
+    assert window_mask_bytes(spec, long.model_copy(update={"seq_len": 512})) == 2 * 2 * 512 * 512 * 22 // 26
     assert window_mask_bytes(load_model("smollm3-3b"), long) == 0  # no window: nothing, as before
 
 

@@ -1,14 +1,22 @@
 """Llama and Mistral (transformers ``models/llama``, ``models/mistral``): the plain decoder,
 ``attention_bias`` and ``mlp_bias`` from the config. Yi ships as ``llama`` with its own
-64k vocabulary."""
+64k vocabulary. Mistral attends through ``sliding_window`` on every layer when its config sets
+one (transformers 5.25 ``MistralModel.forward``: ``create_sliding_window_causal_mask`` unless
+``config.sliding_window is None``; ``MistralConfig.sliding_window`` defaults to 4096 when the
+key is absent; Mistral-7B-v0.1 writes 4096, v0.3 null); ``LlamaModel`` never does."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from vramplan.arch.config import integer
 from vramplan.arch.decoder import llama_like
 from vramplan.arch.registry import Family, register
+from vramplan.limits import MAX_LAYERS, MAX_POSITIONS
 from vramplan.spec import ModelSpec
+
+#: ``MistralConfig.sliding_window``'s default (transformers 5.25 configuration_mistral.py, 4.57 alike)
+MISTRAL_DEFAULT_WINDOW = 4096
 
 #: (decoder layer class, LLaMA-Factory template) per model type
 NAMES = {"llama": ("LlamaDecoderLayer", None), "mistral": ("MistralDecoderLayer", "mistral")}
@@ -32,9 +40,21 @@ def swift_template(cfg: dict[str, Any], vocab_size: int) -> str:
     return "llama3_2" if isinstance(rope, dict) and rope.get("rope_type") == "llama3" else "llama3"
 
 
+def sliding_window(cfg: dict[str, Any], where: str) -> tuple[int, int]:
+    """(sliding layers, window) of a Mistral config: every layer slides when the window is set
+    (absent: the config class's default; null: none). Llama has no window."""
+    if cfg["model_type"] != "mistral":
+        return 0, 0
+    default = 0 if "sliding_window" in cfg else MISTRAL_DEFAULT_WINDOW  # written null: no window
+    window = integer(cfg, "sliding_window", where, 0, MAX_POSITIONS, default=default)
+    layers = integer(cfg, "num_hidden_layers", where, 1, MAX_LAYERS)
+    return (layers if window else 0), window
+
+
 def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
     layer, template = NAMES[cfg["model_type"]]
-    spec = llama_like(name, cfg, where, decoder_layer=layer)
+    sliding, window = sliding_window(cfg, where)
+    spec = llama_like(name, cfg, where, decoder_layer=layer, sliding_layers=sliding, sliding_window=window)
     templates: tuple[tuple[str, str], ...] = (("llamafactory", template or llamafactory_template(spec.vocab_size)),)
     if cfg["model_type"] != "llama":
         return spec.model_copy(update={"chat_templates": templates})

@@ -70,19 +70,54 @@ def qk_norm_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
     return norm_saved_bytes(spec, setup, spec.q_dim + spec.kv_dim, weight_trains)
 
 
+def _masked_window(spec: ModelSpec, setup: Setup) -> bool:
+    """Whether sdpa gets a mask on the sliding-window layers: from the window's length on
+    (transformers 5.25 and 4.57 masking_utils ``_ignore_causal_mask_sdpa`` keeps the mask when
+    ``kv_length >= local_attention_size``, even at the window's length where it masks nothing)."""
+    return bool(spec.sliding_layers) and setup.attention == "sdpa" and setup.seq_len >= spec.sliding_window
+
+
 def window_mask_bytes(spec: ModelSpec, setup: Setup) -> int:
-    """sdpa on a sliding-window layer (``spec.sliding_layers``) longer than its window: transformers
+    """sdpa on a sliding-window layer (``spec.sliding_layers``) from its window on: transformers
     passes a boolean (b, 1, s, s) mask (``create_sliding_window_causal_mask``), which
     ``scaled_dot_product_attention`` turns into a float bias of the query's dtype
     (``convert_boolean_attn_mask``) that the kernel saves for backward: A·b·s² per such layer.
     Global layers pass no mask (``is_causal``), flash-attn-2 windows without one and eager adds
     the mask to the scores it keeps anyway. Spread evenly over the layers (the layer runs do not
     tell sliding layers from global ones): a recomputed layer under checkpointing is short by the
-    global layers' share. Traced on Gemma 3 1B (tests/test_family_traces.py)."""
-    if not spec.sliding_layers or setup.attention != "sdpa" or setup.seq_len <= spec.sliding_window:
+    global layers' share. Traced on Gemma 3 1B (tests/test_family_traces.py) and Mistral-7B-v0.1
+    (tests/test_sliding_window_traces.py)."""
+    if not _masked_window(spec, setup):
         return 0
     b, s = setup.micro_batch, setup.seq_len
     return act_bytes(setup) * b * s * s * spec.sliding_layers // spec.num_layers
+
+
+def window_kv_repeat_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Grouped-query attention on a masked sliding-window layer: with a mask transformers does not
+    ask sdpa for ``enable_gqa`` (transformers 5.25 integrations/sdpa_attention.py
+    ``use_gqa_in_sdpa``: ``attention_mask is None`` on CUDA; 4.57 likewise) but copies k and v to
+    every query head (``repeat_kv``: expand, then reshape), and the kernel saves the copies
+    instead of k and v: A·t·2(q - k) more than :func:`attention_core_bytes` counts, per such
+    layer. A single key/value head (Gemma 3 1B) is repeated by a view, which copies nothing
+    (the traced peak keeps no copy) (3.0 GiB of Mistral-7B-v0.1's 86.2 at 8192 tokens: traced with and without
+    ``TRANSFORMERS_SDPA_FORCE_GQA``)."""
+    if not _masked_window(spec, setup) or not 1 < spec.num_kv_heads < spec.num_heads:
+        return 0  # one key/value head: the expanded (b, 1, n, s, d) reshapes as a view, no copy
+    extra = 2 * act_bytes(setup) * setup.tokens * (spec.q_dim - spec.kv_dim)
+    return extra * spec.sliding_layers // spec.num_layers
+
+
+def window_mask_held_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """The boolean sliding-window mask itself under gradient checkpointing: built once per forward
+    as a (1, 1, s, s) tensor expanded to the batch (transformers 5.25 masking_utils ``sdpa_mask``:
+    the mask function reads no batch index, then ``expand``), it is an argument of every
+    checkpointed layer, which ``torch.utils.checkpoint`` keeps for the recomputation until
+    backward is done: s² bytes (64 MiB at 8192 tokens, seen in Mistral-7B-v0.1's traced peak).
+    Without checkpointing nothing saves it."""
+    if not _masked_window(spec, setup) or not setup.grad_checkpointing:
+        return 0
+    return setup.seq_len * setup.seq_len
 
 
 def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) -> int:
@@ -183,6 +218,7 @@ def _layer_saved(spec: ModelSpec, setup: Setup, trains: bool, moe: bool) -> int:
         + qk_norm_bytes(spec, setup, trains)
         + attention_core_bytes(spec, setup, trains)
         + window_mask_bytes(spec, setup)
+        + window_kv_repeat_bytes(spec, setup)
         + mlp_bytes(spec, setup, layer, trains)
         + lora_saved_bytes(spec, setup, layer)
         + int8_kept_input_bytes(spec, setup)
@@ -251,7 +287,7 @@ def saved_activation_bytes(spec: ModelSpec, setup: Setup) -> int:
     """
     layers = saving_layers(spec, setup)
     if setup.grad_checkpointing:
-        body = len(layers) * checkpoint_bytes(spec, setup)
+        body = len(layers) * checkpoint_bytes(spec, setup) + (window_mask_held_bytes(spec, setup) if len(layers) else 0)
     else:
         kinds = layer_kind_counts(spec, *kind_bounds(spec, setup))
         body = sum(n * layer_saved_bytes(spec, setup, rep) for rep, n, _, _, recorded in kinds if recorded)
@@ -276,7 +312,8 @@ def backward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Gradient buffers inside one layer's backward: incoming and outgoing residual grads
     (2·R·t·h), the MLP intermediates' grads (3·A·t·I, or for eager attention the fp32
     probability grad and its 16-bit copy if larger), and the grad of the widest LoRA input
-    in the adapters' dtype (4·t·in for PEFT's fp32 adapters, 2·t·in for TRL's bf16 QLoRA ones)."""
+    in the adapters' dtype (4·t·in for PEFT's fp32 adapters, 2·t·in for TRL's bf16 QLoRA ones),
+    and under checkpointing the sliding-window mask the checkpoints hold (:func:`window_mask_held_bytes`)."""
     if not len(saving_layers(spec, setup)):
         return 0
     t, A, R = setup.tokens, act_bytes(setup), residual_bytes(setup)
@@ -289,4 +326,5 @@ def backward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
         inner = max(inner, (4 + A) * b * a * s * s)
     widest = max((lin.in_features for group, _ in spec.layer_groups for lin in lora_group(group, setup)), default=0)
     lora_grad = nbytes(t * widest, policy_of(setup).adapter)
-    return 2 * R * t * spec.hidden_size + inner + lora_grad
+    # the checkpoints' shared window mask stays held through every layer's backward
+    return 2 * R * t * spec.hidden_size + inner + lora_grad + window_mask_held_bytes(spec, setup)
