@@ -82,3 +82,50 @@ def test_catalog_counts_match_the_published_checkpoint() -> None:
     assert param_counts(load_model("deepseek-v2-lite")).total == 15_706_484_224
     # DeepSeek-V3: 671B without the multi-token-prediction layer transformers does not build
     assert 670e9 < param_counts(load_model("deepseek-v3")).total < 672e9
+
+
+def test_mla_attention_saves_by_hand() -> None:
+    from vramplan.memory.activations import attention_core_bytes, latent_norm_bytes
+    from vramplan.setup import make_setup
+
+    spec = spec_from_config(dict(TINY))
+    b, s, a, A = 2, 256, 4, 2
+    t = b * s
+    qk, kvb, o = a * 24, a * 28, a * 12
+    sdpa = make_setup(method="lora", micro_batch=b, seq_len=s)
+    assert attention_core_bytes(spec, sdpa, False) == A * t * (2 * qk + kvb + o) + 4 * b * a * s
+    eager = sdpa.model_copy(update={"attention": "eager"})
+    probs = 4 * b * a * s * s + A * b * a * s * s
+    assert attention_core_bytes(spec, eager, False) == A * t * (2 * qk + o) + probs
+    assert attention_core_bytes(spec, eager, True) == A * t * (2 * qk + 2 * o) + probs
+    # q_a_layernorm (48) and kv_a_layernorm (24): the fp32 input and rsqrt of each
+    assert latent_norm_bytes(spec, sdpa, False) == (4 * t * 48 + 4 * t) + (4 * t * 24 + 4 * t)
+
+
+def test_shared_experts_save_a_dense_gated_mlp_on_every_token() -> None:
+    from vramplan.memory.activations import mlp_bytes
+    from vramplan.setup import make_setup
+
+    spec = spec_from_config(dict(TINY))
+    none = spec_from_config({**TINY, "n_shared_experts": 0})
+    setup = make_setup(method="lora", seq_len=256)
+    assert mlp_bytes(spec, setup, 1, False) - mlp_bytes(none, setup, 1, False) == 3 * 2 * 256 * 64
+    assert mlp_bytes(spec, setup, 1, True) - mlp_bytes(none, setup, 1, True) == 4 * 2 * 256 * 64
+
+
+def test_the_cache_holds_the_compressed_latent() -> None:
+    spec = spec_from_config(dict(TINY))
+    assert spec.kv_cache_widths == (24, 8)  # kv_lora_rank, qk_rope_head_dim
+    dense = load_model("qwen2.5-0.5b")
+    assert dense.kv_cache_widths == (dense.kv_dim, dense.kv_dim)
+
+
+def test_the_router_stays_fp32_under_lora() -> None:
+    from vramplan.memory.weights import frozen_weight_bytes, kept_fp32_params
+    from vramplan.setup import make_setup
+
+    spec = load_model("deepseek-v2-lite")
+    assert kept_fp32_params(spec) == 26 * 64 * 2048  # 26 MoE layers' router weights
+    lora = make_setup(method="lora")
+    assert frozen_weight_bytes(spec, lora) == 2 * param_counts(spec).total + 2 * 26 * 64 * 2048
+    assert kept_fp32_params(load_model("qwen3-30b-a3b")) == 0

@@ -37,6 +37,9 @@ class Linear(BaseModel):
     #: one of ``count`` routed experts (transformers 4's per-expert ``nn.Linear``): the copies
     #: together see each token ``experts_per_token`` times, not ``count`` times
     routed: bool = False
+    #: transformers keeps this weight fp32 whatever dtype the model loads in
+    #: (``_keep_in_fp32_modules_strict``: DeepSeek-V2/V3's router ``gate.weight``)
+    keep_fp32: bool = False
 
     @property
     def weight_params(self) -> int:
@@ -194,6 +197,15 @@ class ModelSpec(BaseModel):
         if not self.qk_norm:
             return ()
         return (self.q_dim, self.kv_dim) if self.qk_norm_over_projection else (self.head_dim, self.head_dim)
+
+    @property
+    def kv_cache_widths(self) -> tuple[int, int]:
+        """What one layer caches per token as keys and as values: kv_heads x head_dim each, or
+        MLA's compressed latent and its rotary key (transformers 5.25 ``DeepseekV3Attention``
+        calls ``cache.update(kv_nope, k_rot)`` before expanding them: kv_lora_rank and qk_rope wide)."""
+        if self.mla is not None:
+            return self.mla.kv_lora_rank, self.mla.qk_rope_head_dim
+        return self.kv_dim, self.kv_dim
 
     @property
     def latent_norm_shapes(self) -> tuple[int, ...]:

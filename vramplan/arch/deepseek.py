@@ -87,7 +87,8 @@ def _experts(cfg: dict[str, Any], where: str, h: int, layers: int) -> tuple[MoES
     )
     mlp_bias = flag(cfg, "mlp_bias", where, False) if cfg["model_type"] == "deepseek_v2" else False
     linears: tuple[Linear, ...] = (
-        Linear(name="gate", in_features=h, out_features=n_exp, nn_linear=False, param_target_rank=1),
+        # fp32 whatever the load dtype (DeepseekV3PreTrainedModel._keep_in_fp32_modules_strict)
+        Linear(name="gate", in_features=h, out_features=n_exp, nn_linear=False, param_target_rank=1, keep_fp32=True),
         # PEFT's rank_pattern doubles the rank of the fused gate_up stack: it stands for two projections
         Linear(
             name="experts.gate_up_proj",

@@ -43,8 +43,8 @@ def kv_cache_tensor_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Keys and values of every layer for every token: 2 · L · kv_heads · head_dim · b · s in
     the cache dtype (the run's 16-bit dtype, or ``kv_cache``: fp8/int8 1 B, int4 ½ B;
     transformers ``DynamicCache``; multi-query and grouped-query attention keep only their
-    kv heads)."""
-    per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim
+    kv heads; multi-head latent attention its compressed latent, ``spec.kv_cache_widths``)."""
+    per_token = spec.num_layers * sum(spec.kv_cache_widths)
     return nbytes(per_token * setup.tokens, kv_dtype(setup))
 
 
@@ -57,7 +57,7 @@ def kv_cache_bytes(spec: ModelSpec, setup: Setup) -> int:
 def cache_growth_bytes(spec: ModelSpec, setup: Setup) -> int:
     """``torch.cat`` of one layer's cache with the new token's keys: the old and the grown
     copy of one layer's K (then V) are alive together for a moment."""
-    return nbytes(spec.num_kv_heads * spec.head_dim * setup.tokens, kv_dtype(setup))
+    return nbytes(max(spec.kv_cache_widths) * setup.tokens, kv_dtype(setup))
 
 
 def prefill_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
