@@ -28,6 +28,7 @@ DEEPSEEK_GRID = [
     ("deepseek-v2-lite", dict(method="lora", **_V2)),
     ("deepseek-v2-lite", dict(method="lora", grad_checkpointing=False, seq_len=512, **_V2)),
     ("deepseek-v2-lite", dict(method="qlora", quant="bnb-nf4", **_V2)),
+    ("deepseek-v2-lite", dict(method="full", precision="bf16", seq_len=1024, attention="eager")),
     # the attention's s x s probabilities and the experts' routed tokens outweigh nothing else here
     ("deepseek-v2-lite", dict(method="lora", grad_checkpointing=False, seq_len=2048, micro_batch=2, **_V2)),
     # DeepSeek-V3's query latent (q_a_proj, q_a_layernorm, q_b_proj) and three dense layers

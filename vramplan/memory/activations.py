@@ -71,7 +71,9 @@ def mla_core_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
     query and ``expand_kv`` the key as new tensors, each a·(nope + rope) wide (qk per token), while
     the values stay a view of ``kv_b_proj``'s output, which is a·(nope + v) wide (kvb), and the
     output is a·v wide (o). sdpa / flash-attn-2 (CUDA's memory-efficient kernel, which takes a
-    value head narrower than the query's): A·t·(2·qk + kvb + o) and the fp32 logsumexp
+    value head narrower than the query's, where flash attention refuses q, k and v of unequal
+    last dimensions: torch ``aten/src/ATen/native/transformers/cuda/sdp_utils.cpp``
+    ``check_head_dim_size_flash``): A·t·(2·qk + kvb + o) and the fp32 logsumexp
     (4·b·a·s). Eager (``eager_attention_forward``): the query and the transposed key saved by the
     score matmul (A·t·2·qk), the fp32 softmax and its 16-bit copy (as for any eager layer), the
     values the probability matmul saves as its own contiguous copy (A·t·o), and o_proj's input
