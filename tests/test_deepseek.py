@@ -129,3 +129,25 @@ def test_the_router_stays_fp32_under_lora() -> None:
     lora = make_setup(method="lora")
     assert frozen_weight_bytes(spec, lora) == 2 * param_counts(spec).total + 2 * 26 * 64 * 2048
     assert kept_fp32_params(load_model("qwen3-30b-a3b")) == 0
+
+
+def test_transformers_4_builds_per_expert_linears_beside_a_bare_router() -> None:
+    from vramplan.arch import for_transformers
+    from vramplan.memory.weights import frozen_weight_bytes, kept_fp32_params
+    from vramplan.setup import make_setup
+
+    t5 = spec_from_config(dict(TINY))
+    t4 = for_transformers(t5, 4)
+    assert t5.transformers == 5 and t4.transformers == 4
+    assert param_counts(t4).total == param_counts(t5).total
+    names = {lin.name: lin for lin in t4.moe_mlp}
+    assert not names["gate"].nn_linear and not names["gate"].param_target_rank and not names["gate"].keep_fp32
+    assert all(names[f"experts.{n}"].routed and names[f"experts.{n}"].count == 8 for n in ("gate_proj", "up_proj"))
+    assert "shared_experts.down_proj" in names and kept_fp32_params(t4) == 0
+    assert for_transformers(t4, 5) == t5
+    # QLoRA: transformers 4 quantizes the experts, transformers 5 keeps them 16-bit (fp32 after the upcast)
+    qlora = make_setup(method="qlora", quant="bnb-nf4", lora_targets="q_a_proj")
+    v3 = load_model("deepseek-v3")
+    assert frozen_weight_bytes(for_transformers(v3, 4), qlora) < frozen_weight_bytes(v3, qlora) / 4
+    dense = spec_from_config({**TINY, "first_k_dense_replace": 4})
+    assert dense.transformers == 0 and for_transformers(dense, 4) == dense

@@ -86,7 +86,19 @@ def _experts(cfg: dict[str, Any], where: str, h: int, layers: int) -> tuple[MoES
         layers=tuple(range(first_dense, layers)),
     )
     mlp_bias = flag(cfg, "mlp_bias", where, False) if cfg["model_type"] == "deepseek_v2" else False
-    linears: tuple[Linear, ...] = (
+    linears = _fused(h, n_exp, inter)
+    if shared:
+        linears += (
+            Linear(name="shared_experts.gate_proj", in_features=h, out_features=shared, bias=mlp_bias),
+            Linear(name="shared_experts.up_proj", in_features=h, out_features=shared, bias=mlp_bias),
+            Linear(name="shared_experts.down_proj", in_features=shared, out_features=h, bias=mlp_bias),
+        )
+    return moe, linears
+
+
+def _fused(h: int, n_exp: int, inter: int) -> tuple[Linear, ...]:
+    """transformers 5: the router's bare fp32 weight and the two fused expert stacks."""
+    return (
         # fp32 whatever the load dtype (DeepseekV3PreTrainedModel._keep_in_fp32_modules_strict)
         Linear(name="gate", in_features=h, out_features=n_exp, nn_linear=False, param_target_rank=1, keep_fp32=True),
         # PEFT's rank_pattern doubles the rank of the fused gate_up stack: it stands for two projections
@@ -107,13 +119,28 @@ def _experts(cfg: dict[str, Any], where: str, h: int, layers: int) -> tuple[MoES
             param_target_rank=1,
         ),
     )
-    if shared:
-        linears += (
-            Linear(name="shared_experts.gate_proj", in_features=h, out_features=shared, bias=mlp_bias),
-            Linear(name="shared_experts.up_proj", in_features=h, out_features=shared, bias=mlp_bias),
-            Linear(name="shared_experts.down_proj", in_features=shared, out_features=h, bias=mlp_bias),
-        )
-    return moe, linears
+
+
+def restack(spec: ModelSpec, major: int) -> ModelSpec:
+    """``spec`` (transformers 5's fused experts, as :func:`read` gives it) as transformers ``major``
+    builds it. 4 (read at 4.57.6, ``DeepseekV3MoE`` / ``DeepseekV2Moe``): the experts an
+    ``nn.ModuleList`` of MLPs of ``nn.Linear`` ``gate_proj``/``up_proj``/``down_proj``, which
+    bitsandbytes quantizes and PEFT's ``all-linear`` adapts one by one; the router still a bare
+    ``nn.Parameter`` (``DeepseekV3TopkRouter.weight``, ``DeepseekV2MoEGate.weight``) that neither
+    touches, loaded in the model's dtype (no ``_keep_in_fp32_modules`` there). The shared experts
+    are the same ``nn.Linear`` MLP in both."""
+    if spec.moe is None:  # every layer dense: the same in both
+        return spec
+    h, n_exp, inter = spec.hidden_size, spec.moe.num_experts, spec.moe.expert_intermediate_size
+    shared = tuple(lin for lin in spec.moe_mlp if lin.name.startswith("shared_experts."))
+    if major == 5:
+        return spec.model_copy(update={"moe_mlp": _fused(h, n_exp, inter) + shared, "transformers": 5})
+    experts = tuple(
+        Linear(name=f"experts.{n}", in_features=i, out_features=o, count=n_exp, routed=True)
+        for n, i, o in (("gate_proj", h, inter), ("up_proj", h, inter), ("down_proj", inter, h))
+    )
+    router = Linear(name="gate", in_features=h, out_features=n_exp, nn_linear=False)
+    return spec.model_copy(update={"moe_mlp": (router, *experts, *shared), "transformers": 4})
 
 
 def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
@@ -151,8 +178,9 @@ def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         decoder_layer="DeepseekV3DecoderLayer" if v3 else "DeepseekV2DecoderLayer",
         transformers_module=cfg["model_type"],
         chat_templates=(("llamafactory", "deepseek3" if v3 else "deepseek"),),
+        transformers=5 if moe.layers else 0,
         **c,
     )
 
 
-FAMILY = register(Family("deepseek", ("deepseek_v2", "deepseek_v3"), read, title="DeepSeek-V2/V3"))
+FAMILY = register(Family("deepseek", ("deepseek_v2", "deepseek_v3"), read, title="DeepSeek-V2/V3", restack=restack))
