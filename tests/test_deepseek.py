@@ -151,3 +151,15 @@ def test_transformers_4_builds_per_expert_linears_beside_a_bare_router() -> None
     assert frozen_weight_bytes(for_transformers(v3, 4), qlora) < frozen_weight_bytes(v3, qlora) / 4
     dense = spec_from_config({**TINY, "first_k_dense_replace": 4})
     assert dense.transformers == 0 and for_transformers(dense, 4) == dense
+
+
+def test_generation_expands_the_cached_latent_each_step() -> None:
+    from vramplan.memory.inference import cache_growth_bytes, kv_cache_tensor_bytes, mla_expansion_bytes
+    from vramplan.setup import make_setup
+
+    spec = spec_from_config(dict(TINY))
+    gen = make_setup(method="inference", seq_len=256)
+    assert kv_cache_tensor_bytes(spec, gen) == 2 * 4 * (24 + 8) * 256  # 4 layers, latent + rotary key
+    assert mla_expansion_bytes(spec, gen) == 2 * 4 * (2 * 16 + 12 + 8) * 256
+    assert cache_growth_bytes(spec, gen) == 2 * 24 * 256 + mla_expansion_bytes(spec, gen)
+    assert mla_expansion_bytes(load_model("qwen2.5-0.5b"), gen) == 0
