@@ -24,6 +24,7 @@ from vramplan.validate import compare_row, traced_rows
 #: (memory/activations.py ``mla_core_bytes``); LoRA on the attention, as plans default for experts
 DEEPSEEK_MODELS = ("deepseek-v2-lite", "deepseek-v3")
 _V2 = dict(lora_targets="q_proj,kv_a_proj_with_mqa,kv_b_proj,o_proj", attention="eager")
+_V3 = dict(lora_targets="q_a_proj,q_b_proj,kv_a_proj_with_mqa,kv_b_proj,o_proj", attention="eager")
 DEEPSEEK_GRID = [
     ("deepseek-v2-lite", dict(method="lora", **_V2)),
     ("deepseek-v2-lite", dict(method="lora", grad_checkpointing=False, seq_len=512, **_V2)),
@@ -32,15 +33,8 @@ DEEPSEEK_GRID = [
     # the attention's s x s probabilities and the experts' routed tokens outweigh nothing else here
     ("deepseek-v2-lite", dict(method="lora", grad_checkpointing=False, seq_len=2048, micro_batch=2, **_V2)),
     # DeepSeek-V3's query latent (q_a_proj, q_a_layernorm, q_b_proj) and three dense layers
-    (
-        "deepseek-v3",
-        dict(
-            method="lora",
-            seq_len=512,
-            attention="eager",
-            lora_targets="q_a_proj,q_b_proj,kv_a_proj_with_mqa,kv_b_proj,o_proj",
-        ),
-    ),
+    ("deepseek-v3", dict(method="lora", seq_len=512, **_V3)),
+    ("deepseek-v3", dict(method="lora", grad_checkpointing=False, seq_len=2048, **_V3)),
 ]
 
 #: underestimates crash a run: the tighter bound (tests/test_estimate_vs_traces.py's)
