@@ -19,6 +19,24 @@ from vramplan.models import load_model
 from vramplan.setup import make_setup, recorded_setup
 from vramplan.validate import compare_row, traced_rows
 
+#: DeepSeek-V2/V3 (arch/deepseek.py), eager: a CPU trace's sdpa takes its fp32 math kernel for MLA's
+#: value heads narrower than its query heads, which a GPU's memory-efficient kernel does not
+#: (memory/activations.py ``mla_core_bytes``); LoRA on the attention, as plans default for experts
+DEEPSEEK_MODELS = ("deepseek-v2-lite", "deepseek-v3")
+_V2 = dict(lora_targets="q_proj,kv_a_proj_with_mqa,kv_b_proj,o_proj", attention="eager")
+_V3 = dict(lora_targets="q_a_proj,q_b_proj,kv_a_proj_with_mqa,kv_b_proj,o_proj", attention="eager")
+DEEPSEEK_GRID = [
+    ("deepseek-v2-lite", dict(method="lora", **_V2)),
+    ("deepseek-v2-lite", dict(method="lora", grad_checkpointing=False, seq_len=512, **_V2)),
+    ("deepseek-v2-lite", dict(method="qlora", quant="bnb-nf4", **_V2)),
+    ("deepseek-v2-lite", dict(method="full", precision="bf16", seq_len=1024, attention="eager")),
+    # the attention's s x s probabilities and the experts' routed tokens outweigh nothing else here
+    ("deepseek-v2-lite", dict(method="lora", grad_checkpointing=False, seq_len=2048, micro_batch=2, **_V2)),
+    # DeepSeek-V3's query latent (q_a_proj, q_a_layernorm, q_b_proj) and three dense layers
+    ("deepseek-v3", dict(method="lora", seq_len=512, **_V3)),
+    ("deepseek-v3", dict(method="lora", grad_checkpointing=False, seq_len=2048, **_V3)),
+]
+
 #: underestimates crash a run: the tighter bound (tests/test_estimate_vs_traces.py's)
 MAX_UNDER_PCT = 1.0
 MAX_OVER_PCT = 3.0
@@ -29,8 +47,9 @@ SETUPS = (
     dict(method="lora", grad_checkpointing=False, seq_len=1024),
     dict(method="qlora", quant="bnb-nf4"),
 )
-FAMILY_MODELS = ("olmo-2-13b", "smollm3-3b", "granite-3.3-8b", "gemma-3-1b", "glm-4-9b-0414")
-FAMILY_GRID = [(model, fields) for model in FAMILY_MODELS for fields in SETUPS] + [
+DENSE_MODELS = ("olmo-2-13b", "smollm3-3b", "granite-3.3-8b", "gemma-3-1b", "glm-4-9b-0414")
+FAMILY_MODELS = (*DENSE_MODELS, *DEEPSEEK_MODELS)
+FAMILY_GRID = [(model, fields) for model in DENSE_MODELS for fields in SETUPS] + [
     # Gemma 3's sliding-window layers under eager attention (the window masks an s x s score
     # matrix each layer keeps whole), and full fine-tuning of the two small models
     ("gemma-3-1b", dict(method="lora", grad_checkpointing=False, seq_len=1024, attention="eager")),
@@ -39,6 +58,7 @@ FAMILY_GRID = [(model, fields) for model in FAMILY_MODELS for fields in SETUPS] 
     ("gemma-3-1b", dict(method="lora", grad_checkpointing=False, seq_len=2048, micro_batch=2)),
     ("gemma-3-1b", dict(method="full", precision="bf16", seq_len=1024)),
     ("smollm3-3b", dict(method="full", precision="bf16", seq_len=1024)),
+    *DEEPSEEK_GRID,
 ]
 
 

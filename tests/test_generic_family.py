@@ -57,7 +57,7 @@ def test_a_family_read_model_has_no_margin() -> None:
     [
         ({"model_type": "internlm2", "auto_map": {"AutoModel": "modeling_internlm2.InternLM2Model"}}, "auto_map"),
         ({"model_type": "olmoe", "num_experts": 64}, "experts"),
-        ({"model_type": "deepseek_v2", "kv_lora_rank": 512}, "multi-head latent attention"),
+        ({"model_type": "deepseek_v32", "kv_lora_rank": 512}, "multi-head latent attention"),  # deepseek_v2: a family
         ({"model_type": "gemma3", "vision_config": {"hidden_size": 1152}}, "a vision tower"),
     ],
 )

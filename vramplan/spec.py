@@ -37,6 +37,9 @@ class Linear(BaseModel):
     #: one of ``count`` routed experts (transformers 4's per-expert ``nn.Linear``): the copies
     #: together see each token ``experts_per_token`` times, not ``count`` times
     routed: bool = False
+    #: transformers keeps this weight fp32 whatever dtype the model loads in
+    #: (``_keep_in_fp32_modules_strict``: DeepSeek-V2/V3's router ``gate.weight``)
+    keep_fp32: bool = False
 
     @property
     def weight_params(self) -> int:
@@ -60,6 +63,21 @@ class MoESpec(BaseModel):
     expert_intermediate_size: int
     shared_expert_intermediate_size: int = 0
     layers: tuple[int, ...]
+
+
+class MLASpec(BaseModel):
+    """Multi-head latent attention (DeepSeek-V2/V3, transformers ``DeepseekV3Attention``): q
+    through a low-rank ``q_a_proj`` -> ``q_a_layernorm`` -> ``q_b_proj`` (``q_lora_rank``; 0: one
+    ``q_proj``), k and v from one latent (``kv_a_proj_with_mqa`` -> ``kv_a_layernorm`` ->
+    ``kv_b_proj``), each head's key ``qk_nope_head_dim`` wide plus a ``qk_rope_head_dim`` rotary part
+    shared by all heads, and values ``v_head_dim`` wide."""
+
+    model_config = Frozen
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
 
 
 class VisionSpec(BaseModel):
@@ -112,6 +130,9 @@ class ModelSpec(BaseModel):
     mlp: tuple[Linear, ...]
     moe: MoESpec | None = None
     moe_mlp: tuple[Linear, ...] = ()
+    #: multi-head latent attention (DeepSeek-V2/V3): ``head_dim`` is then a query/key head's width
+    #: (nope + rope), and the latent norms' weights count with the attention
+    mla: MLASpec | None = None
     vision: VisionSpec | None = None
     max_position_embeddings: int = 0
     final_logit_softcapping: float | None = None
@@ -181,6 +202,22 @@ class ModelSpec(BaseModel):
         if not self.qk_norm:
             return ()
         return (self.q_dim, self.kv_dim) if self.qk_norm_over_projection else (self.head_dim, self.head_dim)
+
+    @property
+    def kv_cache_widths(self) -> tuple[int, int]:
+        """What one layer caches per token as keys and as values: kv_heads x head_dim each, or
+        MLA's compressed latent and its rotary key (transformers 5.25 ``DeepseekV3Attention``
+        calls ``cache.update(kv_nope, k_rot)`` before expanding them: kv_lora_rank and qk_rope wide)."""
+        if self.mla is not None:
+            return self.mla.kv_lora_rank, self.mla.qk_rope_head_dim
+        return self.kv_dim, self.kv_dim
+
+    @property
+    def latent_norm_shapes(self) -> tuple[int, ...]:
+        """The widths of one layer's latent norms (MLA ``q_a_layernorm``, ``kv_a_layernorm``)."""
+        if self.mla is None:
+            return ()
+        return tuple(w for w in (self.mla.q_lora_rank, self.mla.kv_lora_rank) if w)
 
     def __hash__(self) -> int:  # frozen: hash once (specs key the term caches)
         cached = self.__dict__.get("_hash_value")

@@ -8,7 +8,21 @@ Llama-style decoder in :mod:`vramplan.arch.decoder`.
 
 from __future__ import annotations
 
-from vramplan.arch import gemma2, gemma3, glm4, granite, llama, moe, olmo2, phi3, qwen, qwen2, qwen2_vl, smollm3
+from vramplan.arch import (
+    deepseek,
+    gemma2,
+    gemma3,
+    glm4,
+    granite,
+    llama,
+    moe,
+    olmo2,
+    phi3,
+    qwen,
+    qwen2,
+    qwen2_vl,
+    smollm3,
+)
 from vramplan.arch.registry import (
     Family,
     families,
@@ -22,6 +36,7 @@ from vramplan.arch.registry import (
 #: the built-in families' model types
 SUPPORTED_MODEL_TYPES = supported_model_types()
 BUILT_IN = (
+    deepseek.FAMILY,
     gemma2.FAMILY,
     gemma3.FAMILY,
     glm4.FAMILY,

@@ -48,6 +48,8 @@ def attention_core_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> 
     a_kv < a), the fp32 softmax (4·b·a·s²) and its 16-bit copy (A·b·a·s²), and the
     ``contiguous()`` output that o_proj saves when its weight trains (A·t·q).
     """
+    if spec.mla is not None:
+        return mla_core_bytes(spec, setup, weight_trains)
     b, s, t, A = setup.micro_batch, setup.seq_len, setup.tokens, act_bytes(setup)
     q, k, a = spec.q_dim, spec.kv_dim, spec.num_heads
     # q, k, v sliced out of one fused projection's output (spec.qkv_split_views, Phi-3): the v
@@ -61,6 +63,40 @@ def attention_core_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> 
     softcap = A * b * a * s * s if spec.attn_logit_softcapping else 0
     out = A * t * q if weight_trains else 0
     return A * t * (q + 2 * kv) + probs + softcap + out + fused
+
+
+def mla_core_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
+    """Multi-head latent attention between the projections (transformers 5.25
+    ``DeepseekV3Attention.forward``, ``DeepseekV2Attention.forward``): ``torch.cat`` makes the
+    query and ``expand_kv`` the key as new tensors, each a·(nope + rope) wide (qk per token), while
+    the values stay a view of ``kv_b_proj``'s output, which is a·(nope + v) wide (kvb), and the
+    output is a·v wide (o). sdpa / flash-attn-2 (CUDA's memory-efficient kernel, which takes a
+    value head narrower than the query's, where flash attention refuses q, k and v of unequal
+    last dimensions: torch ``aten/src/ATen/native/transformers/cuda/sdp_utils.cpp``
+    ``check_head_dim_size_flash``): A·t·(2·qk + kvb + o) and the fp32 logsumexp
+    (4·b·a·s). Eager (``eager_attention_forward``): the query and the transposed key saved by the
+    score matmul (A·t·2·qk), the fp32 softmax and its 16-bit copy (as for any eager layer), the
+    values the probability matmul saves as its own contiguous copy (A·t·o), and o_proj's input
+    when its weight trains (A·t·o). A CPU sdpa falls back to its fp32 math kernel for these
+    unequal head widths, so the traces run eager (tests/test_family_traces.py ``DEEPSEEK_GRID``)."""
+    assert spec.mla is not None
+    m, a = spec.mla, spec.num_heads
+    b, s, t, A = setup.micro_batch, setup.seq_len, setup.tokens, act_bytes(setup)
+    qk, kvb, o = (
+        a * (m.qk_nope_head_dim + m.qk_rope_head_dim),
+        a * (m.qk_nope_head_dim + m.v_head_dim),
+        a * m.v_head_dim,
+    )
+    if setup.attention != "eager":
+        return A * t * (2 * qk + kvb + o) + 4 * b * a * s
+    probs = 4 * b * a * s * s + (A * b * a * s * s if A < 4 else 0)
+    return A * t * (2 * qk + o) + probs + (A * t * o if weight_trains else 0)
+
+
+def latent_norm_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
+    """MLA's ``q_a_layernorm`` and ``kv_a_layernorm`` (transformers ``DeepseekV3RMSNorm``, Llama's):
+    an RMSNorm over each latent, q_lora_rank and kv_lora_rank wide."""
+    return sum(norm_saved_bytes(spec, setup, w, weight_trains) for w in spec.latent_norm_shapes)
 
 
 def qk_norm_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
@@ -142,7 +178,10 @@ def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) ->
             # transformers 4's loop over per-expert modules adds each expert's weighted output into
             # the layer's output with ``index_add_``, whose backward keeps that source tensor too
             routed += A * tk * spec.hidden_size
-        return routed + 4 * t * moe.num_experts
+        # shared experts (DeepSeek ``shared_experts``): a gated MLP every token goes through
+        shared = moe.shared_expert_intermediate_size
+        dense = 3 * A * t * shared + (A * t * shared if weight_trains else 0)
+        return routed + dense + 4 * t * moe.num_experts
     inter = spec.intermediate_size
     return 3 * A * t * inter + (A * t * inter if weight_trains else 0)
 
@@ -151,14 +190,16 @@ def linear_input_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> in
     """Inputs that trainable projections save: the attention and MLP inputs. Under AMP each
     projection casts its fp32 input to 16 bits on its own (autocast caches only
     parameters), so q/k/v keep three copies and gate/up two (one each where the family fuses
-    them: ``spec.fused_qkv``, ``spec.fused_gate_up``)."""
+    them: ``spec.fused_qkv``, ``spec.fused_gate_up``). MLA (``spec.mla``): two projections read
+    the layer's input (q_proj or q_a_proj, and kv_a_proj_with_mqa), and q_b_proj and kv_b_proj
+    save their normalized latents (A·t·(q_lora_rank + kv_lora_rank))."""
     if not weight_trains:
         return 0
     t, A, h = setup.tokens, act_bytes(setup), spec.hidden_size
     amp = policy_of(setup).autocast and residual_bytes(setup) == 4
-    attn_copies = 3 if amp and not spec.fused_qkv else 1
+    attn_copies = (2 if spec.mla is not None else 3) if amp and not spec.fused_qkv else 1
     mlp_copies = 2 if amp and not spec.fused_gate_up else 1
-    return (attn_copies + mlp_copies) * A * t * h
+    return (attn_copies + mlp_copies) * A * t * h + A * t * sum(spec.latent_norm_shapes)
 
 
 def lora_saved_bytes(spec: ModelSpec, setup: Setup, layer: int) -> int:
@@ -216,6 +257,7 @@ def _layer_saved(spec: ModelSpec, setup: Setup, trains: bool, moe: bool) -> int:
         spec.norms_per_layer * norm_saved_bytes(spec, setup, h, trains)
         + linear_input_bytes(spec, setup, trains)
         + qk_norm_bytes(spec, setup, trains)
+        + latent_norm_bytes(spec, setup, trains)
         + attention_core_bytes(spec, setup, trains)
         + window_mask_bytes(spec, setup)
         + window_kv_repeat_bytes(spec, setup)
@@ -274,7 +316,8 @@ def head_saved_bytes(spec: ModelSpec, setup: Setup) -> int:
     lm_trains = setup.method == "full" or "lm_head" in setup.trainable_extra
     t = setup.tokens
     extra = act_bytes(setup) * t * spec.hidden_size if lm_trains else 0
-    shared = 2 * act_bytes(setup) * t * spec.head_dim + 3 * 8 * t
+    rope = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim  # MLA rotates 64 of 192
+    shared = 2 * act_bytes(setup) * t * rope + 3 * 8 * t
     return norm_saved_bytes(spec, setup, spec.hidden_size, setup.method == "full") + extra + shared
 
 

@@ -43,8 +43,8 @@ def kv_cache_tensor_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Keys and values of every layer for every token: 2 · L · kv_heads · head_dim · b · s in
     the cache dtype (the run's 16-bit dtype, or ``kv_cache``: fp8/int8 1 B, int4 ½ B;
     transformers ``DynamicCache``; multi-query and grouped-query attention keep only their
-    kv heads)."""
-    per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim
+    kv heads; multi-head latent attention its compressed latent, ``spec.kv_cache_widths``)."""
+    per_token = spec.num_layers * sum(spec.kv_cache_widths)
     return nbytes(per_token * setup.tokens, kv_dtype(setup))
 
 
@@ -56,22 +56,37 @@ def kv_cache_bytes(spec: ModelSpec, setup: Setup) -> int:
 
 def cache_growth_bytes(spec: ModelSpec, setup: Setup) -> int:
     """``torch.cat`` of one layer's cache with the new token's keys: the old and the grown
-    copy of one layer's K (then V) are alive together for a moment."""
-    return nbytes(spec.num_kv_heads * spec.head_dim * setup.tokens, kv_dtype(setup))
+    copy of one layer's K (then V) are alive together for a moment. Multi-head latent attention
+    then expands the whole cached latent again at every step (transformers 5.25
+    ``DeepseekV3Attention.expand_kv``): ``kv_b_proj``'s output, heads x (nope + v) per token, and
+    the keys copied out of it, heads x (nope + rope), in the run's 16-bit dtype."""
+    grow = nbytes(max(spec.kv_cache_widths) * setup.tokens, kv_dtype(setup))
+    return grow + mla_expansion_bytes(spec, setup)
+
+
+def mla_expansion_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """MLA: one layer's latent expanded over ``setup.tokens`` positions (kv_b_proj's output and
+    the keys: a · (2·nope + v + rope) per token); 0 for other attention."""
+    if spec.mla is None:
+        return 0
+    m = spec.mla
+    width = spec.num_heads * (2 * m.qk_nope_head_dim + m.v_head_dim + m.qk_rope_head_dim)
+    return nbytes(width * setup.tokens, HALF[setup.precision])
 
 
 def prefill_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     """The largest forward temporary of the prompt under ``no_grad``: in a gated MLP,
     act(gate), up and their product (3 · b·s · I), beside the layer's input, its normed copy and
     the attention output (3 · b·s · h); eager attention adds the b · heads · s² score matrix
-    and its softmax. Only the last position's logits are computed (fp32, b · V)."""
+    and its softmax, multi-head latent attention its expanded keys and values
+    (:func:`mla_expansion_bytes`). Only the last position's logits are computed (fp32, b · V)."""
     dt = HALF[setup.precision]
     t = setup.tokens
     inter = 3 if spec.gated_mlp else 2
     mlp = nbytes(inter * t * spec.intermediate_size, dt) + nbytes(3 * t * spec.hidden_size, dt)
-    attn = 0
+    attn = mla_expansion_bytes(spec, setup)  # MLA: the prompt's keys and values expanded
     if setup.attention == "eager":
-        attn = 2 * nbytes(setup.micro_batch * spec.num_heads * setup.seq_len**2, dt)
+        attn += 2 * nbytes(setup.micro_batch * spec.num_heads * setup.seq_len**2, dt)
     logits = nbytes(setup.micro_batch * spec.vocab_size, "fp32")
     return max(mlp, attn) + logits
 

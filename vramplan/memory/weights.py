@@ -98,6 +98,12 @@ def unquantized_dtype(setup: Setup) -> str:
     return policy_of(setup).kbit_modules
 
 
+def kept_fp32_params(spec: ModelSpec) -> int:
+    """Parameters transformers keeps fp32 in a 16-bit model (``Linear.keep_fp32``: DeepSeek's
+    router weights, ``_keep_in_fp32_modules_strict``), over every decoder layer."""
+    return sum(n * lin.params for group, n in spec.layer_groups for lin in group if lin.keep_fp32)
+
+
 def frozen_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Frozen parameters in their storage format.
 
@@ -114,7 +120,8 @@ def frozen_weight_bytes(spec: ModelSpec, setup: Setup) -> int:
         up_dtype = policy_of(setup).upcast_modules or w
         return nbytes(total - full_trainable_params(spec, setup) - up, w) + nbytes(up, up_dtype)
     if setup.method == "lora":
-        return nbytes(total, w)
+        fp32 = kept_fp32_params(spec)
+        return nbytes(total - fp32, w) + nbytes(fp32, "fp32")
     vision = policy_of(setup).quantize_vision
     rest = total - quantized_weight_params(spec, setup.quant, vision)
     return quant_weight_bytes(spec, setup.quant, vision) + nbytes(rest, unquantized_dtype(setup))
