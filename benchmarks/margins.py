@@ -26,6 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vramplan.comparison import quantile  # noqa: E402
 from vramplan.frameworks import names  # noqa: E402
 from vramplan.published import compare_csv, published_csv  # noqa: E402
 from vramplan.trace.grids import error_pct, read_rows  # noqa: E402
@@ -36,14 +37,6 @@ from vramplan.verdict import MARGIN_QUANTILE  # noqa: E402
 def _above_pct(estimate: int, measured: int) -> float:
     """How far ``measured`` went above ``estimate``, in % of the estimate (0 when below)."""
     return max(0.0, 100.0 * (measured - estimate) / estimate)
-
-
-def _quantile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def margins_now() -> dict[str, Any]:
@@ -67,7 +60,7 @@ def margins_now() -> dict[str, Any]:
     return {
         "quantile": MARGIN_QUANTILE,
         "tiers": {
-            tier: {"pct": round(_quantile(v, MARGIN_QUANTILE), 2), "rows": len(v), "source": sources[tier]}
+            tier: {"pct": round(quantile(v, MARGIN_QUANTILE), 2), "rows": len(v), "source": sources[tier]}
             for tier, v in above.items()
         },
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vramplan.errors import VramplanError  # noqa: E402
 from vramplan.gpus import resolve_gpu  # noqa: E402
 from vramplan.published import compare_csv, read_rows, summarize  # noqa: E402
 from vramplan.tables import tables_dir  # noqa: E402
@@ -52,7 +53,7 @@ def table() -> str:
         if row.get("gpu"):
             try:
                 card = _gib(resolve_gpu(row["gpu"]).memory_bytes)
-            except Exception:  # an unknown card is the row's exclusion, said in the note
+            except VramplanError:  # an unknown card is the row's exclusion, said in the note
                 card = "?"
         note = r.reason if r.excluded else ""
         err = "-" if r.error_pct is None else f"{r.error_pct:+.1f}"

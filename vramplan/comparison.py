@@ -83,7 +83,8 @@ class Summary(BaseModel):
     unknown_vs_reserved: int
 
 
-def _pct(values: list[float], q: float) -> float:
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values``, interpolated linearly between the ranks around it."""
     s = sorted(values)
     k = (len(s) - 1) * q
     lo = int(k)
@@ -102,7 +103,7 @@ def stats(rows: list[Comparison]) -> Stats:
     return Stats(
         rows=len(errs),
         median_abs_pct=statistics.median(abs_),
-        p90_abs_pct=_pct(abs_, 0.9),
+        p90_abs_pct=quantile(abs_, 0.9),
         within_10pct=sum(a <= 10 for a in abs_),
         underestimates=len(unders),
         worst_under_pct=min(unders) if unders else None,
