@@ -194,7 +194,8 @@ def test_capabilities_match_the_config(name: str) -> None:
     assert spec.remote_code == (not ships)
     assert spec.transformers_module == (cfg["model_type"] if ships else "")
     if spec.decoder_layer:  # transformers names the layer class after the model class
-        assert spec.decoder_layer == model_class.removesuffix("ForCausalLM") + "DecoderLayer"
+        base = model_class.removesuffix("ForCausalLM").removesuffix("ForConditionalGeneration")
+        assert spec.decoder_layer == base + "DecoderLayer"
     else:  # FSDP wrapping is planned for every text model transformers ships
         assert spec.vision is not None or spec.remote_code
     assert spec.attn_logit_softcapping == cfg.get("attn_logit_softcapping")

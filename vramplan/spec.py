@@ -84,7 +84,7 @@ class VisionSpec(BaseModel):
     """A VLM's vision tower (and, separately counted, its projector to the LM)."""
 
     model_config = Frozen
-    kind: Literal["qwen2-vl", "qwen2.5-vl", "qwen-vl"]
+    kind: Literal["qwen2-vl", "qwen2.5-vl", "qwen-vl", "siglip", "pixtral"]
     depth: int
     hidden_size: int
     num_heads: int
@@ -105,6 +105,19 @@ class VisionSpec(BaseModel):
     abs_pos_rows: int = 0
     videos: bool = False  # takes videos (frame pairs through the same tower)
     blocks: tuple[Linear, ...]
+    # -- SigLIP (Gemma 3) and Pixtral (Mistral 3) towers and their projectors
+    #: the patch convolution has a bias (SigLIP ``patch_embedding``: ``nn.Conv2d``'s default)
+    patch_bias: bool = False
+    #: a learned position table of this many rows added to the patches, no norm (SigLIP ``position_embedding``)
+    pos_rows: int = 0
+    #: a norm after the blocks (SigLIP ``post_layernorm``), and one before them (Pixtral ``ln_pre``)
+    post_norm: bool = False
+    pre_norm: bool = False
+    #: the projector: "" Qwen2-VL's merger or, with ``num_queries``, Qwen-VL's resampler; "pool": Gemma 3's
+    #: average pool, RMSNorm(d) and one d x out matrix; "merge_mlp": Mistral 3's RMSNorm(d), a patch merger
+    #: (d·m² -> d) and a two-layer MLP (d -> out -> out, biased with ``projector_bias``)
+    projector: Literal["", "pool", "merge_mlp"] = ""
+    projector_bias: bool = False
 
 
 class ModelSpec(BaseModel):

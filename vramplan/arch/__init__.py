@@ -39,6 +39,7 @@ BUILT_IN = (
     deepseek.FAMILY,
     gemma2.FAMILY,
     gemma3.FAMILY,
+    gemma3.MULTIMODAL,
     glm4.FAMILY,
     granite.FAMILY,
     llama.FAMILY,
