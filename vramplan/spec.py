@@ -178,6 +178,9 @@ class ModelSpec(BaseModel):
     #: ``sliding_attention`` layer_types); 0: every layer attends to the whole sequence
     sliding_layers: int = 0
     sliding_window: int = 0
+    #: with images, image tokens attend to each other both ways (Gemma 3's ``token_type_ids``), so
+    #: sdpa gets a boolean mask on every layer at any length (memory/activations.py ``_masked_layers``)
+    image_mask_every_layer: bool = False
     #: the transformers class FSDP wraps one unit of (``_no_split_modules`` of its
     #: ``AutoModelForCausalLM`` class); empty when not known
     decoder_layer: str = ""

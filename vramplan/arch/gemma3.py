@@ -154,7 +154,7 @@ def read_multimodal(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         lm["tie_word_embeddings"] = cfg["tie_word_embeddings"]
     if "torch_dtype" in cfg or "dtype" in cfg:
         lm.setdefault("torch_dtype", cfg.get("torch_dtype") or cfg.get("dtype"))
-    spec = read(name, lm, where, attentions=("eager", "sdpa"))
+    spec = read(name, lm, where, attentions=("eager", "sdpa"), image_mask_every_layer=True)
     tokens = integer(cfg, "mm_tokens_per_image", where, 1, MAX_VISION_QUERIES, default=256)
     return spec.model_copy(update={"vision": siglip_tower(vcfg, spec.hidden_size, tokens, where)})
 
