@@ -118,6 +118,15 @@ class VisionSpec(BaseModel):
     #: (d·m² -> d) and a two-layer MLP (d -> out -> out, biased with ``projector_bias``)
     projector: Literal["", "pool", "merge_mlp"] = ""
     projector_bias: bool = False
+    #: images are scaled down (never up) to fit this longest edge, each side then rounded up to a
+    #: multiple of patch x merge (Pixtral ``get_resize_output_image_size``); 0: another resize
+    longest_edge: int = 0
+    #: the processor ends each row of merged patches with a break token (Pixtral ``[IMG_BREAK]``,
+    #: the last one ``[IMG_END]``): one more language-model position per row
+    row_break_tokens: bool = False
+    #: the micro-batch's images run as one sequence through the tower, kept apart by a float
+    #: block-diagonal mask of that sequence's length squared (Pixtral ``generate_block_attention_mask``)
+    one_sequence: bool = False
 
 
 class ModelSpec(BaseModel):
