@@ -19,7 +19,9 @@ from vramplan.setup import make_setup
 
 _IMG = dict(image_size="896x896")
 #: Gemma 3 4B with an image: LoRA with and without checkpointing (below the 1024-token window and
-#: past it), full bf16 training, and two images per sample at micro-batch 2
+#: past it), full bf16 training (peaking at the step, and, without checkpointing at micro-batch 4,
+#: in backward with the trained tower's activations saved), eager attention, and two images per
+#: sample at micro-batch 2
 GEMMA3_GRID = [
     ("gemma-3-4b", dict(method="lora", seq_len=512, **_IMG)),
     ("gemma-3-4b", dict(method="lora", grad_checkpointing=False, seq_len=512, **_IMG)),
@@ -36,11 +38,14 @@ GEMMA3_GRID = [
             image_size="1024x768",
         ),
     ),
+    ("gemma-3-4b", dict(method="lora", grad_checkpointing=False, seq_len=512, attention="eager", **_IMG)),
+    ("gemma-3-4b", dict(method="full", precision="bf16", grad_checkpointing=False, seq_len=512, micro_batch=4, **_IMG)),
 ]
 _M3 = dict(image_size="1024x768")
 #: Mistral-Small-3.1 with an image (1024x768: 4,144 patches, 1,064 tokens; 1540x1540: the largest,
-#: 12,100 patches): LoRA with and without checkpointing, full bf16 training, and four images run
-#: as one tower sequence (two per sample at micro-batch 2)
+#: 12,100 patches): LoRA with and without checkpointing, full bf16 training, eager attention, and
+#: four images run as one tower sequence (two per sample at micro-batch 2; at 1540x1540 its block
+#: mask alone is 48,400² bf16, 4.4 GiB, held by the checkpoints)
 MISTRAL3_GRID = [
     ("mistral-small-3.1-24b", dict(method="lora", seq_len=512, **_M3)),
     ("mistral-small-3.1-24b", dict(method="lora", seq_len=512, image_size="1540x1540")),
@@ -49,6 +54,11 @@ MISTRAL3_GRID = [
     (
         "mistral-small-3.1-24b",
         dict(method="lora", grad_checkpointing=False, seq_len=1024, micro_batch=2, images_per_sample=2, **_M3),
+    ),
+    ("mistral-small-3.1-24b", dict(method="lora", grad_checkpointing=False, seq_len=512, attention="eager", **_M3)),
+    (
+        "mistral-small-3.1-24b",
+        dict(method="lora", seq_len=512, micro_batch=2, images_per_sample=2, image_size="1540x1540"),
     ),
 ]
 VLM_MODELS = ("gemma-3-4b", "mistral-small-3.1-24b")
