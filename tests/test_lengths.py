@@ -29,6 +29,64 @@ def chain_step(a: CachingAllocator, key: int, tokens: int, per_token: int) -> No
         a.free(k)
 
 
+def swift_qwen_step(a: CachingAllocator, t: int, v: int = V) -> None:
+    """The vocabulary-sized requests of one ms-swift step on Qwen (v1) LoRA, bf16, in order
+    (ms-swift 1.5/1.6 with transformers 4.36, accelerate 0.25, torch 2.1):
+
+    - ``QWenLMHeadModel.forward`` (modeling_qwen.py): ``lm_logits`` (A, 2·t·V), ``shift_logits =
+      lm_logits[..., :-1, :].contiguous()`` (B, 2·t'·V), ``CrossEntropyLoss`` under accelerate's
+      autocast: the bf16 input converted to fp32 (C, 4·t'·V; ATen ``log_softmax(input, dim,
+      dtype)`` runs ``input_.toType(dtype)`` for a bf16 input) and the log-softmax (D, 4·t'·V),
+      saved for backward; C freed when the loss returns, B when forward returns;
+    - accelerate 0.25 ``prepare_model`` wraps forward in ``convert_outputs_to_fp32``: the logits'
+      ``.float()`` (E, 4·t·V) while A is alive, then A freed; ms-swift's ``compute_loss``
+      (swift/trainers/trainers.py) reads ``outputs.logits.argmax`` and returns, freeing E;
+    - backward: ``nll_loss_backward`` (F, 4·t'·V), ``_log_softmax_backward_data`` (G, 4·t'·V),
+      then F and D freed, ``ToCopyBackward`` to bf16 (H, 2·t'·V), G freed, ``slice_backward``'s
+      zeros (I, 2·t·V), H freed, the LM head's input grad, I freed."""
+    tp = t - 1
+    a.malloc(1, 2 * t * v)  # A
+    a.malloc(2, 2 * tp * v)  # B
+    a.malloc(3, 4 * tp * v)  # C
+    a.malloc(4, 4 * tp * v)  # D
+    a.free(3)
+    a.free(2)
+    a.malloc(5, 4 * t * v)  # E
+    a.free(1)
+    a.free(5)
+    a.malloc(6, 4 * tp * v)  # F
+    a.malloc(7, 4 * tp * v)  # G
+    a.free(6)
+    a.free(4)
+    a.malloc(8, 2 * tp * v)  # H
+    a.free(7)
+    a.malloc(9, 2 * t * v)  # I
+    a.free(8)
+    a.malloc(10, 2 * t * 4096)  # the LM head's input grad
+    a.free(9)
+    a.free(10)
+
+
+def test_the_ms_swift_chain_of_one_step() -> None:
+    """Replayed, a fixed-length step keeps 16·t·V bytes of segments (A, B and three fp32 blocks;
+    the truncated runs of ms-swift's benchmark hold 15.6..16.1·t·V above the weights at 512..2048
+    tokens: tests/test_lengths_runs.py), and a record takes three new fp32 segments (C, D and E
+    or G): the chain memory/lengths.py counts per record (``CHAIN_BLOCKS``)."""
+    for t in (512, 1024, 2048):
+        a = CachingAllocator()
+        for _ in range(3):
+            swift_qwen_step(a, t)
+        assert 16 * t * V <= a.reserved <= 16 * t * V + 12 * MiB
+        before = a.reserved
+        longer = t + 300
+        swift_qwen_step(a, longer)
+        assert 3 * 4 * (longer - 1) * V <= a.reserved - before <= 3 * 4 * longer * V + 6 * MiB
+        before = a.reserved
+        for shorter in (t, t - 100, longer - 5):  # no longer than the record: no new segment
+            swift_qwen_step(a, shorter)
+        assert a.reserved == before
+
+
 def test_reserved_grows_at_records_only() -> None:
     """Replayed through the allocator's rules, a batch longer than every one before takes new
     segments for the chain's three fp32 blocks; any other batch takes none."""
