@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CSV = ROOT / "tables" / "measured" / "lengths_runs.csv"
 GIB = 2**30
 V = 151936  # Qwen (v1)'s vocabulary, the same for 1.8B, 7B and 14B
+MODELS = ("qwen-1.8b", "qwen-7b", "qwen-14b")
+CAPS = (512, 1024, 2048)
 
 
 @pytest.fixture(scope="module")
@@ -69,18 +71,23 @@ def test_fixed_rows_within_10pct_where_the_fixed_plan_holds(rows: list[Compariso
     assert all(e is not None and abs(e) <= 10 for e in errs.values()), errs
 
 
-def test_fixed_runs_hold_sixteen_vocab_blocks_above_the_weights(rows: list[Comparison]) -> None:
-    """What the truncated runs hold above the weights at 512..2048 tokens is 16·t·V bytes, the
-    same per token of vocabulary for 1.8B, 7B and 14B: the loss chain's segments a fixed-length
-    step keeps (tests/test_lengths.py ``test_the_ms_swift_chain_of_one_step``), little else."""
+def test_fixed_runs_hold_fourteen_vocab_blocks_above_the_weights(rows: list[Comparison]) -> None:
+    """What the truncated runs hold above the weights and the checkpointed activations (each
+    layer's input, 2·h bytes a token) at 512 and 1024 tokens is 13.3..14.2·t·V bytes for 1.8B and
+    7B (16.4 and 15.2 for the 14B, whose other buffers weigh more against a short chain): the loss
+    chain's segments a fixed-length step of one sample keeps, 14·t·V (tests/test_lengths.py
+    ``test_the_ms_swift_chain_of_one_step``), and little else."""
+    from vramplan.models import load_model
 
     by = _by_id(rows)
-    for model in ("qwen-1.8b", "qwen-7b", "qwen-14b"):
+    for model in MODELS:
         p = _swift_lora(model)
+        spec = load_model(model)
         weights = (p.terms["weights/frozen"] + p.terms["weights/trainable"]) / GIB
         for cap in (512, 1024):
-            per_tv = (_gib(by[f"f-max_length-{model}-{cap}"]) - weights) * GIB / (cap * V)
-            assert 13.5 < per_tv < 19.5, (model, cap, per_tv)
+            checkpoints = spec.num_layers * 2 * spec.hidden_size * cap / GIB
+            per_tv = (_gib(by[f"f-max_length-{model}-{cap}"]) - weights - checkpoints) * GIB / (cap * V)
+            assert 13.0 < per_tv < 16.5, (model, cap, per_tv)
 
 
 def test_the_measured_cache_is_the_vocabulary_s_not_the_model_s(rows: list[Comparison]) -> None:
@@ -99,9 +106,10 @@ def test_the_measured_cache_is_the_vocabulary_s_not_the_model_s(rows: list[Compa
 
 def test_the_records_cache_against_the_measured(rows: list[Comparison]) -> None:
     """The plan's records cache (``overhead/length_cache``) against variable minus fixed: within
-    25% at 512 and 1024 tokens (median over the three models), and above it at 2048, where it
-    comes out 1.7x the measured (8.8 GiB): the residual tests/test_lengths.py keeps as a strict
-    xfail. Never below: the cache the plan adds is an upper bound on these runs."""
+    25% at 512 and 1024 tokens (median over the three models), and above it at 2048, where the
+    expectation over orders comes out 1.7x the one seeded order's 8.8 GiB (at the band's low
+    end: ``test_the_measured_cache_lies_in_the_plan_s_band_of_orders``; tests/test_lengths.py
+    keeps the expectation against 27.74 GiB as a strict xfail)."""
 
     by = _by_id(rows)
     for cap, lo, hi in ((512, 0.75, 1.25), (1024, 0.75, 1.25), (2048, 1.0, 2.0)):
@@ -112,6 +120,25 @@ def test_the_records_cache_against_the_measured(rows: list[Comparison]) -> None:
             p = _swift_lora(m, seq_len=cap, lengths="variable", avg_tokens=avg)
             ratios.append(p.terms[lengths.CACHE_TERM] / GIB / measured)
         assert lo <= statistics.median(ratios) <= hi, (cap, ratios)
+
+
+def test_the_measured_cache_lies_in_the_plan_s_band_of_orders(rows: list[Comparison]) -> None:
+    """Each run meets one order of its samples (the harness seeds every run alike): the measured
+    cache (variable minus fixed) inside the plan's band, the records' cache for 10%..90% of the
+    orders, at 512, 1024 and 2048 tokens for all three models, and at two samples a batch."""
+    by = _by_id(rows)
+    cases = [(m, cap, 1, f"v-max_length-{m}-{cap}", f"f-max_length-{m}-{cap}") for m in MODELS for cap in CAPS]
+    b2 = "qwen-7b-b2-fa-gc-r8-c_attn"
+    cases.append(("qwen-7b", 2048, 2, f"v-batch_size-{b2}", f"f-batch_size-{b2}"))
+    for model, cap, batch, var, fixed in cases:
+        measured = _gib(by[var]) - _gib(by[fixed])
+        avg = int(dict(kv.split("=") for kv in _settings(cap))["avg_tokens"])
+        p = _swift_lora(
+            model, seq_len=cap, micro_batch=batch, grad_accum=16 // batch, lengths="variable", avg_tokens=avg
+        )
+        (note,) = [n for n in p.notes if n.code == "lengths.cache"]
+        lo, hi = (b / GIB for b in note.data["cache_band_bytes"])
+        assert lo <= measured <= hi, (var, lo, measured, hi)
 
 
 def _swift_lora(model: str, **extra: object) -> Any:
