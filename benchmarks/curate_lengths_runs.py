@@ -24,7 +24,12 @@ batch 1 unless stated, ``gradient_accumulation_steps = ceil(16 / batch)`` (swift
 argument.py), LoRA r8 alpha 32 on Qwen's ``c_attn`` unless stated, gradient checkpointing and
 flash-attn on unless stated, bf16 (``select_dtype``: ``bf16=True`` in the training arguments, so
 accelerate runs the forward under autocast), A100 80 GB, torch 2.1.1, one epoch, samples in a
-random order (``train_sampler_random``: transformers' RandomSampler).
+random order (``train_sampler_random``: transformers' RandomSampler), the same order at every run
+of the same samples: every run is seeded alike (run_single.py ``global_seed=42`` ->
+``seed=get_seed(random_state)``, the first draw of the same RandomState; sft.py
+``seed_everything(args.seed)``; the Trainer's ``set_seed(args.seed)``, 42 by default), so the
+rows at one cap, whatever the model, rank, targets or attention, meet one order of one set of
+lengths (Qwen 1.8B, 7B and 14B share the tokenizer).
 
 The lengths: the benchmark gives the dataset's token counts under Qwen's tokenizer, 3234.4 +-
 2547.5, min 91, max 19548 (4959 rows). A row over all 4959 rows at cap ``L`` keeps the samples
