@@ -1,0 +1,385 @@
+"""``vramplan measure [MODEL] [setup flags | --from DIR] [--out runs.csv] -- COMMAND...``: run the
+user's own training command and record its memory, one row per rank.
+
+The command runs unchanged (no shell: the words after ``--``), with a generated
+``sitecustomize.py`` first on ``PYTHONPATH`` (the user's own ``PYTHONPATH`` after it, and the
+``sitecustomize`` it hides loaded in turn) that installs vramplan/measure_hook.py in every Python
+process of the run; each process that used CUDA leaves a JSON record in a temporary folder.
+Once the command has ended, whatever its end (an exit status, an out-of-memory error, SIGTERM),
+the records become rows of the published-measurements schema (vramplan/measure_rows.py), added
+to the CSV ``--out`` names (default ``./vramplan-runs.csv``): the whole file is written to a
+temporary beside it, fsynced and renamed over it (``os.replace``), under an exclusive ``flock`` of
+its folder, so a reader sees the old file or the new one and two runs ending together both land.
+The rows are what ``vramplan validate --csv`` reads. The exit status is the command's (128 + N
+for a command killed by signal N, as a shell says it); only bad input before the run is 2.
+
+SIGTERM sent to vramplan is passed to the command, and vramplan records what it left; Ctrl-C
+reaches the command from the terminal, and vramplan waits for it. No torch import here.
+``vramplan measure MODEL`` without ``--`` is vramplan's own loop on this machine's card
+(cli_run.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import io
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from vramplan.cli_parse import EXIT_BAD_INPUT, SETUP_FLAGS, Parser, add_setup_flags
+from vramplan.errors import VramplanError, cut, one_line, shown
+from vramplan.measure_rows import EXTRA, MEASUREMENTS, make_rows, read_setup_document, resolve_setup
+from vramplan.row_setup import COLUMNS
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: the file is replaced unlocked there
+    fcntl = None  # type: ignore[assignment]
+
+RUNS_CSV = "vramplan-runs.csv"
+HOOK_MODULE = "vramplan_measure_hook"
+SITECUSTOMIZE = '''\
+"""Written by vramplan measure: the memory hook, then the sitecustomize this file hides."""
+import os as _os
+import sys as _sys
+
+try:
+    import {hook}
+
+    {hook}.install()
+except Exception as _exc:  # the run goes on unmeasured rather than not at all
+    _sys.stderr.write("vramplan measure: hook not installed: %s\\n" % (_exc,))
+
+
+def _next_sitecustomize():
+    import importlib.machinery
+    import importlib.util
+
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    rest = [p for p in _sys.path if _os.path.abspath(p or ".") != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is not None and spec.loader is not None:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+
+
+_next_sitecustomize()
+'''
+
+
+def measure_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="vramplan measure",
+        usage="vramplan measure [MODEL] [setup flags | --from DIR] [--out FILE.csv] -- COMMAND ...",
+        description="Run your own training COMMAND (torchrun ..., swift sft ..., llamafactory-cli train x.yaml,"
+        " bash DIR/run.sh) and record each rank's peak memory as a row of the published-measurements schema,"
+        " for 'vramplan validate --csv'. The setup comes from --from DIR (the folder --emit --out wrote) or from"
+        " MODEL and the flags. Exit status: the command's. ('vramplan measure MODEL' without '--' runs"
+        " vramplan's own loop on this card.)",
+    )
+    p.add_argument("model", nargs="?", help="catalog name or config.json path (default: the --from folder's)")
+    p.add_argument(
+        "--from", dest="from_dir", metavar="DIR", help="the folder 'vramplan MODEL --emit T --out DIR' wrote"
+    )
+    add_setup_flags(p)
+    p.add_argument("--trainer", help="the trainer the command runs, if the hook cannot tell (default: what it sees)")
+    p.add_argument("--gpu", help="the card, if torch's device name is not in the catalog (default: what torch reports)")
+    p.add_argument(
+        "--out", metavar="FILE", help=f"the CSV the rows are added to (default ./{RUNS_CSV}; never the package)"
+    )
+    p.add_argument(
+        "--measurement",
+        choices=MEASUREMENTS,
+        default="reserved",
+        help="the tier measured_value holds: allocated, reserved (max_memory_reserved, default) or device (NVML);"
+        " every row keeps all three in allocated_gib, reserved_gib, device_gib",
+    )
+    p.add_argument("--json", action="store_true", help="print the rows written as JSON")
+    return p
+
+
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(vramplan's arguments, the command): the words before and after the first ``--``."""
+    at = argv.index("--")
+    return argv[:at], argv[at + 1 :]
+
+
+def main(argv: list[str]) -> int:
+    own, command = split_command(argv)
+    args = measure_parser().parse_args(own)
+    if not command:
+        raise VramplanError(
+            "command", "give the command to measure after --: vramplan measure ... -- torchrun train.py"
+        )
+    plan = _planned(args)
+    target = check_out(args.out)
+    run = _run(command)
+    records = run["records"]
+    status = run["status"]
+    if not records:
+        sys.stderr.write(
+            f"vramplan measure: no process of the command used CUDA (exit status {status}): nothing recorded in"
+            f" {one_line(str(target))}\n"
+        )
+        return status
+    meta = {
+        **plan,
+        "id": _run_id(run["started"]),
+        "source": cut(one_line(f"vramplan measure on {socket.gethostname()}: {shlex.join(command)}"), 400),
+        "measurement": args.measurement,
+        "exit_status": status,
+        "date": run["started"].isoformat(timespec="seconds"),
+    }
+    rows = make_rows(records, meta)
+    try:
+        rows = append_rows(target, rows)
+    except VramplanError as err:
+        sys.stderr.write(f"vramplan: error: {err}\n")
+        return status or EXIT_BAD_INPUT
+    _report(rows, target, args.json)
+    return status
+
+
+def _planned(args: argparse.Namespace) -> dict[str, Any]:
+    """The Setup, model, trainer and card the run is recorded under (torch-free, before it runs)."""
+    doc = read_setup_document(args.from_dir) if args.from_dir else None
+    model = args.model or (doc or {}).get("model")
+    if not model:
+        raise VramplanError("model", "give MODEL and the setup flags, or --from DIR (the folder --emit --out wrote)")
+    given = {k: getattr(args, k) for k in SETUP_FLAGS if getattr(args, k, None) is not None}
+    num_gpus_given = "num_gpus" in given and given["num_gpus"] != "auto" or doc is not None
+    if given.get("num_gpus") == "auto":
+        del given["num_gpus"]
+    setup = resolve_setup(doc, given)
+    notes = []
+    if doc is None:
+        defaulted = [
+            f for f in ("method", "precision", "seq_len", "micro_batch", "grad_checkpointing") if f not in given
+        ]
+        if defaulted:
+            shown_defaults = ", ".join(f"{f}={getattr(setup, f)}" for f in defaulted)
+            sys.stderr.write(f"vramplan measure: not given, Setup's defaults recorded: {shown_defaults}\n")
+            notes.append(f"Setup defaults recorded for {', '.join(defaulted)}")
+    else:
+        notes.append(f"setup from {Path(args.from_dir).name}/vramplan-setup.json")
+    _check_model(model)
+    return {
+        "model": model,
+        "setup": setup,
+        "trainer": args.trainer or (doc or {}).get("trainer") or "",
+        "gpu": args.gpu or (doc or {}).get("gpu") or "",
+        "notes": notes,
+        "num_gpus_given": num_gpus_given,
+    }
+
+
+def _check_model(model: str) -> None:
+    """A model ``validate`` cannot read is said before the run (the rows are recorded anyway)."""
+    from vramplan.models import load_model
+
+    try:
+        load_model(model, hub=False)
+    except (VramplanError, OSError) as exc:
+        sys.stderr.write(
+            f"vramplan measure: {shown(model)} is not a catalog model or config.json here ({one_line(str(exc))[:200]});"
+            " validate will exclude its rows\n"
+        )
+
+
+def check_out(given: str | None) -> Path:
+    """The CSV the rows go to, refused before the run when it is inside the package, a folder,
+    not writable, or an existing file that is not of the published-measurements schema."""
+    from vramplan.published import read_records
+    from vramplan.records import package_dir
+
+    target = Path(given) if given else Path.cwd() / RUNS_CSV
+    resolved = target.resolve()
+    if resolved == package_dir() or package_dir() in resolved.parents:
+        raise VramplanError(
+            "out", f"{one_line(str(target))} is inside the installed vramplan package: give a path of your own"
+        )
+    if target.is_dir():
+        raise VramplanError("out", f"{one_line(str(target))} is a folder: give the CSV file to add the rows to")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise VramplanError("out", f"cannot write into {one_line(str(folder))}: not a writable folder")
+    if target.exists():
+        try:
+            read_records(target)
+        except VramplanError as err:
+            raise VramplanError("out", err.message) from None
+    return target
+
+
+def _run_id(started: _dt.datetime) -> str:
+    return "m" + started.strftime("%Y%m%d-%H%M%S")
+
+
+def hook_environment(folder: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The command's environment: the hook's folder first on PYTHONPATH, the records folder named."""
+    from vramplan.measure_hook import ENV_DIR
+
+    hook_dir = folder / "hook"
+    records = folder / "records"
+    hook_dir.mkdir()
+    records.mkdir()
+    source = Path(__file__).with_name("measure_hook.py").read_text(encoding="utf-8")
+    (hook_dir / f"{HOOK_MODULE}.py").write_text(source, encoding="utf-8")
+    (hook_dir / "sitecustomize.py").write_text(SITECUSTOMIZE.format(hook=HOOK_MODULE), encoding="utf-8")
+    out = dict(os.environ if env is None else env)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook_dir), out.get("PYTHONPATH", "")) if p)
+    out[ENV_DIR] = str(records)
+    return out
+
+
+def read_hook_records(folder: Path) -> list[dict[str, Any]]:
+    """The records the run's processes left (a file that is not one JSON object is said and skipped)."""
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            sys.stderr.write(f"vramplan measure: skipped {path.name}: {exc}\n")
+            continue
+        if isinstance(rec, dict) and rec.get("phases") is not None:
+            out.append(rec)
+    return out
+
+
+def _run(command: list[str]) -> dict[str, Any]:
+    """Run the command with the hook, wait for it (SIGTERM passed on), gather the records."""
+    started = _dt.datetime.now(_dt.timezone.utc)
+    folder = Path(tempfile.mkdtemp(prefix="vramplan-measure-"))
+    try:
+        env = hook_environment(folder)
+        try:
+            proc = subprocess.Popen(command, env=env)
+        except OSError as exc:
+            hint = " (give the command as separate words after --)" if " " in command[0] else ""
+            raise VramplanError("command", f"cannot run {shown(command[0])}: {exc.strerror or exc}{hint}") from None
+        handlers = {}
+        if sys.platform != "win32":
+            handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda s, f: proc.send_signal(s))
+        handlers[signal.SIGINT] = signal.signal(signal.SIGINT, lambda s, f: None)
+        try:
+            code = proc.wait()
+        finally:
+            for sig, previous in handlers.items():
+                signal.signal(sig, previous)
+        records = read_hook_records(folder / "records")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"status": 128 - code if code < 0 else code, "records": records, "started": started}
+
+
+def _serialize(rows: list[dict[str, str]], header: list[str], with_header: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n", extrasaction="ignore", restval="")
+    if with_header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def append_rows(target: Path, rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Add ``rows`` to the CSV at ``target`` by writing the whole new file beside it and renaming
+    it over the old one, under an exclusive lock of the folder; ids already in the file get a
+    suffix. Returns the rows as written. A file whose header lacks a column of the rows is
+    rewritten with the columns added (its rows blank in them); otherwise its bytes are kept."""
+    folder = target.parent if str(target.parent) else Path(".")
+    lock = os.open(folder, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError:
+                pass  # a filesystem without locks: replaced unlocked
+        old = target.read_bytes() if target.exists() else b""
+        text = old.decode("utf-8-sig")
+        existing = list(csv.DictReader(io.StringIO(text, newline=""))) if text.strip() else []
+        header = next(csv.reader(io.StringIO(text, newline="")), []) if text.strip() else []
+        rows = _unique_ids(rows, {r.get("id", "") for r in existing})
+        ours = [*COLUMNS, *EXTRA]
+        if header and all(c in header for c in ours):
+            body = old + (b"" if old.endswith(b"\n") else b"\n") + _serialize(rows, header, False).encode()
+        elif header:
+            merged = [*header, *(c for c in ours if c not in header)]
+            body = _serialize([*existing, *rows], merged, True).encode()
+        else:
+            body = _serialize(rows, ours, True).encode()
+        _replace(target, body)
+    except OSError as exc:
+        raise VramplanError("out", f"cannot write {one_line(str(target))}: {exc.strerror or exc}") from None
+    finally:
+        os.close(lock)
+    return rows
+
+
+def _unique_ids(rows: list[dict[str, str]], taken: set[str]) -> list[dict[str, str]]:
+    out = []
+    for row in rows:
+        ident, n = row["id"], 1
+        while ident in taken:
+            n += 1
+            ident = f"{row['id']}-{n}"
+        taken.add(ident)
+        out.append({**row, "id": ident})
+    return out
+
+
+def _replace(target: Path, body: bytes) -> None:
+    """``body`` as the whole of ``target``: a temporary beside it, fsynced, renamed over it."""
+    fd, name = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask()
+        os.chmod(name, mode)
+        os.replace(name, target)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    try:
+        dfd = os.open(target.parent if str(target.parent) else ".", os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _report(rows: list[dict[str, str]], target: Path, as_json: bool) -> None:
+    """The rows written: JSON, or one line a rank and where they went (on stderr under --json)."""
+    if as_json:
+        print(json.dumps(rows))
+    out = sys.stderr if as_json else sys.stdout
+    for row in rows:
+        what = f"{row['measured_value']} GiB {row['measurement']}" if row["measured_value"] else "no peak"
+        phase = f" at {row['peak_phase']}" if row["peak_phase"] else ""
+        excluded = " (excluded: see notes)" if row["notes"].startswith("excluded:") else ""
+        print(
+            f"{row['id']}: {row['outcome']}, {what}{phase} (allocated {row['allocated_gib'] or '-'},"
+            f" reserved {row['reserved_gib'] or '-'}, device {row['device_gib'] or '-'} GiB){excluded}",
+            file=out,
+        )
+    print(f"recorded {len(rows)} row{'s' if len(rows) != 1 else ''} in {one_line(str(target))}", file=out)
