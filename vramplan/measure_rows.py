@@ -190,8 +190,8 @@ def make_rows(records: list[dict[str, Any]], run: dict[str, Any]) -> list[dict[s
     records = sorted(records, key=lambda r: (r.get("rank") is None, r.get("rank") or 0, r.get("pid") or 0))
     world = max((int(r.get("world_size") or 1) for r in records), default=1)
     setup: Setup = run["setup"]
-    if not run.get("num_gpus_given") and world > setup.num_gpus * setup.num_nodes:
-        setup = setup.model_copy(update={"num_gpus": max(1, world // setup.num_nodes)})
+    if not run.get("num_gpus_given") and world > setup.world_size and setup.parallel != "none":
+        setup = make_setup(**{**setup.model_dump(), "num_gpus": max(1, world // setup.num_nodes)})
     columns = setup_columns(setup)
     for rec in records:
         rows.append(_row(rec, run, setup, columns, world))
@@ -241,7 +241,9 @@ def _row(rec: dict[str, Any], run: dict[str, Any], setup: Setup, columns: dict[s
         notes.append(f"{ooms} out-of-memory error(s) raised and caught by the run")
     if run.get("trainer") and rec.get("trainer") and rec["trainer"] != run["trainer"]:
         notes.append(f"planned for {run['trainer']}, ran {rec['trainer']} ({rec.get('trainer_class', '')})")
-    if world != setup.world_size:
+    if world > 1 and setup.parallel == "none":
+        excluded = excluded or f"excluded: {world} ranks ran and the setup names no multi-GPU layout (--parallel). "
+    elif world != setup.world_size:
         notes.append(f"WORLD_SIZE {world}, the setup says {setup.world_size} GPUs")
     if setup.deepspeed_config is not None:
         notes.append(f"DeepSpeed config {setup.deepspeed_config.source}")

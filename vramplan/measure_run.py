@@ -124,6 +124,9 @@ def main(argv: list[str]) -> int:
         )
     plan = _planned(args)
     target = check_out(args.out)
+    _check_command(command)
+    for warning in plan.pop("warnings"):  # once every check has passed: the run starts now
+        sys.stderr.write(f"vramplan measure: {warning}\n")
     run = _run(command)
     records = run["records"]
     status = run["status"]
@@ -162,19 +165,20 @@ def _planned(args: argparse.Namespace) -> dict[str, Any]:
     if given.get("num_gpus") == "auto":
         del given["num_gpus"]
     setup = resolve_setup(doc, given)
-    notes = []
+    notes: list[str] = []
+    warnings = _model_warnings(model)
     if doc is None:
         defaulted = [
             f for f in ("method", "precision", "seq_len", "micro_batch", "grad_checkpointing") if f not in given
         ]
         if defaulted:
             shown_defaults = ", ".join(f"{f}={getattr(setup, f)}" for f in defaulted)
-            sys.stderr.write(f"vramplan measure: not given, Setup's defaults recorded: {shown_defaults}\n")
+            warnings.append(f"not given, Setup's defaults recorded: {shown_defaults}")
             notes.append(f"Setup defaults recorded for {', '.join(defaulted)}")
     else:
         notes.append(f"setup from {Path(args.from_dir).name}/vramplan-setup.json")
-    _check_model(model)
     return {
+        "warnings": warnings,
         "model": model,
         "setup": setup,
         "trainer": args.trainer or (doc or {}).get("trainer") or "",
@@ -184,17 +188,16 @@ def _planned(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _check_model(model: str) -> None:
+def _model_warnings(model: str) -> list[str]:
     """A model ``validate`` cannot read is said before the run (the rows are recorded anyway)."""
     from vramplan.models import load_model
 
     try:
         load_model(model, hub=False)
     except (VramplanError, OSError) as exc:
-        sys.stderr.write(
-            f"vramplan measure: {shown(model)} is not a catalog model or config.json here ({one_line(str(exc))[:200]});"
-            " validate will exclude its rows\n"
-        )
+        why = cut(one_line(str(exc)), 200)
+        return [f"{shown(model)} is not a catalog model or config.json here ({why}); validate will exclude its rows"]
+    return []
 
 
 def check_out(given: str | None) -> Path:
@@ -220,6 +223,15 @@ def check_out(given: str | None) -> Path:
         except VramplanError as err:
             raise VramplanError("out", err.message) from None
     return target
+
+
+def _check_command(command: list[str]) -> None:
+    """The program must be one this environment can start (found on PATH, or an executable path)."""
+    exe = command[0]
+    found = shutil.which(exe) if os.sep not in exe else (exe if os.access(exe, os.X_OK) else None)
+    if found is None:
+        hint = " (give the command as separate words after --)" if " " in exe else ""
+        raise VramplanError("command", f"{shown(exe)} is not a program this environment can run{hint}")
 
 
 def _run_id(started: _dt.datetime) -> str:

@@ -1,9 +1,9 @@
 """A stand-in training script for `vramplan measure` tests: TRL's SFTTrainer shape over the
 stand-in torch (torch/cuda.py), with known sizes in MiB.
 
-Load: weights W (+100 MiB per LOCAL_RANK). Each optimizer step: activations A allocated and
-freed, the optimizer's states O allocated at the first step and kept, then ``Optimizer.step``.
-Evaluation holds E, saving S. ``--oom-at-step N`` asks for 30 GiB at step N; ``--hang`` prints
+Load: WEIGHTS (+100 MiB per LOCAL_RANK). Each optimizer step: ACTS allocated and freed, the
+optimizer's states OPT allocated at the first step and kept, then ``Optimizer.step``.
+Evaluation holds EVAL, saving SAVE. ``--oom-at-step N`` asks for 30 GiB at step N; ``--hang`` prints
 ``hanging PID`` after training and sleeps until killed; ``--loop`` runs the steps without a
 Trainer."""
 
@@ -18,7 +18,8 @@ import torch
 from trl import SFTTrainer
 
 MIB = 1 << 20
-W, A, O, E, S = 1000, 500, 200, 300, 100
+#: MiB: weights, activations of a step, optimizer states, evaluation, saving
+WEIGHTS, ACTS, OPT, EVAL, SAVE = 1000, 500, 200, 300, 100
 
 
 def main() -> None:
@@ -30,17 +31,17 @@ def main() -> None:
     args = p.parse_args()
     rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(rank)
-    torch.cuda.malloc((W + 100 * rank) * MIB)
+    torch.cuda.malloc((WEIGHTS + 100 * rank) * MIB)
     opt = torch.optim.Optimizer()
     state = {"optimizer": False}
 
     def step(n: int) -> None:
         if n == args.oom_at_step:
             torch.cuda.malloc(30 << 30)
-        torch.cuda.malloc(A * MIB)
-        torch.cuda.free(A * MIB)
+        torch.cuda.malloc(ACTS * MIB)
+        torch.cuda.free(ACTS * MIB)
         if not state["optimizer"]:
-            torch.cuda.malloc(O * MIB)
+            torch.cuda.malloc(OPT * MIB)
             state["optimizer"] = True
         opt.step()
 
@@ -49,13 +50,13 @@ def main() -> None:
             step(n)
 
         def evaluate(self) -> dict[str, float]:
-            torch.cuda.malloc(E * MIB)
-            torch.cuda.free(E * MIB)
+            torch.cuda.malloc(EVAL * MIB)
+            torch.cuda.free(EVAL * MIB)
             return super().evaluate()
 
         def save_model(self, output_dir: str | None = None) -> None:
-            torch.cuda.malloc(S * MIB)
-            torch.cuda.free(S * MIB)
+            torch.cuda.malloc(SAVE * MIB)
+            torch.cuda.free(SAVE * MIB)
 
     if args.loop:
         for n in range(1, args.steps + 1):

@@ -1,0 +1,172 @@
+"""`vramplan measure [flags] -- COMMAND` as a user runs it, over a stand-in torch (tests/measure_stub:
+its CUDA counters, optimizer hook, OOM error; a stand-in TRL trainer and NVML) found first on the
+command's PYTHONPATH, as the hook will find the real one on a machine with cards: ranks launched
+as torchrun launches them, an out-of-memory error, a kill, the rows and the file they land in."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vramplan.published import compare_csv
+from vramplan.row_setup import COLUMNS
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+STUB = ROOT / "tests" / "measure_stub"
+TRAIN = str(STUB / "train_stub.py")
+LAUNCH = str(STUB / "launch_stub.py")
+MIB = 1 << 20
+SETUP = ["qwen2.5-0.5b", "--method", "lora", "--seq-len", "512", "--micro-batch", "2", "--no-grad-checkpointing"]
+
+
+def gib(mib: int) -> str:
+    return f"{mib * MIB / (1 << 30):.3f}"
+
+
+def env(**extra: str) -> dict[str, str]:
+    """vramplan from this checkout, then the stand-in torch: the user's PYTHONPATH, which the hook keeps."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(STUB)]), **extra}
+
+
+def measure(tmp_path: Path, *argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "vramplan", "measure", *argv]
+    return subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120, **kw)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames is not None and list(reader.fieldnames[: len(COLUMNS)]) == list(COLUMNS)
+        return list(reader)
+
+
+def test_two_ranks_as_torchrun_runs_them(tmp_path: Path) -> None:
+    done = measure(tmp_path, *SETUP, "--gpus", "2", "--parallel", "ddp", "--", sys.executable, LAUNCH, "2", TRAIN)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("trained") == 2 and "recorded 2 rows in" in done.stdout
+    got = rows(tmp_path / "vramplan-runs.csv")  # the default file, in the working directory
+    assert [(r["rank"], r["world_size"], r["outcome"]) for r in got] == [("0", "2", "ok"), ("1", "2", "ok")]
+    r0, r1 = got
+    # rank 0: weights 1000 MiB, a step's activations 500 and the optimizer's 200 MiB on top; reserved in
+    # 64 MiB segments; NVML: reserved plus the stand-in's 500 MiB context (train_stub.py, torch/cuda.py)
+    assert (r0["allocated_gib"], r0["reserved_gib"], r0["device_gib"]) == (gib(1700), gib(1728), gib(2228))
+    assert (r1["allocated_gib"], r1["reserved_gib"], r1["device_gib"]) == (gib(1800), gib(1856), gib(2356))
+    assert r0["measured_value"] == gib(1728) and r0["measurement"] == "reserved" and r0["measured_unit"] == "GiB"
+    assert r0["phases_gib"].startswith(
+        f"load {gib(1000)}/{gib(1024)}/{gib(1524)}; train {gib(1700)}/{gib(1728)}/{gib(2228)};"
+        f" eval {gib(1500)}/{gib(1728)}/{gib(2228)}; save {gib(1300)}/"
+    )
+    assert r0["peak_phase"] == "train" and r0["steps"] == "3"
+    assert (r0["trainer"], r0["trainer_version"]) == ("trl", "1.99.0+stub")
+    assert (r0["torch_version"], r0["transformers_version"]) == ("2.99.0+stub", "5.99.0+stub")
+    assert (r0["gpu"], r0["num_gpus"], r0["parallel"], r0["seq_len"], r0["micro_batch"]) == (
+        "rtx-4090",
+        "2",
+        "ddp",
+        "512",
+        "2",
+    )
+    compared = compare_csv(tmp_path / "vramplan-runs.csv")
+    assert [c.excluded for c in compared] == [False, False] and compared[0].error_pct is not None
+
+
+def test_oom_is_recorded_and_the_status_passed_through(tmp_path: Path) -> None:
+    out = tmp_path / "runs.csv"
+    done = measure(tmp_path, *SETUP, "--out", str(out), "--", sys.executable, TRAIN, "--oom-at-step", "2")
+    assert done.returncode == 1, done.stderr
+    assert "OutOfMemoryError" in done.stderr  # the run's own traceback, untouched
+    (row,) = rows(out)
+    assert row["outcome"] == "oom" and row["steps"] == "1" and row["peak_phase"] == "train"
+    assert "tried to allocate 30.00 GiB" in row["notes"] and "total capacity 23.51 GiB" in row["notes"]
+    assert row["exit_status"] == "1" and row["rank"] == ""
+    (compared,) = compare_csv(out)
+    assert compared.outcome == "oom" and not compared.excluded and compared.verdict is not None
+
+
+@pytest.mark.parametrize("whom", ["training process", "vramplan"])
+def test_a_killed_run_still_records(tmp_path: Path, whom: str) -> None:
+    out = tmp_path / "runs.csv"
+    cmd = [sys.executable, "-m", "vramplan", "measure", *SETUP, "--out", str(out), "--"]
+    proc = subprocess.Popen(
+        [*cmd, sys.executable, TRAIN, "--hang"], cwd=tmp_path, env=env(), stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("hanging "), line
+    os.kill(int(line.split()[1]) if whom == "training process" else proc.pid, signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    (row,) = rows(out)
+    assert row["outcome"] == "ok" and row["steps"] == "3" and row["exit_status"] == str(128 + signal.SIGTERM)
+    assert "killed by SIGTERM after 3 optimizer steps" in row["notes"] and row["reserved_gib"] == gib(1728)
+    assert "recorded 1 row" in rest
+
+
+def test_a_loop_without_trainer_is_one_phase_and_runs_append(tmp_path: Path) -> None:
+    out = tmp_path / "runs.csv"
+    for _ in range(2):
+        done = measure(tmp_path, *SETUP, "--out", str(out), "--", sys.executable, TRAIN, "--loop")
+        assert done.returncode == 0, done.stderr
+    got = rows(out)
+    assert len(got) == 2 and got[0]["id"] != got[1]["id"]
+    assert got[0]["peak_phase"] == "run" and got[0]["trainer"] == "" and got[0]["allocated_gib"] == gib(1700)
+    assert out.read_text().count("id,source,") == 1
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "runs.csv"]
+
+
+def test_the_users_sitecustomize_still_runs(tmp_path: Path) -> None:
+    mine = tmp_path / "site"
+    mine.mkdir()
+    (mine / "sitecustomize.py").write_text("import os\nos.environ['USER_SITE_RAN'] = 'yes'\n")
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import os, sys\nprint(os.environ.get('USER_SITE_RAN'), 'vramplan_measure_hook' in sys.modules)\n"
+    )
+    path = os.pathsep.join([str(ROOT), str(mine)])
+    done = subprocess.run(
+        [sys.executable, "-m", "vramplan", "measure", *SETUP, "--", sys.executable, str(script)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.splitlines()[0] == "yes True", done.stdout + done.stderr
+    assert "no process of the command used CUDA" in done.stderr
+    assert not (tmp_path / "vramplan-runs.csv").exists()
+
+
+def test_from_an_emitted_folder(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    emit = [sys.executable, "-m", "vramplan", "qwen2.5-0.5b", "--gpu", "4090", "--method", "qlora", "--emit", "trl"]
+    subprocess.run([*emit, "--out", str(job)], cwd=tmp_path, env=env(), check=True, capture_output=True)
+    done = measure(tmp_path, "--from", str(job), "--", sys.executable, TRAIN)
+    assert done.returncode == 0, done.stderr
+    (row,) = rows(tmp_path / "vramplan-runs.csv")
+    assert (row["model"], row["method"], row["quant"]) == ("qwen2.5-0.5b", "qlora", "bnb-nf4")
+    assert "setup from job/vramplan-setup.json" in row["notes"]
+
+
+def test_bad_input_before_the_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    touch = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    for argv in (
+        [*SETUP, "--"],
+        ["--", *touch],
+        [*SETUP, "--out", str(tmp_path), "--", *touch],
+        [*SETUP, "--from", str(tmp_path), "--", *touch],
+        [*SETUP, "--", "no-such-command-here"],
+    ):
+        done = measure(tmp_path, *argv)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert done.stderr.startswith("vramplan: error: ") and len(done.stderr.splitlines()) == 1, done.stderr
+    assert not marker.exists()
