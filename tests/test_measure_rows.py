@@ -200,3 +200,22 @@ def test_emit_out_writes_the_setup_measure_reads(tmp_path: Path) -> None:
     with pytest.raises(VramplanError) as err:
         read_setup_document(str(tmp_path))
     assert err.value.field == "from"
+
+
+def test_the_readme_shows_the_loop_in_five_lines() -> None:
+    import shlex
+
+    from vramplan.measure_run import measure_parser, split_command
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Against real GPUs", 1)[1].split("\n## ", 1)[0]
+    block = section.split("Your own runs, measured and gated in CI", 1)[1].split("```console\n", 1)[1]
+    lines = [line[2:] for line in block.split("\n```", 1)[0].splitlines()]
+    assert len(lines) == 5
+    assert "--emit" in lines[0] and "--out job" in lines[0]
+    words = shlex.split(lines[1].split("#")[0].strip().strip("()"))
+    own, command = split_command(words[words.index("measure") + 1 :])
+    args = measure_parser().parse_args(own)
+    assert (args.from_dir, args.out, command) == (".", "../runs.csv", ["bash", "run.sh"])
+    assert lines[2].startswith("vramplan validate --csv runs.csv --max-median-error")
+    assert "pytest" in lines[4]

@@ -14,7 +14,9 @@ The rows are what ``vramplan validate --csv`` reads. The exit status is the comm
 for a command killed by signal N, as a shell says it); only bad input before the run is 2.
 
 SIGTERM sent to vramplan is passed to the command, and vramplan records what it left; Ctrl-C
-reaches the command from the terminal, and vramplan waits for it. No torch import here.
+reaches the command from the terminal, and vramplan waits for it. The processes measured are
+those the command starts on this machine: on several nodes, run it on each (each adds its own
+ranks' rows). No torch import here.
 ``vramplan measure MODEL`` without ``--`` is vramplan's own loop on this machine's card
 (cli_run.py).
 """
@@ -176,7 +178,7 @@ def _planned(args: argparse.Namespace) -> dict[str, Any]:
             warnings.append(f"not given, Setup's defaults recorded: {shown_defaults}")
             notes.append(f"Setup defaults recorded for {', '.join(defaulted)}")
     else:
-        notes.append(f"setup from {Path(args.from_dir).name}/vramplan-setup.json")
+        notes.append(f"setup from {Path(args.from_dir).resolve().name}/vramplan-setup.json")
     return {
         "warnings": warnings,
         "model": model,
