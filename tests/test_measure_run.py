@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import requires
 from vramplan.published import compare_csv
 from vramplan.row_setup import COLUMNS
 
@@ -170,3 +171,43 @@ def test_bad_input_before_the_run(tmp_path: Path) -> None:
         assert done.returncode == 2, (argv, done.stderr)
         assert done.stderr.startswith("vramplan: error: ") and len(done.stderr.splitlines()) == 1, done.stderr
     assert not marker.exists()
+
+
+REAL_TRAINER = """
+import sys
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArguments
+
+cfg = Qwen2Config(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1,
+                  intermediate_size=64, vocab_size=100)
+data = [{"input_ids": torch.randint(0, 100, (8,)), "labels": torch.randint(0, 100, (8,))} for _ in range(4)]
+args = TrainingArguments(output_dir="out", max_steps=2, per_device_train_batch_size=2, report_to=[], use_cpu=True,
+                         eval_strategy="steps", eval_steps=1, save_steps=2)
+Trainer(model=Qwen2ForCausalLM(cfg), args=args, train_dataset=data, eval_dataset=data).train()
+hook = sys.modules["vramplan_measure_hook"]._HOOK
+print("wrapped", Trainer.train.__vramplan_phase__, Trainer.evaluate.__vramplan_phase__,
+      Trainer._save_checkpoint.__vramplan_phase__, torch.cuda.reset_peak_memory_stats.__qualname__)
+print("seen", hook.steps, hook.trainer, hook.stack, type(torch.__spec__.loader).__name__)
+"""
+
+
+@requires("torch", "transformers")
+def test_the_hook_in_a_real_trainer_run_on_cpu(tmp_path: Path) -> None:
+    """The same hook under the real torch and transformers: Trainer's methods wrapped when
+    transformers imports them, torch's optimizer hook counting the steps, the modules keeping
+    their own loaders, the run's result unchanged; no CUDA, so nothing is recorded."""
+    script = tmp_path / "real.py"
+    script.write_text(REAL_TRAINER)
+    done = subprocess.run(
+        [sys.executable, "-m", "vramplan", "measure", *SETUP, "--", sys.executable, str(script)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("wrapped", "seen"))]
+    assert lines == ["wrapped train eval save Hook.user_reset", "seen 2 hf ['other'] SourceFileLoader"], done.stdout
+    assert (tmp_path / "out" / "checkpoint-2").is_dir()
+    assert "no process of the command used CUDA" in done.stderr

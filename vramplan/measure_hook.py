@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib
 import json
 import os
 import re
@@ -163,8 +164,10 @@ class _Nvml:
             return self.handles[device]
         handle = None
         try:
+            # torch prints the UUID as 8-4-4-4-12 hex (torch/csrc/cuda/Module.cpp, ``_CUuuid.__str__``);
+            # NVML names a card "GPU-" + that, a MIG slice "MIG-" + it
             uuid = str(torch.cuda.get_device_properties(device).uuid)
-            for probe in (uuid, "GPU-" + uuid):
+            for probe in ("GPU-" + uuid, "MIG-" + uuid, uuid):
                 try:
                     handle = self.lib.nvmlDeviceGetHandleByUUID(probe)
                     break
@@ -491,8 +494,9 @@ def attach_torch(torch: Any) -> None:
         for owner in (cuda, getattr(cuda, "memory", None)):
             if owner is not None and hasattr(owner, "reset_peak_memory_stats"):
                 owner.reset_peak_memory_stats = hook.user_reset
-    try:
-        torch.optim.optimizer.register_optimizer_step_post_hook(hook.on_step)
+    try:  # torch.optim's namespace drops its submodule's name (torch 2.13): imported by its full name
+        optimizer = importlib.import_module(torch.__name__ + ".optim.optimizer")
+        optimizer.register_optimizer_step_post_hook(hook.on_step)
     except Exception:
         pass
     if threading.current_thread() is threading.main_thread():
