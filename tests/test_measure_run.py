@@ -166,6 +166,9 @@ def test_bad_input_before_the_run(tmp_path: Path) -> None:
         [*SETUP, "--out", str(tmp_path), "--", *touch],
         [*SETUP, "--from", str(tmp_path), "--", *touch],
         [*SETUP, "--", "no-such-command-here"],
+        [*SETUP, "--trainer", "tune", "--", *touch],
+        [*SETUP, "--gpu", "v100-99g", "--", *touch],
+        [*SETUP, "--method", "lora", "--lora-rank", "0", "--", *touch],
     ):
         done = measure(tmp_path, *argv)
         assert done.returncode == 2, (argv, done.stderr)

@@ -75,7 +75,10 @@ TRAINER_PHASES = {
     "save_model": "save",
     "_save_checkpoint": "save",
 }
-#: the packages whose Trainer subclass names the trainer, and the distribution holding each
+#: the packages whose Trainer subclass names the trainer, and the distribution holding each (read
+#: off the trainers' own classes: ms-swift 4.6.0 swift.trainers.seq2seq_trainer.Seq2SeqTrainer,
+#: llamafactory 0.9.5 llamafactory.train.sft.trainer.CustomSeq2SeqTrainer, axolotl 0.19.0
+#: axolotl.core.trainers.base.AxolotlTrainer, TRL's trl.trainer.sft_trainer.SFTTrainer)
 TRAINER_PACKAGES = {
     "swift": ("swift", "ms-swift"),
     "llamafactory": ("llamafactory", "llamafactory"),

@@ -41,6 +41,8 @@ from typing import Any
 
 from vramplan.cli_parse import EXIT_BAD_INPUT, SETUP_FLAGS, Parser, add_setup_flags
 from vramplan.errors import VramplanError, cut, one_line, shown
+from vramplan.frameworks import names
+from vramplan.gpus import resolve_gpu
 from vramplan.measure_rows import EXTRA, MEASUREMENTS, make_rows, read_setup_document, resolve_setup
 from vramplan.row_setup import COLUMNS
 
@@ -179,12 +181,14 @@ def _planned(args: argparse.Namespace) -> dict[str, Any]:
             notes.append(f"Setup defaults recorded for {', '.join(defaulted)}")
     else:
         notes.append(f"setup from {Path(args.from_dir).resolve().name}/vramplan-setup.json")
+    if args.trainer is not None and args.trainer not in names():
+        raise VramplanError("trainer", f"unknown trainer {shown(args.trainer)}; trainers: {', '.join(names())}")
     return {
         "warnings": warnings,
         "model": model,
         "setup": setup,
         "trainer": args.trainer or (doc or {}).get("trainer") or "",
-        "gpu": args.gpu or (doc or {}).get("gpu") or "",
+        "gpu": resolve_gpu(args.gpu).key if args.gpu else (doc or {}).get("gpu") or "",
         "notes": notes,
         "num_gpus_given": num_gpus_given,
     }
