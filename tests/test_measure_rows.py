@@ -118,6 +118,16 @@ def test_the_run_names_the_gpus_when_the_flags_did_not() -> None:
     assert rows[0]["notes"].startswith("excluded: 2 ranks ran and the setup names no multi-GPU layout")
 
 
+def test_device_map_takes_the_largest_card() -> None:
+    rec = record(0)
+    rec["devices"]["1"] = dict(rec["devices"]["0"])
+    rec["phases"]["train"]["1"] = {"allocated": 9500 * MIB, "reserved": 9900 * MIB}
+    setup = make_setup(method="lora", num_gpus=2, parallel="device_map")
+    (row,) = make_rows([{**rec, "world_size": None}], run_meta(setup=setup))
+    assert row["measured_value"] == f"{9900 / 1024:.3f}" and "2 devices in one process" in row["notes"]
+    assert row["allocated_gib"] == f"{9500 / 1024:.3f}" and "WORLD_SIZE" not in row["notes"]
+
+
 def test_outcomes() -> None:
     oom = {"tried_to_allocate": 2 * GIB, "total_capacity": 25247965184, "message": "CUDA out of memory."}
     row = make_rows([record(0, outcome="oom", steps=1, oom=oom)], run_meta())[0]

@@ -190,7 +190,7 @@ def make_rows(records: list[dict[str, Any]], run: dict[str, Any]) -> list[dict[s
     records = sorted(records, key=lambda r: (r.get("rank") is None, r.get("rank") or 0, r.get("pid") or 0))
     world = max((int(r.get("world_size") or 1) for r in records), default=1)
     setup: Setup = run["setup"]
-    if not run.get("num_gpus_given") and world > setup.world_size and setup.parallel != "none":
+    if not run.get("num_gpus_given") and world > setup.world_size and setup.parallel not in ("none", "device_map"):
         setup = make_setup(**{**setup.model_dump(), "num_gpus": max(1, world // setup.num_nodes)})
     columns = setup_columns(setup)
     for rec in records:
@@ -217,6 +217,9 @@ def _row(rec: dict[str, Any], run: dict[str, Any], setup: Setup, columns: dict[s
     if tier == "device" and value is None:
         tier, value = "reserved", p["reserved"]
         notes.append("no NVML reading (pip install nvidia-ml-py): the reserved peak recorded instead")
+    used = rec.get("devices") or {}
+    if len(used) > 1:
+        notes.append(f"{len(used)} devices in one process (device_map): the largest, cuda:{p['gpu']}")
     if p["device"] is not None and p["scope"] == "card":
         notes.append("NVML: the whole card's use (the process was not in its list: another PID namespace)")
     outcome = rec.get("outcome") or "ok"
@@ -236,14 +239,14 @@ def _row(rec: dict[str, Any], run: dict[str, Any], setup: Setup, columns: dict[s
             notes.append(f"{what}{error} after {steps} optimizer steps: the peak of the steps run")
     elif steps == 0 and setup.method != "inference":
         notes.append("no optimizer step seen")
-    ooms = sum(int(d.get("num_ooms", 0)) for d in (rec.get("devices") or {}).values())
+    ooms = sum(int(d.get("num_ooms", 0)) for d in used.values())
     if ooms and outcome != "oom":
         notes.append(f"{ooms} out-of-memory error(s) raised and caught by the run")
     if run.get("trainer") and rec.get("trainer") and rec["trainer"] != run["trainer"]:
         notes.append(f"planned for {run['trainer']}, ran {rec['trainer']} ({rec.get('trainer_class', '')})")
     if world > 1 and setup.parallel == "none":
         excluded = excluded or f"excluded: {world} ranks ran and the setup names no multi-GPU layout (--parallel). "
-    elif world != setup.world_size:
+    elif world != (1 if setup.parallel == "device_map" else setup.world_size):  # device_map: one process
         notes.append(f"WORLD_SIZE {world}, the setup says {setup.world_size} GPUs")
     if setup.deepspeed_config is not None:
         notes.append(f"DeepSpeed config {setup.deepspeed_config.source}")
