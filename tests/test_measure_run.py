@@ -54,6 +54,7 @@ def test_two_ranks_as_torchrun_runs_them(tmp_path: Path) -> None:
     done = measure(tmp_path, *SETUP, "--gpus", "2", "--parallel", "ddp", "--", sys.executable, LAUNCH, "2", TRAIN)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("trained") == 2 and "recorded 2 rows in" in done.stdout
+    assert done.stdout.count(" GiB reserved, +") + done.stdout.count(" GiB reserved, -") == 2  # validate's error
     got = rows(tmp_path / "vramplan-runs.csv")  # the default file, in the working directory
     assert [(r["rank"], r["world_size"], r["outcome"]) for r in got] == [("0", "2", "ok"), ("1", "2", "ok")]
     r0, r1 = got
@@ -89,6 +90,7 @@ def test_oom_is_recorded_and_the_status_passed_through(tmp_path: Path) -> None:
     assert row["outcome"] == "oom" and row["steps"] == "1" and row["peak_phase"] == "train"
     assert "tried to allocate 30.00 GiB" in row["notes"] and "total capacity 23.51 GiB" in row["notes"]
     assert row["exit_status"] == "1" and row["rank"] == ""
+    assert "the estimate says fits on rtx-4090" in done.stdout  # what validate's gate will fail
     (compared,) = compare_csv(out)
     assert compared.outcome == "oom" and not compared.excluded and compared.verdict is not None
 

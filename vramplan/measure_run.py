@@ -387,17 +387,34 @@ def _umask() -> int:
 
 
 def _report(rows: list[dict[str, str]], target: Path, as_json: bool) -> None:
-    """The rows written: JSON, or one line a rank and where they went (on stderr under --json)."""
+    """The rows written: JSON, or one line a rank with the estimate's error as ``validate`` gives
+    it, and where they went (on stderr under --json)."""
+    from vramplan.published import compare
+
     if as_json:
         print(json.dumps(rows))
     out = sys.stderr if as_json else sys.stdout
     for row in rows:
         what = f"{row['measured_value']} GiB {row['measurement']}" if row["measured_value"] else "no peak"
         phase = f" at {row['peak_phase']}" if row["peak_phase"] else ""
-        excluded = " (excluded: see notes)" if row["notes"].startswith("excluded:") else ""
+        tiers = f"allocated {row['allocated_gib'] or '-'}, reserved {row['reserved_gib'] or '-'}"
+        tiers += f", device {row['device_gib'] or '-'} GiB"
         print(
-            f"{row['id']}: {row['outcome']}, {what}{phase} (allocated {row['allocated_gib'] or '-'},"
-            f" reserved {row['reserved_gib'] or '-'}, device {row['device_gib'] or '-'} GiB){excluded}",
-            file=out,
+            f"{row['id']}: {row['outcome']}, {what}{phase} ({tiers}); {_against(compare, row, target.parent)}", file=out
         )
     print(f"recorded {len(rows)} row{'s' if len(rows) != 1 else ''} in {one_line(str(target))}", file=out)
+
+
+def _against(compare: Any, row: dict[str, str], base: Path) -> str:
+    """What ``validate`` will say of the row: the estimate and its error, the verdict of an
+    out-of-memory row, or why it is excluded."""
+    try:
+        c = compare({k: v.strip() for k, v in row.items()}, base)
+    except Exception as exc:  # the row is recorded either way; validate will say the same
+        return f"not compared: {type(exc).__name__}"
+    if c.excluded:
+        return f"excluded: {cut(c.reason, 160)}"
+    if c.outcome == "oom":
+        return f"the estimate says {c.verdict} on {row['gpu']}"
+    est = c.estimate_bytes / 2**30 if c.estimate_bytes is not None else 0.0
+    return f"estimate {est:.2f} GiB {c.tier}, {c.error_pct:+.1f}%"
