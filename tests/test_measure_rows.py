@@ -138,6 +138,22 @@ def test_outcomes() -> None:
     assert later["outcome"] == "ok" and "killed by SIGTERM after 5 optimizer steps" in later["notes"]
 
 
+def test_a_caught_oom_in_a_failed_run_is_an_oom() -> None:
+    rec = record(0)
+    rec["devices"]["0"]["num_ooms"] = 1
+    failed = make_rows([rec], run_meta(exit_status=1))[0]
+    assert failed["outcome"] == "oom" and "raised 1 out-of-memory error(s) and the command failed" in failed["notes"]
+    retried = make_rows([rec], run_meta(exit_status=0))[0]  # accelerate's find_executable_batch_size retried
+    assert retried["outcome"] == "ok" and "1 out-of-memory error(s) raised and caught" in retried["notes"]
+
+
+def test_secrets_in_the_command_are_not_recorded() -> None:
+    from vramplan.measure_run import shown_command
+
+    words = ["env", "HF_TOKEN=hf_abc", "python", "t.py", "--hub_token", "hf_x", "--wandb-api-key=k", "--lr", "1e-4"]
+    assert shown_command(words) == "env 'HF_TOKEN=***' python t.py --hub_token '***' '--wandb-api-key=***' --lr 1e-4"
+
+
 def _write(tmp_path: Path, rows: list[dict[str, str]], name: str = "runs.csv") -> Path:
     target = tmp_path / name
     append_rows(target, rows)

@@ -395,7 +395,6 @@ class Hook:
             "rank": _env_int("RANK", _dist_rank(self.torch)),
             "local_rank": _env_int("LOCAL_RANK", None),
             "world_size": _env_int("WORLD_SIZE", None),
-            "argv": [str(a)[:200] for a in sys.argv[:40]],
             "outcome": self.outcome,
             "error": self.error,
             "oom": self.oom,

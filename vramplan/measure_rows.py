@@ -202,6 +202,7 @@ def _row(rec: dict[str, Any], run: dict[str, Any], setup: Setup, columns: dict[s
     p = peaks(rec)
     notes: list[str] = []
     rank = rec.get("rank")
+    used = rec.get("devices") or {}
     device_info = (rec.get("devices") or {}).get(p["gpu"], {})
     name = str(device_info.get("name", ""))
     gpu = card_key(name) if name else ""
@@ -217,13 +218,17 @@ def _row(rec: dict[str, Any], run: dict[str, Any], setup: Setup, columns: dict[s
     if tier == "device" and value is None:
         tier, value = "reserved", p["reserved"]
         notes.append("no NVML reading (pip install nvidia-ml-py): the reserved peak recorded instead")
-    used = rec.get("devices") or {}
     if len(used) > 1:
         notes.append(f"{len(used)} devices in one process (device_map): the largest, cuda:{p['gpu']}")
     if p["device"] is not None and p["scope"] == "card":
         notes.append("NVML: the whole card's use (the process was not in its list: another PID namespace)")
     outcome = rec.get("outcome") or "ok"
     steps = int(rec.get("steps") or 0)
+    ooms = sum(int(d.get("num_ooms", 0)) for d in used.values())
+    if outcome in ("ok", "error") and ooms and run["exit_status"] != 0:
+        # the run caught its out-of-memory error and exited with a failure of its own (sys.exit(1))
+        outcome = "oom"
+        notes.append(f"the allocator raised {ooms} out-of-memory error(s) and the command failed")
     excluded = ""
     if outcome == "oom":
         notes.append(_oom_text(rec.get("oom") or {}) + f" after {steps} optimizer steps")
@@ -239,7 +244,6 @@ def _row(rec: dict[str, Any], run: dict[str, Any], setup: Setup, columns: dict[s
             notes.append(f"{what}{error} after {steps} optimizer steps: the peak of the steps run")
     elif steps == 0 and setup.method != "inference":
         notes.append("no optimizer step seen")
-    ooms = sum(int(d.get("num_ooms", 0)) for d in used.values())
     if ooms and outcome != "oom":
         notes.append(f"{ooms} out-of-memory error(s) raised and caught by the run")
     if run.get("trainer") and rec.get("trainer") and rec["trainer"] != run["trainer"]:

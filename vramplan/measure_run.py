@@ -29,6 +29,7 @@ import datetime as _dt
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -143,7 +144,7 @@ def main(argv: list[str]) -> int:
     meta = {
         **plan,
         "id": _run_id(run["started"]),
-        "source": cut(one_line(f"vramplan measure on {socket.gethostname()}: {shlex.join(command)}"), 400),
+        "source": cut(one_line(f"vramplan measure on {socket.gethostname()}: {shown_command(command)}"), 400),
         "measurement": args.measurement,
         "exit_status": status,
         "date": run["started"].isoformat(timespec="seconds"),
@@ -229,6 +230,27 @@ def check_out(given: str | None) -> Path:
         except VramplanError as err:
             raise VramplanError("out", err.message) from None
     return target
+
+
+#: a word naming a secret (``--hub_token``, ``--wandb-key``, ``HF_TOKEN=...``): its value is not recorded
+_SECRET = re.compile(r"(token|secret|password|passwd|api[-_]?key|access[-_]?key|auth)", re.IGNORECASE)
+
+
+def shown_command(command: list[str]) -> str:
+    """The command as the ``source`` column records it (a file the user may commit): the value
+    given to an option or variable that names a secret is written ``***``."""
+    out: list[str] = []
+    hide_next = False
+    for word in command:
+        name, eq, _ = word.partition("=")
+        if hide_next and not word.startswith("-"):
+            out.append("***")
+        elif eq and _SECRET.search(name):
+            out.append(f"{name}=***")
+        else:
+            out.append(word)
+        hide_next = word.startswith("-") and not eq and bool(_SECRET.search(word))
+    return shlex.join(out)
 
 
 def _check_command(command: list[str]) -> None:
