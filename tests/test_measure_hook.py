@@ -59,6 +59,18 @@ def test_parse_oom_reads_torch_2_message() -> None:
     }
 
 
+def test_parse_oom_tells_this_process_from_another() -> None:
+    message = (  # a public traceback's message, another process on the same card
+        "CUDA out of memory. Tried to allocate 1.95 GiB. GPU 0 has a total capacity of 14.57 GiB of which 1.58 GiB"
+        " is free. Process 2493055 has 12.02 GiB memory in use. Including non-PyTorch memory, this process has"
+        " 966.00 MiB memory in use. Of the allocated memory 734.07 MiB is allocated by PyTorch, and 33.93 MiB is"
+        " reserved by PyTorch but unallocated."
+    )
+    got = parse_oom(message)
+    assert got["process_in_use"] == 966 * MIB and got["total_capacity"] == int(14.57 * GIB)
+    assert got["reserved"] == int(734.07 * MIB) + int(33.93 * MIB)
+
+
 def test_parse_oom_reads_torch_1_message() -> None:
     message = (
         "CUDA out of memory. Tried to allocate 512.00 MiB (GPU 0; 79.35 GiB total capacity; 77.10 GiB already"

@@ -38,7 +38,7 @@ counters see per-phase peaks (a reset the run makes itself first folds the peak 
 phase); a Python signal handler runs between bytecodes, so a rank blocked in a long C call
 (an NCCL collective) takes SIGTERM when the call returns. Outcomes: ``ok``; ``oom`` (an
 uncaught ``torch.OutOfMemoryError``, or a ``RuntimeError`` saying "CUDA out of memory" as torch
-before 2.1 raised it: the numbers of its message, :func:`parse_oom`); ``killed`` (SIGTERM, in a
+before 1.13 raised it: the numbers of its message, :func:`parse_oom`); ``killed`` (SIGTERM, in a
 process that had imported torch); ``error`` (another uncaught exception). An error the run
 catches itself (``torch.multiprocessing.spawn`` workers, accelerate's
 ``find_executable_batch_size``) is seen only as ``num_ooms``. Python started with ``-E``, ``-I``
@@ -88,7 +88,8 @@ TRAINER_PACKAGES = {
 }
 _UNITS = {"bytes": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 _SIZE = r"([0-9]+(?:\.[0-9]+)?) ?(bytes|B|KiB|MiB|GiB|TiB)"
-#: torch >= 2.1's message (c10/cuda/CUDACachingAllocator.cpp, ``malloc``'s OutOfMemoryError), and before
+#: torch 2.x's message (c10/cuda/CUDACachingAllocator.cpp, ``malloc``'s OutOfMemoryError: "GPU 0 has a total
+#: capacity of ..."; another process's use, "Process N has ...", is not this one's), and the older one
 _OOM_NEW = {
     "tried_to_allocate": r"Tried to allocate " + _SIZE,
     "total_capacity": r"total capacity of " + _SIZE,
@@ -123,7 +124,7 @@ def parse_oom(message: str) -> dict[str, int]:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """torch's OutOfMemoryError (any class of that name from torch), or torch < 2.1's RuntimeError."""
+    """torch's OutOfMemoryError (any class of that name from torch), or torch < 1.13's RuntimeError."""
     for cls in type(exc).__mro__:
         if cls.__name__ == "OutOfMemoryError" and cls.__module__.split(".")[0] == "torch":
             return True
