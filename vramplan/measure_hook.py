@@ -124,7 +124,9 @@ def parse_oom(message: str) -> dict[str, int]:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """torch's OutOfMemoryError (any class of that name from torch), or torch < 1.13's RuntimeError."""
+    """torch's OutOfMemoryError, a RuntimeError subclass made in torch/csrc/Exceptions.cpp as
+    ``torch.cuda.OutOfMemoryError`` (pytorch#83146, torch 1.13), ``torch.OutOfMemoryError`` since
+    pytorch#121702 (any class of that name from a torch module), or earlier torch's RuntimeError."""
     for cls in type(exc).__mro__:
         if cls.__name__ == "OutOfMemoryError" and cls.__module__.split(".")[0] == "torch":
             return True
