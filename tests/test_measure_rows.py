@@ -188,6 +188,14 @@ def test_rows_go_to_a_whole_new_file(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name != "runs.csv"]  # no temporary left
 
 
+def test_a_link_to_the_file_stays_a_link(tmp_path: Path) -> None:
+    real = _write(tmp_path, make_rows([record(0)], run_meta()), "real.csv")
+    link = tmp_path / "runs.csv"
+    link.symlink_to(real.name)
+    append_rows(link, make_rows([record(1)], run_meta()))
+    assert link.is_symlink() and len(list(csv.DictReader(real.open(newline="")))) == 2
+
+
 def test_a_users_csv_keeps_its_rows_and_gains_the_columns(tmp_path: Path) -> None:
     target = tmp_path / "runs.csv"
     header = [c for c in COLUMNS if c not in ("lengths", "settings")]

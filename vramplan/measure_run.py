@@ -336,8 +336,10 @@ def append_rows(target: Path, rows: list[dict[str, str]]) -> list[dict[str, str]
     """Add ``rows`` to the CSV at ``target`` by writing the whole new file beside it and renaming
     it over the old one, under an exclusive lock of the folder; ids already in the file get a
     suffix. Returns the rows as written. A file whose header lacks a column of the rows is
-    rewritten with the columns added (its rows blank in them); otherwise its bytes are kept."""
-    folder = target.parent if str(target.parent) else Path(".")
+    rewritten with the columns added (its rows blank in them); otherwise its bytes are kept. A
+    symbolic link is followed: the file it names is replaced, the link stays."""
+    target = Path(os.path.realpath(target))
+    folder = target.parent
     lock = os.open(folder, os.O_RDONLY)
     try:
         if fcntl is not None:
