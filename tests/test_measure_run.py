@@ -216,3 +216,17 @@ def test_the_hook_in_a_real_trainer_run_on_cpu(tmp_path: Path) -> None:
     assert lines == ["wrapped train eval save Hook.user_reset", "seen 2 hf ['other'] SourceFileLoader"], done.stdout
     assert (tmp_path / "out" / "checkpoint-2").is_dir()
     assert "no process of the command used CUDA" in done.stderr
+
+
+def test_a_config_path_is_written_as_validate_reads_it(tmp_path: Path) -> None:
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "data").mkdir()
+    config = ROOT / "tables" / "models" / "qwen2.5-0.5b" / "config.json"
+    (tmp_path / "cfg" / "config.json").write_text(config.read_text())
+    out = tmp_path / "data" / "runs.csv"
+    done = measure(tmp_path, "cfg/config.json", *SETUP[1:], "--out", "data/runs.csv", "--", sys.executable, TRAIN)
+    assert done.returncode == 0, done.stderr
+    (row,) = rows(out)
+    assert row["model"] == os.path.join("..", "cfg", "config.json")  # relative to the CSV, as validate reads it
+    (compared,) = compare_csv(out)
+    assert not compared.excluded and compared.error_pct is not None

@@ -40,7 +40,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vramplan.cli_parse import EXIT_BAD_INPUT, SETUP_FLAGS, Parser, add_setup_flags
+from vramplan.cli_parse import EXIT_BAD_INPUT, EXIT_INTERNAL, SETUP_FLAGS, Parser, add_setup_flags
 from vramplan.errors import VramplanError, cut, one_line, shown
 from vramplan.frameworks import names
 from vramplan.gpus import resolve_gpu
@@ -149,12 +149,16 @@ def main(argv: list[str]) -> int:
         "exit_status": status,
         "date": run["started"].isoformat(timespec="seconds"),
     }
-    rows = make_rows(records, meta)
+    if os.path.exists(meta["model"]):  # a config.json path: read by validate relative to the CSV
+        meta["model"] = os.path.relpath(os.path.abspath(meta["model"]), target.parent.resolve())
     try:
-        rows = append_rows(target, rows)
+        rows = append_rows(target, make_rows(records, meta))
     except VramplanError as err:
         sys.stderr.write(f"vramplan: error: {err}\n")
         return status or EXIT_BAD_INPUT
+    except Exception as exc:  # a bug: said as the CLI says one, and the command's status still returned
+        sys.stderr.write(f"vramplan: internal error: {type(exc).__name__}: {cut(one_line(str(exc)), 300)}\n")
+        return status or EXIT_INTERNAL
     _report(rows, target, args.json)
     return status
 
