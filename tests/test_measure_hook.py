@@ -191,17 +191,37 @@ def test_a_subclass_evaluate_runs_in_eval(tmp_path: Path, monkeypatch: pytest.Mo
         def evaluate(self) -> None:
             pass
 
-    class Seq2Seq(Trainer):
+    module.Trainer = Trainer  # type: ignore[attr-defined]
+    measure_hook.patch_trainer(module)
+
+    class Seq2Seq(Trainer):  # defined after transformers.trainer was patched, as every trainer's is
         def evaluate(self) -> None:  # allocates before it calls super(), as generation set-up does
             torch.cuda.malloc(400 * MIB)
             torch.cuda.free(400 * MIB)
             super().evaluate()
 
-    module.Trainer = Trainer  # type: ignore[attr-defined]
-    measure_hook.patch_trainer(module)
     torch.cuda.malloc(100 * MIB)
     Seq2Seq().train()
     assert hook.phases["eval"]["0"]["allocated"] == 500 * MIB
     assert hook.trainer_class.endswith("Seq2Seq")
     patch_class_tree(Seq2Seq)  # twice is once
     assert not hasattr(Seq2Seq.evaluate.__wrapped__, "__vramplan_phase__")  # type: ignore[attr-defined]
+
+
+def test_a_subclass_train_is_seen_before_it_calls_super(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ms-swift's SwiftMixin.train does its own set-up before super().train(): the trainer is
+    named, and the set-up counted in train, even when that set-up fails."""
+    hook = hook_on(fresh_torch(), tmp_path)
+    monkeypatch.setattr(measure_hook, "_HOOK", hook)
+    module = ModuleType("transformers.trainer")
+    module.Trainer = type("Trainer", (), {"train": lambda self: None})  # type: ignore[attr-defined]
+    measure_hook.patch_trainer(module)
+
+    class Mixin:
+        def train(self) -> None:
+            raise AttributeError("set-up failed")
+
+    swift = type("Seq2SeqTrainer", (Mixin, module.Trainer), {"__module__": "swift.trainers.seq2seq_trainer"})  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        swift().train()
+    assert (hook.trainer, hook.stack) == ("swift", ["load", "train"])

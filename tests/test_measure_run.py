@@ -230,3 +230,38 @@ def test_a_config_path_is_written_as_validate_reads_it(tmp_path: Path) -> None:
     assert row["model"] == os.path.join("..", "cfg", "config.json")  # relative to the CSV, as validate reads it
     (compared,) = compare_csv(out)
     assert not compared.excluded and compared.error_pct is not None
+
+
+SWIFT_TRAINER = """
+import sys
+from swift.trainers import Seq2SeqTrainer
+hook = sys.modules["vramplan_measure_hook"]._HOOK
+try:
+    Seq2SeqTrainer.train(object.__new__(Seq2SeqTrainer))  # SwiftMixin.train's set-up fails on a bare object
+except Exception:
+    pass
+print("seen", hook.trainer, hook.trainer_class, hook.stack, "vramplan" in sys.modules)
+"""
+
+
+@pytest.mark.skipif(
+    not os.environ.get("VRAMPLAN_SWIFT_PYTHON") and not os.environ.get("CI"),
+    reason="VRAMPLAN_SWIFT_PYTHON (python with ms-swift 4.x) is not set",
+)
+def test_the_hook_in_a_trainers_own_venv(tmp_path: Path) -> None:
+    """ms-swift's Python (its own venv) runs the same standalone hook: swift's trainer
+    class named from its MRO, its train() counted from its own set-up on."""
+    script = tmp_path / "swift_check.py"
+    script.write_text(SWIFT_TRAINER)
+    python = os.environ["VRAMPLAN_SWIFT_PYTHON"]
+    done = subprocess.run(
+        [sys.executable, "-m", "vramplan", "measure", *SETUP, "--", python, str(script)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # vramplan for the parent; the run never imports it
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [line for line in done.stdout.splitlines() if line.startswith("seen")]
+    assert seen == ["seen swift swift.trainers.seq2seq_trainer.Seq2SeqTrainer ['load', 'train'] False"], done.stdout

@@ -26,8 +26,9 @@ ending phase's and reset (``reset_peak_memory_stats``), so each phase keeps its 
 Before ``train`` is ``load`` (building, quantizing, moving the model), after it ``other``; a
 phase an exception leaves stays the current one (the record names where the run failed). The
 trainers built on ``Trainer`` (TRL, ms-swift, LLaMA-Factory, axolotl) inherit the wrappers, and
-when one trains, the same methods its own classes define are wrapped too (a ``Seq2SeqTrainer``'s
-``evaluate`` runs in ``eval`` before it calls ``super()``); the trainer is named by the first
+each subclass's own methods of those names are wrapped as the subclass is defined (ms-swift's
+``SwiftMixin.train``, a ``Seq2SeqTrainer``'s ``evaluate``, run in their phase before they call
+``super()``); the trainer is named by the first
 class of the trained object's MRO from a known package.
 
 What it cannot tell apart: a loop that is not ``Trainer``'s (one ``run`` phase: model loading
@@ -479,10 +480,26 @@ def patch_class_tree(cls: type) -> None:
 
 
 def patch_trainer(module: Any) -> None:
-    """Wrap transformers' Trainer methods with their phases (subclasses when one trains)."""
+    """Wrap transformers' Trainer methods with their phases, and those of every subclass as it is
+    defined (``__init_subclass__``: TRL's, ms-swift's, LLaMA-Factory's, the user's own)."""
     cls = getattr(module, "Trainer", None)
-    if isinstance(cls, type):
-        patch_class_tree(cls)
+    if not isinstance(cls, type) or "__vramplan_subclasses__" in cls.__dict__:
+        return
+    patch_class_tree(cls)
+    original = cls.__dict__.get("__init_subclass__")
+
+    def init_subclass(sub: type, **kwargs: Any) -> None:
+        if original is not None:
+            original.__get__(None, sub)(**kwargs)
+        else:
+            super(cls, sub).__init_subclass__(**kwargs)  # type: ignore[misc,arg-type]
+        try:
+            patch_class_tree(sub)
+        except Exception:
+            pass
+
+    cls.__init_subclass__ = classmethod(init_subclass)  # type: ignore[assignment]
+    cls.__vramplan_subclasses__ = True  # type: ignore[attr-defined]
 
 
 def attach_torch(torch: Any) -> None:
