@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -95,13 +96,14 @@ def test_oom_is_recorded_and_the_status_passed_through(tmp_path: Path) -> None:
     assert compared.outcome == "oom" and not compared.excluded and compared.verdict is not None
 
 
-@pytest.mark.parametrize("whom", ["training process", "vramplan"])
+@pytest.mark.parametrize("whom", ["training process", "vramplan", "vramplan over a shell"])
 def test_a_killed_run_still_records(tmp_path: Path, whom: str) -> None:
     out = tmp_path / "runs.csv"
     cmd = [sys.executable, "-m", "vramplan", "measure", *SETUP, "--out", str(out), "--"]
-    proc = subprocess.Popen(
-        [*cmd, sys.executable, TRAIN, "--hang"], cwd=tmp_path, env=env(), stdout=subprocess.PIPE, text=True
-    )
+    train = [sys.executable, TRAIN, "--hang"]
+    if whom == "vramplan over a shell":  # run.sh: bash dies of SIGTERM at once, its python must still be told
+        train = ["bash", "-c", f"{shlex.join(train)}; echo after"]
+    proc = subprocess.Popen([*cmd, *train], cwd=tmp_path, env=env(), stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("hanging "), line

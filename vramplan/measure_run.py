@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -312,12 +313,26 @@ def _run(command: list[str]) -> dict[str, Any]:
         except OSError as exc:
             hint = " (give the command as separate words after --)" if " " in command[0] else ""
             raise VramplanError("command", f"cannot run {shown(command[0])}: {exc.strerror or exc}{hint}") from None
+        signalled: list[int] = []
+
+        def forward(signum: int, frame: Any) -> None:
+            """SIGTERM to the command and every process under it: a shell (``bash run.sh``) dies of
+            it at once and would leave its python running, unrecorded."""
+            tree = [proc.pid, *descendants(proc.pid)]
+            signalled.extend(tree)
+            for pid in tree:
+                try:
+                    os.kill(pid, signum)
+                except OSError:
+                    pass
+
         handlers = {}
         if sys.platform != "win32":
-            handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda s, f: proc.send_signal(s))
+            handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, forward)
         handlers[signal.SIGINT] = signal.signal(signal.SIGINT, lambda s, f: None)
         try:
             code = proc.wait()
+            _wait_gone(signalled[1:])  # the processes signalled under it write their records as they die
         finally:
             for sig, previous in handlers.items():
                 signal.signal(sig, previous)
@@ -325,6 +340,57 @@ def _run(command: list[str]) -> dict[str, Any]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return {"status": 128 - code if code < 0 else code, "records": records, "started": started}
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes under ``pid``, read from ``/proc`` (Linux; none elsewhere), nearest first."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()  # after the command name, which may hold spaces
+        if len(fields) > 1 and fields[1].isdigit():
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        found = children.get(todo.pop(0), [])
+        out.extend(found)
+        todo.extend(found)
+    return out
+
+
+def _wait_gone(pids: list[int], timeout_s: float = 60.0) -> None:
+    """Until every process in ``pids`` has exited (or ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except OSError:
+                break
+            if _zombie(pid):
+                break
+            time.sleep(0.05)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 :][:1] == b"Z"
 
 
 def _serialize(rows: list[dict[str, str]], header: list[str], with_header: bool) -> str:
