@@ -107,8 +107,16 @@ def test_a_killed_run_still_records(tmp_path: Path, whom: str) -> None:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("hanging "), line
-    os.kill(int(line.split()[1]) if whom == "training process" else proc.pid, signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=60)
+    child = int(line.split()[1])
+    try:
+        os.kill(child if whom == "training process" else proc.pid, signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:  # nothing of a failed test left running
+        for pid in (child, proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
     assert proc.returncode == 128 + signal.SIGTERM
     (row,) = rows(out)
     assert row["outcome"] == "ok" and row["steps"] == "3" and row["exit_status"] == str(128 + signal.SIGTERM)

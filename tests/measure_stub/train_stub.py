@@ -65,7 +65,7 @@ def main() -> None:
         Trainer(args.steps, eval_every=2, save_every=3).train()
     if args.hang:
         print(f"hanging {os.getpid()}", flush=True)
-        time.sleep(600)
+        time.sleep(120)
     print("trained", flush=True)
 
 
