@@ -13,7 +13,8 @@ its folder, so a reader sees the old file or the new one and two runs ending tog
 The rows are what ``vramplan validate --csv`` reads. The exit status is the command's (128 + N
 for a command killed by signal N, as a shell says it); only bad input before the run is 2.
 
-SIGTERM sent to vramplan is passed to the command, and vramplan records what it left; Ctrl-C
+SIGTERM sent to vramplan is passed to the command and every process under it (a batch
+scheduler's stop), and vramplan waits for them and records what they left; Ctrl-C
 reaches the command from the terminal, and vramplan waits for it. The processes measured are
 those the command starts on this machine: on several nodes, run it on each (each adds its own
 ranks' rows). No torch import here.
