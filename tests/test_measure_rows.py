@@ -13,6 +13,7 @@ import pytest
 
 from vramplan.cli import main
 from vramplan.errors import VramplanError
+from vramplan.measure_csv import append_rows
 from vramplan.measure_rows import (
     EXTRA,
     SETUP_FILE,
@@ -21,7 +22,7 @@ from vramplan.measure_rows import (
     resolve_setup,
     setup_columns,
 )
-from vramplan.measure_run import append_rows, check_out
+from vramplan.measure_run import check_out
 from vramplan.published import compare_csv
 from vramplan.row_setup import COLUMNS, row_setup
 from vramplan.setup import make_setup
