@@ -275,3 +275,12 @@ def test_the_hook_in_a_trainers_own_venv(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     seen = [line for line in done.stdout.splitlines() if line.startswith("seen")]
     assert seen == ["seen swift swift.trainers.seq2seq_trainer.Seq2SeqTrainer ['load', 'train'] False"], done.stdout
+
+
+def test_a_rank_without_a_record_is_said(tmp_path: Path) -> None:
+    rank2_quits = f"import os; exit(0) if os.environ['RANK'] == '2' else exec(open({TRAIN!r}).read())"
+    argv = [*SETUP, "--gpus", "3", "--parallel", "ddp", "--", sys.executable, LAUNCH, "3", "-c", rank2_quits]
+    done = measure(tmp_path, *argv)
+    assert done.returncode == 0, done.stderr
+    assert "2 of 3 ranks left a record" in done.stderr
+    assert [r["rank"] for r in rows(tmp_path / "vramplan-runs.csv")] == ["0", "1"]

@@ -135,6 +135,12 @@ def main(argv: list[str]) -> int:
             f" {one_line(str(target))}\n"
         )
         return status
+    world = max((int(r.get("world_size") or 1) for r in records), default=1)
+    if len(records) < world:
+        sys.stderr.write(
+            f"vramplan measure: {len(records)} of {world} ranks left a record (a rank killed by SIGKILL, the kernel's"
+            " out-of-memory killer among them, or one that never used CUDA, writes none)\n"
+        )
     meta = {
         **plan,
         "id": _run_id(run["started"]),
