@@ -199,7 +199,7 @@ def test_the_cli_replaces_a_set_and_keeps_the_users_data(tmp_path: Path) -> None
         command = done.stderr.split("run: ", 1)[1].strip()
         assert command.startswith("cd 'my run; $(x)' && ")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["accelerate_config.yaml", "ds_config.json", "run.sh", "train.py", USER_FILE[0]]
+        ["accelerate_config.yaml", "ds_config.json", "run.sh", "train.py", "vramplan-setup.json", USER_FILE[0]]
     )
     assert data.read_text() == USER_FILE[1] and data.stat().st_ino == inode
     assert f"--data '{data}'" in (out / "run.sh").read_text()  # the existing data file, by its absolute path

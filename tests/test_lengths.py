@@ -29,6 +29,64 @@ def chain_step(a: CachingAllocator, key: int, tokens: int, per_token: int) -> No
         a.free(k)
 
 
+def swift_qwen_step(a: CachingAllocator, t: int, v: int = V) -> None:
+    """The vocabulary-sized requests of one ms-swift step on Qwen (v1) LoRA, bf16, one sample a
+    batch, in order (ms-swift 1.5/1.6 with transformers 4.36, accelerate 0.25, torch 2.1):
+
+    - ``QWenLMHeadModel.forward`` (modeling_qwen.py): ``lm_logits`` (A, 2·t·V); ``shift_logits =
+      lm_logits[..., :-1, :].contiguous()`` is a view, no copy, for one sample (a prefix of a
+      contiguous [1, t, V] tensor is contiguous); ``CrossEntropyLoss`` under accelerate's autocast:
+      the bf16 input converted to fp32 (C, 4·t'·V; ATen ``log_softmax(input, dim, dtype)`` runs
+      ``input_.toType(dtype)`` for a bf16 input) and the log-softmax (D, 4·t'·V), saved for
+      backward; C freed when the loss returns;
+    - accelerate 0.25 ``prepare_model`` wraps forward in ``convert_outputs_to_fp32``: the logits'
+      ``.float()`` (E, 4·t·V) while A is alive, then A freed; ms-swift's ``compute_loss``
+      (swift/trainers/trainers.py) reads ``outputs.logits.argmax`` and returns, freeing E;
+    - backward: ``nll_loss_backward`` (F, 4·t'·V), ``_log_softmax_backward_data`` (G, 4·t'·V),
+      then F and D freed, ``ToCopyBackward`` to bf16 (H, 2·t'·V), G freed, ``slice_backward``'s
+      zeros (I, 2·t·V), H freed, the LM head's input grad, I freed."""
+    tp = t - 1
+    a.malloc(1, 2 * t * v)  # A
+    a.malloc(3, 4 * tp * v)  # C
+    a.malloc(4, 4 * tp * v)  # D
+    a.free(3)
+    a.malloc(5, 4 * t * v)  # E
+    a.free(1)
+    a.free(5)
+    a.malloc(6, 4 * tp * v)  # F
+    a.malloc(7, 4 * tp * v)  # G
+    a.free(6)
+    a.free(4)
+    a.malloc(8, 2 * tp * v)  # H
+    a.free(7)
+    a.malloc(9, 2 * t * v)  # I
+    a.free(8)
+    a.malloc(10, 2 * t * 4096)  # the LM head's input grad
+    a.free(9)
+    a.free(10)
+
+
+def test_the_ms_swift_chain_of_one_step() -> None:
+    """Replayed, a fixed-length step keeps 14·t·V bytes of segments (A and three fp32 blocks; a
+    fourth when E outgrows C's 2 MiB-rounded segment): the truncated runs of ms-swift's benchmark
+    hold 13.9..14.4·t·V above the weights and the checkpointed activations at 512..2048 tokens
+    (tests/test_lengths_runs.py). A record takes three new fp32 segments (C, D and E or G): the
+    chain memory/lengths.py counts per record (``CHAIN_BLOCKS``)."""
+    for t in (512, 1024, 2048):
+        a = CachingAllocator()
+        for _ in range(3):
+            swift_qwen_step(a, t)
+        assert 14 * t * V <= a.reserved <= 18 * t * V + 10 * MiB
+        before = a.reserved
+        longer = t + 300
+        swift_qwen_step(a, longer)
+        assert 3 * 4 * (longer - 1) * V <= a.reserved - before <= 3 * 4 * longer * V + 6 * MiB
+        before = a.reserved
+        for shorter in (t, t - 100, longer - 5):  # no longer than the record: no new segment
+            swift_qwen_step(a, shorter)
+        assert a.reserved == before
+
+
 def test_reserved_grows_at_records_only() -> None:
     """Replayed through the allocator's rules, a batch longer than every one before takes new
     segments for the chain's three fp32 blocks; any other batch takes none."""
@@ -135,12 +193,80 @@ def test_published_fixed_and_variable_pair() -> None:
     assert planned.terms[lengths.CACHE_TERM] == pytest.approx(cache, rel=0.01)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: the variable run comes out +30% through the plan (35.9 GiB)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 19: the plan carries the expected cache over sample orders (35.9 GiB); the published run is one"
+    " order, at the low end of the band (see test_published_variable_run_within_the_orders_band)",
+)
 def test_published_variable_run_within_10pct() -> None:
     """The pair's variable run through the plan (the fp32 chain ms-swift's autocast runs): 35.9 GiB
-    against 27.74. Not the lengths' mean: a mean of 1950 of 2048 would still leave +10%."""
+    against 27.74, +30%: the fixed part +1.8 GiB (20.67 against 18.91), the records' cache 15.2
+    GiB, the expectation over the orders the samples may come in, against 8.8 measured (variable
+    minus fixed). The run meets one order: benchmarks/curate_lengths_runs.py's harness gives
+    every run the same seed (run_single.py ``global_seed=42`` -> ``seed=get_seed(random_state)``),
+    so every run of the same kept samples meets the same records (the 1.8B, 7B and 14B rows at
+    2048 hold the same cache within 0.2 GiB, five 7B rows of different ranks, targets and
+    attention 27.71..27.87 GiB), and that order's records sum to 8.8 GiB where 80% of orders
+    give 7.3..23.8 GiB. Not the lengths' mean: a mean of 1950 of 2048 would still leave +10%."""
     planned = swift_qwen7b(lengths="variable", avg_tokens=1347)
     assert planned.peak.reserved_bytes / GIB == pytest.approx(27.74, rel=0.10)
+
+
+def test_published_variable_run_within_the_orders_band() -> None:
+    """The published pair through the plan's band of orders: the fixed plan plus the records' cache
+    at the 10% of orders comes within 1% of 27.74 GiB, and the measured cache (27.74 - 18.91 GiB)
+    lies inside the band (the same for 512 and 1024 tokens and for 1.8B and 14B:
+    tests/test_lengths_runs.py)."""
+    planned = swift_qwen7b(lengths="variable", avg_tokens=1347)
+    (note,) = [n for n in planned.notes if n.code == "lengths.cache"]
+    lo, hi = note.data["cache_band_bytes"]
+    fixed = swift_qwen7b().peak.reserved_bytes
+    assert (fixed + lo) / GIB == pytest.approx(27.74, rel=0.02)
+    assert lo / GIB < 27.74 - 18.91 < hi / GIB
+    assert lo < planned.terms[lengths.CACHE_TERM] < hi
+
+
+def test_the_band_is_the_convolution_of_independent_records() -> None:
+    """The band (Cornish-Fisher on the records' cumulants) against the exact distribution of a
+    sum of independent ``c·Bernoulli(p)``, one term a length step, and against orders drawn at
+    random: within 0.5 GiB (Qwen's vocabulary, 2048 tokens, mean 1347)."""
+    import bisect
+
+    per = 12 * V * 2047 / 2048
+    lo = lengths.records_cache_spread(per, 2048, 1, 1347, lengths.Z10)
+    hi = lengths.records_cache_spread(per, 2048, 1, 1347, lengths.Z90)
+    block = per / 3
+    step = -(-lengths.ROUND_LARGE // int(block))
+    final = lengths._segment(block * 2048)
+    grid = 64 * MiB
+    dist = [1.0]
+    for x, p in lengths.expected_records(2048, 1347, 1, step):
+        seg = lengths._segment(block * x)
+        if seg == final:
+            continue
+        k = round(3 * seg / grid)
+        grown = [0.0] * (len(dist) + k)
+        for i, d in enumerate(dist):
+            grown[i] += d * (1 - p)
+            grown[i + k] += d * p
+        dist = grown
+    cum = [sum(dist[: i + 1]) for i in range(len(dist))]
+    exact = [bisect.bisect_left(cum, q) * grid for q in (0.1, 0.9)]
+    assert lo == pytest.approx(exact[0], abs=0.5 * GIB) and hi == pytest.approx(exact[1], abs=0.5 * GIB)
+    # orders drawn at random from the same lengths: the band holds about 80% of them
+    cdf = lengths.length_cdf(2048, 1347)
+    rnd = random.Random(11)
+    caches = []
+    for _ in range(300):
+        longest, steps = 0, set()
+        for _ in range(3000):
+            x = max(1, bisect.bisect_left(cdf, rnd.random()))
+            if x > longest:
+                longest = x
+                steps.add(lengths._segment(block * x))
+        caches.append(sum(3 * s for s in steps if s != lengths._segment(block * longest)))
+    inside = sum(lo <= c <= hi for c in caches) / len(caches)
+    assert 0.65 < inside < 0.9
 
 
 def test_default_and_packed_plans_do_not_move() -> None:

@@ -301,13 +301,20 @@ def _cmd_fit(argv: list[str]) -> int:
     return EXIT_FITS
 
 
+def _measure_command(argv: list[str]) -> int:
+    """``vramplan measure ... -- COMMAND``: the user's own run measured (vramplan/measure_run.py)."""
+    from vramplan.measure_run import main as measure_main
+
+    return measure_main(argv)
+
+
 COMMANDS = {
     "fit": _cmd_fit,
     "validate": _cmd_validate,
     "gpus": _cmd_gpus,
     "models": _cmd_models,
     "trace": lambda argv: run_command("trace", argv),
-    "measure": lambda argv: run_command("measure", argv),
+    "measure": lambda argv: _measure_command(argv) if "--" in argv else run_command("measure", argv),
 }
 
 

@@ -172,7 +172,9 @@ def plan_parser() -> argparse.ArgumentParser:
 def run_parser(command: str) -> argparse.ArgumentParser:
     what = {
         "trace": "Trace training steps of MODEL with fake tensors (no GPU needed).",
-        "measure": "Run training steps of MODEL on the local CUDA card and read the peak.",
+        "measure": "Run training steps of MODEL on the local CUDA card and read the peak (vramplan's own loop;"
+        " 'vramplan measure [MODEL] [flags | --from DIR] -- COMMAND' measures your own training command, one"
+        " row per rank in a CSV: 'vramplan measure --help --' lists its flags).",
     }[command]
     p = Parser(prog=f"vramplan {command}", description=what)
     p.add_argument("model")

@@ -175,7 +175,11 @@ def _emit(result: Any, args: argparse.Namespace) -> int:
     data = str(Path(args.data).resolve()) if args.out and Path(args.data).exists() else args.data
     out = emit(result, args.emit, data=data, force=args.force)
     if args.out:
-        written = write_files(args.out, out.files, overwrite=args.overwrite)
+        from vramplan.measure_rows import SETUP_FILE, setup_document
+
+        # what the files run, for 'vramplan measure --from DIR -- bash DIR/run.sh'
+        planned = setup_document(result.model, result.source, result.gpu.key, args.emit, out.setup)
+        written = write_files(args.out, {**out.files, SETUP_FILE: planned}, overwrite=args.overwrite)
         names = ", ".join(printable(w) for w in written)
         sys.stderr.write(f"wrote {names}\nrun: cd {sh_quote(args.out)} && {out.command}\n")
     elif args.json:

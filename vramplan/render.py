@@ -392,19 +392,24 @@ def published_summary_lines(summary: PublishedSummary) -> list[str]:
         f"{summary.rows} rows: {summary.compared} compared, {summary.excluded} excluded"
         + (f" ({why}; reasons in the table)" if why else "")
         + f"; {summary.unknown_vs_reserved} of unknown measurement kind compared against reserved",
-        f"oom rows: {summary.oom_rows}; predicted to fit: {', '.join(summary.oom_predicted_fit) or 'none'};"
-        f" tight: {', '.join(summary.oom_predicted_tight) or 'none'}",
+        f"oom rows: {summary.oom_rows}; predicted to fit: {_ids(summary.oom_predicted_fit)};"
+        f" tight: {_ids(summary.oom_predicted_tight)}",
     ]
     if summary.ran_on_a_card:
         lines.append(
             f"rows that ran on a named card: {summary.ran_on_a_card}; predicted not to fit:"
-            f" {', '.join(summary.ran_predicted_no_fit) or 'none'}"
+            f" {_ids(summary.ran_predicted_no_fit)}"
         )
     lines += [stats_line(f"source {k}", v) for k, v in summary.by_source.items()]
     lines += [stats_line(f"method {k}", v) for k, v in summary.by_method.items()]
     lines += [stats_line(f"trainer {k}", v) for k, v in summary.by_trainer.items()]
     lines.append("rows by trainer: " + ", ".join(f"{k} {n}" for k, n in summary.rows_by_trainer.items()))
     return [_printable(line) for line in lines]  # sources and methods come from a user's file
+
+
+def _ids(ids: list[str]) -> str:
+    """A count, then the row ids: ``2 (lf-1, 81)``; ``none`` when empty (a bare id reads as a count)."""
+    return f"{len(ids)} ({', '.join(ids)})" if ids else "none"
 
 
 def published_note(r: PublishedComparison) -> str:

@@ -30,6 +30,20 @@ with mean ``avg_tokens`` (a truncated exponential; uniform when no mean is given
 ``x`` is a record with probability ``P(x) / P(L >= x)``, counted once per 2 MiB step of the
 chain's smallest block (two lengths in one step share their segments).
 
+One run meets one order of its samples, and the records' sum spreads widely over orders: these
+events are independent step by step, so the note gives the band of 10%..90% of orders
+(:func:`cache_band`; Qwen's vocabulary at 2048 tokens: 7.3..23.8 GiB about 15.3). A harness
+that seeds every run alike meets the same order at every run of the same samples. Held against
+ms-swift's benchmark of one harness with samples cut to the cap and with the longer ones dropped
+(tables/measured/lengths_runs.csv, tests/test_lengths_runs.py): the measured cache is the same
+for Qwen 1.8B, 7B and 14B (one vocabulary: loss-chain blocks), it lies in the band at 512, 1024
+and 2048 tokens and at two samples a batch, and at 2048 tokens, one seeded order, it sits at the
+band's low end (8.8 GiB: the plan's expected reserved is +30% on that run, its low end +1%). The
+chain there is Qwen (v1)'s loss under accelerate's autocast and ``convert_outputs_to_fp32``
+(tests/test_lengths.py ``swift_qwen_step``): three fp32 segments a record, and 14·t·V of
+segments at a fixed length of one sample a batch (``shift_logits`` is then a view), what the
+truncated runs hold above the weights.
+
 What the card must offer (``needed``) is less: those cached segments are wholly free, and
 before it raises out-of-memory torch frees every wholly free segment and retries the
 ``cudaMalloc`` (``release_cached_blocks``). So ``needed`` is the device tier without them. The
@@ -153,6 +167,41 @@ def records_cache_bytes(
     return max(0, round(total - final)), count
 
 
+#: the normal quantiles of the band the note gives (10% and 90%)
+Z10, Z90 = -1.2816, 1.2816
+
+
+def records_cache_spread(
+    per_token: float, seq_len: int, micro_batch: int, avg: float | None, z: float, blocks: int = CHAIN_BLOCKS
+) -> int:
+    """The quantile at normal score ``z``, over the orders the samples come in, of the records'
+    cached segments beyond the longest batch's own. Whether a length step holds a record (the
+    first batch that reaches that step or above lands in it) is independent of every other step
+    (:func:`expected_records` gives its probability ``p``), so the cache is a sum of independent
+    terms ``c·Bernoulli(p)``, one a step below the cap's; its cumulants are sums (``c·p``,
+    ``c²·p(1-p)``, ``c³·p(1-p)(1-2p)``) and the quantile their Cornish-Fisher expansion (within
+    0.4 GiB of the exact convolution at 512..2048 tokens of Qwen's vocabulary)."""
+    block = per_token * micro_batch / blocks
+    if block * seq_len <= MIN_LARGE_ALLOC:
+        return 0
+    step = max(1, math.ceil(ROUND_LARGE / block))
+    final = _segment(block * seq_len)
+    k1 = k2 = k3 = 0.0
+    for x, p in expected_records(seq_len, avg, micro_batch, step):
+        seg = _segment(block * x)
+        if seg == final:
+            continue  # the longest batch's own step, counted in the fixed terms
+        c = blocks * seg
+        k1 += c * p
+        k2 += c * c * p * (1 - p)
+        k3 += c**3 * p * (1 - p) * (1 - 2 * p)
+    if k2 <= 0:
+        return round(k1)
+    sd = math.sqrt(k2)
+    skew = k3 / sd**3
+    return max(0, round(k1 + sd * (z + (z * z - 1) * skew / 6)))
+
+
 def _segment(nbytes: float) -> int:
     return -(-math.ceil(nbytes) // ROUND_LARGE) * ROUND_LARGE
 
@@ -184,22 +233,36 @@ def mean_of(setup: Setup) -> float | None:
     return min(setup.avg_tokens, setup.seq_len) if setup.avg_tokens else None
 
 
+def _per_token(spec: ModelSpec, setup: Setup) -> float:
+    return (loss.log_softmax_bytes(spec, setup) + loss.loss_backward_temp_bytes(spec, setup)) / setup.tokens
+
+
 def records_of(spec: ModelSpec, setup: Setup) -> float:
     """The expected number of records (batches longer than every one before, 2 MiB of the
     full-logits chain apart) the run meets."""
-    per_token = (loss.log_softmax_bytes(spec, setup) + loss.loss_backward_temp_bytes(spec, setup)) / setup.tokens
-    return records_cache_bytes(per_token, setup.seq_len, setup.micro_batch, mean_of(setup))[1]
+    return records_cache_bytes(_per_token(spec, setup), setup.seq_len, setup.micro_batch, mean_of(setup))[1]
+
+
+def cache_band(spec: ModelSpec, setup: Setup) -> tuple[int, int]:
+    """The records' cache at the 10% and 90% of the orders the samples may come in: one run meets
+    one order (a seeded sampler, the same one at every run of the same data), so what it holds is
+    one draw, about the expected cache the reserved tier carries."""
+    per_token, avg = _per_token(spec, setup), mean_of(setup)
+    lo, hi = (records_cache_spread(per_token, setup.seq_len, setup.micro_batch, avg, z) for z in (Z10, Z90))
+    return lo, hi
 
 
 def lengths_note(est: Estimate, spec: ModelSpec, setup: Setup, memory_bytes: int) -> Note:
     """``lengths.cache``: what nvidia-smi will read, and the card the run needs."""
     gib = 2**30
     cache = est.terms.get(CACHE_TERM, 0)
+    band = cache_band(spec, setup) if cache else (0, 0)
     data = {
         "lengths": setup.lengths,
         "avg_tokens": mean_of(setup) or setup.seq_len / 2,
         "records": round(records_of(spec, setup), 2),
         "cache_bytes": cache,
+        "cache_band_bytes": list(band),
         "device_bytes": est.device_bytes,
         "needed_bytes": est.needed_bytes,
         "memory_bytes": memory_bytes,
@@ -211,9 +274,11 @@ def lengths_note(est: Estimate, spec: ModelSpec, setup: Setup, memory_bytes: int
             f" {est.device_bytes / gib:.1f}; torch frees cached segments when the card is full)"
         )
     else:
+        base = est.device_bytes - cache
         smi = (
             f"nvidia-smi will read about {est.device_bytes / gib:.1f} GiB ({cache / gib:.1f} GiB of it the"
-            " shorter batches' loss chains, cached)"
+            f" shorter batches' loss chains, cached; {(base + band[0]) / gib:.1f} to {(base + band[1]) / gib:.1f}"
+            " GiB for 80% of the orders the samples may come in)"
         )
     text = (
         f"variable lengths: {smi}; it runs on a card of {est.needed_bytes / gib:.1f} GiB"

@@ -1,0 +1,4 @@
+from . import optimizer
+from .optimizer import Optimizer
+
+__all__ = ["Optimizer", "optimizer"]
