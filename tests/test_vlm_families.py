@@ -233,3 +233,26 @@ def test_a_tiny_vlm_step_traced_equals_its_real_cpu_run(model: str) -> None:
     # the real run also counts the integer inputs (ids, token types: 8 bytes a token, a few hundred
     # bytes here), which the fake run hands over as fakes of real tensors; nothing else differs
     assert 0 <= real.peak_bytes - fake.peak_bytes <= 2 * 8 * 64
+
+
+@pytest.mark.parametrize(
+    ("model", "change", "field"),
+    [
+        ("gemma-3-4b", {"vision_config": {"vision_use_head": True}}, "vision_config.vision_use_head"),
+        ("gemma-3-4b", {"mm_tokens_per_image": 200}, "mm_tokens_per_image"),  # no square side
+        ("gemma-3-4b", {"mm_tokens_per_image": 9}, "mm_tokens_per_image"),  # 3 does not divide 64
+        ("gemma-3-4b", {"vision_config": None}, "config.json"),
+        ("mistral-small-3.1-24b", {"vision_feature_layer": [-1, -2]}, "vision_feature_layer"),
+        ("mistral-small-3.1-24b", {"text_config": {"model_type": "ministral3"}}, "text_config.model_type"),
+    ],
+)
+def test_what_the_vlm_readers_cannot_read_is_one_line(model: str, change: dict, field: str) -> None:
+    from vramplan.arch import spec_from_config
+    from vramplan.models import load_config
+
+    _, cfg = load_config(model)
+    for key, value in change.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    with pytest.raises(VramplanError) as err:
+        spec_from_config(cfg, model)
+    assert err.value.field == field and "\n" not in str(err.value)
