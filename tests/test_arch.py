@@ -194,7 +194,9 @@ def test_capabilities_match_the_config(name: str) -> None:
     assert spec.remote_code == (not ships)
     assert spec.transformers_module == (cfg["model_type"] if ships else "")
     if spec.decoder_layer:  # transformers names the layer class after the model class
-        assert spec.decoder_layer == model_class.removesuffix("ForCausalLM") + "DecoderLayer"
+        base = model_class.removesuffix("ForCausalLM").removesuffix("ForConditionalGeneration")
+        text_type = str(cfg.get("text_config", {}).get("model_type", ""))  # a VLM's text model (Mistral 3's)
+        assert spec.decoder_layer in (base + "DecoderLayer", text_type.capitalize() + "DecoderLayer")
     else:  # FSDP wrapping is planned for every text model transformers ships
         assert spec.vision is not None or spec.remote_code
     assert spec.attn_logit_softcapping == cfg.get("attn_logit_softcapping")
@@ -204,7 +206,7 @@ def test_capabilities_match_the_config(name: str) -> None:
         for lin in spec.moe_mlp
         if not lin.nn_linear  # shared experts (DeepSeek) are nn.Linear layers, adapted as such
     )
-    assert spec.vision is None or spec.vision.videos == (spec.vision.image_size == 0)
+    assert spec.vision is None or spec.vision.videos == (spec.vision.image_size == 0 == spec.vision.longest_edge)
 
 
 def test_family_capabilities_spot_checks() -> None:

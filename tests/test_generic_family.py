@@ -58,7 +58,7 @@ def test_a_family_read_model_has_no_margin() -> None:
         ({"model_type": "internlm2", "auto_map": {"AutoModel": "modeling_internlm2.InternLM2Model"}}, "auto_map"),
         ({"model_type": "olmoe", "num_experts": 64}, "experts"),
         ({"model_type": "deepseek_v32", "kv_lora_rank": 512}, "multi-head latent attention"),  # deepseek_v2: a family
-        ({"model_type": "gemma3", "vision_config": {"hidden_size": 1152}}, "a vision tower"),
+        ({"model_type": "llava", "vision_config": {"hidden_size": 1152}}, "a vision tower"),
     ],
 )
 def test_what_the_reading_cannot_stand_for_is_refused(tmp_path: Path, extra: dict, says: str) -> None:
@@ -80,7 +80,7 @@ def test_a_shipped_type_with_a_stale_auto_map_is_read(tmp_path: Path) -> None:
 
 
 def test_a_vlm_wrapper_is_refused_but_its_text_model_would_be_read(tmp_path: Path) -> None:
-    wrapped = {"model_type": "gemma3", "text_config": {**TINY_CONFIG, "model_type": "gemma3_text"}}
+    wrapped = {"model_type": "llava", "text_config": {**TINY_CONFIG, "model_type": "llama"}}
     with pytest.raises(VramplanError, match="a vision tower"):
         load_model(config_file(tmp_path, **{**wrapped, "vision_config": {"hidden_size": 64}}))
     assert load_model(config_file(tmp_path, **wrapped)).hidden_size == TINY_CONFIG["hidden_size"]

@@ -137,7 +137,7 @@ def test_no_trust_remote_code_anywhere() -> None:
     ("query", "first", "absent"),
     [
         ("deepseek-r1-distill-qwen-7b", "deepseek-r1-distill-qwen-32b (qwen2,", "qwen-7b (qwen,"),  # not Qwen v1
-        ("gemma-3-12b", "gemma-2-9b (gemma2,", "llama"),  # "3" is no family
+        ("gemma-3-13b", "gemma-3-12b (gemma3,", "llama"),  # the family's nearest size
         ("qwen2.5-8b", "qwen2.5-7b (qwen2,", "qwen2.5-vl"),  # a VLM adds a word
         ("olmo-2-1b", "olmo-2-7b (olmo2,", "llama"),  # the family's nearest size, not another family's
         ("falcon-7b", None, "llama-2-7b"),  # no family in common, no near spelling: nothing offered

@@ -32,6 +32,8 @@ def _group(param_name: str) -> str:
     n = param_name
     if "visual." in n or "vision_tower" in n:
         return "projector" if ".merger." in n else "vision"
+    if "multi_modal_projector" in n:  # Gemma 3, Mistral 3
+        return "projector"
     if "embed_tokens" in n or ".wte." in n:
         return "embeddings"
     if n.startswith("lm_head"):

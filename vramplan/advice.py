@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from vramplan import search, verdict
+from vramplan.arch.registry import family
 from vramplan.frameworks.base import Framework, installed_version, outside_established
 from vramplan.gpus import GPU
 from vramplan.memory import rl, vision
@@ -123,6 +124,9 @@ def stack_note(spec: ModelSpec, source: str) -> Note:
         how = "experts as per-expert nn.Linear layers: bitsandbytes quantizes them, all-linear adapts each"
     else:
         how = "experts fused into two parameters per layer: bitsandbytes leaves them unquantized"
+    fam = family(spec.model_type)
+    if fam is not None and fam.stack_effect is not None:  # a family whose difference is not its experts
+        how = fam.stack_effect(spec.transformers)
     other = 5 if spec.transformers == 4 else 4
     text = f"transformers {spec.transformers} ({why[source]}): {how}; --transformers {other} plans the other"
     data: dict[str, NoteValue] = {"transformers": spec.transformers, "source": source}

@@ -48,10 +48,13 @@ def _norm_params(width: int, kind: str) -> int:
 
 
 def vision_tower_params(v: VisionSpec) -> int:
-    """Patch embedding + blocks (+ an absolute position table and ln_pre: Qwen-VL)."""
+    """Patch embedding + blocks (+ an absolute position table and ln_pre: Qwen-VL; SigLIP's patch
+    bias, position table and post_layernorm; Pixtral's ln_pre)."""
     d = v.hidden_size
     block = sum(lin.params for lin in v.blocks) + 2 * _norm_params(d, v.norm)
     patch = v.in_channels * v.temporal_patch_size * v.patch_size**2 * d  # Conv3d (Conv2d: one frame), bias=False
+    patch += (d if v.patch_bias else 0) + v.pos_rows * d
+    patch += (_norm_params(d, v.norm) if v.post_norm else 0) + (_norm_params(d, v.norm) if v.pre_norm else 0)
     if v.abs_pos_rows:
         # Qwen-VL: positional_embedding is a fixed [256, width] table, interpolated to the patch
         # grid at run time (visual.py get_abs_pos); ln_pre(width).
@@ -64,6 +67,12 @@ def projector_params(v: VisionSpec) -> int:
     Qwen-VL Resampler: pos_embed and query (n_q x D), kv_proj (d -> D, no bias),
     MultiheadAttention(D) with in/out projections and biases, ln_q, ln_kv, and the
     tower's ln_post(D) and proj (D x D) after it."""
+    if v.projector == "pool":  # Gemma 3: mm_soft_emb_norm (RMSNorm weight) and mm_input_projection_weight
+        return v.hidden_size + v.hidden_size * v.out_hidden_size
+    if v.projector == "merge_mlp":  # Mistral 3: norm, patch_merger.merging_layer, linear_1, linear_2
+        d, out = v.hidden_size, v.out_hidden_size
+        bias = 2 * out if v.projector_bias else 0
+        return d + d * v.spatial_merge_size**2 * d + d * out + out * out + bias
     if v.num_queries:
         big = v.out_hidden_size
         mha = 3 * big * big + 3 * big + big * big + big

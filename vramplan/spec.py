@@ -84,7 +84,7 @@ class VisionSpec(BaseModel):
     """A VLM's vision tower (and, separately counted, its projector to the LM)."""
 
     model_config = Frozen
-    kind: Literal["qwen2-vl", "qwen2.5-vl", "qwen-vl"]
+    kind: Literal["qwen2-vl", "qwen2.5-vl", "qwen-vl", "siglip", "pixtral"]
     depth: int
     hidden_size: int
     num_heads: int
@@ -105,6 +105,28 @@ class VisionSpec(BaseModel):
     abs_pos_rows: int = 0
     videos: bool = False  # takes videos (frame pairs through the same tower)
     blocks: tuple[Linear, ...]
+    # -- SigLIP (Gemma 3) and Pixtral (Mistral 3) towers and their projectors
+    #: the patch convolution has a bias (SigLIP ``patch_embedding``: ``nn.Conv2d``'s default)
+    patch_bias: bool = False
+    #: a learned position table of this many rows added to the patches, no norm (SigLIP ``position_embedding``)
+    pos_rows: int = 0
+    #: a norm after the blocks (SigLIP ``post_layernorm``), and one before them (Pixtral ``ln_pre``)
+    post_norm: bool = False
+    pre_norm: bool = False
+    #: the projector: "" Qwen2-VL's merger or, with ``num_queries``, Qwen-VL's resampler; "pool": Gemma 3's
+    #: average pool, RMSNorm(d) and one d x out matrix; "merge_mlp": Mistral 3's RMSNorm(d), a patch merger
+    #: (d·m² -> d) and a two-layer MLP (d -> out -> out, biased with ``projector_bias``)
+    projector: Literal["", "pool", "merge_mlp"] = ""
+    projector_bias: bool = False
+    #: images are scaled down (never up) to fit this longest edge, each side then rounded up to a
+    #: multiple of patch x merge (Pixtral ``get_resize_output_image_size``); 0: another resize
+    longest_edge: int = 0
+    #: the processor ends each row of merged patches with a break token (Pixtral ``[IMG_BREAK]``,
+    #: the last one ``[IMG_END]``): one more language-model position per row
+    row_break_tokens: bool = False
+    #: the micro-batch's images run as one sequence through the tower, kept apart by a float
+    #: block-diagonal mask of that sequence's length squared (Pixtral ``generate_block_attention_mask``)
+    one_sequence: bool = False
 
 
 class ModelSpec(BaseModel):
@@ -165,6 +187,9 @@ class ModelSpec(BaseModel):
     #: ``sliding_attention`` layer_types); 0: every layer attends to the whole sequence
     sliding_layers: int = 0
     sliding_window: int = 0
+    #: with images, image tokens attend to each other both ways (Gemma 3's ``token_type_ids``), so
+    #: sdpa gets a boolean mask on every layer at any length (memory/activations.py ``_masked_layers``)
+    image_mask_every_layer: bool = False
     #: the transformers class FSDP wraps one unit of (``_no_split_modules`` of its
     #: ``AutoModelForCausalLM`` class); empty when not known
     decoder_layer: str = ""

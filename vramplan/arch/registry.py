@@ -39,6 +39,8 @@ class Family:
     #: for a family whose modules differ between transformers major versions (vramplan/stack.py):
     #: the spec its reader returned, rebuilt as that version builds it; None: the same in all
     restack: Restack | None = None
+    #: what the family's modules are under a transformers major (the plan's stack note); None: MoE experts'
+    stack_effect: Callable[[int], str] | None = None
 
     @property
     def label(self) -> str:

@@ -109,8 +109,23 @@ def qk_norm_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
 def _masked_window(spec: ModelSpec, setup: Setup) -> bool:
     """Whether sdpa gets a mask on the sliding-window layers: from the window's length on
     (transformers 5.25 and 4.57 masking_utils ``_ignore_causal_mask_sdpa`` keeps the mask when
-    ``kv_length >= local_attention_size``, even at the window's length where it masks nothing)."""
-    return bool(spec.sliding_layers) and setup.attention == "sdpa" and setup.seq_len >= spec.sliding_window
+    ``kv_length >= local_attention_size``, even at the window's length where it masks nothing),
+    and on every layer at any length when images make their tokens attend bidirectionally
+    (``spec.image_mask_every_layer``)."""
+    return _masked_layers(spec, setup) > 0
+
+
+def _masked_layers(spec: ModelSpec, setup: Setup) -> int:
+    """How many layers sdpa gets a boolean mask on: the sliding-window ones from the window's
+    length on, or all of them with images in a family whose image tokens attend to each other
+    (Gemma 3: ``token_type_ids`` make ``create_masks_for_vision_model`` build an or-ed block mask
+    for the global layers and the sliding ones alike, at any length; traced on gemma-3-4b,
+    tests/test_gemma3_vision.py)."""
+    if setup.attention != "sdpa":
+        return 0
+    if spec.image_mask_every_layer and setup.has_media:
+        return spec.num_layers
+    return spec.sliding_layers if spec.sliding_layers and setup.seq_len >= spec.sliding_window else 0
 
 
 def window_mask_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -126,7 +141,7 @@ def window_mask_bytes(spec: ModelSpec, setup: Setup) -> int:
     if not _masked_window(spec, setup):
         return 0
     b, s = setup.micro_batch, setup.seq_len
-    return act_bytes(setup) * b * s * s * spec.sliding_layers // spec.num_layers
+    return act_bytes(setup) * b * s * s * _masked_layers(spec, setup) // spec.num_layers
 
 
 def window_kv_repeat_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -141,7 +156,7 @@ def window_kv_repeat_bytes(spec: ModelSpec, setup: Setup) -> int:
     if not _masked_window(spec, setup) or not 1 < spec.num_kv_heads < spec.num_heads:
         return 0  # one key/value head: the expanded (b, 1, n, s, d) reshapes as a view, no copy
     extra = 2 * act_bytes(setup) * setup.tokens * (spec.q_dim - spec.kv_dim)
-    return extra * spec.sliding_layers // spec.num_layers
+    return extra * _masked_layers(spec, setup) // spec.num_layers
 
 
 def window_mask_held_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -153,6 +168,10 @@ def window_mask_held_bytes(spec: ModelSpec, setup: Setup) -> int:
     Without checkpointing nothing saves it."""
     if not _masked_window(spec, setup) or not setup.grad_checkpointing:
         return 0
+    if spec.image_mask_every_layer and setup.has_media:
+        # the block masks read each sample's token types: (b, 1, s, s), one for the global
+        # layers and one for the sliding ones
+        return (2 if spec.sliding_layers else 1) * setup.micro_batch * setup.seq_len * setup.seq_len
     return setup.seq_len * setup.seq_len
 
 

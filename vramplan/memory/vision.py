@@ -56,6 +56,17 @@ def smart_resize(
     return h_bar, w_bar
 
 
+def longest_edge_resize(height: int, width: int, longest: int, factor: int) -> tuple[int, int]:
+    """transformers 5.25 ``pixtral.image_processing_pil_pixtral.get_resize_output_image_size`` with
+    ``size=(longest, longest)`` and ``patch_size=factor`` (PixtralProcessor passes patch x merge):
+    scaled down (floor) when a side is over ``longest``, never up, each side then rounded up to a
+    multiple of ``factor``."""
+    ratio = max(height / longest, width / longest)
+    if ratio > 1:
+        height, width = int(math.floor(height / ratio)), int(math.floor(width / ratio))
+    return ((height - 1) // factor + 1) * factor, ((width - 1) // factor + 1) * factor
+
+
 def parse_image_size(text: str) -> tuple[int, int]:
     """'1024x768' (width x height) -> (height, width)."""
     try:
@@ -77,6 +88,10 @@ def image_grid(spec: ModelSpec, setup: Setup) -> tuple[int, int]:
         return side * side, v.num_queries
     h, w = parse_image_size(setup.image_size or "448x448")
     factor = v.patch_size * v.spatial_merge_size
+    if v.longest_edge:  # the aspect kept, scaled down to fit (Pixtral); a break token ends each row
+        rh, rw = longest_edge_resize(h, w, v.longest_edge, factor)
+        rows, cols = rh // factor, rw // factor
+        return (rh // v.patch_size) * (rw // v.patch_size), rows * cols + (rows if v.row_break_tokens else 0)
     rh, rw = smart_resize(h, w, factor)
     patches = (rh // v.patch_size) * (rw // v.patch_size)
     return patches, patches // v.spatial_merge_size**2
@@ -123,8 +138,22 @@ def _patches(spec: ModelSpec, setup: Setup) -> int:
 
 def _attention_squares(spec: ModelSpec, setup: Setup) -> int:
     """Sum over the micro-batch's attention sequences of their length squared (each image,
-    and each temporal step of a video, is its own sequence in the ViT)."""
+    and each temporal step of a video, is its own sequence in the ViT; a tower that runs the
+    micro-batch's images as one sequence (``one_sequence``) squares their total)."""
+    assert spec.vision is not None
+    if spec.vision.one_sequence:
+        return _patches(spec, setup) ** 2
     return setup.micro_batch * sum(n * patches**2 for n, patches, _ in media(spec, setup))
+
+
+def block_mask_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """A tower that runs the micro-batch's images as one sequence builds one float mask of that
+    sequence's length squared in its own dtype, 0 within an image and the dtype's minimum between
+    images (Pixtral ``generate_block_attention_mask``), which every block's attention reads."""
+    v = spec.vision
+    if not setup.has_media or v is None or not v.one_sequence or setup.attention == "flash-attn-2":
+        return 0  # flash attention: cu_seqlens instead of a mask
+    return _patches(spec, setup) ** 2 * act_bytes(setup)
 
 
 def tower_trained(setup: Setup) -> bool:
@@ -146,6 +175,19 @@ def projector_only_saved_bytes(spec: ModelSpec, setup: Setup) -> int:
     return 4 * n * v.hidden_size * act_bytes(setup) + 8 * n
 
 
+def merge_mlp_saved_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Mistral 3's frozen projector under gradient checkpointing, where the tower's output needs a
+    gradient (its block inputs do, as PEFT's input hooks make them): the RMSNorm's fp32 input and
+    statistics (4·n·d + 4·n) and the GELU's input, one merged token per m² patches (A·n/m²·out).
+    The linears, frozen, save nothing. Traced on Mistral-Small-3.1 with a 1540x1540 image."""
+    v = spec.vision
+    if v is None or v.projector != "merge_mlp" or not setup.has_media or tower_trained(setup):
+        return 0
+    n = _patches(spec, setup)
+    merged = n // v.spatial_merge_size**2
+    return 4 * n * v.hidden_size + 4 * n + merged * v.out_hidden_size * act_bytes(setup)
+
+
 def forward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     """The largest temporary of one ViT block's forward over the micro-batch's patches:
     the MLP's up (and gate) projections and activation (n·I each), beside the block input,
@@ -162,7 +204,7 @@ def forward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     attn = 0
     if setup.attention == "eager":
         attn = v.num_heads * _attention_squares(spec, setup) * (a + 4)
-    return base + max(mlp, attn)
+    return base + max(mlp, attn) + block_mask_bytes(spec, setup)
 
 
 def pixel_bytes(spec: ModelSpec, setup: Setup) -> int:
@@ -194,5 +236,6 @@ def saved_bytes(spec: ModelSpec, setup: Setup) -> int:
     merger = projector_only_saved_bytes(spec, setup)
     if setup.grad_checkpointing:
         inputs = v.depth * n * v.hidden_size * a
-        return inputs + (per_block if tower_trained(setup) else 0) + merger
+        held = block_mask_bytes(spec, setup) + merge_mlp_saved_bytes(spec, setup)
+        return inputs + (per_block if tower_trained(setup) else 0) + merger + held
     return (v.depth * per_block if tower_trained(setup) else 0) + merger

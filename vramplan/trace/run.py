@@ -22,6 +22,7 @@ from vramplan.trace.counter import Counter, CountingMode, Live
 from vramplan.trace.preflight import check_steps, refuse_if_too_big
 from vramplan.trace.result import KINDS, Allocation, TimelinePoint, TraceResult
 from vramplan.trace.vlm import ImageBatch
+from vramplan.trace.vlm_fixed import FixedImageBatch, OneSequenceImageBatch
 
 Progress = Callable[[str], None]
 MAX_TIMELINE_POINTS = 1500
@@ -266,13 +267,19 @@ def trace(
         for b in [*built.model.buffers(), *getattr(built.model, "_vramplan_quant_tensors", [])]:
             counter.track(b, "weights")
             counter.mark(b, "weights")
-        make_ids = _ids_maker(
-            int(config.get("vocab_size") or config["text_config"]["vocab_size"]), setup, "cpu", fake_mode
-        )
+        make_ids = _ids_maker(load_model(model).vocab_size, setup, "cpu", fake_mode)  # text_config may omit it
         layout: Any = contextlib.nullcontext()
         if "vision_config" in config:
             base = built.model.get_base_model() if hasattr(built.model, "get_base_model") else built.model
-            batch = ImageBatch(load_model(model), setup, base.config, base)
+            spec = load_model(model)
+            assert spec.vision is not None
+            batch: ImageBatch | FixedImageBatch | OneSequenceImageBatch
+            if spec.vision.image_size:  # one resolution for every image (Gemma 3's SigLIP)
+                batch = FixedImageBatch(spec, setup, base.config)
+            elif spec.vision.one_sequence:  # the images of a micro-batch as one sequence (Pixtral)
+                batch = OneSequenceImageBatch(spec, setup, base.config)
+            else:
+                batch = ImageBatch(spec, setup, base.config, base)
             layout = batch.fixed_layout(base)
             make_ids = lambda: batch.inputs(fake_mode)  # noqa: E731
         baseline = counter.total
