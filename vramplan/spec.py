@@ -84,7 +84,7 @@ class VisionSpec(BaseModel):
     """A VLM's vision tower (and, separately counted, its projector to the LM)."""
 
     model_config = Frozen
-    kind: Literal["qwen2-vl", "qwen2.5-vl", "qwen-vl"]
+    kind: Literal["qwen2-vl", "qwen2.5-vl", "qwen-vl", "qwen3-vl"]
     depth: int
     hidden_size: int
     num_heads: int
@@ -104,6 +104,18 @@ class VisionSpec(BaseModel):
     #: LayerNorm before the blocks (Qwen-VL ``positional_embedding``, ``ln_pre``); 0: rotary, none
     abs_pos_rows: int = 0
     videos: bool = False  # takes videos (frame pairs through the same tower)
+    # -- Qwen3-VL (arch/qwen3_vl.py)
+    #: the patch embedding's Conv3d has a bias (Qwen3-VL ``Qwen3VLVisionPatchEmbed``)
+    patch_bias: bool = False
+    #: a learned ``nn.Embedding`` position table of this many rows, bilinearly interpolated to each
+    #: image's grid, with no LayerNorm before the blocks (Qwen3-VL ``pos_embed``); 0: none
+    pos_embed_rows: int = 0
+    #: blocks whose output a further patch merger (LayerNorm over 4d) hands to the early decoder
+    #: layers (Qwen3-VL DeepStack, ``deepstack_visual_indexes``); empty: none
+    deepstack_layers: tuple[int, ...] = ()
+    #: the image processor's pixel bounds (``size.shortest_edge``/``longest_edge``); 0: Qwen2-VL's
+    min_pixels: int = 0
+    max_pixels: int = 0
     blocks: tuple[Linear, ...]
 
 

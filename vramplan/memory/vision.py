@@ -6,6 +6,8 @@
   divisible by patch x merge (28), its pixel count clamped to [56·56, 28·28·1280] (the
   image processor's default ``shortest_edge``/``longest_edge``); 14-pixel patches feed the
   ViT and every 2x2 of them merges into one language-model token.
+- Qwen3-VL: the same processor with 16-pixel patches (multiples of 32) within the released
+  [65,536, 16,777,216] pixels (``VisionSpec.min_pixels``/``max_pixels``, arch/qwen3_vl.py).
 
 A video (``video_frames`` sampled frames of ``video_size``) goes through the video
 processor: each frame resized the same way within its per-frame bounds [128·28·28,
@@ -75,11 +77,20 @@ def image_grid(spec: ModelSpec, setup: Setup) -> tuple[int, int]:
     if v.image_size:  # a fixed resolution, resampled to num_queries tokens (Qwen-VL)
         side = v.image_size // v.patch_size
         return side * side, v.num_queries
-    h, w = parse_image_size(setup.image_size or "448x448")
-    factor = v.patch_size * v.spatial_merge_size
-    rh, rw = smart_resize(h, w, factor)
+    rh, rw = resized_image(spec, setup)
     patches = (rh // v.patch_size) * (rw // v.patch_size)
     return patches, patches // v.spatial_merge_size**2
+
+
+def resized_image(spec: ModelSpec, setup: Setup) -> tuple[int, int]:
+    """(height, width) of ``setup.image_size`` after the family's image processor resizes it:
+    multiples of patch x merge within its pixel bounds (``VisionSpec.min_pixels``/``max_pixels``,
+    Qwen3-VL's; unset: Qwen2-VL's defaults)."""
+    v = spec.vision
+    assert v is not None
+    h, w = parse_image_size(setup.image_size or "448x448")
+    factor = v.patch_size * v.spatial_merge_size
+    return smart_resize(h, w, factor, v.min_pixels or MIN_PIXELS, v.max_pixels or MAX_PIXELS)
 
 
 def video_grid(spec: ModelSpec, setup: Setup) -> tuple[int, int, int]:
@@ -90,7 +101,9 @@ def video_grid(spec: ModelSpec, setup: Setup) -> tuple[int, int, int]:
     if v is None:
         raise VramplanError("video_frames", f"{spec.name} has no vision tower: videos need a VLM")
     if not v.videos:
-        raise VramplanError("video_frames", f"{spec.name} takes images only: videos need Qwen2-VL or Qwen2.5-VL")
+        raise VramplanError(
+            "video_frames", f"{spec.name} takes images only here: videos are planned for Qwen2-VL and Qwen2.5-VL"
+        )
     h, w = parse_image_size(setup.video_size or "448x448")
     factor = v.patch_size * v.spatial_merge_size
     rh, rw = smart_resize(h, w, factor, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
