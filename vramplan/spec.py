@@ -116,6 +116,13 @@ class VisionSpec(BaseModel):
     #: the image processor's pixel bounds (``size.shortest_edge``/``longest_edge``); 0: Qwen2-VL's
     min_pixels: int = 0
     max_pixels: int = 0
+    #: n x d tensors one trained block keeps for its backward (memory/vision.py ``saved_bytes``): 8
+    #: as Qwen2-VL is planned; Qwen3-VL's traced 11 (norm1 and qkv inputs, the rotated q and k, the
+    #: whole qkv output a view of v holds, the attention output, the proj, norm2 and fc1 inputs)
+    block_saved_hidden: int = 8
+    #: n x d tensors a trained tower's mergers keep (Qwen3-VL: 4 for the patch merger, the LayerNorm's
+    #: input and output, fc1's output and GELU's, and 3 per DeepStack merger); 0: not counted
+    merger_saved_hidden: int = 0
     blocks: tuple[Linear, ...]
 
 

@@ -65,6 +65,11 @@ def _vision(v: dict[str, Any], lm_hidden: int, where: str) -> VisionSpec:
     d = integer(v, "hidden_size", where, 1, MAX_HIDDEN, default=1152, prefix=pre)
     inter = integer(v, "intermediate_size", where, 1, MAX_INTERMEDIATE, default=4304, prefix=pre)
     depth = integer(v, "depth", where, 1, MAX_LAYERS, default=27, prefix=pre)
+    deepstack = (
+        indexes(v, "deepstack_visual_indexes", where, depth, prefix=pre)
+        if "deepstack_visual_indexes" in v
+        else tuple(i for i in (8, 16, 24) if i < depth)
+    )
     return VisionSpec(
         kind="qwen3-vl",
         depth=depth,
@@ -79,11 +84,12 @@ def _vision(v: dict[str, Any], lm_hidden: int, where: str) -> VisionSpec:
         out_hidden_size=integer(v, "out_hidden_size", where, 1, MAX_HIDDEN, default=lm_hidden, prefix=pre),
         patch_bias=True,
         pos_embed_rows=integer(v, "num_position_embeddings", where, 1, MAX_POSITIONS, default=2304, prefix=pre),
-        deepstack_layers=indexes(v, "deepstack_visual_indexes", where, depth, prefix=pre)
-        if "deepstack_visual_indexes" in v
-        else tuple(i for i in (8, 16, 24) if i < depth),
+        deepstack_layers=deepstack,
         min_pixels=MIN_PIXELS,
         max_pixels=MAX_PIXELS,
+        # traced on Qwen3-VL-2B, full fine-tuning without checkpointing (tests/test_qwen3_vl.py)
+        block_saved_hidden=11,
+        merger_saved_hidden=4 + 3 * len(deepstack),
         blocks=(
             Linear(name="attn.qkv", in_features=d, out_features=3 * d, bias=True),
             Linear(name="attn.proj", in_features=d, out_features=d, bias=True),

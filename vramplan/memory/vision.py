@@ -193,18 +193,21 @@ def saved_bytes(spec: ModelSpec, setup: Setup) -> int:
     transformers turns on for the tower's blocks too) every block's input is held by its
     checkpoint even when the tower is frozen (n·d per block); a trained tower adds one block
     recomputed. Without checkpointing a frozen tower keeps nothing, a trained one per block
-    the inputs of its norms, qkv, attention output and projections (about 8·n·d) and the
-    MLP's intermediates ((2 or 3)·n·I), plus eager attention's probabilities."""
+    the inputs of its norms, qkv, attention output and projections (about 8·n·d;
+    ``VisionSpec.block_saved_hidden``) and the MLP's intermediates ((2 or 3)·n·I), plus eager
+    attention's probabilities; its mergers keep ``VisionSpec.merger_saved_hidden``·n·d more."""
     if not setup.has_media:
         return 0
     v = spec.vision
     assert v is not None
     n = _patches(spec, setup)
     a = act_bytes(setup)
-    per_block = 8 * n * v.hidden_size * a + (3 if v.gated_mlp else 2) * n * v.intermediate_size * a
+    per_block = v.block_saved_hidden * n * v.hidden_size * a + (3 if v.gated_mlp else 2) * n * v.intermediate_size * a
     if setup.attention == "eager":
         per_block += v.num_heads * _attention_squares(spec, setup) * a
     merger = projector_only_saved_bytes(spec, setup)
+    if tower_trained(setup):  # the mergers run outside the checkpointed blocks (Qwen3-VL's DeepStack too)
+        merger += v.merger_saved_hidden * n * v.hidden_size * a
     if setup.grad_checkpointing:
         inputs = v.depth * n * v.hidden_size * a
         return inputs + (per_block if tower_trained(setup) else 0) + merger
