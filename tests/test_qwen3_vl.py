@@ -134,3 +134,11 @@ def test_videos_are_refused_and_images_planned() -> None:
     note = next(n.text for n in p.notes if n.text.startswith("images:"))
     assert "4,096 ViT patches" in note and "1,024 language-model tokens" in note
     assert p.fits
+
+
+def test_the_stack_note_says_the_experts_stay_fused_under_transformers_4() -> None:
+    p = plan("qwen3-vl-30b-a3b", gpu="h100", method="qlora", image_size="1024x1024", transformers=4)
+    note = next(n.text for n in p.notes if n.code == "stack.transformers")
+    assert note.startswith("transformers 4 (as given): experts fused") and "router an nn.Linear" in note
+    text_moe = plan("qwen3-30b-a3b", gpu="h100", method="qlora", transformers=4)
+    assert "per-expert nn.Linear" in next(n.text for n in text_moe.notes if n.code == "stack.transformers")

@@ -119,10 +119,12 @@ def stack_note(spec: ModelSpec, source: str) -> Note:
     """``stack.transformers``: the transformers major version whose modules the plan describes
     (a family whose modules differ between versions: vramplan/stack.py)."""
     why = {"given": "as given", "installed": "the installed release's", "default": "transformers is not installed"}
-    if spec.transformers == 4:
+    if any(lin.routed for lin in spec.moe_mlp):  # transformers 4's Mixtral, Qwen3-MoE, DeepSeek
         how = "experts as per-expert nn.Linear layers: bitsandbytes quantizes them, all-linear adapts each"
-    else:
+    else:  # transformers 5; and Qwen3-VL-MoE in 4, whose router alone is an nn.Linear there
         how = "experts fused into two parameters per layer: bitsandbytes leaves them unquantized"
+        if any(lin.name == "gate" and lin.nn_linear for lin in spec.moe_mlp):
+            how += " (the router an nn.Linear, quantized and adapted)"
     other = 5 if spec.transformers == 4 else 4
     text = f"transformers {spec.transformers} ({why[source]}): {how}; --transformers {other} plans the other"
     data: dict[str, NoteValue] = {"transformers": spec.transformers, "source": source}
