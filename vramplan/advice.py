@@ -123,7 +123,8 @@ def stack_note(spec: ModelSpec, source: str) -> Note:
         how = "experts as per-expert nn.Linear layers: bitsandbytes quantizes them, all-linear adapts each"
     else:  # transformers 5; and Qwen3-VL-MoE in 4, whose router alone is an nn.Linear there
         how = "experts fused into two parameters per layer: bitsandbytes leaves them unquantized"
-        if any(lin.name == "gate" and lin.nn_linear for lin in spec.moe_mlp):
+        experts = spec.moe.num_experts if spec.moe is not None else 0
+        if any(lin.nn_linear and lin.count == 1 and lin.out_features == experts for lin in spec.moe_mlp):
             how += " (the router an nn.Linear, quantized and adapted)"
     other = 5 if spec.transformers == 4 else 4
     text = f"transformers {spec.transformers} ({why[source]}): {how}; --transformers {other} plans the other"
