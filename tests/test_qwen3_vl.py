@@ -142,3 +142,44 @@ def test_the_stack_note_says_the_experts_stay_fused_under_transformers_4() -> No
     assert note.startswith("transformers 4 (as given): experts fused") and "router an nn.Linear" in note
     text_moe = plan("qwen3-30b-a3b", gpu="h100", method="qlora", transformers=4)
     assert "per-expert nn.Linear" in next(n.text for n in text_moe.notes if n.code == "stack.transformers")
+
+
+def _tiny(model_type: str) -> dict:
+    """A tiny Qwen3-VL (three decoder layers, a three-block tower, DeepStack from blocks 0 and 1)."""
+    text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4}
+    text.update(num_key_value_heads=2, head_dim=16, vocab_size=1000)
+    text["rope_scaling"] = {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    if model_type == "qwen3_vl_moe":
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+    tower = {"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
+    tower.update(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0, 1])
+    ids = {"image_token_id": 900, "video_token_id": 901, "vision_start_token_id": 902, "vision_end_token_id": 903}
+    return {"model_type": model_type, "text_config": text, "vision_config": tower, **ids}
+
+
+@pytest.mark.trace
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_vl_moe"])
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_the_fake_trace_takes_the_real_code_path(tmp_path, model_type: str, method: str) -> None:
+    """A tiny Qwen3-VL run for real on the CPU with images against its fake-tensor trace: the fixed
+    position-table taps and DeepStack rows keep the real path (the real run allocates some KiB
+    more at its peak, as the same harness does for Qwen2-VL)."""
+    pytest.importorskip("peft")
+    import json
+
+    import torch
+
+    from vramplan.trace.run import trace
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(_tiny(model_type)))
+    targets = dict(lora_targets="q_proj,k_proj,v_proj,o_proj") if method == "lora" else dict(precision="bf16")
+    setup = make_setup(
+        method=method, seq_len=32, micro_batch=2, image_size="300x200", grad_checkpointing=False, **targets
+    )
+    fake = trace(str(path), setup, steps=2, keep_timeline=False)
+    torch.manual_seed(0)
+    real = trace(str(path), setup, steps=2, keep_timeline=False, fake=False)
+    assert fake.baseline_bytes == real.baseline_bytes
+    traced, ran = fake.peak_bytes - fake.baseline_bytes, real.peak_bytes - real.baseline_bytes
+    assert 0 <= ran - traced <= 0.005 * ran, (traced, ran)
