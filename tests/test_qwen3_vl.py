@@ -28,6 +28,10 @@ QWEN3_VL_GRID = [
         "qwen3-vl-2b",
         dict(method="full", precision="bf16", grad_checkpointing=False, seq_len=512, image_size="1024x1024"),
     ),
+    # a 2048x2048 image (16,384 patches): a frozen checkpointed tower keeps nothing (no input-grad hook,
+    # VisionSpec.input_embeds_hooked), and eager attention's 16 x 16,384² scores peak in the tower's forward
+    ("qwen3-vl-2b", dict(method="lora", seq_len=256, image_size="2048x2048")),
+    ("qwen3-vl-2b", dict(method="lora", seq_len=256, image_size="2048x2048", attention="eager")),
     ("qwen3-vl-4b", dict(method="lora", seq_len=512, image_size="512x512")),
     ("qwen3-vl-4b", dict(method="lora", grad_checkpointing=False, seq_len=1024, image_size="1024x1024")),
     ("qwen3-vl-4b", dict(method="full", precision="bf16", seq_len=512, image_size="512x512")),
@@ -183,3 +187,19 @@ def test_the_fake_trace_takes_the_real_code_path(tmp_path, model_type: str, meth
     assert fake.baseline_bytes == real.baseline_bytes
     traced, ran = fake.peak_bytes - fake.baseline_bytes, real.peak_bytes - real.baseline_bytes
     assert 0 <= ran - traced <= 0.005 * ran, (traced, ran)
+
+
+def test_a_frozen_tower_keeps_nothing_under_checkpointing_and_eager_scores_cost_a_plus_8_bytes() -> None:
+    spec = load_model("qwen3-vl-2b")
+    lora = make_setup(method="lora", seq_len=256, image_size="2048x2048")
+    n = 16384  # 128 x 128 patches of 16
+    assert vision.image_grid(spec, lora) == (n, n // 4)
+    # no input-grad hook on Qwen3-VL's tower: its checkpointed blocks hold no input
+    assert vision.saved_bytes(spec, lora) == 0
+    assert vision.saved_bytes(load_model("qwen2-vl-2b"), lora) > 0  # Qwen2-VL's patch_embed is hooked
+    # the trained tower holds them: 24 block inputs, one block recomputed, the mergers
+    full = lora.model_copy(update={"method": "full", "precision": "bf16"})
+    block = 11 * n * 1024 * 2 + 2 * n * 4096 * 2
+    assert vision.saved_bytes(spec, full) == 24 * n * 1024 * 2 + block + (4 + 3 * 3) * n * 1024 * 2
+    eager = lora.model_copy(update={"attention": "eager"})
+    assert vision.forward_transient_bytes(spec, eager) == 5 * n * 1024 * 2 + 16 * n * n * (2 + 8)

@@ -123,6 +123,11 @@ class VisionSpec(BaseModel):
     #: n x d tensors a trained tower's mergers keep (Qwen3-VL: 4 for the patch merger, the LayerNorm's
     #: input and output, fc1's output and GELU's, and 3 per DeepStack merger); 0: not counted
     merger_saved_hidden: int = 0
+    #: the patch embedding is the tower's input embedding (Qwen2-VL ``_input_embed_layer =
+    #: "patch_embed"``), so ``enable_input_require_grads`` (LoRA under checkpointing) makes its output
+    #: require grad and a frozen checkpointed tower holds every block's input; Qwen3-VL's vision model
+    #: names none (its ``get_input_embeddings`` raises): a frozen tower then keeps nothing
+    input_embeds_hooked: bool = True
     blocks: tuple[Linear, ...]
 
 

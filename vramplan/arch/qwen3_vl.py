@@ -90,6 +90,7 @@ def _vision(v: dict[str, Any], lm_hidden: int, where: str) -> VisionSpec:
         # traced on Qwen3-VL-2B, full fine-tuning without checkpointing (tests/test_qwen3_vl.py)
         block_saved_hidden=11,
         merger_saved_hidden=4 + 3 * len(deepstack),
+        input_embeds_hooked=False,
         blocks=(
             Linear(name="attn.qkv", in_features=d, out_features=3 * d, bias=True),
             Linear(name="attn.proj", in_features=d, out_features=d, bias=True),

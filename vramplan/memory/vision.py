@@ -162,8 +162,11 @@ def projector_only_saved_bytes(spec: ModelSpec, setup: Setup) -> int:
 def forward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     """The largest temporary of one ViT block's forward over the micro-batch's patches:
     the MLP's up (and gate) projections and activation (n·I each), beside the block input,
-    its norm and the qkv (5·n·d); eager attention adds a heads x n_img² score matrix and
-    its fp32 softmax per image."""
+    its norm and the qkv (5·n·d); eager attention adds a heads x n_img² score matrix per
+    image and, while it is still referenced, the fp32 copy ``softmax(attn_weights,
+    dtype=float32)`` makes of it before its fp32 output (transformers
+    ``eager_attention_forward``; ATen ``softmax`` converts first unless the input is CUDA fp16):
+    a + 8 bytes a score (traced on Qwen3-VL-2B at 2048x2048, 16 heads x 16,384²: 44.55 GiB)."""
     if not setup.has_media:
         return 0
     v = spec.vision
@@ -174,7 +177,7 @@ def forward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     base = 5 * n * v.hidden_size * a
     attn = 0
     if setup.attention == "eager":
-        attn = v.num_heads * _attention_squares(spec, setup) * (a + 4)
+        attn = v.num_heads * _attention_squares(spec, setup) * (a + 8 if a < 4 else 2 * a)
     return base + max(mlp, attn)
 
 
@@ -191,7 +194,8 @@ def pixel_bytes(spec: ModelSpec, setup: Setup) -> int:
 def saved_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Activations the tower keeps for the backward. Under gradient checkpointing (which
     transformers turns on for the tower's blocks too) every block's input is held by its
-    checkpoint even when the tower is frozen (n·d per block); a trained tower adds one block
+    checkpoint even when the tower is frozen (n·d per block; not when the tower's input is not
+    hooked to require grad, ``VisionSpec.input_embeds_hooked``); a trained tower adds one block
     recomputed. Without checkpointing a frozen tower keeps nothing, a trained one per block
     the inputs of its norms, qkv, attention output and projections (about 8·n·d;
     ``VisionSpec.block_saved_hidden``) and the MLP's intermediates ((2 or 3)·n·I), plus eager
@@ -209,6 +213,7 @@ def saved_bytes(spec: ModelSpec, setup: Setup) -> int:
     if tower_trained(setup):  # the mergers run outside the checkpointed blocks (Qwen3-VL's DeepStack too)
         merger += v.merger_saved_hidden * n * v.hidden_size * a
     if setup.grad_checkpointing:
-        inputs = v.depth * n * v.hidden_size * a
+        held = tower_trained(setup) or v.input_embeds_hooked
+        inputs = v.depth * n * v.hidden_size * a if held else 0
         return inputs + (per_block if tower_trained(setup) else 0) + merger
     return (v.depth * per_block if tower_trained(setup) else 0) + merger
