@@ -13,6 +13,7 @@ import datetime
 import pytest
 
 from tests.conftest import requires
+from tests.test_qwen3_vl import QWEN3_VL_GRID, QWEN3_VL_MODELS
 from tests.test_vlm_families import VLM_GRID, VLM_MODELS
 from vramplan.memory import estimate
 from vramplan.memory.phases import traceable_bytes
@@ -49,7 +50,7 @@ SETUPS = (
     dict(method="qlora", quant="bnb-nf4"),
 )
 DENSE_MODELS = ("olmo-2-13b", "smollm3-3b", "granite-3.3-8b", "gemma-3-1b", "glm-4-9b-0414")
-FAMILY_MODELS = (*DENSE_MODELS, *DEEPSEEK_MODELS, *VLM_MODELS)
+FAMILY_MODELS = (*DENSE_MODELS, *DEEPSEEK_MODELS, *VLM_MODELS, *QWEN3_VL_MODELS)
 FAMILY_GRID = [(model, fields) for model in DENSE_MODELS for fields in SETUPS] + [
     # Gemma 3's sliding-window layers under eager attention (the window masks an s x s score
     # matrix each layer keeps whole), and full fine-tuning of the two small models
@@ -61,6 +62,7 @@ FAMILY_GRID = [(model, fields) for model in DENSE_MODELS for fields in SETUPS] +
     ("smollm3-3b", dict(method="full", precision="bf16", seq_len=1024)),
     *DEEPSEEK_GRID,
     *VLM_GRID,  # with images: tests/test_vlm_families.py
+    *QWEN3_VL_GRID,  # Qwen3-VL and Qwen3-VL-MoE with images (tests/test_qwen3_vl.py)
 ]
 
 

@@ -120,10 +120,13 @@ def stack_note(spec: ModelSpec, source: str) -> Note:
     """``stack.transformers``: the transformers major version whose modules the plan describes
     (a family whose modules differ between versions: vramplan/stack.py)."""
     why = {"given": "as given", "installed": "the installed release's", "default": "transformers is not installed"}
-    if spec.transformers == 4:
+    if any(lin.routed for lin in spec.moe_mlp):  # transformers 4's Mixtral, Qwen3-MoE, DeepSeek
         how = "experts as per-expert nn.Linear layers: bitsandbytes quantizes them, all-linear adapts each"
-    else:
+    else:  # transformers 5; and Qwen3-VL-MoE in 4, whose router alone is an nn.Linear there
         how = "experts fused into two parameters per layer: bitsandbytes leaves them unquantized"
+        experts = spec.moe.num_experts if spec.moe is not None else 0
+        if any(lin.nn_linear and lin.count == 1 and lin.out_features == experts for lin in spec.moe_mlp):
+            how += " (the router an nn.Linear, quantized and adapted)"
     fam = family(spec.model_type)
     if fam is not None and fam.stack_effect is not None:  # a family whose difference is not its experts
         how = fam.stack_effect(spec.transformers)

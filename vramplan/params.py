@@ -49,12 +49,20 @@ def _norm_params(width: int, kind: str) -> int:
 
 def vision_tower_params(v: VisionSpec) -> int:
     """Patch embedding + blocks (+ an absolute position table and ln_pre: Qwen-VL; SigLIP's patch
-    bias, position table and post_layernorm; Pixtral's ln_pre)."""
+    bias, position table and post_layernorm; Pixtral's ln_pre; Qwen3-VL's position table and
+    DeepStack mergers)."""
     d = v.hidden_size
     block = sum(lin.params for lin in v.blocks) + 2 * _norm_params(d, v.norm)
-    patch = v.in_channels * v.temporal_patch_size * v.patch_size**2 * d  # Conv3d (Conv2d: one frame), bias=False
-    patch += (d if v.patch_bias else 0) + v.pos_rows * d
+    patch = v.in_channels * v.temporal_patch_size * v.patch_size**2 * d  # Conv3d (Conv2d: one frame)
+    patch += (d if v.patch_bias else 0) + v.pos_rows * d  # its bias (Qwen3-VL, SigLIP; Qwen2-VL's has none)
     patch += (_norm_params(d, v.norm) if v.post_norm else 0) + (_norm_params(d, v.norm) if v.pre_norm else 0)
+    if v.pos_embed_rows:
+        # Qwen3-VL: Conv3d with bias, pos_embed (rows x width), and per DeepStack layer a merger
+        # over 4d: LayerNorm(4d) -> Linear(4d, 4d) -> GELU -> Linear(4d, out), with biases
+        merged = d * v.spatial_merge_size**2
+        deepstack = _norm_params(merged, "layernorm") + merged * merged + merged + merged * v.out_hidden_size
+        deepstack += v.out_hidden_size
+        return patch + v.pos_embed_rows * d + v.depth * block + len(v.deepstack_layers) * deepstack
     if v.abs_pos_rows:
         # Qwen-VL: positional_embedding is a fixed [256, width] table, interpolated to the patch
         # grid at run time (visual.py get_abs_pos); ln_pre(width).

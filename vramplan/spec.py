@@ -84,7 +84,7 @@ class VisionSpec(BaseModel):
     """A VLM's vision tower (and, separately counted, its projector to the LM)."""
 
     model_config = Frozen
-    kind: Literal["qwen2-vl", "qwen2.5-vl", "qwen-vl", "siglip", "pixtral"]
+    kind: Literal["qwen2-vl", "qwen2.5-vl", "qwen-vl", "qwen3-vl", "siglip", "pixtral"]
     depth: int
     hidden_size: int
     num_heads: int
@@ -104,10 +104,33 @@ class VisionSpec(BaseModel):
     #: LayerNorm before the blocks (Qwen-VL ``positional_embedding``, ``ln_pre``); 0: rotary, none
     abs_pos_rows: int = 0
     videos: bool = False  # takes videos (frame pairs through the same tower)
-    blocks: tuple[Linear, ...]
-    # -- SigLIP (Gemma 3) and Pixtral (Mistral 3) towers and their projectors
-    #: the patch convolution has a bias (SigLIP ``patch_embedding``: ``nn.Conv2d``'s default)
+    # -- Qwen3-VL (arch/qwen3_vl.py)
+    #: the patch embedding's convolution has a bias (Qwen3-VL ``Qwen3VLVisionPatchEmbed``, SigLIP)
     patch_bias: bool = False
+    #: a learned ``nn.Embedding`` position table of this many rows, bilinearly interpolated to each
+    #: image's grid, with no LayerNorm before the blocks (Qwen3-VL ``pos_embed``); 0: none
+    pos_embed_rows: int = 0
+    #: blocks whose output a further patch merger (LayerNorm over 4d) hands to the early decoder
+    #: layers (Qwen3-VL DeepStack, ``deepstack_visual_indexes``); empty: none
+    deepstack_layers: tuple[int, ...] = ()
+    #: the image processor's pixel bounds (``size.shortest_edge``/``longest_edge``); 0: Qwen2-VL's
+    min_pixels: int = 0
+    max_pixels: int = 0
+    #: n x d tensors one trained block keeps for its backward (memory/vision.py ``saved_bytes``): 8
+    #: as Qwen2-VL is planned; Qwen3-VL's traced 11 (norm1 and qkv inputs, the rotated q and k, the
+    #: whole qkv output a view of v holds, the attention output, the proj, norm2 and fc1 inputs)
+    block_saved_hidden: int = 8
+    #: n x d tensors a trained tower's mergers keep (Qwen3-VL: 4 for the patch merger, the LayerNorm's
+    #: input and output, fc1's output and GELU's, and 3 per DeepStack merger); 0: not counted
+    merger_saved_hidden: int = 0
+    #: the patch embedding is the tower's input embedding (Qwen2-VL ``_input_embed_layer =
+    #: "patch_embed"``), so ``enable_input_require_grads`` (LoRA under checkpointing) makes its output
+    #: require grad and a frozen checkpointed tower holds every block's input; Qwen3-VL's vision model
+    #: names none (its ``get_input_embeddings`` raises): a frozen tower then keeps nothing
+    input_embeds_hooked: bool = True
+    blocks: tuple[Linear, ...]
+    # -- SigLIP (Gemma 3) and Pixtral (Mistral 3) towers and their projectors (``patch_bias`` above:
+    #: SigLIP's ``patch_embedding`` is an ``nn.Conv2d`` with its default bias)
     #: a learned position table of this many rows added to the patches, no norm (SigLIP ``position_embedding``)
     pos_rows: int = 0
     #: a norm after the blocks (SigLIP ``post_layernorm``), and one before them (Pixtral ``ln_pre``)

@@ -12,6 +12,9 @@ transformers 4 and 5 build a mixture of experts differently, and the memory foll
   are two fused 3D ``nn.Parameter`` stacks (``gate_up_proj``, ``down_proj``) and the router a
   bare weight. Not ``nn.Linear``: bitsandbytes leaves them 16-bit (fp32 after PEFT's k-bit
   upcast) and PEFT adapts them only through ``target_parameters`` (its ``ParamWrapper``).
+- Qwen3-VL-MoE (arch/qwen3_vl.py) fuses its experts in both: transformers 4.57's
+  ``Qwen3VLMoeTextExperts`` already holds ``gate_up_proj``/``down_proj`` as parameters; only its
+  router is an ``nn.Linear`` there.
 
 :func:`transformers_major` reads the installed release from its package metadata (no import);
 a plan takes it unless told (``plan(..., transformers=4)``, ``--transformers 4``).

@@ -22,6 +22,7 @@ from vramplan.arch import (
     qwen,
     qwen2,
     qwen2_vl,
+    qwen3_vl,
     smollm3,
 )
 from vramplan.arch.registry import (
@@ -51,6 +52,7 @@ BUILT_IN = (
     qwen.FAMILY,
     qwen2.FAMILY,
     qwen2_vl.FAMILY,
+    qwen3_vl.FAMILY,
     smollm3.FAMILY,
 )
 

@@ -6,6 +6,8 @@
   divisible by patch x merge (28), its pixel count clamped to [56·56, 28·28·1280] (the
   image processor's default ``shortest_edge``/``longest_edge``); 14-pixel patches feed the
   ViT and every 2x2 of them merges into one language-model token.
+- Qwen3-VL: the same processor with 16-pixel patches (multiples of 32) within the released
+  [65,536, 16,777,216] pixels (``VisionSpec.min_pixels``/``max_pixels``, arch/qwen3_vl.py).
 
 A video (``video_frames`` sampled frames of ``video_size``) goes through the video
 processor: each frame resized the same way within its per-frame bounds [128·28·28,
@@ -92,9 +94,20 @@ def image_grid(spec: ModelSpec, setup: Setup) -> tuple[int, int]:
         rh, rw = longest_edge_resize(h, w, v.longest_edge, factor)
         rows, cols = rh // factor, rw // factor
         return (rh // v.patch_size) * (rw // v.patch_size), rows * cols + (rows if v.row_break_tokens else 0)
-    rh, rw = smart_resize(h, w, factor)
+    rh, rw = resized_image(spec, setup)
     patches = (rh // v.patch_size) * (rw // v.patch_size)
     return patches, patches // v.spatial_merge_size**2
+
+
+def resized_image(spec: ModelSpec, setup: Setup) -> tuple[int, int]:
+    """(height, width) of ``setup.image_size`` after the family's image processor resizes it:
+    multiples of patch x merge within its pixel bounds (``VisionSpec.min_pixels``/``max_pixels``,
+    Qwen3-VL's; unset: Qwen2-VL's defaults)."""
+    v = spec.vision
+    assert v is not None
+    h, w = parse_image_size(setup.image_size or "448x448")
+    factor = v.patch_size * v.spatial_merge_size
+    return smart_resize(h, w, factor, v.min_pixels or MIN_PIXELS, v.max_pixels or MAX_PIXELS)
 
 
 def video_grid(spec: ModelSpec, setup: Setup) -> tuple[int, int, int]:
@@ -105,7 +118,9 @@ def video_grid(spec: ModelSpec, setup: Setup) -> tuple[int, int, int]:
     if v is None:
         raise VramplanError("video_frames", f"{spec.name} has no vision tower: videos need a VLM")
     if not v.videos:
-        raise VramplanError("video_frames", f"{spec.name} takes images only: videos need Qwen2-VL or Qwen2.5-VL")
+        raise VramplanError(
+            "video_frames", f"{spec.name} takes images only here: videos are planned for Qwen2-VL and Qwen2.5-VL"
+        )
     h, w = parse_image_size(setup.video_size or "448x448")
     factor = v.patch_size * v.spatial_merge_size
     rh, rw = smart_resize(h, w, factor, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
@@ -191,8 +206,11 @@ def merge_mlp_saved_bytes(spec: ModelSpec, setup: Setup) -> int:
 def forward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     """The largest temporary of one ViT block's forward over the micro-batch's patches:
     the MLP's up (and gate) projections and activation (n·I each), beside the block input,
-    its norm and the qkv (5·n·d); eager attention adds a heads x n_img² score matrix and
-    its fp32 softmax per image."""
+    its norm and the qkv (5·n·d); eager attention adds a heads x n_img² score matrix per
+    image and, while it is still referenced, the fp32 copy ``softmax(attn_weights,
+    dtype=float32)`` makes of it before its fp32 output (transformers
+    ``eager_attention_forward``; ATen ``softmax`` converts first unless the input is CUDA fp16):
+    a + 8 bytes a score (traced on Qwen3-VL-2B at 2048x2048, 16 heads x 16,384²: 44.55 GiB)."""
     if not setup.has_media:
         return 0
     v = spec.vision
@@ -203,7 +221,7 @@ def forward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     base = 5 * n * v.hidden_size * a
     attn = 0
     if setup.attention == "eager":
-        attn = v.num_heads * _attention_squares(spec, setup) * (a + 4)
+        attn = v.num_heads * _attention_squares(spec, setup) * (a + 8 if a < 4 else 2 * a)
     return base + max(mlp, attn) + block_mask_bytes(spec, setup)
 
 
@@ -220,22 +238,27 @@ def pixel_bytes(spec: ModelSpec, setup: Setup) -> int:
 def saved_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Activations the tower keeps for the backward. Under gradient checkpointing (which
     transformers turns on for the tower's blocks too) every block's input is held by its
-    checkpoint even when the tower is frozen (n·d per block); a trained tower adds one block
+    checkpoint even when the tower is frozen (n·d per block; not when the tower's input is not
+    hooked to require grad, ``VisionSpec.input_embeds_hooked``); a trained tower adds one block
     recomputed. Without checkpointing a frozen tower keeps nothing, a trained one per block
-    the inputs of its norms, qkv, attention output and projections (about 8·n·d) and the
-    MLP's intermediates ((2 or 3)·n·I), plus eager attention's probabilities."""
+    the inputs of its norms, qkv, attention output and projections (about 8·n·d;
+    ``VisionSpec.block_saved_hidden``) and the MLP's intermediates ((2 or 3)·n·I), plus eager
+    attention's probabilities; its mergers keep ``VisionSpec.merger_saved_hidden``·n·d more."""
     if not setup.has_media:
         return 0
     v = spec.vision
     assert v is not None
     n = _patches(spec, setup)
     a = act_bytes(setup)
-    per_block = 8 * n * v.hidden_size * a + (3 if v.gated_mlp else 2) * n * v.intermediate_size * a
+    per_block = v.block_saved_hidden * n * v.hidden_size * a + (3 if v.gated_mlp else 2) * n * v.intermediate_size * a
     if setup.attention == "eager":
         per_block += v.num_heads * _attention_squares(spec, setup) * a
     merger = projector_only_saved_bytes(spec, setup)
+    if tower_trained(setup):  # the mergers run outside the checkpointed blocks (Qwen3-VL's DeepStack too)
+        merger += v.merger_saved_hidden * n * v.hidden_size * a
     if setup.grad_checkpointing:
-        inputs = v.depth * n * v.hidden_size * a
-        held = block_mask_bytes(spec, setup) + merge_mlp_saved_bytes(spec, setup)
-        return inputs + (per_block if tower_trained(setup) else 0) + merger + held
+        held = tower_trained(setup) or v.input_embeds_hooked
+        inputs = v.depth * n * v.hidden_size * a if held else 0
+        extra = block_mask_bytes(spec, setup) + merge_mlp_saved_bytes(spec, setup)
+        return inputs + (per_block if tower_trained(setup) else 0) + merger + extra
     return (v.depth * per_block if tower_trained(setup) else 0) + merger

@@ -57,7 +57,7 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
         raise VramplanError("model", fam.remote_code)
     if "visual" in config or ("vision_config" in config and not _traces_vision(config)):
         raise VramplanError(
-            "model", f"tracing {mt} with its vision tower is not supported: Qwen2-VL and Qwen2.5-VL are"
+            "model", f"tracing {mt} with its vision tower is not supported: Qwen2-VL, Qwen2.5-VL and Qwen3-VL are"
         )
     if "vision_config" in config and not setup.has_media:
         raise VramplanError(
@@ -66,7 +66,7 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
     if "vision_config" in config and setup.images_per_sample and setup.video_frames:
         raise VramplanError("video_frames", "a trace feeds images or a video, not both: trace them separately")
     if "vision_config" not in config and setup.has_media:
-        raise VramplanError("images_per_sample", "images need a VLM (qwen2-vl-*, qwen2.5-vl-*)")
+        raise VramplanError("images_per_sample", "images need a VLM (qwen2-vl-*, qwen2.5-vl-*, qwen3-vl-*)")
     if "vision_config" in config and setup.method == "qlora":
         raise VramplanError("method", "the harness traces VLMs in 16/32 bits (lora, full, freeze)")
     if setup.method == "inference":

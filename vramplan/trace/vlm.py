@@ -1,13 +1,15 @@
-"""Tracing Qwen2-VL / Qwen2.5-VL steps with images under fake tensors.
+"""Tracing Qwen2-VL / Qwen2.5-VL / Qwen3-VL steps with images under fake tensors.
 
 A fake tensor has a shape but no values, and these models read values in four places:
 the vision rotary positions and attention boundaries from ``image_grid_thw``, the split of
 each image's patches (``lengths.tolist()``), the split of the merged features per image,
 and the language model's 3D rope positions from where the image tokens sit in
-``input_ids``. All four depend only on the image grid and the token layout, which the
-trace fixes up front: they are computed from real tensors before the step and handed to
-the model, whose code is otherwise run as it is. A check that the placeholder count
-matches the features (a value comparison) is skipped; the layout is built to match.
+``input_ids``; Qwen3-VL adds the position table's interpolation taps from the grid and the
+image tokens' rows DeepStack adds to (a boolean mask of ``input_ids``). All depend only on
+the image grid and the token layout, which the trace fixes up front: they are computed from
+real tensors before the step and handed to the model, whose code is otherwise run as it is.
+A check that the placeholder count matches the features (a value comparison) is skipped; the
+layout is built to match.
 """
 
 from __future__ import annotations
@@ -67,8 +69,7 @@ class ImageBatch:
             token_id = hf.video_token_id
         else:
             patches, tokens = vision.image_grid(spec, setup)
-            h, w = vision.parse_image_size(setup.image_size or "448x448")
-            rh, rw = vision.smart_resize(h, w, v.patch_size * v.spatial_merge_size)
+            rh, rw = vision.resized_image(spec, setup)
             n_img, t = setup.images_per_sample, 1
             token_id = hf.image_token_id
         if setup.seq_len < 2 * n_img:
@@ -90,6 +91,8 @@ class ImageBatch:
         mm = (ids == token_id).int() * (2 if self.video else 1)
         grids = {"video_grid_thw" if self.video else "image_grid_thw": self.grid}
         self.position_ids, _ = model.model.get_rope_index(ids, mm, **grids)
+        # Qwen3-VL DeepStack: the image tokens' (batch, position) indices, which the model takes from a mask
+        self.token_positions = (ids == token_id).nonzero(as_tuple=True)
         self.module = spec.transformers_module
 
     @contextlib.contextmanager
@@ -114,6 +117,19 @@ class ImageBatch:
             cw = window[1]
             lengths.setdefault(int(cw.shape[0]), (cw[1:] - cw[:-1]).tolist())
         splits = (self.grid.prod(-1) // visual.spatial_merge_size**2).tolist()
+        # Qwen3-VL: each patch's bilinear taps into the learned position table
+        interp = None
+        if "get_vision_interpolation_indices_and_weights" in vars(mq):
+            interp = vu.get_vision_interpolation_indices_and_weights(
+                self.grid,
+                num_grid_per_side=visual.num_grid_per_side,
+                mode=visual.interpolation_mode,
+                align_corners=visual.interpolation_align_corners,
+                spatial_merge_size=visual.config.spatial_merge_size,
+            )
+        text_cls = type(model.model.language_model)
+        owner = next((c for c in text_cls.__mro__ if "_deepstack_process" in vars(c)), None)
+        deepstack = vars(owner)["_deepstack_process"] if owner is not None else None
         ns = vars(mq)
         attn_cls: Any = next(c for name, c in ns.items() if name.endswith("VisionAttention") and isinstance(c, type))
         model_cls = type(model.model)
@@ -122,6 +138,7 @@ class ImageBatch:
             "get_vision_attention_seqlens": ns["get_vision_attention_seqlens"],
             "get_vision_window_index": ns.get("get_vision_window_index"),
             "torch_compilable_check": ns.get("torch_compilable_check"),
+            "get_vision_interpolation_indices_and_weights": ns.get("get_vision_interpolation_indices_and_weights"),
         }
         attn_forward = attn_cls.forward
         feature_name, grid_arg = (
@@ -136,8 +153,19 @@ class ImageBatch:
             {**ns, "_SPLITS": splits},
             {f"({grid_arg}.prod(-1) // self.visual.spatial_merge_size**2).tolist()": "_SPLITS"},
         )
+        new_deepstack = None
+        if deepstack is not None:  # index the image tokens' rows by the fixed positions, not by a fake mask
+            new_deepstack = _rewrite(
+                deepstack,
+                {**ns, "_POS": self.token_positions},
+                {"hidden_states[visual_pos_masks, :]": "hidden_states[_POS]"},
+            )
         try:
             mq.get_vision_position_ids = lambda *a, **k: pos
+            if interp is not None:
+                mq.get_vision_interpolation_indices_and_weights = lambda *a, **k: interp
+            if owner is not None:
+                owner._deepstack_process = new_deepstack  # type: ignore[attr-defined]
             mq.get_vision_attention_seqlens = lambda *a, **k: (cu, mx)
             mq.torch_compilable_check = lambda *a, **k: None
             if window is not None:
@@ -151,6 +179,8 @@ class ImageBatch:
                     setattr(mq, k, fn)
             attn_cls.forward = attn_forward
             setattr(model_cls, feature_name, image_features)
+            if owner is not None:
+                owner._deepstack_process = deepstack  # type: ignore[attr-defined]
 
     def inputs(self, fake_mode: Any) -> dict[str, Any]:
         """One micro-batch as the processor hands it over: fp32 pixels (fake), the ids."""
