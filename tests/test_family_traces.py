@@ -37,6 +37,23 @@ DEEPSEEK_GRID = [
     ("deepseek-v3", dict(method="lora", grad_checkpointing=False, seq_len=2048, **_V3)),
 ]
 
+#: GPT-OSS (arch/gpt_oss.py), eager as the family plans (transformers refuses sdpa for its sinks);
+#: all-linear adapts the attention alone (PEFT leaves the bare expert parameters)
+GPT_OSS_MODELS = ("gpt-oss-20b", "gpt-oss-120b")
+GPT_OSS_GRID = [
+    ("gpt-oss-20b", dict(method="lora", attention="eager")),
+    ("gpt-oss-20b", dict(method="lora", grad_checkpointing=False, seq_len=1024, attention="eager")),
+    ("gpt-oss-20b", dict(method="full", precision="bf16", seq_len=1024, attention="eager")),
+    # the sinks' s x (s + 1) probabilities and the clamped SwiGLU's routed tokens
+    ("gpt-oss-20b", dict(method="lora", grad_checkpointing=False, seq_len=2048, micro_batch=2, attention="eager")),
+    # full training's saves (gathered expert inputs, down_proj inputs, fp32 normalized norms) at the peak
+    (
+        "gpt-oss-20b",
+        dict(method="full", precision="bf16", grad_checkpointing=False, seq_len=4096, micro_batch=2, attention="eager"),
+    ),
+    ("gpt-oss-120b", dict(method="lora", attention="eager")),
+]
+
 #: underestimates crash a run: the tighter bound (tests/test_estimate_vs_traces.py's)
 MAX_UNDER_PCT = 1.0
 MAX_OVER_PCT = 3.0
@@ -48,7 +65,7 @@ SETUPS = (
     dict(method="qlora", quant="bnb-nf4"),
 )
 DENSE_MODELS = ("olmo-2-13b", "smollm3-3b", "granite-3.3-8b", "gemma-3-1b", "glm-4-9b-0414")
-FAMILY_MODELS = (*DENSE_MODELS, *DEEPSEEK_MODELS)
+FAMILY_MODELS = (*DENSE_MODELS, *DEEPSEEK_MODELS, *GPT_OSS_MODELS)
 FAMILY_GRID = [(model, fields) for model in DENSE_MODELS for fields in SETUPS] + [
     # Gemma 3's sliding-window layers under eager attention (the window masks an s x s score
     # matrix each layer keeps whole), and full fine-tuning of the two small models
@@ -59,6 +76,7 @@ FAMILY_GRID = [(model, fields) for model in DENSE_MODELS for fields in SETUPS] +
     ("gemma-3-1b", dict(method="full", precision="bf16", seq_len=1024)),
     ("smollm3-3b", dict(method="full", precision="bf16", seq_len=1024)),
     *DEEPSEEK_GRID,
+    *GPT_OSS_GRID,
 ]
 
 

@@ -85,6 +85,7 @@ def projector_params(v: VisionSpec) -> int:
 def param_counts(spec: ModelSpec) -> ParamCounts:
     h, L = spec.hidden_size, spec.num_layers
     attention = sum(lin.params for lin in spec.attention) + sum(spec.qk_norm_shapes) + sum(spec.latent_norm_shapes)
+    attention += sum(spec.sink_shapes)
     n_moe = len(spec.moe.layers) if spec.moe is not None else 0
     mlp = (L - n_moe) * sum(lin.params for lin in spec.mlp) + n_moe * sum(lin.params for lin in spec.moe_mlp)
     norm = _norm_params(h, spec.norm)

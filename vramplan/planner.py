@@ -178,7 +178,10 @@ def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, 
         notes.append(Note(code="family.attention", data=data, text=text))
     # transformers 5's fused experts: PEFT adapts them through ParamWrapper (transformers 4: nn.Linear)
     wrapped = any(lin.param_target_rank for group, _ in spec.layer_groups for lin in group)
-    if spec.moe is not None and "lora_targets" not in pinned and pinned.get("method") in (None, "lora", "qlora"):
+    # experts all-linear would adapt: nn.Linear ones (transformers 4) or PEFT's target_parameters;
+    # none for GPT-OSS, whose bare expert parameters PEFT leaves alone (arch/gpt_oss.py)
+    adaptable = any(lin.nn_linear or lin.param_target_rank for lin in spec.moe_mlp)
+    if adaptable and "lora_targets" not in pinned and pinned.get("method") in (None, "lora", "qlora"):
         targets = [lin.name for lin in spec.attention if lin.nn_linear]
         pinned["lora_targets"] = ",".join(targets)
         how = (

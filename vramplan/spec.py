@@ -63,6 +63,12 @@ class MoESpec(BaseModel):
     expert_intermediate_size: int
     shared_expert_intermediate_size: int = 0
     layers: tuple[int, ...]
+    #: the experts' gate goes through GPT-OSS's clamped SwiGLU (``GptOssExperts._apply_gate``:
+    #: clamps, ``sigmoid(alpha * gate)`` and ``(up + 1) * glu``), not ``act(gate) * up``
+    clamped_swiglu: bool = False
+    #: the router takes the top k of its logits and a softmax over those k (GPT-OSS
+    #: ``GptOssTopKRouter``), not an fp32 softmax over every expert
+    router_topk_softmax: bool = False
 
 
 class MLASpec(BaseModel):
@@ -165,6 +171,9 @@ class ModelSpec(BaseModel):
     #: ``sliding_attention`` layer_types); 0: every layer attends to the whole sequence
     sliding_layers: int = 0
     sliding_window: int = 0
+    #: a learned logit per query head that joins each row of scores before the softmax and is then
+    #: dropped (GPT-OSS ``GptOssAttention.sinks``, one ``nn.Parameter(num_heads)`` per layer)
+    attention_sinks: bool = False
     #: the transformers class FSDP wraps one unit of (``_no_split_modules`` of its
     #: ``AutoModelForCausalLM`` class); empty when not known
     decoder_layer: str = ""
@@ -218,6 +227,11 @@ class ModelSpec(BaseModel):
         if self.mla is None:
             return ()
         return tuple(w for w in (self.mla.q_lora_rank, self.mla.kv_lora_rank) if w)
+
+    @property
+    def sink_shapes(self) -> tuple[int, ...]:
+        """The widths of one layer's attention sinks (GPT-OSS: one logit per query head)."""
+        return (self.num_heads,) if self.attention_sinks else ()
 
     def __hash__(self) -> int:  # frozen: hash once (specs key the term caches)
         cached = self.__dict__.get("_hash_value")

@@ -59,10 +59,22 @@ def attention_core_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> 
         return A * t * (2 * q + 2 * k) + 4 * b * a * s + fused
     kv = q if spec.num_kv_heads < a else k
     probs = 4 * b * a * s * s + (A * b * a * s * s if A < 4 else 0)
+    if spec.attention_sinks:
+        probs = sink_probs_bytes(spec, setup)
     # Gemma-2 soft-caps the scores, tanh(scores / cap) * cap: tanh saves its output
     softcap = A * b * a * s * s if spec.attn_logit_softcapping else 0
     out = A * t * q if weight_trains else 0
     return A * t * (q + 2 * kv) + probs + softcap + out + fused
+
+
+def sink_probs_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Eager attention with sinks (GPT-OSS, transformers 5.25 ``gpt_oss`` ``eager_attention_forward``):
+    the sink logit joins each row of scores (``torch.cat``, s + 1 columns), the row maximum is
+    subtracted (``max`` saves its int64 indices, 8·b·a·s) and the softmax runs in the scores' own
+    dtype (``dtype=combined_logits.dtype``), so one A·b·a·s·(s + 1) probability tensor is saved,
+    not an fp32 softmax and its 16-bit copy."""
+    b, s, a, A = setup.micro_batch, setup.seq_len, spec.num_heads, act_bytes(setup)
+    return A * b * a * s * (s + 1) + 8 * b * a * s
 
 
 def mla_core_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
@@ -172,6 +184,11 @@ def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) ->
         # and the expert output that the routing-weight product saves; trained experts also
         # keep their gathered input and the down_proj input
         routed = 3 * A * tk * inter + A * tk * spec.hidden_size
+        if moe.clamped_swiglu:
+            # GPT-OSS ``_apply_gate``: the clamped gate (saved by its product with the sigmoid), the
+            # sigmoid, ``up + 1`` and the product ``glu`` (saved by the last product): 3·A·tk·I more
+            # than act(gate) * up saves; the clamped up is freed by ``+ 1``, which saves nothing
+            routed += 3 * A * tk * inter
         if weight_trains:
             routed += A * tk * inter + A * tk * spec.hidden_size
         if any(lin.routed for lin in spec.moe_mlp):
@@ -181,7 +198,10 @@ def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) ->
         # shared experts (DeepSeek ``shared_experts``): a gated MLP every token goes through
         shared = moe.shared_expert_intermediate_size
         dense = 3 * A * t * shared + (A * t * shared if weight_trains else 0)
-        return routed + dense + 4 * t * moe.num_experts
+        # the router: an fp32 softmax over every expert, or GPT-OSS's softmax over the top k
+        # (``GptOssTopKRouter``: in the logits' dtype) and topk's int64 indices
+        router = (A + 8) * t * moe.experts_per_token if moe.router_topk_softmax else 4 * t * moe.num_experts
+        return routed + dense + router
     inter = spec.intermediate_size
     return 3 * A * t * inter + (A * t * inter if weight_trains else 0)
 

@@ -172,7 +172,7 @@ def layer_params(spec: ModelSpec, layer: int) -> int:
 def kind_params(spec: ModelSpec, moe: bool) -> int:
     """A dense (``moe`` False) or MoE layer's parameters (``spec.layer_linears`` of one)."""
     norm = spec.hidden_size * (2 if spec.norm == "layernorm" else 1)
-    qk = sum(spec.qk_norm_shapes) + sum(spec.latent_norm_shapes)
+    qk = sum(spec.qk_norm_shapes) + sum(spec.latent_norm_shapes) + sum(spec.sink_shapes)
     mlp = spec.moe_mlp if moe else spec.mlp
     return sum(lin.params for lin in spec.attention + mlp) + qk + spec.norms_per_layer * norm
 
@@ -269,7 +269,7 @@ def trainable_shapes(spec: ModelSpec, setup: Setup) -> list[tuple[tuple[int, ...
             if lin.bias:
                 out.append(((lin.count * lin.out_features,), n))
         out.append((norm_shape, n * spec.norms_per_layer * (2 if spec.norm == "layernorm" else 1)))
-        for width in spec.qk_norm_shapes + spec.latent_norm_shapes:
+        for width in spec.qk_norm_shapes + spec.latent_norm_shapes + spec.sink_shapes:
             out.append(((width,), n))
     if setup.method == "full":
         out.append(((spec.vocab_size, h), 1 if spec.tie_word_embeddings else 2))
