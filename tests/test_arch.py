@@ -183,7 +183,7 @@ def test_every_family_reads_every_catalog_config_of_its_types() -> None:
 
 
 #: MoE model types whose fused experts PEFT's all-linear leaves alone
-NO_PEFT_CONVERSION = {"gpt_oss"}
+NO_PEFT_CONVERSION = {"gpt_oss", "llama4"}
 
 
 @pytest.mark.parametrize("name", sorted(CATALOG))
@@ -198,7 +198,10 @@ def test_capabilities_match_the_config(name: str) -> None:
     assert spec.remote_code == (not ships)
     assert spec.transformers_module == (cfg["model_type"] if ships else "")
     if spec.decoder_layer:  # transformers names the layer class after the model class
-        assert spec.decoder_layer == model_class.removesuffix("ForCausalLM") + "DecoderLayer"
+        if model_class.endswith("ForConditionalGeneration"):  # a VLM's text layer (Llama 4's)
+            assert spec.decoder_layer == model_class.removesuffix("ForConditionalGeneration") + "TextDecoderLayer"
+        else:
+            assert spec.decoder_layer == model_class.removesuffix("ForCausalLM") + "DecoderLayer"
     else:  # FSDP wrapping is planned for every text model transformers ships
         assert spec.vision is not None or spec.remote_code
     assert spec.attn_logit_softcapping == cfg.get("attn_logit_softcapping")

@@ -54,6 +54,20 @@ GPT_OSS_GRID = [
     ("gpt-oss-120b", dict(method="lora", attention="eager")),
 ]
 
+#: Llama 4 (arch/llama4.py), text batches through the vision-language model (the tower is built and
+#: counted, never run); LoRA on the attention, as plans default for experts
+LLAMA4_MODELS = ("llama-4-scout-17b-16e", "llama-4-maverick-17b-128e")
+_ATTN = dict(lora_targets="q_proj,k_proj,v_proj,o_proj")
+LLAMA4_GRID = [
+    ("llama-4-scout-17b-16e", dict(method="lora", **_ATTN)),
+    # every expert runs every token (t·E rows), the weightless fp32 q/k norms of the RoPE layers
+    ("llama-4-scout-17b-16e", dict(method="lora", grad_checkpointing=False, seq_len=1024, **_ATTN)),
+    ("llama-4-scout-17b-16e", dict(method="full", precision="bf16", seq_len=1024)),
+    # Maverick: dense and MoE layers interleaved, 128 experts, no q/k norm
+    ("llama-4-maverick-17b-128e", dict(method="lora", seq_len=1024, **_ATTN)),
+    ("llama-4-maverick-17b-128e", dict(method="lora", grad_checkpointing=False, seq_len=512, **_ATTN)),
+]
+
 #: underestimates crash a run: the tighter bound (tests/test_estimate_vs_traces.py's)
 MAX_UNDER_PCT = 1.0
 MAX_OVER_PCT = 3.0
@@ -65,7 +79,7 @@ SETUPS = (
     dict(method="qlora", quant="bnb-nf4"),
 )
 DENSE_MODELS = ("olmo-2-13b", "smollm3-3b", "granite-3.3-8b", "gemma-3-1b", "glm-4-9b-0414")
-FAMILY_MODELS = (*DENSE_MODELS, *DEEPSEEK_MODELS, *GPT_OSS_MODELS)
+FAMILY_MODELS = (*DENSE_MODELS, *DEEPSEEK_MODELS, *GPT_OSS_MODELS, *LLAMA4_MODELS)
 FAMILY_GRID = [(model, fields) for model in DENSE_MODELS for fields in SETUPS] + [
     # Gemma 3's sliding-window layers under eager attention (the window masks an s x s score
     # matrix each layer keeps whole), and full fine-tuning of the two small models
@@ -77,6 +91,7 @@ FAMILY_GRID = [(model, fields) for model in DENSE_MODELS for fields in SETUPS] +
     ("smollm3-3b", dict(method="full", precision="bf16", seq_len=1024)),
     *DEEPSEEK_GRID,
     *GPT_OSS_GRID,
+    *LLAMA4_GRID,
 ]
 
 

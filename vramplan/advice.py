@@ -90,9 +90,19 @@ def gpu_notes(card: GPU, pinned: dict[str, Any]) -> list[Note]:
 
 
 def model_notes(spec: ModelSpec) -> list[Note]:
-    """``model.approximate``: no family module reads the model (arch/generic.py)."""
+    """``model.approximate``: no family module reads the model (arch/generic.py);
+    ``model.tower_text_only``: a vision tower counted, not planned (Llama 4)."""
+    notes: list[Note] = []
+    if spec.vision is None and spec.tower_params:
+        counted = spec.tower_params + spec.tower_projector_params
+        text = (
+            f"{spec.model_type}: the vision tower and projector ({counted / 1e9:.2f}B parameters) are counted in the"
+            " weights, not their activations: planned for text batches, which leave the tower without gradients"
+        )
+        data: dict[str, NoteValue] = {"model_type": spec.model_type, "tower_params": counted}
+        notes.append(Note(code="model.tower_text_only", data=data, text=text))
     if not spec.approximate:
-        return []
+        return notes
     from vramplan.arch.generic import MARGIN_PCT
 
     text = (
@@ -100,7 +110,8 @@ def model_notes(spec: ModelSpec) -> list[Note]:
         f" embeddings untied unless the config ties them) with {MARGIN_PCT}% added to every phase"
         " (overhead/approximation); 'vramplan trace MODEL' runs transformers' own code for it"
     )
-    return [Note(code="model.approximate", data={"model_type": spec.model_type, "margin_pct": MARGIN_PCT}, text=text)]
+    data = {"model_type": spec.model_type, "margin_pct": MARGIN_PCT}
+    return [*notes, Note(code="model.approximate", data=data, text=text)]
 
 
 def context_notes(spec: ModelSpec, setup: Setup) -> list[Note]:

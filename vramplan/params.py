@@ -101,7 +101,7 @@ def param_counts(spec: ModelSpec) -> ParamCounts:
         mlp=mlp,
         norms=norm * (spec.norms_per_layer * L + 1),
         lm_head=0 if spec.tie_word_embeddings else spec.vocab_size * h,
-        vision=vision_tower_params(spec.vision) if spec.vision else 0,
-        projector=projector_params(spec.vision) if spec.vision else 0,
+        vision=vision_tower_params(spec.vision) if spec.vision else spec.tower_params,
+        projector=projector_params(spec.vision) if spec.vision else spec.tower_projector_params,
         idle_experts=idle,
     )

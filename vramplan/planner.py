@@ -192,6 +192,9 @@ def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, 
         text = (
             f"MoE: LoRA on the attention ({pinned['lora_targets']}); --lora-targets all-linear also adapts the"
             f" router and every expert ({how})"
+            if not spec.all_linear_refused
+            else f"MoE: LoRA on the attention ({pinned['lora_targets']}); all-linear is refused:"
+            f" {spec.all_linear_refused}"
         )
         notes.append(Note(code="moe.lora_targets", data={"targets": list(targets)}, text=text))
     moe_all_linear = str(pinned.get("lora_targets", "")).strip().lower() == "all-linear"

@@ -69,6 +69,9 @@ class MoESpec(BaseModel):
     #: the router takes the top k of its logits and a softmax over those k (GPT-OSS
     #: ``GptOssTopKRouter``), not an fp32 softmax over every expert
     router_topk_softmax: bool = False
+    #: every expert computes every token, scaled by its score (0 when not routed): Llama 4's
+    #: ``Llama4TextMoe`` repeats the hidden states E times and runs one ``bmm`` over all experts
+    dense_dispatch: bool = False
 
 
 class MLASpec(BaseModel):
@@ -174,6 +177,16 @@ class ModelSpec(BaseModel):
     #: a learned logit per query head that joins each row of scores before the softmax and is then
     #: dropped (GPT-OSS ``GptOssAttention.sinks``, one ``nn.Parameter(num_heads)`` per layer)
     attention_sinks: bool = False
+    #: layers whose q and k go through a weightless L2 norm after RoPE (Llama 4's
+    #: ``Llama4TextWeightlessRMSNorm`` on its RoPE layers): no parameter, fp32 saves
+    rope_qk_l2_norm_layers: int = 0
+    #: a vision tower and its projector counted but not planned as a tower (Llama 4: no term
+    #: models their activations, memory/vision.py reads ``vision``): their parameters only
+    tower_params: int = 0
+    tower_projector_params: int = 0
+    #: why PEFT's ``all-linear`` cannot train this model (Llama 4: its router is an ``nn.Linear``
+    #: returning a tuple); empty: it can
+    all_linear_refused: str = ""
     #: the transformers class FSDP wraps one unit of (``_no_split_modules`` of its
     #: ``AutoModelForCausalLM`` class); empty when not known
     decoder_layer: str = ""

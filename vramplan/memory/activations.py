@@ -118,6 +118,18 @@ def qk_norm_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
     return norm_saved_bytes(spec, setup, spec.q_dim + spec.kv_dim, weight_trains)
 
 
+def rope_qk_l2_norm_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Llama 4's weightless L2 norm of q and k on its RoPE layers (transformers 5.25
+    ``Llama4TextWeightlessRMSNorm``: ``x.float()`` then ``x * rsqrt(mean(x²) + eps)``): the fp32
+    copy of q and k (4·t·(q + k)) and one fp32 rsqrt per head and token (4·t·(a + a_kv)). Spread
+    evenly over the layers, as :func:`window_mask_bytes` is."""
+    if not spec.rope_qk_l2_norm_layers:
+        return 0
+    t = setup.tokens
+    per_layer = 4 * t * (spec.q_dim + spec.kv_dim) + 4 * t * (spec.num_heads + spec.num_kv_heads)
+    return per_layer * spec.rope_qk_l2_norm_layers // spec.num_layers
+
+
 def _masked_window(spec: ModelSpec, setup: Setup) -> bool:
     """Whether sdpa gets a mask on the sliding-window layers: from the window's length on
     (transformers 5.25 and 4.57 masking_utils ``_ignore_causal_mask_sdpa`` keeps the mask when
@@ -179,7 +191,9 @@ def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) ->
     t, A = setup.tokens, pointwise_bytes(setup)
     moe = spec.moe
     if moe is not None and layer in moe.layers:
-        tk, inter = t * moe.experts_per_token, moe.expert_intermediate_size
+        # Llama 4 (``moe.dense_dispatch``) runs every expert on every token: t·E rows, not t·k
+        tk = t * (moe.num_experts if moe.dense_dispatch else moe.experts_per_token)
+        inter = moe.expert_intermediate_size
         # per routed token: the gate/up output (kept whole by the chunk views), the activation,
         # and the expert output that the routing-weight product saves; trained experts also
         # keep their gathered input and the down_proj input
@@ -277,6 +291,7 @@ def _layer_saved(spec: ModelSpec, setup: Setup, trains: bool, moe: bool) -> int:
         spec.norms_per_layer * norm_saved_bytes(spec, setup, h, trains)
         + linear_input_bytes(spec, setup, trains)
         + qk_norm_bytes(spec, setup, trains)
+        + rope_qk_l2_norm_bytes(spec, setup)
         + latent_norm_bytes(spec, setup, trains)
         + attention_core_bytes(spec, setup, trains)
         + window_mask_bytes(spec, setup)
@@ -382,7 +397,8 @@ def backward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     t, A, R = setup.tokens, act_bytes(setup), residual_bytes(setup)
     inter = spec.intermediate_size
     if spec.moe is not None:
-        inter = max(inter, spec.moe.expert_intermediate_size * spec.moe.experts_per_token)
+        m = spec.moe
+        inter = max(inter, m.expert_intermediate_size * (m.num_experts if m.dense_dispatch else m.experts_per_token))
     inner = 3 * A * t * inter
     if setup.attention == "eager":
         b, s, a = setup.micro_batch, setup.seq_len, spec.num_heads

@@ -270,7 +270,8 @@ def trace(
             int(config.get("vocab_size") or config["text_config"]["vocab_size"]), setup, "cpu", fake_mode
         )
         layout: Any = contextlib.nullcontext()
-        if "vision_config" in config:
+        # image batches for a family whose tower the plan models (a tower counted only, Llama 4's: text)
+        if "vision_config" in config and load_model(model).vision is not None:
             base = built.model.get_base_model() if hasattr(built.model, "get_base_model") else built.model
             batch = ImageBatch(load_model(model), setup, base.config, base)
             layout = batch.fixed_layout(base)
