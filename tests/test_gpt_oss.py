@@ -92,5 +92,9 @@ def test_the_plan_runs_eager_and_leaves_all_linear_alone() -> None:
     assert p.setup.attention == "eager" and p.setup.lora_targets == "all-linear"
     codes = {n.code for n in p.notes}
     assert "family.attention" in codes and "moe.lora_targets" not in codes
+    # the MXFP4 experts, planned as transformers trains them: dequantized to bf16
+    (mx,) = [n for n in p.notes if n.code == "model.checkpoint_dequantized"]
+    assert mx.data == {"model_type": "gpt_oss", "checkpoint_quant": "mxfp4", "dtype": "bfloat16"}
+    assert load_model("gpt-oss-20b").checkpoint_quant == "mxfp4"
     with pytest.raises(VramplanError, match="attention"):
         plan("gpt-oss-20b", gpu="h100", attention="sdpa")

@@ -85,6 +85,16 @@ def test_every_expert_runs_every_token() -> None:
     assert rope_qk_l2_norm_bytes(spec, setup) == (4 * t * (q + kv) + 4 * t * 48) * 36 // 48
 
 
+def test_eager_keeps_one_bf16_probability_tensor() -> None:
+    from vramplan.memory.activations import attention_core_bytes
+
+    spec = load_model(SCOUT)
+    eager = make_setup(method="lora", attention="eager", seq_len=1024, grad_checkpointing=False)
+    fp32 = spec.model_copy(update={"eager_softmax_in_scores_dtype": False})
+    s, a = 1024, 40
+    assert attention_core_bytes(fp32, eager, False) - attention_core_bytes(spec, eager, False) == 4 * a * s * s
+
+
 def test_full_training_leaves_the_tower_without_state() -> None:
     spec = load_model(SCOUT)
     counts = param_counts(spec)

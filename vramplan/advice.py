@@ -101,6 +101,14 @@ def model_notes(spec: ModelSpec) -> list[Note]:
         )
         data: dict[str, NoteValue] = {"model_type": spec.model_type, "tower_params": counted}
         notes.append(Note(code="model.tower_text_only", data=data, text=text))
+    if spec.checkpoint_quant:
+        text = (
+            f"{spec.model_type}: the checkpoint's experts are {spec.checkpoint_quant.upper()}; transformers trains them"
+            f" dequantized (Mxfp4Config(dequantize=True)), so the weights are planned in {spec.torch_dtype}; QLoRA"
+            " needs a bf16 copy of the weights (transformers refuses a BitsAndBytesConfig on this checkpoint)"
+        )
+        data = {"model_type": spec.model_type, "checkpoint_quant": spec.checkpoint_quant, "dtype": spec.torch_dtype}
+        notes.append(Note(code="model.checkpoint_dequantized", data=data, text=text))
     if not spec.approximate:
         return notes
     from vramplan.arch.generic import MARGIN_PCT

@@ -180,6 +180,9 @@ class ModelSpec(BaseModel):
     #: layers whose q and k go through a weightless L2 norm after RoPE (Llama 4's
     #: ``Llama4TextWeightlessRMSNorm`` on its RoPE layers): no parameter, fp32 saves
     rope_qk_l2_norm_layers: int = 0
+    #: eager attention's softmax runs in the scores' dtype, not fp32 (Llama 4's
+    #: ``eager_attention_forward``: ``softmax(attn_weights, dim=-1)`` with no ``dtype``)
+    eager_softmax_in_scores_dtype: bool = False
     #: a vision tower and its projector counted but not planned as a tower (Llama 4: no term
     #: models their activations, memory/vision.py reads ``vision``): their parameters only
     tower_params: int = 0
@@ -187,6 +190,9 @@ class ModelSpec(BaseModel):
     #: why PEFT's ``all-linear`` cannot train this model (Llama 4: its router is an ``nn.Linear``
     #: returning a tuple); empty: it can
     all_linear_refused: str = ""
+    #: the released checkpoint's quantization that training loads dequantized to the model's dtype
+    #: (GPT-OSS's MXFP4 experts, ``quantization_config.quant_method``); empty: none planned for
+    checkpoint_quant: str = ""
     #: the transformers class FSDP wraps one unit of (``_no_split_modules`` of its
     #: ``AutoModelForCausalLM`` class); empty when not known
     decoder_layer: str = ""

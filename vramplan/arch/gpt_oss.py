@@ -93,6 +93,8 @@ def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         Linear(name="o_proj", in_features=q, out_features=h, bias=bias),
     )
     window = integer(cfg, "sliding_window", where, 0, MAX_POSITIONS, default=128)
+    quant = cfg.get("quantization_config")
+    method = quant.get("quant_method") if isinstance(quant, dict) else None
     moe = MoESpec(
         num_experts=n_exp,
         experts_per_token=integer(cfg, "num_experts_per_tok", where, 1, n_exp, default=4),
@@ -110,6 +112,7 @@ def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         moe=moe,
         moe_mlp=experts(h, n_exp, inter),
         attention_sinks=True,
+        checkpoint_quant="mxfp4" if method == "mxfp4" else "",
         # GptOssRMSNorm returns ``(self.weight * hidden_states).to(input_dtype)`` on the fp32
         # normalized input: the product is fp32 and saves it so
         norm_scale_fp32=True,

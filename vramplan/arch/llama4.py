@@ -169,6 +169,8 @@ def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         tower_params=tower,
         tower_projector_params=projector,
         attentions=ATTENTIONS,
+        # "llama4 doesn't cast attn weights to fp32" (modeling_llama4.eager_attention_forward)
+        eager_softmax_in_scores_dtype=True,
         all_linear_refused=ALL_LINEAR if moe_layers else "",
         decoder_layer="Llama4TextDecoderLayer",
         transformers_module="llama4",

@@ -61,6 +61,8 @@ def attention_core_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> 
     probs = 4 * b * a * s * s + (A * b * a * s * s if A < 4 else 0)
     if spec.attention_sinks:
         probs = sink_probs_bytes(spec, setup)
+    elif spec.eager_softmax_in_scores_dtype:  # one probability tensor in the scores' dtype
+        probs = A * b * a * s * s
     # Gemma-2 soft-caps the scores, tanh(scores / cap) * cap: tanh saves its output
     softcap = A * b * a * s * s if spec.attn_logit_softcapping else 0
     out = A * t * q if weight_trains else 0
