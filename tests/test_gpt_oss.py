@@ -36,7 +36,7 @@ def test_reader_takes_sinks_biases_experts_and_the_window() -> None:
     assert (spec.sliding_layers, spec.sliding_window) == (12, 128)
     assert spec.norm_scale_fp32 and not spec.tie_word_embeddings
     assert not any(lin.nn_linear or lin.param_target_rank for lin in spec.moe_mlp)  # PEFT leaves them alone
-    assert spec.attentions == ("eager", "flash-attn-2")
+    assert spec.attentions == ("eager", "flash-attn-2") and ("llamafactory", "gpt_oss") in spec.chat_templates
     # q is 64 x 64 = 4096 wide, wider than hidden 2880
     assert [(lin.name, lin.in_features, lin.out_features) for lin in spec.attention][0] == ("q_proj", 2880, 4096)
 
@@ -98,3 +98,15 @@ def test_the_plan_runs_eager_and_leaves_all_linear_alone() -> None:
     assert load_model("gpt-oss-20b").checkpoint_quant == "mxfp4"
     with pytest.raises(VramplanError, match="attention"):
         plan("gpt-oss-20b", gpu="h100", attention="sdpa")
+
+
+def test_other_trainers_emit_all_linear_as_it_reaches_the_attention_alone() -> None:
+    from vramplan.emit import emit
+
+    for target in ("llamafactory", "swift", "axolotl"):  # the same adapters as PEFT's all-linear
+        p = plan("gpt-oss-20b", gpu="h100", trainer=target)
+        assert p.setup.lora_targets == "all-linear"
+        files = emit(p, target).files
+        assert files
+        if target == "llamafactory":
+            assert "template: gpt_oss" in files["train.yaml"]

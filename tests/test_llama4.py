@@ -50,6 +50,7 @@ def test_scout_every_layer_moe_maverick_every_other() -> None:
     assert (scout.sliding_layers, scout.sliding_window, scout.rope_qk_l2_norm_layers) == (36, 8192, 36)
     assert (maverick.sliding_layers, maverick.rope_qk_l2_norm_layers) == (36, 0)
     assert scout.attentions == ("eager", "sdpa") and scout.vision is None and scout.tower_params
+    assert ("llamafactory", "llama4") in scout.chat_templates
 
 
 def test_text_config_alone_reads_as_llama4_text() -> None:

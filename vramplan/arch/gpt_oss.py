@@ -120,6 +120,8 @@ def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         sliding_window=window,
         attentions=ATTENTIONS,
         decoder_layer="GptOssDecoderLayer",
+        # LLaMA-Factory 0.9.5 data/template.py register_template(name="gpt_oss")
+        chat_templates=(("llamafactory", "gpt_oss"),),
         transformers_module="gpt_oss",
         **c,
     )

@@ -173,6 +173,8 @@ def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         eager_softmax_in_scores_dtype=True,
         all_linear_refused=ALL_LINEAR if moe_layers else "",
         decoder_layer="Llama4TextDecoderLayer",
+        # LLaMA-Factory 0.9.5 data/template.py register_template(name="llama4")
+        chat_templates=(("llamafactory", "llama4"),),
         transformers_module="llama4",
         **{k: v for k, v in c.items() if k != "intermediate_size"},
         intermediate_size=dense_inter,
