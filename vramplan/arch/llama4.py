@@ -138,7 +138,10 @@ def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
             dense_dispatch=True,
         )
         moe_mlp = (
-            Linear(name="router", in_features=h, out_features=n_exp),  # Llama4Router(nn.Linear)
+            # Llama4Router subclasses nn.Linear, but bitsandbytes converts exact nn.Linear modules only
+            # (integrations/bitsandbytes.py replace_with_bnb_linear: ``type(module) is nn.Linear``), and
+            # PEFT's adapter on it breaks the forward (ALL_LINEAR): held as no LoRA target, never 4-bit
+            Linear(name="router", in_features=h, out_features=n_exp, nn_linear=False),
             Linear(name="experts.gate_up_proj", in_features=h, out_features=2 * inter, count=n_exp, nn_linear=False),
             Linear(name="experts.down_proj", in_features=inter, out_features=h, count=n_exp, nn_linear=False),
             Linear(name="shared_expert.gate_proj", in_features=h, out_features=inter),
