@@ -170,8 +170,10 @@ class ModelSpec(BaseModel):
     #: q_norm/k_norm normalize the whole projection (OLMo-2 ``Olmo2RMSNorm(num_heads * head_dim)``),
     #: not each head (Qwen3 ``Qwen3RMSNorm(head_dim)``): their weights are q_dim and kv_dim wide
     qk_norm_over_projection: bool = False
-    #: layers whose attention sees only the last ``sliding_window`` tokens (Gemma 3's
-    #: ``sliding_attention`` layer_types); 0: every layer attends to the whole sequence
+    #: layers whose attention sees only the last ``sliding_window`` tokens (Gemma 3's and GPT-OSS's
+    #: ``sliding_attention`` layer_types), or its own chunk of that many (Llama 4's
+    #: ``chunked_attention``: sdpa gets a mask from that length on, as for a window); 0: every layer
+    #: attends to the whole sequence
     sliding_layers: int = 0
     sliding_window: int = 0
     #: a learned logit per query head that joins each row of scores before the softmax and is then
