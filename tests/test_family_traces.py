@@ -65,6 +65,9 @@ LLAMA4_GRID = [
     ("llama-4-scout-17b-16e", dict(method="full", precision="bf16", seq_len=1024)),
     # eager keeps one s x s probability tensor in bf16: Llama 4 does not cast the softmax to fp32
     ("llama-4-scout-17b-16e", dict(method="lora", grad_checkpointing=False, seq_len=1024, attention="eager", **_ATTN)),
+    # at the chunk's length sdpa gets a mask on the 36 chunked layers (a bias and repeated k/v each)
+    ("llama-4-scout-17b-16e", dict(method="lora", seq_len=8192, **_ATTN)),
+    ("llama-4-scout-17b-16e", dict(method="lora", grad_checkpointing=False, seq_len=8192, **_ATTN)),
     # Maverick: dense and MoE layers interleaved, 128 experts, no q/k norm
     ("llama-4-maverick-17b-128e", dict(method="lora", seq_len=1024, **_ATTN)),
     ("llama-4-maverick-17b-128e", dict(method="lora", grad_checkpointing=False, seq_len=512, **_ATTN)),

@@ -16,8 +16,10 @@ experts (``MoESpec.dense_dispatch``). The other layers are a dense ``Llama4TextM
 on RoPE layers (``no_rope_layers`` 1; every fourth layer is NoPE by default) a weightless L2
 norm of q and k (``Llama4TextWeightlessRMSNorm``, no parameter) when ``use_qk_norm``, and those
 layers attend within chunks of ``attention_chunk_size`` tokens (``layer_types``
-``chunked_attention``; as for a sliding window, sdpa gets a mask only from the chunk's length on,
-so the chunked layers are held as ``sliding_layers`` of that window). Two RMSNorms per layer,
+``chunked_attention``; as for a sliding window, sdpa gets a mask only from the chunk's length on:
+masking_utils.py ``create_chunked_causal_mask`` passes ``local_size=chunk_size`` to the rule
+``_ignore_causal_mask_sdpa`` applies to a window, so the chunked layers are held as
+``sliding_layers`` of that window). Two RMSNorms per layer,
 untied embeddings. ``Llama4PreTrainedModel`` refuses flash attention (``_supports_flash_attn =
 False``): eager and sdpa.
 
