@@ -110,3 +110,15 @@ def test_other_trainers_emit_all_linear_as_it_reaches_the_attention_alone() -> N
         assert files
         if target == "llamafactory":
             assert "template: gpt_oss" in files["train.yaml"]
+
+
+def test_transformers_4_loops_over_the_experts_and_keeps_each_output() -> None:
+    from vramplan.arch import for_transformers
+
+    spec = load_model("gpt-oss-20b")
+    t4 = for_transformers(spec, 4)
+    assert spec.transformers == 5 and t4.transformers == 4 and for_transformers(t4, 5) == spec
+    assert param_counts(t4) == param_counts(spec)  # fused in both: the same parameters
+    setup = make_setup(method="lora", attention="eager", seq_len=1024)
+    # index_add_'s source, each routed token's weighted expert output: A·t·k·h per MoE layer
+    assert mlp_bytes(t4, setup, 0, False) - mlp_bytes(spec, setup, 0, False) == 2 * 1024 * 4 * 2880

@@ -138,8 +138,10 @@ def stack_note(spec: ModelSpec, source: str) -> Note:
     """``stack.transformers``: the transformers major version whose modules the plan describes
     (a family whose modules differ between versions: vramplan/stack.py)."""
     why = {"given": "as given", "installed": "the installed release's", "default": "transformers is not installed"}
-    if spec.transformers == 4:
+    if spec.transformers == 4 and any(lin.nn_linear for lin in spec.moe_mlp if lin.routed):
         how = "experts as per-expert nn.Linear layers: bitsandbytes quantizes them, all-linear adapts each"
+    elif spec.transformers == 4:  # GPT-OSS: fused in both, looped over in 4's training forward
+        how = "fused experts looped over in training, index_add_ keeping each expert's output for backward"
     else:
         how = "experts fused into two parameters per layer: bitsandbytes leaves them unquantized"
     other = 5 if spec.transformers == 4 else 4

@@ -65,17 +65,30 @@ def sliding_layers(cfg: dict[str, Any], where: str, layers: int) -> int:
     return sum(1 for t in types if t == "sliding_attention")
 
 
-def experts(h: int, n_exp: int, inter: int) -> tuple[Linear, ...]:
+def experts(h: int, n_exp: int, inter: int, routed: bool = False) -> tuple[Linear, ...]:
     """``GptOssTopKRouter`` and ``GptOssExperts``: bare parameters with biases. PEFT's
     ``all-linear`` leaves them alone (no ``nn.Linear``, and peft 0.21.2
-    utils/transformers_weight_conversion.py maps no gpt_oss targets to ``target_parameters``)."""
+    utils/transformers_weight_conversion.py maps no gpt_oss targets to ``target_parameters``).
+    ``routed``: transformers 4's loop over the experts (:func:`restack`)."""
     return (
         Linear(name="router", in_features=h, out_features=n_exp, bias=True, nn_linear=False),
-        Linear(
-            name="experts.gate_up_proj", in_features=h, out_features=2 * inter, bias=True, count=n_exp, nn_linear=False
+        *(
+            Linear(name=n, in_features=i, out_features=o, bias=True, count=n_exp, nn_linear=False, routed=routed)
+            for n, i, o in (("experts.gate_up_proj", h, 2 * inter), ("experts.down_proj", inter, h))
         ),
-        Linear(name="experts.down_proj", in_features=inter, out_features=h, bias=True, count=n_exp, nn_linear=False),
     )
+
+
+def restack(spec: ModelSpec, major: int) -> ModelSpec:
+    """``spec`` as transformers ``major`` builds it. The parameters are the same in 4 and 5 (GPT-OSS
+    came with fused experts, 4.55); the training forward differs: transformers 4 (read at 4.57.6,
+    ``GptOssExperts.forward``: ``if hidden_states.device.type == "cpu" or self.training``) loops over
+    the hit experts and adds each one's weighted output into the layer's output with ``index_add_``,
+    whose backward keeps that source (``Linear.routed``: A·t·k·h more per layer, memory/activations.py
+    ``mlp_bytes``); 5 runs ``grouped_mm`` and sums the k outputs by reshape."""
+    assert spec.moe is not None
+    h, n_exp, inter = spec.hidden_size, spec.moe.num_experts, spec.moe.expert_intermediate_size
+    return spec.model_copy(update={"moe_mlp": experts(h, n_exp, inter, routed=major == 4), "transformers": major})
 
 
 def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
@@ -123,8 +136,9 @@ def read(name: str, cfg: dict[str, Any], where: str) -> ModelSpec:
         # LLaMA-Factory 0.9.5 data/template.py register_template(name="gpt_oss")
         chat_templates=(("llamafactory", "gpt_oss"),),
         transformers_module="gpt_oss",
+        transformers=5,
         **c,
     )
 
 
-FAMILY = register(Family("gpt_oss", ("gpt_oss",), read, title="GPT-OSS"))
+FAMILY = register(Family("gpt_oss", ("gpt_oss",), read, title="GPT-OSS", restack=restack))
