@@ -87,7 +87,7 @@ def restack(spec: ModelSpec, major: int) -> ModelSpec:
     whose backward keeps that source (``Linear.routed``: A·t·k·h more per layer, memory/activations.py
     ``mlp_bytes``); 5 runs ``grouped_mm`` and sums the k outputs by reshape. Run for real on the CPU
     (a 2-layer config of 4 experts, 2 per token, h 256, eager, LoRA on the attention, seq 256), 4.57.6
-    peaked 515,936 bytes above 5.25 (this term: 524,288), each 1.20% under its own estimate."""
+    peaked 515,936 bytes above 5.25 (this term: 524,288), each estimate 1.20% above its run."""
     assert spec.moe is not None
     h, n_exp, inter = spec.hidden_size, spec.moe.num_experts, spec.moe.expert_intermediate_size
     return spec.model_copy(update={"moe_mlp": experts(h, n_exp, inter, routed=major == 4), "transformers": major})
