@@ -39,6 +39,42 @@ DEEPSEEK_GRID = [
     ("deepseek-v3", dict(method="lora", grad_checkpointing=False, seq_len=2048, **_V3)),
 ]
 
+#: GPT-OSS (arch/gpt_oss.py), eager as the family plans (transformers refuses sdpa for its sinks);
+#: all-linear adapts the attention alone (PEFT leaves the bare expert parameters)
+GPT_OSS_MODELS = ("gpt-oss-20b", "gpt-oss-120b")
+GPT_OSS_GRID = [
+    ("gpt-oss-20b", dict(method="lora", attention="eager")),
+    ("gpt-oss-20b", dict(method="lora", grad_checkpointing=False, seq_len=1024, attention="eager")),
+    ("gpt-oss-20b", dict(method="full", precision="bf16", seq_len=1024, attention="eager")),
+    # the sinks' s x (s + 1) probabilities and the clamped SwiGLU's routed tokens
+    ("gpt-oss-20b", dict(method="lora", grad_checkpointing=False, seq_len=2048, micro_batch=2, attention="eager")),
+    # full training's saves (gathered expert inputs, down_proj inputs, fp32 normalized norms) at the peak
+    (
+        "gpt-oss-20b",
+        dict(method="full", precision="bf16", grad_checkpointing=False, seq_len=4096, micro_batch=2, attention="eager"),
+    ),
+    ("gpt-oss-120b", dict(method="lora", attention="eager")),
+]
+
+#: Llama 4 (arch/llama4.py), text batches through the vision-language model (the tower is built and
+#: counted, never run); LoRA on the attention, as plans default for experts
+LLAMA4_MODELS = ("llama-4-scout-17b-16e", "llama-4-maverick-17b-128e")
+_ATTN = dict(lora_targets="q_proj,k_proj,v_proj,o_proj")
+LLAMA4_GRID = [
+    ("llama-4-scout-17b-16e", dict(method="lora", **_ATTN)),
+    # every expert runs every token (t·E rows), the weightless fp32 q/k norms of the RoPE layers
+    ("llama-4-scout-17b-16e", dict(method="lora", grad_checkpointing=False, seq_len=1024, **_ATTN)),
+    ("llama-4-scout-17b-16e", dict(method="full", precision="bf16", seq_len=1024)),
+    # eager keeps one s x s probability tensor in bf16: Llama 4 does not cast the softmax to fp32
+    ("llama-4-scout-17b-16e", dict(method="lora", grad_checkpointing=False, seq_len=1024, attention="eager", **_ATTN)),
+    # at the chunk's length sdpa gets a mask on the 36 chunked layers (a bias and repeated k/v each)
+    ("llama-4-scout-17b-16e", dict(method="lora", seq_len=8192, **_ATTN)),
+    ("llama-4-scout-17b-16e", dict(method="lora", grad_checkpointing=False, seq_len=8192, **_ATTN)),
+    # Maverick: dense and MoE layers interleaved, 128 experts, no q/k norm
+    ("llama-4-maverick-17b-128e", dict(method="lora", seq_len=1024, **_ATTN)),
+    ("llama-4-maverick-17b-128e", dict(method="lora", grad_checkpointing=False, seq_len=512, **_ATTN)),
+]
+
 #: underestimates crash a run: the tighter bound (tests/test_estimate_vs_traces.py's)
 MAX_UNDER_PCT = 1.0
 MAX_OVER_PCT = 3.0
@@ -50,7 +86,7 @@ SETUPS = (
     dict(method="qlora", quant="bnb-nf4"),
 )
 DENSE_MODELS = ("olmo-2-13b", "smollm3-3b", "granite-3.3-8b", "gemma-3-1b", "glm-4-9b-0414")
-FAMILY_MODELS = (*DENSE_MODELS, *DEEPSEEK_MODELS, *VLM_MODELS, *QWEN3_VL_MODELS)
+FAMILY_MODELS = (*DENSE_MODELS, *DEEPSEEK_MODELS, *VLM_MODELS, *QWEN3_VL_MODELS, *GPT_OSS_MODELS, *LLAMA4_MODELS)
 FAMILY_GRID = [(model, fields) for model in DENSE_MODELS for fields in SETUPS] + [
     # Gemma 3's sliding-window layers under eager attention (the window masks an s x s score
     # matrix each layer keeps whole), and full fine-tuning of the two small models
@@ -63,6 +99,8 @@ FAMILY_GRID = [(model, fields) for model in DENSE_MODELS for fields in SETUPS] +
     *DEEPSEEK_GRID,
     *VLM_GRID,  # with images: tests/test_vlm_families.py
     *QWEN3_VL_GRID,  # Qwen3-VL and Qwen3-VL-MoE with images (tests/test_qwen3_vl.py)
+    *GPT_OSS_GRID,
+    *LLAMA4_GRID,
 ]
 
 

@@ -32,28 +32,35 @@ def _group(param_name: str) -> str:
     n = param_name
     if "visual." in n or "vision_tower" in n:
         return "projector" if ".merger." in n else "vision"
-    if "multi_modal_projector" in n:  # Gemma 3, Mistral 3
+    if n.startswith("vision_model."):  # Llama 4's tower, its pixel-shuffle adapter included
+        return "vision"
+    if "multi_modal_projector" in n:  # Gemma 3, Mistral 3, Llama 4
         return "projector"
     if "embed_tokens" in n or ".wte." in n:
         return "embeddings"
-    if n.startswith("lm_head"):
+    if n.startswith(("lm_head", "language_model.lm_head")):
         return "lm_head"
     if ".self_attn." in n:
         return "attention"
-    if ".mlp." in n:
+    if ".mlp." in n or ".feed_forward." in n:  # Llama 4: feed_forward
         return "mlp"
     return "norms"
 
 
 def _real_counts(name: str) -> dict[str, int]:
+    import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     cfg_dict = json.loads((models_dir() / name / "config.json").read_text())
+    from vramplan.arch.config import legacy_bools
+
     model_type = cfg_dict.pop("model_type")
-    config = AutoConfig.for_model(model_type, **cfg_dict)
+    config = AutoConfig.for_model(model_type, **legacy_bools(model_type, cfg_dict)[0])
     auto = AutoModelForImageTextToText if "vision_config" in cfg_dict else AutoModelForCausalLM
-    with init_empty_weights():
+    # the meta device as the default too: a parameter made with torch.zeros in __init__ (Llama 4's
+    # experts, 16 x 5120 x 16384) is otherwise allocated for real before init_empty_weights moves it
+    with init_empty_weights(), torch.device("meta"):
         model = auto.from_config(config)
     model.tie_weights()  # from_pretrained ties; from_config under init_empty_weights does not
     counts: dict[str, int] = {}

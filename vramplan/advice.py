@@ -91,9 +91,27 @@ def gpu_notes(card: GPU, pinned: dict[str, Any]) -> list[Note]:
 
 
 def model_notes(spec: ModelSpec) -> list[Note]:
-    """``model.approximate``: no family module reads the model (arch/generic.py)."""
+    """``model.approximate``: no family module reads the model (arch/generic.py);
+    ``model.tower_text_only``: a vision tower counted, not planned (Llama 4)."""
+    notes: list[Note] = []
+    if spec.vision is None and spec.tower_params:
+        counted = spec.tower_params + spec.tower_projector_params
+        text = (
+            f"{spec.model_type}: the vision tower and projector ({counted / 1e9:.2f}B parameters) are counted in the"
+            " weights, not their activations: planned for text batches, which leave the tower without gradients"
+        )
+        data: dict[str, NoteValue] = {"model_type": spec.model_type, "tower_params": counted}
+        notes.append(Note(code="model.tower_text_only", data=data, text=text))
+    if spec.checkpoint_quant:
+        text = (
+            f"{spec.model_type}: the checkpoint's experts are {spec.checkpoint_quant.upper()}; transformers trains them"
+            f" dequantized (Mxfp4Config(dequantize=True)), so the weights are planned in {spec.torch_dtype}; QLoRA"
+            " needs a bf16 copy of the weights (transformers refuses a BitsAndBytesConfig on this checkpoint)"
+        )
+        data = {"model_type": spec.model_type, "checkpoint_quant": spec.checkpoint_quant, "dtype": spec.torch_dtype}
+        notes.append(Note(code="model.checkpoint_dequantized", data=data, text=text))
     if not spec.approximate:
-        return []
+        return notes
     from vramplan.arch.generic import MARGIN_PCT
 
     text = (
@@ -101,7 +119,8 @@ def model_notes(spec: ModelSpec) -> list[Note]:
         f" embeddings untied unless the config ties them) with {MARGIN_PCT}% added to every phase"
         " (overhead/approximation); 'vramplan trace MODEL' runs transformers' own code for it"
     )
-    return [Note(code="model.approximate", data={"model_type": spec.model_type, "margin_pct": MARGIN_PCT}, text=text)]
+    data = {"model_type": spec.model_type, "margin_pct": MARGIN_PCT}
+    return [*notes, Note(code="model.approximate", data=data, text=text)]
 
 
 def context_notes(spec: ModelSpec, setup: Setup) -> list[Note]:
@@ -120,8 +139,10 @@ def stack_note(spec: ModelSpec, source: str) -> Note:
     """``stack.transformers``: the transformers major version whose modules the plan describes
     (a family whose modules differ between versions: vramplan/stack.py)."""
     why = {"given": "as given", "installed": "the installed release's", "default": "transformers is not installed"}
-    if any(lin.routed for lin in spec.moe_mlp):  # transformers 4's Mixtral, Qwen3-MoE, DeepSeek
+    if any(lin.routed and lin.nn_linear for lin in spec.moe_mlp):  # transformers 4's Mixtral, Qwen3-MoE, DeepSeek
         how = "experts as per-expert nn.Linear layers: bitsandbytes quantizes them, all-linear adapts each"
+    elif any(lin.routed for lin in spec.moe_mlp):  # GPT-OSS: fused in both, looped over in 4's training forward
+        how = "fused experts looped over in training, index_add_ keeping each expert's output for backward"
     else:  # transformers 5; and Qwen3-VL-MoE in 4, whose router alone is an nn.Linear there
         how = "experts fused into two parameters per layer: bitsandbytes leaves them unquantized"
         experts = spec.moe.num_experts if spec.moe is not None else 0

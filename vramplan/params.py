@@ -102,6 +102,7 @@ def projector_params(v: VisionSpec) -> int:
 def param_counts(spec: ModelSpec) -> ParamCounts:
     h, L = spec.hidden_size, spec.num_layers
     attention = sum(lin.params for lin in spec.attention) + sum(spec.qk_norm_shapes) + sum(spec.latent_norm_shapes)
+    attention += sum(spec.sink_shapes)
     n_moe = len(spec.moe.layers) if spec.moe is not None else 0
     mlp = (L - n_moe) * sum(lin.params for lin in spec.mlp) + n_moe * sum(lin.params for lin in spec.moe_mlp)
     norm = _norm_params(h, spec.norm)
@@ -117,7 +118,7 @@ def param_counts(spec: ModelSpec) -> ParamCounts:
         mlp=mlp,
         norms=norm * (spec.norms_per_layer * L + 1),
         lm_head=0 if spec.tie_word_embeddings else spec.vocab_size * h,
-        vision=vision_tower_params(spec.vision) if spec.vision else 0,
-        projector=projector_params(spec.vision) if spec.vision else 0,
+        vision=vision_tower_params(spec.vision) if spec.vision else spec.tower_params,
+        projector=projector_params(spec.vision) if spec.vision else spec.tower_projector_params,
         idle_experts=idle,
     )

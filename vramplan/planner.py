@@ -178,7 +178,10 @@ def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, 
         notes.append(Note(code="family.attention", data=data, text=text))
     # transformers 5's fused experts: PEFT adapts them through ParamWrapper (transformers 4: nn.Linear)
     wrapped = any(lin.param_target_rank for group, _ in spec.layer_groups for lin in group)
-    if spec.moe is not None and "lora_targets" not in pinned and pinned.get("method") in (None, "lora", "qlora"):
+    # experts all-linear would adapt: nn.Linear ones (transformers 4) or PEFT's target_parameters;
+    # none for GPT-OSS, whose bare expert parameters PEFT leaves alone (arch/gpt_oss.py)
+    adaptable = any(lin.nn_linear or lin.param_target_rank for lin in spec.moe_mlp)
+    if adaptable and "lora_targets" not in pinned and pinned.get("method") in (None, "lora", "qlora"):
         targets = [lin.name for lin in spec.attention if lin.nn_linear]
         pinned["lora_targets"] = ",".join(targets)
         how = (
@@ -189,6 +192,9 @@ def family_defaults(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[dict[str, 
         text = (
             f"MoE: LoRA on the attention ({pinned['lora_targets']}); --lora-targets all-linear also adapts the"
             f" router and every expert ({how})"
+            if not spec.all_linear_refused
+            else f"MoE: LoRA on the attention ({pinned['lora_targets']}); all-linear is refused:"
+            f" {spec.all_linear_refused}"
         )
         notes.append(Note(code="moe.lora_targets", data={"targets": list(targets)}, text=text))
     moe_all_linear = str(pinned.get("lora_targets", "")).strip().lower() == "all-linear"

@@ -63,6 +63,15 @@ class MoESpec(BaseModel):
     expert_intermediate_size: int
     shared_expert_intermediate_size: int = 0
     layers: tuple[int, ...]
+    #: the experts' gate goes through GPT-OSS's clamped SwiGLU (``GptOssExperts._apply_gate``:
+    #: clamps, ``sigmoid(alpha * gate)`` and ``(up + 1) * glu``), not ``act(gate) * up``
+    clamped_swiglu: bool = False
+    #: the router takes the top k of its logits and a softmax over those k (GPT-OSS
+    #: ``GptOssTopKRouter``), not an fp32 softmax over every expert
+    router_topk_softmax: bool = False
+    #: every expert computes every token, scaled by its score (0 when not routed): Llama 4's
+    #: ``Llama4TextMoe`` repeats the hidden states E times and runs one ``bmm`` over all experts
+    dense_dispatch: bool = False
 
 
 class MLASpec(BaseModel):
@@ -206,13 +215,34 @@ class ModelSpec(BaseModel):
     #: q_norm/k_norm normalize the whole projection (OLMo-2 ``Olmo2RMSNorm(num_heads * head_dim)``),
     #: not each head (Qwen3 ``Qwen3RMSNorm(head_dim)``): their weights are q_dim and kv_dim wide
     qk_norm_over_projection: bool = False
-    #: layers whose attention sees only the last ``sliding_window`` tokens (Gemma 3's
-    #: ``sliding_attention`` layer_types); 0: every layer attends to the whole sequence
+    #: layers whose attention sees only the last ``sliding_window`` tokens (Gemma 3's and GPT-OSS's
+    #: ``sliding_attention`` layer_types), or its own chunk of that many (Llama 4's
+    #: ``chunked_attention``: sdpa gets a mask from that length on, as for a window); 0: every layer
+    #: attends to the whole sequence
     sliding_layers: int = 0
     sliding_window: int = 0
     #: with images, image tokens attend to each other both ways (Gemma 3's ``token_type_ids``), so
     #: sdpa gets a boolean mask on every layer at any length (memory/activations.py ``_masked_layers``)
     image_mask_every_layer: bool = False
+    #: a learned logit per query head that joins each row of scores before the softmax and is then
+    #: dropped (GPT-OSS ``GptOssAttention.sinks``, one ``nn.Parameter(num_heads)`` per layer)
+    attention_sinks: bool = False
+    #: layers whose q and k go through a weightless L2 norm after RoPE (Llama 4's
+    #: ``Llama4TextWeightlessRMSNorm`` on its RoPE layers): no parameter, fp32 saves
+    rope_qk_l2_norm_layers: int = 0
+    #: eager attention's softmax runs in the scores' dtype, not fp32 (Llama 4's
+    #: ``eager_attention_forward``: ``softmax(attn_weights, dim=-1)`` with no ``dtype``)
+    eager_softmax_in_scores_dtype: bool = False
+    #: a vision tower and its projector counted but not planned as a tower (Llama 4: no term
+    #: models their activations, memory/vision.py reads ``vision``): their parameters only
+    tower_params: int = 0
+    tower_projector_params: int = 0
+    #: why PEFT's ``all-linear`` cannot train this model (Llama 4: its router is an ``nn.Linear``
+    #: returning a tuple); empty: it can
+    all_linear_refused: str = ""
+    #: the released checkpoint's quantization that training loads dequantized to the model's dtype
+    #: (GPT-OSS's MXFP4 experts, ``quantization_config.quant_method``); empty: none planned for
+    checkpoint_quant: str = ""
     #: the transformers class FSDP wraps one unit of (``_no_split_modules`` of its
     #: ``AutoModelForCausalLM`` class); empty when not known
     decoder_layer: str = ""
@@ -266,6 +296,11 @@ class ModelSpec(BaseModel):
         if self.mla is None:
             return ()
         return tuple(w for w in (self.mla.q_lora_rank, self.mla.kv_lora_rank) if w)
+
+    @property
+    def sink_shapes(self) -> tuple[int, ...]:
+        """The widths of one layer's attention sinks (GPT-OSS: one logit per query head)."""
+        return (self.num_heads,) if self.attention_sinks else ()
 
     def __hash__(self) -> int:  # frozen: hash once (specs key the term caches)
         cached = self.__dict__.get("_hash_value")

@@ -157,3 +157,31 @@ def common(cfg: dict[str, Any], where: str, *, tied_default: bool = False) -> di
         max_position_embeddings=integer(cfg, "max_position_embeddings", where, 0, MAX_POSITIONS, default=0),
         torch_dtype=text(cfg, ("torch_dtype", "dtype"), where, "bfloat16"),
     )
+
+
+def legacy_bools(model_type: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``kwargs`` with an integer given for a ``bool`` field of the config class (or of its
+    sub-configs) read as its truth value. transformers 5's configs are strict dataclasses that
+    refuse such a value, which configs saved by transformers 4 hold: Llama 4 Scout's
+    ``text_config.attn_temperature_tuning: 4`` (saved by 4.51.0; ``Llama4TextConfig`` declares
+    ``attn_temperature_tuning: bool``, which ``modeling_llama4.Llama4TextAttention`` only tests
+    for truth). Returns the coerced keys too."""
+    from transformers import CONFIG_MAPPING
+
+    coerced: list[str] = []
+
+    def fix(cls: Any, d: dict[str, Any], where: str) -> dict[str, Any]:
+        fields = getattr(cls, "__dataclass_fields__", {})
+        subs = getattr(cls, "sub_configs", None) or {}
+        out = dict(d)
+        for k, v in d.items():
+            f = fields.get(k)
+            if f is not None and f.type is bool and isinstance(v, int) and not isinstance(v, bool):
+                out[k] = bool(v)
+                coerced.append(f"{where}{k}")
+            elif k in subs and isinstance(v, dict):
+                out[k] = fix(subs[k], v, f"{where}{k}.")
+        return out
+
+    cls = CONFIG_MAPPING[model_type] if model_type in CONFIG_MAPPING else None
+    return (fix(cls, kwargs, ""), coerced) if cls is not None else (kwargs, coerced)

@@ -115,7 +115,9 @@ def plan_refusals(fw: Framework, setup: Setup, spec: ModelSpec) -> list[Refusal]
         )
         out.append(Refusal(field="emit", code="images", text=text))
     all_linear = setup.is_lora and setup.lora_targets.strip().lower() == "all-linear"
-    if all_linear and not fw.moe_all_linear and spec.moe is not None:
+    # experts PEFT's all-linear reaches (GPT-OSS's bare expert parameters: none, so nothing to differ on)
+    reached = any(lin.nn_linear or lin.param_target_rank for lin in spec.moe_mlp)
+    if all_linear and not fw.moe_all_linear and spec.moe is not None and reached:
         text = (
             f"{name}: its all-linear option does not reach a MoE's router and fused experts, which the plan counts"
             " (PEFT adds them for the literal 'all-linear'): --emit trl, or plan with named targets"

@@ -59,10 +59,24 @@ def attention_core_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> 
         return A * t * (2 * q + 2 * k) + 4 * b * a * s + fused
     kv = q if spec.num_kv_heads < a else k
     probs = 4 * b * a * s * s + (A * b * a * s * s if A < 4 else 0)
+    if spec.attention_sinks:
+        probs = sink_probs_bytes(spec, setup)
+    elif spec.eager_softmax_in_scores_dtype:  # one probability tensor in the scores' dtype
+        probs = A * b * a * s * s
     # Gemma-2 soft-caps the scores, tanh(scores / cap) * cap: tanh saves its output
     softcap = A * b * a * s * s if spec.attn_logit_softcapping else 0
     out = A * t * q if weight_trains else 0
     return A * t * (q + 2 * kv) + probs + softcap + out + fused
+
+
+def sink_probs_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Eager attention with sinks (GPT-OSS, transformers 5.25 ``gpt_oss`` ``eager_attention_forward``):
+    the sink logit joins each row of scores (``torch.cat``, s + 1 columns), the row maximum is
+    subtracted (``max`` saves its int64 indices, 8·b·a·s) and the softmax runs in the scores' own
+    dtype (``dtype=combined_logits.dtype``), so one A·b·a·s·(s + 1) probability tensor is saved,
+    not an fp32 softmax and its 16-bit copy."""
+    b, s, a, A = setup.micro_batch, setup.seq_len, spec.num_heads, act_bytes(setup)
+    return A * b * a * s * (s + 1) + 8 * b * a * s
 
 
 def mla_core_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
@@ -104,6 +118,18 @@ def qk_norm_bytes(spec: ModelSpec, setup: Setup, weight_trains: bool) -> int:
     if not spec.qk_norm:
         return 0
     return norm_saved_bytes(spec, setup, spec.q_dim + spec.kv_dim, weight_trains)
+
+
+def rope_qk_l2_norm_bytes(spec: ModelSpec, setup: Setup) -> int:
+    """Llama 4's weightless L2 norm of q and k on its RoPE layers (transformers 5.25
+    ``Llama4TextWeightlessRMSNorm``: ``x.float()`` then ``x * rsqrt(mean(x²) + eps)``): the fp32
+    copy of q and k (4·t·(q + k)) and one fp32 rsqrt per head and token (4·t·(a + a_kv)). Spread
+    evenly over the layers, as :func:`window_mask_bytes` is."""
+    if not spec.rope_qk_l2_norm_layers:
+        return 0
+    t = setup.tokens
+    per_layer = 4 * t * (spec.q_dim + spec.kv_dim) + 4 * t * (spec.num_heads + spec.num_kv_heads)
+    return per_layer * spec.rope_qk_l2_norm_layers // spec.num_layers
 
 
 def _masked_window(spec: ModelSpec, setup: Setup) -> bool:
@@ -186,11 +212,18 @@ def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) ->
     t, A = setup.tokens, pointwise_bytes(setup)
     moe = spec.moe
     if moe is not None and layer in moe.layers:
-        tk, inter = t * moe.experts_per_token, moe.expert_intermediate_size
+        # Llama 4 (``moe.dense_dispatch``) runs every expert on every token: t·E rows, not t·k
+        tk = t * (moe.num_experts if moe.dense_dispatch else moe.experts_per_token)
+        inter = moe.expert_intermediate_size
         # per routed token: the gate/up output (kept whole by the chunk views), the activation,
         # and the expert output that the routing-weight product saves; trained experts also
         # keep their gathered input and the down_proj input
         routed = 3 * A * tk * inter + A * tk * spec.hidden_size
+        if moe.clamped_swiglu:
+            # GPT-OSS ``_apply_gate``: the clamped gate (saved by its product with the sigmoid), the
+            # sigmoid, ``up + 1`` and the product ``glu`` (saved by the last product): 3·A·tk·I more
+            # than act(gate) * up saves; the clamped up is freed by ``+ 1``, which saves nothing
+            routed += 3 * A * tk * inter
         if weight_trains:
             routed += A * tk * inter + A * tk * spec.hidden_size
         if any(lin.routed for lin in spec.moe_mlp):
@@ -200,7 +233,10 @@ def mlp_bytes(spec: ModelSpec, setup: Setup, layer: int, weight_trains: bool) ->
         # shared experts (DeepSeek ``shared_experts``): a gated MLP every token goes through
         shared = moe.shared_expert_intermediate_size
         dense = 3 * A * t * shared + (A * t * shared if weight_trains else 0)
-        return routed + dense + 4 * t * moe.num_experts
+        # the router: an fp32 softmax over every expert, or GPT-OSS's softmax over the top k
+        # (``GptOssTopKRouter``: in the logits' dtype) and topk's int64 indices
+        router = (A + 8) * t * moe.experts_per_token if moe.router_topk_softmax else 4 * t * moe.num_experts
+        return routed + dense + router
     inter = spec.intermediate_size
     return 3 * A * t * inter + (A * t * inter if weight_trains else 0)
 
@@ -276,6 +312,7 @@ def _layer_saved(spec: ModelSpec, setup: Setup, trains: bool, moe: bool) -> int:
         spec.norms_per_layer * norm_saved_bytes(spec, setup, h, trains)
         + linear_input_bytes(spec, setup, trains)
         + qk_norm_bytes(spec, setup, trains)
+        + rope_qk_l2_norm_bytes(spec, setup)
         + latent_norm_bytes(spec, setup, trains)
         + attention_core_bytes(spec, setup, trains)
         + window_mask_bytes(spec, setup)
@@ -381,7 +418,8 @@ def backward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     t, A, R = setup.tokens, act_bytes(setup), residual_bytes(setup)
     inter = spec.intermediate_size
     if spec.moe is not None:
-        inter = max(inter, spec.moe.expert_intermediate_size * spec.moe.experts_per_token)
+        m = spec.moe
+        inter = max(inter, m.expert_intermediate_size * (m.num_experts if m.dense_dispatch else m.experts_per_token))
     inner = 3 * A * t * inter
     if setup.attention == "eager":
         b, s, a = setup.micro_batch, setup.seq_len, spec.num_heads

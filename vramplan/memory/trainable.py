@@ -59,6 +59,11 @@ def param_target_params(linears: tuple[Linear, ...], setup: Setup) -> int:
 def check_lora_targets(spec: ModelSpec, setup: Setup) -> None:
     """Every named target must match a linear of the model."""
     targets = setup.lora_target_list()
+    if setup.is_lora and targets is None and spec.all_linear_refused:
+        named = ",".join(lin.name for lin in spec.attention if lin.nn_linear)
+        raise VramplanError(
+            "lora_targets", f"all-linear on {spec.name}: {spec.all_linear_refused}; name them, e.g. {named}"
+        )
     wrapped = any(lin.param_target_rank for group, _ in spec.layer_groups for lin in group)
     if setup.is_lora and targets is None and wrapped and setup.lora_dropout:
         raise VramplanError(
@@ -172,7 +177,7 @@ def layer_params(spec: ModelSpec, layer: int) -> int:
 def kind_params(spec: ModelSpec, moe: bool) -> int:
     """A dense (``moe`` False) or MoE layer's parameters (``spec.layer_linears`` of one)."""
     norm = spec.hidden_size * (2 if spec.norm == "layernorm" else 1)
-    qk = sum(spec.qk_norm_shapes) + sum(spec.latent_norm_shapes)
+    qk = sum(spec.qk_norm_shapes) + sum(spec.latent_norm_shapes) + sum(spec.sink_shapes)
     mlp = spec.moe_mlp if moe else spec.mlp
     return sum(lin.params for lin in spec.attention + mlp) + qk + spec.norms_per_layer * norm
 
@@ -181,10 +186,13 @@ def full_trainable_params(spec: ModelSpec, setup: Setup) -> int:
     """Parameters updated in place by full / freeze fine-tuning."""
     if setup.method == "full":
         counts = param_counts(spec)
+        # a tower counted only (``spec.tower_params``, Llama 4) sees text batches: no gradient reaches
+        # it, so AdamW keeps no state for it (traced: Scout's 0.87B tower parameters get none)
+        text_only = spec.vision is None
         return (
             counts.total
-            - (counts.vision if setup.freeze_vision else 0)
-            - (counts.projector if setup.freeze_projector else 0)
+            - (counts.vision if setup.freeze_vision or text_only else 0)
+            - (counts.projector if setup.freeze_projector or text_only else 0)
         )
     if setup.method == "freeze":
         return sum(layer_params(spec, i) for i in trainable_layers(spec, setup))
@@ -269,7 +277,7 @@ def trainable_shapes(spec: ModelSpec, setup: Setup) -> list[tuple[tuple[int, ...
             if lin.bias:
                 out.append(((lin.count * lin.out_features,), n))
         out.append((norm_shape, n * spec.norms_per_layer * (2 if spec.norm == "layernorm" else 1)))
-        for width in spec.qk_norm_shapes + spec.latent_norm_shapes:
+        for width in spec.qk_norm_shapes + spec.latent_norm_shapes + spec.sink_shapes:
             out.append(((width,), n))
     if setup.method == "full":
         out.append(((spec.vocab_size, h), 1 if spec.tie_word_embeddings else 2))

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from vramplan.arch.config import legacy_bools
 from vramplan.setup import Setup
 from vramplan.trace.kbit import build_qlora
 from vramplan.trace.parts import embedding_name, lora_config, materialize_fake
@@ -49,6 +50,7 @@ def _hf_config(config: dict[str, Any], setup: Setup, device: str) -> tuple[Any, 
     for key in [k for k in kwargs if callable(getattr(PretrainedConfig, k, None))]:
         dropped.append(key)
         del kwargs[key]
+    kwargs, coerced = legacy_bools(config["model_type"], kwargs)
     attn = ATTN_IMPL[setup.attention]
     if attn == "flash_attention_2" and device != "cuda":
         attn = "sdpa"
@@ -57,6 +59,8 @@ def _hf_config(config: dict[str, Any], setup: Setup, device: str) -> tuple[Any, 
     hf.use_cache = False
     shown = [k for k in dropped if k != "_name_or_path"]  # transformers' own bookkeeping key
     notes = [f"config keys left out (not settings transformers can take): {', '.join(shown)}"] if shown else []
+    if coerced:
+        notes.append(f"config values read as true/false, as transformers 4 took them: {', '.join(coerced)}")
     return hf, notes
 
 

@@ -55,17 +55,19 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
     fam = family(mt)
     if fam is not None and fam.remote_code:  # transformers cannot build it without the publisher's code
         raise VramplanError("model", fam.remote_code)
-    if "visual" in config or ("vision_config" in config and not _traces_vision(config)):
+    # a tower the family counts but plans no activations for (Llama 4): built, fed text batches
+    vlm = "vision_config" in config and not _tower_counted_only(config)
+    if "visual" in config or (vlm and not _traces_vision(config)):
         raise VramplanError(
             "model", f"tracing {mt} with its vision tower is not supported: Qwen2-VL, Qwen2.5-VL and Qwen3-VL are"
         )
-    if "vision_config" in config and not setup.has_media:
+    if vlm and not setup.has_media:
         raise VramplanError(
             "image_size", "a VLM is traced with images or a video: give --image-size WxH or --video-frames N"
         )
-    if "vision_config" in config and setup.images_per_sample and setup.video_frames:
+    if vlm and setup.images_per_sample and setup.video_frames:
         raise VramplanError("video_frames", "a trace feeds images or a video, not both: trace them separately")
-    if "vision_config" not in config and setup.has_media:
+    if not vlm and setup.has_media:
         raise VramplanError("images_per_sample", "images need a VLM (qwen2-vl-*, qwen2.5-vl-*, qwen3-vl-*)")
     if "vision_config" in config and setup.method == "qlora":
         raise VramplanError("method", "the harness traces VLMs in 16/32 bits (lora, full, freeze)")
@@ -108,6 +110,14 @@ def check_buildable(config: dict[str, Any], setup: Setup, device: str) -> list[s
     if setup.precision in ("fp16", "amp-fp16") and device != "cuda":
         notes.append("fp16 autocast on the CPU follows the CPU op lists, which differ slightly from CUDA's")
     return notes
+
+
+def _tower_counted_only(config: dict[str, Any]) -> bool:
+    """The family counts the tower's parameters and plans text batches (``ModelSpec.tower_params``)."""
+    if family(config.get("model_type")) is None:
+        return False
+    spec = _spec(config)
+    return spec is not None and spec.vision is None and spec.tower_params > 0
 
 
 def _traces_vision(config: dict[str, Any]) -> bool:

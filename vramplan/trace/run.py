@@ -269,7 +269,8 @@ def trace(
             counter.mark(b, "weights")
         make_ids = _ids_maker(load_model(model).vocab_size, setup, "cpu", fake_mode)  # text_config may omit it
         layout: Any = contextlib.nullcontext()
-        if "vision_config" in config:
+        # image batches for a family whose tower the plan models (a tower counted only, Llama 4's: text)
+        if "vision_config" in config and load_model(model).vision is not None:
             base = built.model.get_base_model() if hasattr(built.model, "get_base_model") else built.model
             spec = load_model(model)
             assert spec.vision is not None
