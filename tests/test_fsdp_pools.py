@@ -4,6 +4,9 @@ accelerate 1.0.1 FSDP FULL_SHARD, nvidia-smi on rank 0; benchmarks/fsdp1.md)."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 from vramplan.memory import fsdp
@@ -87,3 +90,41 @@ def test_no_pools_without_sharding_or_fsdp() -> None:
     per_phase = _phases(grads=100, temps=100, act=50, gathered=(10, 30))
     assert fsdp.stream_pools_bytes(make_setup(method="full", parallel="zero3", num_gpus=2), per_phase, 500) == 0
     assert fsdp.stream_pools_bytes(make_setup(method="full"), per_phase, 500) == 0
+
+
+def _replay_module():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fsdp1_pools_replay.py"
+    spec = importlib.util.spec_from_file_location("fsdp1_pools_replay", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_replayed_streams_grow_with_the_micro_batch_as_measured() -> None:
+    """FSDP1's order of allocations (benchmarks/fsdp1_pools_replay.py) through the allocator's
+    rules, one cache per stream: within 10% under the nvidia-smi rows less the CUDA context, and
+    growing with the micro-batch as they do (measured 4.5 GiB a sample), where one stream for
+    the same order grows about half as fast and AdamW state made before the first step leaves
+    less cached."""
+    replay = _replay_module().replay
+    ctx = 0.5 * GIB
+    measured = {2: 43.34 * GIB, 4: 52.33 * GIB}
+    streams = {mb: sum(replay(mb).values()) for mb in measured}
+    one = {mb: sum(replay(mb, streams=False).values()) for mb in measured}
+    ahead = {mb: sum(replay(mb, lazy_state=False).values()) for mb in measured}
+    for mb, m in measured.items():
+        assert 0.90 * m <= streams[mb] + ctx <= m, (mb, streams[mb] / GIB)
+        assert ahead[mb] < streams[mb]
+    per_sample = (streams[4] - streams[2]) / 2
+    assert 3.5 * GIB < per_sample < 5 * GIB
+    assert (one[4] - one[2]) / 2 < 0.6 * per_sample
+
+
+def test_plan_within_10pct_of_the_replay(rows: dict[str, Comparison]) -> None:
+    replay = _replay_module().replay
+    for row_id, mb in zip(FULL_2RANK, (2, 4), strict=True):
+        planned = rows[row_id].estimate_bytes
+        assert planned is not None
+        replayed = sum(replay(mb).values()) + 0.5 * GIB
+        assert abs(planned / replayed - 1) < 0.10, (row_id, planned / GIB, replayed / GIB)

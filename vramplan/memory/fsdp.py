@@ -4,8 +4,13 @@ the allocated peak when ``FullyShardedDataParallel`` (FSDP1) shards over more th
 FSDP1 is what HF Trainer and accelerate run by default: accelerate's
 ``FullyShardedDataParallelPlugin.fsdp_version`` is 1 unless ``FSDP_VERSION`` says otherwise
 (accelerate 1.16 ``utils/dataclasses.py`` ``__post_init__``; accelerate 1.0.1, which the fms rows
-ran, has FSDP1 only). The plan assumes FSDP1 for ``--parallel fsdp``; its allocated tier
-(``parallel.fsdp_phases``) is unchanged.
+ran, has FSDP1 only). The plan assumes FSDP1 for ``--parallel fsdp`` on these tiers; its
+allocated tier (``parallel.fsdp_phases``, traced on FSDP2 and matching FSDP1's measured peak) is
+unchanged. FSDP2 (``fully_shard``) also makes its sharded gradients on a stream of its own
+(torch 2.13 ``_fully_shard/_fsdp_collectives.py`` ``foreach_reduce``: ``reduce_output`` under
+``device_handle.stream(reduce_scatter_stream)``, the gradients views of it), so the pools below
+are not FSDP1's alone; no FSDP2 run with nvidia-smi or ``max_memory_reserved`` is at hand to
+hold them against.
 
 torch's caching allocator keeps one cache per stream: "Allocations are associated with a stream.
 Once freed, blocks can be re-allocated on the same stream, but not on any other stream"
@@ -34,11 +39,18 @@ So, per rank, reserved = P + G + U + C + T rather than the largest phase: P the 
 sharded weights and optimizer state, G the sharded gradients (post-backward pool), U the most
 gathered (unshard pool), C the compute stream's most at any point of forward or backward (the
 cached logits' block included, ``loss.logits_segment_bytes``), T the optimizer step's
-temporaries. T beside C rather than inside it is what the measured rows show (the fms-acceleration
-Mistral-7B full runs, benchmarks/fsdp1.md: within 15% with it, 15-21% short without); the
-mechanism proposed there (the first step's lazily made AdamW state fills the first backward's
-cached activation segments, so from the second step the activations' large blocks fit none of
-the holes the temporaries leave) was not replayed.
+temporaries. T lies beside C, not inside it: AdamW makes its state at the first step
+(torch 2.4 ``optim/adamw.py`` ``_init_group``: ``exp_avg``/``exp_avg_sq`` ``zeros_like`` each
+parameter; the same calls in ``optim/adam.py`` at torch 2.13),
+inside the segments the first backward's activations left cached, so from the second step the
+activations' large blocks fit none of the holes the step's temporaries
+(``_multi_tensor_adamw``: ``torch._foreach_sqrt(device_exp_avg_sqs)``) leave, and take new
+segments. Replayed through the allocator's rules with one cache per stream
+(benchmarks/fsdp1_pools_replay.py, FSDP1's order for rank 0 of Mistral-7B at 2 ranks): 40.3 and
+48.7 GiB reserved at micro-batch 2 and 4 (one stream for the same order: 38.7 and 43.0; the
+state made before the first step: 35.9 and 42.3), against 43.34 and 52.33 GiB on nvidia-smi
+(fms-a100-r11/r13). The sum here is within 5% of the replay; the replay's further fragmentation
+at micro-batch 4 (3.5 GiB) is not counted. The measured rows are held in tests/test_fsdp_pools.py.
 
 Under gradient accumulation the gradients of the no_sync micro-batches are whole and on the
 compute stream: none is taken out of C. With one shard FSDP1 runs NO_SHARD (no all-gather, the
