@@ -60,11 +60,18 @@ class Run:
         self.pools = {name: CachingAllocator() for name in ("compute", "unshard", "post_backward")}
         self.key = 0
         self.streams = streams
+        #: the most allocated, and the most in segments holding a live block (what a card must
+        #: offer: a cudaMalloc that fails frees every stream's wholly free segments and retries)
+        self.peak_allocated = 0
+        self.peak_needed = 0
 
     def malloc(self, nbytes: int, pool: str | None = None) -> tuple[str, int]:
         self.key += 1
         p = pool if pool and self.streams else "compute"
         self.pools[p].malloc(self.key, nbytes)
+        caches = self.pools.values()
+        self.peak_allocated = max(self.peak_allocated, sum(a.allocated for a in caches))
+        self.peak_needed = max(self.peak_needed, sum(a.reserved - a.whole_free for a in caches))
         return (p, self.key)
 
     def free(self, *handles: tuple[str, int]) -> None:
@@ -146,6 +153,10 @@ def step(run: Run, mb: int, state: list, first: bool) -> None:
 def replay(mb: int, steps: int = 3, streams: bool = True, lazy_state: bool = True) -> dict[str, int]:
     """Peak reserved bytes of each stream's cache after ``steps`` steps at micro-batch ``mb``;
     ``lazy_state=False`` makes AdamW's state before the first step instead of in it."""
+    return {name: a.peak_reserved for name, a in run_steps(mb, steps, streams, lazy_state).pools.items()}
+
+
+def run_steps(mb: int, steps: int = 3, streams: bool = True, lazy_state: bool = True) -> Run:
     run = Run(streams)
     layer = layer_params()
     pieces = [n for _ in range(L) for n in rank0_shard(layer)] + rank0_shard([V * H, H, V * H])
@@ -154,7 +165,7 @@ def replay(mb: int, steps: int = 3, streams: bool = True, lazy_state: bool = Tru
     state: list = [] if lazy_state else [run.malloc(B2 * n) for n in pieces for _ in (0, 1)]
     for i in range(steps):
         step(run, mb, state, first=lazy_state and i == 0)
-    return {name: a.peak_reserved for name, a in run.pools.items()}
+    return run
 
 
 def main() -> None:
@@ -163,9 +174,11 @@ def main() -> None:
         shown = ", ".join(f"{k} {v / GIB:.2f}" for k, v in pools.items())
         one = sum(replay(mb, streams=False).values()) / GIB
         ahead = sum(replay(mb, lazy_state=False).values()) / GIB
+        run = run_steps(mb)
         print(
             f"mb {mb}: reserved {sum(pools.values()) / GIB:.2f} GiB ({shown}); one stream {one:.2f};"
-            f" AdamW state made before the first step {ahead:.2f}; nvidia-smi measured {measured}"
+            f" AdamW state made before the first step {ahead:.2f}; allocated {run.peak_allocated / GIB:.2f},"
+            f" needed {run.peak_needed / GIB:.2f}; nvidia-smi measured {measured}"
         )
 
 

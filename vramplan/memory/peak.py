@@ -69,7 +69,10 @@ def peak_estimate(
         total_params=param_counts(spec).total,
         trainable_params=trainable_params(spec, setup),
     )
-    return lengths.with_lengths(est, llm or setup, per_phase.get("backward_start", {}))
+    est = lengths.with_lengths(est, llm or setup, per_phase.get("backward_start", {}))
+    if pools:  # torch frees the streams' wholly free segments before out-of-memory (fsdp.py)
+        est = est.model_copy(update={"needed_bytes": est.needed_bytes - pools})
+    return est
 
 
 def card_estimate(
