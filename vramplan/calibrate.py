@@ -143,7 +143,8 @@ def fit(path: Path) -> dict[str, dict[str, Any]]:
     for r in res:
         est = row_estimate(r, base, trainer="hf" if r["id"] in as_hf else None)
         allocated = est.allocated_bytes  # reserved rows are training runs: no generation terms
-        held = est.terms.get("overhead/logits_segment", 0)  # modelled on its own (memory/loss.py)
+        # modelled on their own: the cached logits' block (memory/loss.py), FSDP's stream pools (memory/fsdp.py)
+        held = est.terms.get("overhead/logits_segment", 0) + est.terms.get("overhead/fsdp_stream_pools", 0)
         points[r["id"]] = (float(allocated), float(_measured(r, base) - allocated - held))
         cached[r["id"]] = held
         srcs2.add(_source(r))

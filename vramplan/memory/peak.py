@@ -3,13 +3,14 @@ process or card by card under ``device_map``. The training step (phases.py) and 
 (inference.py) both end here.
 
 Tiers: ``allocated`` = the phase peak (torch ``max_memory_allocated``), ``reserved`` adds
-the caching allocator's slack (``max_memory_reserved``), ``device`` adds what lives outside
+the caching allocator's slack (``max_memory_reserved``; under sharded FSDP also its per-stream
+pools, fsdp.py), ``device`` adds what lives outside
 the allocator: the CUDA context and paged optimizer state (nvidia-smi).
 """
 
 from __future__ import annotations
 
-from vramplan.memory import device_map, lengths, loss, optimizer, overhead
+from vramplan.memory import device_map, fsdp, lengths, loss, optimizer, overhead
 from vramplan.memory.trainable import trainable_params
 from vramplan.params import param_counts
 from vramplan.results import CardEstimate, Estimate
@@ -49,7 +50,13 @@ def peak_estimate(
     """The Estimate of one process from its terms by phase (paged optimizer state beside).
     ``llm`` is the language model's setup (its sequence holds the image tokens), which sizes
     the logits."""
-    peak, terms, allocated, slack, totals = _peak(per_phase, loss.logits_segment_bytes(spec, llm or setup))
+    segment = loss.logits_segment_bytes(spec, llm or setup)
+    peak, terms, allocated, slack, totals = _peak(per_phase, segment)
+    # FSDP1's per-stream pools (fsdp.py): cache beyond the peak phase on the reserved tier
+    pools = fsdp.stream_pools_bytes(setup, per_phase, allocated + terms.get("overhead/logits_segment", 0), segment)
+    if pools:
+        terms[fsdp.TERM] = pools
+        slack += pools
     if optimizer.paged_optimizer(setup):
         terms["optimizer/paged_state"] = optimizer.optimizer_state_bytes(spec, setup)
     est = Estimate(
@@ -62,7 +69,10 @@ def peak_estimate(
         total_params=param_counts(spec).total,
         trainable_params=trainable_params(spec, setup),
     )
-    return lengths.with_lengths(est, llm or setup, per_phase.get("backward_start", {}))
+    est = lengths.with_lengths(est, llm or setup, per_phase.get("backward_start", {}))
+    if pools:  # torch frees the streams' wholly free segments before out-of-memory (fsdp.py)
+        est = est.model_copy(update={"needed_bytes": est.needed_bytes - pools})
+    return est
 
 
 def card_estimate(

@@ -37,6 +37,7 @@ PHASES = ("forward_end", "backward_start", "backward", "optimizer_step")
 OUTSIDE_ALLOCATED = {
     "overhead/allocator_slack": "reserved",
     "overhead/logits_segment": "reserved",
+    "overhead/fsdp_stream_pools": "reserved",
     "overhead/cuda_context": "device",
     "optimizer/paged_state": "device",
 }
