@@ -142,3 +142,24 @@ def test_the_pools_are_cache_a_card_need_not_offer(rows: dict[str, Comparison]) 
     by_id = {row["id"]: row for row in read_rows(REPORTS)}
     est = row_estimate(by_id["fms-a100-r13"], REPORTS.parent)
     assert est.needed_bytes == est.device_bytes - est.terms[fsdp.TERM]
+
+
+def test_the_plan_says_what_nvidia_smi_reads_and_what_the_run_needs() -> None:
+    """A plan whose device tier holds the pools notes both numbers; past the card, the reading
+    stops at the card; a plan without pools says nothing."""
+    from vramplan import plan
+
+    roomy = plan("qwen2.5-7b", gpu="a100-80g", method="full", num_gpus=4, parallel="fsdp")
+    note = next(n for n in roomy.notes if n.code == "fsdp.stream_pools")
+    assert note.data["pools_bytes"] == roomy.terms[fsdp.TERM] > 0
+    assert note.data["device_bytes"] - note.data["needed_bytes"] >= note.data["pools_bytes"] - 2**20
+    assert f"{roomy.peak.needed_bytes / 2**30:.1f} GiB" in note.text and "will read about" in note.text
+    full = plan(
+        "qwen2.5-14b", gpu="a100-80g", method="full", num_gpus=8, parallel="fsdp",
+        fsdp_sharding="shard_grad_op", grad_accum=4,
+    )  # fmt: skip
+    assert full.peak.device_bytes > full.gpu.memory_bytes >= full.peak.needed_bytes
+    note = next(n for n in full.notes if n.code == "fsdp.stream_pools")
+    assert "up to the card's" in note.text
+    single = plan("qwen2.5-7b", gpu="a100-80g", method="lora")
+    assert not any(n.code == "fsdp.stream_pools" for n in single.notes)

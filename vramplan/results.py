@@ -58,6 +58,8 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
   lengths were drawn with), ``records`` (expected batches longer than every one before), ``cache_bytes``
   (their loss chains' segments, cached), ``device_bytes`` (what nvidia-smi reads), ``needed_bytes`` (the
   least the card must offer), ``memory_bytes`` (the card's).
+- ``fsdp.stream_pools``: FSDP1's per-stream caches (memory/fsdp.py): ``pools_bytes`` (the cached blocks
+  nvidia-smi sees beyond the run's need), ``device_bytes``, ``needed_bytes``, ``memory_bytes`` (the card's).
 - ``gpus.auto_none``: no GPU count ``--gpus auto`` weighs fits: ``max_world_size`` (the largest weighed;
   the sentence says 512, the largest of auto.AUTO_GPUS, also when ``num_nodes`` was pinned).
 """

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from vramplan.results import Estimate, Note, NoteValue
 from vramplan.setup import Setup
 
 #: the training step's phases FSDP's terms have (parallel.fsdp_phases); run phases (load, save,
@@ -111,3 +112,28 @@ def stream_pools_bytes(
             compute += logits_segment
         c = max(c, compute)
     return max(0, p + g + u + c + t - held)
+
+
+def pools_note(est: Estimate, memory_bytes: int) -> Note:
+    """``fsdp.stream_pools``: FSDP1's per-stream caches make nvidia-smi read more than the run
+    needs; say both, and that the reading stops at the card (torch frees them before out-of-memory)."""
+    gib = 2**30
+    pools = est.terms.get(TERM, 0)
+    data: dict[str, NoteValue] = {
+        "pools_bytes": pools,
+        "device_bytes": est.device_bytes,
+        "needed_bytes": est.needed_bytes,
+        "memory_bytes": memory_bytes,
+    }
+    if est.device_bytes > memory_bytes >= est.needed_bytes:
+        smi = (
+            f"nvidia-smi will read up to the card's {memory_bytes / gib:.1f} GiB (the caches would reach"
+            f" {est.device_bytes / gib:.1f}; torch frees cached blocks of every stream when the card is full)"
+        )
+    else:
+        smi = f"nvidia-smi will read about {est.device_bytes / gib:.1f} GiB ({pools / gib:.1f} GiB of it cached)"
+    text = (
+        f"FSDP keeps gradients and gathered layers in caches of their own streams: {smi};"
+        f" it runs on a card of {est.needed_bytes / gib:.1f} GiB"
+    )
+    return Note(code="fsdp.stream_pools", data=data, text=text)
