@@ -34,6 +34,7 @@ from vramplan.errors import VramplanError
 from vramplan.frameworks.files.common import Context
 from vramplan.memory import run
 from vramplan.memory.policy import with_policy
+from vramplan.policy import default_policy
 from vramplan.setup import Setup
 
 #: the part of the data held out for evaluation when ``--eval-samples`` does not size it (or the
@@ -72,13 +73,16 @@ class Evaluation:
 def evaluation(ctx: Context) -> Evaluation | None:
     """The evaluation the estimate counted (run.evaluation, run.eval_batch, run.kept_eval_steps
     under the target's policy), or None when the run does not evaluate."""
-    s = with_policy(ctx.setup, ctx.policy)
+    # a Context the trace harnesses build without the trainer's policy (vramplan/trace/*_sft.py) reads the
+    # generic loop's, which does not evaluate unless the Setup says so
+    policy = getattr(ctx, "policy", None) or default_policy(ctx.setup)
+    s = with_policy(ctx.setup, policy)
     mode = run.evaluation(s)
     if mode == "none":
         return None
     batch = run.eval_batch(s)
     kept = run.kept_eval_steps(s, batch) if mode == "logits" else 0
-    return Evaluation(mode, batch, ctx.setup.eval_samples, kept, ctx.policy.eval_new_tokens)
+    return Evaluation(mode, batch, ctx.setup.eval_samples, kept, policy.eval_new_tokens)
 
 
 def refuse_evaluation(target: str, mode: str, why: str) -> VramplanError:
