@@ -165,3 +165,43 @@ def test_the_users_deepspeed_file_is_carried(tmp_path: Path, monkeypatch: pytest
     assert cfg.zero_optimization_stage == 2 and cfg.optimizer_name == "adamw"
     assert cfg.zero_config.reduce_bucket_size == 123_000_000 and not cfg.zero_config.overlap_comm
     assert cfg.train_micro_batch_size_per_gpu == out.setup.micro_batch
+
+
+@requires("trl", "torch", "transformers")
+@pytest.mark.e2e
+@pytest.mark.parametrize("lengths", ["fixed", "variable"])
+def test_emitted_script_evaluates_as_planned(lengths: str, tmp_path: Path) -> None:
+    """The emitted script on a tiny random model (tests/conftest.py tiny_causal_lm), evaluating every step
+    (eval_steps 100 -> 1 in the file: the only edit) on its held-out samples: real TRL trains two steps and
+    logs the evaluation loss, with fixed-length batches padded to max_length or variable ones to their longest."""
+    from tests.conftest import tiny_causal_lm
+
+    (tmp_path / "tiny").mkdir()
+    model, data = tiny_causal_lm(tmp_path / "tiny", samples=16)
+    p = plan(
+        str(model / "config.json"),
+        gpu="4090",
+        method="lora",
+        seq_len=64,
+        micro_batch=2,
+        lengths=lengths,
+        evaluation="loss",
+        eval_batch=2,
+        eval_samples=4,
+    )
+    out = emit(p, "trl", data=str(data))
+    files = dict(out.files)
+    assert "'eval_steps': 100," in files["train.py"]
+    files["train.py"] = files["train.py"].replace("'eval_steps': 100,", "'eval_steps': 1,")
+    write_files(str(tmp_path / "run"), files, overwrite=False)
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--model", str(model), "--max-steps", "2", "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path / "run",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 2 and result["finite"]
+    assert proc.stdout.count("'eval_loss'") + proc.stderr.count("'eval_loss'") >= 2  # evaluated at steps 1 and 2
