@@ -258,11 +258,15 @@ AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY_CONFIG)).save_pretr
 """
 
 
-@pytest.mark.parametrize("fields", [dict(method="lora"), dict(method="full", precision="bf16")], ids=["lora", "full"])
+@pytest.mark.parametrize(
+    "fields",
+    [dict(method="lora"), dict(method="full", precision="bf16"), dict(method="lora", evaluation="loss", eval_batch=1)],
+    ids=["lora", "full", "lora-eval"],
+)
 def test_two_real_steps_on_a_tiny_model(fields: dict, tmp_path: Path) -> None:
     """The emitted command, with a tiny Qwen2-shaped model (tests/conftest.py TINY_CONFIG) for --model, runs two
     real optimizer steps of ``swift sft`` on the CPU. Added for this machine only: --max_steps 2 --use_cpu true
-    --save_strategy no --report_to none."""
+    --save_strategy no --report_to none, and with evaluation --eval_steps 1 (so both steps evaluate)."""
     words = command_words(emit(plan(MODEL, gpu="a100-80g", seq_len=256, **fields), "swift").files["run.sh"])
     folder = tmp_path / words[words.index("--model") + 1]
     made = subprocess.run(
@@ -276,6 +280,8 @@ def test_two_real_steps_on_a_tiny_model(fields: dict, tmp_path: Path) -> None:
     argv = words[2:]
     argv[argv.index("--model") + 1] = str(folder)
     argv += ["--max_steps", "2", "--use_cpu", "true", "--save_strategy", "no", "--report_to", "none"]
+    if fields.get("evaluation"):
+        argv += ["--eval_steps", "1"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     run = subprocess.run(
         [swift_python(), "-m", "swift.cli.sft", *argv],
@@ -288,3 +294,4 @@ def test_two_real_steps_on_a_tiny_model(fields: dict, tmp_path: Path) -> None:
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
     assert "'global_step/max_steps': '2/2'" in log and "train_loss" in log
+    assert ("eval_loss" in log) is bool(fields.get("evaluation"))
