@@ -199,12 +199,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @requires("torch", "transformers")
-@pytest.mark.parametrize("method", ["lora", "full", "qlora"])
+@pytest.mark.parametrize("method", ["lora", "full", "qlora", "lora-eval"])
 def test_emitted_yaml_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: Path, method: str) -> None:
     """``llamafactory-cli train train.yaml`` as emitted (fp32: no bf16 on this CPU), with two
-    overrides on its command line: ``max_steps=2`` and the output folder."""
+    overrides on its command line: ``max_steps=2`` and the output folder (with evaluation a third,
+    ``eval_steps=1``, so both steps evaluate their held-out samples)."""
     model, data = tiny_model
+    evaluating = method == "lora-eval"
+    method = method.removesuffix("-eval")
     fields: dict = dict(seq_len=64, micro_batch=2, method=method, precision="fp32")
+    if evaluating:
+        fields.update(evaluation="loss", eval_batch=1, eval_samples=2)
     if method == "qlora":
         fields["quant"] = "bnb-nf4"  # bitsandbytes' CPU 4-bit
     p = plan(str(model / "config.json"), gpu="4090", **fields)
@@ -214,7 +219,8 @@ def test_emitted_yaml_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: 
         pytest.fail("CI runs these tests: .ci/run sets VRAMPLAN_LLAMAFACTORY_PYTHON")
     cli = Path(PYTHON).with_name("llamafactory-cli")
     proc = subprocess.run(
-        [str(cli), "train", "train.yaml", "max_steps=2", f"output_dir={tmp_path / 'o'}"],
+        [str(cli), "train", "train.yaml", "max_steps=2", f"output_dir={tmp_path / 'o'}"]
+        + (["eval_steps=1"] if evaluating else []),
         capture_output=True,
         text=True,
         timeout=900,
@@ -225,6 +231,8 @@ def test_emitted_yaml_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: 
     state = json.loads((tmp_path / "o" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert math.isfinite(state["log_history"][-1]["train_loss"])
+    evals = [row["eval_loss"] for row in state["log_history"] if "eval_loss" in row]
+    assert len(evals) == (2 if evaluating else 0) and all(math.isfinite(x) for x in evals)
     log = proc.stderr + proc.stdout
     assert f"Fine-tuning method: {'Full' if method == 'full' else 'LoRA'}" in log
     if method == "qlora":
