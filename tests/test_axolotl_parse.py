@@ -193,12 +193,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @requires("torch", "transformers")
-@pytest.mark.parametrize("method", ["lora", "full", "qlora"])
+@pytest.mark.parametrize("method", ["lora", "full", "qlora", "lora-eval"])
 def test_emitted_config_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: Path, method: str) -> None:
     """``axolotl train config.yml`` as emitted (fp32: no bf16 on this CPU), with three
-    overrides on its command line: ``--max-steps=2``, a log line each step and the output folder."""
+    overrides on its command line: ``--max-steps=2``, a log line each step and the output folder
+    (with evaluation a fourth, ``--eval-steps=1``, so both steps evaluate)."""
     model, data = tiny_model
+    evaluating = method == "lora-eval"
+    method = method.removesuffix("-eval")
     fields: dict = dict(seq_len=64, micro_batch=2, method=method, precision="fp32")
+    if evaluating:
+        fields.update(evaluation="loss", eval_batch=1)
     if method == "qlora":
         fields["quant"] = "bnb-nf4"  # bitsandbytes' CPU 4-bit
     p = plan(str(model / "config.json"), gpu="4090", **fields)
@@ -216,7 +221,8 @@ def test_emitted_config_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path
             "--max-steps=2",
             "--logging-steps=1",
             f"--output-dir={tmp_path / 'o'}",
-        ],
+        ]
+        + (["--eval-steps=1"] if evaluating else []),
         capture_output=True,
         text=True,
         timeout=900,
@@ -233,5 +239,8 @@ def test_emitted_config_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path
     assert state["global_step"] == 2
     losses = [row["loss"] for row in state["log_history"] if "loss" in row]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    evals = {row["step"]: row["eval_loss"] for row in state["log_history"] if "eval_loss" in row}
+    # at steps 1 and 2, and before the first (core/builders/base.py sets eval_on_start with eval_steps)
+    assert ({1, 2} <= set(evals)) is evaluating and all(math.isfinite(x) for x in evals.values())
     if method == "qlora":
         assert "prepare_model_for_kbit_training" in proc.stdout + proc.stderr

@@ -120,7 +120,9 @@ def length_items(ctx: Context) -> list[tuple[str, object, str]]:
 def eval_items(ctx: Context) -> list[tuple[str, object, str]]:
     """axolotl 0.19.0's evaluation keys: ``val_set_size`` (a fraction of the dataset, utils/schemas/config.py),
     ``eval_strategy: steps`` with ``eval_steps`` and ``eval_batch_size`` (utils/schemas/training.py; None:
-    the micro-batch). Loss only: ``AxolotlTrainer`` (core/trainers/base.py) gets no ``compute_metrics``;
+    the micro-batch); with ``eval_steps`` its trainer builder also sets ``eval_on_start`` (core/builders/base.py
+    ``_configure_save_and_eval_strategy``): one evaluation before the first step. Loss only:
+    ``AxolotlTrainer`` (core/trainers/base.py) gets no ``compute_metrics``;
     logits kept for a metric and generation are refused, naming ``evaluation``."""
     ev = run_options.evaluation(ctx)
     why = ctx.reasons.get("evaluation", "")
