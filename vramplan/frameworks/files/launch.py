@@ -232,6 +232,7 @@ def _ds_notes(ctx: Context) -> list[str]:
             if zero3_init(ctx)
             else "  no zero.Init (--zero3-init off): the script builds its SFTConfig after from_pretrained, so every"
             " rank loads the whole model first, as the plan's load phase counts it"
+            f" ({ctx.est.phases.get('load', 0) / 2**30:.2f} GiB allocated)"
         )
     if s.offload != "none":
         what = "optimizer state and fp32 master weights" + (" and the parameters" if "params" in s.offload else "")
