@@ -17,7 +17,14 @@ environment. ds_config.json's ZeRO block is the config the memory model counts
 (:mod:`vramplan.memory.zero`): the user's ``--deepspeed`` file, else vramplan's own
 (tables/deepspeed_configs.json ``vramplan/zero{1,2,3}``: stages 1-2 reduce in buckets of 2e8
 with ``overlap_comm``, stage 3 in hidden² elements, prefetching 0.9·hidden² and keeping
-parameters under 10·hidden elements gathered, transformers' ``"auto"`` values). Offload sends
+parameters under 10·hidden elements gathered, transformers' ``"auto"`` values). A user's file is
+carried whole (its optimizer block, communication settings and the rest), with the batch sizes,
+bf16/fp16, the stage and the ZeRO keys set as planned. ZeRO-3 loads under ``deepspeed.zero.Init``
+(``Setup.zero3_init``, default the trainer's): transformers builds the model inside it when a stage-3
+``TrainingArguments`` exists before ``from_pretrained`` (integrations/deepspeed.py
+``is_deepspeed_zero3_enabled``: the weak reference ``HfTrainerDeepSpeedConfig`` sets), so the script
+builds its SFTConfig before loading, or after it with ``--zero3-init off`` (every rank loads the
+whole model, the plan's load phase), and accelerate_config.yaml's ``zero3_init_flag`` says the same. Offload sends
 the optimizer state (and with ``optimizer+params`` the parameters) to pinned CPU memory,
 stepped by DeepSpeed's CPU Adam, as :mod:`vramplan.memory.host` counts it. FSDP is FSDP2
 (``fully_shard``) wrapping each decoder layer; ``full_shard`` re-shards after forward,
