@@ -43,6 +43,10 @@ KEYS = [
     "gradient_accumulation_steps",
     "optimizer",
     "attn_implementation",
+    "val_set_size",
+    "eval_strategy",
+    "eval_steps",
+    "eval_batch_size",
 ]
 
 for path in sys.argv[2:]:

@@ -5,7 +5,8 @@ the parsed dataclasses (``READBACK {...}``) or the parser's refusal (``REFUSED {
 
 Two device checks a CPU fails are answered here, nothing else: transformers refuses ``bf16``
 without a GPU unless ``use_cpu`` is set (added to the parsed options, not to the file), and
-``pure_bf16`` asks ``is_torch_bf16_gpu_available()`` (answered true)."""
+``pure_bf16`` asks ``is_torch_bf16_gpu_available()`` (answered true); and the metric packages a
+generating evaluation needs are taken as installed."""
 
 import json
 import sys
@@ -15,6 +16,13 @@ import yaml
 from llamafactory.data.template import TEMPLATES
 
 parser.is_torch_bf16_gpu_available = lambda: True
+# predict_with_generate's metric packages (jieba, nltk, rouge_chinese: hparams/parser.py check_dependencies)
+# are not in this venv; the emitted header says a generating evaluation needs them
+_check_version = parser.check_version
+METRIC_PACKAGES = ("jieba", "nltk", "rouge_chinese")
+parser.check_version = lambda req, mandatory=False: (
+    None if req in METRIC_PACKAGES else _check_version(req, mandatory=mandatory)
+)
 
 
 def value(x):
@@ -60,5 +68,14 @@ for path in sys.argv[1:]:
         "optim": value(training.optim),
         "per_device_train_batch_size": training.per_device_train_batch_size,
         "gradient_accumulation_steps": training.gradient_accumulation_steps,
+        "packing": data.packing,
+        "neat_packing": data.neat_packing,
+        "val_size": data.val_size,
+        "eval_strategy": value(training.eval_strategy),
+        "eval_steps": training.eval_steps,
+        "per_device_eval_batch_size": training.per_device_eval_batch_size,
+        "eval_accumulation_steps": training.eval_accumulation_steps,
+        "compute_accuracy": finetuning.compute_accuracy,
+        "predict_with_generate": training.predict_with_generate,
     }
     print("READBACK " + json.dumps(out))

@@ -96,6 +96,16 @@ def _parsed(job: dict) -> dict:
         "model_type": a.model_type,
         "template": a.template,
         "dataset": a.dataset,
+        "packing": a.packing,
+        "padding_free": a.padding_free,
+        "split_dataset_ratio": a.split_dataset_ratio,
+        "eval_strategy": str(getattr(t.eval_strategy, "value", t.eval_strategy)),
+        "eval_steps": t.eval_steps,
+        "per_device_eval_batch_size": t.per_device_eval_batch_size,
+        "eval_accumulation_steps": t.eval_accumulation_steps,
+        "eval_metric": a.eval_metric,
+        "predict_with_generate": t.predict_with_generate,
+        "max_new_tokens": a.max_new_tokens,
     }
     return out
 

@@ -49,7 +49,13 @@ PLANS = {
     "freeze": dict(method="freeze", freeze_trainable_layers=4, seq_len=512, grad_checkpointing=True),
     "lora-accum": dict(method="lora", micro_batch=2, grad_accum=16, lora_rank=8, lora_alpha=32, seq_len=2048),
     "lora-ddp": dict(method="lora", num_gpus=2, parallel="ddp", seq_len=512),
+    # the run around the step: lengths and evaluation
+    "packed-loss": dict(method="lora", attention="flash-attn-2", lengths="packed", evaluation="loss", eval_batch=4),
+    "variable": dict(method="lora", lengths="variable", seq_len=512),
+    "fixed-loss": dict(method="full", precision="bf16", evaluation="loss", seq_len=512, avg_tokens=100),
 }
+#: the Setup fields of the run around the step, checked by test_validated_lengths_and_evaluation
+RUN_DEFAULTS = dict(lengths="fixed", avg_tokens=0, evaluation="auto", eval_batch=0, eval_samples=0)
 
 
 def setup_from_validated(r: dict) -> Setup:
@@ -127,8 +133,29 @@ def validated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[objec
 def test_validated_settings_are_the_planned_setup(validated: dict, name: str) -> None:
     out, r = validated[name]
     assert "refused" not in r, r.get("refused")
-    assert setup_from_validated(r) == out.setup.model_copy(update={"num_gpus": 1, "parallel": "none"})
-    assert r["pad_to_sequence_len"] is True and not r["sample_packing"]
+    assert setup_from_validated(r) == out.setup.model_copy(update={"num_gpus": 1, "parallel": "none", **RUN_DEFAULTS})
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_validated_lengths_and_evaluation(validated: dict, name: str) -> None:
+    """Padding, packing and evaluation as axolotl's validated config holds them are the plan's: every batch at
+    sequence_len for fixed and packed rows, each batch at its longest for variable; the evaluation's set,
+    steps and batch (memory/run.py eval_batch: axolotl's default is the micro-batch)."""
+    from vramplan.frameworks import framework
+    from vramplan.memory import run
+    from vramplan.memory.policy import with_policy
+
+    out, r = validated[name]
+    s = out.setup
+    assert r["sample_packing"] is (s.lengths == "packed")
+    assert bool(r["pad_to_sequence_len"]) is (s.lengths != "variable")
+    run_setup = with_policy(s, framework("axolotl").policy(s))
+    if run.evaluation(run_setup) == "none":
+        assert not r["val_set_size"] and r["eval_strategy"] in (None, "no")
+        return
+    assert run.evaluation(run_setup) == "loss" and r["val_set_size"] == 0.05
+    assert (r["eval_strategy"], r["eval_steps"]) == ("steps", 100)
+    assert r["eval_batch_size"] == run.eval_batch(run_setup) == (s.eval_batch or s.micro_batch)
 
 
 @pytest.mark.parametrize("name", [n for n in PLANS if PLANS[n]["method"] in ("lora", "qlora")])
@@ -166,12 +193,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @requires("torch", "transformers")
-@pytest.mark.parametrize("method", ["lora", "full", "qlora"])
+@pytest.mark.parametrize("method", ["lora", "full", "qlora", "lora-eval"])
 def test_emitted_config_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: Path, method: str) -> None:
     """``axolotl train config.yml`` as emitted (fp32: no bf16 on this CPU), with three
-    overrides on its command line: ``--max-steps=2``, a log line each step and the output folder."""
+    overrides on its command line: ``--max-steps=2``, a log line each step and the output folder
+    (with evaluation a fourth, ``--eval-steps=1``, so both steps evaluate)."""
     model, data = tiny_model
+    evaluating = method == "lora-eval"
+    method = method.removesuffix("-eval")
     fields: dict = dict(seq_len=64, micro_batch=2, method=method, precision="fp32")
+    if evaluating:
+        fields.update(evaluation="loss", eval_batch=1)
     if method == "qlora":
         fields["quant"] = "bnb-nf4"  # bitsandbytes' CPU 4-bit
     p = plan(str(model / "config.json"), gpu="4090", **fields)
@@ -189,7 +221,8 @@ def test_emitted_config_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path
             "--max-steps=2",
             "--logging-steps=1",
             f"--output-dir={tmp_path / 'o'}",
-        ],
+        ]
+        + (["--eval-steps=1"] if evaluating else []),
         capture_output=True,
         text=True,
         timeout=900,
@@ -206,5 +239,8 @@ def test_emitted_config_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path
     assert state["global_step"] == 2
     losses = [row["loss"] for row in state["log_history"] if "loss" in row]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    evals = {row["step"]: row["eval_loss"] for row in state["log_history"] if "eval_loss" in row}
+    # at steps 1 and 2, and before the first (core/builders/base.py sets eval_on_start with eval_steps)
+    assert ({1, 2} <= set(evals)) is evaluating and all(math.isfinite(x) for x in evals.values())
     if method == "qlora":
         assert "prepare_model_for_kbit_training" in proc.stdout + proc.stderr

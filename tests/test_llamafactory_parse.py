@@ -46,7 +46,18 @@ PLANS = {
     "freeze": dict(method="freeze", freeze_trainable_layers=4, seq_len=512),
     "lora-accum": dict(method="lora", micro_batch=2, grad_accum=16, lora_rank=8, lora_alpha=32, seq_len=2048),
     "lora-ddp": dict(method="lora", num_gpus=2, parallel="ddp", seq_len=512),
+    # the run around the step: lengths and evaluation (tests/test_emit_run.py checks the others' files)
+    "packed-neat-loss": dict(
+        method="lora", attention="flash-attn-2", micro_batch=1, lengths="packed", evaluation="loss", eval_batch=4
+    ),
+    "packed-plain": dict(method="lora", attention="flash-attn-2", micro_batch=2, lengths="packed", seq_len=512),
+    "variable-logits": dict(method="lora", lengths="variable", evaluation="logits", eval_batch=2, eval_samples=64),
+    "fixed-generate": dict(
+        method="lora", evaluation="generate", eval_batch=1, seq_len=512, avg_tokens=200, trainer="llamafactory"
+    ),
 }
+#: the Setup fields of the run around the step (lengths, evaluation), checked by test_parsed_lengths_and_evaluation
+RUN_DEFAULTS = dict(lengths="fixed", avg_tokens=0, evaluation="auto", eval_batch=0, eval_samples=0)
 
 
 def setup_from_parsed(r: dict) -> Setup:
@@ -60,7 +71,7 @@ def setup_from_parsed(r: dict) -> Setup:
         precision = "amp-bf16" if r["bf16"] else "amp-fp16" if r["fp16"] else "fp32"
     fields: dict = dict(
         precision=precision,
-        seq_len=r["cutoff_len"],
+        seq_len=r["cutoff_len"] + (1 if r["packing"] else 0),  # DataArguments keeps one token back when packing
         micro_batch=r["per_device_train_batch_size"],
         grad_accum=r["gradient_accumulation_steps"],
         grad_checkpointing=not r["disable_gradient_checkpointing"],
@@ -128,10 +139,42 @@ def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[object, 
 def test_parsed_settings_are_the_planned_setup(parsed: dict, name: str) -> None:
     out, r = parsed[name]
     assert "refused" not in r, r.get("refused")
-    assert setup_from_parsed(r) == out.setup.model_copy(update={"num_gpus": 1, "parallel": "none"})
-    assert r["cutoff_len"] == r["model_max_length"] == out.setup.seq_len
+    assert setup_from_parsed(r) == out.setup.model_copy(update={"num_gpus": 1, "parallel": "none", **RUN_DEFAULTS})
+    assert r["cutoff_len"] == r["model_max_length"] == out.setup.seq_len - (out.setup.lengths == "packed")
     assert r["dataset"] == ["vramplan_data"]
     assert r["template_registered"], r["template"]
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_parsed_lengths_and_evaluation(parsed: dict, name: str) -> None:
+    """Packing, evaluation and its batch as LLaMA-Factory parsed them are the plan's: packed rows (neat, the
+    samples kept apart, under flash-attention at micro-batch 1), the evaluation mode, batch and held-out set,
+    and, with logits kept, the evaluation steps whose argmax stays on the card (memory/run.py kept_eval_steps)."""
+    from vramplan.frameworks import framework
+    from vramplan.memory import run
+    from vramplan.memory.policy import with_policy
+
+    out, r = parsed[name]
+    s = out.setup
+    assert r["packing"] is (s.lengths == "packed")
+    assert r["neat_packing"] is (s.lengths == "packed" and s.attention == "flash-attn-2" and s.micro_batch == 1)
+    mode = (
+        "none"
+        if r["eval_strategy"] == "no"
+        else "generate"
+        if r["predict_with_generate"]
+        else ("logits" if r["compute_accuracy"] else "loss")
+    )
+    run_setup = with_policy(s, framework("llamafactory").policy(s))
+    assert mode == run.evaluation(run_setup)
+    if mode == "none":
+        assert r["val_size"] == 0.0
+        return
+    assert r["eval_strategy"] == "steps" and r["eval_steps"] == 100
+    assert r["per_device_eval_batch_size"] == run.eval_batch(run_setup) == s.eval_batch
+    assert r["val_size"] == (s.eval_samples or 0.05)
+    if mode == "logits":
+        assert r["eval_accumulation_steps"] == run.kept_eval_steps(run_setup, s.eval_batch) == 32
 
 
 @pytest.mark.parametrize("name", [n for n in PLANS if PLANS[n]["method"] == "qlora"])
@@ -156,12 +199,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @requires("torch", "transformers")
-@pytest.mark.parametrize("method", ["lora", "full", "qlora"])
+@pytest.mark.parametrize("method", ["lora", "full", "qlora", "lora-eval"])
 def test_emitted_yaml_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: Path, method: str) -> None:
     """``llamafactory-cli train train.yaml`` as emitted (fp32: no bf16 on this CPU), with two
-    overrides on its command line: ``max_steps=2`` and the output folder."""
+    overrides on its command line: ``max_steps=2`` and the output folder (with evaluation a third,
+    ``eval_steps=1``, so both steps evaluate their held-out samples)."""
     model, data = tiny_model
+    evaluating = method == "lora-eval"
+    method = method.removesuffix("-eval")
     fields: dict = dict(seq_len=64, micro_batch=2, method=method, precision="fp32")
+    if evaluating:
+        fields.update(evaluation="loss", eval_batch=1, eval_samples=2)
     if method == "qlora":
         fields["quant"] = "bnb-nf4"  # bitsandbytes' CPU 4-bit
     p = plan(str(model / "config.json"), gpu="4090", **fields)
@@ -171,7 +219,8 @@ def test_emitted_yaml_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: 
         pytest.fail("CI runs these tests: .ci/run sets VRAMPLAN_LLAMAFACTORY_PYTHON")
     cli = Path(PYTHON).with_name("llamafactory-cli")
     proc = subprocess.run(
-        [str(cli), "train", "train.yaml", "max_steps=2", f"output_dir={tmp_path / 'o'}"],
+        [str(cli), "train", "train.yaml", "max_steps=2", f"output_dir={tmp_path / 'o'}"]
+        + (["eval_steps=1"] if evaluating else []),
         capture_output=True,
         text=True,
         timeout=900,
@@ -182,6 +231,8 @@ def test_emitted_yaml_trains_two_steps(tiny_model: tuple[Path, Path], tmp_path: 
     state = json.loads((tmp_path / "o" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert math.isfinite(state["log_history"][-1]["train_loss"])
+    evals = [row["eval_loss"] for row in state["log_history"] if "eval_loss" in row]
+    assert len(evals) == (2 if evaluating else 0) and all(math.isfinite(x) for x in evals)
     log = proc.stderr + proc.stdout
     assert f"Fine-tuning method: {'Full' if method == 'full' else 'LoRA'}" in log
     if method == "qlora":

@@ -54,6 +54,8 @@ NOTED = [
     ("qwen2.5-7b", "4090", {"method": "lora", "seq_len": 5000, "micro_batch": 2}),  # fit.tight
     ("qwen2.5-7b", "4090", {"method": "full", "num_gpus": 4}),  # rank.offload
     ("qwen2.5-7b", "a100-80g", {"method": "lora", "lengths": "variable"}),  # lengths.cache
+    ("qwen2.5-0.5b", "a100-80g", {"method": "lora", "seq_len": 2048, "avg_tokens": 300}),  # lengths.padding
+    ("qwen2.5-7b", "a100-80g", {"method": "full", "num_gpus": 4, "parallel": "fsdp"}),  # fsdp.stream_pools
 ]
 
 

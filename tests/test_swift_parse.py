@@ -48,7 +48,12 @@ GRID = {
     ),
     "freeze": dict(method="freeze", freeze_trainable_layers=4, seq_len=512),
     "ddp-lora": dict(method="lora", num_gpus=2, parallel="ddp", grad_accum=4, seq_len=1024),
+    # the run around the step: lengths and evaluation (a generating evaluation needs jieba, not in the venv)
+    "packed-loss": dict(method="lora", attention="flash-attn-2", lengths="packed", evaluation="loss", eval_batch=4),
+    "variable-logits": dict(method="lora", lengths="variable", evaluation="logits", eval_batch=2, eval_samples=64),
 }
+#: the Setup fields of the run around the step, checked by test_swift_parses_lengths_and_evaluation
+RUN_DEFAULTS = dict(lengths="fixed", avg_tokens=0, evaluation="auto", eval_batch=0, eval_samples=0)
 
 
 def swift_python() -> str:
@@ -149,7 +154,31 @@ def test_swift_parses_the_command_into_the_planned_setup(name: str, parsed_grid:
     out, o = parsed_grid[name]
     assert "error" not in o, o["error"]
     assert o["dataset"] == ["data.jsonl"] and o["model_type"] == "qwen2"
-    assert setup_from_swift(o, 24) == out.setup
+    assert setup_from_swift(o, 24) == out.setup.model_copy(update=RUN_DEFAULTS)
+
+
+@pytest.mark.parametrize("name", list(GRID))
+def test_swift_parses_lengths_and_evaluation(name: str, parsed_grid: dict) -> None:
+    """Packing (and the padding-free batches it turns on), the evaluation's set, steps, batch and metric as
+    swift parsed them are the plan's; with logits kept, the evaluation steps whose argmax stays on the card
+    (memory/run.py kept_eval_steps)."""
+    from vramplan.frameworks import framework
+    from vramplan.memory import run
+    from vramplan.memory.policy import with_policy
+
+    out, o = parsed_grid[name]
+    s = out.setup
+    assert o["packing"] is o["padding_free"] is (s.lengths == "packed")
+    run_setup = with_policy(s, framework("swift").policy(s))
+    mode = run.evaluation(run_setup)
+    if mode == "none":
+        assert o["eval_strategy"] == "no" and o["split_dataset_ratio"] == 0.0
+        return
+    assert (o["eval_strategy"], o["eval_steps"], o["split_dataset_ratio"]) == ("steps", 100, 0.05)
+    assert o["per_device_eval_batch_size"] == run.eval_batch(run_setup) == s.eval_batch
+    assert o["eval_metric"] == ("acc" if mode == "logits" else None) and not o["predict_with_generate"]
+    if mode == "logits":
+        assert o["eval_accumulation_steps"] == run.kept_eval_steps(run_setup, s.eval_batch) == 32
 
 
 def test_swift_4_rejects_the_3x_spelling(tmp_path: Path) -> None:
@@ -229,11 +258,15 @@ AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY_CONFIG)).save_pretr
 """
 
 
-@pytest.mark.parametrize("fields", [dict(method="lora"), dict(method="full", precision="bf16")], ids=["lora", "full"])
+@pytest.mark.parametrize(
+    "fields",
+    [dict(method="lora"), dict(method="full", precision="bf16"), dict(method="lora", evaluation="loss", eval_batch=1)],
+    ids=["lora", "full", "lora-eval"],
+)
 def test_two_real_steps_on_a_tiny_model(fields: dict, tmp_path: Path) -> None:
     """The emitted command, with a tiny Qwen2-shaped model (tests/conftest.py TINY_CONFIG) for --model, runs two
     real optimizer steps of ``swift sft`` on the CPU. Added for this machine only: --max_steps 2 --use_cpu true
-    --save_strategy no --report_to none."""
+    --save_strategy no --report_to none, and with evaluation --eval_steps 1 (so both steps evaluate)."""
     words = command_words(emit(plan(MODEL, gpu="a100-80g", seq_len=256, **fields), "swift").files["run.sh"])
     folder = tmp_path / words[words.index("--model") + 1]
     made = subprocess.run(
@@ -247,6 +280,8 @@ def test_two_real_steps_on_a_tiny_model(fields: dict, tmp_path: Path) -> None:
     argv = words[2:]
     argv[argv.index("--model") + 1] = str(folder)
     argv += ["--max_steps", "2", "--use_cpu", "true", "--save_strategy", "no", "--report_to", "none"]
+    if fields.get("evaluation"):
+        argv += ["--eval_steps", "1"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     run = subprocess.run(
         [swift_python(), "-m", "swift.cli.sft", *argv],
@@ -259,3 +294,4 @@ def test_two_real_steps_on_a_tiny_model(fields: dict, tmp_path: Path) -> None:
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
     assert "'global_step/max_steps': '2/2'" in log and "train_loss" in log
+    assert ("eval_loss" in log) is bool(fields.get("evaluation"))

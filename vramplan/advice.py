@@ -135,6 +135,34 @@ def context_notes(spec: ModelSpec, setup: Setup) -> list[Note]:
     return [Note(code="model.context", data={"seq_len": setup.seq_len, "max_position_embeddings": limit}, text=text)]
 
 
+def padding_notes(setup: Setup) -> list[Note]:
+    """``lengths.padding``: ``--avg-tokens`` below the cap under fixed lengths: the plan counts every
+    sample at ``seq_len`` (and the emitted configs pad to it where the trainer can), so a step
+    trains only the real tokens; packing fills the rows at the same memory (memory/lengths.py:
+    packed batches are the fixed-length numbers)."""
+    from vramplan.frameworks.files.run_options import step_tokens
+
+    tokens = step_tokens(setup)
+    if tokens is None:
+        return []
+    real, planned = tokens
+    data: dict[str, NoteValue] = {
+        "avg_tokens": setup.avg_tokens,
+        "seq_len": setup.seq_len,
+        "real_tokens_per_step": real,
+        "planned_tokens_per_step": planned,
+        "samples_per_packed_row": round(setup.seq_len / setup.avg_tokens, 1),
+    }
+    text = (
+        f"samples average {setup.avg_tokens} of the {setup.seq_len} tokens each batch is counted at (--lengths"
+        f" fixed, padded to it): a step trains about {real:,} real tokens of the {planned:,} its memory is planned"
+        f" for ({real / planned:.0%}); --lengths packed fills each row with about"
+        f" {setup.seq_len / setup.avg_tokens:.1f} samples at the same memory, --lengths variable pads each batch"
+        " to its longest sample instead"
+    )
+    return [Note(code="lengths.padding", data=data, text=text)]
+
+
 def stack_note(spec: ModelSpec, source: str) -> Note:
     """``stack.transformers``: the transformers major version whose modules the plan describes
     (a family whose modules differ between versions: vramplan/stack.py)."""

@@ -60,6 +60,9 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
   least the card must offer), ``memory_bytes`` (the card's).
 - ``fsdp.stream_pools``: FSDP1's per-stream caches (memory/fsdp.py): ``pools_bytes`` (the cached blocks
   nvidia-smi sees beyond the run's need), ``device_bytes``, ``needed_bytes``, ``memory_bytes`` (the card's).
+- ``lengths.padding``: ``--avg-tokens`` below the cap under fixed lengths: ``avg_tokens``, ``seq_len``,
+  ``real_tokens_per_step`` and ``planned_tokens_per_step`` (every replica, the accumulated micro-batches),
+  ``samples_per_packed_row`` (what ``--lengths packed`` puts in a row at the same memory).
 - ``gpus.auto_none``: no GPU count ``--gpus auto`` weighs fits: ``max_world_size`` (the largest weighed;
   the sentence says 512, the largest of auto.AUTO_GPUS, also when ``num_nodes`` was pinned).
 """

@@ -10,6 +10,11 @@ Targets: ``trl`` (a self-contained Python script: TRL ``SFTTrainer`` + PEFT + bi
 ``swift`` (the ms-swift ``swift sft`` command line), ``llamafactory`` (YAML for
 ``llamafactory-cli train``), ``axolotl`` (YAML for ``axolotl train``). Torch-free.
 
+Every target also writes the run around the step the plan counted: the batches' lengths (every
+batch padded to the planned length, to its longest sample, or packed) and the evaluation during
+training (its held-out set, batch, loss or kept logits or generation), each beside its number; what a
+target cannot write is refused, naming the field (:mod:`vramplan.frameworks.files.run_options`).
+
 On several GPUs the trl target also writes the launch: ``accelerate_config.yaml`` for DDP,
 DeepSpeed ZeRO-1/2/3 (with ``ds_config.json``) and FSDP2, or a single process with
 ``device_map="auto"`` and a ``max_memory`` per card (:mod:`vramplan.frameworks.files.launch`);

@@ -76,12 +76,6 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
     policy = fw.policy(setup)
     est = estimate(spec, setup, policy=policy, card_bytes=plan.gpu.memory_bytes)
     fits = verdict.needed(est) <= plan.gpu.memory_bytes
-    if not fits and not force:
-        raise DoesNotFit(
-            "emit",
-            f"the plan does not fit {plan.gpu.name}: needs {gib(est.device_bytes)} of {gib(plan.gpu.memory_bytes)}"
-            f" ({gib(est.device_bytes - plan.gpu.memory_bytes)} over); pass --force to emit it anyway",
-        )
     ctx = Context(
         model_name=plan.model,
         model_path=model_path(plan.model, plan.source),
@@ -94,7 +88,13 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
         adjustments=adjustments,
         data=data,
     )
-    files, command = fw.render(ctx)
+    files, command = fw.render(ctx)  # an option the target cannot write is refused first, naming its field
+    if not fits and not force:
+        raise DoesNotFit(
+            "emit",
+            f"the plan does not fit {plan.gpu.name}: needs {gib(est.device_bytes)} of {gib(plan.gpu.memory_bytes)}"
+            f" ({gib(est.device_bytes - plan.gpu.memory_bytes)} over); pass --force to emit it anyway",
+        )
     return Emitted(
         target=target,
         files=files,

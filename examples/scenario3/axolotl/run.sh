@@ -12,5 +12,7 @@
 #   sequence_len: 2048  # the estimate counts every sample at this length: shorter samples need less
 #   optimizer: adamw_torch  # adamw: 8-bit AdamW would save 0.11 GiB
 #   attn_implementation: sdpa  # sdpa: eager attention would peak about the same here
+#   pad_to_sequence_len: true, sample_packing: false  # lengths fixed: pad_to_sequence_len: every batch at 2048 tokens a sample, the length counted
+#   val_set_size: 0.0  # no evaluation during training (--evaluation none): no evaluate phase is counted
 set -euo pipefail
 axolotl train config.yml

@@ -12,5 +12,7 @@
 #   cutoff_len: 2048  # the estimate counts every sample at this length: shorter samples need less
 #   optim: adamw_torch  # adamw: 8-bit AdamW would save 0.11 GiB
 #   flash_attn: sdpa  # sdpa: eager attention would peak about the same here
+#   (no option: each batch padded to its longest sample)  # lengths fixed: LLaMA-Factory pads each batch to its longest sample (no option pads to cutoff_len): a batch whose samples reach the cap is the one counted
+#   eval_strategy: "no"  # no evaluation during training (--evaluation none): no evaluate phase is counted
 set -euo pipefail
 llamafactory-cli train train.yaml

@@ -12,6 +12,8 @@
 #   --max_length 2048  # the estimate counts every sample at this length: shorter samples need less
 #   --optim adamw_torch  # adamw: 8-bit AdamW would save 0.11 GiB
 #   --attn_impl sdpa  # sdpa: eager attention would peak about the same here
+#   (no option: each batch padded to its longest sample)  # lengths fixed: ms-swift pads each batch to its longest sample (no option pads to --max_length): a batch whose samples reach the cap is the one counted
+#   --eval_strategy no  # no evaluation during training (--evaluation none): no evaluate phase is counted
 # ms-swift 4.x options (--tuner_type; ms-swift 3.x spelled it --train_type)
 set -euo pipefail
 swift sft \
@@ -32,6 +34,7 @@ swift sft \
     --per_device_train_batch_size 1 \
     --gradient_accumulation_steps 16 \
     --optim adamw_torch \
+    --eval_strategy no \
     --learning_rate 1e-4 \
     --num_train_epochs 3 \
     --output_dir output \

@@ -12,5 +12,7 @@
 #   max_length=2048  # the estimate counts every sample at this length: shorter samples need less
 #   optim='adamw_torch'  # adamw: 8-bit AdamW would save 0.11 GiB
 #   ATTN_IMPLEMENTATION = 'sdpa'  # sdpa: eager attention would add 1.11 GiB
+#   packing=False, pad_to_multiple_of=2048  # lengths fixed: every batch padded to 2048 tokens a sample, the length the plan counts
+#   eval_strategy='no'  # no evaluation during training (--evaluation none): no evaluate phase is counted
 set -euo pipefail
 python train.py --model Qwen/Qwen2.5-7B-Instruct --data self_cognition.jsonl "$@"

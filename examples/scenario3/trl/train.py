@@ -13,6 +13,8 @@
 #   max_length=2048  # the estimate counts every sample at this length: shorter samples need less
 #   optim='adamw_torch'  # adamw: 8-bit AdamW would save 0.11 GiB
 #   ATTN_IMPLEMENTATION = 'sdpa'  # sdpa: eager attention would add 1.11 GiB
+#   packing=False, pad_to_multiple_of=2048  # lengths fixed: every batch padded to 2048 tokens a sample, the length the plan counts
+#   eval_strategy='no'  # no evaluation during training (--evaluation none): no evaluate phase is counted
 
 """Fine-tune with TRL's SFTTrainer, as planned by vramplan (see the comment block above).
 
@@ -56,8 +58,11 @@ TRAINING = {
     'logging_steps': 10,
     'save_strategy': 'no',
     'report_to': 'none',
-    'packing': False,
+    'packing': False,  # lengths fixed: every batch padded to 2048 tokens a sample, the length the plan counts
+    'pad_to_multiple_of': 2048,
+    'eval_strategy': 'no',  # no evaluation during training (--evaluation none): no evaluate phase is counted
 }
+EVALUATION = None  # {"held_out": samples, or a fraction of DATA} evaluated during training, or None
 
 
 def data_folder(path):
@@ -118,6 +123,7 @@ def main():
         "freeze_vision": FREEZE_VISION,
         "images": IMAGES,
         "training": {**TRAINING, "num_train_epochs": args.epochs, "max_steps": args.max_steps},
+        "evaluation": EVALUATION,
     }
     if args.dry_run:
         print(json.dumps(settings, indent=1))
@@ -182,13 +188,19 @@ def main():
     dataset = raw.map(lambda ex: to_record(ex, tokenizer, folder), remove_columns=raw.column_names)
     if IMAGES:
         dataset = dataset.cast_column("images", [Image()])
+    eval_dataset = None
+    if EVALUATION:
+        # the held-out part TRAINING's eval_strategy evaluates (a count of samples, or a fraction of DATA)
+        split = dataset.train_test_split(test_size=EVALUATION["held_out"], seed=0)
+        dataset, eval_dataset = split["train"], split["test"]
     training = dict(settings["training"])
     if not torch.cuda.is_available():
         print("no CUDA device: training on the CPU (slow; for checking the set-up)")
         training["use_cpu"] = True
     config = SFTConfig(output_dir=args.output, **training)
     trainer = SFTTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=processing_class, peft_config=peft_config
+        model=model, args=config, train_dataset=dataset, eval_dataset=eval_dataset,
+        processing_class=processing_class, peft_config=peft_config,
     )
     result = trainer.train()
     trainer.save_model(args.output)

@@ -17,6 +17,7 @@ emitted as bitsandbytes nf4.
 
 from __future__ import annotations
 
+from vramplan.frameworks.files import run_options
 from vramplan.frameworks.files.common import (
     HF_ATTN,
     HF_OPTIM,
@@ -87,22 +88,74 @@ def options(ctx: Context) -> list[tuple[str, object, str]]:
         ("attn_implementation", HF_ATTN[s.attention], r.get("attention", "")),
         ("gradient_checkpointing", s.grad_checkpointing, r.get("grad_checkpointing", "")),
         ("sequence_len", s.seq_len, r.get("seq_len", "")),
-        ("pad_to_sequence_len", True, "every batch at the planned length"),
-        ("sample_packing", False, ""),
+        *length_items(ctx),
         ("micro_batch_size", s.micro_batch, r.get("micro_batch", "")),
         ("gradient_accumulation_steps", s.grad_accum, r.get("grad_accum", "")),
         ("optimizer", HF_OPTIM[s.optimizer], r.get("optimizer", "")),
         ("learning_rate", 1.0e-4 if s.is_lora else 1.0e-5, ""),
         ("num_epochs", 3.0, ""),
         ("datasets", [{"path": ctx.data, "type": "alpaca", "ds_type": "json"}], "instruction/input/output records"),
-        ("val_set_size", 0.0, ""),
+        *eval_items(ctx),
         ("output_dir", "./output", ""),
         ("logging_steps", 10, ""),
     ]
     return items
 
 
+def length_items(ctx: Context) -> list[tuple[str, object, str]]:
+    """axolotl 0.19.0's lengths keys (utils/schemas/config.py): ``pad_to_sequence_len`` pads every batch
+    to ``sequence_len`` (``fixed``, and ``packed``: rows of ``sequence_len``, as its schema recommends
+    with packing, ``hint_sample_packing_padding``); ``sample_packing`` packs samples into them (its
+    multipack sampler), kept apart by flash-attention, sdpa or eager (``attn_decontaminates_packing``,
+    utils/schemas/validation.py ``check_sample_packing_without_attention``); ``variable``: neither, each
+    batch padded to its longest sample."""
+    s = ctx.setup
+    why = ctx.reasons.get("lengths", "")
+    return [
+        ("pad_to_sequence_len", s.lengths != "variable", why),
+        ("sample_packing", s.lengths == "packed", ""),
+    ]
+
+
+def eval_items(ctx: Context) -> list[tuple[str, object, str]]:
+    """axolotl 0.19.0's evaluation keys: ``val_set_size`` (a fraction of the dataset, utils/schemas/config.py),
+    ``eval_strategy: steps`` with ``eval_steps`` and ``eval_batch_size`` (utils/schemas/training.py; None:
+    the micro-batch); with ``eval_steps`` its trainer builder also sets ``eval_on_start`` (core/builders/base.py
+    ``_configure_save_and_eval_strategy``): one evaluation before the first step. Loss only:
+    ``AxolotlTrainer`` (core/trainers/base.py) gets no ``compute_metrics``;
+    logits kept for a metric and generation are refused, naming ``evaluation``."""
+    ev = run_options.evaluation(ctx)
+    why = ctx.reasons.get("evaluation", "")
+    if ev is None:
+        return [("val_set_size", 0.0, why)]
+    if ev.mode != "loss":
+        raise run_options.refuse_evaluation(
+            "axolotl", ev.mode, "axolotl's trainer computes no metric over kept logits; plan with --evaluation loss"
+        )
+    return [
+        ("val_set_size", run_options.EVAL_FRACTION, why),
+        ("eval_strategy", "steps", ""),
+        ("eval_steps", run_options.EVAL_STEPS, ""),
+        ("eval_batch_size", ev.batch, ""),
+    ]
+
+
+def _run_reasons(ctx: Context) -> Context:
+    how = {
+        "fixed": f"pad_to_sequence_len: every batch at {ctx.setup.seq_len} tokens a sample, the length counted",
+        "variable": "each batch padded to its longest sample",
+        "packed": f"sample_packing: samples packed into rows of {ctx.setup.seq_len} tokens: the fixed-length numbers",
+    }[ctx.setup.lengths]
+    ev = run_options.evaluation(ctx)
+    text = run_options.evaluation_reason(ctx, ev)
+    if ev is not None and ev.samples:
+        text += f" (val_set_size takes a fraction only: {run_options.EVAL_FRACTION} of the data)"
+    why = {"lengths": run_options.padding_line(ctx, how), "evaluation": text}
+    return ctx.model_copy(update={"reasons": {**ctx.reasons, **why}})
+
+
 def render(ctx: Context) -> tuple[dict[str, str], str]:
+    ctx = _run_reasons(ctx)
     items = options(ctx)
     spell = {k: f"{k}: {yaml_scalar(v)}" for k, v, _ in items}
     by_field = {
@@ -115,6 +168,8 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "seq_len": spell["sequence_len"],
         "optimizer": spell["optimizer"],
         "attention": spell["attn_implementation"],
+        "lengths": spell["pad_to_sequence_len"] + ", " + spell["sample_packing"],
+        "evaluation": spell["val_set_size"],
     }
     head = comment_block(header_lines(ctx, "axolotl") + why_lines(ctx, by_field))
     command = "axolotl train config.yml"

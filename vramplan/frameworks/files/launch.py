@@ -17,7 +17,14 @@ environment. ds_config.json's ZeRO block is the config the memory model counts
 (:mod:`vramplan.memory.zero`): the user's ``--deepspeed`` file, else vramplan's own
 (tables/deepspeed_configs.json ``vramplan/zero{1,2,3}``: stages 1-2 reduce in buckets of 2e8
 with ``overlap_comm``, stage 3 in hidden² elements, prefetching 0.9·hidden² and keeping
-parameters under 10·hidden elements gathered, transformers' ``"auto"`` values). Offload sends
+parameters under 10·hidden elements gathered, transformers' ``"auto"`` values). A user's file is
+carried whole (its optimizer block, communication settings and the rest), with the batch sizes,
+bf16/fp16, the stage and the ZeRO keys set as planned. ZeRO-3 loads under ``deepspeed.zero.Init``
+(``Setup.zero3_init``, default the trainer's): transformers builds the model inside it when a stage-3
+``TrainingArguments`` exists before ``from_pretrained`` (integrations/deepspeed.py
+``is_deepspeed_zero3_enabled``: the weak reference ``HfTrainerDeepSpeedConfig`` sets), so the script
+builds its SFTConfig before loading, or after it with ``--zero3-init off`` (every rank loads the
+whole model, the plan's load phase), and accelerate_config.yaml's ``zero3_init_flag`` says the same. Offload sends
 the optimizer state (and with ``optimizer+params`` the parameters) to pinned CPU memory,
 stepped by DeepSpeed's CPU Adam, as :mod:`vramplan.memory.host` counts it. FSDP is FSDP2
 (``fully_shard``) wrapping each decoder layer; ``full_shard`` re-shards after forward,
@@ -124,6 +131,8 @@ def parallel_constant(ctx: Context) -> dict[str, Any]:
     }
     if s.parallel in DEEPSPEED:
         out["deepspeed_config"] = DEEPSPEED_CONFIG
+    if s.parallel == "zero3":
+        out["zero3_init"] = zero3_init(ctx)
     return out
 
 
@@ -141,11 +150,18 @@ def deepspeed_config(ctx: Context, comment: list[str]) -> dict[str, Any]:
     if s.offload == "optimizer+params":
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     zero.update(planned_zero(ctx).zero_block())
+    user = user_deepspeed(ctx)
     out: dict[str, Any] = {"_comment": comment + _ds_notes(ctx)}
+    if user is not None:  # the user's file: its keys kept, the planned ones set
+        out.update({k: v for k, v in user.items() if k not in ("_comment", "zero_optimization")})
+        zero = {**user["zero_optimization"], **zero}
+        for key in ("offload_optimizer", "offload_param"):  # the rule Setup checks: they match --offload
+            if key in user["zero_optimization"]:
+                zero[key] = user["zero_optimization"][key]
     out["train_micro_batch_size_per_gpu"] = s.micro_batch
     out["gradient_accumulation_steps"] = s.grad_accum
     out["train_batch_size"] = s.micro_batch * s.grad_accum * s.world_size
-    out["gradient_clipping"] = 1.0  # SFTConfig's max_grad_norm
+    out.setdefault("gradient_clipping", 1.0)  # SFTConfig's max_grad_norm
     mp = mixed_precision(s)
     out["bf16"] = {"enabled": mp == "bf16"}
     out["fp16"] = (
@@ -154,14 +170,37 @@ def deepspeed_config(ctx: Context, comment: list[str]) -> dict[str, Any]:
         else {"enabled": False}
     )
     out["zero_optimization"] = zero
-    if s.offload != "none":
+    if s.offload != "none" and "optimizer" not in out:
         params = {"lr": "auto", "betas": "auto", "weight_decay": "auto"}
         if s.optimizer == "adamw":
             params["eps"] = "auto"
         out["optimizer"] = {"type": DS_CPU_OPTIMIZER[s.optimizer], "params": params}
-    out["steps_per_print"] = 100
-    out["wall_clock_breakdown"] = False
+    out.setdefault("steps_per_print", 100)
+    out.setdefault("wall_clock_breakdown", False)
     return out
+
+
+def user_deepspeed(ctx: Context) -> dict[str, Any] | None:
+    """The user's ds_config.json (``--deepspeed FILE``, ``Setup.deepspeed_config``) as JSON, or None
+    without one; the file is read again where it was planned from (zero_config.read_file)."""
+    cfg = ctx.setup.deepspeed_config
+    if cfg is None or not cfg.source.endswith(".json"):
+        return None
+    try:
+        with open(cfg.source, encoding="utf-8") as f:
+            user = json.load(f)
+    except (OSError, ValueError):
+        raise VramplanError("deepspeed_config", f"cannot read {cfg.source} again to carry it") from None
+    return user if isinstance(user, dict) and isinstance(user.get("zero_optimization"), dict) else None
+
+
+def zero3_init(ctx: Context) -> bool:
+    """ZeRO-3 partitions while the model loads (``deepspeed.zero.Init``): ``Setup.zero3_init``, or the
+    trainer's (:attr:`Policy.zero3_init`) when ``auto``, as the estimate read it (memory/run.py)."""
+    from vramplan.memory import run
+    from vramplan.memory.policy import with_policy
+
+    return ctx.setup.parallel == "zero3" and run.zero3_init(with_policy(ctx.setup, ctx.policy))
 
 
 def planned_zero(ctx: Context) -> ZeroConfig:
@@ -177,6 +216,11 @@ def _ds_notes(ctx: Context) -> list[str]:
     stage = int(s.parallel[-1])
     notes = ["ds_config.json (read by train.py's SFTConfig and named in accelerate_config.yaml):"]
     cfg = planned_zero(ctx)
+    if user_deepspeed(ctx) is not None:
+        notes.append(
+            f"  from {cfg.source}: its keys kept; the batch sizes, bf16/fp16, the stage and the ZeRO keys below"
+            " set as planned ('auto' filled as transformers fills it)"
+        )
     buffers = "two 16-bit buffers with overlap_comm" if stage < 3 and cfg.overlap_comm else "one 16-bit buffer"
     notes.append(
         f"  reduce_bucket_size {cfg.reduce_bucket_size:,} elements ({cfg.source}), {buffers}: the"
@@ -187,6 +231,15 @@ def _ds_notes(ctx: Context) -> list[str]:
             f"  stage3_prefetch_bucket_size {cfg.prefetch_bucket_size:,}, stage3_max_reuse_distance"
             f" {cfg.max_reuse_distance:,}: the output layer (and the last layers fetched again within that"
             " distance) stay gathered through the loss, as parallel/gathered_weights counts them"
+        )
+    if stage == 3:
+        notes.append(
+            "  zero.Init: the script builds its SFTConfig (this file) before from_pretrained, so each GPU loads"
+            " its partition only"
+            if zero3_init(ctx)
+            else "  no zero.Init (--zero3-init off): the script builds its SFTConfig after from_pretrained, so every"
+            " rank loads the whole model first, as the plan's load phase counts it"
+            f" ({ctx.est.phases.get('load', 0) / 2**30:.2f} GiB allocated)"
         )
     if s.offload != "none":
         what = "optimizer state and fp32 master weights" + (" and the parameters" if "params" in s.offload else "")
@@ -258,8 +311,13 @@ def accelerate_entries(ctx: Context) -> list[Entry]:
             ("deepspeed_config_file", DEEPSPEED_CONFIG, "stage, offload, buckets, bf16/fp16, batch sizes"),
             (
                 "zero3_init_flag",
-                s.parallel == "zero3",
-                "from_pretrained loads each GPU's partition only" if s.parallel == "zero3" else "ZeRO-3 only",
+                zero3_init(ctx),
+                "ZeRO-3 only"
+                if s.parallel != "zero3"
+                else "from_pretrained loads each GPU's partition only"
+                if zero3_init(ctx)
+                else "--zero3-init off: every rank loads the whole model first (train.py builds its SFTConfig after"
+                " from_pretrained: transformers' zero.Init follows the config, not this flag)",
             ),
         ]
         if s.num_nodes > 1:
@@ -372,6 +430,8 @@ def parallel_entries(ctx: Context, value: dict[str, Any]) -> str:
         ),
         "num_processes": f"the world size: {s.num_gpus} GPU(s) per node x {s.num_nodes} node(s)",
         "num_machines": "nodes",
+        "zero3_init": "ZeRO-3 partitions while loading (deepspeed.zero.Init) when true; false: every rank loads the"
+        " whole model before DeepSpeed partitions it (the plan's load phase)",
         "device_map": "from_pretrained's balanced placement of the layers (accelerate's algorithm)",
         "max_memory": f"per card: the {ctx.gpu.name}'s {ctx.gpu.memory_mib:,} MiB, the budget the balanced map"
         " (and the estimate's card-by-card placement) works within",
@@ -391,6 +451,7 @@ def script_blocks(ctx: Context) -> dict[str, bool]:
         "placement_per_process": p != "device_map",
         "placement_device_map": p == "device_map",
         "deepspeed_config": p in DEEPSPEED,
+        "deepspeed_late": p in DEEPSPEED,
         "plain_config": p not in DEEPSPEED and p != "fsdp",
         "fsdp_config": p == "fsdp",
     }

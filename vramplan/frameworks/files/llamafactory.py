@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 
+from vramplan.frameworks.files import run_options
 from vramplan.frameworks.files.common import (
     HF_OPTIM,
     Context,
@@ -119,6 +120,9 @@ def options(ctx: Context) -> list[tuple[str, object, str]]:
         ("per_device_train_batch_size", s.micro_batch, r.get("micro_batch", "")),
         ("gradient_accumulation_steps", s.grad_accum, r.get("grad_accum", "")),
         ("optim", HF_OPTIM[s.optimizer], r.get("optimizer", "")),
+    ]
+    items += run_items(ctx)
+    items += [
         ("learning_rate", 1.0e-4 if s.is_lora else 1.0e-5, ""),
         ("num_train_epochs", 3.0, ""),
         ("output_dir", "output", ""),
@@ -130,7 +134,67 @@ def options(ctx: Context) -> list[tuple[str, object, str]]:
     return items
 
 
+def run_items(ctx: Context) -> list[tuple[str, object, str]]:
+    """The lengths and evaluation keys (LLaMA-Factory 0.9.5).
+
+    Lengths: ``packing: true`` packs samples into rows of ``cutoff_len`` (hparams/data_args.py ``packing``;
+    ``DataArguments.__post_init__`` then takes one token off ``cutoff_len``); ``neat_packing: true`` keeps
+    the packed samples apart, through flash-attention's varlen kernel (data/collator.py
+    ``SFTDataCollatorWith4DAttentionMask``: under ``flash_attention_2`` it asserts one row a batch;
+    under sdpa/eager it builds a ``(b, 1, s, s)`` mask in the compute dtype the plan does not count),
+    so it is written for flash-attn-2 at micro-batch 1 and plain ``packing`` (samples of a row attend
+    to each other) otherwise. Without packing the collator pads each batch to its longest sample (a
+    multiple of 8: train/sft/workflow.py ``run_sft``); no option pads to ``cutoff_len``.
+
+    Evaluation: ``val_size`` (a count, or a fraction of the dataset: hparams/data_args.py),
+    ``eval_strategy: steps``, ``eval_steps``, ``per_device_eval_batch_size``; loss only unless
+    ``compute_accuracy`` (``logits``: train/sft/metric.py ``eval_logit_processor`` keeps the argmax),
+    with ``eval_accumulation_steps`` bounding the kept steps; ``generate``: ``predict_with_generate``
+    with ``max_new_tokens`` (hparams/generating_args.py; the parser refuses it under ZeRO-3)."""
+    s = ctx.setup
+    items: list[tuple[str, object, str]] = []
+    if s.lengths == "packed":
+        neat = s.attention == "flash-attn-2" and s.micro_batch == 1
+        why = (
+            "samples kept apart by flash-attention's varlen kernel"
+            if neat
+            else "neat_packing needs flash-attn-2 at micro-batch 1 here: the samples of a row attend to each other"
+        )
+        items += [("packing", True, ctx.reasons.get("lengths", "")), ("neat_packing", neat, why)]
+    ev = run_options.evaluation(ctx)
+    if ev is None:
+        return items + [("eval_strategy", "no", ctx.reasons.get("evaluation", ""))]
+    items += [
+        ("val_size", ev.held_out(), "held out of the dataset for evaluation"),
+        ("eval_strategy", "steps", ctx.reasons.get("evaluation", "")),
+        ("eval_steps", run_options.EVAL_STEPS, ""),
+        ("per_device_eval_batch_size", ev.batch, ""),
+    ]
+    if ev.mode == "logits":
+        items += [("compute_accuracy", True, ""), ("eval_accumulation_steps", ev.kept_steps, "")]
+    if ev.mode == "generate":
+        needs = "its metric needs jieba, nltk and rouge_chinese installed (hparams/parser.py check_dependencies)"
+        items += [("predict_with_generate", True, needs), ("max_new_tokens", ev.new_tokens, "")]
+    return items
+
+
+def _run_reasons(ctx: Context) -> Context:
+    how = {
+        "fixed": "LLaMA-Factory pads each batch to its longest sample (no option pads to cutoff_len): a batch"
+        " whose samples reach the cap is the one counted",
+        "variable": "each batch padded to its longest sample (a multiple of 8)",
+        "packed": f"samples packed into rows of cutoff_len ({ctx.setup.seq_len}; LLaMA-Factory keeps one token"
+        " of it back): the fixed-length numbers",
+    }[ctx.setup.lengths]
+    why = {
+        "lengths": run_options.padding_line(ctx, how),
+        "evaluation": run_options.evaluation_reason(ctx, run_options.evaluation(ctx)),
+    }
+    return ctx.model_copy(update={"reasons": {**ctx.reasons, **why}})
+
+
 def render(ctx: Context) -> tuple[dict[str, str], str]:
+    ctx = _run_reasons(ctx)
     items = options(ctx)
     spell = {k: f"{k}: {yaml_scalar(v)}" for k, v, _ in items}
     by_field = {
@@ -143,6 +207,8 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "seq_len": spell["cutoff_len"],
         "optimizer": spell["optim"],
         "attention": spell["flash_attn"],
+        "lengths": spell.get("packing", "(no option: each batch padded to its longest sample)"),
+        "evaluation": spell["eval_strategy"],
     }
     lines = header_lines(ctx, "llamafactory") + why_lines(ctx, by_field)
     if ctx.spec.remote_code:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import re
 
 from vramplan.errors import VramplanError
+from vramplan.frameworks.files import run_options
 from vramplan.frameworks.files.common import (
     HF_OPTIM,
     Context,
@@ -44,6 +45,16 @@ from vramplan.frameworks.files.common import (
     why_lines,
 )
 
+EVAL_OPTIONS = (
+    "split_dataset_ratio",
+    "eval_strategy",
+    "eval_steps",
+    "per_device_eval_batch_size",
+    "eval_metric",
+    "eval_accumulation_steps",
+    "predict_with_generate",
+    "max_new_tokens",
+)
 ATTN = {"eager": "eager", "sdpa": "sdpa", "flash-attn-2": "flash_attn"}
 TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "amp-bf16": "float32", "amp-fp16": "float32"}
 
@@ -105,11 +116,50 @@ def arguments(ctx: Context) -> list[tuple[str, list[str]]]:
         ("per_device_train_batch_size", [str(s.micro_batch)]),
         ("gradient_accumulation_steps", [str(s.grad_accum)]),
         ("optim", [HF_OPTIM[s.optimizer]]),
+    ]
+    args += run_arguments(ctx)
+    args += [
         ("learning_rate", ["1e-4" if s.is_lora else "1e-5"]),
         ("num_train_epochs", ["3"]),
         ("output_dir", ["output"]),
         ("logging_steps", ["10"]),
     ]
+    return args
+
+
+def run_arguments(ctx: Context) -> list[tuple[str, list[str]]]:
+    """The lengths and evaluation options (ms-swift 4.6.0).
+
+    Lengths: ``--packing true`` packs samples into rows of ``--max_length`` (arguments/base_args/base_args.py
+    ``packing``, ``packing_length`` None: the max length) and turns ``padding_free`` on, which
+    ``SftArguments._check_padding_free`` (arguments/sft_args.py) refuses without a flash-attention
+    ``--attn_impl``. Without packing swift pads each batch to its longest sample: ``SwiftMixin._get_data_collator``
+    (trainers/mixin.py) passes ``padding_to`` only for longlora, and no option pads to ``--max_length``; a
+    ``fixed`` plan counts the batch whose samples reach the cap.
+
+    Evaluation: ``--split_dataset_ratio`` holds out a fraction of ``--dataset`` (arguments/base_args/data_args.py;
+    a ratio only, so ``--eval-samples`` is not written); ``--eval_strategy steps --eval_steps``
+    (``SftArguments._init_eval_strategy``; without a validation set ``__post_init__`` sets 'no'),
+    ``--per_device_eval_batch_size``. Loss only by default (``_init_metric``: no ``eval_metric`` for causal_lm);
+    ``logits``: ``--eval_metric acc`` (metrics/acc.py keeps each step's argmax) with ``--eval_accumulation_steps``
+    bounding the kept steps; ``generate``: ``--predict_with_generate true --max_new_tokens`` (``eval_metric``
+    'nlg', which needs jieba installed)."""
+    s = ctx.setup
+    run_options.needs_flash_for_packing(ctx, "swift", "SftArguments._check_padding_free refuses the others")
+    args: list[tuple[str, list[str]]] = [("packing", ["true"])] if s.lengths == "packed" else []
+    ev = run_options.evaluation(ctx)
+    if ev is None:
+        return args + [("eval_strategy", ["no"])]
+    args += [
+        ("split_dataset_ratio", [str(run_options.EVAL_FRACTION)]),
+        ("eval_strategy", ["steps"]),
+        ("eval_steps", [str(run_options.EVAL_STEPS)]),
+        ("per_device_eval_batch_size", [str(ev.batch)]),
+    ]
+    if ev.mode == "logits":
+        args += [("eval_metric", ["acc"]), ("eval_accumulation_steps", [str(ev.kept_steps)])]
+    if ev.mode == "generate":
+        args += [("predict_with_generate", ["true"]), ("max_new_tokens", [str(ev.new_tokens)])]
     return args
 
 
@@ -126,7 +176,20 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "seq_len": spell["max_length"],
         "optimizer": spell["optim"],
         "attention": spell["attn_impl"],
+        "lengths": spell.get("packing", "(no option: each batch padded to its longest sample)"),
+        "evaluation": " ".join(spell[k] for k in EVAL_OPTIONS if k in spell),
     }
+    ev = run_options.evaluation(ctx)
+    how = {
+        "fixed": "ms-swift pads each batch to its longest sample (no option pads to --max_length): a batch whose"
+        " samples reach the cap is the one counted",
+        "variable": "each batch padded to its longest sample (ms-swift's collator)",
+        "packed": f"--packing true: rows of {ctx.setup.seq_len} tokens, padding-free under flash-attention",
+    }[ctx.setup.lengths]
+    why = {"lengths": run_options.padding_line(ctx, how), "evaluation": run_options.evaluation_reason(ctx, ev)}
+    if ev is not None and ev.samples:
+        why["evaluation"] += f" (--split_dataset_ratio takes a fraction only: {run_options.EVAL_FRACTION} of the data)"
+    ctx = ctx.model_copy(update={"reasons": {**ctx.reasons, **why}})
     lines = header_lines(ctx, "swift") + why_lines(ctx, by_field)
     lines.append("ms-swift 4.x options (--tuner_type; ms-swift 3.x spelled it --train_type)")
     if ctx.spec.remote_code:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vramplan.frameworks.files import launch, templating
+from vramplan.errors import VramplanError
+from vramplan.frameworks.files import launch, run_options, templating
 from vramplan.frameworks.files.common import (
     HF_ATTN,
     HF_OPTIM,
@@ -79,11 +80,12 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
         }
     # under FSDP the checkpointing is FSDP's own (accelerate_config.yaml): transformers refuses both
     checkpointing = s.grad_checkpointing and s.parallel != "fsdp"
-    training = {
+    # a VLM's images add their tokens to the language model's sequence (the plan's seq_len is the text)
+    max_length = s.seq_len + (ctx.images["per_prompt"] * ctx.images["tokens_per_image"] if ctx.images else 0)
+    training: dict[str, Any] = {
         "per_device_train_batch_size": s.micro_batch,
         "gradient_accumulation_steps": s.grad_accum,
-        # a VLM's images add their tokens to the language model's sequence (the plan's seq_len is the text)
-        "max_length": s.seq_len + (ctx.images["per_prompt"] * ctx.images["tokens_per_image"] if ctx.images else 0),
+        "max_length": max_length,
         "gradient_checkpointing": checkpointing,
         "gradient_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
         "optim": HF_OPTIM[s.optimizer],
@@ -95,8 +97,13 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
         "logging_steps": 10,
         "save_strategy": "no",
         "report_to": "none",
-        "packing": False,
+        "packing": s.lengths == "packed",
     }
+    evaluation = None
+    if s.rl == "none":
+        training.update(sft_lengths(ctx, max_length))
+        evaluation = run_options.evaluation(ctx)
+        training.update(sft_evaluation(evaluation))
     out = {
         "model": ctx.model_path,
         "auto_class": "AutoModelForImageTextToText" if ctx.spec.vision is not None else "AutoModelForCausalLM",
@@ -108,10 +115,76 @@ def trl_settings(ctx: Context) -> dict[str, Any]:
         "freeze_top_layers": s.freeze_trainable_layers if s.method == "freeze" else None,
         "freeze_vision": [s.freeze_vision, s.freeze_projector] if s.freeze_vision or s.freeze_projector else None,
         "training": training,
+        "evaluation": {"held_out": evaluation.held_out()} if evaluation else None,
     }
     if s.parallel != "none":
         out["parallel"] = launch.parallel_constant(ctx)
     return out
+
+
+def sft_lengths(ctx: Context, max_length: int) -> dict[str, Any]:
+    """SFTConfig's lengths options (trl 1.16.0 trainer/sft_config.py ``SFTConfig``; trainer/sft_trainer.py
+    ``SFTTrainer.__init__``): ``fixed`` pads every batch to ``max_length`` (``pad_to_multiple_of``, which
+    ``DataCollatorForLanguageModeling.torch_call`` hands to ``pad``: every sample is truncated to
+    ``max_length`` first, so the multiple is ``max_length`` itself); ``variable`` leaves the default
+    (``"auto"``, None off Neuron: each batch padded to its longest sample); ``packed``: ``packing=True``
+    with ``packing_strategy="bfd"`` (``pack_dataset``: rows of at most ``max_length`` tokens), which turns
+    ``padding_free`` on: each micro-batch flattened into one row of ``micro_batch x max_length`` tokens at
+    most, the samples kept apart by position ids, which only flash-attention reads (SFTConfig's
+    ``padding_free`` help: "only supported with the FlashAttention 2 or 3"). Vision datasets are not packed
+    (``SFTTrainer.__init__`` raises)."""
+    s = ctx.setup
+    run_options.needs_flash_for_packing(ctx, "trl", "padding-free packing reads position ids")
+    if s.lengths == "packed" and ctx.images:
+        raise VramplanError("lengths", "trl: packing is not supported for vision datasets (SFTTrainer refuses it)")
+    if s.lengths == "fixed":
+        return {"pad_to_multiple_of": max_length}
+    if s.lengths == "packed":
+        return {"packing_strategy": "bfd"}
+    return {}
+
+
+def sft_evaluation(ev: run_options.Evaluation | None) -> dict[str, Any]:
+    """SFTConfig's evaluation options (transformers 5.25 ``TrainingArguments``: ``eval_strategy``,
+    ``eval_steps``, ``per_device_eval_batch_size``, ``prediction_loss_only``); the script holds out
+    ``EVALUATION["held_out"]`` samples (a count, or a fraction of the data) with
+    ``Dataset.train_test_split``. Loss only: the script passes no ``compute_metrics`` and TRL's fused
+    head returns no logits to keep (``SFTTrainer.compute_loss``); ``generate``: SFTTrainer is no
+    ``Seq2SeqTrainer`` (refused by the plan already)."""
+    if ev is None:
+        return {"eval_strategy": "no"}
+    if ev.mode != "loss":
+        raise run_options.refuse_evaluation(
+            "trl",
+            ev.mode,
+            "the script computes no metric over kept logits (SFTTrainer's fused head makes none);"
+            " plan with --evaluation loss",
+        )
+    return {
+        "eval_strategy": "steps",
+        "eval_steps": run_options.EVAL_STEPS,
+        "per_device_eval_batch_size": ev.batch,
+        "prediction_loss_only": True,
+    }
+
+
+#: the SFTConfig keys that say how long the batches are / what the evaluation runs
+LENGTH_KEYS = ("packing", "packing_strategy", "pad_to_multiple_of")
+EVAL_KEYS = ("eval_strategy", "eval_steps", "per_device_eval_batch_size", "prediction_loss_only")
+
+
+def _run_reasons(ctx: Context, t: dict[str, Any]) -> dict[str, str]:
+    """Why the lengths and evaluation options are what they are, with the plan's numbers."""
+    s = ctx.setup
+    how = {
+        "fixed": f"every batch padded to {t['max_length']} tokens a sample, the length the plan counts",
+        "variable": "each batch padded to its longest sample; the plan counts the allocator's cache of the"
+        " shorter batches (memory/lengths.py)",
+        "packed": f"samples packed into rows of {t['max_length']} tokens, {s.micro_batch} row(s) a micro-batch"
+        " flattened padding-free: the fixed-length numbers",
+    }[s.lengths]
+    ev = run_options.evaluation(ctx)
+    return {"lengths": run_options.padding_line(ctx, how), "evaluation": run_options.evaluation_reason(ctx, ev)}
 
 
 def _py(value: Any) -> str:
@@ -125,6 +198,8 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         ctx = ctx.model_copy(update={"reasons": {**ctx.reasons, "precision": why}})
     settings = trl_settings(ctx)
     t = settings["training"]
+    if s.rl == "none":
+        ctx = ctx.model_copy(update={"reasons": {**ctx.reasons, **_run_reasons(ctx, t)}})
     checkpointing = (
         f"fsdp_activation_checkpointing: {str(s.grad_checkpointing).lower()} (accelerate_config.yaml)"
         if s.parallel == "fsdp"
@@ -146,6 +221,9 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     )
     if s.rl == "grpo":
         options["seq_len"] = f"max_completion_length={s.completion_len}, MAX_PROMPT_TOKENS={prompt}"
+    if s.rl == "none":
+        options["lengths"] = ", ".join(f"{k}={t[k]!r}" for k in LENGTH_KEYS if k in t)
+        options["evaluation"] = ", ".join(f"{k}={t[k]!r}" for k in EVAL_KEYS if k in t)
     if s.vllm != "none":
         options["vllm"] = (
             f"use_vllm=True, vllm_mode='colocate', vllm_gpu_memory_utilization={s.vllm_gpu_memory_utilization:g},"
@@ -166,6 +244,8 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
         "gradient_checkpointing": "grad_checkpointing",
         "optim": "optimizer",
         "bf16": "precision",
+        "packing": "lengths",
+        "eval_strategy": "evaluation",
     }
     values = {"__IMAGES__": _py(ctx.images)}
     if s.rl == "grpo":
@@ -196,6 +276,7 @@ def render(ctx: Context) -> tuple[dict[str, str], str]:
     )
     if s.rl == "none":
         template, blocks = "sft.py", launch.script_blocks(ctx)
+        values["__EVALUATION__"] = _py(settings["evaluation"])
         if s.parallel != "none":
             values["__PARALLEL__"] = launch.parallel_entries(ctx, settings["parallel"])
     else:  # GRPO runs one process on one GPU

@@ -32,6 +32,7 @@ __FREEZE__: int | None = None
 __FREEZE_VISION__: list[bool] | None = None
 __IMAGES__: typing.Any = None
 __TRAINING__: dict[str, typing.Any] = {}
+__EVALUATION__: dict[str, typing.Any] | None = None
 __PARALLEL__: dict[str, typing.Any] = {}
 __DATA__: str = ""
 # </template-only>
@@ -48,6 +49,7 @@ IMAGES = __IMAGES__  # images per sample and the pixels the plan counts per imag
 TRAINING = {
     **__TRAINING__,
 }
+EVALUATION = __EVALUATION__  # {"held_out": samples, or a fraction of DATA} evaluated during training, or None
 # <if parallel>
 # how the GPUs share the work (every figure in the header is per GPU)
 PARALLEL = {
@@ -137,6 +139,7 @@ def main():
         "freeze_vision": FREEZE_VISION,
         "images": IMAGES,
         "training": {**TRAINING, "num_train_epochs": args.epochs, "max_steps": args.max_steps},
+        "evaluation": EVALUATION,
         # <if parallel>
         "parallel": parallel_settings(),
         # </if parallel>
@@ -166,7 +169,9 @@ def main():
         print("no CUDA device: training on the CPU without DeepSpeed (slow; for checking the set-up)")
         os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
         training["use_cpu"] = True
-    config = SFTConfig(output_dir=args.output, **training)
+    # ZeRO-3 without zero.Init (PARALLEL["zero3_init"] false): the SFTConfig is made after the model loads,
+    # so every rank loads the whole model first
+    config = SFTConfig(output_dir=args.output, **training) if PARALLEL.get("zero3_init", True) else None
 
     # </if deepspeed_config>
     if IMAGES:
@@ -238,6 +243,11 @@ def main():
     dataset = raw.map(lambda ex: to_record(ex, tokenizer, folder), remove_columns=raw.column_names)
     if IMAGES:
         dataset = dataset.cast_column("images", [Image()])
+    eval_dataset = None
+    if EVALUATION:
+        # the held-out part TRAINING's eval_strategy evaluates (a count of samples, or a fraction of DATA)
+        split = dataset.train_test_split(test_size=EVALUATION["held_out"], seed=0)
+        dataset, eval_dataset = split["train"], split["test"]
     # <if plain_config>
     training = dict(settings["training"])
     if not torch.cuda.is_available():
@@ -245,6 +255,10 @@ def main():
         training["use_cpu"] = True
     config = SFTConfig(output_dir=args.output, **training)
     # </if plain_config>
+    # <if deepspeed_late>
+    if config is None:
+        config = SFTConfig(output_dir=args.output, **training)
+    # </if deepspeed_late>
     # <if fsdp_config>
     training = dict(settings["training"])
     if not torch.cuda.is_available():
@@ -253,9 +267,12 @@ def main():
         training["use_cpu"] = True
     config = SFTConfig(output_dir=args.output, **training)
     # </if fsdp_config>
+    # fmt: off
     trainer = SFTTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=processing_class, peft_config=peft_config
+        model=model, args=config, train_dataset=dataset, eval_dataset=eval_dataset,
+        processing_class=processing_class, peft_config=peft_config,
     )
+    # fmt: on
     result = trainer.train()
     trainer.save_model(args.output)
     loss = result.training_loss
