@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vramplan.memory import estimate
-from vramplan.memory.activations import checkpoint_bytes
+from vramplan.memory.activations import checkpoint_bytes, recomputed_down_adapter_bytes
 from vramplan.setup import make_setup
 from vramplan.spec import spec_from_config
 
@@ -69,11 +69,14 @@ def test_memory_never_falls_as_work_grows(fields, key) -> None:
 @given(setups)
 def test_checkpointing_never_raises_memory(fields) -> None:
     """Up to one checkpoint: while layer l is recomputed its saved input is alive too, which
-    can exceed what layer l alone saves when only that layer's grads dominate."""
+    can exceed what layer l alone saves when only that layer's grads dominate; and with LoRA
+    dropout what the re-run holds at down_proj's adapter beside the grad entering the layer
+    (activations.recomputed_down_adapter_bytes), a moment the estimate without checkpointing
+    does not count in its forward (at a few tokens on a small model, nothing outweighs it)."""
     s = _setup(fields)
     on = s.model_copy(update={"grad_checkpointing": True})
     off = s.model_copy(update={"grad_checkpointing": False})
-    slack = checkpoint_bytes(SPEC, on)
+    slack = checkpoint_bytes(SPEC, on) + recomputed_down_adapter_bytes(SPEC, on)
     assert estimate(SPEC, on).allocated_bytes <= estimate(SPEC, off).allocated_bytes + slack
 
 
@@ -173,7 +176,11 @@ def test_random_models_grow_monotonically_and_sum(spec, fields, key) -> None:
     bigger = s.model_copy(update={key: getattr(s, key) * 2})
     assert estimate(spec, bigger).allocated_bytes >= e.allocated_bytes
     on, off = s.model_copy(update={"grad_checkpointing": True}), s.model_copy(update={"grad_checkpointing": False})
-    assert estimate(spec, on).allocated_bytes <= estimate(spec, off).allocated_bytes + checkpoint_bytes(spec, on)
+    # a checkpoint more, and what a re-run layer holds at down_proj's adapter beside the grad entering
+    # it (activations.recomputed_down_adapter_bytes): the estimate without checkpointing counts no
+    # such moment in its forward, which only a one-layer model's saved activations do not outweigh
+    extra = checkpoint_bytes(spec, on) + recomputed_down_adapter_bytes(spec, on)
+    assert estimate(spec, on).allocated_bytes <= estimate(spec, off).allocated_bytes + extra
 
 
 def test_names_do_not_change_the_answer() -> None:
