@@ -228,12 +228,22 @@ def test_accelerate_reads_the_planned_launch(pinned: dict, tmp_path: Path, monke
 @pytest.mark.trace
 def test_decoder_layer_names_are_transformers_own() -> None:
     """FSDP wraps the class transformers itself refuses to split (``_no_split_modules``)."""
+    import importlib
+
     import transformers
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
 
     decoder_layer = {s.model_type: s.decoder_layer for s in map(load_model, catalog_names()) if s.decoder_layer}
     for model_type, layer in decoder_layer.items():
-        cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])
+        vlm = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+        cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type) or vlm[model_type])
+        if cls._no_split_modules is None:  # Mistral 3 declares none: the layer of the text model it builds
+            prefix = layer.removesuffix("DecoderLayer").lower()
+            assert hasattr(importlib.import_module(f"transformers.models.{prefix}.modeling_{prefix}"), layer)
+            continue
         assert cls._no_split_modules == [layer], model_type
 
 
