@@ -101,3 +101,12 @@ def test_plan_renders_for_people() -> None:
     console.print(p)
     text = console.export_text()
     assert "weights/frozen" in text and "torch.cuda.max_memory_reserved" in text
+
+
+def test_a_sequence_past_the_models_context_is_noted_and_one_within_is_not() -> None:
+    """Llama-2-7B declares 4,096 positions: 16,384 is noted with both numbers, 4,096 is not."""
+    long = [n for n in plan("llama-2-7b", "a100-80g", method="qlora", seq_len=16384).notes if n.code == "model.context"]
+    assert len(long) == 1 and long[0].data == {"seq_len": 16384, "max_position_embeddings": 4096}
+    assert "16,384" in long[0].text and "4,096" in long[0].text
+    at = plan("llama-2-7b", "a100-80g", method="qlora", seq_len=4096).notes
+    assert not any(n.code == "model.context" for n in at)
