@@ -68,6 +68,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from vramplan.memory import lengths
 from vramplan.results import Estimate, Note, NoteValue
 from vramplan.setup import Setup
 
@@ -125,13 +126,9 @@ def pools_note(est: Estimate, memory_bytes: int) -> Note:
         "needed_bytes": est.needed_bytes,
         "memory_bytes": memory_bytes,
     }
-    if est.device_bytes > memory_bytes >= est.needed_bytes:
-        smi = (
-            f"nvidia-smi will read up to the card's {memory_bytes / gib:.1f} GiB (the caches would reach"
-            f" {est.device_bytes / gib:.1f}; torch frees cached blocks of every stream when the card is full)"
-        )
-    else:
-        smi = f"nvidia-smi will read about {est.device_bytes / gib:.1f} GiB ({pools / gib:.1f} GiB of it cached)"
+    smi = lengths.capped_reading(est, memory_bytes, "the caches") or (
+        f"nvidia-smi will read about {est.device_bytes / gib:.1f} GiB ({pools / gib:.1f} GiB of it cached)"
+    )
     text = (
         f"FSDP keeps gradients and gathered layers in caches of their own streams: {smi};"
         f" it runs on a card of {est.needed_bytes / gib:.1f} GiB"

@@ -252,6 +252,19 @@ def cache_band(spec: ModelSpec, setup: Setup) -> tuple[int, int]:
     return lo, hi
 
 
+def capped_reading(est: Estimate, memory_bytes: int, what: str) -> str:
+    """What nvidia-smi reads when cached blocks would take the device tier past the card but the
+    run needs less: the card (a cudaMalloc that fails frees the wholly free cached blocks of every
+    stream and retries); empty when the card is not passed."""
+    if not est.device_bytes > memory_bytes >= est.needed_bytes:
+        return ""
+    gib = 2**30
+    return (
+        f"nvidia-smi will read up to the card's {memory_bytes / gib:.1f} GiB ({what} would reach"
+        f" {est.device_bytes / gib:.1f}; torch frees cached blocks when the card is full)"
+    )
+
+
 def lengths_note(est: Estimate, spec: ModelSpec, setup: Setup, memory_bytes: int) -> Note:
     """``lengths.cache``: what nvidia-smi will read, and the card the run needs."""
     gib = 2**30
@@ -267,13 +280,8 @@ def lengths_note(est: Estimate, spec: ModelSpec, setup: Setup, memory_bytes: int
         "needed_bytes": est.needed_bytes,
         "memory_bytes": memory_bytes,
     }
-    if est.device_bytes > memory_bytes >= est.needed_bytes:
-        # a cudaMalloc that fails frees the wholly free segments and retries: the cache stops at the card
-        smi = (
-            f"nvidia-smi will read up to the card's {memory_bytes / gib:.1f} GiB (the cache would reach"
-            f" {est.device_bytes / gib:.1f}; torch frees cached segments when the card is full)"
-        )
-    else:
+    smi = capped_reading(est, memory_bytes, "the cache")
+    if not smi:
         base = est.device_bytes - cache
         smi = (
             f"nvidia-smi will read about {est.device_bytes / gib:.1f} GiB ({cache / gib:.1f} GiB of it the"
