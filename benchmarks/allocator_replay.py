@@ -52,7 +52,10 @@ def main() -> int:
     ap.add_argument("--lengths", type=int, default=0, help="trace this many variable-length micro-batches")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--trl", action="store_true", help="the order 700..2048 through TRL's own step and the loop")
+    ap.add_argument("--row", default="", help="trace a row of tables/measured/reports.csv and show its new segments")
     args = ap.parse_args()
+    if args.row:
+        return row_segments(args.row)
     if args.trl:
         return trl_against_loop()
     if args.lengths:
@@ -226,6 +229,66 @@ def trl_against_loop() -> int:
                 f" {(r.simulated_reserved_bytes or 0) / gib:.2f}, needed {(r.simulated_needed_bytes or 0) / gib:.2f}",
                 flush=True,
             )
+    return 0
+
+
+def row_segments(row_id: str, least: int = 100 << 20) -> int:
+    """Trace a one-process row of tables/measured/reports.csv for two steps, replay it, and print
+    every new segment of at least ``least`` bytes with the storage that asked for it (step,
+    phase, op, shape, dtype), then the replay's peaks beside the plan's tiers and the measured."""
+    import csv
+    from pathlib import Path
+
+    from vramplan.published import row_estimate
+    from vramplan.row_setup import row_setup
+    from vramplan.trace import allocator, counter, run
+
+    base = Path(__file__).resolve().parents[1] / "tables" / "measured"
+    with (base / "reports.csv").open(newline="") as fh:
+        row = next((r for r in csv.DictReader(fh) if r["id"] == row_id), None)
+    if row is None:
+        print(f"no row {row_id!r} in tables/measured/reports.csv")
+        return 2
+    setup = row_setup(row)
+    made: dict[int, tuple[object, ...]] = {}  # a storage's key -> who made it (the last, keys are reused)
+    track = counter.Counter.track
+
+    def labelled(self: counter.Counter, tensor: object, creator: str, op: str = "") -> None:
+        key = id(tensor.untyped_storage())  # type: ignore[attr-defined]
+        if key not in self.live:
+            made[key] = (self.step, self.phase, op, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))  # type: ignore[attr-defined]
+        track(self, tensor, creator, op)
+
+    events: list[list[tuple[int, int]]] = []
+    replay = run.replay
+    counter.Counter.track = labelled  # type: ignore[method-assign]
+    run.replay = lambda ev: events.append(ev) or replay(ev)  # type: ignore[assignment]
+    try:
+        traced = run.trace(row["model"], setup, steps=2, keep_timeline=False)
+    finally:
+        counter.Counter.track, run.replay = track, replay  # type: ignore[method-assign]
+    gib = 2**30
+    alloc = allocator.CachingAllocator()
+    labels: dict[int, tuple[object, ...]] = {}
+    for key, nbytes in events[0]:
+        if nbytes < 0:
+            alloc.free(key)
+            continue
+        labels[key] = made.get(key, ("?",))
+        before = alloc.reserved
+        alloc.malloc(key, nbytes)
+        if alloc.reserved - before >= least:
+            print(
+                f"new segment {(alloc.reserved - before) / gib:5.2f} GiB -> reserved {alloc.reserved / gib:6.2f},"
+                f" allocated {alloc.allocated / gib:6.2f}  {labels[key]}"
+            )
+    est = row_estimate(row, base)
+    print(
+        f"traced allocated {traced.peak_bytes / gib:.2f}, replayed reserved {alloc.peak_reserved / gib:.2f},"
+        f" needed {alloc.peak_needed / gib:.2f} GiB; plan allocated {est.allocated_bytes / gib:.2f}, reserved"
+        f" {est.reserved_bytes / gib:.2f}, device {est.device_bytes / gib:.2f}, needed {est.needed_bytes / gib:.2f};"
+        f" measured {row['measured_value']} {row['measured_unit']} ({row['measurement']})"
+    )
     return 0
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vramplan.memory import estimate
-from vramplan.memory.activations import checkpoint_bytes, recomputed_down_adapter_bytes
+from vramplan.memory.activations import checkpoint_bytes, recomputed_down_adapter_bytes, window_mask_held_bytes
 from vramplan.setup import make_setup
 from vramplan.spec import spec_from_config
 
@@ -76,7 +76,7 @@ def test_checkpointing_never_raises_memory(fields) -> None:
     s = _setup(fields)
     on = s.model_copy(update={"grad_checkpointing": True})
     off = s.model_copy(update={"grad_checkpointing": False})
-    slack = checkpoint_bytes(SPEC, on) + recomputed_down_adapter_bytes(SPEC, on)
+    slack = checkpoint_bytes(SPEC, on) + recomputed_down_adapter_bytes(SPEC, on) + window_mask_held_bytes(SPEC, on)
     assert estimate(SPEC, on).allocated_bytes <= estimate(SPEC, off).allocated_bytes + slack
 
 
@@ -166,8 +166,41 @@ specs = st.builds(
 )
 
 
+#: one layer of Mistral at its 4,096-token window under sdpa: the checkpoints hold the boolean window
+#: mask through backward, which nothing holds without checkpointing
+ONE_LAYER_WINDOW = spec_from_config(
+    {
+        "model_type": "mistral",
+        "hidden_size": 16,
+        "num_attention_heads": 1,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "num_hidden_layers": 1,
+        "intermediate_size": 16,
+        "vocab_size": 100,
+    },
+    name="one-layer-window",
+)
+
+
 @settings(max_examples=300, deadline=None)
 @given(specs, setups, st.sampled_from(["seq_len", "micro_batch", "lora_rank"]))
+@example(
+    ONE_LAYER_WINDOW,
+    dict(
+        method="full",
+        precision="bf16",
+        lora_rank=1,
+        lora_dropout=0.0,
+        optimizer="adamw",
+        seq_len=4096,
+        micro_batch=1,
+        grad_accum=1,
+        grad_checkpointing=False,
+        attention="sdpa",
+    ),
+    "seq_len",
+)
 def test_random_models_grow_monotonically_and_sum(spec, fields, key) -> None:
     s = _setup(fields)
     e = estimate(spec, s)
@@ -176,10 +209,11 @@ def test_random_models_grow_monotonically_and_sum(spec, fields, key) -> None:
     bigger = s.model_copy(update={key: getattr(s, key) * 2})
     assert estimate(spec, bigger).allocated_bytes >= e.allocated_bytes
     on, off = s.model_copy(update={"grad_checkpointing": True}), s.model_copy(update={"grad_checkpointing": False})
-    # a checkpoint more, and what a re-run layer holds at down_proj's adapter beside the grad entering
-    # it (activations.recomputed_down_adapter_bytes): the estimate without checkpointing counts no
-    # such moment in its forward, which only a one-layer model's saved activations do not outweigh
-    extra = checkpoint_bytes(spec, on) + recomputed_down_adapter_bytes(spec, on)
+    # a checkpoint more, what a re-run layer holds at down_proj's adapter beside the grad entering
+    # it (activations.recomputed_down_adapter_bytes), and the sliding-window mask the checkpoints
+    # hold through backward (activations.window_mask_held_bytes): the estimate without
+    # checkpointing holds neither, which only a one-layer model's saved activations do not outweigh
+    extra = checkpoint_bytes(spec, on) + recomputed_down_adapter_bytes(spec, on) + window_mask_held_bytes(spec, on)
     assert estimate(spec, on).allocated_bytes <= estimate(spec, off).allocated_bytes + extra
 
 

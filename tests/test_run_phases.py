@@ -151,6 +151,26 @@ def test_generation_the_trainer_cannot_run_is_refused_naming_the_field(trainer: 
     assert err.value.field == "evaluation"
 
 
+def test_kept_logits_the_trainer_cannot_keep_are_refused_naming_the_field() -> None:
+    """axolotl 0.19 passes no compute_metrics to its trainer: loss only; TRL recomputes logits for one."""
+    spec = load_model("qwen2.5-0.5b")
+    with pytest.raises(VramplanError) as err:
+        _est(spec, "axolotl", method="lora", evaluation="logits")
+    assert err.value.field == "evaluation" and "none or loss" in str(err.value)
+    assert _est(spec, "axolotl", method="lora", evaluation="loss").phases["evaluate"]
+    assert _est(spec, "trl", method="lora", evaluation="logits").phases["evaluate"]
+
+
+def test_packing_the_trainer_refuses_under_sdpa_is_refused_naming_the_field() -> None:
+    """ms-swift's SftArguments._check_padding_free refuses --packing without flash-attention; TRL runs it."""
+    spec = load_model("qwen2.5-0.5b")
+    with pytest.raises(VramplanError) as err:
+        _est(spec, "swift", method="lora", lengths="packed")
+    assert err.value.field == "lengths" and "flash-attn-2" in str(err.value)
+    assert _est(spec, "swift", method="lora", lengths="packed", attention="flash-attn-2").allocated_bytes
+    assert _est(spec, "trl", method="lora", lengths="packed").allocated_bytes
+
+
 @pytest.mark.parametrize("layout", ["zero3", "fsdp"])
 def test_saving_gathers_the_embedding_once_below_the_step(layout: str) -> None:
     spec = load_model("qwen2.5-7b")

@@ -11,6 +11,7 @@ from vramplan.arch.registry import family
 from vramplan.frameworks.base import Framework, installed_version, outside_established
 from vramplan.gpus import GPU
 from vramplan.memory import rl, vision
+from vramplan.memory.policy import policy_of
 from vramplan.results import Alternative, Estimate, Note, NoteValue, Verdict
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
@@ -153,10 +154,13 @@ def padding_notes(setup: Setup) -> list[Note]:
         "planned_tokens_per_step": planned,
         "samples_per_packed_row": round(setup.seq_len / setup.avg_tokens, 1),
     }
+    # a trainer that packs only under flash-attention (memory/run.py check_lengths) is told so
+    flash = setup.attention != "flash-attn-2" and policy_of(setup).packing_needs_flash
+    packed = "--lengths packed --attention flash-attn-2" if flash else "--lengths packed"
     text = (
         f"samples average {setup.avg_tokens} of the {setup.seq_len} tokens each batch is counted at (--lengths"
         f" fixed, padded to it): a step trains about {real:,} real tokens of the {planned:,} its memory is planned"
-        f" for ({real / planned:.0%}); --lengths packed fills each row with about"
+        f" for ({real / planned:.0%}); {packed} fills each row with about"
         f" {setup.seq_len / setup.avg_tokens:.1f} samples at the same memory, --lengths variable pads each batch"
         " to its longest sample instead"
     )

@@ -367,7 +367,7 @@ def plan(
         notes.append(advice.rl_note(setup, est))
     if setup.vllm != "none":
         notes.append(advice.vllm_note(spec, run, card.memory_bytes))
-    notes += advice.padding_notes(setup)
+    notes += advice.padding_notes(run)
     if setup.lengths == "variable":
         from vramplan.memory.lengths import lengths_note
 

@@ -50,11 +50,13 @@ RUN_FIELDS = frozenset(
         "evaluation",
         "eval_batch",
         "eval_argmax",
+        "eval_logits",
         "eval_generate",
         "eval_generate_loss",
         "eval_generate_gathers",
         "eval_new_tokens",
         "eval_accumulation_steps",
+        "packing_needs_flash",
     }
 )
 
@@ -179,6 +181,9 @@ class Policy(BaseModel):
     eval_argmax: bool = False
     """``preprocess_logits_for_metrics`` reduces each batch's logits to their argmax (an int64 per
     position) before they are kept; ``False``: the logits are kept whole (run.eval_terms)."""
+    eval_logits: bool = True
+    """The trainer can keep logits at evaluation (it passes ``compute_metrics`` to ``Trainer``); ``False``:
+    an ``evaluation="logits"`` plan is refused, naming the field (memory/run.py ``evaluation``)."""
     eval_generate: bool = True
     """The trainer can generate at evaluation (``Seq2SeqTrainer`` ``predict_with_generate``); ``False``:
     an ``evaluation="generate"`` plan is refused, naming the field."""
@@ -190,6 +195,10 @@ class Policy(BaseModel):
     """Under ZeRO-3 the trainer gathers the whole model on every rank to generate at evaluation;
     ``False``: transformers ``Seq2SeqTrainer.prediction_step`` generates with ``synced_gpus``
     (trainer_seq2seq.py), through ZeRO-3's per-layer gathering (run.eval_terms)."""
+    packing_needs_flash: bool = False
+    """The trainer packs samples only under flash-attention (it refuses packing under other kernels);
+    ``True``: a ``lengths="packed"`` plan with another attention is refused, naming the field
+    (memory/run.py ``check_lengths``)."""
     eval_accumulation_steps: int | None = None
     """Evaluation steps after which the kept logits move to the host (``eval_accumulation_steps``, None
     in TrainingArguments: they stay on the card to the end of the evaluation; run.kept_eval_steps)."""

@@ -90,7 +90,9 @@ class Swift(Framework):
         default (trainers/arguments.py): under ZeRO-3 the whole model is gathered on every rank
         (utils/transformers_utils.py, ``deepspeed.zero.GatheredParameters``; ``eval_generate_gathers``).
         ZeRO runs ``--deepspeed default-zero2``/``default-zero3``: swift/llm/ds_config/zero{2,3}.json
-        (``deepspeed_configs`` "swift", tables/deepspeed_configs.json).
+        (``deepspeed_configs`` "swift", tables/deepspeed_configs.json). ``--packing true`` turns
+        ``padding_free`` on, which ``SftArguments._check_padding_free`` (arguments/sft_args.py) refuses
+        without a flash-attention ``--attn_impl`` (``packing_needs_flash``).
         """
         base = default_policy(setup).model_copy(
             update={
@@ -100,6 +102,7 @@ class Swift(Framework):
                 "eval_generate_loss": False,
                 "eval_generate_gathers": True,
                 "deepspeed_configs": "swift",
+                "packing_needs_flash": True,
             }
         )
         if setup.method != "qlora" or setup.quant == "gptq-int4":

@@ -48,10 +48,26 @@ def zero3_init(setup: Setup) -> bool:
 def evaluation(setup: Setup) -> str:
     """``Setup.evaluation``, or the trainer's (:attr:`Policy.evaluation`) when ``auto``; a
     generation the trainer cannot run is refused, naming the field."""
-    mode = policy_of(setup).evaluation if setup.evaluation == "auto" else setup.evaluation
-    if mode == "generate" and not policy_of(setup).eval_generate:
-        raise VramplanError("evaluation", "this trainer does not generate at evaluation: none, loss or logits")
+    policy = policy_of(setup)
+    mode = policy.evaluation if setup.evaluation == "auto" else setup.evaluation
+    if mode == "generate" and not policy.eval_generate:
+        allowed = "none, loss or logits" if policy.eval_logits else "none or loss"
+        raise VramplanError("evaluation", f"this trainer does not generate at evaluation: {allowed}")
+    if mode == "logits" and not policy.eval_logits:
+        raise VramplanError(
+            "evaluation", "this trainer keeps no logits at evaluation (no compute_metrics): none or loss"
+        )
     return mode
+
+
+def check_lengths(setup: Setup) -> None:
+    """Refuse a packed plan the trainer would refuse to run (:attr:`Policy.packing_needs_flash`)."""
+    if setup.lengths == "packed" and setup.attention != "flash-attn-2" and policy_of(setup).packing_needs_flash:
+        raise VramplanError(
+            "lengths",
+            f"this trainer packs samples only under flash-attention, not {setup.attention}:"
+            " --attention flash-attn-2, or --lengths fixed or variable",
+        )
 
 
 def eval_batch(setup: Setup) -> int:
@@ -247,6 +263,7 @@ def with_run_phases(
     """``per_phase`` (the step's phases, per GPU) with the run's: ``load``, ``evaluate`` and
     ``save`` where the run has them (see the module docstring). ``setup`` is the user's run with
     the trainer's policy, ``llm`` the language model's (in DeepSpeed's 16 bits, image tokens in)."""
+    check_lengths(setup)
     step = per_phase["optimizer_step"]
     forward = per_phase.get("forward_end", {})
     made = {
