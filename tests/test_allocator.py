@@ -175,6 +175,7 @@ def test_plan_counts_the_logits_block_of_the_whole_sequence() -> None:
     assert est.reserved_bytes - est.allocated_bytes == (
         est.terms["overhead/logits_segment"] + est.terms["overhead/allocator_slack"]
     )
+    assert "overhead/forward_segments" not in est.terms  # at 2048 tokens within the slack (memory/forward_cache.py)
     assert "overhead/logits_segment" not in estimate(text, make_setup(method="full", precision="fp32")).terms
 
     vlm = load_model("qwen2.5-vl-7b")
@@ -242,4 +243,9 @@ def test_plan_covers_what_a_card_needs_at_16k_tokens() -> None:
     est = estimate(load_model("qwen2.5-7b"), setup)
     assert result.simulated_needed_bytes is not None and result.simulated_reserved_bytes is not None
     assert result.simulated_reserved_bytes - result.peak_bytes > 8 * 2**30
-    assert result.peak_bytes < result.simulated_needed_bytes <= est.reserved_bytes
+    assert result.peak_bytes < result.simulated_needed_bytes <= est.needed_bytes <= est.reserved_bytes
+    # the layers' cached blocks beyond the fitted slack (memory/forward_cache.py) bring the reserved
+    # tier to the replay's: within 4% with them (55.35 replayed, 53.63 planned), more than 5% under without
+    layers = est.terms["overhead/forward_segments"]
+    assert abs(est.reserved_bytes / result.simulated_reserved_bytes - 1) < 0.04
+    assert (est.reserved_bytes - layers) / result.simulated_reserved_bytes - 1 < -0.05

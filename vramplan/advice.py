@@ -229,12 +229,14 @@ def host_short_note(need: int, host: int) -> Note:
 
 
 def short_by_note(card: GPU, est: Estimate) -> Note:
-    text = f"nothing weighed fits {card.name}: the smallest needs {gib(est.device_bytes)} of {gib(card.memory_bytes)}"
+    need = verdict.needed(est)  # what the card must offer: cache torch frees before out-of-memory left out
+    text = f"nothing weighed fits {card.name}: the smallest needs {gib(need)} of {gib(card.memory_bytes)}"
     data: dict[str, NoteValue] = {
         "gpu": card.name,
         "device_bytes": est.device_bytes,
+        "needed_bytes": need,
         "memory_bytes": card.memory_bytes,
-        "short_bytes": est.device_bytes - card.memory_bytes,
+        "short_bytes": need - card.memory_bytes,
     }
     return Note(code="fit.short_by", data=data, text=text)
 
@@ -384,22 +386,22 @@ def alternatives(
     for item in best.values():
         s, est, fits = item
         same_class = (s.method, s.precision, s.quant) == (c.method, c.precision, c.quant)
-        verdict: Verdict
+        kind: Verdict
         if item is chosen or s == c:
             which = "the fastest setup of the most preferred method" if c.rl == "none" else "the most preferred setup"
-            verdict = "chosen"
+            kind = "chosen"
             reason = f"chosen: {which} that fits" if fits else "chosen: the smallest, but it does not fit"
         elif not fits:
-            verdict = "does_not_fit"
-            reason = f"does not fit: needs {gib(est.device_bytes)} of {gib(gpu.memory_bytes)}"
+            kind = "does_not_fit"
+            reason = f"does not fit: needs {gib(verdict.needed(est))} of {gib(gpu.memory_bytes)}"
         elif same_class:
-            verdict = "fits_slower"
+            kind = "fits_slower"
             reason = f"fits ({gib(est.device_bytes)}), slower than the chosen setup"
         elif (order[s.method], s.precision) > (order[c.method], c.precision) or s.method == c.method:
-            verdict = "ranks_below"
+            kind = "ranks_below"
             reason = f"fits ({gib(est.device_bytes)}) but ranks below the chosen setup ({search.label(c)})"
         else:
-            verdict = "fits"
+            kind = "fits"
             reason = f"fits ({gib(est.device_bytes)})"
         speed = step = None
         if s.method != "inference" and s.rl == "none" and not missing_figure(gpu, s):
@@ -412,7 +414,7 @@ def alternatives(
                 device_bytes=est.device_bytes,
                 chosen=s == chosen[0],
                 reason=f"{search.label(s)}: {reason}",
-                verdict=verdict,
+                verdict=kind,
                 tokens_per_second=speed,
                 seconds_per_step=step,
             )

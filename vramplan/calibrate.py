@@ -42,6 +42,8 @@ from vramplan.models import load_model
 from vramplan.published import _model, compare, exclusion, read_rows, row_estimate, row_setup, trainer_exclusion
 from vramplan.tables import tables_dir
 
+#: reserved beyond allocated that the plan models on its own, taken out before the slack is fitted
+HELD = ("overhead/logits_segment", "overhead/fsdp_stream_pools", "overhead/forward_segments")
 FITTED = ("generation_dequant_factor", "kv_cache_factor", "allocator_slack_base_bytes", "allocator_slack_fraction")
 
 
@@ -143,8 +145,9 @@ def fit(path: Path) -> dict[str, dict[str, Any]]:
     for r in res:
         est = row_estimate(r, base, trainer="hf" if r["id"] in as_hf else None)
         allocated = est.allocated_bytes  # reserved rows are training runs: no generation terms
-        # modelled on their own: the cached logits' block (memory/loss.py), FSDP's stream pools (memory/fsdp.py)
-        held = est.terms.get("overhead/logits_segment", 0) + est.terms.get("overhead/fsdp_stream_pools", 0)
+        # modelled on their own: the cached logits' block (memory/loss.py), FSDP's stream pools (memory/fsdp.py),
+        # the checkpointed layers' cached blocks (memory/forward_cache.py)
+        held = sum(est.terms.get(k, 0) for k in HELD)
         points[r["id"]] = (float(allocated), float(_measured(r, base) - allocated - held))
         cached[r["id"]] = held
         srcs2.add(_source(r))

@@ -24,6 +24,7 @@ TERMS = {
     "loss/fused_head_backward": "fused LM head backward chunk",
     "overhead/logits_segment": "the logits tensor itself",
     "overhead/allocator_slack": "allocator cache beyond live data",
+    "overhead/forward_segments": "layers' freed blocks, cached",
     "overhead/fsdp_stream_pools": "FSDP1's gradient and gather caches",
     "overhead/cuda_context": "CUDA context, outside torch",
     "overhead/cublas_workspace": "cuBLAS workspaces",

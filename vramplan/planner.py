@@ -21,7 +21,7 @@ from vramplan.errors import VramplanError, shown
 from vramplan.frameworks import framework
 from vramplan.gpus import GPU, resolve_gpu
 from vramplan.limits import MAX_HOST_RAM_GIB, said
-from vramplan.memory import fsdp
+from vramplan.memory import forward_cache, fsdp
 from vramplan.memory.host import host_terms
 from vramplan.memory.policy import with_policy
 from vramplan.models import load_model
@@ -374,6 +374,9 @@ def plan(
         notes.append(lengths_note(est, spec, setup, card.memory_bytes))
     if est.terms.get(fsdp.TERM, 0):
         notes.append(fsdp.pools_note(est, card.memory_bytes))
+    layers_note = forward_cache.forward_segments_note(est, card.memory_bytes)
+    if layers_note is not None and setup.lengths != "variable":  # the lengths note says the reading then
+        notes.append(layers_note)
     answer = verdict.verdict(verdict.needed(est), card.memory_bytes) if fits else "does not fit"
     if not fits:
         notes.append(advice.short_by_note(card, est))

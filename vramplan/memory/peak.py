@@ -10,7 +10,7 @@ the allocator: the CUDA context and paged optimizer state (nvidia-smi).
 
 from __future__ import annotations
 
-from vramplan.memory import device_map, fsdp, lengths, loss, optimizer, overhead
+from vramplan.memory import device_map, forward_cache, fsdp, lengths, loss, optimizer, overhead
 from vramplan.memory.trainable import trainable_params
 from vramplan.params import param_counts
 from vramplan.results import CardEstimate, Estimate
@@ -57,6 +57,15 @@ def peak_estimate(
     if pools:
         terms[fsdp.TERM] = pools
         slack += pools
+    # the checkpointed layers' cached blocks beside the loss chain (forward_cache.py): reserved,
+    # beyond the fitted slack and however far the start of backward sits below the peak
+    start = per_phase.get("backward_start", {})
+    layers = forward_cache.beyond_slack(forward_cache.forward_segments_bytes(spec, llm or setup, start), terms)
+    held = allocated + terms.get("overhead/logits_segment", 0)
+    cached = max(0, totals.get("backward_start", 0) + segment + layers - held) if layers else 0
+    if cached:
+        terms[forward_cache.TERM] = cached
+        slack += cached
     if optimizer.paged_optimizer(setup):
         terms["optimizer/paged_state"] = optimizer.optimizer_state_bytes(spec, setup)
     est = Estimate(
@@ -70,8 +79,8 @@ def peak_estimate(
         trainable_params=trainable_params(spec, setup),
     )
     est = lengths.with_lengths(est, llm or setup, per_phase.get("backward_start", {}))
-    if pools:  # torch frees the streams' wholly free segments before out-of-memory (fsdp.py)
-        est = est.model_copy(update={"needed_bytes": est.needed_bytes - pools})
+    if pools or cached:  # torch frees wholly free segments before out-of-memory (fsdp.py, forward_cache.py)
+        est = est.model_copy(update={"needed_bytes": est.needed_bytes - pools - cached})
     return est
 
 
