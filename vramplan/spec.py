@@ -129,6 +129,12 @@ class VisionSpec(BaseModel):
     #: as Qwen2-VL is planned; Qwen3-VL's traced 11 (norm1 and qkv inputs, the rotated q and k, the
     #: whole qkv output a view of v holds, the attention output, the proj, norm2 and fc1 inputs)
     block_saved_hidden: int = 8
+    #: n x I tensors one trained block's MLP keeps; 0: four gated (gate, up, the activation and the
+    #: product down_proj saves), two otherwise (fc1's output, saved by the activation, and the
+    #: activation's, by fc2). Qwen2-VL's
+    #: ``quick_gelu`` (transformers activations.py ``QuickGELUActivation``: ``x * sigmoid(1.702 x)``)
+    #: keeps three: fc1's output, the sigmoid's and the product
+    mlp_saved: int = 0
     #: n x d tensors a trained tower's mergers keep (Qwen3-VL: 4 for the patch merger, the LayerNorm's
     #: input and output, fc1's output and GELU's, and 3 per DeepStack merger); 0: not counted
     merger_saved_hidden: int = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vramplan.arch.config import indexes, integer, number
+from vramplan.arch.config import indexes, integer, number, text
 from vramplan.arch.decoder import llama_like
 from vramplan.arch.registry import Family, register
 from vramplan.errors import VramplanError
@@ -63,6 +63,13 @@ def _vision(v: dict[str, Any], lm_hidden: int, kind: str, where: str) -> VisionS
         temporal_patch_size=integer(v, "temporal_patch_size", where, 1, MAX_PATCH, default=2, prefix=pre),
         spatial_merge_size=integer(v, "spatial_merge_size", where, 1, MAX_PATCH, default=2, prefix=pre),
         gated_mlp=kind == "qwen2.5-vl",
+        # traced full fine-tuning without checkpointing at 980x980 (tests/test_qwen2_vl_tower.py). Qwen2-VL:
+        # per block the 11 n x d tensors Qwen3-VL's keeps, and quick_gelu's three n x I
+        # (configuration_qwen2_vl.py ``hidden_act`` "quick_gelu" by default). Qwen2.5-VL: its RMSNorms
+        # keep 4 each (the fp32 input, the normalized 16-bit cast and the weight's product, counted
+        # in 16-bit units) besides qkv's 3, the rotated q and k, the rotary cat and the attention output: 15
+        block_saved_hidden=11 if kind == "qwen2-vl" else 15,
+        mlp_saved=3 if kind == "qwen2-vl" and text(v, ("hidden_act",), where, "quick_gelu") == "quick_gelu" else 0,
         norm="layernorm" if kind == "qwen2-vl" else "rmsnorm",
         out_hidden_size=out,
         window_size=integer(v, "window_size", where, 0, MAX_IMAGE_SIDE, default=0, prefix=pre),

@@ -242,17 +242,21 @@ def saved_bytes(spec: ModelSpec, setup: Setup) -> int:
     hooked to require grad, ``VisionSpec.input_embeds_hooked``); a trained tower adds one block
     recomputed. Without checkpointing a frozen tower keeps nothing, a trained one per block
     the inputs of its norms, qkv, attention output and projections (about 8·n·d;
-    ``VisionSpec.block_saved_hidden``) and the MLP's intermediates ((2 or 3)·n·I), plus eager
-    attention's probabilities; its mergers keep ``VisionSpec.merger_saved_hidden``·n·d more."""
+    ``VisionSpec.block_saved_hidden``) and the MLP's intermediates ((2 to 4)·n·I,
+    ``VisionSpec.mlp_saved``), plus eager attention's probabilities: the fp32 output of
+    ``softmax(..., dtype=float32)``, which its backward reads, and the 16-bit copy the product
+    with v saves (a + 4 bytes a score; traced on Qwen2-VL-2B at 980x980: 45.8 and 22.9 GiB over
+    32 blocks); its mergers keep ``VisionSpec.merger_saved_hidden``·n·d more."""
     if not setup.has_media:
         return 0
     v = spec.vision
     assert v is not None
     n = _patches(spec, setup)
     a = act_bytes(setup)
-    per_block = v.block_saved_hidden * n * v.hidden_size * a + (3 if v.gated_mlp else 2) * n * v.intermediate_size * a
-    if setup.attention == "eager":
-        per_block += v.num_heads * _attention_squares(spec, setup) * a
+    mlp = v.mlp_saved or (4 if v.gated_mlp else 2)  # a trained down projection saves the product too
+    per_block = v.block_saved_hidden * n * v.hidden_size * a + mlp * n * v.intermediate_size * a
+    if setup.attention == "eager":  # the fp32 softmax's output and its 16-bit copy (forward_transient_bytes)
+        per_block += v.num_heads * _attention_squares(spec, setup) * (a + 4 if a < 4 else a)
     merger = projector_only_saved_bytes(spec, setup)
     if tower_trained(setup):  # the mergers run outside the checkpointed blocks (Qwen3-VL's DeepStack too)
         merger += v.merger_saved_hidden * n * v.hidden_size * a
