@@ -158,7 +158,9 @@ def test_kept_logits_the_trainer_cannot_keep_are_refused_naming_the_field() -> N
         _est(spec, "axolotl", method="lora", evaluation="logits")
     assert err.value.field == "evaluation" and "none or loss" in str(err.value)
     assert _est(spec, "axolotl", method="lora", evaluation="loss").phases["evaluate"]
-    assert _est(spec, "trl", method="lora", evaluation="logits").phases["evaluate"]
+    # TRL's fused head makes no logits: it runs the forward again for them, and this step's are held
+    trl = _est(spec, "trl", method="lora", evaluation="logits", eval_batch=64, eval_samples=64, seq_len=2048)
+    assert trl.phase == "evaluate" and trl.terms["loss/eval_chain"] >= 2 * 64 * 2048 * spec.vocab_size
 
 
 def test_packing_the_trainer_refuses_under_sdpa_is_refused_naming_the_field() -> None:

@@ -176,7 +176,9 @@ def eval_terms(
     position when the trainer's ``preprocess_logits_for_metrics`` takes the argmax; labels an int64
     per position. The worst of the last kept step: the earlier steps' beside this one's loss
     chain, or the concatenation (the earlier steps, this one's and the result: twice the kept
-    logits).
+    logits). TRL's fused head makes no logits: asked for them, ``SFTTrainer.compute_loss`` runs the
+    model's forward again after the loss (trl 1.16 trainer/sft_trainer.py, ``return_outputs``), so this
+    step's chain is the larger of the fused loss and the logits that forward returns.
 
     ``generate``: ``Seq2SeqTrainer.prediction_step`` runs ``model.generate`` (KV cache of the
     prompt and the new tokens, inference.kv_cache_bytes, beside the prompt's forward,
@@ -196,20 +198,22 @@ def eval_terms(
         kept["parallel/gathered_weights"] = forward["parallel/gathered_weights"]
     if "overhead/dequant_workspace" in forward:
         kept["overhead/dequant_workspace"] = forward["overhead/dequant_workspace"]
+    # kept logits are as the model returned them: fp32 where accelerate wrapped the forward for
+    # autocast (``convert_outputs_to_fp32``), else in the activations' dtype
+    wrapped = policy_of(llm).autocast and setup.parallel not in ("zero1", "zero2", "zero3")
+    kept_bytes = 4 if wrapped else act_bytes(ev)
     if policy_of(llm).loss_chain == "fused_head":
         n = b * (llm.seq_len - 1)  # phases.sft_scored_tokens at the evaluation batch
         chain = fused_head.forward_bytes(spec, ev, n)
+        if mode == "logits":  # the fused head makes none: TRL runs the forward again for them, after the loss
+            chain = max(chain, kept_bytes * ev.tokens * spec.vocab_size)  # (trl 1.16 SFTTrainer.compute_loss)
     else:
         chain = loss.forward_chain_bytes(spec, ev) + loss.softcap_bytes(spec, ev)
     chain += nbytes(ev.tokens * spec.hidden_size, policy_of(ev).residual)  # the last hidden states
     scored = {"loss/eval_chain": chain}
     forward_layer = {"activations/eval_forward": eval_forward_bytes(spec, ev)}
     candidates = [scored, forward_layer]
-    if mode == "logits":
-        # kept as the model returned them: fp32 where accelerate wrapped the forward for autocast
-        # (``convert_outputs_to_fp32``), else in the activations' dtype; gathered from every rank
-        wrapped = policy_of(llm).autocast and setup.parallel not in ("zero1", "zero2", "zero3")
-        kept_bytes = 4 if wrapped else act_bytes(ev)
+    if mode == "logits":  # gathered from every rank
         per_batch = 8 * ev.tokens if policy_of(llm).eval_argmax else kept_bytes * ev.tokens * spec.vocab_size
         ranks = 1 if setup.parallel == "device_map" else setup.world_size
         preds, labels = ranks * per_batch, ranks * 8 * ev.tokens
