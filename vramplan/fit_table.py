@@ -84,7 +84,7 @@ def _fields(spec: ModelSpec, gpu: GPU, method: dict[str, Any], seq_len: int) -> 
 
 def _cell(spec: ModelSpec, gpu: GPU, trainer: str, method: dict[str, Any], seq_len: int) -> FitCell:
     setup = make_setup(**_fields(spec, gpu, method, seq_len))
-    est = estimate(spec, setup, policy=framework(trainer).policy(setup), card_bytes=gpu.memory_bytes)
+    est = estimate(spec, setup, policy=framework(trainer).policy(setup), card_bytes=gpu.memory_bytes, nvlink=gpu.nvlink)
     return FitCell(
         seq_len=seq_len,
         device_bytes=est.device_bytes,

@@ -26,6 +26,7 @@ TERMS = {
     "overhead/allocator_slack": "allocator cache beyond live data",
     "overhead/forward_segments": "layers' freed blocks, cached",
     "overhead/fsdp_stream_pools": "FSDP1's gradient and gather caches",
+    "overhead/nccl": "NCCL's buffers, outside torch",
     "overhead/cuda_context": "CUDA context, outside torch",
     "overhead/cublas_workspace": "cuBLAS workspaces",
     "overhead/dequant_workspace": "a dequantized k-bit weight",

@@ -77,6 +77,13 @@ class GPU(BaseModel):
     resolved_from: str | None = None  # set when a short name picked this variant
 
     @property
+    def nvlink(self) -> bool:
+        """The board's GPUs talk over NVLink first (SXM boards; ``interconnect`` starts "NVLink"), so
+        NCCL runs many channels with buffers on the card (memory/overhead.py ``nccl_bytes``); PCIe
+        cards, bridged or not, are not counted."""
+        return self.interconnect.startswith("NVLink")
+
+    @property
     def memory_mib(self) -> int:
         """The total as the driver shows it (nvidia-smi), in MiB."""
         return self.driver_memory_bytes // MIB

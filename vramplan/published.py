@@ -208,7 +208,20 @@ def row_estimate(row: dict[str, str], base: Path, trainer: str | None = None) ->
     except OSError as exc:  # probing the name as a path: too long, not a directory, ...
         raise VramplanError("model", f"unknown model {shown(row['model'])}: {exc.strerror or exc}") from None
     setup = row_setup(row)
-    return estimate(spec, setup, policy=framework(trainer or policy_trainer(row)).policy(setup))
+    policy = framework(trainer or policy_trainer(row)).policy(setup)
+    return estimate(spec, setup, policy=policy, nvlink=_nvlink(row))
+
+
+def _nvlink(row: dict[str, str]) -> bool:
+    """Whether the row's card talks over NVLink (NCCL's buffers, memory/overhead.py); False for a
+    card the catalog does not know, which compare() excludes on its own."""
+    name = row.get("gpu", "")
+    if not name or name.strip().lower() == "auto":
+        return False
+    try:
+        return resolve_gpu(name).nvlink
+    except VramplanError:
+        return False
 
 
 def _unknown(field: str, value: str) -> Excluded:

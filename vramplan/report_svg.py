@@ -205,7 +205,7 @@ def variants(plan: Plan) -> list[Any]:
             v = s.model_copy(update={"micro_batch": mb, "grad_checkpointing": gc})
             if v == s or any(a.setup == v for a in plan.alternatives):
                 continue
-            est = estimate(spec, v)
+            est = estimate(spec, v, nvlink=plan.gpu.nvlink)
             t = None if missing_figure(plan.gpu, v) else step_time(spec, v, plan.gpu)
             fits = est.device_bytes <= plan.gpu.memory_bytes
             label = f"mb{mb} {'GC' if gc else 'no GC'}"

@@ -137,7 +137,7 @@ def evaluate(
     host RAM, when given)."""
     setup = make_setup(**fields)
     run = with_policy(setup, policy(setup))
-    est = estimate(spec, run, card_bytes=gpu.memory_bytes)
+    est = estimate(spec, run, card_bytes=gpu.memory_bytes, nvlink=gpu.nvlink)
     budget = verdict.safe_capacity(gpu.memory_bytes) if SAFE.get() else gpu.memory_bytes
     fits = verdict.needed(est) <= budget
     if fits and host is not None and setup.offload != "none":

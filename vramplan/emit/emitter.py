@@ -74,7 +74,7 @@ def emit(plan: Plan, target: str, *, data: str = "data.jsonl", force: bool = Fal
             *adjustments,
         ]
     policy = fw.policy(setup)
-    est = estimate(spec, setup, policy=policy, card_bytes=plan.gpu.memory_bytes)
+    est = estimate(spec, setup, policy=policy, card_bytes=plan.gpu.memory_bytes, nvlink=plan.gpu.nvlink)
     fits = verdict.needed(est) <= plan.gpu.memory_bytes
     ctx = Context(
         model_name=plan.model,

@@ -42,6 +42,26 @@ def allocator_slack_bytes(allocated: int) -> int:
     return -(-slack // (2 << 20)) * (2 << 20)
 
 
+#: the layouts that run one process per GPU and talk through NCCL
+NCCL_LAYOUTS = ("ddp", "zero1", "zero2", "zero3", "fsdp")
+NCCL_TERM = "overhead/nccl"
+
+
+def nccl_bytes(setup: Setup, nvlink: bool) -> int:
+    """What NCCL allocates on each card outside torch's allocator for the data-parallel group's
+    communicator (its channels' send and receive buffers, made at the first collective): seen by
+    nvidia-smi and taken from what torch can use. Measured on NVLink boards only
+    (tables/overheads.json): 544 MiB a process in a group of two, 688 MiB in a larger one. The
+    memory grows with NCCL's channels, which NVLink boards run many of; PCIe cards run two, through
+    host shared memory where P2P is off (consumer cards), and out-of-memory reports of eight-process
+    PCIe runs (tables/measured/cuda_context.csv: L40S, L20) hold no more outside torch than one
+    process: 0 there."""
+    if not nvlink or setup.parallel not in NCCL_LAYOUTS or setup.world_size < 2:
+        return 0
+    consts = overhead_constants()
+    return int(consts["nccl_nvlink_pair_bytes" if setup.world_size == 2 else "nccl_nvlink_group_bytes"])
+
+
 def dequant_workspace_bytes(spec: ModelSpec, setup: Setup, generation: bool = False) -> int:
     """Quantized matmuls dequantize one weight to 16 bits inside the kernel (invisible to a
     CPU trace): 2 B x the largest quantized linear. bitsandbytes 4-bit does so for every

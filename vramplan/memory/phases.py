@@ -196,7 +196,7 @@ def with_vision(spec: ModelSpec, setup: Setup, phases: dict[str, dict[str, int]]
 #: more than once (searching, ranking, timing). Emptied when full and when the overhead
 #: constants are read again (``vramplan.calibrate`` writes new ones).
 ESTIMATES_KEPT = 64
-_made: dict[tuple[ModelSpec, Setup, Policy, int | None], Estimate] = {}
+_made: dict[tuple[ModelSpec, Setup, Policy, int | None, bool], Estimate] = {}
 _made_with: list[dict] = []  # the overhead constants the kept estimates were made with
 
 
@@ -211,12 +211,21 @@ COUNTED_LOSS_CHAINS = frozenset({"full_logits", "fused_head"})
 COUNTED_PADDING = frozenset({"fixed", "longest"})
 
 
-def estimate(spec: ModelSpec, setup: Setup, *, policy: Policy | None = None, card_bytes: int | None = None) -> Estimate:
+def estimate(
+    spec: ModelSpec,
+    setup: Setup,
+    *,
+    policy: Policy | None = None,
+    card_bytes: int | None = None,
+    nvlink: bool = False,
+) -> Estimate:
     """Peak memory of one steady-state training step of ``setup`` on ``spec``, per GPU
     (for ``method="inference"``: of generating ``seq_len`` tokens, see ``inference.py``),
     as the trainer whose ``policy`` it is runs it (None: :func:`vramplan.policy.default_policy`,
     or the policy a :class:`~vramplan.memory.policy.PolicySetup` carries).
-    ``card_bytes``: the card's memory, which a colocated vLLM takes its share of (GRPO)."""
+    ``card_bytes``: the card's memory, which a colocated vLLM takes its share of (GRPO).
+    ``nvlink``: the card talks to the others over NVLink (``GPU.nvlink``), where NCCL's buffers
+    take memory outside torch's allocator (``overhead/nccl``, overhead.py ``nccl_bytes``)."""
     card_bytes = card_bytes if setup.vllm != "none" else None  # nothing else reads the card
     consts = overhead.overhead_constants()
     if not _made_with or _made_with[0] is not consts or len(_made) >= ESTIMATES_KEPT:
@@ -228,11 +237,27 @@ def estimate(spec: ModelSpec, setup: Setup, *, policy: Policy | None = None, car
     if policy.loss_chain not in COUNTED_LOSS_CHAINS or policy.padding not in COUNTED_PADDING:
         # the terms count these only (loss.py, fused_head.py; Setup.tokens): refuse rather than misestimate
         raise ValueError(f"no memory terms yet for the {policy.loss_chain} loss with {policy.padding} padding")
-    key = (spec, setup, policy, card_bytes)
+    nvlink = nvlink and overhead.nccl_bytes(setup, nvlink) > 0  # one cached estimate where it adds nothing
+    key = (spec, setup, policy, card_bytes, nvlink)
     est = _made.get(key)
     if est is None:
-        est = _made[key] = _estimate(spec, setup, policy, card_bytes)
+        est = _made[key] = with_nccl(_estimate(spec, setup, policy, card_bytes), setup, nvlink)
     return est
+
+
+def with_nccl(est: Estimate, setup: Setup, nvlink: bool) -> Estimate:
+    """``est`` with NCCL's buffers (overhead.py ``nccl_bytes``): outside torch's allocator, on the
+    device tier and in what the card must offer."""
+    nccl = overhead.nccl_bytes(setup, nvlink)
+    if not nccl or est.cards:
+        return est
+    return est.model_copy(
+        update={
+            "terms": {**est.terms, overhead.NCCL_TERM: nccl},
+            "device_bytes": est.device_bytes + nccl,
+            "needed_bytes": (est.needed_bytes or est.device_bytes) + nccl,
+        }
+    )
 
 
 def _estimate(spec: ModelSpec, user: Setup, policy: Policy, card_bytes: int | None) -> Estimate:

@@ -15,11 +15,11 @@ from vramplan.spec import ModelSpec
 from vramplan.units import GIB
 
 
-def _dev(spec: ModelSpec, setup: Setup, policy: PolicyOf, card_bytes: int, **change: Any) -> int | None:
+def _dev(spec: ModelSpec, setup: Setup, policy: PolicyOf, gpu: GPU, **change: Any) -> int | None:
     try:
         s = setup.model_copy(update=change)
         Setup.model_validate(s.model_dump())
-        return estimate(spec, s, policy=policy(s), card_bytes=card_bytes).device_bytes
+        return estimate(spec, s, policy=policy(s), card_bytes=gpu.memory_bytes, nvlink=gpu.nvlink).device_bytes
     except (VramplanError, ValueError):
         return None
 
@@ -41,14 +41,14 @@ def reasons(
 
     at = f"at seq {setup.seq_len} x micro-batch {setup.micro_batch}"
     if setup.grad_checkpointing:
-        off = _dev(spec, setup, policy, cap, grad_checkpointing=False)
+        off = _dev(spec, setup, policy, gpu, grad_checkpointing=False)
         if off is not None:
             out["grad_checkpointing"] = f"saves {gib(off - here)} {at} (off: {verdict(off)})"
     else:
-        on = _dev(spec, setup, policy, cap, grad_checkpointing=True)
+        on = _dev(spec, setup, policy, gpu, grad_checkpointing=True)
         if on is not None:
             out["grad_checkpointing"] = f"off: on would save {gib(here - on)} and cost ~30% speed"
-    more = _dev(spec, setup, policy, cap, micro_batch=setup.micro_batch + 1)
+    more = _dev(spec, setup, policy, gpu, micro_batch=setup.micro_batch + 1)
     if more is not None:
         out["micro_batch"] = f"one more sample per step adds {gib(more - here)} ({verdict(more)})"
     if setup.grad_accum > 1:
@@ -58,36 +58,36 @@ def reasons(
         )
     out["seq_len"] = "the estimate counts every sample at this length: shorter samples need less"
     if setup.method in ("lora", "qlora"):
-        full = _dev(spec, setup, policy, cap, method="full", quant="none", trainable_extra=())
+        full = _dev(spec, setup, policy, gpu, method="full", quant="none", trainable_extra=())
         out["method"] = (
             f"{setup.method}: {est.trainable_params:,} trainable; full fine-tuning would need {verdict(full)}"
         )
         if setup.method == "qlora":
-            base = _dev(spec, setup, policy, cap, method="lora", quant="none")
+            base = _dev(spec, setup, policy, gpu, method="lora", quant="none")
             out["quant"] = f"{setup.quant} base weights; a 16-bit base would need {verdict(base)}"
         out["lora_rank"] = f"r={setup.lora_rank}: adapters plus their grads and optimizer state are small"
     else:
-        lora = _dev(spec, setup, policy, cap, method="lora", quant="none")
+        lora = _dev(spec, setup, policy, gpu, method="lora", quant="none")
         out["method"] = f"{setup.method}: {est.trainable_params:,} trainable; LoRA would need {verdict(lora)}"
     if setup.optimizer in ("adamw", "adamw-fused", "paged-adamw-32bit"):
-        eight = _dev(spec, setup, policy, cap, optimizer="adamw-8bit")
+        eight = _dev(spec, setup, policy, gpu, optimizer="adamw-8bit")
         if eight is not None and here - eight > 0:
             out["optimizer"] = f"{setup.optimizer}: 8-bit AdamW would save {gib(here - eight)}"
         else:
             out["optimizer"] = f"{setup.optimizer}: its state is small here"
     else:
-        adamw = _dev(spec, setup, policy, cap, optimizer="adamw")
+        adamw = _dev(spec, setup, policy, gpu, optimizer="adamw")
         if adamw is not None:
             out["optimizer"] = f"{setup.optimizer}: saves {gib(adamw - here)} against AdamW"
     if setup.precision in ("bf16", "fp16"):
-        amp = _dev(spec, setup, policy, cap, precision="amp-" + setup.precision)
+        amp = _dev(spec, setup, policy, gpu, precision="amp-" + setup.precision)
         out["precision"] = (
             f"{setup.precision} weights under autocast; fp32 master weights (AMP) would need {verdict(amp)}"
         )
     else:
         out["precision"] = f"{setup.precision}"
     if setup.attention != "eager":
-        eager = _dev(spec, setup, policy, cap, attention="eager")
+        eager = _dev(spec, setup, policy, gpu, attention="eager")
         if eager is not None and eager - here >= GIB // 100:
             out["attention"] = f"{setup.attention}: eager attention would add {gib(eager - here)}"
         elif eager is not None:
@@ -103,7 +103,7 @@ def reasons(
             " full-length sequences at once"
         )
     if setup.images_per_sample:
-        smaller = _dev(spec, setup, policy, cap, images_per_sample=0, image_size="")
+        smaller = _dev(spec, setup, policy, gpu, images_per_sample=0, image_size="")
         if smaller is not None:
             out["image_size"] = f"the images add {gib(here - smaller)} over text-only prompts"
     return out
