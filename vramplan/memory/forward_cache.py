@@ -46,7 +46,7 @@ from collections.abc import Mapping
 
 from vramplan.memory import activations, lengths
 from vramplan.memory.policy import policy_of
-from vramplan.results import Estimate, Note, NoteValue
+from vramplan.results import Estimate, Note
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 from vramplan.units import nbytes
@@ -108,18 +108,7 @@ def forward_segments_note(est: Estimate, memory_bytes: int) -> Note | None:
     cached = est.terms.get(TERM, 0)
     if not cached or (cached < NOTE_FROM and est.device_bytes <= memory_bytes):
         return None
-    gib = 2**30
-    data: dict[str, NoteValue] = {
-        "forward_segments_bytes": cached,
-        "device_bytes": est.device_bytes,
-        "needed_bytes": est.needed_bytes,
-        "memory_bytes": memory_bytes,
-    }
-    smi = lengths.capped_reading(est, memory_bytes, "the cached blocks") or (
-        f"nvidia-smi will read about {est.device_bytes / gib:.1f} GiB ({cached / gib:.1f} GiB of it cached)"
+    lead = "the checkpointed layers' freed blocks stay cached beside the loss chain, which is too large to reuse them"
+    return lengths.cached_note(
+        est, memory_bytes, TERM, "forward_segments_bytes", "memory.forward_segments", lead, "the cached blocks"
     )
-    text = (
-        "the checkpointed layers' freed blocks stay cached beside the loss chain, which is too large"
-        f" to reuse them: {smi}; it runs on a card of {est.needed_bytes / gib:.1f} GiB"
-    )
-    return Note(code="memory.forward_segments", data=data, text=text)

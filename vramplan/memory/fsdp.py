@@ -69,7 +69,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from vramplan.memory import lengths
-from vramplan.results import Estimate, Note, NoteValue
+from vramplan.results import Estimate, Note
 from vramplan.setup import Setup
 
 #: the training step's phases FSDP's terms have (parallel.fsdp_phases); run phases (load, save,
@@ -118,19 +118,5 @@ def stream_pools_bytes(
 def pools_note(est: Estimate, memory_bytes: int) -> Note:
     """``fsdp.stream_pools``: FSDP1's per-stream caches make nvidia-smi read more than the run
     needs; say both, and that the reading stops at the card (torch frees them before out-of-memory)."""
-    gib = 2**30
-    pools = est.terms.get(TERM, 0)
-    data: dict[str, NoteValue] = {
-        "pools_bytes": pools,
-        "device_bytes": est.device_bytes,
-        "needed_bytes": est.needed_bytes,
-        "memory_bytes": memory_bytes,
-    }
-    smi = lengths.capped_reading(est, memory_bytes, "the caches") or (
-        f"nvidia-smi will read about {est.device_bytes / gib:.1f} GiB ({pools / gib:.1f} GiB of it cached)"
-    )
-    text = (
-        f"FSDP keeps gradients and gathered layers in caches of their own streams: {smi};"
-        f" it runs on a card of {est.needed_bytes / gib:.1f} GiB"
-    )
-    return Note(code="fsdp.stream_pools", data=data, text=text)
+    lead = "FSDP keeps gradients and gathered layers in caches of their own streams"
+    return lengths.cached_note(est, memory_bytes, TERM, "pools_bytes", "fsdp.stream_pools", lead, "the caches")

@@ -71,7 +71,7 @@ from functools import cache
 from typing import Literal
 
 from vramplan.memory import loss
-from vramplan.results import Estimate, Note
+from vramplan.results import Estimate, Note, NoteValue
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
 
@@ -263,6 +263,24 @@ def capped_reading(est: Estimate, memory_bytes: int, what: str) -> str:
         f"nvidia-smi will read up to the card's {memory_bytes / gib:.1f} GiB ({what} would reach"
         f" {est.device_bytes / gib:.1f}; torch frees cached blocks when the card is full)"
     )
+
+
+def cached_note(est: Estimate, memory_bytes: int, term: str, key: str, code: str, lead: str, what: str) -> Note:
+    """A note for wholly free cached blocks (``term``) that make nvidia-smi read more than the run
+    needs: what it reads (up to the card when they would pass it, :func:`capped_reading`) and the
+    card the run needs. ``lead`` says where the blocks come from; ``what`` names them."""
+    gib = 2**30
+    cached = est.terms.get(term, 0)
+    data: dict[str, NoteValue] = {
+        key: cached,
+        "device_bytes": est.device_bytes,
+        "needed_bytes": est.needed_bytes,
+        "memory_bytes": memory_bytes,
+    }
+    smi = capped_reading(est, memory_bytes, what) or (
+        f"nvidia-smi will read about {est.device_bytes / gib:.1f} GiB ({cached / gib:.1f} GiB of it cached)"
+    )
+    return Note(code=code, data=data, text=f"{lead}: {smi}; it runs on a card of {est.needed_bytes / gib:.1f} GiB")
 
 
 def lengths_note(est: Estimate, spec: ModelSpec, setup: Setup, memory_bytes: int) -> Note:
