@@ -61,7 +61,7 @@ import torch
 from vramplan.models import load_config, load_model
 from vramplan.setup import Setup
 from vramplan.trace.build import Built
-from vramplan.trace.counter import Counter, CountingMode
+from vramplan.trace.counter import CountingMode, count_model, optimizer_phase
 from vramplan.trace.result import TraceResult
 from vramplan.trace.run import _result, counted_rng_state, cuda_dropout, unpacked_batches
 from vramplan.trace.trl_sft import _tokenizer, model_stays_put
@@ -231,14 +231,7 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
         net = trainer.model
         if setup.precision != "fp32":  # accelerate wraps the model's forward in autocast, in place
             trainer.accelerator.prepare_model(net, device_placement=False)
-        counter = Counter(keep_timeline=False)
-        for p in net.parameters():
-            kind = "trainable_weights" if p.requires_grad else "weights"
-            counter.track(p, kind)
-            counter.mark(p, kind)
-        for b in [*net.buffers(), *net._vramplan_quant_tensors]:
-            counter.track(b, "weights")
-            counter.mark(b, "weights")
+        counter = count_model(net)
         baseline = counter.total
         b, s = cfg.micro_batch_size, cfg.sequence_len
 
@@ -257,17 +250,7 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
                     counter.set_phase("backward", step)
                     trainer.accelerator.backward(loss)
                     del loss, batch
-                counter.set_phase("optimizer", step)
-                for p in net.parameters():
-                    if p.grad is not None:
-                        counter.mark(p.grad, "gradients")
-                optimizer.step()
-                for state in optimizer.state.values():
-                    for v in state.values():
-                        if isinstance(v, torch.Tensor):
-                            counter.mark(v, "optimizer_state")
-                optimizer.zero_grad(set_to_none=True)
-                counter.set_phase("between", step)
+                optimizer_phase(counter, net, optimizer, step)
     gc_kwargs = trainer.args.gradient_checkpointing_kwargs if cfg.gradient_checkpointing else None
     notes = [
         f"axolotl {_version()} {type(trainer).__name__} (trace/axolotl_sft.py)",

@@ -109,3 +109,34 @@ class CountingMode(TorchDispatchMode):
                 self.counter.track(t, creator, str(func.overloadpacket.__name__))
         self.counter.after_op()
         return out
+
+
+def count_model(net: torch.nn.Module) -> Counter:
+    """A Counter that already holds the model: its parameters (``trainable_weights`` or
+    ``weights``), its buffers and the k-bit tensors a harness attached (``_vramplan_quant_tensors``).
+    Its ``total`` is then the trace's baseline."""
+    counter = Counter(keep_timeline=False)
+    for p in net.parameters():
+        kind = "trainable_weights" if p.requires_grad else "weights"
+        counter.track(p, kind)
+        counter.mark(p, kind)
+    for t in [*net.buffers(), *getattr(net, "_vramplan_quant_tensors", ())]:
+        counter.track(t, "weights")
+        counter.mark(t, "weights")
+    return counter
+
+
+def optimizer_phase(counter: Counter, net: torch.nn.Module, optimizer: Any, step: int) -> None:
+    """A trainer harness's optimizer step, counted: the gradients marked as such, the step, its
+    state marked, ``zero_grad(set_to_none=True)``, then the phase between steps."""
+    counter.set_phase("optimizer", step)
+    for p in net.parameters():
+        if p.grad is not None:
+            counter.mark(p.grad, "gradients")
+    optimizer.step()
+    for state in optimizer.state.values():
+        for v in state.values():
+            if isinstance(v, torch.Tensor):
+                counter.mark(v, "optimizer_state")
+    optimizer.zero_grad(set_to_none=True)
+    counter.set_phase("between", step)

@@ -54,7 +54,7 @@ import torch
 from vramplan.models import load_config, load_model
 from vramplan.setup import Setup
 from vramplan.trace.build import Built, _hf_config
-from vramplan.trace.counter import Counter, CountingMode
+from vramplan.trace.counter import CountingMode, count_model, optimizer_phase
 from vramplan.trace.kbit import _quantize_linears
 from vramplan.trace.parts import materialize_fake
 from vramplan.trace.result import TraceResult
@@ -267,14 +267,7 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
         net = trainer.model
         if trainer.args.bf16 or trainer.args.fp16:  # accelerate wraps the forward in autocast, in place
             trainer.accelerator.prepare_model(net, device_placement=False)
-        counter = Counter(keep_timeline=False)
-        for p in net.parameters():
-            kind = "trainable_weights" if p.requires_grad else "weights"
-            counter.track(p, kind)
-            counter.mark(p, kind)
-        for b in [*net.buffers(), *net._vramplan_quant_tensors]:
-            counter.track(b, "weights")
-            counter.mark(b, "weights")
+        counter = count_model(net)
         baseline = counter.total
         real = {k: v for k, v in batch.items() if k not in DROPPED}
 
@@ -294,17 +287,7 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
                     counter.set_phase("backward", step)
                     loss.backward()
                     del loss, fed
-                counter.set_phase("optimizer", step)
-                for p in net.parameters():
-                    if p.grad is not None:
-                        counter.mark(p.grad, "gradients")
-                optimizer.step()
-                for state in optimizer.state.values():
-                    for v in state.values():
-                        if isinstance(v, torch.Tensor):
-                            counter.mark(v, "optimizer_state")
-                optimizer.zero_grad(set_to_none=True)
-                counter.set_phase("between", step)
+                optimizer_phase(counter, net, optimizer, step)
     built = Built(
         model=net, optimizer=optimizer, autocast_dtype=None, notes=["LLaMA-Factory SFT (trace/llamafactory_sft.py)"]
     )

@@ -80,7 +80,7 @@ from vramplan.models import load_config, load_model
 from vramplan.setup import Setup
 from vramplan.tables import tables_dir
 from vramplan.trace.build import Built, _hf_config
-from vramplan.trace.counter import Counter, CountingMode
+from vramplan.trace.counter import CountingMode, count_model, optimizer_phase
 from vramplan.trace.kbit import _quantize_linears
 from vramplan.trace.parts import materialize_fake
 from vramplan.trace.result import TraceResult
@@ -342,14 +342,7 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
         multimodal = bool(trainer.model_meta.is_multimodal)
         if setup.precision != "fp32":  # accelerate wraps the model's forward in autocast, in place
             trainer.accelerator.prepare_model(net, device_placement=False)
-        counter = Counter(keep_timeline=False)
-        for p in net.parameters():
-            kind = "trainable_weights" if p.requires_grad else "weights"
-            counter.track(p, kind)
-            counter.mark(p, kind)
-        for t in [*net.buffers(), *net._vramplan_quant_tensors]:
-            counter.track(t, "weights")
-            counter.mark(t, "weights")
+        counter = count_model(net)
         baseline = counter.total
         # _prepare_inputs reads the labels' values: run on the real host batch first (module docstring)
         rounds = [
@@ -370,17 +363,7 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
                         trainer.accelerator.backward(loss)
                     del loss, inputs
                 batches.clear()
-                counter.set_phase("optimizer", step)
-                for p in net.parameters():
-                    if p.grad is not None:
-                        counter.mark(p.grad, "gradients")
-                optimizer.step()
-                for state in optimizer.state.values():
-                    for v in state.values():
-                        if isinstance(v, torch.Tensor):
-                            counter.mark(v, "optimizer_state")
-                optimizer.zero_grad(set_to_none=True)
-                counter.set_phase("between", step)
+                optimizer_phase(counter, net, optimizer, step)
         trainer.template.remove_post_encode_hook()
     built = Built(model=net, optimizer=optimizer, autocast_dtype=None, notes=["ms-swift Seq2SeqTrainer (swift_sft)"])
     result = _result(name, setup, "trace", steps, counter, built, time.perf_counter() - t0)

@@ -42,7 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from vramplan.models import load_config, load_model
 from vramplan.setup import Setup
 from vramplan.trace.build import Built, _hf_config
-from vramplan.trace.counter import Counter, CountingMode
+from vramplan.trace.counter import CountingMode, count_model, optimizer_phase
 from vramplan.trace.kbit import _bnb_config, _quantize_linears
 from vramplan.trace.parts import materialize_fake
 from vramplan.trace.result import TraceResult
@@ -217,14 +217,7 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
         net = trainer.model
         if setup.precision != "fp32":  # accelerate wraps the model's forward in autocast, in place
             trainer.accelerator.prepare_model(net, device_placement=False)
-        counter = Counter(keep_timeline=False)
-        for p in net.parameters():
-            kind = "trainable_weights" if p.requires_grad else "weights"
-            counter.track(p, kind)
-            counter.mark(p, kind)
-        for b in [*net.buffers(), *net._vramplan_quant_tensors]:
-            counter.track(b, "weights")
-            counter.mark(b, "weights")
+        counter = count_model(net)
         baseline = counter.total
         b, s = setup.micro_batch, setup.seq_len
 
@@ -243,17 +236,7 @@ def trace_sft(model: str, setup: Setup, steps: int = 2) -> TraceResult:
                     counter.set_phase("backward", step)
                     loss.backward()
                     del loss, batch
-                counter.set_phase("optimizer", step)
-                for p in net.parameters():
-                    if p.grad is not None:
-                        counter.mark(p.grad, "gradients")
-                optimizer.step()
-                for state in optimizer.state.values():
-                    for v in state.values():
-                        if isinstance(v, torch.Tensor):
-                            counter.mark(v, "optimizer_state")
-                optimizer.zero_grad(set_to_none=True)
-                counter.set_phase("between", step)
+                optimizer_phase(counter, net, optimizer, step)
     built = Built(model=net, optimizer=optimizer, autocast_dtype=None, notes=["TRL SFTTrainer (trace/trl_sft.py)"])
     result = _result(name, setup, "trace", steps, counter, built, time.perf_counter() - t0)
     return result.model_copy(update={"baseline_bytes": baseline})
