@@ -148,17 +148,18 @@ def sft_evaluation(ev: run_options.Evaluation | None) -> dict[str, Any]:
     """SFTConfig's evaluation options (transformers 5.25 ``TrainingArguments``: ``eval_strategy``,
     ``eval_steps``, ``per_device_eval_batch_size``, ``prediction_loss_only``); the script holds out
     ``EVALUATION["held_out"]`` samples (a count, or a fraction of the data) with
-    ``Dataset.train_test_split``. Loss only: the script passes no ``compute_metrics`` and TRL's fused
-    head returns no logits to keep (``SFTTrainer.compute_loss``); ``generate``: SFTTrainer is no
-    ``Seq2SeqTrainer`` (refused by the plan already)."""
+    ``Dataset.train_test_split``. Loss only: the script passes no ``compute_metrics``; TRL's fused head
+    returns no logits, and kept ones cost a second forward that ``SFTTrainer.compute_loss`` deprecates
+    (the plan counts them, memory/run.py); ``generate``: SFTTrainer is no ``Seq2SeqTrainer`` (refused
+    by the plan already)."""
     if ev is None:
         return {"eval_strategy": "no"}
     if ev.mode != "loss":
         raise run_options.refuse_evaluation(
             "trl",
             ev.mode,
-            "the script computes no metric over kept logits (SFTTrainer's fused head makes none);"
-            " plan with --evaluation loss",
+            "the script passes no compute_metrics (trl 1.16 deprecates it: its fused head makes no logits,"
+            " a second forward recomputes them); plan with --evaluation loss",
         )
     return {
         "eval_strategy": "steps",
