@@ -27,6 +27,15 @@ loss-chain blocks each; needed stays near the allocated peak (6.81 GiB). With 48
 layers (same draw): 8.19 vs 14.77 GiB, records 963, 1584, 1621, 2015. memory/lengths.py takes
 that rule in expectation.
 
+    python3 benchmarks/allocator_replay.py --row ID
+
+traces a one-process row of tables/measured/reports.csv for two steps, replays it and prints each new
+segment of 100 MiB or more with the storage that asked for it (step, phase, op, shape, dtype), then the
+replay's peaks beside the plan's tiers and the measured value. ``--row fms-a100-r60`` (Mistral-7B
+QLoRA, 8 x 4,096 tokens): a new 1.75 GiB segment at each early layer's fp32 MLP products, split by the
+next layer's checkpoint, and the loss chain's 3.9 GiB blocks in segments of their own; 46.65 GiB
+replayed reserved against 44.97 on the card (memory/forward_cache.py).
+
     python3 benchmarks/allocator_replay.py --trl
 
 is why a replay of varied lengths can show no growth at all: the cache grows only where a
