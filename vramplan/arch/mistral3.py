@@ -83,6 +83,11 @@ def pixtral_tower(v: dict[str, Any], cfg: dict[str, Any], lm_hidden: int, where:
         longest_edge=integer(v, "image_size", where, patch, MAX_IMAGE_SIDE, prefix=pre),
         row_break_tokens=True,
         one_sequence=True,
+        # a trained block keeps 12 n x d tensors: its two RMSNorms 4 each (the fp32 input, the 16-bit cast,
+        # the weight's product, in 16-bit units), the rotated q and k, v and the attention output; and the
+        # gated MLP's 4 n x I (traced: a two-block tower of this config, full fine-tuning without
+        # checkpointing at 560x560, tests/test_mistral3.py)
+        block_saved_hidden=12,
         blocks=blocks,
     )
 
