@@ -407,6 +407,16 @@ def recompute_bytes(spec: ModelSpec, setup: Setup) -> int:
     return max(layer_saved_bytes(spec, setup, i) for i in saving_layers(spec, setup))
 
 
+def widest_intermediate(spec: ModelSpec) -> int:
+    """The widest MLP intermediate per token: the dense one, or a MoE layer's experts side by side
+    (every expert under ``dense_dispatch``, else the routed ones)."""
+    inter = spec.intermediate_size
+    if spec.moe is not None:
+        m = spec.moe
+        inter = max(inter, m.expert_intermediate_size * (m.num_experts if m.dense_dispatch else m.experts_per_token))
+    return inter
+
+
 def backward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     """Gradient buffers inside one layer's backward: incoming and outgoing residual grads
     (2·R·t·h), the MLP intermediates' grads (3·A·t·I, or for eager attention the fp32
@@ -416,10 +426,7 @@ def backward_transient_bytes(spec: ModelSpec, setup: Setup) -> int:
     if not len(saving_layers(spec, setup)):
         return 0
     t, A, R = setup.tokens, act_bytes(setup), residual_bytes(setup)
-    inter = spec.intermediate_size
-    if spec.moe is not None:
-        m = spec.moe
-        inter = max(inter, m.expert_intermediate_size * (m.num_experts if m.dense_dispatch else m.experts_per_token))
+    inter = widest_intermediate(spec)
     inner = 3 * A * t * inter
     if setup.attention == "eager":
         b, s, a = setup.micro_batch, setup.seq_len, spec.num_heads

@@ -23,10 +23,11 @@ chain's own cached block (``overhead/logits_segment``, 4.64) and about 5.9 of th
 segments at the start of backward; Mistral-7B QLoRA at 8 x 4,096 tokens (fms-acceleration's
 benchmark, fms-a100-r60) 46.65 against 35.06, each early layer's 1.75 GiB fp32 MLP products
 taking a new segment that the next layer's checkpoint then splits (``--row fms-a100-r60``); the
-card read 44.97 GiB. The segments are wholly free when the chain needs room (the replay's least
-card stays within 1.5 GiB of the allocated peak), and torch frees wholly free segments and
-retries before it raises out-of-memory: the term is on the reserved and device tiers and not in
-what the card must offer (``needed_bytes``). Its split remainders (the checkpoints placed in the
+card read 44.97 GiB. The layers' blocks are wholly free when the chain needs room, and torch frees
+wholly free segments and retries before it raises out-of-memory: the term is on the reserved and
+device tiers and not in what the card must offer (``needed_bytes``). The replays' least card
+(segments holding a live block) is 47.07 GiB against 45.54 allocated at 16,384 tokens, 38.75
+against 35.06 at r60, where the split segments hold checkpoints. Its split remainders (the checkpoints placed in the
 layers' segments) are not counted: the replays show 0..3 GiB of them. The fitted slack
 (overhead.py, about 1 GiB) already holds the layers' blocks of the runs it was fitted on, so the
 term is what they exceed it by (:func:`beyond_slack`): Qwen2.5-7B LoRA at 16,384 tokens plans
@@ -69,10 +70,7 @@ def layer_forward_bytes(spec: ModelSpec, setup: Setup) -> int:
 def largest_layer_block(spec: ModelSpec, setup: Setup) -> int:
     """The largest single block a layer's forward makes: an MLP intermediate (A·t·I), or its
     copy in the adapters' dtype at a LoRA on ``down_proj``."""
-    t, inter = setup.tokens, spec.intermediate_size
-    if spec.moe is not None:
-        m = spec.moe
-        inter = max(inter, m.expert_intermediate_size * (m.num_experts if m.dense_dispatch else m.experts_per_token))
+    t, inter = setup.tokens, activations.widest_intermediate(spec)
     block = nbytes(t * inter, policy_of(setup).pointwise)
     if setup.is_lora:
         block = max(block, nbytes(t * inter, policy_of(setup).adapter))

@@ -52,10 +52,10 @@ def nccl_bytes(setup: Setup, nvlink: bool) -> int:
     communicator (its channels' send and receive buffers, made at the first collective): seen by
     nvidia-smi and taken from what torch can use. Measured on NVLink boards only
     (tables/overheads.json): 544 MiB a process in a group of two, 688 MiB in a larger one. The
-    memory grows with NCCL's channels, which NVLink boards run many of; PCIe cards run two, through
-    host shared memory where P2P is off (consumer cards), and out-of-memory reports of eight-process
-    PCIe runs (tables/measured/cuda_context.csv: L40S, L20) hold no more outside torch than one
-    process: 0 there."""
+    memory grows with NCCL's channels, which NVLink boards run many of (NVIDIA/nccl#986); a PCIe
+    pair logs two, through host shared memory where P2P is off (rwth-i6/returnn#1469), and
+    out-of-memory reports of eight-process PCIe runs (tables/measured/cuda_context.csv: L40S, L20)
+    hold no more outside torch than one process: 0 there."""
     if not nvlink or setup.parallel not in NCCL_LAYOUTS or setup.world_size < 2:
         return 0
     consts = overhead_constants()

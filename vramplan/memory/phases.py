@@ -237,19 +237,18 @@ def estimate(
     if policy.loss_chain not in COUNTED_LOSS_CHAINS or policy.padding not in COUNTED_PADDING:
         # the terms count these only (loss.py, fused_head.py; Setup.tokens): refuse rather than misestimate
         raise ValueError(f"no memory terms yet for the {policy.loss_chain} loss with {policy.padding} padding")
-    nvlink = nvlink and overhead.nccl_bytes(setup, nvlink) > 0  # one cached estimate where it adds nothing
-    key = (spec, setup, policy, card_bytes, nvlink)
+    nccl = overhead.nccl_bytes(setup, nvlink)
+    key = (spec, setup, policy, card_bytes, nccl > 0)  # one kept estimate where NCCL adds nothing
     est = _made.get(key)
     if est is None:
-        est = _made[key] = with_nccl(_estimate(spec, setup, policy, card_bytes), setup, nvlink)
+        est = _made[key] = with_nccl(_estimate(spec, setup, policy, card_bytes), nccl)
     return est
 
 
-def with_nccl(est: Estimate, setup: Setup, nvlink: bool) -> Estimate:
-    """``est`` with NCCL's buffers (overhead.py ``nccl_bytes``): outside torch's allocator, on the
-    device tier and in what the card must offer."""
-    nccl = overhead.nccl_bytes(setup, nvlink)
-    if not nccl or est.cards:
+def with_nccl(est: Estimate, nccl: int) -> Estimate:
+    """``est`` with NCCL's ``nccl`` bytes (overhead.py ``nccl_bytes``): outside torch's allocator, on
+    the device tier and in what the card must offer."""
+    if not nccl:
         return est
     return est.model_copy(
         update={
