@@ -18,8 +18,8 @@ pytestmark = pytest.mark.analytic
 AX = framework("axolotl")
 
 
-#: ZeRO runs axolotl's deepspeed_configs (tables/deepspeed_configs.json)
-AX_DS = {"deepspeed_configs": "axolotl"}
+#: ZeRO runs axolotl's deepspeed_configs (tables/deepspeed_configs.json); samples past the cap are dropped
+AX_DS = {"deepspeed_configs": "axolotl", "over_cap": "drop"}
 
 
 @pytest.mark.parametrize("quant", ["bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "bnb-int8"])

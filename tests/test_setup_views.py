@@ -112,6 +112,7 @@ TRIPS: dict[str, dict[str, Any]] = {
     "optimizer_offload_needs_zero_or_fsdp": {"offload": "optimizer"},
     "fsdp_offloads_parameters_too": {"offload": "optimizer", "parallel": "fsdp", "num_gpus": 2},
     "parameter_offload_needs_sharding": {"offload": "optimizer+params", "parallel": "zero2", "num_gpus": 2},
+    "one_length_source": {"avg_tokens": 500, "lengths_file": [100, 900, 2000]},
     "flash_attention_is_16_bit": {"attention": "flash-attn-2", "precision": "fp32"},
 }
 

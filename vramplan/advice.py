@@ -137,7 +137,8 @@ def context_notes(spec: ModelSpec, setup: Setup) -> list[Note]:
 
 
 def padding_notes(setup: Setup) -> list[Note]:
-    """``lengths.padding``: ``--avg-tokens`` below the cap under fixed lengths: the plan counts every
+    """``lengths.padding``: the samples' mean (``--avg-tokens`` or the lengths file's) below the cap
+    under fixed lengths: the plan counts every
     sample at ``seq_len`` (and the emitted configs pad to it where the trainer can), so a step
     trains only the real tokens; packing fills the rows at the same memory (memory/lengths.py:
     packed batches are the fixed-length numbers)."""
@@ -146,22 +147,22 @@ def padding_notes(setup: Setup) -> list[Note]:
     tokens = step_tokens(setup)
     if tokens is None:
         return []
-    real, planned = tokens
+    real, planned, avg = tokens
     data: dict[str, NoteValue] = {
-        "avg_tokens": setup.avg_tokens,
+        "avg_tokens": avg,
         "seq_len": setup.seq_len,
         "real_tokens_per_step": real,
         "planned_tokens_per_step": planned,
-        "samples_per_packed_row": round(setup.seq_len / setup.avg_tokens, 1),
+        "samples_per_packed_row": round(setup.seq_len / avg, 1),
     }
     # a trainer that packs only under flash-attention (memory/run.py check_lengths) is told so
     flash = setup.attention != "flash-attn-2" and policy_of(setup).packing_needs_flash
     packed = "--lengths packed --attention flash-attn-2" if flash else "--lengths packed"
     text = (
-        f"samples average {setup.avg_tokens} of the {setup.seq_len} tokens each batch is counted at (--lengths"
+        f"samples average {avg} of the {setup.seq_len} tokens each batch is counted at (--lengths"
         f" fixed, padded to it): a step trains about {real:,} real tokens of the {planned:,} its memory is planned"
         f" for ({real / planned:.0%}); {packed} fills each row with about"
-        f" {setup.seq_len / setup.avg_tokens:.1f} samples at the same memory, --lengths variable pads each batch"
+        f" {setup.seq_len / avg:.1f} samples at the same memory, --lengths variable pads each batch"
         " to its longest sample instead"
     )
     return [Note(code="lengths.padding", data=data, text=text)]

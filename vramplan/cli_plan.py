@@ -133,15 +133,27 @@ def _write_pictures(result: Any, report: str | None, plot: str | None, line: str
 
 def _run_time(result: Any, args: argparse.Namespace) -> tuple[Any, str | None, float | None]:
     """The wall time (and cost) of the run the flags describe, and the line that says it."""
-    if args.samples is None and args.dataset_tokens is None:
+    dist = result.setup.lengths_file
+    if args.samples is None and args.dataset_tokens is None and dist is None:
         return None, None, None
     from vramplan.models import load_model
     from vramplan.tables import tables_dir
     from vramplan.timing import wall_time
 
     spec = load_model(result.source or result.model)
-    if args.dataset_tokens is not None:
-        seq = result.setup.seq_len
+    seq = result.setup.seq_len
+    if args.dataset_tokens is None and dist is not None:  # the file's samples, as the trainer keeps them
+        from vramplan.frameworks import framework
+
+        over = framework(result.trainer).policy(result.setup).over_cap
+        samples = args.samples if args.samples is not None else dist.kept_samples(seq, over)
+        avg = max(1, round(dist.kept_mean(seq, over)))
+        what = f"{samples:,} samples of {dist.source} x {avg} tokens on average"
+        if result.setup.lengths == "packed":
+            tokens = samples * avg
+            samples, avg = -(-tokens // seq), seq
+            what += f", packed into {samples:,} sequences of {seq}"
+    elif args.dataset_tokens is not None:
         samples, avg = -(-args.dataset_tokens // seq), seq
         what = f"{args.dataset_tokens:,} dataset tokens packed into {samples:,} sequences of {seq}"
     else:

@@ -47,8 +47,9 @@ EXTRA = (
 MEASUREMENTS = ("allocated", "reserved", "device")
 #: phases in the order a run passes them (measure_hook.py)
 PHASE_ORDER = ("load", "run", "train", "eval", "save", "other")
-#: Setup fields no row column or setting carries (a ds_config.json is a file, named in the notes)
-NOT_IN_ROW = ("deepspeed_config",)
+#: Setup fields no row column or setting carries (a ds_config.json and a lengths file are files,
+#: named in the notes)
+NOT_IN_ROW = ("deepspeed_config", "lengths_file")
 
 
 def setup_document(model: str, source: str, gpu: str, trainer: str, setup: Setup) -> str:
@@ -254,6 +255,8 @@ def _row(rec: dict[str, Any], run: dict[str, Any], setup: Setup, columns: dict[s
         notes.append(f"WORLD_SIZE {world}, the setup says {setup.world_size} GPUs")
     if setup.deepspeed_config is not None:
         notes.append(f"DeepSpeed config {setup.deepspeed_config.source}")
+    if setup.lengths_file is not None:
+        notes.append(f"sample lengths from {setup.lengths_file.source} ({setup.lengths_file.samples:,} samples)")
     versions = rec.get("versions") or {}
     ident = f"{run['id']}-r{rank}" if rank is not None else f"{run['id']}-p{rec.get('pid')}"
     row = {

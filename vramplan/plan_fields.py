@@ -23,6 +23,7 @@ from vramplan.choices import (
     Precision,
     Quant,
 )
+from vramplan.length_file import LengthDistribution
 from vramplan.zero_config import ZeroConfig
 
 
@@ -67,4 +68,5 @@ class PlanFields(TypedDict, total=False):
     eval_samples: int
     lengths: Literal["fixed", "packed", "variable"]
     avg_tokens: int
+    lengths_file: LengthDistribution | list[int] | str | None
     deepspeed_config: ZeroConfig | dict[str, object] | str | None

@@ -371,7 +371,7 @@ def plan(
     if setup.lengths == "variable":
         from vramplan.memory.lengths import lengths_note
 
-        notes.append(lengths_note(est, spec, setup, card.memory_bytes))
+        notes.append(lengths_note(est, spec, run, card.memory_bytes))
     if est.terms.get(fsdp.TERM, 0):
         notes.append(fsdp.pools_note(est, card.memory_bytes))
     layers_note = forward_cache.forward_segments_note(est, card.memory_bytes)

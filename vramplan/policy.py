@@ -29,6 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from vramplan.length_file import OverCap
 from vramplan.setup import Setup
 
 DType = Literal["fp32", "bf16", "fp16"]
@@ -139,6 +140,13 @@ class Policy(BaseModel):
     every activation and loss term). ``longest``: the collator pads to the batch's longest sample,
     truncated at ``seq_len``: counted at its worst batch, every sample at the cap, which is the
     same ``Setup.tokens`` (a step's peak is its largest batch's)."""
+    over_cap: OverCap = "truncate"
+    """A sample longer than ``seq_len`` is cut to it (TRL 1.16 trainer/sft_trainer.py
+    ``SFTTrainer._prepare_dataset`` keeps the first ``max_length`` tokens, ``truncation_mode``
+    'keep_start'; LLaMA-Factory data/processor/processor_utils.py ``infer_seqlen`` cuts source and
+    target to ``cutoff_len``) or ``drop``-ped. Read by memory/lengths.py when the samples' lengths are
+    given (``Setup.lengths_file``): the distribution the batches are drawn from, kept at the cap or
+    without the longer samples."""
     reentrant_checkpointing: bool = True
     """transformers ``gradient_checkpointing_enable()`` defaults to ``use_reentrant=True``: the
     checkpointed layers' terms (activations.checkpoint_bytes, the backward sweep's recompute)

@@ -57,7 +57,8 @@ ints) and ``text``, the sentence the CLI prints. The codes and what their data h
 - ``lengths.cache``: variable batch lengths (memory/lengths.py): ``lengths``, ``avg_tokens`` (the mean the
   lengths were drawn with), ``records`` (expected batches longer than every one before), ``cache_bytes``
   (their loss chains' segments, cached), ``device_bytes`` (what nvidia-smi reads), ``needed_bytes`` (the
-  least the card must offer), ``memory_bytes`` (the card's).
+  least the card must offer), ``memory_bytes`` (the card's); with ``--lengths-file`` also ``lengths_file``,
+  ``samples`` and ``over_cap_share`` (the samples longer than ``seq_len``, cut or dropped as the trainer does).
 - ``fsdp.stream_pools``: FSDP1's per-stream caches (memory/fsdp.py): ``pools_bytes`` (the cached blocks
   nvidia-smi sees beyond the run's need), ``device_bytes``, ``needed_bytes``, ``memory_bytes`` (the card's).
 - ``lengths.padding``: ``--avg-tokens`` below the cap under fixed lengths: ``avg_tokens``, ``seq_len``,

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from vramplan import setup_rules, zero_config
+from vramplan import length_file, setup_rules, zero_config
 from vramplan.choices import (
     ATTENTIONS,
     DEEPSPEED,
@@ -298,6 +298,22 @@ class Setup(BaseModel):
         " with --samples, the wall time",
         json_schema_extra={"shown_default": "--seq-len / 2 for variable lengths"},
     )
+    lengths_file: Annotated[length_file.LengthDistribution | None, BeforeValidator(length_file.load)] = Field(
+        None,
+        description="the samples' token counts (one a line, a CSV column, or JSON Lines with input_ids or"
+        " length): their distribution sizes the variable lengths' cache (--lengths variable unless given), their"
+        " count and mean the wall time",
+        json_schema_extra={"metavar": "FILE"},
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lengths_from_file(cls, data: Any) -> Any:
+        """A lengths file without ``lengths``: batches padded to their longest (``variable``), the
+        one setting the file's distribution describes."""
+        if isinstance(data, dict) and data.get("lengths_file") is not None and data.get("lengths") is None:
+            return {**data, "lengths": "variable"}
+        return data
 
     @model_validator(mode="after")
     def _combinations(self) -> Setup:

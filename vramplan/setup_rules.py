@@ -427,6 +427,13 @@ def parameter_offload_needs_sharding(s: Setup, v: Views) -> str | None:
 # --- precision and attention
 
 
+@rule("avg_tokens")
+def one_length_source(s: Setup, v: Views) -> str | None:
+    if s.avg_tokens and s.lengths_file is not None:
+        return "give --avg-tokens or --lengths-file, not both (the file gives the mean)"
+    return None
+
+
 @rule("attention")
 def flash_attention_is_16_bit(s: Setup, v: Views) -> str | None:
     if s.attention == "flash-attn-2" and s.precision == "fp32":
@@ -453,8 +460,8 @@ def card_runs_flash_attention(fields: Mapping[str, Any], gpu: GPU) -> str | None
 
 @run_rule("samples")
 def samples_need_their_length(o: Mapping[str, Any]) -> str | None:
-    if o.get("samples") is not None and o.get("avg_tokens") is None:
-        return "--samples goes with --avg-tokens (the wall time needs both)"
+    if o.get("samples") is not None and o.get("avg_tokens") is None and o.get("lengths_file") is None:
+        return "--samples goes with --avg-tokens or --lengths-file (the wall time needs their length)"
     return None
 
 

@@ -64,7 +64,9 @@ class Axolotl(Framework):
           moments too: ``upcast_modules``), the fp32 embedding output keeps the residual stream in
           fp32, and autocast makes a 16-bit copy of lm_head for its matmul.
         - Padding: ``pad_to_sequence_len: true`` in the emitted config, every batch at
-          ``sequence_len`` (``fixed``).
+          ``sequence_len`` (``fixed``). A sample longer than ``sequence_len`` is dropped:
+          utils/data/utils.py ``handle_long_seq_in_dataset``, ``excess_length_strategy`` None meaning
+          'drop' (``over_cap``).
         - The run's other phases (memory/run.py): ``setup_deepspeed_env`` (utils/trainer.py) sets
           ``ACCELERATE_DEEPSPEED_ZERO3_INIT=true`` under stage 3 and makes an ``HfTrainerDeepSpeedConfig``
           before the model loads: ZeRO-3 loads under ``zero.Init`` (``zero3_init``). No evaluation by
@@ -81,6 +83,7 @@ class Axolotl(Framework):
             "eval_logits": False,
             "eval_generate": False,
             "deepspeed_configs": "axolotl",
+            "over_cap": "drop",
         }
         if setup.method == "qlora" and base.weights != "fp32":
             update.update(

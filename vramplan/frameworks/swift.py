@@ -63,7 +63,10 @@ class Swift(Framework):
           tokens sit below the estimate's resolution.
         - **Padding: to the longest sample of the batch** (``SwiftMixin._get_data_collator`` passes
           ``padding_to=None`` except for longlora; ``template/base.py`` ``Template._data_collator``), and samples
-          longer than ``--max_length`` are dropped (``truncation_strategy`` 'delete', not truncated). Every batch is
+          longer than ``--max_length`` are dropped (``truncation_strategy`` 'delete', not truncated:
+          arguments/base_args/template_args.py ``TemplateArguments.__post_init__`` makes it 'raise' for the
+          template, and dataset/utils.py ``EncodePreprocessor``, a ``RowPreprocessor``, drops a row whose
+          encoding raises ``MaxLengthError``, preprocessor/core.py ``batched_preprocess``; ``over_cap``). Every batch is
           at most ``micro_batch x seq_len`` tokens, so ``fixed`` (what the terms count) stays the bound: ``longest``
           would need the dataset's length distribution.
 
@@ -103,6 +106,7 @@ class Swift(Framework):
                 "eval_generate_gathers": True,
                 "deepspeed_configs": "swift",
                 "packing_needs_flash": True,
+                "over_cap": "drop",
             }
         )
         if setup.method != "qlora" or setup.quant == "gptq-int4":

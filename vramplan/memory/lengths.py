@@ -28,7 +28,12 @@ The expected sum is taken over the lengths' distribution: micro-batch ``b`` samp
 the longest, each sample's length drawn from the maximum-entropy distribution on ``1..seq_len``
 with mean ``avg_tokens`` (a truncated exponential; uniform when no mean is given). A length
 ``x`` is a record with probability ``P(x) / P(L >= x)``, counted once per 2 MiB step of the
-chain's smallest block (two lengths in one step share their segments).
+chain's smallest block (two lengths in one step share their segments). Given the samples'
+own lengths (``--lengths-file``, vramplan/length_file.py), the distribution is the file's, the
+longer samples cut to the cap or dropped as the trainer does (``Policy.over_cap``): over one
+pass of those samples in a random order the probability is exact at one sample a batch (the
+first sample to reach a step is as likely to be any of those that do), and a finite file has
+fewer records than the mean's unending run (tests/test_length_file.py replays 400 orders).
 
 One run meets one order of its samples, and the records' sum spreads widely over orders: these
 events are independent step by step, so the note gives the band of 10%..90% of orders
@@ -68,9 +73,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from functools import cache
-from typing import Literal
+from typing import Literal, NamedTuple
 
+from vramplan.length_file import LengthDistribution, OverCap
 from vramplan.memory import loss
+from vramplan.memory.policy import policy_of
 from vramplan.results import Estimate, Note, NoteValue
 from vramplan.setup import Setup
 from vramplan.spec import ModelSpec
@@ -126,11 +133,34 @@ def length_cdf(cap: int, avg: float | None) -> list[float]:
     return [math.expm1(lam * x) / math.expm1(lam * cap) for x in range(cap + 1)]
 
 
+class FileLengths(NamedTuple):
+    """The samples' lengths as a file gives them (``Setup.lengths_file``), and what the trainer
+    does with the longer ones (``Policy.over_cap``)."""
+
+    dist: LengthDistribution
+    over_cap: OverCap
+
+
+#: where a sample's length is drawn from: the maximum-entropy distribution of a mean, the
+#: uniform one (None), or a file's
+Source = float | None | FileLengths
+
+
+def cdf_of(cap: int, source: Source) -> list[float]:
+    """``F[x]`` = P(a sample's length <= x) for x in 0..cap, from ``source``."""
+    if isinstance(source, FileLengths):
+        return source.dist.kept_cdf(cap, source.over_cap)
+    return length_cdf(cap, source)
+
+
 @cache
-def expected_records(cap: int, avg: float | None, micro_batch: int, step_tokens: int) -> tuple[tuple[int, float], ...]:
+def expected_records(cap: int, avg: Source, micro_batch: int, step_tokens: int) -> tuple[tuple[int, float], ...]:
     """``(tokens, probability it is ever a record)`` per step of ``step_tokens`` lengths, for
-    micro-batches of ``micro_batch`` samples padded to the longest (P(batch <= x) = F(x)^b)."""
-    cdf = [f**micro_batch for f in length_cdf(cap, avg)]
+    micro-batches of ``micro_batch`` samples padded to the longest (P(batch <= x) = F(x)^b).
+    Over a file's samples in a random order, without replacement, the first batch to reach a
+    step's lengths is as likely to be any of them: the same probability, exact at one sample a
+    batch."""
+    cdf = [f**micro_batch for f in cdf_of(cap, avg)]
     out = []
     lo = 0
     while lo < cap:
@@ -150,7 +180,7 @@ def chain_bytes_per_token(backward_start: Mapping[str, int], tokens: int) -> flo
 
 
 def records_cache_bytes(
-    per_token: float, seq_len: int, micro_batch: int, avg: float | None, blocks: int = CHAIN_BLOCKS
+    per_token: float, seq_len: int, micro_batch: int, avg: Source, blocks: int = CHAIN_BLOCKS
 ) -> tuple[int, float]:
     """The expected bytes of the records' cached segments beyond the longest batch's own, and
     the expected number of records, for a chain of ``per_token`` bytes a token made of
@@ -172,7 +202,7 @@ Z10, Z90 = -1.2816, 1.2816
 
 
 def records_cache_spread(
-    per_token: float, seq_len: int, micro_batch: int, avg: float | None, z: float, blocks: int = CHAIN_BLOCKS
+    per_token: float, seq_len: int, micro_batch: int, avg: Source, z: float, blocks: int = CHAIN_BLOCKS
 ) -> int:
     """The quantile at normal score ``z``, over the orders the samples come in, of the records'
     cached segments beyond the longest batch's own. Whether a length step holds a record (the
@@ -213,7 +243,7 @@ def with_lengths(est: Estimate, setup: Setup, backward_start: Mapping[str, int])
     cache = 0
     if setup.lengths == "variable":
         per_token = chain_bytes_per_token(backward_start, setup.tokens)
-        cache, _ = records_cache_bytes(per_token, setup.seq_len, setup.micro_batch, mean_of(setup))
+        cache, _ = records_cache_bytes(per_token, setup.seq_len, setup.micro_batch, source_of(setup))
     terms = dict(est.terms)
     if cache:
         terms[CACHE_TERM] = cache
@@ -228,9 +258,21 @@ def with_lengths(est: Estimate, setup: Setup, backward_start: Mapping[str, int])
     )
 
 
-def mean_of(setup: Setup) -> float | None:
-    """The lengths' mean: ``avg_tokens`` when given (at most the cap), else none (uniform)."""
+def source_of(setup: Setup) -> Source:
+    """Where the batches' lengths are drawn from: the lengths file (as the trainer keeps its
+    samples), else ``avg_tokens``'s maximum-entropy distribution (at most the cap), else uniform."""
+    if setup.lengths_file is not None:
+        return FileLengths(setup.lengths_file, policy_of(setup).over_cap)
     return min(setup.avg_tokens, setup.seq_len) if setup.avg_tokens else None
+
+
+def mean_of(setup: Setup) -> float | None:
+    """The lengths' mean: the file's trained samples', or ``avg_tokens`` (at most the cap), else
+    none (uniform)."""
+    source = source_of(setup)
+    if isinstance(source, FileLengths):
+        return source.dist.kept_mean(setup.seq_len, source.over_cap)
+    return source
 
 
 def _per_token(spec: ModelSpec, setup: Setup) -> float:
@@ -240,14 +282,14 @@ def _per_token(spec: ModelSpec, setup: Setup) -> float:
 def records_of(spec: ModelSpec, setup: Setup) -> float:
     """The expected number of records (batches longer than every one before, 2 MiB of the
     full-logits chain apart) the run meets."""
-    return records_cache_bytes(_per_token(spec, setup), setup.seq_len, setup.micro_batch, mean_of(setup))[1]
+    return records_cache_bytes(_per_token(spec, setup), setup.seq_len, setup.micro_batch, source_of(setup))[1]
 
 
 def cache_band(spec: ModelSpec, setup: Setup) -> tuple[int, int]:
     """The records' cache at the 10% and 90% of the orders the samples may come in: one run meets
     one order (a seeded sampler, the same one at every run of the same data), so what it holds is
     one draw, about the expected cache the reserved tier carries."""
-    per_token, avg = _per_token(spec, setup), mean_of(setup)
+    per_token, avg = _per_token(spec, setup), source_of(setup)
     lo, hi = (records_cache_spread(per_token, setup.seq_len, setup.micro_batch, avg, z) for z in (Z10, Z90))
     return lo, hi
 
@@ -288,7 +330,7 @@ def lengths_note(est: Estimate, spec: ModelSpec, setup: Setup, memory_bytes: int
     gib = 2**30
     cache = est.terms.get(CACHE_TERM, 0)
     band = cache_band(spec, setup) if cache else (0, 0)
-    data = {
+    data: dict[str, NoteValue] = {
         "lengths": setup.lengths,
         "avg_tokens": mean_of(setup) or setup.seq_len / 2,
         "records": round(records_of(spec, setup), 2),
@@ -299,15 +341,29 @@ def lengths_note(est: Estimate, spec: ModelSpec, setup: Setup, memory_bytes: int
         "memory_bytes": memory_bytes,
     }
     smi = capped_reading(est, memory_bytes, "the cache")
-    if not smi:
+    if not smi and not cache:
+        smi = (
+            f"nvidia-smi will read about {est.device_bytes / gib:.1f} GiB (no cache grows with the lengths: the"
+            " loss keeps no block large enough for a segment of its own)"
+        )
+    elif not smi:
         base = est.device_bytes - cache
         smi = (
             f"nvidia-smi will read about {est.device_bytes / gib:.1f} GiB ({cache / gib:.1f} GiB of it the"
             f" shorter batches' loss chains, cached; {(base + band[0]) / gib:.1f} to {(base + band[1]) / gib:.1f}"
             " GiB for 80% of the orders the samples may come in)"
         )
+    source = source_of(setup)
+    drawn = ""
+    if isinstance(source, FileLengths):
+        dist, cap = source.dist, setup.seq_len
+        over = dist.over(cap)
+        data |= {"lengths_file": dist.source, "samples": dist.samples, "over_cap_share": round(over, 4)}
+        fate = "dropped" if source.over_cap == "drop" else "cut to it"
+        longer = f", {over:.0%} longer than {cap} {fate}" if over else ""
+        drawn = f" ({dist.samples:,} samples of {dist.source}, {data['avg_tokens']:,.0f} tokens on average{longer})"
     text = (
-        f"variable lengths: {smi}; it runs on a card of {est.needed_bytes / gib:.1f} GiB"
+        f"variable lengths{drawn}: {smi}; it runs on a card of {est.needed_bytes / gib:.1f} GiB"
         " (torch frees wholly free cached segments before out-of-memory)"
     )
     return Note(code="lengths.cache", data=data, text=text)

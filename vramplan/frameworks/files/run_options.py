@@ -99,16 +99,20 @@ def needs_flash_for_packing(ctx: Context, target: str, where: str) -> None:
         )
 
 
-def step_tokens(setup: Setup) -> tuple[int, int] | None:
-    """(real tokens, tokens the memory is planned for) per optimizer step over every replica, when
-    the samples average ``avg_tokens`` below the cap and the plan counts every sample at it
-    (``fixed``); else None."""
-    s, avg = setup, setup.avg_tokens
-    if s.lengths != "fixed" or not avg or avg >= s.seq_len:
+def step_tokens(setup: Setup) -> tuple[int, int, int] | None:
+    """(real tokens, tokens the memory is planned for, the samples' mean) per optimizer step over
+    every replica, when the samples average below the cap (``avg_tokens``, or the lengths file's
+    mean) and the plan counts every sample at it (``fixed``); else None."""
+    from vramplan.memory.lengths import mean_of
+
+    s = setup
+    mean = mean_of(s) if s.lengths == "fixed" else None
+    avg = round(mean) if mean else 0
+    if not avg or avg >= s.seq_len:
         return None
     replicas = 1 if s.parallel in ("none", "device_map") else s.world_size
     samples = s.micro_batch * s.grad_accum * replicas
-    return avg * samples, s.seq_len * samples
+    return avg * samples, s.seq_len * samples, avg
 
 
 def padding_line(ctx: Context, how: str) -> str:
@@ -118,9 +122,9 @@ def padding_line(ctx: Context, how: str) -> str:
     line = f"lengths {s.lengths}: {how}"
     tokens = step_tokens(s)
     if tokens:
-        real, computed = tokens
+        real, computed, avg = tokens
         line += (
-            f"; samples average {s.avg_tokens} of the {s.seq_len} tokens: a step trains about {real:,} real"
+            f"; samples average {avg} of the {s.seq_len} tokens: a step trains about {real:,} real"
             f" tokens of the {computed:,} its memory is planned for (--lengths packed fills the rows at the same"
             " memory)"
         )
