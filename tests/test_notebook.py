@@ -40,6 +40,15 @@ def test_repr_is_one_short_line(p) -> None:
     assert p.verdict in text and p.peak.phase in text
 
 
+def test_repr_says_what_the_card_must_offer_beside_what_nvidia_smi_reads() -> None:
+    """Under variable lengths the cached loss chains take nvidia-smi's reading past the card while
+    the run needs less (it fits): the line says both, the need first."""
+    q = plan("qwen2.5-7b", "4090", trainer="swift", method="lora", lengths="variable", avg_tokens=900)
+    need, smi = q.peak.needed_bytes / 2**30, q.peak.device_bytes / 2**30
+    assert q.verdict != "does not fit" and need < q.gpu.memory_bytes / 2**30 < smi
+    assert f"needs {need:.2f} of" in repr(q) and f"nvidia-smi {smi:.2f})" in repr(q)
+
+
 def test_what_if_plans_the_same_setup_with_the_change(p) -> None:
     q = p.what_if(seq_len=4096)
     want = plan("qwen2.5-7b", "4090", **{**p.setup.model_dump(), "seq_len": 4096})

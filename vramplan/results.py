@@ -247,7 +247,11 @@ class Plan(BaseModel):
         """One line (the whole plan is ``print(plan)`` in rich, or the notebook's HTML view)."""
         from vramplan.setup import label
 
+        peak, gib = self.peak, 2**30
+        need = peak.needed_bytes or peak.device_bytes  # verdict.needed
+        # cached blocks torch frees before out-of-memory: the card must offer less than nvidia-smi reads
+        cached = f", nvidia-smi {peak.device_bytes / gib:.2f}" if need < peak.device_bytes else ""
         return (
             f"Plan({self.model} on {self.gpu.name}, {self.trainer}: {self.verdict}, {label(self.setup)},"
-            f" {self.peak.device_bytes / 2**30:.2f} of {self.gpu.memory_bytes / 2**30:.2f} GiB at {self.peak.phase})"
+            f" needs {need / gib:.2f} of {self.gpu.memory_bytes / gib:.2f} GiB at {peak.phase}{cached})"
         )
