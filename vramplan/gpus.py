@@ -90,9 +90,10 @@ class GPU(BaseModel):
 
 
 #: a card no one has reported: torch sees nvidia-smi's total less this and UNSEEN_GAP_FRACTION of it.
-#: On the 22 cards reported (tables/gpu_capacity.csv) torch saw 0.22 (RTX 3080) to 0.85 GiB (A100 80GB)
-#: less than nvidia-smi's total; the rule stays below every one of them, by 0.05 (A100 80GB) to 0.52 GiB
-#: (H200), median 0.21, and is kept: a tighter constant would meet the A100 80GB's 0.85 GiB gap.
+#: On the 29 NVIDIA cards reported (tables/gpu_capacity.csv) torch saw 0.22 (RTX 3080) to 0.85 GiB (A100
+#: 80GB) less than nvidia-smi's total; the rule stays below every one of them, by 0.05 (A100 80GB) to
+#: 0.68 GiB (B200), median 0.21, and is kept: a tighter constant would meet the A100 80GB's 0.85 GiB gap.
+#: On ROCm torch reports the driver's total itself (MI250X, MI300X): the rule is safer still there.
 UNSEEN_GAP_GIB = 0.5
 UNSEEN_GAP_FRACTION = 0.005
 
