@@ -15,7 +15,7 @@ import pytest
 
 from vramplan import plan
 from vramplan.errors import VramplanError
-from vramplan.length_file import EXACT_UP_TO, bin_top, from_lengths, read_file
+from vramplan.length_file import bin_top, from_lengths, read_file
 from vramplan.memory import lengths
 from vramplan.setup import Setup
 
@@ -38,6 +38,7 @@ def test_each_format_reads_the_same_counts(tmp_path: Path) -> None:
         "a.txt": "# token counts\n5\n700\n\n1024\n3000\n2\n",
         "b.csv": "id,text_chars,num_tokens\n1,20,5\n2,3000,700\n3,4000,1024\n4,9000,3000\n5,8,2\n",
         "c.tsv": "length\n5\n700\n1024\n3000\n2\n",
+        "f.csv": "5\n700\n1024\n3000\n2\n",  # one column, no header
         "d.jsonl": "".join(json.dumps({"input_ids": [0] * n, "labels": [0] * n}) + "\n" for n in counts),
         "e.json": json.dumps([5, {"length": 700}, {"n_tokens": 1024}, {"input_ids": [1] * 3000}, 2]),
     }
@@ -49,7 +50,7 @@ def test_each_format_reads_the_same_counts(tmp_path: Path) -> None:
 
 
 def test_bins_are_exact_below_512_tokens_then_0_4_percent_wide() -> None:
-    assert [bin_top(n) for n in (1, EXACT_UP_TO, 511)] == [1, 256, 511]
+    assert [bin_top(n) for n in (1, 256, 511, 512, 513)] == [1, 256, 511, 512, 514]
     for n in (512, 513, 1025, 2047, 2049, 50_001, 1_000_000):
         top = bin_top(n)
         assert n <= top < n * (1 + 1 / 256), n

@@ -35,8 +35,9 @@ from vramplan.errors import VramplanError
 from vramplan.limits import MAX_SEQ_LEN
 
 FIELD = "lengths_file"
-#: a length's bin: exact up to twice this, then this many bins an octave (0.4% wide)
-EXACT_UP_TO = 256
+#: bins an octave of lengths (2^k up to 2^(k+1) tokens), each 0.4% wide; below twice this many
+#: tokens every length is a bin of its own
+BINS_PER_OCTAVE = 256
 #: what a sample's count is called in a CSV header or a JSON object
 COUNT_KEYS = ("length", "num_tokens", "n_tokens", "tokens", "input_ids_len")
 #: the largest file read (a dataset's token counts are a few bytes a sample)
@@ -48,11 +49,9 @@ OverCap = Literal["truncate", "drop"]
 
 
 def bin_top(n: int) -> int:
-    """The top of ``n``'s bin: ``n`` itself up to :data:`EXACT_UP_TO`, then rounded up to the next
-    1/256 of its octave (a sample is counted at most 0.4% longer than it is)."""
-    if n <= EXACT_UP_TO:
-        return n
-    width = 1 << (n.bit_length() - 1 - EXACT_UP_TO.bit_length() + 1)
+    """The top of ``n``'s bin: ``n`` rounded up to the next 1/:data:`BINS_PER_OCTAVE` of its octave
+    (``n`` itself below 512 tokens; a sample is counted at most 0.4% longer than it is)."""
+    width = 1 << max(0, n.bit_length() - BINS_PER_OCTAVE.bit_length())
     return -(-n // width) * width
 
 
@@ -184,16 +183,19 @@ def _from_json(text: str, path: str) -> list[int]:
 
 def _from_csv(text: str, path: str) -> list[int]:
     rows = list(csv.reader(io.StringIO(text)))
-    header = [h.strip().lower() for h in rows[0]] if rows else []
+    if not rows:
+        return []
+    header = [h.strip().lower() for h in rows[0]]
     names = [k for k in COUNT_KEYS if k in header]
+    first = 2  # the line the counts start on, after the header
     if names:
         col = header.index(names[0])
     elif len(header) == 1:
-        col = 0
+        col, first = 0, 1 if header[0].isdigit() else 2  # one column, with or without a header
     else:
         raise VramplanError(FIELD, f"{path}: no column named {', '.join(COUNT_KEYS)}")
     out = []
-    for no, row in enumerate(rows[1:], 2):
+    for no, row in enumerate(rows[first - 1 :], first):
         if not row or not any(c.strip() for c in row):
             continue
         cell = row[col].strip() if col < len(row) else ""
