@@ -50,7 +50,9 @@ def reference_backward_sweep(spec: ModelSpec, setup, all_grads: int) -> dict[str
             "weights/autocast_copies": copies[layer] if setup.grad_checkpointing else sum(copies[: layer + 1]),
             "gradients": all_grads if setup.grad_accum > 1 else grads_above,
             "activations/saved": sum(kept[: layer + 1]),
-            "activations/recompute": saved[layer] if setup.grad_checkpointing else 0,
+            "activations/recompute": saved[layer] - act.checkpoint_shared_bytes(spec, setup)
+            if setup.grad_checkpointing
+            else 0,
             "activations/backward_transient": transient,
         }
         if sum(parts.values()) > sum(best.values()):
@@ -98,7 +100,9 @@ def reference_fsdp_backward(spec: ModelSpec, setup, root: int, layer: int) -> di
                 + sharded(above)
                 + layer_grads[i],
                 "activations/saved": sum(kept[: i + 1]),
-                "activations/recompute": saved[i] if setup.grad_checkpointing else 0,
+                "activations/recompute": saved[i] - act.checkpoint_shared_bytes(spec, setup)
+                if setup.grad_checkpointing
+                else 0,
                 "activations/backward_transient": transient,
                 "parallel/gathered_weights": gathered_all if keep else root + layer + (layer if i > 0 else 0) + nxt,
             }

@@ -256,6 +256,7 @@ def fsdp_backward_peak(spec: ModelSpec, setup: Setup, root: int, layer: int) -> 
     head_grads = root_grads - optimizer.embedding_gradient_bytes(spec, setup)
     gathered_all = root + layer * spec.num_layers  # shard_grad_op: all unsharded until backward ends
     transient = act.backward_transient_bytes(spec, setup)
+    shared = act.checkpoint_shared_bytes(spec, setup)
 
     def sharded(v: int) -> int:
         return 0 if off else _ceil_div(v, n)
@@ -274,7 +275,7 @@ def fsdp_backward_peak(spec: ModelSpec, setup: Setup, root: int, layer: int) -> 
             # the root) still hold their whole accumulated gradients
             "gradients": (all_grads - above + g if acc else head_grads) + sharded(above) + g,
             "activations/saved": at.kept(i),
-            "activations/recompute": run.saved if gc else 0,
+            "activations/recompute": run.saved - shared if gc else 0,
             "activations/backward_transient": transient,
             "parallel/gathered_weights": (
                 gathered_all if keep else root + layer + (layer if i > 0 else 0) + at.grads_of(i + 1)

@@ -127,6 +127,7 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
     runs = layer_runs(spec, setup)
     gc, acc = setup.grad_checkpointing, setup.grad_accum > 1
     transient = act.backward_transient_bytes(spec, setup)
+    shared = act.checkpoint_shared_bytes(spec, setup)
     layer_grads = sum(run.grads * run.count for run in runs)
     head_grads = all_grads - layer_grads - optimizer.embedding_gradient_bytes(spec, setup)  # lm_head's
 
@@ -135,7 +136,7 @@ def backward_sweep(spec: ModelSpec, setup: Setup, all_grads: int) -> dict[str, i
             "weights/autocast_copies": at.run.copies if gc else at.copies(layer),
             "gradients": all_grads if acc else head_grads + at.grads_above(layer) + at.run.grads,
             "activations/saved": at.kept(layer),
-            "activations/recompute": at.run.saved if gc else 0,
+            "activations/recompute": at.run.saved - shared if gc else 0,
             "activations/backward_transient": transient,
         }
 

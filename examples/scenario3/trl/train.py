@@ -6,7 +6,7 @@
 # setup: lora, bf16, adamw, seq 2048, micro-batch 1, grad-accum 16, gradient checkpointing, sdpa, LoRA r8 alpha 32 on all-linear
 # why each memory-relevant setting:
 #   METHOD = 'lora'; LORA r=8  # lora: 20,185,088 trainable; full fine-tuning would need 72.49 GiB, does not fit
-#   DTYPE = 'bfloat16', bf16=True, fp16=False  # bf16 weights under autocast; fp32 master weights (AMP) would need 32.42 GiB, does not fit
+#   DTYPE = 'bfloat16', bf16=True, fp16=False  # bf16 weights under autocast; fp32 master weights (AMP) would need 32.39 GiB, does not fit
 #   gradient_checkpointing=True  # saves 14.01 GiB at seq 2048 x micro-batch 1 (off: 31.40 GiB, does not fit)
 #   per_device_train_batch_size=1  # one more sample per step adds 1.35 GiB (18.74 GiB, fits)
 #   gradient_accumulation_steps=16  # effective batch 16 without its activations; gradients are kept between micro-batches
@@ -51,7 +51,7 @@ TRAINING = {
     'gradient_checkpointing': True,  # saves 14.01 GiB at seq 2048 x micro-batch 1 (off: 31.40 GiB, does not fit)
     'gradient_checkpointing_kwargs': {'use_reentrant': False},
     'optim': 'adamw_torch',  # adamw: 8-bit AdamW would save 0.11 GiB
-    'bf16': True,  # bf16 weights under autocast; fp32 master weights (AMP) would need 32.42 GiB, does not fit
+    'bf16': True,  # bf16 weights under autocast; fp32 master weights (AMP) would need 32.39 GiB, does not fit
     'fp16': False,
     'learning_rate': 0.0001,
     'num_train_epochs': 3,
