@@ -117,11 +117,13 @@ def _grid() -> list[tuple[str, dict[str, Any]]]:
     g.append(("gemma-2-9b", dict(method="lora", attention="eager", grad_checkpointing=False, seq_len=512)))
     g.append(("llama-3.1-8b", dict(method="lora", lora_rank=128, optimizer="adafactor", seq_len=4096)))
     g.append(("llama-3.1-8b", dict(method="lora", optimizer="sgd", lora_dropout=0.1, micro_batch=8, seq_len=256)))
-    # QLoRA with the MLP frozen, many tokens: the peak is a layer's MLP backward, its gradients in
-    # the fp32 of PEFT's k-bit preparation (activations.frozen_mlp_backward_bytes)
+    # QLoRA at many tokens with the MLP frozen: the peak is a layer's MLP backward, its gradients
+    # in the fp32 of PEFT's k-bit preparation (activations.frozen_mlp_backward_bytes)
     qlora_attn = dict(method="qlora", quant="bnb-nf4", lora_rank=16, lora_alpha=16, seq_len=4096, micro_batch=4)
     g.append(("mistral-7b-v0.1", dict(qlora_attn, lora_targets=ATTN)))
     g.append(("mistral-7b-v0.1", dict(qlora_attn, lora_targets=QV)))
+    # and with the MLP adapted: the peak is down_proj's adapter in the re-run (recomputed_down_adapter_bytes)
+    g.append(("mistral-7b-v0.1", dict(qlora_attn, lora_targets="all-linear")))
     # mixture of experts (LoRA on attention: PEFT's all-linear wraps the fused experts)
     g.append(("qwen3-30b-a3b", dict(method="lora", lora_targets=ATTN, seq_len=1024)))
     g.append(

@@ -447,12 +447,10 @@ def frozen_mlp_backward_bytes(spec: ModelSpec, setup: Setup, adapted: list[Linea
     """The backward of a frozen MLP whose intermediates are wider than the activations (QLoRA
     after PEFT's k-bit preparation: bitsandbytes casts each 4-bit projection's output back to the
     fp32 input's dtype, ``Linear4bit.forward``): beside the recomputed gate, up and activation
-    (in :func:`mlp_bytes`) the gradients of the product, of the activation and of up are alive
-    together, each in the intermediates' dtype (3·P·t·I), with the layer output's gradient
-    (R·t·h). Traced on Mistral-7B v0.1 QLoRA on the attention projections, 4 x 4,096 tokens:
-    six fp32 t x I tensors and one fp32 t x h at the layer's peak; the general buffers
-    (:func:`backward_transient_bytes`) count these gradients in the activations' dtype. An
-    adapted or trained MLP peaks at another moment (its LoRA inputs, ``down_proj``'s adapter)."""
+    the gradients of the product, of the activation and of up are alive together in that dtype
+    (3·P·t·I), with the layer output's gradient (R·t·h). Traced on Mistral-7B v0.1 QLoRA on the
+    attention projections, 4 x 4,096 tokens: six fp32 t x I tensors and one fp32 t x h at the
+    peak. An adapted MLP peaks at another moment (``down_proj``'s adapter)."""
     if setup.method not in ("lora", "qlora") or spec.moe is not None:
         return 0
     inter, t = spec.intermediate_size, setup.tokens
@@ -477,9 +475,10 @@ def recomputed_down_adapter_bytes(spec: ModelSpec, setup: Setup) -> int:
     these are alive and not saved: the layer output's grad (R·t·h) and its scaled copy
     (A·t·h), the residual after attention (R·t·h) and the MLP input (A·t·h) held by the
     decoder layer's frames (transformers 5.25 ``MistralDecoderLayer.forward``), the product
-    ``down_proj`` reads (A·t·I, saved by nothing when its weight is frozen), ``down_proj``'s base
-    output (A·t·h), and in the adapters' dtype the cast input and the dropout output (2·t·I;
-    the dropout keeps only its mask, already in :func:`lora_saved_bytes`). Without dropout
+    ``down_proj`` reads (P·t·I in the intermediates' dtype, saved by nothing when its weight is
+    frozen), ``down_proj``'s base output (A·t·h), and in the adapters' dtype the cast input (none
+    where the product already has that dtype: QLoRA's fp32, traced at 4 x 4,096 tokens) and the
+    dropout output (the dropout keeps only its mask, already in :func:`lora_saved_bytes`). Without dropout
     ``nn.Identity`` makes no copy and the gradient buffers of the backward itself are larger.
     Traced on Mistral-7B v0.1 LoRA (all-linear, dropout 0.05, bf16, seq 1024): 10·t·(h + I)
     bytes, 6·t·h more than those buffers."""
@@ -492,8 +491,10 @@ def recomputed_down_adapter_bytes(spec: ModelSpec, setup: Setup) -> int:
     t, A, R, h = setup.tokens, act_bytes(setup), residual_bytes(setup), spec.hidden_size
     pol = policy_of(setup)
     adapter = pol.adapter
-    # ``.to`` a tensor already has the dtype of returns it: no copy
-    cast = 0 if adapter == pol.activations else nbytes(t * inter, adapter)
+    # the product is in the intermediates' dtype (fp32 after PEFT's k-bit preparation); ``.to`` a
+    # tensor already in the adapters' dtype returns it: no copy
+    cast = 0 if adapter == pol.pointwise else nbytes(t * inter, adapter)
     # the scaled grad is in ``lora_B``'s output dtype: 16-bit under autocast, else the adapters'
     scaled = A * t * h if pol.autocast else nbytes(t * h, adapter)
-    return 2 * R * t * h + 2 * A * t * h + scaled + A * t * inter + cast + nbytes(t * inter, adapter)
+    product = pointwise_bytes(setup) * t * inter
+    return 2 * R * t * h + 2 * A * t * h + scaled + product + cast + nbytes(t * inter, adapter)
