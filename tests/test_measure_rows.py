@@ -94,6 +94,16 @@ def test_a_row_reads_back_as_its_setup(fields: dict[str, Any]) -> None:
     assert row_setup({"model": "qwen2.5-0.5b", **setup_columns(setup)}) == setup
 
 
+def test_a_run_planned_on_a_lengths_file_records_the_lengths_mean() -> None:
+    """The row holds no file (a table cell cannot): it carries the file's mean, which validate
+    draws the lengths from, and reads back as the same run but for the file."""
+    setup = make_setup(lengths_file=[100] * 9 + [4000], seq_len=2048)
+    row = setup_columns(setup)
+    assert "avg_tokens=295" in row["settings"].split(";")  # (9 x 100 + 2048) / 10, the long one cut
+    back = row_setup({"model": "qwen2.5-0.5b", **row})
+    assert back.lengths == "variable" and back.avg_tokens == 295 and back.lengths_file is None
+
+
 def test_one_row_per_rank_with_its_peaks() -> None:
     rows = make_rows([record(1), record(0)], run_meta())
     assert [r["id"] for r in rows] == ["m20261207-120000-r0", "m20261207-120000-r1"]

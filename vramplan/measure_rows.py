@@ -126,6 +126,11 @@ def setup_columns(setup: Setup) -> dict[str, str]:
         value = getattr(s, name)
         if value != info.default:
             settings.append(f"{name}={_value(value)}")
+    if s.lengths_file is not None and not s.avg_tokens:
+        # a row carries the lengths' mean, not the file (named in the notes): what validate draws from
+        from vramplan.memory.lengths import mean_of
+
+        settings.append(f"avg_tokens={round(mean_of(s) or s.seq_len)}")
     cols["settings"] = ";".join(settings)
     return cols
 
